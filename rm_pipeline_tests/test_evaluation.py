@@ -19,6 +19,8 @@ ALPACA_EVAL = EVAL_DATA / "alpaca-eval"
 SHARED = REPO_ROOT.parent / "shared" / "data"
 BUNDLED_POLICIES = ["alpaca-7b", "alpaca-7b_concise", "alpaca-7b_verbose", "falcon-7b-instruct",
                     "gpt4_1106_preview", "llama-2-70b-chat-hf"]
+ALPACA_EVAL_DATASETS = ["helpful_base", "koala", "oasst", "selfinstruct", "vicuna"]  # AlpacaEval's five sources
+PROMPTS_PER_DATASET = 20  # scripts/sample_eval_data.py --per-dataset default
 
 
 def pairs(chosen, rejected, chosen_tokens=None, rejected_tokens=None, **extra) -> pd.DataFrame:
@@ -331,10 +333,31 @@ def test_policy_ranking_is_spearman_over_the_policies_both_sides_know():
     assert ev.policy_ranking(-rewards, board)["spearman_rho"] == pytest.approx(-1.0)
 
 
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in open(path, encoding="utf-8") if line.strip()]
+
+
 def test_bundled_alpaca_eval_sample_reads_and_matches_the_leaderboards():
     outputs = ev.read_policy_outputs(ALPACA_EVAL)
     assert sorted(outputs["policy"].unique()) == BUNDLED_POLICIES
-    assert outputs.groupby("policy").size().eq(100).all() and outputs["instruction"].notna().all()
+    # Stratified: 20 prompts from each of AlpacaEval's five source datasets, not 100 from one.
+    prompts = read_jsonl(ALPACA_EVAL / "prompts.jsonl")
+    by_dataset: dict[str, list[int]] = {}
+    for row in prompts:
+        by_dataset.setdefault(row["dataset"], []).append(row["idx"])
+    assert sorted(by_dataset) == ALPACA_EVAL_DATASETS
+    assert all(len(idx) == PROMPTS_PER_DATASET for idx in by_dataset.values())
+    # Source order is kept, and AlpacaEval numbers its prompts dataset by dataset, so each dataset's first
+    # 20 prompts are 20 consecutive idx.
+    assert [row["idx"] for row in prompts] == sorted(row["idx"] for row in prompts)
+    assert all(idx == list(range(idx[0], idx[0] + PROMPTS_PER_DATASET)) for idx in by_dataset.values())
+    # Every output answers a bundled prompt, at most once. The only gap is one AlpacaEval itself has:
+    # alpaca-7b_verbose has no output for idx 484 (an oasst prompt).
+    assert outputs["instruction"].notna().all() and not outputs.duplicated(["policy", "idx"]).any()
+    kept = {row["idx"] for row in prompts}
+    missing = {policy: sorted(kept - set(idx)) for policy, idx in outputs.groupby("policy")["idx"]}
+    assert {policy: gap for policy, gap in missing.items() if gap} == {"alpaca-7b_verbose": [484]}
+    assert (outputs.groupby("policy")["dataset"].nunique() == len(ALPACA_EVAL_DATASETS)).all()
     for name in ["alpaca_eval_gpt4_leaderboard.csv", "weighted_alpaca_eval_gpt4_turbo_leaderboard.csv"]:
         board = ev.read_leaderboard(ALPACA_EVAL / name)
         assert {"win_rate", "length_controlled_winrate", "avg_length"} <= set(board.columns)
@@ -344,6 +367,49 @@ def test_bundled_alpaca_eval_sample_reads_and_matches_the_leaderboards():
     scored = outputs.assign(reward=0.0, tokens=outputs["output"].str.len())
     lengths = ev.policy_reward_summary(scored)["mean_tokens"]
     assert lengths["alpaca-7b_concise"] < lengths["alpaca-7b"] < lengths["alpaca-7b_verbose"]
+
+
+def test_bundled_alpacaeval_easy_is_gpt4_turbo_chosen_over_alpaca_7b_on_the_bundled_prompts():
+    lines = read_jsonl(EVAL_DATA / "alpacaeval-easy.jsonl")
+    prompts = read_jsonl(ALPACA_EVAL / "prompts.jsonl")
+    chosen = {row["idx"]: row["output"] for row in read_jsonl(ALPACA_EVAL / "model_outputs" / "gpt4_1106_preview.jsonl")}
+    rejected = {row["idx"]: row["output"] for row in read_jsonl(ALPACA_EVAL / "model_outputs" / "alpaca-7b.jsonl")}
+    # One pair per bundled prompt that both policies answered, in prompt order: here all 100.
+    expected_ids = [row["idx"] for row in prompts if row["idx"] in chosen and row["idx"] in rejected]
+    assert [line["id"] for line in lines] == expected_ids and len(lines) == len(prompts)
+    instruction = {row["idx"]: row["instruction"] for row in prompts}
+    for line in lines:
+        assert set(line) == {"id", "prompt", "chosen", "rejected", "subset"} and line["subset"] == "alpacaeval-easy"
+        assert line["prompt"] == instruction[line["id"]]
+        assert (line["chosen"], line["rejected"]) == (chosen[line["id"]], rejected[line["id"]])
+
+
+def test_every_jsonl_file_directly_in_data_eval_is_a_rewardbench_format_benchmark():
+    files = sorted(EVAL_DATA.glob("*.jsonl"))
+    assert [path.name for path in files] == ["alpacaeval-easy.jsonl"]
+    for path in files:
+        lines = read_jsonl(path)
+        assert lines and all(isinstance(line.get(field), str) and line[field]
+                             for line in lines for field in ("prompt", "chosen", "rejected", "subset"))
+        # The evaluation stage's reader takes every line as a usable pair.
+        pairs, quarantine = ev.read_pair_file(path)
+        assert len(pairs) == len(lines) and quarantine.empty
+
+
+@pytest.mark.skipif(not (SHARED / "alpaca-eval").is_dir(), reason="the shared data snapshot is not here")
+def test_bundled_prompts_are_the_first_of_each_dataset_in_the_snapshot():
+    # An independent check of the cut (the byte comparison below re-runs the script itself).
+    seen: dict[str, int] = {}
+    first = set()
+    for row in read_jsonl(SHARED / "alpaca-eval" / "prompts.jsonl"):
+        if seen.get(row["dataset"], 0) < PROMPTS_PER_DATASET:
+            first.add(row["idx"])
+            seen[row["dataset"]] = seen.get(row["dataset"], 0) + 1
+    assert {row["idx"] for row in read_jsonl(ALPACA_EVAL / "prompts.jsonl")} == first
+    for policy in BUNDLED_POLICIES:
+        source = {row["idx"] for row in read_jsonl(SHARED / "alpaca-eval" / "model_outputs" / f"{policy}.jsonl")}
+        bundled = [row["idx"] for row in read_jsonl(ALPACA_EVAL / "model_outputs" / f"{policy}.jsonl")]
+        assert bundled == sorted(source & first), policy
 
 
 @pytest.mark.skipif(not (SHARED / "alpaca-eval").is_dir(), reason="the shared data snapshot is not here")
