@@ -275,6 +275,8 @@ def _pairs_to_votes(frame: pd.DataFrame, path: Path) -> tuple[pd.DataFrame, str]
     frame["response_a"] = [_last_content(c) if conv else c for c, conv in zip(chosen, conversational)]
     frame["response_b"] = [_last_content(r) if conv else r for r, conv in zip(rejected, conversational)]
     frame["vote"] = "a"
+    if "subset" in frame.columns and "domain" not in frame.columns:  # RewardBench's slice name
+        frame["domain"] = frame["subset"]
     if "margin" in frame.columns and "strength" not in frame.columns:
         frame["strength"] = frame["margin"]
     if "item_id" not in frame.columns:

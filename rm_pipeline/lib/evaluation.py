@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, special, stats
 
+from rm_pipeline.lib.annotations import QUARANTINE_COLUMNS, AnnotationFileError, read_annotations
 from rm_pipeline.lib.split import NO_DOMAIN
 
 TIE_TOLERANCE = 1e-6
@@ -512,3 +513,65 @@ def read_leaderboard(path: str | Path) -> pd.DataFrame:
     """An AlpacaEval leaderboard CSV, indexed by policy name."""
     return pd.read_csv(path, index_col=0)
 
+
+
+# --------------------------------------------------------------------------- labelled pair files
+
+
+PAIR_FILE_COLUMNS = ["pair_id", "file", "line", "prompt", "conversational", "chosen", "rejected", "domain"]
+
+
+def read_pair_file(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Labelled pairs to evaluate on, and the rows that could not be used.
+
+    Reads RewardBench's format (``prompt``, ``chosen``, ``rejected``, ``subset``) and TRL's standard and
+    conversational formats (explicit or implicit prompt), as JSONL, JSON, CSV or Parquet, with the
+    annotation reader: a bad row is quarantined with file, line, field and reason, never dropped.
+    ``domain`` is the file's ``subset`` (else its ``domain``, else the file's stem). A conversational
+    pair whose two sides continue different conversations is quarantined as ``context_mismatch``.
+    Raises ``AnnotationFileError`` for a file that is not a table of pairs.
+    """
+    path = Path(path)
+    ingested = read_annotations([path])
+    if len(ingested.batches) and ingested.batches["format"].iloc[0] == "votes":
+        raise AnnotationFileError(path, "holds annotator votes, not labelled pairs: evaluation reads prompt, "
+                                        "chosen, rejected (and subset) columns")
+    votes = ingested.votes
+    mismatch = (votes["context_a"].notna() & votes["context_b"].notna() & (votes["context_a"] != votes["context_b"]))
+    mismatched = pd.DataFrame({"file": str(path), "line": votes.loc[mismatch, "line"], "field": "rejected",
+                               "reason": "context_mismatch",
+                               "detail": "chosen and rejected continue different conversations", "raw": None})
+    quarantine = pd.concat([ingested.quarantine, mismatched], ignore_index=True)[QUARANTINE_COLUMNS]
+    kept = votes[~mismatch]
+    pairs = pd.DataFrame({"pair_id": kept["item_id"], "file": str(path), "line": kept["line"],
+                          "prompt": kept["prompt"], "conversational": kept["conversational"],
+                          "chosen": kept["response_a"], "rejected": kept["response_b"],
+                          "domain": kept["domain"].fillna(path.stem)})
+    return pairs[PAIR_FILE_COLUMNS].reset_index(drop=True), quarantine
+
+
+def pair_file_summary(scored: pd.DataFrame, bins: int = 10, tie_tolerance: float = TIE_TOLERANCE) -> dict:
+    """The headline numbers of one scored file of pairs (``rm-pipeline evaluate``, benchmark files).
+
+    n, accuracy (ties half), ties, longer_wins_accuracy, length_matched_accuracy (and its n), ece,
+    truncated (pairs cut to the model's length), subsets (``domain`` value -> n, accuracy); with
+    RewardBench subset names also rewardbench_sections (name -> accuracy, n) and rewardbench_score.
+    """
+    overall = pair_accuracy(scored, tie_tolerance)
+    audit = length_audit(scored, tie_tolerance=tie_tolerance)
+    benchmark = rewardbench_accuracy(scored.rename(columns={"domain": "subset"}), tie_tolerance)
+    summary = {
+        "n": overall["n"], "accuracy": overall["accuracy"], "ties": overall["ties"],
+        "mean_margin": overall["mean_margin"],
+        "longer_wins_accuracy": audit["longer_wins_accuracy"],
+        "length_matched_accuracy": audit["length_matched_accuracy"], "length_matched_n": audit["length_matched_n"],
+        "ece": calibration(pair_margins(scored), bins=bins)["ece"] if len(scored) else math.nan,
+        "truncated": int(scored["truncated"].sum()) if "truncated" in scored else 0,
+        "subsets": {row.subset: {"n": int(row.n), "accuracy": float(row.accuracy)}
+                    for row in benchmark["subsets"].itertuples()},
+    }
+    if benchmark["score"] is not None:
+        summary["rewardbench_sections"] = {row.section: {"accuracy": float(row.accuracy), "n": int(row.n)}
+                                           for row in benchmark["sections"].itertuples()}
+        summary["rewardbench_score"] = benchmark["score"]
+    return summary

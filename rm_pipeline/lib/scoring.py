@@ -5,12 +5,16 @@ Knows nothing of Dagster.
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import pandas as pd
 import torch
 
-from rm_pipeline.lib.tokenization import encode
+from rm_pipeline.lib.tokenization import encode, load_tokenizer
 
 
 def pad_right(sequences: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,5 +49,147 @@ def score_ids(model, sequences: list[list[int]], pad_token_id: int, batch_size: 
 def score_texts(model, tokenizer, prompts, responses, conversational, batch_size: int = 32,
                 progress: Callable[[int], None] | None = None) -> np.ndarray:
     """Rewards of (prompt, response) pairs, tokenized exactly as in training."""
-    sequences = encode(tokenizer, prompts, responses, conversational)
-    return score_ids(model, sequences, tokenizer.pad_token_id, batch_size, progress=progress)
+    scorer = RewardScorer(model, tokenizer, position_limit(model, tokenizer), batch_size)
+    return scorer.score(prompts, responses, conversational, progress=progress)["reward"].to_numpy()
+
+
+def fit_to_length(ids: list[int], limit: int) -> list[int]:
+    """A sequence cut to the model's position limit by dropping the oldest context: the first token
+    ([CLS] / BOS) and the last ``limit - 1`` (the response and its closing token) are kept."""
+    return ids if len(ids) <= limit else ids[:1] + ids[len(ids) - limit + 1:]
+
+
+def position_limit(model, tokenizer) -> int:
+    """The longest sequence the model can read: its position embeddings, or the tokenizer's limit."""
+    limits = [getattr(model.config, "max_position_embeddings", None), tokenizer.model_max_length]
+    limits = [int(limit) for limit in limits if isinstance(limit, int) and 0 < limit < 1_000_000]
+    return min(limits) if limits else 1_000_000
+
+
+@dataclass
+class RewardScorer:
+    """A trained reward model ready to score: model, tokenizer and the longest sequence it reads."""
+
+    model: object
+    tokenizer: object
+    max_length: int
+    batch_size: int = 32
+
+    @classmethod
+    def load(cls, model_dir: str | Path, batch_size: int = 32, trust_remote_code: bool = False) -> "RewardScorer":
+        """A saved model directory on the GPU when there is one (bf16 where supported), else the CPU."""
+        from transformers import AutoModelForSequenceClassification
+
+        cuda = torch.cuda.is_available()
+        dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(model_dir), dtype=dtype, trust_remote_code=trust_remote_code).to("cuda" if cuda else "cpu")
+        tokenizer = load_tokenizer(str(model_dir), trust_remote_code)
+        return cls(model, tokenizer, position_limit(model, tokenizer), batch_size)
+
+    def score(self, prompts, responses, conversational, sort_by_length: bool = True,
+              progress: Callable[[int], None] | None = None) -> pd.DataFrame:
+        """One row per (prompt, response): ``reward``, ``tokens`` (the response's own length in tokens)
+        and ``truncated`` (the sequence was longer than the model reads and lost its oldest context)."""
+        responses = [str(response) for response in responses]
+        sequences = encode(self.tokenizer, prompts, responses, conversational)
+        truncated = np.fromiter((len(ids) > self.max_length for ids in sequences), dtype=bool, count=len(sequences))
+        sequences = [fit_to_length(ids, self.max_length) for ids in sequences]
+        rewards = score_ids(self.model, sequences, self.tokenizer.pad_token_id, self.batch_size, sort_by_length,
+                            progress)
+        lengths = self.tokenizer(responses, add_special_tokens=False, verbose=False)["input_ids"] if responses else []
+        return pd.DataFrame({"reward": rewards, "tokens": np.fromiter(map(len, lengths), dtype="int64",
+                                                                       count=len(lengths)),
+                             "truncated": truncated})
+
+    def score_pairs(self, pairs: pd.DataFrame, progress: Callable[[int], None] | None = None) -> pd.DataFrame:
+        """``pairs`` (prompt, conversational, chosen, rejected, ...) with chosen_reward, rejected_reward,
+        chosen_tokens and rejected_tokens (response lengths) and truncated (either side) added. Both
+        sides are scored in one length-sorted pass."""
+        n = len(pairs)
+        both = lambda column: list(pairs[column]) * 2  # noqa: E731
+        scored = self.score(both("prompt"), list(pairs["chosen"]) + list(pairs["rejected"]), both("conversational"),
+                            progress=progress)
+        chosen, rejected = scored.iloc[:n], scored.iloc[n:]
+        return pairs.assign(chosen_reward=chosen["reward"].to_numpy(), rejected_reward=rejected["reward"].to_numpy(),
+                            chosen_tokens=chosen["tokens"].to_numpy(), rejected_tokens=rejected["tokens"].to_numpy(),
+                            truncated=chosen["truncated"].to_numpy() | rejected["truncated"].to_numpy())
+
+
+# ---------------------------------------------------------------- best-of-N candidates
+
+
+class CandidateFileError(ValueError):
+    """A candidates file with lines that can't be scored; the message names each file, line and field."""
+
+
+def _message_list(value) -> bool:
+    return isinstance(value, list) and len(value) > 0 and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value)
+
+
+def _candidate_text(value):
+    """A candidate is text, or an assistant message ({"role", "content"})."""
+    if isinstance(value, dict) and isinstance(value.get("content"), str):
+        return value["content"]
+    return value if isinstance(value, str) else None
+
+
+def read_candidates(path: str | Path, max_errors: int = 20) -> list[dict]:
+    """JSONL records ``{"prompt": text or [{"role", "content"}, ...], "candidates": [text, ...], ...}``.
+
+    Every line is checked before anything is scored; all problems (up to ``max_errors``) are raised
+    together, each as ``file:line: field: problem``. Blank lines are skipped.
+    """
+    records, errors = [], []
+    with open(path, encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                errors.append(f"{where}: not valid JSON ({error.msg})")
+                continue
+            if not isinstance(record, dict):
+                errors.append(f"{where}: a line must be a JSON object")
+                continue
+            prompt, candidates = record.get("prompt"), record.get("candidates")
+            if not (isinstance(prompt, str) and prompt.strip()) and not _message_list(prompt):
+                errors.append(f"{where}: prompt: must be non-empty text or a list of {{role, content}} messages")
+            if not isinstance(candidates, list) or not candidates:
+                errors.append(f"{where}: candidates: must be a non-empty list")
+            else:
+                bad = [i for i, candidate in enumerate(candidates) if _candidate_text(candidate) is None]
+                if bad:
+                    errors.append(f"{where}: candidates[{bad[0]}]: must be text or a {{role, content}} message"
+                                  + (f" ({len(bad)} such candidates)" if len(bad) > 1 else ""))
+            records.append(record)
+    if errors:
+        shown = "\n".join(errors[:max_errors]) + (f"\n... {len(errors) - max_errors} more" if len(errors) > max_errors
+                                                   else "")
+        raise CandidateFileError(f"{len(errors)} problem(s) in {path}:\n{shown}")
+    return records
+
+
+def rank_candidates(scorer: "RewardScorer", records: list[dict], progress: Callable[[int], None] | None = None
+                    ) -> list[dict]:
+    """Each record with ``rewards`` (one per candidate, input order) and ``ranking`` (candidate indices,
+    best first; equal rewards keep input order). All candidates of all records are scored together, in
+    length-sorted batches."""
+    prompts, responses, conversational = [], [], []
+    for record in records:
+        chat = isinstance(record["prompt"], list)
+        prompt = json.dumps(record["prompt"], ensure_ascii=False) if chat else record["prompt"]
+        prompts += [prompt] * len(record["candidates"])
+        responses += [_candidate_text(candidate) for candidate in record["candidates"]]
+        conversational += [chat] * len(record["candidates"])
+    rewards = scorer.score(prompts, responses, conversational, progress=progress)["reward"].to_numpy()
+    ranked, start = [], 0
+    for record in records:
+        mine = rewards[start:start + len(record["candidates"])]
+        start += len(mine)
+        ranked.append({**record, "rewards": [float(r) for r in mine],
+                       "ranking": [int(i) for i in np.argsort(-mine, kind="stable")]})
+    return ranked

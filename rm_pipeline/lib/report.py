@@ -1,0 +1,401 @@
+"""The evaluation report: what is scored, the numbers that come out of it, its plots and its Markdown.
+
+Scored pairs (``reward_scores``) have one row per pair with a ``source``:
+
+    held_out      the eval side of the grouped split
+    disagreement  comparisons routed to the review queue and kept out of training
+    fresh_policy  human-labelled pairs of fresh policy outputs (``fresh-policy/`` in the eval folder)
+    benchmark     RewardBench-format files (``*.jsonl`` directly in the eval folder)
+
+Scored responses (``response_scores``) have one row per answer: ``policy_outputs`` (AlpacaEval-format
+outputs of several policies) and ``rankings`` (K > 2 human-ranked replies, OpenAssistant trees).
+Knows nothing of Dagster or of the model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from rm_pipeline.lib import evaluation as ev
+from rm_pipeline.lib.pairs import build_pairs
+
+PAIR_SOURCES = ("held_out", "disagreement", "fresh_policy", "benchmark")
+LENGTH_PROBE = ("alpaca-7b_concise", "alpaca-7b", "alpaca-7b_verbose")
+SCORE_COLUMNS = ["source", "file", "pair_id", "prompt_id", "domain", "n_votes", "chosen_share", "prompt",
+                 "conversational", "chosen", "rejected"]
+RESPONSE_COLUMNS = ["source", "group_id", "candidate", "rank", "domain", "prompt", "conversational", "response"]
+
+
+@dataclass(frozen=True)
+class EvaluationFolder:
+    """Where each kind of evaluation evidence lives (data/eval/README.md describes the layout)."""
+
+    root: Path
+
+    def benchmark_files(self) -> list[Path]:
+        return sorted(self.root.glob("*.jsonl")) if self.root.is_dir() else []
+
+    def fresh_policy_files(self) -> list[Path]:
+        folder = self.root / "fresh-policy"
+        suffixes = (".jsonl", ".json", ".csv", ".parquet")
+        return sorted(p for p in folder.iterdir() if p.suffix in suffixes) if folder.is_dir() else []
+
+    @property
+    def policy_outputs(self) -> Path:
+        return self.root / "alpaca-eval"
+
+    def ranking_files(self) -> list[Path]:
+        return sorted((self.root / "oasst").glob("*.jsonl")) if (self.root / "oasst").is_dir() else []
+
+
+# --------------------------------------------------------------------------- what gets scored
+
+
+def split_pairs_to_score(split: pd.DataFrame, queue: pd.DataFrame) -> pd.DataFrame:
+    """The held-out pairs, and the review queue's comparisons that are valid pairs outside training.
+
+    The queue goes through the same pair rules as training (ties, empty or identical candidates,
+    duplicates are left out); comparisons that made it into the train split are never scored.
+    """
+    held_out = split[split["split"] == "eval"].assign(source="held_out", file=None)
+    disputed, _ = build_pairs(queue, include_disputed=True)
+    disputed = disputed[~disputed["pair_id"].isin(split.loc[split["split"] == "train", "pair_id"])]
+    return pd.concat([held_out, disputed.assign(source="disagreement", file=None)],
+                     ignore_index=True)[SCORE_COLUMNS]
+
+
+def file_pairs_to_score(files: list[Path], source: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Labelled pair files as rows to score, and their quarantined rows (file, line, field, reason)."""
+    frames, quarantines = [], []
+    for path in files:
+        pairs, quarantine = ev.read_pair_file(path)
+        frames.append(pairs.assign(source=source, prompt_id=None, n_votes=np.nan, chosen_share=np.nan))
+        quarantines.append(quarantine)
+    if not frames:
+        return pd.DataFrame(columns=SCORE_COLUMNS), pd.DataFrame(columns=ev.QUARANTINE_COLUMNS)
+    return pd.concat(frames, ignore_index=True)[SCORE_COLUMNS], pd.concat(quarantines, ignore_index=True)
+
+
+def responses_to_score(folder: EvaluationFolder) -> pd.DataFrame:
+    """Fresh policy outputs and human-ranked replies as (prompt, response) rows."""
+    frames = []
+    if (folder.policy_outputs / "prompts.jsonl").exists():
+        outputs = ev.read_policy_outputs(folder.policy_outputs)
+        frames.append(pd.DataFrame({"source": "policy_outputs", "group_id": outputs["idx"].astype(str),
+                                    "candidate": outputs["policy"], "rank": np.nan, "domain": outputs["dataset"],
+                                    "prompt": outputs["instruction"], "conversational": False,
+                                    "response": outputs["output"]}))
+    for path in folder.ranking_files():
+        replies = ev.oasst_ranked_groups(path)
+        frames.append(pd.DataFrame({"source": "rankings", "group_id": replies["group_id"],
+                                    "candidate": replies["message_id"], "rank": replies["rank"].astype(float),
+                                    "domain": path.stem,
+                                    "prompt": [json.dumps(context, ensure_ascii=False) for context in replies["context"]],
+                                    "conversational": True, "response": replies["text"]}))
+    if not frames:
+        return pd.DataFrame(columns=RESPONSE_COLUMNS)
+    return pd.concat(frames, ignore_index=True)[RESPONSE_COLUMNS]
+
+
+# --------------------------------------------------------------------------- the report
+
+
+@dataclass(frozen=True)
+class ReportSettings:
+    calibration_bins: int = 10
+    high_agreement: float = ev.HIGH_AGREEMENT
+    length_match_tolerance: float = ev.LENGTH_MATCH_TOLERANCE
+
+
+def build_report(pair_scores: pd.DataFrame, response_scores: pd.DataFrame, train_domains,
+                 leaderboard: pd.Series | None = None, settings: ReportSettings = ReportSettings()) -> dict:
+    """Every section of the evaluation report as plain JSON-able values (NaN becomes None)."""
+    sources = {name: pair_scores[pair_scores["source"] == name] for name in PAIR_SOURCES}
+    held_out, disagreement = sources["held_out"], sources["disagreement"]
+    policies = response_scores[response_scores["source"] == "policy_outputs"].rename(columns={"candidate": "policy"})
+    rankings = response_scores[response_scores["source"] == "rankings"]
+    report = {
+        "held_out": {**ev.pair_accuracy(held_out), "truncated": int(held_out["truncated"].sum()),
+                     "prompts": int(held_out["prompt_id"].nunique())},
+        "domains": _domains(held_out, train_domains),
+        "disagreement": ev.pair_accuracy(disagreement),
+        "agreement": _records(ev.by_agreement(pd.concat([held_out, disagreement]), settings.high_agreement)),
+        "length": {**ev.length_audit(held_out, policies[["reward", "tokens"]] if len(policies) else None,
+                                     settings.length_match_tolerance),
+                   "length_probe": _length_probe(policies)},
+        "calibration": _calibration(held_out, settings.calibration_bins),
+        "policies": _policies(policies, leaderboard),
+        "rankings": _rankings(rankings),
+        "benchmarks": {Path(file).name: ev.pair_file_summary(pairs, settings.calibration_bins)
+                       for file, pairs in sources["benchmark"].groupby("file", sort=True)},
+        "fresh_policy": {"files": {Path(file).name: ev.pair_file_summary(pairs, settings.calibration_bins)
+                                   for file, pairs in sources["fresh_policy"].groupby("file", sort=True)},
+                         **ev.pair_accuracy(sources["fresh_policy"])},
+    }
+    return jsonable(report)
+
+
+def _records(table: pd.DataFrame) -> list[dict]:
+    return table.reset_index().to_dict("records")
+
+
+def _domains(held_out: pd.DataFrame, train_domains) -> dict:
+    result = ev.by_domain(held_out, train_domains)
+    return {"table": _records(result["table"]), "spillover_domains": result["spillover_domains"],
+            "spillover": result["spillover"]}
+
+
+def _length_probe(policies: pd.DataFrame) -> list[dict]:
+    """Mean reward of one policy told to be concise, left alone, and told to be verbose."""
+    summary = ev.policy_reward_summary(policies) if len(policies) else pd.DataFrame()
+    return [{"policy": name, **summary.loc[name].to_dict()} for name in LENGTH_PROBE if name in summary.index]
+
+
+def _calibration(held_out: pd.DataFrame, bins: int) -> dict:
+    if not len(held_out):
+        return {"n": 0}
+    margins = ev.pair_margins(held_out)
+    result = ev.calibration(margins, bins=bins)
+    return {**{k: v for k, v in result.items() if k != "table"}, "reliability": result["table"].to_dict("records"),
+            "temperature_fit": ev.fit_temperature(margins, bins=bins)}
+
+
+def _policies(policies: pd.DataFrame, leaderboard: pd.Series | None) -> dict:
+    if not len(policies):
+        return {"n_policies": 0}
+    summary = ev.policy_reward_summary(policies).sort_values("mean_reward", ascending=False)
+    result = {"n_policies": len(summary), "summary": _records(summary)}
+    if leaderboard is not None:
+        result["leaderboard"] = {"column": leaderboard.name,
+                                 **ev.policy_ranking(summary["mean_reward"], leaderboard)}
+    return result
+
+
+def _rankings(rankings: pd.DataFrame) -> dict:
+    if not len(rankings):
+        return {"n_groups": 0}
+    result = ev.ranking_agreement(rankings.rename(columns={"candidate": "message_id"}))
+    return {k: v for k, v in result.items() if k != "per_group"}
+
+
+def jsonable(value):
+    """Plain Python values for JSON: numpy scalars unwrapped, NaN and infinities as None."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def write_plots(pair_scores: pd.DataFrame, response_scores: pd.DataFrame, report: dict, folder: Path
+                ) -> dict[str, Path]:
+    """The reliability diagram, reward histograms (chosen vs rejected) and reward against length, as PNGs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    held_out = pair_scores[pair_scores["source"] == "held_out"]
+    paths = {}
+
+    def save(name, figure):
+        figure.tight_layout()
+        paths[name] = folder / f"{name}.png"
+        figure.savefig(paths[name], dpi=90)
+        plt.close(figure)
+
+    figure, axis = plt.subplots(figsize=(4.2, 4))
+    table = pd.DataFrame(report["calibration"].get("reliability", []))
+    axis.plot([0, 1], [0, 1], color="grey", linestyle="--", label="perfect")
+    if len(table):
+        filled = table.dropna(subset=["observed"])
+        axis.plot(filled["mean_predicted"], filled["observed"], marker="o", label="model")
+    axis.set(title=f"reliability (ECE {_number(report['calibration'].get('ece'))})",
+             xlabel="predicted P(chosen wins)", ylabel="observed rate", xlim=(0, 1), ylim=(0, 1))
+    axis.legend()
+    save("reliability_diagram", figure)
+
+    figure, axis = plt.subplots(figsize=(5, 3.2))
+    if len(held_out):
+        rewards = np.concatenate([held_out["chosen_reward"], held_out["rejected_reward"]])
+        edges = np.histogram_bin_edges(rewards, bins=30)
+        axis.hist(held_out["chosen_reward"], bins=edges, alpha=0.6, label="chosen")
+        axis.hist(held_out["rejected_reward"], bins=edges, alpha=0.6, label="rejected")
+        axis.legend()
+    axis.set(title="held-out rewards", xlabel="reward", ylabel="answers")
+    save("reward_histograms", figure)
+
+    figure, axis = plt.subplots(figsize=(5, 3.2))
+    answers = ev.stacked_responses(held_out) if len(held_out) else pd.DataFrame(columns=["reward", "tokens"])
+    axis.scatter(answers["tokens"], answers["reward"], s=6, alpha=0.4, label="held-out answers")
+    policies = response_scores[response_scores["source"] == "policy_outputs"]
+    if len(policies):
+        axis.scatter(policies["tokens"], policies["reward"], s=6, alpha=0.4, label="policy outputs")
+    axis.set(title=f"reward against length (Spearman {_number(report['length'].get('spearman_rho'))})",
+             xlabel="response tokens", ylabel="reward", xscale="symlog")
+    axis.legend()
+    save("reward_vs_length", figure)
+    return paths
+
+
+# --------------------------------------------------------------------------- Markdown
+
+
+def _number(value, digits: int = 3) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def _table(rows: list[dict], columns: list[str]) -> str:
+    if not rows:
+        return "_none_\n"
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_number(row.get(column)) for column in columns) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _accuracy_line(result: dict) -> str:
+    if not result.get("n"):
+        return "no pairs"
+    return (f"accuracy **{_number(result['accuracy'])}** on {result['n']} pairs ({result['correct']} right, "
+            f"{result['wrong']} wrong, {result['ties']} ties counted half), mean margin {_number(result['mean_margin'])}")
+
+
+def render_markdown(report: dict, facts: dict, plots: dict[str, str], verdict: dict | None = None) -> str:
+    """The report as Markdown; ``plots`` maps plot names to the image paths the Markdown links to."""
+    held, length, calibration = report["held_out"], report["length"], report["calibration"]
+    parts = [f"# Evaluation report: `{facts.get('model_name', 'reward model')}`\n",
+             "\n".join(f"- {key}: `{value}`" for key, value in facts.items()) + "\n"]
+    if verdict is not None:
+        parts.append(render_verdict(verdict))
+    parts.append("## Held-out pairs (grouped split)\n")
+    parts.append(f"{_accuracy_line(held)} over {held.get('prompts', 0)} prompts; rewards from "
+                 f"{_number(held.get('reward_min'))} to {_number(held.get('reward_max'))} (mean "
+                 f"{_number(held.get('reward_mean'))}); {held.get('truncated', 0)} pairs cut to the model's length.\n")
+    domains = report["domains"]
+    parts.append("## By domain\n")
+    parts.append(_table(domains["table"], ["domain", "n", "accuracy", "ties", "mean_margin", "in_training"]))
+    if domains["spillover_domains"]:
+        parts.append(f"\nSpillover (domains absent from training: {', '.join(domains['spillover_domains'])}): "
+                     f"{_accuracy_line(domains['spillover'])}.\n")
+    else:
+        parts.append("\nEvery held-out domain was seen in training: no spillover slice.\n")
+    parts.append("## Disagreement slice and agreement levels\n")
+    parts.append(f"Review-queue comparisons kept out of training, against their aggregated label: "
+                 f"{_accuracy_line(report['disagreement'])}.\n\n")
+    parts.append(_table(report["agreement"], ["agreement", "n", "accuracy", "ties", "mean_margin"]))
+    parts.append("## Length bias\n")
+    parts.append(
+        f"- Spearman correlation of reward with response length: {_number(length.get('spearman_rho'))} over "
+        f"{length.get('spearman_n')} held-out answers"
+        + (f", {_number(length.get('responses_spearman_rho'))} over {length.get('responses_spearman_n')} policy outputs"
+           if "responses_spearman_rho" in length else "") + "\n"
+        f"- \"The longer answer wins\" on the same pairs: accuracy {_number(length.get('longer_wins_accuracy'))}\n"
+        f"- The model prefers the longer answer in {_number(length.get('model_prefers_longer'))} of "
+        f"{length.get('length_differs_n')} pairs whose lengths differ\n"
+        f"- Length-matched pairs (within 10% in tokens): accuracy {_number(length.get('length_matched_accuracy'))} "
+        f"on {length.get('length_matched_n')} pairs\n")
+    if length["length_probe"]:
+        parts.append("\nOne policy told to be concise, left alone, and told to be verbose:\n\n")
+        parts.append(_table(length["length_probe"], ["policy", "n", "mean_reward", "mean_tokens"]))
+    parts.append("## Calibration\n")
+    if calibration.get("n"):
+        fit = calibration["temperature_fit"]
+        parts.append(f"P(chosen wins) = sigmoid(margin): expected calibration error **{_number(calibration['ece'])}**"
+                     f" (max {_number(calibration['mce'])}), log-loss {_number(calibration['nll'])}. A temperature "
+                     f"of {_number(fit['temperature'])} fitted on these pairs (stored with the model as "
+                     f"`reward_temperature`) brings ECE to {_number(fit['ece_after'])} on the same pairs"
+                     + (" (at the search bound: the pairs are separated)" if fit["at_bound"] else "") + ".\n\n")
+        parts.append(_table(calibration["reliability"], ["bin_lower", "bin_upper", "mean_predicted", "observed", "count"]))
+    else:
+        parts.append("no held-out pairs\n")
+    parts.append("## Fresh policy outputs\n")
+    policies = report["policies"]
+    if policies.get("n_policies"):
+        parts.append(_table(policies["summary"], ["policy", "n", "mean_reward", "mean_tokens"]))
+        board = policies.get("leaderboard")
+        if board:
+            parts.append(f"\nSpearman correlation of mean reward with the leaderboard's `{board['column']}`: "
+                         f"{_number(board['spearman_rho'])} over {board['n_policies']} policies"
+                         + (f" (not on the leaderboard: {', '.join(board['missing'])})" if board["missing"] else "")
+                         + ".\n")
+    else:
+        parts.append("no policy outputs configured\n")
+    rankings = report["rankings"]
+    parts.append("## Human rankings of K > 2 replies\n")
+    if rankings.get("n_groups"):
+        parts.append(f"{rankings['n_groups']} groups, {rankings['n_replies']} replies: top-1 agreement "
+                     f"**{_number(rankings['top1_agreement'])}** (chance {_number(rankings['top1_chance'])}), mean "
+                     f"Kendall's tau {_number(rankings['mean_kendall_tau'])} ({rankings['tau_undefined']} groups "
+                     f"with constant rewards left out).\n")
+    else:
+        parts.append("no ranking files\n")
+    parts.append("## Human-labelled pairs of fresh policy outputs\n")
+    fresh = report["fresh_policy"]
+    parts.append(f"{_accuracy_line(fresh)}.\n" if fresh.get("n") else
+                 "none: put human-labelled pairs of the policy's own outputs in `fresh-policy/` in the eval folder.\n")
+    parts.append("## External benchmark files\n")
+    for name, summary in report["benchmarks"].items():
+        parts.append(f"### {name}\n{_accuracy_line(summary)}; longer wins {_number(summary['longer_wins_accuracy'])}, "
+                     f"length-matched {_number(summary['length_matched_accuracy'])}, ECE {_number(summary['ece'])}"
+                     + (f", RewardBench score {_number(summary['rewardbench_score'])}"
+                        if "rewardbench_score" in summary else "") + ".\n\n")
+        parts.append(_table([{"subset": k, **v} for k, v in summary["subsets"].items()], ["subset", "n", "accuracy"]))
+    if not report["benchmarks"]:
+        parts.append("no benchmark files\n")
+    parts.append("## Plots\n")
+    parts.append("\n".join(f"![{name}]({path})" for name, path in plots.items()) + "\n")
+    return "\n".join(parts)
+
+
+def render_verdict(verdict: dict) -> str:
+    state = "READY" if verdict["optimize_against_reward"] else "NOT READY"
+    lines = [f"## Readiness: {state} (`optimize_against_reward: {str(verdict['optimize_against_reward']).lower()}`)\n",
+             _table([{**check, "passed": "pass" if check["passed"] else "FAIL"} for check in verdict["checks"]],
+                    ["check", "value", "threshold", "passed", "reason"]),
+             f"\n{verdict['recommendation']}\n"]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- files
+
+
+REPORT_JSON, REPORT_MARKDOWN, READINESS_FILE = "evaluation_report.json", "evaluation_report.md", "readiness.json"
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Readers see the old file or the new one, never half of one."""
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(text, encoding="utf-8")
+    partial.replace(path)
+
+
+def write_report(folder: Path, document: dict) -> tuple[Path, Path]:
+    """``document`` (facts, plots, report and, once decided, readiness) as JSON and Markdown in ``folder``."""
+    json_path, markdown_path = folder / REPORT_JSON, folder / REPORT_MARKDOWN
+    write_atomically(json_path, json.dumps(document, indent=2, ensure_ascii=False))
+    write_atomically(markdown_path, render_markdown(document["report"], document["facts"], document["plots"],
+                                                    document.get("readiness")))
+    return json_path, markdown_path
+
+
+def store_in_model_config(model_dir: Path, values: dict) -> None:
+    """Add values (e.g. the fitted ``reward_temperature``) to a published model's config.json."""
+    path = model_dir / "config.json"
+    config = json.loads(path.read_text())
+    config.update(values)
+    write_atomically(path, json.dumps(config, indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,191 @@
+"""The evaluation report and the readiness verdict, from scored data (no model involved)."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from rm_pipeline.lib.aggregation import aggregate_votes, review_queue
+from rm_pipeline.lib.annotations import list_batch_files, read_annotations
+from rm_pipeline.lib.pairs import build_pairs
+from rm_pipeline.lib.readiness import ReadinessThresholds, readiness, split_overlap
+from rm_pipeline.lib.report import (EvaluationFolder, build_report, file_pairs_to_score, render_markdown,
+                                    responses_to_score, split_pairs_to_score, write_plots, write_report)
+from rm_pipeline.lib.split import split_by_group
+
+REPO_ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def scored(source, chosen_reward, rejected_reward, chosen_tokens, rejected_tokens, domain="d", file=None, **extra):
+    n = len(chosen_reward)
+    return pd.DataFrame({"source": source, "file": file, "pair_id": [f"{source}{i}" for i in range(n)],
+                         "prompt_id": [f"p{i}" for i in range(n)], "domain": domain, "n_votes": 1.0,
+                         "chosen_share": 1.0, "chosen_reward": chosen_reward, "rejected_reward": rejected_reward,
+                         "chosen_tokens": chosen_tokens, "rejected_tokens": rejected_tokens, "truncated": False,
+                         **extra})
+
+
+def no_responses():
+    return pd.DataFrame(columns=["source", "group_id", "candidate", "rank", "domain", "reward", "tokens"])
+
+
+@pytest.fixture(scope="module")
+def split_and_queue(annotations_slice):
+    votes = read_annotations(list_batch_files(annotations_slice)).votes
+    comparisons = aggregate_votes(votes, "majority_vote").comparisons
+    queue = review_queue(comparisons)
+    pairs, _ = build_pairs(comparisons, queue["item_id"])
+    return split_by_group(pairs, 0.3, 0), queue
+
+
+def test_scored_pairs_are_the_held_out_side_and_the_untrained_disputed_comparisons(split_and_queue):
+    split, queue = split_and_queue
+    rows = split_pairs_to_score(split, queue)
+    held_out = rows[rows["source"] == "held_out"]
+    assert set(held_out["pair_id"]) == set(split.loc[split["split"] == "eval", "pair_id"])
+    disputed = rows[rows["source"] == "disagreement"]
+    assert len(disputed) > 0
+    assert set(disputed["pair_id"]) <= set(queue["item_id"])
+    assert not set(disputed["pair_id"]) & set(split.loc[split["split"] == "train", "pair_id"])
+    decided = queue.set_index("item_id")["winner"]
+    assert decided.loc[disputed["pair_id"]].isin(["a", "b"]).all()  # a tie has no chosen answer to score
+    winner_a = decided.loc[disputed["pair_id"]].to_numpy() == "a"
+    response_a = queue.set_index("item_id").loc[disputed["pair_id"], "response_a"].to_numpy()
+    assert (disputed["chosen"].to_numpy() == response_a)[winner_a].all()
+
+
+def test_a_length_only_model_is_exposed_by_the_length_audit():
+    chosen_tokens = np.array([120, 40, 300, 50, 80, 100, 100])
+    rejected_tokens = np.array([60, 90, 100, 200, 80, 95, 104])
+    pairs = scored("held_out", chosen_tokens.astype(float), rejected_tokens.astype(float), chosen_tokens,
+                   rejected_tokens)
+    policies = pd.DataFrame({"source": "policy_outputs", "group_id": "0", "candidate": ["alpaca-7b_concise",
+                             "alpaca-7b", "alpaca-7b_verbose"], "rank": np.nan, "domain": "x",
+                             "reward": [1.0, 2.0, 3.0], "tokens": [10, 20, 30]})
+    report = build_report(pairs, policies, train_domains=["d"])
+    length = report["length"]
+    assert length["spearman_rho"] == pytest.approx(1.0)
+    assert length["model_prefers_longer"] == 1.0
+    assert report["held_out"]["accuracy"] == pytest.approx(length["longer_wins_accuracy"])
+    assert length["length_matched_n"] == 3  # 80/80, 100/95 and 100/104 are within 10%
+    assert [row["policy"] for row in length["length_probe"]] == ["alpaca-7b_concise", "alpaca-7b", "alpaca-7b_verbose"]
+    assert [row["mean_reward"] for row in length["length_probe"]] == [1.0, 2.0, 3.0]
+    json.dumps(report, allow_nan=False)  # valid JSON: NaN became null
+
+
+def test_report_sections_count_every_source_apart():
+    pairs = pd.concat([
+        scored("held_out", [2.0, 1.0, 0.5], [1.0, 2.0, 0.5], [10, 10, 10], [10, 10, 10], domain=["a", "b", "new"]),
+        scored("disagreement", [1.0, 0.0], [0.0, 1.0], [5, 5], [5, 5]),
+        scored("benchmark", [1.0, 1.0], [0.0, 2.0], [5, 5], [5, 5], domain=["alpacaeval-easy", "mystery"],
+               file="/x/bench.jsonl"),
+        scored("fresh_policy", [3.0], [1.0], [5], [5], file="/x/fresh/labels.jsonl"),
+    ], ignore_index=True)
+    report = build_report(pairs, no_responses(), train_domains=["a", "b"])
+    assert report["held_out"]["n"] == 3 and report["held_out"]["ties"] == 1
+    assert report["held_out"]["accuracy"] == pytest.approx(0.5)  # right, wrong, tie (half)
+    assert report["domains"]["spillover_domains"] == ["new"]
+    assert report["disagreement"]["n"] == 2 and report["disagreement"]["accuracy"] == 0.5
+    bench = report["benchmarks"]["bench.jsonl"]
+    assert bench["subsets"] == {"alpacaeval-easy": {"n": 1, "accuracy": 1.0}, "mystery": {"n": 1, "accuracy": 0.0}}
+    assert bench["rewardbench_sections"]["Chat"]["accuracy"] == 1.0
+    assert report["fresh_policy"]["n"] == 1 and report["fresh_policy"]["files"]["labels.jsonl"]["accuracy"] == 1.0
+    assert report["policies"] == {"n_policies": 0} and report["rankings"] == {"n_groups": 0}
+
+
+def test_bundled_evaluation_folder_yields_policy_outputs_rankings_and_a_benchmark():
+    folder = EvaluationFolder(REPO_ROOT / "data" / "eval")
+    responses = responses_to_score(folder)
+    policies = responses[responses["source"] == "policy_outputs"]
+    assert policies["candidate"].nunique() == 6 and policies["domain"].nunique() == 5
+    rankings = responses[responses["source"] == "rankings"]
+    assert rankings.groupby("group_id").size().min() >= 3
+    assert json.loads(rankings["prompt"].iloc[0])[0]["role"] == "user"  # the conversation so far
+    assert [p.name for p in folder.benchmark_files()] == ["alpacaeval-easy.jsonl"]
+    assert folder.fresh_policy_files() == []  # no human-labelled fresh-policy pairs are bundled
+
+
+def test_a_bad_benchmark_line_is_quarantined_with_file_and_line(tmp_path):
+    bench = tmp_path / "mine.jsonl"
+    good = {"prompt": "2+2?", "chosen": "4", "rejected": "5", "subset": "math"}
+    bench.write_text("\n".join([json.dumps(good), json.dumps({**good, "chosen": None}), "{oops",
+                                json.dumps({**good, "prompt": "3+3?"})]) + "\n")
+    rows, quarantine = file_pairs_to_score([bench], "benchmark")
+    assert len(rows) == 2 and set(rows["domain"]) == {"math"}
+    assert sorted(quarantine["line"]) == [2, 3]
+    assert set(quarantine["file"]) == {str(bench)}
+    assert dict(zip(quarantine["line"], quarantine["field"]))[2] == "response_a"  # the chosen answer
+    assert len(rows) + len(quarantine) == 4
+
+
+def good_report(fresh_accuracy=0.8, fresh_n=50):
+    chosen = np.linspace(1, 3, 60)
+    pairs = pd.concat([
+        scored("held_out", chosen, chosen - 3.0, [100] * 60, [100] * 60),  # length-matched, large margins
+        scored("fresh_policy", [1.0] * fresh_n, [0.0 if i < fresh_accuracy * fresh_n else 2.0 for i in range(fresh_n)],
+               [5] * fresh_n, [5] * fresh_n, file="/f/fresh.jsonl"),
+    ], ignore_index=True)
+    return build_report(pairs, no_responses(), ["d"])
+
+
+SPLIT = pd.DataFrame({"split": ["train", "train", "eval"], "prompt_id": ["p1", "p2", "p3"],
+                      "prompt": ["Hello there", "Name a colour", "Something else"]})
+PERMISSIVE_ECE = ReadinessThresholds(max_ece=0.5)
+
+
+def test_every_check_passing_makes_the_model_ready():
+    verdict = readiness(good_report(), split_overlap(SPLIT), PERMISSIVE_ECE)
+    assert verdict["optimize_against_reward"] is True
+    assert [c["check"] for c in verdict["checks"]] == ["split_has_no_prompt_overlap", "length_matched_accuracy",
+                                                       "fresh_policy_accuracy", "calibration_error"]
+    assert all(c["passed"] for c in verdict["checks"]) and verdict["reasons"] == []
+    assert "worth it" in verdict["recommendation"]
+
+
+def test_missing_fresh_policy_labels_mean_not_ready_saying_why():
+    verdict = readiness(good_report(fresh_n=0), split_overlap(SPLIT), PERMISSIVE_ECE)
+    assert verdict["optimize_against_reward"] is False
+    [reason] = verdict["reasons"]
+    assert reason.startswith("fresh_policy_accuracy: no human-labelled pairs") and "fresh-policy/" in reason
+    assert "DPO on the same 2 training pairs" in verdict["recommendation"]
+
+
+@pytest.mark.parametrize("thresholds, failing", [
+    (ReadinessThresholds(max_ece=0.5, min_fresh_policy_accuracy=0.9), "fresh_policy_accuracy"),
+    (ReadinessThresholds(max_ece=0.5, min_pairs=61), "length_matched_accuracy"),
+    (ReadinessThresholds(max_ece=0.0001), "calibration_error"),
+])
+def test_each_threshold_can_fail_its_check(thresholds, failing):
+    verdict = readiness(good_report(), split_overlap(SPLIT), thresholds)
+    assert verdict["optimize_against_reward"] is False
+    assert [c["check"] for c in verdict["checks"] if not c["passed"]][:1] == [failing]
+
+
+def test_the_same_prompt_under_two_ids_is_overlap():
+    leaky = SPLIT.assign(prompt=["Hello there", "Name a colour", "hello   THERE"])
+    overlap = split_overlap(leaky)
+    assert overlap["shared_prompt_ids"] == 0 and overlap["shared_prompt_texts"] == 1
+    verdict = readiness(good_report(), overlap, PERMISSIVE_ECE)
+    assert verdict["checks"][0]["passed"] is False and verdict["optimize_against_reward"] is False
+
+
+def test_report_files_carry_every_section_and_the_verdict(tmp_path):
+    pairs = scored("held_out", np.linspace(0, 2, 40), np.linspace(0.5, 1, 40), [10] * 40, [12] * 40)
+    report = build_report(pairs, no_responses(), ["d"])
+    plots = write_plots(pairs, no_responses(), report, tmp_path)
+    assert sorted(plots) == ["reliability_diagram", "reward_histograms", "reward_vs_length"]
+    assert all(path.read_bytes()[:4] == b"\x89PNG" for path in plots.values())
+    verdict = readiness(report, split_overlap(SPLIT))
+    document = {"facts": {"model_name": "rm-x"}, "plots": {k: p.name for k, p in plots.items()},
+                "report": report, "readiness": verdict}
+    json_path, markdown_path = write_report(tmp_path, document)
+    assert json.loads(json_path.read_text())["readiness"]["optimize_against_reward"] is False
+    markdown = markdown_path.read_text()
+    for heading in ("Readiness: NOT READY", "Held-out pairs", "By domain", "Disagreement slice", "Length bias",
+                    "Calibration", "Fresh policy outputs", "K > 2", "External benchmark files", "Plots"):
+        assert heading in markdown
+    for check in verdict["checks"]:
+        assert check["check"] in markdown
+    assert "![reliability_diagram](reliability_diagram.png)" in markdown
+    assert render_markdown(report, {}, {}) != markdown  # without a verdict, no readiness section

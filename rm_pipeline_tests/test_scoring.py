@@ -1,0 +1,130 @@
+"""Scoring with a saved reward model: pairs, long inputs, best-of-N candidates, and the CLI around them."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from rm_pipeline.lib.scoring import (CandidateFileError, RewardScorer, fit_to_length, rank_candidates, read_candidates,
+                                     score_ids)
+from rm_pipeline.lib.tokenization import encode
+from rm_pipeline_tests.test_cli import rm_pipeline
+
+PAIRS = pd.DataFrame({
+    "prompt": ["2+2?", json.dumps([{"role": "user", "content": "hi"}]), "Name a colour."],
+    "conversational": [False, True, False],
+    "chosen": ["4", "Hello! How can I help?", "Blue, like the sky on a clear summer day."],
+    "rejected": ["five", "go away", "no"],
+})
+
+
+@pytest.fixture(scope="module")
+def scorer(tiny_encoder):
+    return RewardScorer.load(tiny_encoder, batch_size=2)
+
+
+def test_pairs_score_like_their_sides_scored_alone(scorer):
+    result = scorer.score_pairs(PAIRS)
+    for side in ("chosen", "rejected"):
+        alone = scorer.score(PAIRS["prompt"], PAIRS[side], PAIRS["conversational"])
+        np.testing.assert_allclose(result[f"{side}_reward"], alone["reward"], atol=1e-5)
+        tokens = [len(scorer.tokenizer(text, add_special_tokens=False)["input_ids"]) for text in PAIRS[side]]
+        assert list(result[f"{side}_tokens"]) == tokens  # the response's own length, not the prompt's
+    assert not result["truncated"].any()
+
+
+def test_length_sorting_changes_speed_not_rewards(scorer):
+    sequences = encode(scorer.tokenizer, list(PAIRS["prompt"]) * 2, list(PAIRS["chosen"]) + list(PAIRS["rejected"]),
+                       list(PAIRS["conversational"]) * 2)
+    pad = scorer.tokenizer.pad_token_id
+    np.testing.assert_allclose(score_ids(scorer.model, sequences, pad, 2, sort_by_length=True),
+                               score_ids(scorer.model, sequences, pad, 2, sort_by_length=False), atol=1e-5)
+
+
+def test_a_sequence_longer_than_the_model_reads_loses_its_oldest_context(scorer):
+    long_prompt = "word " * 2000
+    result = scorer.score([long_prompt, "short"], ["the answer", "the answer"], [False, False])
+    assert list(result["truncated"]) == [True, False]
+    [ids] = encode(scorer.tokenizer, [long_prompt], ["the answer"], [False])
+    cut = fit_to_length(ids, scorer.max_length)
+    assert len(cut) == scorer.max_length == 512 and cut[0] == ids[0] and cut[-8:] == ids[-8:]
+    [expected] = score_ids(scorer.model, [cut], scorer.tokenizer.pad_token_id)
+    assert result["reward"][0] == pytest.approx(expected, abs=1e-5)
+
+
+def test_candidates_are_ranked_best_first(scorer):
+    records = [{"id": "q1", "prompt": "2+2?", "candidates": ["4", "five", "It is 4."]},
+               {"prompt": [{"role": "user", "content": "hi"}], "candidates": [{"role": "assistant", "content": "hey"}]}]
+    ranked = rank_candidates(scorer, records)
+    assert ranked[0]["id"] == "q1" and ranked[0]["candidates"] == records[0]["candidates"]
+    rewards = ranked[0]["rewards"]
+    assert sorted(ranked[0]["ranking"]) == [0, 1, 2]
+    assert [rewards[i] for i in ranked[0]["ranking"]] == sorted(rewards, reverse=True)
+    alone = scorer.score(["2+2?"] * 3, records[0]["candidates"], [False] * 3)["reward"]
+    np.testing.assert_allclose(rewards, alone, atol=1e-5)
+    assert ranked[1]["ranking"] == [0] and len(ranked[1]["rewards"]) == 1
+
+
+def test_bad_candidate_lines_are_all_named_before_anything_is_scored(tmp_path):
+    path = tmp_path / "candidates.jsonl"
+    path.write_text("\n".join([json.dumps({"prompt": "ok", "candidates": ["a", "b"]}), "{nope",
+                               json.dumps({"prompt": "", "candidates": ["a"]}),
+                               json.dumps({"prompt": "x", "candidates": ["a", 3]}), "",
+                               json.dumps({"prompt": "x"})]) + "\n")
+    with pytest.raises(CandidateFileError) as error:
+        read_candidates(path)
+    message = str(error.value)
+    assert "4 problem(s)" in message
+    for expected in (f"{path}:2: not valid JSON", f"{path}:3: prompt:", f"{path}:4: candidates[1]:",
+                     f"{path}:6: candidates:"):
+        assert expected in message
+
+
+def test_evaluate_prints_one_json_object_per_file(tiny_encoder, tmp_path):
+    bench = tmp_path / "bench.jsonl"
+    rows = [{"prompt": f"q{i}", "chosen": "a fairly long answer " * (i % 3 + 1), "rejected": "short",
+             "subset": "alpacaeval-easy" if i % 2 else "mine"} for i in range(10)]
+    bench.write_text("\n".join(map(json.dumps, rows)) + "\n{broken\n")
+    conversational = tmp_path / "trl.jsonl"
+    conversational.write_text(json.dumps({"chosen": [{"role": "user", "content": "hi"},
+                                                     {"role": "assistant", "content": "hello"}],
+                                          "rejected": [{"role": "user", "content": "hi"},
+                                                       {"role": "assistant", "content": "bye"}]}) + "\n")
+    done = rm_pipeline("evaluate", "--model", tiny_encoder, "--pairs", str(bench), str(conversational))
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    summary = result[str(bench)]
+    for key in ("n", "accuracy", "ties", "longer_wins_accuracy", "length_matched_accuracy", "ece", "subsets"):
+        assert key in summary
+    assert summary["n"] == 10 and summary["quarantined"] == 1
+    assert summary["longer_wins_accuracy"] == 1.0  # every chosen answer is the longer one
+    assert summary["subsets"]["alpacaeval-easy"]["n"] == 5 and summary["subsets"]["mine"]["n"] == 5
+    assert "rewardbench_score" in summary  # a RewardBench subset name was recognised
+    assert f"{bench}:11: " in done.stderr and "malformed_json" in done.stderr
+    assert result[str(conversational)]["n"] == 1
+
+
+def test_evaluate_names_a_file_it_cannot_read(tiny_encoder, tmp_path):
+    votes = tmp_path / "votes.jsonl"
+    votes.write_text(json.dumps({"item_id": "1", "prompt": "p", "response_a": "a", "response_b": "b",
+                                 "annotator_id": "u", "vote": "a"}) + "\n")
+    done = rm_pipeline("evaluate", "--model", tiny_encoder, "--pairs", str(votes))
+    assert done.returncode == 3 and str(votes) in done.stderr and "Traceback" not in done.stderr
+
+
+def test_score_writes_rewards_and_rankings(tiny_encoder, tmp_path):
+    source = tmp_path / "candidates.jsonl"
+    source.write_text("\n".join(json.dumps({"prompt": f"question {i}", "candidates": [f"answer {j}" * j for j in
+                                                                                       range(1, 6)]})
+                                for i in range(40)) + "\n")
+    output = tmp_path / "ranked.jsonl"
+    done = rm_pipeline("score", "--model", tiny_encoder, "--input", str(source), "--output", str(output))
+    assert done.returncode == 0, done.stderr[-2000:]
+    ranked = [json.loads(line) for line in output.read_text().splitlines()]
+    assert len(ranked) == 40 and all(len(r["rewards"]) == 5 and sorted(r["ranking"]) == list(range(5)) for r in ranked)
+    assert "200/200" in done.stderr  # the progress bar counted every candidate
+
+    source.write_text('{"prompt": "p", "candidates": []}\n')
+    done = rm_pipeline("score", "--model", tiny_encoder, "--input", str(source))
+    assert done.returncode == 3 and f"{source}:1: candidates:" in done.stderr
