@@ -1,4 +1,4 @@
-"""`rm-pipeline`: run the asset graph headless, check annotation files, open the UI."""
+"""`rm-pipeline`: run the asset graph headless, check annotation files, evaluate and use a reward model, open the UI."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from pathlib import Path
 
 EXIT_GATE_FAILED = 2
 EXIT_BAD_INPUT = 3
+EXIT_NOT_READY = 4
+READINESS_CHECK = "reward_model_ready"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,7 +23,26 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--home", help="storage root (default: $RM_PIPELINE_HOME or ./.rm_pipeline_home)")
     run.add_argument("--annotations", help="folder of annotation batches (default: the bundled data/annotations)")
     run.add_argument("--base-model", help="Hugging Face id or local path (default: the bundled all-MiniLM-L6-v2)")
+    run.add_argument("--eval-dir", help="evaluation folder laid out like data/eval (default: the bundled data/eval)")
+    run.add_argument("--require-ready", action="store_true",
+                     help=f"exit with status {EXIT_NOT_READY} when the model is not ready for optimisation")
     run.set_defaults(handler=_run)
+
+    evaluate = commands.add_parser("evaluate", help="score labelled pair files with a model; print one JSON object")
+    evaluate.add_argument("--model", required=True, type=Path, help="a trained reward model directory")
+    evaluate.add_argument("--pairs", required=True, nargs="+", type=Path,
+                          help="pair files: RewardBench (prompt, chosen, rejected, subset), TRL standard or "
+                               "conversational; JSONL, JSON, CSV or Parquet")
+    evaluate.add_argument("--batch-size", type=int, default=32)
+    evaluate.set_defaults(handler=_evaluate)
+
+    score = commands.add_parser("score", help="reward and rank candidates per prompt (best-of-N, data filtering)")
+    score.add_argument("--model", required=True, type=Path, help="a trained reward model directory")
+    score.add_argument("--input", required=True, type=Path,
+                       help='JSONL: {"prompt": text or messages, "candidates": [text, ...], ...} per line')
+    score.add_argument("--output", type=Path, help="JSONL written here (default: stdout)")
+    score.add_argument("--batch-size", type=int, default=32)
+    score.set_defaults(handler=_score)
 
     validate = commands.add_parser("validate", help="ingest, aggregate and validate files; print counts as JSON")
     validate.add_argument("files", nargs="+", type=Path)
@@ -56,25 +77,49 @@ def _run(args) -> int:
 
     from rm_pipeline.definitions import build_defs, reward_pipeline_job
 
-    job = build_defs(str(home), args.annotations, args.base_model).resolve_job_def(reward_pipeline_job.name)
+    defs = build_defs(str(home), args.annotations, args.base_model, args.eval_dir)
+    job = defs.resolve_job_def(reward_pipeline_job.name)
     with dg.DagsterInstance.get() as instance:
         result = job.execute_in_process(instance=instance, raise_on_error=False)
     print(f"run {result.run_id} ({'succeeded' if result.success else 'failed'}); storage: {home}")
+    readiness = None
     for event in result.get_asset_materialization_events():
         materialization = event.materialization
         print(f"  {materialization.asset_key.to_user_string()}: {_summary(materialization.metadata)}")
-    failed_gates = [e for e in result.get_asset_check_evaluations() if not e.passed]
-    for evaluation in result.get_asset_check_evaluations():
+        if materialization.asset_key.to_user_string() == "reward_readiness":
+            readiness = materialization.metadata
+    evaluations = result.get_asset_check_evaluations()
+    for evaluation in evaluations:
         print(f"  gate {evaluation.check_name}: {'passed' if evaluation.passed else 'FAILED'}")
+    failed_gates = [e for e in evaluations if not e.passed and e.check_name != READINESS_CHECK]
     for evaluation in failed_gates:
         failures = evaluation.metadata.get("failures")
         print(f"\n{evaluation.check_name} stopped the run:\n{failures.value if failures else ''}", file=sys.stderr)
-    for event in result.all_events:
-        if event.is_step_failure:
-            print(f"\nstep {event.step_key} failed: {event.step_failure_data.error.message.strip()}", file=sys.stderr)
+    # A not-ready verdict fails its blocking check, and so its step: that is a result, not a crash.
+    crashes = [event for event in result.all_events if event.is_step_failure and not (
+        event.step_key == "reward_readiness"
+        and event.step_failure_data.error.cls_name == "DagsterAssetCheckFailedError")]
+    for event in crashes:
+        print(f"\nstep {event.step_key} failed: {event.step_failure_data.error.message.strip()}", file=sys.stderr)
+    if readiness is not None:
+        _print_verdict(Path(readiness["readiness_file"].value))
     if failed_gates:
         return EXIT_GATE_FAILED
-    return 0 if result.success else 1
+    if crashes:
+        return 1
+    not_ready = readiness is not None and not readiness["optimize_against_reward"].value
+    return EXIT_NOT_READY if not_ready and args.require_ready else 0
+
+
+def _print_verdict(readiness_file: Path) -> None:
+    verdict = json.loads(readiness_file.read_text())
+    ready = verdict["optimize_against_reward"]
+    print(f"\nverdict: {'READY' if ready else 'NOT READY'} for optimisation "
+          f"(optimize_against_reward: {str(ready).lower()})")
+    for check in verdict["checks"]:
+        print(f"  {'pass' if check['passed'] else 'FAIL'} {check['check']}: {check['reason']}")
+    print(f"\n{verdict['recommendation']}\n\nmodel:     {verdict['model_path']}\nreport:    {verdict['report']}"
+          f"\nreadiness: {readiness_file}")
 
 
 def _summary(metadata: dict) -> str:
@@ -125,6 +170,69 @@ def _validate(args) -> int:
         "review_queue": len(queue),
     }, indent=2))
     return 0
+
+
+def _evaluate(args) -> int:
+    from rm_pipeline.lib.annotations import AnnotationFileError
+    from rm_pipeline.lib.evaluation import pair_file_summary, read_pair_file
+    from rm_pipeline.lib.report import jsonable
+
+    scorer = _load_scorer(args.model, args.batch_size)
+    if scorer is None:
+        return EXIT_BAD_INPUT
+    results = {}
+    for path in args.pairs:
+        try:
+            pairs, quarantine = read_pair_file(path)
+        except AnnotationFileError as error:
+            print(f"rm-pipeline evaluate: {error}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        for row in quarantine.itertuples():
+            print(f"{row.file}:{row.line}: {row.field}: {row.reason} ({row.detail}); not scored", file=sys.stderr)
+        with _progress(2 * len(pairs), f"scoring {path.name}") as bar:
+            scored = scorer.score_pairs(pairs, progress=bar.update)
+        results[str(path)] = {**pair_file_summary(scored), "quarantined": len(quarantine)}
+    print(json.dumps(jsonable(results), indent=2))
+    return 0
+
+
+def _score(args) -> int:
+    from rm_pipeline.lib.scoring import CandidateFileError, rank_candidates, read_candidates
+
+    try:
+        records = read_candidates(args.input)
+    except CandidateFileError as error:
+        print(f"rm-pipeline score: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    scorer = _load_scorer(args.model, args.batch_size)
+    if scorer is None:
+        return EXIT_BAD_INPUT
+    with _progress(sum(len(record["candidates"]) for record in records), "scoring candidates") as bar:
+        ranked = rank_candidates(scorer, records, progress=bar.update)
+    output = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+    try:
+        for record in ranked:
+            output.write(json.dumps(record, ensure_ascii=False) + "\n")
+    finally:
+        if args.output:
+            output.close()
+    return 0
+
+
+def _load_scorer(model: Path, batch_size: int):
+    from rm_pipeline.lib.scoring import RewardScorer
+
+    if not (model / "config.json").exists():
+        print(f"rm-pipeline: {model} is not a model directory (no config.json)", file=sys.stderr)
+        return None
+    return RewardScorer.load(model, batch_size)
+
+
+def _progress(total: int, description: str):
+    """A progress bar on stderr, so stdout stays machine-readable."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=description, unit="seq", file=sys.stderr, mininterval=1.0)
 
 
 def _ui(args) -> int:

@@ -2,35 +2,37 @@
 
 import dagster as dg
 
-from rm_pipeline.resources import AnnotationSource, BaseModel, ParquetIOManager, PipelineStorage, QualityGates
-from rm_pipeline.stages import aggregation, annotations, pairs, reward_model, split
+from rm_pipeline.resources import (AnnotationSource, BaseModel, EvaluationSource, ParquetIOManager, PipelineStorage,
+                                   QualityGates)
+from rm_pipeline.stages import aggregation, annotations, evaluation, pairs, reward_model, split
 
-STAGES = [annotations, aggregation, pairs, split, reward_model]
+STAGES = [annotations, aggregation, pairs, split, reward_model, evaluation]
 
 reward_pipeline_job = dg.define_asset_job(
     "reward_pipeline_job", selection=dg.AssetSelection.all(),
-    description="Annotations to a trained reward model, through every gate.")
+    description="Annotations to a trained, evaluated reward model and its readiness verdict, through every gate.")
 
 
 def build_resources(storage_root: str | None = None, annotations_dir: str | None = None,
-                    base_model: str | None = None) -> dict:
+                    base_model: str | None = None, evaluation_dir: str | None = None) -> dict:
     storage = PipelineStorage(root=storage_root) if storage_root else PipelineStorage()
     return {
         "storage": storage,
         "io_manager": ParquetIOManager(storage=storage),
         "annotation_source": AnnotationSource(directory=annotations_dir) if annotations_dir else AnnotationSource(),
         "base_model": BaseModel(name_or_path=base_model) if base_model else BaseModel(),
+        "evaluation_source": EvaluationSource(directory=evaluation_dir) if evaluation_dir else EvaluationSource(),
         "quality_gates": QualityGates(),
     }
 
 
 def build_defs(storage_root: str | None = None, annotations_dir: str | None = None,
-               base_model: str | None = None) -> dg.Definitions:
+               base_model: str | None = None, evaluation_dir: str | None = None) -> dg.Definitions:
     return dg.Definitions(
         assets=dg.load_assets_from_modules(STAGES),
         asset_checks=dg.load_asset_checks_from_modules(STAGES),
         jobs=[reward_pipeline_job],
-        resources=build_resources(storage_root, annotations_dir, base_model),
+        resources=build_resources(storage_root, annotations_dir, base_model, evaluation_dir),
         # Stages run one after another on one machine; a process per step only adds start-up time.
         executor=dg.in_process_executor,
     )

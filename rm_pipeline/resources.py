@@ -9,6 +9,7 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
+from rm_pipeline.lib.report import EvaluationFolder
 from rm_pipeline.lib.tokenization import default_base_model, load_tokenizer, token_lengths
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -69,11 +70,26 @@ class ParquetIOManager(dg.ConfigurableIOManager):
         return pd.read_parquet(path)
 
 
+def default_evaluation_dir() -> str:
+    """$RM_PIPELINE_EVAL, else the bundled `data/eval` of this checkout."""
+    return os.environ.get("RM_PIPELINE_EVAL") or str(REPO_ROOT / "data" / "eval")
+
+
 class AnnotationSource(dg.ConfigurableResource):
     """The folder vendors drop annotation batches into; every file in it is one batch."""
 
     directory: str = Field(default_factory=default_annotations_dir,
                            description="Folder of batch files (.jsonl, .json, .csv, .parquet).")
+
+
+class EvaluationSource(dg.ConfigurableResource):
+    """The folder of evaluation evidence: benchmark files, fresh policy outputs, rankings (data/eval/README.md)."""
+
+    directory: str = Field(default_factory=default_evaluation_dir,
+                           description="Folder laid out like the bundled data/eval ($RM_PIPELINE_EVAL).")
+
+    def folder(self) -> EvaluationFolder:
+        return EvaluationFolder(Path(self.directory))
 
 
 class BaseModel(dg.ConfigurableResource):

@@ -41,3 +41,21 @@ def tiny_encoder(tmp_path_factory) -> str:
 @pytest.fixture
 def storage_root(tmp_path) -> Path:
     return tmp_path / "home"
+
+
+# Thresholds any model meets, given some fresh-policy labels: for tests of the graph, not of the verdict.
+PERMISSIVE_READINESS = {"reward_readiness": {"config": {"min_length_matched_accuracy": 0.0,
+                                                        "min_fresh_policy_accuracy": 0.0, "max_ece": 1.0,
+                                                        "min_pairs": 1}}}
+
+
+@pytest.fixture(scope="session")
+def labelled_eval_dir(tmp_path_factory) -> Path:
+    """An evaluation folder holding only five human-labelled pairs of fresh policy outputs: quick to score."""
+    import json
+
+    folder = tmp_path_factory.mktemp("eval")
+    (folder / "fresh-policy").mkdir()
+    pairs = [{"prompt": f"Name a fruit ({i})", "chosen": "An apple.", "rejected": "I won't."} for i in range(5)]
+    (folder / "fresh-policy" / "labelled.jsonl").write_text("\n".join(map(json.dumps, pairs)) + "\n")
+    return folder

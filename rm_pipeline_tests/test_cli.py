@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+from rm_pipeline_tests.conftest import PERMISSIVE_READINESS
+
 TOY = [  # the classic example: one good pair, one identical, one context mismatch, one tie
     {"item_id": "a", "prompt": "2+2?", "response_a": "4", "response_b": "5", "annotator_id": "u1", "vote": "a"},
     {"item_id": "b", "prompt": "Capital of France?", "response_a": "Paris", "response_b": "Paris",
@@ -50,15 +52,33 @@ def test_validate_names_a_file_that_is_not_a_table(tmp_path):
 def test_run_materialises_the_graph_and_prints_each_stage(annotations_slice, tmp_path, tiny_encoder):
     home = tmp_path / "home"
     done = rm_pipeline("run", "--home", str(home), "--annotations", str(annotations_slice), "--base-model", tiny_encoder)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, done.stderr[-3000:]  # not ready is a result, not a crash
     for stage in ("raw_annotations", "aggregated_preferences", "review_queue", "preference_pairs", "rejected_pairs",
-                  "preference_split", "reward_model"):
+                  "preference_split", "reward_model", "reward_scores", "response_scores", "evaluation_report",
+                  "reward_readiness"):
         assert f"  {stage}: " in done.stdout
     assert "gate preference_split_grouped: passed" in done.stdout
+    assert "gate reward_model_ready: FAILED" in done.stdout
     assert (home / "tables" / "preference_split.parquet").exists()
     assert (home / "models" / "current" / "model.safetensors").exists()
     assert f"model_path={home}/models/rm-" in done.stdout and "base64" not in done.stdout
     assert (home / "dagster" / "dagster.yaml").exists()  # the UI's instance sees this run
+    # the verdict, its reasons, and where the model and the report are
+    verdict = done.stdout[done.stdout.index("verdict: NOT READY"):]
+    assert "FAIL fresh_policy_accuracy: no human-labelled pairs of fresh policy outputs" in verdict
+    model = (home / "models" / "current").resolve()
+    assert f"model:     {model}" in verdict
+    assert f"report:    {home}/reports/{model.name}/evaluation_report.md" in verdict
+    assert f"readiness: {model}/readiness.json" in verdict and (model / "readiness.json").exists()
+
+
+def test_require_ready_turns_a_not_ready_verdict_into_a_distinct_status(annotations_slice, tmp_path, tiny_encoder,
+                                                                      labelled_eval_dir):
+    done = rm_pipeline("run", "--home", str(tmp_path / "home"), "--annotations", str(annotations_slice),
+                       "--base-model", tiny_encoder, "--eval-dir", str(labelled_eval_dir), "--require-ready")
+    assert done.returncode == 4, done.stderr[-3000:]
+    assert "verdict: NOT READY" in done.stdout
+    assert "FAIL fresh_policy_accuracy: only 5 human-labelled pairs of fresh policy outputs" in done.stdout
 
 
 def test_run_exits_with_a_distinct_status_when_a_gate_fails(tmp_path):
@@ -72,7 +92,7 @@ def test_run_exits_with_a_distinct_status_when_a_gate_fails(tmp_path):
     assert "aggregated_preferences:" not in done.stdout
 
 
-def test_dagster_asset_materialize_runs_the_whole_graph(annotations_slice, tmp_path, tiny_encoder):
+def test_dagster_asset_materialize_runs_the_whole_graph(annotations_slice, tmp_path, tiny_encoder, labelled_eval_dir):
     """The plain Dagster CLI works on the code location too."""
     home = tmp_path / "home"
     env = {**os.environ, "RM_PIPELINE_HOME": str(home), "RM_PIPELINE_ANNOTATIONS": str(annotations_slice),
@@ -80,6 +100,16 @@ def test_dagster_asset_materialize_runs_the_whole_graph(annotations_slice, tmp_p
     (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     done = subprocess.run([sys.executable, "-m", "dagster", "asset", "materialize", "-m", "rm_pipeline.definitions",
                            "--select", "*"], capture_output=True, text=True, env=env, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    # With the bundled evaluation folder the model is not ready: the blocking check fails the run.
+    assert done.returncode != 0 and "1 blocking asset check failed" in done.stderr
+    assert "reward_readiness: reward_model_ready" in done.stderr
     assert (home / "tables" / "preference_split.parquet").exists()
     assert (home / "models" / "current" / "model.safetensors").exists()
+    assert (home / "models" / "current" / "readiness.json").exists()
+
+    # Given labelled fresh-policy pairs and thresholds it meets, the same command succeeds.
+    done = subprocess.run([sys.executable, "-m", "dagster", "asset", "materialize", "-m", "rm_pipeline.definitions",
+                           "--select", "*", "--config-json", json.dumps({"ops": PERMISSIVE_READINESS})],
+                          capture_output=True, text=True, env={**env, "RM_PIPELINE_EVAL": str(labelled_eval_dir)},
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]

@@ -1,5 +1,6 @@
 """The code location, and the asset graph materialised on a real Dagster instance."""
 
+import json
 import shutil
 
 import dagster as dg
@@ -7,12 +8,14 @@ import pandas as pd
 import pytest
 
 from rm_pipeline.definitions import build_defs, defs, reward_pipeline_job
+from rm_pipeline_tests.conftest import PERMISSIVE_READINESS
 
 PRODUCT_ASSETS = {"raw_annotations", "aggregated_preferences", "review_queue", "preference_pairs", "rejected_pairs",
-                  "preference_split", "reward_model"}
-TABLES = PRODUCT_ASSETS - {"reward_model"} | {"annotation_quarantine"}
+                  "preference_split", "reward_model", "reward_scores", "evaluation_report", "reward_readiness"}
+TABLES = PRODUCT_ASSETS - {"reward_model", "evaluation_report", "reward_readiness"} | {"annotation_quarantine",
+                                                                                       "response_scores"}
 GATES = {"raw_annotations_valid", "aggregated_preferences_consistent", "review_queue_consistent",
-         "preference_pairs_rules_hold", "preference_split_grouped"}
+         "preference_pairs_rules_hold", "preference_split_grouped", "reward_model_ready"}
 
 
 def test_definitions_load_with_the_product_asset_names():
@@ -27,6 +30,9 @@ def test_definitions_load_with_the_product_asset_names():
     assert upstream["aggregated_preferences"] == {"raw_annotations"}
     assert upstream["review_queue"] == {"aggregated_preferences"}
     assert upstream["preference_split"] == {"preference_pairs"}
+    assert upstream["reward_scores"] == {"reward_model", "preference_split", "review_queue"}
+    assert upstream["evaluation_report"] == {"reward_scores", "response_scores", "preference_split"}
+    assert upstream["reward_readiness"] == {"evaluation_report", "preference_split"}
 
 
 def test_every_gate_is_blocking():
@@ -36,14 +42,20 @@ def test_every_gate_is_blocking():
     assert all(checks[name].blocking for name in GATES)
 
 
-def _run(storage_root, annotations, instance, base_model=None, run_config=None):
-    job = build_defs(str(storage_root), str(annotations), base_model).resolve_job_def(reward_pipeline_job.name)
-    return job.execute_in_process(instance=instance, raise_on_error=False, run_config=run_config)
+@pytest.fixture
+def run(labelled_eval_dir):
+    """The main job on its own storage root, with fresh-policy labels and thresholds any model meets."""
+    def execute(storage_root, annotations, instance, base_model=None, ops=None):
+        job = build_defs(str(storage_root), str(annotations), base_model, str(labelled_eval_dir)).resolve_job_def(
+            reward_pipeline_job.name)
+        return job.execute_in_process(instance=instance, raise_on_error=False,
+                                      run_config={"ops": {**PERMISSIVE_READINESS, **(ops or {})}})
+    return execute
 
 
-def test_whole_graph_materialises_with_every_gate_passing(annotations_slice, storage_root, tiny_encoder):
+def test_whole_graph_materialises_with_every_gate_passing(annotations_slice, storage_root, tiny_encoder, run):
     with dg.instance_for_test() as instance:
-        result = _run(storage_root, annotations_slice, instance, tiny_encoder)
+        result = run(storage_root, annotations_slice, instance, tiny_encoder)
         assert result.success
         materialised = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
         assert PRODUCT_ASSETS <= materialised
@@ -70,14 +82,17 @@ def test_whole_graph_materialises_with_every_gate_passing(annotations_slice, sto
     # Parquet only: every stored table opens as a table
     for asset in TABLES:
         assert isinstance(pd.read_parquet(tables / f"{asset}.parquet"), pd.DataFrame)
+    model = (storage_root / "models" / "current").resolve()
+    assert json.loads((model / "readiness.json").read_text())["optimize_against_reward"] is True
+    assert "Readiness: READY" in (storage_root / "reports" / model.name / "evaluation_report.md").read_text()
 
 
-def test_reward_model_is_trained_in_a_child_process_with_lineage(annotations_slice, storage_root, tiny_encoder):
+def test_reward_model_is_trained_in_a_child_process_with_lineage(annotations_slice, storage_root, tiny_encoder, run):
     from transformers import AutoModelForSequenceClassification
 
     with dg.instance_for_test() as instance:
-        result = _run(storage_root, annotations_slice, instance, tiny_encoder,
-                      run_config={"ops": {"reward_model": {"config": {"eval_steps": 5, "logging_steps": 2}}}})
+        result = run(storage_root, annotations_slice, instance, tiny_encoder,
+                     ops={"reward_model": {"config": {"eval_steps": 5, "logging_steps": 2}}})
         assert result.success
         split_version = instance.get_latest_materialization_event(
             dg.AssetKey("preference_split")).asset_materialization.metadata["data_version"].value
@@ -99,7 +114,8 @@ def test_reward_model_is_trained_in_a_child_process_with_lineage(annotations_sli
     assert split_version in card and "pandalm_testset_v1" in card
 
 
-def test_a_batch_that_breaks_a_gate_stops_the_run_before_later_stages(annotations_slice, tmp_path, storage_root):
+def test_a_batch_that_breaks_a_gate_stops_the_run_before_later_stages(annotations_slice, tmp_path, storage_root,
+                                                                      run):
     folder = tmp_path / "annotations"
     shutil.copytree(annotations_slice, folder)
     good = '{"item_id": "x1", "prompt": "p", "response_a": "r1", "response_b": "r2", "annotator_id": "v", "vote": "a"}'
@@ -107,7 +123,7 @@ def test_a_batch_that_breaks_a_gate_stops_the_run_before_later_stages(annotation
     (folder / "vendor_batch_7.jsonl").write_text("\n".join(garbage) + "\n")
 
     with dg.instance_for_test() as instance:
-        result = _run(storage_root, folder, instance)
+        result = run(storage_root, folder, instance)
         assert not result.success
         evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
         gate = evaluations["raw_annotations_valid"]
@@ -120,14 +136,12 @@ def test_a_batch_that_breaks_a_gate_stops_the_run_before_later_stages(annotation
     assert not (storage_root / "tables" / "preference_split.parquet").exists()
 
 
-def test_stage_settings_change_the_outputs(annotations_slice, storage_root, tiny_encoder):
+def test_stage_settings_change_the_outputs(annotations_slice, storage_root, tiny_encoder, run):
     """Settings are dg.Config: a stricter max_length rejects more pairs as too_long."""
-    assets = build_defs(str(storage_root), str(annotations_slice), tiny_encoder)
     with dg.instance_for_test() as instance:
-        job = assets.resolve_job_def(reward_pipeline_job.name)
-        result = job.execute_in_process(instance=instance, raise_on_error=False, run_config={
-            "ops": {"pair_validation": {"config": {"max_length": 64}}, "reward_model": {"config": {"epochs": 0.1}},
-                    "aggregated_preferences": {"config": {"method": "majority_vote"}}}})
+        result = run(storage_root, annotations_slice, instance, tiny_encoder, ops={
+            "pair_validation": {"config": {"max_length": 64}}, "reward_model": {"config": {"epochs": 0.1}},
+            "aggregated_preferences": {"config": {"method": "majority_vote"}}})
         assert result.success
     rejected = pd.read_parquet(storage_root / "tables" / "rejected_pairs.parquet")
     pairs = pd.read_parquet(storage_root / "tables" / "preference_pairs.parquet")

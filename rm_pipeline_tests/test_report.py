@@ -27,7 +27,7 @@ def scored(source, chosen_reward, rejected_reward, chosen_tokens, rejected_token
 
 
 def no_responses():
-    return pd.DataFrame(columns=["source", "group_id", "candidate", "rank", "domain", "reward", "tokens"])
+    return pd.DataFrame(columns=["source", "group_id", "candidate", "rank", "domain", "reward", "tokens", "truncated"])
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def test_a_length_only_model_is_exposed_by_the_length_audit():
                    rejected_tokens)
     policies = pd.DataFrame({"source": "policy_outputs", "group_id": "0", "candidate": ["alpaca-7b_concise",
                              "alpaca-7b", "alpaca-7b_verbose"], "rank": np.nan, "domain": "x",
-                             "reward": [1.0, 2.0, 3.0], "tokens": [10, 20, 30]})
+                             "reward": [1.0, 2.0, 3.0], "tokens": [10, 20, 30], "truncated": False})
     report = build_report(pairs, policies, train_domains=["d"])
     length = report["length"]
     assert length["spearman_rho"] == pytest.approx(1.0)

@@ -128,3 +128,8 @@ def test_score_writes_rewards_and_rankings(tiny_encoder, tmp_path):
     source.write_text('{"prompt": "p", "candidates": []}\n')
     done = rm_pipeline("score", "--model", tiny_encoder, "--input", str(source))
     assert done.returncode == 3 and f"{source}:1: candidates:" in done.stderr
+
+
+def test_nothing_to_score_is_an_empty_table(scorer):
+    assert scorer.score([], [], []).empty
+    assert scorer.score_pairs(PAIRS.iloc[:0])["chosen_reward"].empty

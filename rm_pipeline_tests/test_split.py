@@ -130,3 +130,22 @@ def test_group_column_is_configurable():
     split = split_by_group(pairs, group_column="conversation")
     assert (split.groupby("conversation")["split"].nunique() == 1).all()
     assert set(split["split"]) == {"train", "eval"}
+
+
+def test_the_same_prompt_text_under_other_ids_joins_one_group():
+    """PandaLM and Tulu file the same self-instruct instruction under their own ids."""
+    pairs = make_pairs({f"g{i}": "d" for i in range(400)})
+    pairs["prompt"] = pairs["prompt_id"] + " text"
+    # a@vendor2 repeats g1's text (other case and spacing); b@vendor3 shares a second text with a@vendor2
+    extra = pd.DataFrame([
+        {"pair_id": "x1", "prompt_id": "a@vendor2", "domain": "d", "prompt": "G1   TEXT", "chosen": "c", "rejected": "r"},
+        {"pair_id": "x2", "prompt_id": "a@vendor2", "domain": "d", "prompt": "other", "chosen": "c", "rejected": "r"},
+        {"pair_id": "x3", "prompt_id": "b@vendor3", "domain": "d", "prompt": "Other", "chosen": "c", "rejected": "r"},
+    ])
+    for eval_seed in range(20):
+        split = split_by_group(pd.concat([pairs, extra], ignore_index=True), 0.5, eval_seed)
+        linked = split[split["prompt_id"].isin(["g1", "a@vendor2", "b@vendor3"])]
+        assert linked["split"].nunique() == 1
+    # without a prompt column, ids alone define the groups
+    assert split_by_group(pairs.drop(columns="prompt"), 0.5, 0)["split"].tolist() == \
+        split_by_group(pairs, 0.5, 0)["split"].tolist()

@@ -13,6 +13,8 @@ import pandas as pd
 import pytest
 from dagster_graphql import DagsterGraphQLClient
 
+from rm_pipeline_tests.conftest import PERMISSIVE_READINESS
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LINEAGE_QUERY = """
 { assetNodes { assetKey { path } dependencyKeys { path } groupName } }
@@ -38,13 +40,14 @@ def _wait_for(url: str, seconds: float) -> None:
 
 
 @pytest.fixture
-def dagster_dev(annotations_slice, tmp_path, tiny_encoder):
+def dagster_dev(annotations_slice, tmp_path, tiny_encoder, labelled_eval_dir):
     port = _free_port()
     dagster_home = tmp_path / "dagster_home"
     dagster_home.mkdir()
     (dagster_home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     env = {**os.environ, "DAGSTER_HOME": str(dagster_home), "RM_PIPELINE_HOME": str(tmp_path / "home"),
-           "RM_PIPELINE_ANNOTATIONS": str(annotations_slice), "RM_PIPELINE_BASE_MODEL": tiny_encoder}
+           "RM_PIPELINE_ANNOTATIONS": str(annotations_slice), "RM_PIPELINE_BASE_MODEL": tiny_encoder,
+           "RM_PIPELINE_EVAL": str(labelled_eval_dir)}
     log = open(tmp_path / "dagster_dev.log", "w")
     server = subprocess.Popen([sys.executable, "-m", "dagster", "dev", "-w", str(REPO_ROOT / "workspace.yaml"), "-h", "127.0.0.1",
                                "-p", str(port)], cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -70,7 +73,8 @@ def test_job_launched_through_the_webserver_materialises_the_graph(dagster_dev):
     assert parents["preference_split"] == {"preference_pairs"}
     assert parents["aggregated_preferences"] == {"raw_annotations"}
 
-    run_id = client.submit_job_execution("reward_pipeline_job", repository_location_name="rm_pipeline")
+    run_id = client.submit_job_execution("reward_pipeline_job", repository_location_name="rm_pipeline",
+                                         run_config={"ops": PERMISSIVE_READINESS})
     deadline = time.monotonic() + 480
     status = None
     while time.monotonic() < deadline:
@@ -82,3 +86,4 @@ def test_job_launched_through_the_webserver_materialises_the_graph(dagster_dev):
     split = pd.read_parquet(home / "tables" / "preference_split.parquet")
     assert len(split) > 0 and split.groupby("prompt_id")["split"].nunique().max() == 1
     assert (home / "models" / "current" / "config.json").exists()
+    assert (home / "models" / "current" / "readiness.json").exists()

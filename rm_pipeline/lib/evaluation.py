@@ -553,7 +553,8 @@ def read_pair_file(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 def pair_file_summary(scored: pd.DataFrame, bins: int = 10, tie_tolerance: float = TIE_TOLERANCE) -> dict:
     """The headline numbers of one scored file of pairs (``rm-pipeline evaluate``, benchmark files).
 
-    n, accuracy (ties half), ties, longer_wins_accuracy, length_matched_accuracy (and its n), ece,
+    n, correct, wrong, ties, accuracy (ties half), mean_margin, longer_wins_accuracy, length_matched_accuracy
+    (and its n), ece,
     truncated (pairs cut to the model's length), subsets (``domain`` value -> n, accuracy); with
     RewardBench subset names also rewardbench_sections (name -> accuracy, n) and rewardbench_score.
     """
@@ -561,8 +562,7 @@ def pair_file_summary(scored: pd.DataFrame, bins: int = 10, tie_tolerance: float
     audit = length_audit(scored, tie_tolerance=tie_tolerance)
     benchmark = rewardbench_accuracy(scored.rename(columns={"domain": "subset"}), tie_tolerance)
     summary = {
-        "n": overall["n"], "accuracy": overall["accuracy"], "ties": overall["ties"],
-        "mean_margin": overall["mean_margin"],
+        **{key: overall[key] for key in ACCURACY_COLUMNS},
         "longer_wins_accuracy": audit["longer_wins_accuracy"],
         "length_matched_accuracy": audit["length_matched_accuracy"], "length_matched_n": audit["length_matched_n"],
         "ece": calibration(pair_margins(scored), bins=bins)["ece"] if len(scored) else math.nan,

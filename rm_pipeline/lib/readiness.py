@@ -6,10 +6,11 @@ says which evidence is missing. Knows nothing of Dagster.
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass
 
 import pandas as pd
+
+from rm_pipeline.lib.split import normalised_prompt
 
 
 @dataclass(frozen=True)
@@ -20,16 +21,12 @@ class ReadinessThresholds:
     min_pairs: int = 30  # fewer pairs than this are not evidence either way
 
 
-def _normalised(text: pd.Series) -> pd.Series:
-    return text.astype(str).str.lower().map(lambda value: re.sub(r"\s+", " ", value).strip())
-
-
 def split_overlap(split: pd.DataFrame) -> dict:
     """Prompts on both sides of the split: by ``prompt_id``, and by prompt text (case and spacing
     ignored), which catches the same prompt filed under two ids by two vendors."""
     train, held_out = split[split["split"] == "train"], split[split["split"] == "eval"]
     ids = set(train["prompt_id"]) & set(held_out["prompt_id"])
-    texts = set(_normalised(train["prompt"])) & set(_normalised(held_out["prompt"]))
+    texts = set(normalised_prompt(train["prompt"])) & set(normalised_prompt(held_out["prompt"]))
     return {"shared_prompt_ids": len(ids), "shared_prompt_texts": len(texts), "examples": sorted(texts)[:3],
             "train_pairs": len(train)}
 

@@ -170,6 +170,7 @@ def _policies(policies: pd.DataFrame, leaderboard: pd.Series | None) -> dict:
     if not len(policies):
         return {"n_policies": 0}
     summary = ev.policy_reward_summary(policies).sort_values("mean_reward", ascending=False)
+    summary["truncated"] = policies.groupby("policy")["truncated"].sum().reindex(summary.index).astype(int)
     result = {"n_policies": len(summary), "summary": _records(summary)}
     if leaderboard is not None:
         result["leaderboard"] = {"column": leaderboard.name,
@@ -244,7 +245,7 @@ def write_plots(pair_scores: pd.DataFrame, response_scores: pd.DataFrame, report
     policies = response_scores[response_scores["source"] == "policy_outputs"]
     if len(policies):
         axis.scatter(policies["tokens"], policies["reward"], s=6, alpha=0.4, label="policy outputs")
-    axis.set(title=f"reward against length (Spearman {_number(report['length'].get('spearman_rho'))})",
+    axis.set(title=f"reward against length (held-out Spearman {_number(report['length'].get('spearman_rho'))})",
              xlabel="response tokens", ylabel="reward", xscale="symlog")
     axis.legend()
     save("reward_vs_length", figure)
@@ -257,7 +258,7 @@ def write_plots(pair_scores: pd.DataFrame, response_scores: pd.DataFrame, report
 def _number(value, digits: int = 3) -> str:
     if value is None:
         return "n/a"
-    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+    return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
 
 
 def _table(rows: list[dict], columns: list[str]) -> str:
@@ -326,7 +327,8 @@ def render_markdown(report: dict, facts: dict, plots: dict[str, str], verdict: d
     parts.append("## Fresh policy outputs\n")
     policies = report["policies"]
     if policies.get("n_policies"):
-        parts.append(_table(policies["summary"], ["policy", "n", "mean_reward", "mean_tokens"]))
+        parts.append(_table(policies["summary"], ["policy", "n", "mean_reward", "mean_tokens", "truncated"]))
+        parts.append("\n`truncated`: outputs longer than the model reads, scored on their end (oldest context cut).\n")
         board = policies.get("leaderboard")
         if board:
             parts.append(f"\nSpearman correlation of mean reward with the leaderboard's `{board['column']}`: "
@@ -351,8 +353,10 @@ def render_markdown(report: dict, facts: dict, plots: dict[str, str], verdict: d
     parts.append("## External benchmark files\n")
     for name, summary in report["benchmarks"].items():
         parts.append(f"### {name}\n{_accuracy_line(summary)}; longer wins {_number(summary['longer_wins_accuracy'])}, "
-                     f"length-matched {_number(summary['length_matched_accuracy'])}, ECE {_number(summary['ece'])}"
-                     + (f", RewardBench score {_number(summary['rewardbench_score'])}"
+                     f"length-matched {_number(summary['length_matched_accuracy'])} on {summary['length_matched_n']} "
+                     f"pairs, ECE {_number(summary['ece'])}"
+                     + (f"; RewardBench-weighted score {_number(summary['rewardbench_score'])} over the "
+                        f"{len(summary['rewardbench_sections'])} of 5 sections present"
                         if "rewardbench_score" in summary else "") + ".\n\n")
         parts.append(_table([{"subset": k, **v} for k, v in summary["subsets"].items()], ["subset", "n", "accuracy"]))
     if not report["benchmarks"]:

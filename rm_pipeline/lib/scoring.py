@@ -92,12 +92,15 @@ class RewardScorer:
         """One row per (prompt, response): ``reward``, ``tokens`` (the response's own length in tokens)
         and ``truncated`` (the sequence was longer than the model reads and lost its oldest context)."""
         responses = [str(response) for response in responses]
+        if not responses:
+            return pd.DataFrame({"reward": np.empty(0), "tokens": np.empty(0, dtype="int64"),
+                                 "truncated": np.empty(0, dtype=bool)})
         sequences = encode(self.tokenizer, prompts, responses, conversational)
         truncated = np.fromiter((len(ids) > self.max_length for ids in sequences), dtype=bool, count=len(sequences))
         sequences = [fit_to_length(ids, self.max_length) for ids in sequences]
         rewards = score_ids(self.model, sequences, self.tokenizer.pad_token_id, self.batch_size, sort_by_length,
                             progress)
-        lengths = self.tokenizer(responses, add_special_tokens=False, verbose=False)["input_ids"] if responses else []
+        lengths = self.tokenizer(responses, add_special_tokens=False, verbose=False)["input_ids"]
         return pd.DataFrame({"reward": rewards, "tokens": np.fromiter(map(len, lengths), dtype="int64",
                                                                        count=len(lengths)),
                              "truncated": truncated})

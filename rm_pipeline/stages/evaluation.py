@@ -1,0 +1,199 @@
+"""Stage 6: score the evidence, report how the reward model generalises, and decide whether it is ready."""
+
+import base64
+import json
+import time
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+from pydantic import Field
+
+from rm_pipeline.lib.readiness import ReadinessThresholds, readiness, split_overlap
+from rm_pipeline.lib.report import (READINESS_FILE, REPORT_JSON, ReportSettings, build_report, file_pairs_to_score,
+                                    jsonable, responses_to_score, split_pairs_to_score, store_in_model_config,
+                                    write_atomically, write_plots, write_report)
+from rm_pipeline.lib.scoring import RewardScorer
+from rm_pipeline.resources import EvaluationSource, PipelineStorage
+from rm_pipeline.stages.metadata import OWNERS, counts_table
+from rm_pipeline.stages.split import split_data_version
+
+GROUP = "evaluation"
+
+
+class ScoringConfig(dg.Config):
+    batch_size: int = Field(default=32, description="Sequences per forward pass (sorted by length, no gradient).")
+
+
+class EvaluationReportConfig(dg.Config):
+    leaderboard_file: str = Field(
+        default="alpaca-eval/weighted_alpaca_eval_gpt4_turbo_leaderboard.csv",
+        description="Leaderboard CSV (policy name in the first column), relative to the evaluation folder.")
+    leaderboard_column: str = Field(default="length_controlled_winrate",
+                                    description="Column the policies' mean reward is rank-correlated with.")
+    calibration_bins: int = Field(default=10)
+
+
+class ReadinessConfig(dg.Config):
+    min_length_matched_accuracy: float = Field(default=0.6, description="On held-out pairs within 10% in length.")
+    min_fresh_policy_accuracy: float = Field(default=0.6, description="On human-labelled pairs of fresh outputs.")
+    max_ece: float = Field(default=0.1, description="Expected calibration error of sigmoid(margin), held out.")
+    min_pairs: int = Field(default=30, description="Fewer pairs than this are not evidence either way.")
+
+
+def current_model(context) -> tuple[Path, str]:
+    """The model the last reward_model materialisation published (the one being evaluated) and the
+    data version of the split it was trained on."""
+    event = context.instance.get_latest_materialization_event(dg.AssetKey("reward_model"))
+    if event is None or "model_path" not in event.asset_materialization.metadata:
+        raise dg.Failure("reward_model has not been materialised: train a model before evaluating it")
+    metadata = event.asset_materialization.metadata
+    path = Path(metadata["model_path"].value)
+    if not path.is_dir():
+        raise dg.Failure(f"the last trained model {path} no longer exists: materialise reward_model again")
+    return path, metadata["data_version"].value if "data_version" in metadata else ""
+
+
+def report_folder(storage: PipelineStorage, model_dir: Path) -> Path:
+    return storage.directory("reports", model_dir.name)
+
+
+def _inline_png(path: Path) -> str:
+    """The plot itself in the metadata, so the UI shows it without access to the storage root."""
+    return f"![{path.stem}](data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()})"
+
+
+@dg.multi_asset(
+    group_name=GROUP, deps=["reward_model"], can_subset=False,
+    outs={
+        "reward_scores": dg.AssetOut(
+            kinds={"pytorch", "parquet"}, owners=OWNERS, code_version="1",
+            description="Every evaluation pair scored once: held-out pairs, the disagreement slice, human-labelled "
+                        "fresh-policy pairs and benchmark files (`source`), with both rewards and response lengths "
+                        "in tokens."),
+        "response_scores": dg.AssetOut(
+            kinds={"pytorch", "parquet"}, owners=OWNERS, code_version="1",
+            description="Single answers scored: fresh policy outputs (`policy_outputs`) and human-ranked replies "
+                        "(`rankings`)."),
+    })
+def reward_scores(context: dg.AssetExecutionContext, config: ScoringConfig, evaluation_source: EvaluationSource,
+                  preference_split: pd.DataFrame, review_queue: pd.DataFrame):
+    """Score with the current model, batched and length-sorted, without gradients."""
+    model_dir, _ = current_model(context)
+    folder = evaluation_source.folder()
+    fresh, fresh_quarantine = file_pairs_to_score(folder.fresh_policy_files(), "fresh_policy")
+    benchmarks, benchmark_quarantine = file_pairs_to_score(folder.benchmark_files(), "benchmark")
+    pairs = pd.concat([split_pairs_to_score(preference_split, review_queue), fresh, benchmarks], ignore_index=True)
+    responses = responses_to_score(folder)
+    quarantine = pd.concat([fresh_quarantine, benchmark_quarantine], ignore_index=True)
+    for row in quarantine.itertuples():
+        context.log.warning(f"{row.file}:{row.line}: {row.field}: {row.reason} ({row.detail}); not scored")
+
+    scorer = RewardScorer.load(model_dir, config.batch_size)
+    started = time.perf_counter()
+    pair_scores = scorer.score_pairs(pairs)
+    answers = scorer.score(responses["prompt"], responses["response"], responses["conversational"])
+    response_scores = responses.assign(reward=answers["reward"].to_numpy(), tokens=answers["tokens"].to_numpy(),
+                                       truncated=answers["truncated"].to_numpy())
+    seconds = time.perf_counter() - started
+    sequences = 2 * len(pair_scores) + len(response_scores)
+    context.log.info(f"scored {len(pair_scores)} pairs and {len(response_scores)} answers with {model_dir.name} "
+                     f"in {seconds:.1f} s")
+    common = {"model_path": dg.MetadataValue.path(str(model_dir)), "sequences_per_s": round(sequences / seconds, 1)}
+    yield dg.Output(pair_scores, output_name="reward_scores", metadata={
+        **common, "dagster/row_count": len(pair_scores),
+        "pairs_by_source": counts_table(pair_scores["source"].value_counts().to_dict(), key="source"),
+        "truncated_pairs": int(pair_scores["truncated"].sum()),
+        "rows_quarantined": len(quarantine),
+        "quarantined": counts_table(quarantine.groupby(["file", "reason"]).size().rename(
+            lambda key: f"{Path(key[0]).name}: {key[1]}").to_dict(), key="file: reason")})
+    yield dg.Output(response_scores, output_name="response_scores", metadata={
+        **common, "dagster/row_count": len(response_scores),
+        "answers_by_source": counts_table(response_scores["source"].value_counts().to_dict(), key="source")})
+
+
+@dg.asset(group_name=GROUP, kinds={"markdown", "json"}, code_version="1", owners=OWNERS)
+def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationReportConfig, storage: PipelineStorage,
+                      evaluation_source: EvaluationSource, reward_scores: pd.DataFrame,
+                      response_scores: pd.DataFrame, preference_split: pd.DataFrame) -> dg.MaterializeResult:
+    """Held-out accuracy, per-domain and spillover, the disagreement slice, a length-bias audit, calibration,
+    fresh policy outputs, K-way rankings and benchmark files: Markdown and JSON under `reports/<model>/`.
+    The temperature fitted on the held-out pairs is stored in the model's config as `reward_temperature`."""
+    model_dir, trained_on = current_model(context)
+    split_version = split_data_version(preference_split)
+    if trained_on != split_version:
+        context.log.warning(f"{model_dir.name} was trained on split {trained_on}, the split is now {split_version}: "
+                            "its held-out numbers are for pairs it may have seen; retrain it")
+    leaderboard_path = evaluation_source.folder().root / config.leaderboard_file
+    leaderboard = None
+    if leaderboard_path.exists():
+        board = pd.read_csv(leaderboard_path, index_col=0)
+        if config.leaderboard_column not in board.columns:
+            raise dg.Failure(f"{leaderboard_path}: no column {config.leaderboard_column!r}; "
+                             f"it has {', '.join(board.columns)}")
+        leaderboard = board[config.leaderboard_column]
+    train_domains = preference_split.loc[preference_split["split"] == "train", "domain"].unique()
+    report = build_report(reward_scores, response_scores, train_domains, leaderboard,
+                          ReportSettings(calibration_bins=config.calibration_bins))
+    temperature = report["calibration"].get("temperature_fit", {}).get("temperature")
+    if temperature is not None:
+        store_in_model_config(model_dir, {"reward_temperature": temperature})
+
+    folder = report_folder(storage, model_dir)
+    plots = write_plots(reward_scores, response_scores, report, folder)
+    facts = {"model_name": model_dir.name, "model_path": str(model_dir), "trained_on_split": trained_on,
+             "evaluated_split": split_version, "evaluation_folder": str(evaluation_source.directory)}
+    json_path, markdown_path = write_report(folder, {"facts": facts, "plots": {k: p.name for k, p in plots.items()},
+                                                     "report": report})
+    held, length, calibration = report["held_out"], report["length"], report["calibration"]
+    return dg.MaterializeResult(metadata={
+        "report": dg.MetadataValue.path(str(markdown_path)),
+        "report_json": dg.MetadataValue.path(str(json_path)),
+        "model_path": dg.MetadataValue.path(str(model_dir)),
+        "held_out_accuracy": held["accuracy"], "held_out_pairs": held["n"], "held_out_ties": held["ties"],
+        "spillover_accuracy": (report["domains"]["spillover"] or {}).get("accuracy"),
+        "disagreement_accuracy": report["disagreement"]["accuracy"],
+        "length_spearman": length["spearman_rho"], "longer_wins_accuracy": length["longer_wins_accuracy"],
+        "length_matched_accuracy": length["length_matched_accuracy"], "length_matched_pairs": length["length_matched_n"],
+        "ece": calibration.get("ece"), "temperature": temperature,
+        "policy_leaderboard_spearman": report["policies"].get("leaderboard", {}).get("spearman_rho"),
+        "top1_agreement": report["rankings"].get("top1_agreement"),
+        "benchmarks": dg.MetadataValue.json({name: {"n": s["n"], "accuracy": s["accuracy"]}
+                                             for name, s in report["benchmarks"].items()}),
+        **{name: dg.MetadataValue.md(_inline_png(path)) for name, path in plots.items()},
+    })
+
+
+@dg.asset(group_name=GROUP, kinds={"json"}, code_version="1", owners=OWNERS, deps=["evaluation_report"],
+          check_specs=[dg.AssetCheckSpec(
+              "reward_model_ready", asset="reward_readiness", blocking=True,
+              description="Fails unless every readiness check passes: nothing downstream treats the model as "
+                          "approved for optimisation.")])
+def reward_readiness(context: dg.AssetExecutionContext, config: ReadinessConfig, storage: PipelineStorage,
+                     preference_split: pd.DataFrame) -> dg.MaterializeResult:
+    """`optimize_against_reward`, check by check, written beside the model as `readiness.json` and added to
+    the evaluation report."""
+    model_dir, _ = current_model(context)
+    folder = report_folder(storage, model_dir)
+    if not (folder / REPORT_JSON).exists():
+        raise dg.Failure(f"no evaluation report for {model_dir.name} in {folder}: materialise evaluation_report")
+    document = json.loads((folder / REPORT_JSON).read_text())
+    verdict = jsonable(readiness(document["report"], split_overlap(preference_split),
+                                 ReadinessThresholds(**config.model_dump())))
+    write_atomically(model_dir / READINESS_FILE, json.dumps(
+        {**verdict, "model_path": str(model_dir), "report": str(folder / "evaluation_report.md")}, indent=2))
+    _, markdown_path = write_report(folder, {**document, "readiness": verdict})
+    ready = verdict["optimize_against_reward"]
+    context.log.info(f"{model_dir.name}: {'ready' if ready else 'NOT ready'}" +
+                     "".join(f"\n- {reason}" for reason in verdict["reasons"]))
+    checks = dg.MetadataValue.md("\n".join(f"- {'pass' if c['passed'] else 'FAIL'} `{c['check']}`: {c['reason']}"
+                                           for c in verdict["checks"]))
+    return dg.MaterializeResult(
+        metadata={"optimize_against_reward": ready, "checks": checks, "recommendation": verdict["recommendation"],
+                  "readiness_file": dg.MetadataValue.path(str(model_dir / READINESS_FILE)),
+                  "report": dg.MetadataValue.path(str(markdown_path)),
+                  "model_path": dg.MetadataValue.path(str(model_dir))},
+        check_results=[dg.AssetCheckResult(
+            check_name="reward_model_ready", passed=ready, severity=dg.AssetCheckSeverity.ERROR,
+            metadata={"failed_checks": len(verdict["reasons"]), "reasons": dg.MetadataValue.md(
+                "\n".join(f"- {reason}" for reason in verdict["reasons"]) or "none")})])

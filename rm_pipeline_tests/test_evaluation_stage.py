@@ -1,0 +1,102 @@
+"""The evaluation assets in a real Dagster instance: scores, the report files, and the blocking readiness gate."""
+
+import json
+import shutil
+
+import dagster as dg
+import pandas as pd
+import pytest
+
+from rm_pipeline.definitions import build_defs, reward_pipeline_job
+from rm_pipeline_tests.conftest import REPO_ROOT
+
+QUICK_TRAINING = {"reward_model": {"config": {"batch_size": 16, "early_stopping_patience": None}}}
+PERMISSIVE = {"min_length_matched_accuracy": 0.0, "min_fresh_policy_accuracy": 0.0, "max_ece": 1.0, "min_pairs": 1}
+
+
+@pytest.fixture(scope="module")
+def evaluated(annotations_slice, tiny_encoder, tmp_path_factory):
+    """The whole graph materialised once, with an evaluation folder that has human-labelled fresh-policy
+    pairs and a second benchmark file with one broken line."""
+    root = tmp_path_factory.mktemp("evaluation")
+    eval_dir = root / "eval"
+    shutil.copytree(REPO_ROOT / "data" / "eval", eval_dir)
+    (eval_dir / "fresh-policy").mkdir()
+    fresh = [{"prompt": f"Name a fruit ({i})", "chosen": "An apple.", "rejected": "I won't."} for i in range(5)]
+    (eval_dir / "fresh-policy" / "labelled.jsonl").write_text("\n".join(map(json.dumps, fresh)) + "\n")
+    (eval_dir / "extra.jsonl").write_text(json.dumps({"prompt": "2+2?", "chosen": "4", "rejected": "5",
+                                                      "subset": "math"}) + "\n" + '{"prompt": 3}\n')
+    storage = root / "home"
+    defs = build_defs(str(storage), str(annotations_slice), tiny_encoder, str(eval_dir))
+    instance = dg.DagsterInstance.ephemeral()
+    result = defs.resolve_job_def(reward_pipeline_job.name).execute_in_process(
+        instance=instance, raise_on_error=False, run_config={"ops": QUICK_TRAINING})
+    return {"defs": defs, "instance": instance, "result": result, "storage": storage}
+
+
+def materialization(result, key):
+    [event] = [e for e in result.get_asset_materialization_events()
+               if e.materialization.asset_key.to_user_string() == key]
+    return event.materialization.metadata
+
+
+def test_every_evaluation_source_is_scored_once(evaluated):
+    scores = pd.read_parquet(evaluated["storage"] / "tables" / "reward_scores.parquet")
+    split = pd.read_parquet(evaluated["storage"] / "tables" / "preference_split.parquet")
+    counts = scores["source"].value_counts()
+    assert counts["held_out"] == (split["split"] == "eval").sum()
+    assert counts["fresh_policy"] == 5
+    assert counts["benchmark"] == 100 + 1  # alpacaeval-easy and the good line of extra.jsonl
+    assert counts["disagreement"] > 0
+    assert not scores.duplicated(["source", "file", "pair_id"]).any()
+    assert scores[["chosen_reward", "rejected_reward"]].notna().all().all()
+    metadata = materialization(evaluated["result"], "reward_scores")
+    assert metadata["rows_quarantined"].value == 1  # the broken line, named in the run's log
+    responses = pd.read_parquet(evaluated["storage"] / "tables" / "response_scores.parquet")
+    assert set(responses["source"]) == {"policy_outputs", "rankings"}
+    assert responses.loc[responses["source"] == "policy_outputs", "candidate"].nunique() == 6
+
+
+def test_the_report_is_written_with_plots_and_the_temperature_is_stored_with_the_model(evaluated):
+    metadata = materialization(evaluated["result"], "evaluation_report")
+    model_dir = metadata["model_path"].value
+    report = json.loads(open(metadata["report_json"].value).read())
+    assert report["facts"]["model_path"] == model_dir
+    assert report["facts"]["trained_on_split"] == report["facts"]["evaluated_split"]
+    assert report["report"]["held_out"]["n"] == metadata["held_out_pairs"].value > 0
+    assert set(report["report"]["benchmarks"]) == {"alpacaeval-easy.jsonl", "extra.jsonl"}
+    probe = [row["policy"] for row in report["report"]["length"]["length_probe"]]
+    assert probe == ["alpaca-7b_concise", "alpaca-7b", "alpaca-7b_verbose"]
+    assert report["report"]["policies"]["leaderboard"]["n_policies"] == 6
+    for name in ("reliability_diagram", "reward_histograms", "reward_vs_length"):
+        assert metadata[name].value.startswith(f"![{name}](data:image/png;base64,")
+    config = json.loads(open(f"{model_dir}/config.json").read())
+    assert config["reward_temperature"] == pytest.approx(metadata["temperature"].value)
+
+
+def test_a_model_that_is_not_ready_fails_the_blocking_check_and_says_why(evaluated):
+    result = evaluated["result"]
+    [check] = [e for e in result.get_asset_check_evaluations() if e.check_name == "reward_model_ready"]
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.ERROR
+    metadata = materialization(result, "reward_readiness")
+    assert metadata["optimize_against_reward"].value is False
+    verdict = json.loads(open(metadata["readiness_file"].value).read())
+    assert metadata["readiness_file"].value == f"{metadata['model_path'].value}/readiness.json"
+    assert verdict["optimize_against_reward"] is False
+    failed = {c["check"] for c in verdict["checks"] if not c["passed"]}
+    assert "fresh_policy_accuracy" in failed  # 5 labelled pairs are fewer than the 30 required
+    assert "only 5 human-labelled pairs" in " ".join(verdict["reasons"])
+    markdown = open(metadata["report"].value).read()
+    assert "Readiness: NOT READY" in markdown and verdict["recommendation"] in markdown
+
+
+def test_the_gate_passes_when_every_check_does(evaluated):
+    job = evaluated["defs"].resolve_job_def(reward_pipeline_job.name)
+    result = job.execute_in_process(instance=evaluated["instance"], raise_on_error=False,
+                                    asset_selection=[dg.AssetKey("reward_readiness")],
+                                    run_config={"ops": {"reward_readiness": {"config": PERMISSIVE}}})
+    assert result.success
+    [check] = result.get_asset_check_evaluations()
+    assert check.passed
+    verdict = json.loads(open(materialization(result, "reward_readiness")["readiness_file"].value).read())
+    assert verdict["optimize_against_reward"] is True and verdict["reasons"] == []
