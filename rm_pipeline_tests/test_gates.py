@@ -223,7 +223,8 @@ def test_split_gate_fails_when_a_prompt_is_on_both_sides(good):
 
 def test_split_gate_fails_when_a_domain_has_no_eval(good):
     split = good.split.copy()
-    split.loc[split["domain"] == "math", "split"] = "train"
+    math_groups = split.groupby("prompt_group")["domain"].first() == "math"  # a group's domain is its first pair's
+    split.loc[split["prompt_group"].isin(math_groups.index[math_groups]), "split"] = "train"
     assert_fails(gates.preference_split_gate(split), "split_domains", "eval_missing")
 
 

@@ -128,10 +128,12 @@ def preference_pairs_gate(pairs: pd.DataFrame, rejected: pd.DataFrame, compariso
             .merge(validate("rejected_pairs", rejected, rejected_rules)))
 
 
-def preference_split_gate(split: pd.DataFrame, group_column: str = "prompt_id") -> GateResult:
-    """No prompt group on both sides; every domain in train, and in eval when it has two groups or more."""
+def preference_split_gate(split: pd.DataFrame, group_column: str = "prompt_group") -> GateResult:
+    """No prompt group on both sides; every domain in train, and in eval when it has two groups or more.
+    A group's domain is its first pair's, as the split stratifies it."""
     groups = split.groupby(group_column)["split"].nunique().rename("sides").reset_index()
-    domains = split.assign(domain=split["domain"].fillna("(none)")).groupby("domain").agg(
+    domain = split["domain"].fillna("(none)").groupby(split[group_column]).transform("first")
+    domains = split.assign(domain=domain).groupby("domain").agg(
         groups=(group_column, "nunique"),
         train_pairs=("split", lambda s: int((s == "train").sum())),
         eval_pairs=("split", lambda s: int((s == "eval").sum())))

@@ -45,7 +45,7 @@ def prompt_groups(pairs: pd.DataFrame, group_column: str = "prompt_id", text_col
 
 def split_by_group(pairs: pd.DataFrame, eval_fraction: float = 0.2, seed: int = 0, group_column: str = "prompt_id",
                    domain_column: str = "domain", text_column: str = "prompt") -> pd.DataFrame:
-    """The pairs with a `split` column ('train' | 'eval').
+    """The pairs with `prompt_group` (the group's key) and `split` ('train' | 'eval').
 
     Groups are ``group_column`` values joined by a shared ``text_column`` (when the pairs have one).
     A domain with one group goes to train; a domain with several always gets at least one group on
@@ -54,7 +54,7 @@ def split_by_group(pairs: pd.DataFrame, eval_fraction: float = 0.2, seed: int = 
     if not 0.0 < eval_fraction < 1.0:
         raise ValueError(f"eval_fraction must be between 0 and 1, got {eval_fraction}")
     keys = prompt_groups(pairs, group_column, text_column) if text_column in pairs else pairs[group_column]
-    groups = pairs[domain_column].groupby(keys.to_numpy(), sort=False).first().fillna(NO_DOMAIN).rename("domain")
+    groups = pairs[domain_column].fillna(NO_DOMAIN).groupby(keys.to_numpy(), sort=False).first().rename("domain")
     groups = groups.to_frame()
     groups["score"] = group_scores(groups.index.to_series(), seed)
     groups["split"] = np.where(groups["score"] < eval_fraction, "eval", "train")
@@ -67,5 +67,6 @@ def split_by_group(pairs: pd.DataFrame, eval_fraction: float = 0.2, seed: int = 
         elif sides == {"eval"}:
             groups.loc[members["score"].idxmax(), "split"] = "train"
     result = pairs.copy()
+    result["prompt_group"] = keys.to_numpy()
     result["split"] = keys.map(groups["split"]).to_numpy()
     return result

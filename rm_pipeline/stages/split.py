@@ -24,7 +24,8 @@ def split_data_version(split: pd.DataFrame) -> str:
 @dg.asset(group_name=GROUP, kinds={"pandas", "parquet"}, code_version="1", owners=OWNERS)
 def preference_split(context: dg.AssetExecutionContext, config: SplitConfig,
                      preference_pairs: pd.DataFrame) -> dg.Output[pd.DataFrame]:
-    """The pairs with a `split` column (train | eval); no prompt group on both sides."""
+    """The pairs with `prompt_group` and `split` (train | eval); no prompt group on both sides, where prompt ids
+    that share a prompt text are one group."""
     split = split_by_group(preference_pairs, config.eval_fraction, config.seed)
     sizes = split["split"].value_counts()
     by_domain = (split.assign(domain=split["domain"].fillna("(none)"))
@@ -36,7 +37,7 @@ def preference_split(context: dg.AssetExecutionContext, config: SplitConfig,
         "data_version": version,
         "train_pairs": int(sizes.get("train", 0)),
         "eval_pairs": int(sizes.get("eval", 0)),
-        "prompt_groups": int(split["prompt_id"].nunique()),
+        "prompt_groups": int(split["prompt_group"].nunique()),
         "pairs_by_domain": dg.MetadataValue.md(by_domain.to_markdown()),
     })
 
