@@ -87,9 +87,12 @@ class EvaluationSource(dg.ConfigurableResource):
 
     directory: str = Field(default_factory=default_evaluation_dir,
                            description="Folder laid out like the bundled data/eval ($RM_PIPELINE_EVAL).")
+    policy_outputs: str = Field(default="", description="Folder of AlpacaEval-format outputs of the policies to "
+                                                        "compare (empty: `alpaca-eval/` in the folder above).")
 
     def folder(self) -> EvaluationFolder:
-        return EvaluationFolder(Path(self.directory))
+        root = Path(self.directory)
+        return EvaluationFolder(root, Path(self.policy_outputs) if self.policy_outputs else root / "alpaca-eval")
 
 
 class BaseModel(dg.ConfigurableResource):

@@ -95,7 +95,7 @@ def test_report_sections_count_every_source_apart():
 
 
 def test_bundled_evaluation_folder_yields_policy_outputs_rankings_and_a_benchmark():
-    folder = EvaluationFolder(REPO_ROOT / "data" / "eval")
+    folder = EvaluationFolder(REPO_ROOT / "data" / "eval", REPO_ROOT / "data" / "eval" / "alpaca-eval")
     responses = responses_to_score(folder)
     policies = responses[responses["source"] == "policy_outputs"]
     assert policies["candidate"].nunique() == 6 and policies["domain"].nunique() == 5
@@ -189,3 +189,17 @@ def test_report_files_carry_every_section_and_the_verdict(tmp_path):
         assert check["check"] in markdown
     assert "![reliability_diagram](reliability_diagram.png)" in markdown
     assert render_markdown(report, {}, {}) != markdown  # without a verdict, no readiness section
+
+
+def test_policy_outputs_can_come_from_any_folder(tmp_path):
+    from rm_pipeline.resources import EvaluationSource
+
+    outputs = tmp_path / "my_policies"
+    (outputs / "model_outputs").mkdir(parents=True)
+    (outputs / "prompts.jsonl").write_text(json.dumps({"idx": 0, "dataset": "mine", "instruction": "Say hi"}) + "\n")
+    for policy in ("sft-v1", "sft-v2"):
+        (outputs / "model_outputs" / f"{policy}.jsonl").write_text(json.dumps({"idx": 0, "output": "hi"}) + "\n")
+    folder = EvaluationSource(directory=str(tmp_path / "empty"), policy_outputs=str(outputs)).folder()
+    responses = responses_to_score(folder)
+    assert sorted(responses["candidate"]) == ["sft-v1", "sft-v2"] and set(responses["domain"]) == {"mine"}
+    assert folder.benchmark_files() == [] and folder.ranking_files() == []

@@ -37,6 +37,7 @@ class EvaluationFolder:
     """Where each kind of evaluation evidence lives (data/eval/README.md describes the layout)."""
 
     root: Path
+    policy_outputs: Path  # prompts.jsonl and model_outputs/<policy>.jsonl
 
     def benchmark_files(self) -> list[Path]:
         return sorted(self.root.glob("*.jsonl")) if self.root.is_dir() else []
@@ -45,10 +46,6 @@ class EvaluationFolder:
         folder = self.root / "fresh-policy"
         suffixes = (".jsonl", ".json", ".csv", ".parquet")
         return sorted(p for p in folder.iterdir() if p.suffix in suffixes) if folder.is_dir() else []
-
-    @property
-    def policy_outputs(self) -> Path:
-        return self.root / "alpaca-eval"
 
     def ranking_files(self) -> list[Path]:
         return sorted((self.root / "oasst").glob("*.jsonl")) if (self.root / "oasst").is_dir() else []

@@ -21,7 +21,7 @@ def split_data_version(split: pd.DataFrame) -> str:
     return table_fingerprint(split[["pair_id", "split"]])
 
 
-@dg.asset(group_name=GROUP, kinds={"pandas", "parquet"}, code_version="1", owners=OWNERS)
+@dg.asset(group_name=GROUP, kinds={"pandas", "parquet"}, code_version="2", owners=OWNERS)
 def preference_split(context: dg.AssetExecutionContext, config: SplitConfig,
                      preference_pairs: pd.DataFrame) -> dg.Output[pd.DataFrame]:
     """The pairs with `prompt_group` and `split` (train | eval); no prompt group on both sides, where prompt ids
