@@ -133,7 +133,7 @@ def _summary(metadata: dict) -> str:
             continue
         if key == "dagster/row_count":
             parts.insert(0, f"{raw} rows")
-        elif isinstance(raw, (int, float, str)) and key not in ("path", "base_model"):
+        elif isinstance(raw, (int, float, str)) and key not in ("path", "base_model", "recommendation"):
             parts.append(f"{key}={raw}")
         elif isinstance(raw, dict):
             parts.append(f"{key}={json.dumps(raw)}")

@@ -21,7 +21,8 @@ def scored(source, chosen_reward, rejected_reward, chosen_tokens, rejected_token
     n = len(chosen_reward)
     return pd.DataFrame({"source": source, "file": file, "pair_id": [f"{source}{i}" for i in range(n)],
                          "prompt_id": [f"p{i}" for i in range(n)], "domain": domain, "n_votes": 1.0,
-                         "chosen_share": 1.0, "chosen_reward": chosen_reward, "rejected_reward": rejected_reward,
+                         "chosen_share": 1.0, "in_review_queue": source == "disagreement",
+                         "chosen_reward": chosen_reward, "rejected_reward": rejected_reward,
                          "chosen_tokens": chosen_tokens, "rejected_tokens": rejected_tokens, "truncated": False,
                          **extra})
 
@@ -47,7 +48,8 @@ def test_scored_pairs_are_the_held_out_side_and_the_untrained_disputed_compariso
     disputed = rows[rows["source"] == "disagreement"]
     assert len(disputed) > 0
     assert set(disputed["pair_id"]) <= set(queue["item_id"])
-    assert not set(disputed["pair_id"]) & set(split.loc[split["split"] == "train", "pair_id"])
+    assert not set(disputed["pair_id"]) & set(split["pair_id"]) and disputed["in_review_queue"].all()
+    assert (held_out["in_review_queue"] == held_out["pair_id"].isin(queue["item_id"])).all()
     decided = queue.set_index("item_id")["winner"]
     assert decided.loc[disputed["pair_id"]].isin(["a", "b"]).all()  # a tie has no chosen answer to score
     winner_a = decided.loc[disputed["pair_id"]].to_numpy() == "a"
@@ -203,3 +205,22 @@ def test_policy_outputs_can_come_from_any_folder(tmp_path):
     responses = responses_to_score(folder)
     assert sorted(responses["candidate"]) == ["sft-v1", "sft-v2"] and set(responses["domain"]) == {"mine"}
     assert folder.benchmark_files() == [] and folder.ranking_files() == []
+
+
+def test_queued_pairs_trained_with_include_disputed_are_scored_once_or_not_at_all(annotations_slice):
+    votes = read_annotations(list_batch_files(annotations_slice)).votes
+    comparisons = aggregate_votes(votes, "majority_vote").comparisons
+    queue = review_queue(comparisons)
+    pairs, _ = build_pairs(comparisons, queue["item_id"], include_disputed=True)
+    split = split_by_group(pairs, 0.3, 0)
+    rows = split_pairs_to_score(split, queue)
+    assert rows["pair_id"].is_unique
+    queued_in_split = split[split["pair_id"].isin(queue["item_id"])]
+    assert set(queued_in_split["split"]) == {"train", "eval"}
+    flagged = rows.loc[rows["in_review_queue"], "pair_id"]
+    assert set(queued_in_split.loc[queued_in_split["split"] == "eval", "pair_id"]) <= set(flagged)
+    assert not set(queued_in_split.loc[queued_in_split["split"] == "train", "pair_id"]) & set(rows["pair_id"])
+    scored_rows = rows.assign(chosen_reward=1.0, rejected_reward=0.0, chosen_tokens=5, rejected_tokens=5,
+                              truncated=False)
+    report = build_report(scored_rows, no_responses(), split["domain"].unique())
+    assert report["disagreement"]["n"] == len(flagged) and report["disagreement"]["accuracy"] == 1.0

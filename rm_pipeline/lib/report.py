@@ -27,8 +27,8 @@ from rm_pipeline.lib.pairs import build_pairs
 
 PAIR_SOURCES = ("held_out", "disagreement", "fresh_policy", "benchmark")
 LENGTH_PROBE = ("alpaca-7b_concise", "alpaca-7b", "alpaca-7b_verbose")
-SCORE_COLUMNS = ["source", "file", "pair_id", "prompt_id", "domain", "n_votes", "chosen_share", "prompt",
-                 "conversational", "chosen", "rejected"]
+SCORE_COLUMNS = ["source", "file", "pair_id", "prompt_id", "domain", "n_votes", "chosen_share", "in_review_queue",
+                 "prompt", "conversational", "chosen", "rejected"]
 RESPONSE_COLUMNS = ["source", "group_id", "candidate", "rank", "domain", "prompt", "conversational", "response"]
 
 
@@ -55,15 +55,18 @@ class EvaluationFolder:
 
 
 def split_pairs_to_score(split: pd.DataFrame, queue: pd.DataFrame) -> pd.DataFrame:
-    """The held-out pairs, and the review queue's comparisons that are valid pairs outside training.
+    """The held-out pairs, and the review queue's comparisons that are valid pairs outside the split.
 
     The queue goes through the same pair rules as training (ties, empty or identical candidates,
-    duplicates are left out); comparisons that made it into the train split are never scored.
+    duplicates are left out). Queued comparisons inside the split (``include_disputed``) keep their
+    place: held out ones are flagged ``in_review_queue``, trained-on ones are never scored.
     """
+    queued = queue["item_id"]
     held_out = split[split["split"] == "eval"].assign(source="held_out", file=None)
+    held_out["in_review_queue"] = held_out["pair_id"].isin(queued)
     disputed, _ = build_pairs(queue, include_disputed=True)
-    disputed = disputed[~disputed["pair_id"].isin(split.loc[split["split"] == "train", "pair_id"])]
-    return pd.concat([held_out, disputed.assign(source="disagreement", file=None)],
+    disputed = disputed[~disputed["pair_id"].isin(split["pair_id"])]
+    return pd.concat([held_out, disputed.assign(source="disagreement", file=None, in_review_queue=True)],
                      ignore_index=True)[SCORE_COLUMNS]
 
 
@@ -72,7 +75,8 @@ def file_pairs_to_score(files: list[Path], source: str) -> tuple[pd.DataFrame, p
     frames, quarantines = [], []
     for path in files:
         pairs, quarantine = ev.read_pair_file(path)
-        frames.append(pairs.assign(source=source, prompt_id=None, n_votes=np.nan, chosen_share=np.nan))
+        frames.append(pairs.assign(source=source, prompt_id=None, n_votes=np.nan, chosen_share=np.nan,
+                                   in_review_queue=False))
         quarantines.append(quarantine)
     if not frames:
         return pd.DataFrame(columns=SCORE_COLUMNS), pd.DataFrame(columns=ev.QUARANTINE_COLUMNS)
@@ -114,7 +118,9 @@ def build_report(pair_scores: pd.DataFrame, response_scores: pd.DataFrame, train
                  leaderboard: pd.Series | None = None, settings: ReportSettings = ReportSettings()) -> dict:
     """Every section of the evaluation report as plain JSON-able values (NaN becomes None)."""
     sources = {name: pair_scores[pair_scores["source"] == name] for name in PAIR_SOURCES}
-    held_out, disagreement = sources["held_out"], sources["disagreement"]
+    held_out = sources["held_out"]
+    split_pairs = pd.concat([held_out, sources["disagreement"]])
+    disagreement = split_pairs[split_pairs["in_review_queue"].astype(bool)]
     policies = response_scores[response_scores["source"] == "policy_outputs"].rename(columns={"candidate": "policy"})
     rankings = response_scores[response_scores["source"] == "rankings"]
     report = {
@@ -122,7 +128,7 @@ def build_report(pair_scores: pd.DataFrame, response_scores: pd.DataFrame, train
                      "prompts": int(held_out["prompt_id"].nunique())},
         "domains": _domains(held_out, train_domains),
         "disagreement": ev.pair_accuracy(disagreement),
-        "agreement": _records(ev.by_agreement(pd.concat([held_out, disagreement]), settings.high_agreement)),
+        "agreement": _records(ev.by_agreement(split_pairs, settings.high_agreement)),
         "length": {**ev.length_audit(held_out, policies[["reward", "tokens"]] if len(policies) else None,
                                      settings.length_match_tolerance),
                    "length_probe": _length_probe(policies)},
