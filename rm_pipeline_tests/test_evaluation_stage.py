@@ -31,7 +31,7 @@ def evaluated(annotations_slice, tiny_encoder, tmp_path_factory):
     instance = dg.DagsterInstance.ephemeral()
     result = defs.resolve_job_def(reward_pipeline_job.name).execute_in_process(
         instance=instance, raise_on_error=False, run_config={"ops": QUICK_TRAINING})
-    return {"defs": defs, "instance": instance, "result": result, "storage": storage}
+    return {"defs": defs, "instance": instance, "result": result, "storage": storage, "eval_dir": eval_dir}
 
 
 def materialization(result, key):
@@ -52,6 +52,12 @@ def test_every_evaluation_source_is_scored_once(evaluated):
     assert scores[["chosen_reward", "rejected_reward"]].notna().all().all()
     metadata = materialization(evaluated["result"], "reward_scores")
     assert metadata["rows_quarantined"].value == 1  # the broken line, named in the run's log
+    [record] = metadata["quarantined"].value.records
+    assert record.data == {"file: reason": "extra.jsonl: wrong_type", "count": 1}
+    logs = [e.message for e in evaluated["instance"].all_logs(evaluated["result"].run_id)
+            if e.step_key == "reward_scores"]
+    assert any(message.startswith(f"{evaluated['eval_dir']}/extra.jsonl:2: prompt: wrong_type") for message in logs)
+    assert any("sequences, ETA" in message for message in logs)  # progress while scoring
     responses = pd.read_parquet(evaluated["storage"] / "tables" / "response_scores.parquet")
     assert set(responses["source"]) == {"policy_outputs", "rankings"}
     assert responses.loc[responses["source"] == "policy_outputs", "candidate"].nunique() == 6

@@ -196,3 +196,26 @@ def rank_candidates(scorer: "RewardScorer", records: list[dict], progress: Calla
         ranked.append({**record, "rewards": [float(r) for r in mine],
                        "ranking": [int(i) for i in np.argsort(-mine, kind="stable")]})
     return ranked
+
+
+# ---------------------------------------------------------------- TRL online trainers
+
+
+def trl_reward_function(model_dir: str | Path, batch_size: int = 32) -> Callable[..., list[float]]:
+    """Our model as a reward function for TRL's GRPO/RLOO trainers (``reward_funcs=[...]``).
+
+    TRL can load a reward model directory itself, but it scores ``prompt + completion`` as one text
+    without special tokens, which an encoder (like the default MiniLM) was not trained on. This
+    function scores exactly as training and evaluation do, for encoders and decoders alike. Prompts
+    are text or message lists; completions are text or message lists ending in the reply.
+    """
+    scorer = RewardScorer.load(model_dir, batch_size)
+
+    def reward(prompts: list, completions: list, **_) -> list[float]:
+        chat = [isinstance(prompt, list) for prompt in prompts]
+        texts = [json.dumps(prompt, ensure_ascii=False) if is_chat else prompt for prompt, is_chat in zip(prompts, chat)]
+        replies = [_candidate_text(c[-1] if isinstance(c, list) else c) for c in completions]
+        return scorer.score(texts, replies, chat)["reward"].tolist()
+
+    reward.__name__ = Path(model_dir).name  # TRL logs rewards under the function's name
+    return reward

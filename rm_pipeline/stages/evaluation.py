@@ -63,6 +63,20 @@ def _inline_png(path: Path) -> str:
     return f"![{path.stem}](data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()})"
 
 
+def _progress_log(context, total: int, every: float = 0.1):
+    """A progress callback that logs each tenth of the sequences scored, with an ETA."""
+    started, done, next_report = time.perf_counter(), 0, every
+
+    def progress(count: int) -> None:
+        nonlocal done, next_report
+        done += count
+        if done >= next_report * total and done < total:
+            elapsed = time.perf_counter() - started
+            context.log.info(f"scored {done}/{total} sequences, ETA {elapsed * (total - done) / done:.0f} s")
+            next_report = done / total + every
+    return progress
+
+
 @dg.multi_asset(
     group_name=GROUP, deps=["reward_model"], can_subset=False,
     outs={
@@ -90,13 +104,14 @@ def reward_scores(context: dg.AssetExecutionContext, config: ScoringConfig, eval
         context.log.warning(f"{row.file}:{row.line}: {row.field}: {row.reason} ({row.detail}); not scored")
 
     scorer = RewardScorer.load(model_dir, config.batch_size)
+    sequences = 2 * len(pairs) + len(responses)
+    progress = _progress_log(context, sequences)
     started = time.perf_counter()
-    pair_scores = scorer.score_pairs(pairs)
-    answers = scorer.score(responses["prompt"], responses["response"], responses["conversational"])
+    pair_scores = scorer.score_pairs(pairs, progress)
+    answers = scorer.score(responses["prompt"], responses["response"], responses["conversational"], progress=progress)
     response_scores = responses.assign(reward=answers["reward"].to_numpy(), tokens=answers["tokens"].to_numpy(),
                                        truncated=answers["truncated"].to_numpy())
     seconds = time.perf_counter() - started
-    sequences = 2 * len(pair_scores) + len(response_scores)
     context.log.info(f"scored {len(pair_scores)} pairs and {len(response_scores)} answers with {model_dir.name} "
                      f"in {seconds:.1f} s")
     common = {"model_path": dg.MetadataValue.path(str(model_dir)), "sequences_per_s": round(sequences / seconds, 1)}
@@ -105,8 +120,8 @@ def reward_scores(context: dg.AssetExecutionContext, config: ScoringConfig, eval
         "pairs_by_source": counts_table(pair_scores["source"].value_counts().to_dict(), key="source"),
         "truncated_pairs": int(pair_scores["truncated"].sum()),
         "rows_quarantined": len(quarantine),
-        "quarantined": counts_table(quarantine.groupby(["file", "reason"]).size().rename(
-            lambda key: f"{Path(key[0]).name}: {key[1]}").to_dict(), key="file: reason")})
+        "quarantined": counts_table({f"{Path(file).name}: {reason}": n for (file, reason), n
+                                     in quarantine.groupby(["file", "reason"]).size().items()}, key="file: reason")})
     yield dg.Output(response_scores, output_name="response_scores", metadata={
         **common, "dagster/row_count": len(response_scores),
         "answers_by_source": counts_table(response_scores["source"].value_counts().to_dict(), key="source")})
