@@ -10,9 +10,9 @@ import pandas as pd
 from pydantic import Field
 
 from rm_pipeline.lib.readiness import ReadinessThresholds, readiness, split_overlap
-from rm_pipeline.lib.report import (READINESS_FILE, REPORT_JSON, ReportSettings, build_report, file_pairs_to_score,
-                                    jsonable, responses_to_score, split_pairs_to_score, store_in_model_config,
-                                    write_atomically, write_plots, write_report)
+from rm_pipeline.lib.report import (READINESS_FILE, REPORT_JSON, REPORT_MARKDOWN, ReportSettings, build_report,
+                                    file_pairs_to_score, jsonable, responses_to_score, split_pairs_to_score,
+                                    store_in_model_config, write_atomically, write_plots, write_report)
 from rm_pipeline.lib.scoring import RewardScorer
 from rm_pipeline.resources import EvaluationSource, PipelineStorage
 from rm_pipeline.stages.metadata import OWNERS, counts_table
@@ -196,7 +196,7 @@ def reward_readiness(context: dg.AssetExecutionContext, config: ReadinessConfig,
     verdict = jsonable(readiness(document["report"], split_overlap(preference_split),
                                  ReadinessThresholds(**config.model_dump())))
     write_atomically(model_dir / READINESS_FILE, json.dumps(
-        {**verdict, "model_path": str(model_dir), "report": str(folder / "evaluation_report.md")}, indent=2))
+        {**verdict, "model_path": str(model_dir), "report": str(folder / REPORT_MARKDOWN)}, indent=2))
     _, markdown_path = write_report(folder, {**document, "readiness": verdict})
     ready = verdict["optimize_against_reward"]
     context.log.info(f"{model_dir.name}: {'ready' if ready else 'NOT ready'}" +
