@@ -81,24 +81,25 @@ def _run(args) -> int:
     job = defs.resolve_job_def(reward_pipeline_job.name)
     with dg.DagsterInstance.get() as instance:
         result = job.execute_in_process(instance=instance, raise_on_error=False)
-    print(f"run {result.run_id} ({'succeeded' if result.success else 'failed'}); storage: {home}")
+    evaluations = result.get_asset_check_evaluations()
+    failed_gates = [e for e in evaluations if not e.passed and e.check_name != READINESS_CHECK]
+    # A not-ready verdict fails its blocking check, and so its step: that is a result, not a crash.
+    crashes = [event for event in result.all_events if event.is_step_failure and not (
+        event.step_key == "reward_readiness"
+        and event.step_failure_data.error.cls_name == "DagsterAssetCheckFailedError")]
+    outcome = "failed" if failed_gates or crashes else "succeeded"
+    print(f"run {result.run_id} ({outcome}); storage: {home}")
     readiness = None
     for event in result.get_asset_materialization_events():
         materialization = event.materialization
         print(f"  {materialization.asset_key.to_user_string()}: {_summary(materialization.metadata)}")
         if materialization.asset_key.to_user_string() == "reward_readiness":
             readiness = materialization.metadata
-    evaluations = result.get_asset_check_evaluations()
     for evaluation in evaluations:
         print(f"  gate {evaluation.check_name}: {'passed' if evaluation.passed else 'FAILED'}")
-    failed_gates = [e for e in evaluations if not e.passed and e.check_name != READINESS_CHECK]
     for evaluation in failed_gates:
         failures = evaluation.metadata.get("failures")
         print(f"\n{evaluation.check_name} stopped the run:\n{failures.value if failures else ''}", file=sys.stderr)
-    # A not-ready verdict fails its blocking check, and so its step: that is a result, not a crash.
-    crashes = [event for event in result.all_events if event.is_step_failure and not (
-        event.step_key == "reward_readiness"
-        and event.step_failure_data.error.cls_name == "DagsterAssetCheckFailedError")]
     for event in crashes:
         print(f"\nstep {event.step_key} failed: {event.step_failure_data.error.message.strip()}", file=sys.stderr)
     if readiness is not None:

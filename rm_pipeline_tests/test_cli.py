@@ -53,6 +53,7 @@ def test_run_materialises_the_graph_and_prints_each_stage(annotations_slice, tmp
     home = tmp_path / "home"
     done = rm_pipeline("run", "--home", str(home), "--annotations", str(annotations_slice), "--base-model", tiny_encoder)
     assert done.returncode == 0, done.stderr[-3000:]  # not ready is a result, not a crash
+    assert "(succeeded); storage:" in done.stdout
     for stage in ("raw_annotations", "aggregated_preferences", "review_queue", "preference_pairs", "rejected_pairs",
                   "preference_split", "reward_model", "reward_scores", "response_scores", "evaluation_report",
                   "reward_readiness"):
