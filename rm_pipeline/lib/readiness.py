@@ -56,9 +56,9 @@ def readiness(report: dict, overlap: dict, thresholds: ReadinessThresholds = Rea
     fresh = report["fresh_policy"]
     n, accuracy = fresh.get("n", 0), fresh.get("accuracy")
     if n == 0:
-        reason = ("no human-labelled pairs of fresh policy outputs: the bundled AlpacaEval outputs are ranked by "
-                  "an LLM judge, not labelled by people. Label pairs of the policy's own samples and put them in "
-                  "`fresh-policy/` in the eval folder")
+        reason = ("no human-labelled pairs of fresh policy outputs (unlabelled outputs such as the bundled "
+                  "AlpacaEval ones, ranked by an LLM judge, do not count). Label pairs of the policy's own samples "
+                  "and put them in `fresh-policy/` in the eval folder")
     elif n < t.min_pairs:
         reason = f"only {n} human-labelled pairs of fresh policy outputs"
     else:
