@@ -74,6 +74,8 @@ def test_the_report_is_written_with_plots_and_the_temperature_is_stored_with_the
     probe = [row["policy"] for row in report["report"]["length"]["length_probe"]]
     assert probe == ["alpaca-7b_concise", "alpaca-7b", "alpaca-7b_verbose"]
     assert report["report"]["policies"]["leaderboard"]["n_policies"] == 6
+    assert "| domain " in metadata["by_domain"].value and "| agreement " in metadata["by_agreement"].value
+    assert "alpaca-7b_verbose" in metadata["policies"].value
     for name in ("reliability_diagram", "reward_histograms", "reward_vs_length"):
         assert metadata[name].value.startswith(f"![{name}](data:image/png;base64,")
     config = json.loads(open(f"{model_dir}/config.json").read())

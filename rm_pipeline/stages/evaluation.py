@@ -175,6 +175,11 @@ def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationRepor
         "top1_agreement": report["rankings"].get("top1_agreement"),
         "benchmarks": dg.MetadataValue.json({name: {"n": s["n"], "accuracy": s["accuracy"]}
                                              for name, s in report["benchmarks"].items()}),
+        "by_domain": dg.MetadataValue.md(pd.DataFrame(report["domains"]["table"]).to_markdown(
+            index=False, floatfmt=".3f")),
+        "by_agreement": dg.MetadataValue.md(pd.DataFrame(report["agreement"]).to_markdown(index=False, floatfmt=".3f")),
+        "policies": dg.MetadataValue.md(pd.DataFrame(report["policies"].get("summary", [])).to_markdown(
+            index=False, floatfmt=".3f")),
         **{name: dg.MetadataValue.md(_inline_png(path)) for name, path in plots.items()},
     })
 
