@@ -428,7 +428,7 @@ def _is_identifier(values: pd.Series) -> pd.Series:
                                                                     and not isinstance(v, bool))).astype(bool)
 
 
-def _is_message_list(value) -> bool:
+def is_message_list(value) -> bool:
     return isinstance(value, (list, np.ndarray)) and len(value) > 0 and all(
         isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value)
 
@@ -436,7 +436,7 @@ def _is_message_list(value) -> bool:
 def _is_prompt(values: pd.Series) -> pd.Series:
     if _is_string_array(values):
         return pd.Series(True, index=values.index)
-    return values.map(lambda v: v is None or isinstance(v, str) or _is_message_list(v)).astype(bool)
+    return values.map(lambda v: v is None or isinstance(v, str) or is_message_list(v)).astype(bool)
 
 
 def _number_or_nan(value):

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from rm_pipeline.lib.annotations import is_message_list
 from rm_pipeline.lib.tokenization import encode, load_tokenizer
 
 
@@ -126,11 +127,6 @@ class CandidateFileError(ValueError):
     """A candidates file with lines that can't be scored; the message names each file, line and field."""
 
 
-def _message_list(value) -> bool:
-    return isinstance(value, list) and len(value) > 0 and all(
-        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value)
-
-
 def _candidate_text(value):
     """A candidate is text, or an assistant message ({"role", "content"})."""
     if isinstance(value, dict) and isinstance(value.get("content"), str):
@@ -159,7 +155,7 @@ def read_candidates(path: str | Path, max_errors: int = 20) -> list[dict]:
                 errors.append(f"{where}: a line must be a JSON object")
                 continue
             prompt, candidates = record.get("prompt"), record.get("candidates")
-            if not (isinstance(prompt, str) and prompt.strip()) and not _message_list(prompt):
+            if not (isinstance(prompt, str) and prompt.strip()) and not is_message_list(prompt):
                 errors.append(f"{where}: prompt: must be non-empty text or a list of {{role, content}} messages")
             if not isinstance(candidates, list) or not candidates:
                 errors.append(f"{where}: candidates: must be a non-empty list")
