@@ -387,6 +387,15 @@ def test_trl_standard_pairs_are_single_vote_items(tmp_path):
     assert not votes["conversational"].any()
 
 
+def test_a_bad_pair_row_names_the_files_own_field(tmp_path):
+    path = write_jsonl(tmp_path / "trl.jsonl", [{"prompt": "2+2?", "chosen": "4", "rejected": None, "margin": 1},
+                                                {"prompt": "3+3?", "chosen": 6, "rejected": "7", "margin": "big"},
+                                                {"prompt": "4+4?", "chosen": "8", "rejected": "9", "margin": "x"}])
+    quarantine = ingest(path).quarantine.sort_values("line")
+    assert quarantine["field"].tolist() == ["rejected", "chosen", "margin"]
+    assert quarantine["reason"].tolist() == ["missing_field", "wrong_type", "wrong_type"]
+
+
 def test_trl_conversational_with_explicit_prompt(tmp_path):
     prompt = [msg("system", "Be brief."), msg("user", "Capital of France?")]
     path = write_jsonl(tmp_path / "chat.jsonl", [{"prompt": prompt, "chosen": [msg("assistant", "Paris.")],

@@ -8,10 +8,9 @@ import pandas as pd
 import pytest
 
 from rm_pipeline.definitions import build_defs, reward_pipeline_job
-from rm_pipeline_tests.conftest import REPO_ROOT
+from rm_pipeline_tests.conftest import PERMISSIVE_READINESS, REPO_ROOT
 
 QUICK_TRAINING = {"reward_model": {"config": {"batch_size": 16, "early_stopping_patience": None}}}
-PERMISSIVE = {"min_length_matched_accuracy": 0.0, "min_fresh_policy_accuracy": 0.0, "max_ece": 1.0, "min_pairs": 1}
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +73,9 @@ def test_the_report_is_written_with_plots_and_the_temperature_is_stored_with_the
     probe = [row["policy"] for row in report["report"]["length"]["length_probe"]]
     assert probe == ["alpaca-7b_concise", "alpaca-7b", "alpaca-7b_verbose"]
     assert report["report"]["policies"]["leaderboard"]["n_policies"] == 6
+    assert report["report"]["policies"]["leaderboard"]["column"] == "length_controlled_winrate"
+    rankings = report["report"]["rankings"]
+    assert rankings["n_groups"] == 155 and rankings["top1_chance"] < 1 / 3  # the bundled OpenAssistant groups
     assert "| domain " in metadata["by_domain"].value and "| agreement " in metadata["by_agreement"].value
     assert "alpaca-7b_verbose" in metadata["policies"].value
     for name in ("reliability_diagram", "reward_histograms", "reward_vs_length"):
@@ -102,9 +104,33 @@ def test_the_gate_passes_when_every_check_does(evaluated):
     job = evaluated["defs"].resolve_job_def(reward_pipeline_job.name)
     result = job.execute_in_process(instance=evaluated["instance"], raise_on_error=False,
                                     asset_selection=[dg.AssetKey("reward_readiness")],
-                                    run_config={"ops": {"reward_readiness": {"config": PERMISSIVE}}})
+                                    run_config={"ops": PERMISSIVE_READINESS})
     assert result.success
     [check] = result.get_asset_check_evaluations()
     assert check.passed
     verdict = json.loads(open(materialization(result, "reward_readiness")["readiness_file"].value).read())
     assert verdict["optimize_against_reward"] is True and verdict["reasons"] == []
+
+
+def test_the_leaderboard_column_is_a_setting_and_a_wrong_one_is_named(evaluated):
+    job = evaluated["defs"].resolve_job_def(reward_pipeline_job.name)
+
+    def report_with(column):
+        return job.execute_in_process(instance=evaluated["instance"], raise_on_error=False,
+                                      asset_selection=[dg.AssetKey("evaluation_report")],
+                                      run_config={"ops": {"evaluation_report": {"config": {"leaderboard_column": column}}}})
+
+    result = report_with("win_rate")
+    assert result.success
+    report = json.loads(open(materialization(result, "evaluation_report")["report_json"].value).read())
+    board = report["report"]["policies"]["leaderboard"]
+    leaderboard = pd.read_csv(REPO_ROOT / "data" / "eval" / "alpaca-eval" /
+                              "weighted_alpaca_eval_gpt4_turbo_leaderboard.csv", index_col=0)["win_rate"]
+    means = {row["policy"]: row["mean_reward"] for row in report["report"]["policies"]["summary"]}
+    expected = pd.Series(means).rank().corr(leaderboard.loc[list(means)].rank())  # Spearman = Pearson of ranks
+    assert board["column"] == "win_rate" and board["spearman_rho"] == pytest.approx(expected)
+
+    failed = report_with("no_such_column")
+    assert not failed.success
+    [failure] = [e for e in failed.all_events if e.is_step_failure]
+    assert "no column 'no_such_column'" in failure.step_failure_data.error.message

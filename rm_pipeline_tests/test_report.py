@@ -117,7 +117,7 @@ def test_a_bad_benchmark_line_is_quarantined_with_file_and_line(tmp_path):
     assert len(rows) == 2 and set(rows["domain"]) == {"math"}
     assert sorted(quarantine["line"]) == [2, 3]
     assert set(quarantine["file"]) == {str(bench)}
-    assert dict(zip(quarantine["line"], quarantine["field"]))[2] == "response_a"  # the chosen answer
+    assert dict(zip(quarantine["line"], quarantine["field"]))[2] == "chosen"  # the file's own field name
     assert len(rows) + len(quarantine) == 4
 
 

@@ -91,7 +91,10 @@ def test_evaluate_prints_one_json_object_per_file(tiny_encoder, tmp_path):
                                                      {"role": "assistant", "content": "hello"}],
                                           "rejected": [{"role": "user", "content": "hi"},
                                                        {"role": "assistant", "content": "bye"}]}) + "\n")
-    done = rm_pipeline("evaluate", "--model", tiny_encoder, "--pairs", str(bench), str(conversational))
+    standard = tmp_path / "trl_standard.csv"  # TRL's standard format, no subset: the file is the subset
+    pd.DataFrame({"prompt": ["2+2?", "Name a colour."], "chosen": ["4", "Blue."], "rejected": ["5", ""]}).to_csv(
+        standard, index=False)
+    done = rm_pipeline("evaluate", "--model", tiny_encoder, "--pairs", str(bench), str(conversational), str(standard))
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout)
     summary = result[str(bench)]
@@ -103,6 +106,10 @@ def test_evaluate_prints_one_json_object_per_file(tiny_encoder, tmp_path):
     assert "rewardbench_score" in summary  # a RewardBench subset name was recognised
     assert f"{bench}:11: " in done.stderr and "malformed_json" in done.stderr
     assert result[str(conversational)]["n"] == 1
+    # the empty rejected cell is quarantined, named on stderr; the other pair is scored
+    assert result[str(standard)]["n"] == 1 and result[str(standard)]["quarantined"] == 1
+    assert list(result[str(standard)]["subsets"]) == ["trl_standard"]
+    assert f"{standard}:3: rejected: missing_field" in done.stderr
 
 
 def test_evaluate_names_a_file_it_cannot_read(tiny_encoder, tmp_path):

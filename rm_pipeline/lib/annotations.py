@@ -68,6 +68,8 @@ def read_annotations(paths: list[Path | str]) -> IngestResult:
         records, quarantine = _read_records(path)
         votes, fmt = _to_canonical(records, path)
         votes, rejected = _validate_fields(votes)
+        if fmt != "votes":  # name the file's own fields, not the canonical ones they became
+            rejected["field"] = rejected["field"].replace(_pair_field_names(records.columns))
         rejected["raw"] = _rows_as_json(records.loc[rejected.index])
         batch_quarantine = pd.concat([quarantine, rejected], ignore_index=True)
         frames.append(votes)
@@ -285,6 +287,16 @@ def _pairs_to_votes(frame: pd.DataFrame, path: Path) -> tuple[pd.DataFrame, str]
     if "annotator_id" not in frame.columns:
         frame["annotator_id"] = path.stem
     return frame, "conversational_pairs" if conversational.all() and len(frame) else "standard_pairs"
+
+
+def _pair_field_names(columns) -> dict[str, str]:
+    """Canonical column -> the paired file's field it was made from (see ``_pairs_to_votes``)."""
+    names = {"response_a": "chosen", "response_b": "rejected", "context_a": "chosen", "context_b": "rejected"}
+    if "subset" in columns and "domain" not in columns:
+        names["domain"] = "subset"
+    if "margin" in columns and "strength" not in columns:
+        names["strength"] = "margin"
+    return names
 
 
 def _as_list_or_value(value):
