@@ -18,8 +18,8 @@ import torch
 from rm_pipeline.lib.reward_training import (
     TrainingSettings, freeze_all_but_last, load_model, margins, pair_dataset, publish, train_reward_model,
 )
-from rm_pipeline.lib.scoring import pad_right, score_ids, score_texts
-from rm_pipeline.lib.tokenization import default_base_model, encode, load_tokenizer, token_lengths
+from rm_pipeline.lib.scoring import RewardScorer, pad_right, position_limit, score_ids
+from rm_pipeline.lib.tokenization import encode, load_tokenizer, token_lengths
 
 DECODER_WORDS = ["<unk>", "<eos>", "<|user|>", "<|assistant|>", "<|system|>", "hello", "hi", "red", "blue",
                  "name", "a", "colour", "there", "be", "kind.", "excellent", "terrible", "answer", "question",
@@ -96,9 +96,9 @@ def test_encoder_reward_is_the_same_alone_and_in_a_padded_batch(tiny_encoder):
     batched = score_ids(model, sequences, tokenizer.pad_token_id, batch_size=len(sequences), sort_by_length=False)
     np.testing.assert_allclose(batched, alone, atol=1e-5)
     assert np.unique(alone.round(6)).size > 1  # not a constant model
-    # score_texts is encode + score_ids: same numbers
-    texts = score_texts(model, tokenizer, ["sky?"], ["blue"], [False])
-    np.testing.assert_allclose(texts, alone[:1], atol=1e-5)
+    # RewardScorer is encode + score_ids: same numbers
+    texts = RewardScorer(model, tokenizer, position_limit(model, tokenizer)).score(["sky?"], ["blue"], [False])
+    np.testing.assert_allclose(texts["reward"], alone[:1], atol=1e-5)
 
 
 def test_pad_right_pads_on_the_right_with_a_mask():
@@ -136,8 +136,6 @@ def test_decoder_reward_is_read_at_the_last_non_padding_token(tiny_decoder):
 
 
 def test_train_reward_model_publishes_a_loadable_model(tiny_encoder, tmp_path):
-    from transformers import AutoModelForSequenceClassification
-
     torch.manual_seed(0)
     train, evaluation = learnable_pairs(32), learnable_pairs(8, start=100)
     models_dir, run_name = tmp_path / "models", "rm-test-run"
@@ -161,12 +159,11 @@ def test_train_reward_model_publishes_a_loadable_model(tiny_encoder, tmp_path):
     assert not (models_dir / ".checkpoints" / run_name).exists()
     assert not list(models_dir.glob(".staging-*"))
 
-    loaded = AutoModelForSequenceClassification.from_pretrained(target)
-    assert loaded.config.num_labels == 1
-    tokenizer = load_tokenizer(str(target))
-    chosen = score_texts(loaded, tokenizer, evaluation["prompt"], evaluation["chosen"], evaluation["conversational"])
-    rejected = score_texts(loaded, tokenizer, evaluation["prompt"], evaluation["rejected"],
-                           evaluation["conversational"])
+    scorer = RewardScorer.load(target)
+    assert scorer.model.config.num_labels == 1
+    score = lambda side: scorer.score(evaluation["prompt"], evaluation[side],  # noqa: E731
+                                      evaluation["conversational"])["reward"].to_numpy()
+    chosen, rejected = score("chosen"), score("rejected")
     assert (chosen - rejected).min() > 0.1  # it learnt that `excellent` beats `terrible`
     # the statistics in the config describe the model as published
     both = np.concatenate([chosen, rejected])
@@ -180,7 +177,7 @@ def test_train_reward_model_publishes_a_loadable_model(tiny_encoder, tmp_path):
     assert metrics["device"] == "cpu"
     assert metrics["eval_accuracy"] == 1.0
     assert metrics["resumed_from"] is None
-    assert_throughputs_agree(metrics, train, tokenizer)
+    assert_throughputs_agree(metrics, train, scorer.tokenizer)
     progress = [payload for kind, payload in reports if kind == "progress"]
     assert progress and progress[-1]["max_steps"] == 8
     assert any("eval_accuracy" in entry for entry in result.history)
@@ -389,5 +386,5 @@ def test_decoder_training_on_conversational_pairs(tiny_decoder, tmp_path):
     assert loaded.config.pad_token_id == tokenizer.pad_token_id
     saved_tokenizer = load_tokenizer(str(result.model_dir))
     assert saved_tokenizer.chat_template == tokenizer.chat_template
-    rewards = score_texts(loaded, saved_tokenizer, pairs["prompt"], pairs["chosen"], pairs["conversational"])
+    rewards = RewardScorer.load(result.model_dir).score(pairs["prompt"], pairs["chosen"], pairs["conversational"])["reward"]
     assert np.isfinite(rewards).all()

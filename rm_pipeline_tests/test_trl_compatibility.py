@@ -81,7 +81,7 @@ def published_encoder(tiny_encoder, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def tiny_policy(tiny_decoder) -> tuple:  # noqa: F811
     """A 2-layer causal Llama over the same words; its template ends prompts with `<|assistant|>`."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer, LlamaConfig
 
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_decoder))
     tokenizer.chat_template = POLICY_TEMPLATE

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from rm_pipeline.lib import evaluation as ev
+from rm_pipeline.lib.annotations import list_batch_files
 from rm_pipeline.lib.pairs import build_pairs
 
 PAIR_SOURCES = ("held_out", "disagreement", "fresh_policy", "benchmark")
@@ -44,8 +45,7 @@ class EvaluationFolder:
 
     def fresh_policy_files(self) -> list[Path]:
         folder = self.root / "fresh-policy"
-        suffixes = (".jsonl", ".json", ".csv", ".parquet")
-        return sorted(p for p in folder.iterdir() if p.suffix in suffixes) if folder.is_dir() else []
+        return list_batch_files(folder) if folder.is_dir() else []
 
     def ranking_files(self) -> list[Path]:
         return sorted((self.root / "oasst").glob("*.jsonl")) if (self.root / "oasst").is_dir() else []

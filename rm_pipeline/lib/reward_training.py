@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from rm_pipeline.lib.tokenization import encode, is_encoder, load_tokenizer
+from rm_pipeline.lib.tokenization import encode, load_tokenizer
 
 Report = Callable[[str, dict], None]  # (kind: "log" | "progress", payload)
 

@@ -47,13 +47,6 @@ def score_ids(model, sequences: list[list[int]], pad_token_id: int, batch_size: 
     return rewards
 
 
-def score_texts(model, tokenizer, prompts, responses, conversational, batch_size: int = 32,
-                progress: Callable[[int], None] | None = None) -> np.ndarray:
-    """Rewards of (prompt, response) pairs, tokenized exactly as in training."""
-    scorer = RewardScorer(model, tokenizer, position_limit(model, tokenizer), batch_size)
-    return scorer.score(prompts, responses, conversational, progress=progress)["reward"].to_numpy()
-
-
 def fit_to_length(ids: list[int], limit: int) -> list[int]:
     """A sequence cut to the model's position limit by dropping the oldest context: the first token
     ([CLS] / BOS) and the last ``limit - 1`` (the response and its closing token) are kept."""

@@ -1,6 +1,5 @@
 """Stage 6: score the evidence, report how the reward model generalises, and decide whether it is ready."""
 
-import base64
 import json
 import time
 from pathlib import Path
@@ -11,11 +10,11 @@ from pydantic import Field
 
 from rm_pipeline.lib.readiness import ReadinessThresholds, readiness, split_overlap
 from rm_pipeline.lib.report import (READINESS_FILE, REPORT_JSON, REPORT_MARKDOWN, ReportSettings, build_report,
-                                    file_pairs_to_score, jsonable, responses_to_score, split_pairs_to_score,
+                                    file_pairs_to_score, responses_to_score, split_pairs_to_score,
                                     store_in_model_config, write_atomically, write_plots, write_report)
 from rm_pipeline.lib.scoring import RewardScorer
 from rm_pipeline.resources import EvaluationSource, PipelineStorage
-from rm_pipeline.stages.metadata import OWNERS, counts_table
+from rm_pipeline.stages.metadata import OWNERS, counts_table, inline_png, markdown_table
 from rm_pipeline.stages.split import split_data_version
 
 GROUP = "evaluation"
@@ -56,11 +55,6 @@ def current_model(context) -> tuple[Path, str]:
 
 def report_folder(storage: PipelineStorage, model_dir: Path) -> Path:
     return storage.directory("reports", model_dir.name)
-
-
-def _inline_png(path: Path) -> str:
-    """The plot itself in the metadata, so the UI shows it without access to the storage root."""
-    return f"![{path.stem}](data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()})"
 
 
 def _progress_log(context, total: int, every: float = 0.1):
@@ -175,12 +169,10 @@ def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationRepor
         "top1_agreement": report["rankings"].get("top1_agreement"),
         "benchmarks": dg.MetadataValue.json({name: {"n": s["n"], "accuracy": s["accuracy"]}
                                              for name, s in report["benchmarks"].items()}),
-        "by_domain": dg.MetadataValue.md(pd.DataFrame(report["domains"]["table"]).to_markdown(
-            index=False, floatfmt=".3f")),
-        "by_agreement": dg.MetadataValue.md(pd.DataFrame(report["agreement"]).to_markdown(index=False, floatfmt=".3f")),
-        "policies": dg.MetadataValue.md(pd.DataFrame(report["policies"].get("summary", [])).to_markdown(
-            index=False, floatfmt=".3f")),
-        **{name: dg.MetadataValue.md(_inline_png(path)) for name, path in plots.items()},
+        "by_domain": markdown_table(report["domains"]["table"]),
+        "by_agreement": markdown_table(report["agreement"]),
+        "policies": markdown_table(report["policies"].get("summary", [])),
+        **{name: dg.MetadataValue.md(inline_png(path, name)) for name, path in plots.items()},
     })
 
 
@@ -198,8 +190,7 @@ def reward_readiness(context: dg.AssetExecutionContext, config: ReadinessConfig,
     if not (folder / REPORT_JSON).exists():
         raise dg.Failure(f"no evaluation report for {model_dir.name} in {folder}: materialise evaluation_report")
     document = json.loads((folder / REPORT_JSON).read_text())
-    verdict = jsonable(readiness(document["report"], split_overlap(preference_split),
-                                 ReadinessThresholds(**config.model_dump())))
+    verdict = readiness(document["report"], split_overlap(preference_split), ReadinessThresholds(**config.model_dump()))
     write_atomically(model_dir / READINESS_FILE, json.dumps(
         {**verdict, "model_path": str(model_dir), "report": str(folder / REPORT_MARKDOWN)}, indent=2))
     _, markdown_path = write_report(folder, {**document, "readiness": verdict})

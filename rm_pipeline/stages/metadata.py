@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
+from pathlib import Path
 
 import dagster as dg
 import numpy as np
@@ -34,6 +36,15 @@ def preview(table: pd.DataFrame, columns: list[str]) -> dg.MetadataValue:
         if head[column].dtype == object or pd.api.types.is_string_dtype(head[column].dtype):
             head[column] = head[column].astype(str).str.slice(0, PREVIEW_CHARS).str.replace("\n", " ")
     return dg.MetadataValue.md(head.to_markdown(index=False))
+
+
+def inline_png(path: Path, title: str) -> str:
+    """The image itself as Markdown, so the UI shows it without access to the storage root."""
+    return f"![{title}](data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()})"
+
+
+def markdown_table(records: list[dict]) -> dg.MetadataValue:
+    return dg.MetadataValue.md(pd.DataFrame(records).to_markdown(index=False, floatfmt=".3f"))
 
 
 def table_fingerprint(table: pd.DataFrame) -> str:

@@ -2,7 +2,6 @@
 reward_model asset through Dagster Pipes (or `accelerate launch` with several GPUs). Its logs and
 metrics stream into the Dagster run; its memory goes back to the system when it exits."""
 
-import base64
 import os
 from pathlib import Path
 
@@ -10,13 +9,9 @@ import pandas as pd
 from dagster_pipes import open_dagster_pipes
 
 from rm_pipeline.lib.reward_training import TrainingSettings, train_reward_model
+from rm_pipeline.stages.metadata import inline_png
 
 SUMMARY_KEYS = ("step", "loss", "accuracy", "eval_accuracy", "eval_loss", "eta_s")
-
-
-def _inline_png(path: Path) -> str:
-    """The plot itself in the metadata, so the UI shows it without access to the storage root."""
-    return f"![training curves](data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()})"
 
 
 def run(pipes) -> None:
@@ -40,7 +35,7 @@ def run(pipes) -> None:
             data_version=extras["data_version"],
             metadata={**metrics,
                       "model_path": {"raw_value": str(result.model_dir), "type": "path"},
-                      "training_curves": {"raw_value": _inline_png(result.model_dir / "training_curves.png"),
+                      "training_curves": {"raw_value": inline_png(result.model_dir / "training_curves.png", "training curves"),
                                           "type": "md"},
                       "data_version": extras["data_version"]})
 
