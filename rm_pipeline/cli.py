@@ -61,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _use_home(home: str | None) -> Path:
     """Pin the storage root and the Dagster instance beneath it, so the UI sees headless runs."""
-    root = Path(home or os.environ.get("RM_PIPELINE_HOME") or Path.cwd() / ".rm_pipeline_home").resolve()
+    from rm_pipeline.lib.locations import default_home
+
+    root = Path(home).resolve() if home else default_home()
     os.environ["RM_PIPELINE_HOME"] = str(root)
     dagster_home = Path(os.environ.setdefault("DAGSTER_HOME", str(root / "dagster")))
     dagster_home.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from rm_pipeline.resources import (AnnotationSource, BaseModel, EvaluationSource, ParquetIOManager, PipelineStorage,
+from rm_pipeline.resources import (AnnotationSource, BaseModelResource, EvaluationSource, ParquetIOManager, PipelineStorage,
                                    QualityGates)
 from rm_pipeline.stages import aggregation, annotations, evaluation, pairs, reward_model, split
 
@@ -20,7 +20,7 @@ def build_resources(storage_root: str | None = None, annotations_dir: str | None
         "storage": storage,
         "io_manager": ParquetIOManager(storage=storage),
         "annotation_source": AnnotationSource(directory=annotations_dir) if annotations_dir else AnnotationSource(),
-        "base_model": BaseModel(name_or_path=base_model) if base_model else BaseModel(),
+        "base_model": BaseModelResource(name_or_path=base_model) if base_model else BaseModelResource(),
         "evaluation_source": EvaluationSource(directory=evaluation_dir) if evaluation_dir else EvaluationSource(),
         "quality_gates": QualityGates(),
     }

@@ -9,26 +9,15 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
+from rm_pipeline.lib.locations import default_annotations_dir, default_evaluation_dir, default_home
 from rm_pipeline.lib.report import EvaluationFolder
-from rm_pipeline.lib.tokenization import default_base_model, load_tokenizer, token_lengths
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def default_home() -> str:
-    """$RM_PIPELINE_HOME, else `.rm_pipeline_home` in the working directory (git-ignored)."""
-    return os.environ.get("RM_PIPELINE_HOME") or str(Path.cwd() / ".rm_pipeline_home")
-
-
-def default_annotations_dir() -> str:
-    """$RM_PIPELINE_ANNOTATIONS, else the bundled `data/annotations` of this checkout."""
-    return os.environ.get("RM_PIPELINE_ANNOTATIONS") or str(REPO_ROOT / "data" / "annotations")
+from rm_pipeline.lib.tokenization import DEFAULT_MAX_LENGTH, default_base_model, load_tokenizer, token_lengths
 
 
 class PipelineStorage(dg.ConfigurableResource):
     """The storage root: tables, review exports, models and reports live under it."""
 
-    root: str = Field(default_factory=default_home, description="Storage root ($RM_PIPELINE_HOME).")
+    root: str = Field(default_factory=lambda: str(default_home()), description="Storage root ($RM_PIPELINE_HOME).")
 
     def path(self, *parts: str) -> Path:
         """A file path under the root, its folder created."""
@@ -70,22 +59,17 @@ class ParquetIOManager(dg.ConfigurableIOManager):
         return pd.read_parquet(path)
 
 
-def default_evaluation_dir() -> str:
-    """$RM_PIPELINE_EVAL, else the bundled `data/eval` of this checkout."""
-    return os.environ.get("RM_PIPELINE_EVAL") or str(REPO_ROOT / "data" / "eval")
-
-
 class AnnotationSource(dg.ConfigurableResource):
     """The folder vendors drop annotation batches into; every file in it is one batch."""
 
-    directory: str = Field(default_factory=default_annotations_dir,
+    directory: str = Field(default_factory=lambda: str(default_annotations_dir()),
                            description="Folder of batch files (.jsonl, .json, .csv, .parquet).")
 
 
 class EvaluationSource(dg.ConfigurableResource):
     """The folder of evaluation evidence: benchmark files, fresh policy outputs, rankings (data/eval/README.md)."""
 
-    directory: str = Field(default_factory=default_evaluation_dir,
+    directory: str = Field(default_factory=lambda: str(default_evaluation_dir()),
                            description="Folder laid out like the bundled data/eval ($RM_PIPELINE_EVAL).")
     policy_outputs: str = Field(default="", description="Folder of AlpacaEval-format outputs of the policies to "
                                                         "compare (empty: `alpaca-eval/` in the folder above).")
@@ -95,13 +79,18 @@ class EvaluationSource(dg.ConfigurableResource):
         return EvaluationFolder(root, Path(self.policy_outputs) if self.policy_outputs else root / "alpaca-eval")
 
 
-class BaseModel(dg.ConfigurableResource):
-    """The base checkpoint: its tokenizer defines `max_length` for the pair rules and for training."""
+class BaseModelResource(dg.ConfigurableResource):
+    """The base checkpoint and the longest pair it reads: the pair rules and training both take `max_length`
+    from here, counted in tokens of this model's own tokenizer."""
 
     name_or_path: str = Field(
         default_factory=lambda: os.environ.get("RM_PIPELINE_BASE_MODEL") or default_base_model(),
         description="Hugging Face model id or local path ($RM_PIPELINE_BASE_MODEL, else the bundled all-MiniLM-L6-v2).")
     trust_remote_code: bool = Field(default=False, description="Run code shipped with the model (off unless set).")
+    max_length: int = Field(
+        default=DEFAULT_MAX_LENGTH, gt=0,
+        description="Pairs longer than this many tokens are dropped and counted, never truncated; training reads "
+                    "no more. The default, 256, is the sequence length all-MiniLM-L6-v2 was trained with.")
 
     def token_lengths(self, prompts, responses, conversational):
         tokenizer = load_tokenizer(self.name_or_path, self.trust_remote_code)

@@ -14,6 +14,7 @@ import pandas as pd
 from crowdkit.aggregation import DawidSkene, MajorityVote
 
 from rm_pipeline.lib.annotations import first_rows
+from rm_pipeline.lib.settings import setting
 
 AggregationMethod = Literal["majority_vote", "dawid_skene"]
 TiePolicy = Literal["count_as_vote", "ignore"]
@@ -28,14 +29,31 @@ COMPARISON_COLUMNS = [
 ]
 
 
+@dataclass(frozen=True)
+class AggregationSettings:
+    method: AggregationMethod = setting(
+        "dawid_skene", "How votes become a winner (crowd-kit); majority vote is always reported too.")
+    tie_policy: TiePolicy = setting("count_as_vote", "count_as_vote: 'tie' can win; ignore: only a/b votes decide.")
+    max_iterations: int = setting(50, "Dawid-Skene EM iterations at most.")
+
+
+@dataclass(frozen=True)
+class ReviewThresholds:
+    agreement_threshold: float = setting(
+        1.0, "Winners backed by a smaller share of votes go to review (1.0: anything not unanimous).")
+    tie_heavy_share: float = setting(0.5, "Tie share at which a comparison with a-or-b votes is disputed.")
+    min_annotator_reliability: float = setting(0.0, "Items whose annotators' mean reliability is lower go to review.")
+
+
 @dataclass
 class AggregationResult:
     comparisons: pd.DataFrame
     annotators: pd.DataFrame  # annotator_id, votes, reliability
 
 
-def aggregate_votes(votes: pd.DataFrame, method: AggregationMethod = "dawid_skene",
-                    tie_policy: TiePolicy = "count_as_vote", max_iterations: int = 50) -> AggregationResult:
+def aggregate_votes(votes: pd.DataFrame, method: AggregationMethod = AggregationSettings.method,
+                    tie_policy: TiePolicy = AggregationSettings.tie_policy,
+                    max_iterations: int = AggregationSettings.max_iterations) -> AggregationResult:
     """One row per item_id. `winner` is a, b, tie (no side preferred) or abstain (nobody voted).
 
     tie_policy "count_as_vote": a tie vote is an outcome that can win; "ignore": tie votes are
@@ -190,8 +208,9 @@ def _batch_lists(batch: pd.Series, item: np.ndarray) -> np.ndarray:
     return np.add.reduceat(separator + names.astype(object)[pair_batch], starts)  # string concatenation per item
 
 
-def review_reasons(comparisons: pd.DataFrame, agreement_threshold: float = 1.0, tie_heavy_share: float = 0.5,
-                   min_annotator_reliability: float = 0.0) -> pd.Series:
+def review_reasons(comparisons: pd.DataFrame, agreement_threshold: float = ReviewThresholds.agreement_threshold,
+                   tie_heavy_share: float = ReviewThresholds.tie_heavy_share,
+                   min_annotator_reliability: float = ReviewThresholds.min_annotator_reliability) -> pd.Series:
     """Why each comparison needs a person ('' when it doesn't), reasons joined by ','.
 
     - split_vote: as many votes for a as for b, so the aggregate has no winner

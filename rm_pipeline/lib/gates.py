@@ -19,6 +19,7 @@ from great_expectations.data_context.types.base import ProgressBarsConfig  # noq
 
 from rm_pipeline.lib.aggregation import OUTCOMES  # noqa: E402
 from rm_pipeline.lib.annotations import VOTE_COLUMNS, VOTE_LABELS  # noqa: E402
+from rm_pipeline.lib.split import NO_DOMAIN  # noqa: E402
 
 
 @dataclass
@@ -132,7 +133,7 @@ def preference_split_gate(split: pd.DataFrame, group_column: str = "prompt_group
     """No prompt group on both sides; every domain in train, and in eval when it has two groups or more.
     A group's domain is its first pair's, as the split stratifies it."""
     groups = split.groupby(group_column)["split"].nunique().rename("sides").reset_index()
-    domain = split["domain"].fillna("(none)").groupby(split[group_column]).transform("first")
+    domain = split["domain"].fillna(NO_DOMAIN).groupby(split[group_column]).transform("first")
     domains = split.assign(domain=domain).groupby("domain").agg(
         groups=(group_column, "nunique"),
         train_pairs=("split", lambda s: int((s == "train").sum())),

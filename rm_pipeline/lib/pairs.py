@@ -5,10 +5,14 @@ Input count = kept + rejected, always. Knows nothing of Dagster.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import pandas as pd
+
+from rm_pipeline.lib.settings import setting
+from rm_pipeline.lib.tokenization import DEFAULT_MAX_LENGTH
 
 # Checked in this order; a pair is rejected for the first rule it breaks.
 REJECTION_REASONS = ("tie_or_abstention", "empty_prompt", "empty_candidate", "context_mismatch",
@@ -20,11 +24,19 @@ PAIR_COLUMNS = ["pair_id", "prompt_id", "prompt", "conversational", "chosen", "r
 REJECTED_COLUMNS = ["item_id", "reason", "detail", "prompt_id", "prompt", "conversational", "response_a",
                     "response_b", "winner", "domain", "source", "batches", "n_votes", "chosen_share"]
 
+
+
+@dataclass(frozen=True)
+class PairSettings:
+    include_disputed: bool = setting(False, "Train on review-queue comparisons too.")
+
+
 TokenLengths = Callable[[pd.Series, pd.Series, pd.Series], np.ndarray]
 
 
 def build_pairs(comparisons: pd.DataFrame, disputed_item_ids=(), token_lengths: TokenLengths | None = None,
-                max_length: int = 512, include_disputed: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+                max_length: int = DEFAULT_MAX_LENGTH,
+                include_disputed: bool = PairSettings.include_disputed) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Split comparisons into training pairs and rejected ones.
 
     `token_lengths(prompts, responses, conversational)` counts tokens with the base model's own

@@ -10,15 +10,16 @@ from dataclasses import asdict, dataclass
 
 import pandas as pd
 
+from rm_pipeline.lib.settings import setting
 from rm_pipeline.lib.split import normalised_prompt
 
 
 @dataclass(frozen=True)
 class ReadinessThresholds:
-    min_length_matched_accuracy: float = 0.6
-    min_fresh_policy_accuracy: float = 0.6
-    max_ece: float = 0.1
-    min_pairs: int = 30  # fewer pairs than this are not evidence either way
+    min_length_matched_accuracy: float = setting(0.6, "On held-out pairs within 10% in length.")
+    min_fresh_policy_accuracy: float = setting(0.6, "On human-labelled pairs of fresh outputs.")
+    max_ece: float = setting(0.1, "Expected calibration error of sigmoid(margin), held out.")
+    min_pairs: int = setting(30, "Fewer pairs than this are not evidence either way.")
 
 
 def split_overlap(split: pd.DataFrame) -> dict:

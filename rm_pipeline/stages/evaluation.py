@@ -8,6 +8,7 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
+from rm_pipeline.config import config_class, settings_from_config
 from rm_pipeline.lib.readiness import ReadinessThresholds, readiness, split_overlap
 from rm_pipeline.lib.report import (READINESS_FILE, REPORT_JSON, REPORT_MARKDOWN, ReportSettings, build_report,
                                     file_pairs_to_score, responses_to_score, split_pairs_to_score,
@@ -33,11 +34,7 @@ class EvaluationReportConfig(dg.Config):
     calibration_bins: int = Field(default=10)
 
 
-class ReadinessConfig(dg.Config):
-    min_length_matched_accuracy: float = Field(default=0.6, description="On held-out pairs within 10% in length.")
-    min_fresh_policy_accuracy: float = Field(default=0.6, description="On human-labelled pairs of fresh outputs.")
-    max_ece: float = Field(default=0.1, description="Expected calibration error of sigmoid(margin), held out.")
-    min_pairs: int = Field(default=30, description="Fewer pairs than this are not evidence either way.")
+ReadinessConfig = config_class(ReadinessThresholds, "ReadinessConfig")
 
 
 def current_model(context) -> tuple[Path, str]:
@@ -190,7 +187,7 @@ def reward_readiness(context: dg.AssetExecutionContext, config: ReadinessConfig,
     if not (folder / REPORT_JSON).exists():
         raise dg.Failure(f"no evaluation report for {model_dir.name} in {folder}: materialise evaluation_report")
     document = json.loads((folder / REPORT_JSON).read_text())
-    verdict = readiness(document["report"], split_overlap(preference_split), ReadinessThresholds(**config.model_dump()))
+    verdict = readiness(document["report"], split_overlap(preference_split), settings_from_config(ReadinessThresholds, config))
     write_atomically(model_dir / READINESS_FILE, json.dumps(
         {**verdict, "model_path": str(model_dir), "report": str(folder / REPORT_MARKDOWN)}, indent=2))
     _, markdown_path = write_report(folder, {**document, "readiness": verdict})

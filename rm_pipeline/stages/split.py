@@ -2,33 +2,33 @@
 
 import dagster as dg
 import pandas as pd
-from pydantic import Field
 
+from rm_pipeline.config import config_class
 from rm_pipeline.lib import gates
-from rm_pipeline.lib.split import split_by_group
+from rm_pipeline.lib.split import NO_DOMAIN, SplitSettings, split_by_group
 from rm_pipeline.stages.metadata import OWNERS, gate_result, table_fingerprint
 
 GROUP = "split"
 
+SplitConfig = config_class(SplitSettings, "SplitConfig")
 
-class SplitConfig(dg.Config):
-    eval_fraction: float = Field(default=0.2, description="Share of prompt groups held out for evaluation.")
-    seed: int = Field(default=0, description="Salt of the group hash: change it for a different, equally stable split.")
+# Everything training reads from a pair: a change in any of them is new training data.
+TRAINING_COLUMNS = ["pair_id", "prompt", "conversational", "chosen", "rejected", "strength", "split"]
 
 
 def split_data_version(split: pd.DataFrame) -> str:
-    """Which pairs are on which side: the version a reward model is trained on."""
-    return table_fingerprint(split[["pair_id", "split"]])
+    """The content training sees, pair by pair and side by side: the version a reward model is trained on."""
+    return table_fingerprint(split[TRAINING_COLUMNS].sort_values("pair_id", kind="stable"))
 
 
-@dg.asset(group_name=GROUP, kinds={"pandas", "parquet"}, code_version="2", owners=OWNERS)
+@dg.asset(group_name=GROUP, kinds={"pandas", "parquet"}, code_version="3", owners=OWNERS)
 def preference_split(context: dg.AssetExecutionContext, config: SplitConfig,
                      preference_pairs: pd.DataFrame) -> dg.Output[pd.DataFrame]:
     """The pairs with `prompt_group` and `split` (train | eval); no prompt group on both sides, where prompt ids
     that share a prompt text are one group."""
     split = split_by_group(preference_pairs, config.eval_fraction, config.seed)
     sizes = split["split"].value_counts()
-    by_domain = (split.assign(domain=split["domain"].fillna("(none)"))
+    by_domain = (split.assign(domain=split["domain"].fillna(NO_DOMAIN))
                  .pivot_table(index="domain", columns="split", values="pair_id", aggfunc="count", fill_value=0))
     version = split_data_version(split)
     context.log.info(f"split {len(split)} pairs: {sizes.to_dict()} (data version {version})")

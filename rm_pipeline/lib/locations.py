@@ -1,0 +1,23 @@
+"""Where the pipeline reads and writes by default: one definition each, for the resources and the CLI."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def default_home() -> Path:
+    """$RM_PIPELINE_HOME, else `.rm_pipeline_home` in the working directory (git-ignored)."""
+    return Path(os.environ.get("RM_PIPELINE_HOME") or Path.cwd() / ".rm_pipeline_home").resolve()
+
+
+def default_annotations_dir() -> Path:
+    """$RM_PIPELINE_ANNOTATIONS, else the bundled `data/annotations` of this checkout."""
+    return Path(os.environ.get("RM_PIPELINE_ANNOTATIONS") or REPO_ROOT / "data" / "annotations")
+
+
+def default_evaluation_dir() -> Path:
+    """$RM_PIPELINE_EVAL, else the bundled `data/eval` of this checkout."""
+    return Path(os.environ.get("RM_PIPELINE_EVAL") or REPO_ROOT / "data" / "eval")

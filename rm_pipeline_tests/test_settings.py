@@ -1,0 +1,113 @@
+"""Every setting is declared once, in lib/; the Dagster configs, the CLI and the library agree on it."""
+
+import dataclasses
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+import pytest
+
+from rm_pipeline.config import config_class, settings_from_config
+from rm_pipeline.lib.aggregation import AggregationSettings, ReviewThresholds
+from rm_pipeline.lib.pairs import PairSettings
+from rm_pipeline.lib.readiness import ReadinessThresholds
+from rm_pipeline.lib.reward_training import TrainingSettings
+from rm_pipeline.lib.settings import build_settings
+from rm_pipeline.lib.split import SplitSettings
+from rm_pipeline.resources import BaseModelResource
+from rm_pipeline.stages import aggregation, evaluation, pairs, reward_model, split
+
+# (run config of a stage, the library settings it carries, the fields a resource owns instead)
+STAGE_CONFIGS = [
+    (aggregation.AggregationConfig, AggregationSettings, set()),
+    (aggregation.ReviewConfig, ReviewThresholds, set()),
+    (pairs.PairsConfig, PairSettings, set()),
+    (split.SplitConfig, SplitSettings, set()),
+    (reward_model.RewardModelConfig, TrainingSettings, {"trust_remote_code", "max_length"}),
+    (evaluation.ReadinessConfig, ReadinessThresholds, set()),
+]
+
+
+@pytest.mark.parametrize("config, settings, owned_by_resources", STAGE_CONFIGS,
+                         ids=[c.__name__ for c, _, _ in STAGE_CONFIGS])
+def test_a_stage_config_has_exactly_the_library_settings_and_defaults(config, settings, owned_by_resources):
+    library = {f.name: f for f in dataclasses.fields(settings)}
+    assert set(config.model_fields) == set(library) - owned_by_resources
+    for name, field in config.model_fields.items():
+        assert field.default == library[name].default, name
+        assert field.description, f"{config.__name__}.{name} has no help text"
+    assert settings_from_config(settings, config(), **{n: library[n].default for n in owned_by_resources}) == settings()
+
+
+def test_an_unknown_or_renamed_setting_is_an_error_not_ignored():
+    with pytest.raises(ValueError, match="TrainingSettings has no setting 'epoch'"):
+        build_settings(TrainingSettings, {"epoch": 3})
+    with pytest.raises(ValueError, match="no setting 'learning_rate_typo'"):
+        settings_from_config(TrainingSettings, reward_model.RewardModelConfig(), learning_rate_typo=1.0)
+
+
+def test_a_config_field_without_a_default_is_refused():
+    @dataclasses.dataclass
+    class NoDefault:
+        needed: int
+
+    with pytest.raises(TypeError, match="NoDefault.needed needs a default"):
+        config_class(NoDefault, "NoDefaultConfig")
+
+
+def test_dagster_refuses_an_unknown_run_config_field():
+    @dg.asset
+    def uses_split_config(config: split.SplitConfig) -> int:
+        return 1
+
+    with pytest.raises(dg.DagsterInvalidConfigError, match="eval_fractoin"):
+        dg.materialize([uses_split_config], run_config={"ops": {"uses_split_config": {"config": {"eval_fractoin": 0.3}}}})
+
+
+def test_training_takes_max_length_and_remote_code_from_the_base_model_resource():
+    resource = BaseModelResource(name_or_path="some/model", max_length=99, trust_remote_code=True)
+    settings = reward_model.training_settings(reward_model.RewardModelConfig(epochs=2.0), resource)
+    assert (settings.base_model, settings.max_length, settings.trust_remote_code, settings.epochs) == \
+        ("some/model", 99, True, 2.0)
+    overridden = reward_model.training_settings(reward_model.RewardModelConfig(base_model="other/model"), resource)
+    assert overridden.base_model == "other/model" and overridden.max_length == 99
+
+
+def test_the_pair_stage_and_its_gate_use_the_resource_max_length(tmp_path, annotations_slice):
+    from rm_pipeline.definitions import build_defs
+
+    defs = build_defs(str(tmp_path / "home"), str(annotations_slice))
+    resources = {**defs.resources, "base_model": BaseModelResource(max_length=64)}
+    data_stages = dg.AssetSelection.assets("raw_annotations", "annotation_quarantine", "aggregated_preferences",
+                                           "review_queue", "preference_pairs", "rejected_pairs")
+    result = dg.materialize([*defs.assets, *defs.asset_checks], resources=resources, selection=data_stages,
+                            instance=dg.DagsterInstance.ephemeral())
+    assert result.success
+    metadata = result.asset_materializations_for_node("pair_validation")[0].metadata
+    assert metadata["max_length"].value == 64
+    assert metadata["longest_pair_tokens"].value <= 64
+    kept = pd.read_parquet(tmp_path / "home" / "tables" / "preference_pairs.parquet")
+    assert kept[["chosen_tokens", "rejected_tokens"]].max().max() <= 64
+    rejected = pd.read_parquet(tmp_path / "home" / "tables" / "rejected_pairs.parquet")
+    assert (rejected["reason"] == "too_long").sum() > 0
+    assert {e.check_name: e.passed for e in result.get_asset_check_evaluations()}["preference_pairs_rules_hold"]
+
+
+def _split_frame() -> pd.DataFrame:
+    return pd.DataFrame({"pair_id": ["p1", "p2", "p3"], "prompt": ["q1", "q2", "q3"], "conversational": False,
+                         "chosen": ["good", "fine", "yes"], "rejected": ["bad", "poor", "no"],
+                         "strength": [1.0, np.nan, 2.0], "split": ["train", "train", "eval"], "domain": "d"})
+
+
+def test_the_split_data_version_covers_what_training_sees():
+    base = _split_frame()
+    version = split.split_data_version(base)
+    flipped = base.copy()  # a changed vote on an existing item: the other answer now wins
+    flipped.loc[0, ["chosen", "rejected"]] = ["bad", "good"]
+    stronger = base.assign(strength=[2.0, np.nan, 2.0])
+    moved = base.assign(split=["train", "eval", "eval"])
+    reworded = base.assign(prompt=["q1", "q2 (edited)", "q3"])
+    assert len({version, *map(split.split_data_version, [flipped, stronger, moved, reworded])}) == 5
+    # what training doesn't read, and the row order, leave it alone
+    assert split.split_data_version(base.assign(domain="other")) == version
+    assert split.split_data_version(base.iloc[::-1]) == version
