@@ -388,3 +388,21 @@ def test_decoder_training_on_conversational_pairs(tiny_decoder, tmp_path):
     assert saved_tokenizer.chat_template == tokenizer.chat_template
     rewards = RewardScorer.load(result.model_dir).score(pairs["prompt"], pairs["chosen"], pairs["conversational"])["reward"]
     assert np.isfinite(rewards).all()
+
+
+def test_training_accuracy_counts_a_tie_as_half_right_like_the_evaluation(tiny_encoder, tmp_path):
+    """A score head of zeros gives every answer the same reward: chance (0.5) by the evaluation's pair credit,
+    where TRL's own strict `>` would report 0."""
+    from rm_pipeline.lib.reward_training import (_progress_callback, build_trainer, prepare_model,
+                                                 reward_statistics, training_data)
+
+    settings = encoder_settings(tiny_encoder, early_stopping_patience=1)
+    model, tokenizer, peft_config = prepare_model(settings)
+    with torch.no_grad():
+        model.classifier.weight.zero_()
+        model.classifier.bias.zero_()
+    data = training_data(learnable_pairs(8), learnable_pairs(8, start=100), tokenizer, settings, lambda *_: None)
+    trainer = build_trainer(model, tokenizer, peft_config, data, settings, tmp_path / "checkpoints",
+                            _progress_callback(lambda *_: None))
+    assert trainer.evaluate()["eval_accuracy"] == pytest.approx(0.5)
+    assert reward_statistics(model, data.evaluation, tokenizer)["eval_accuracy"] == pytest.approx(0.5)
