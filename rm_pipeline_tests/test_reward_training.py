@@ -21,36 +21,6 @@ from rm_pipeline.lib.reward_training import (
 from rm_pipeline.lib.scoring import RewardScorer, pad_right, position_limit, score_ids
 from rm_pipeline.lib.tokenization import encode, load_tokenizer, token_lengths
 
-DECODER_WORDS = ["<unk>", "<eos>", "<|user|>", "<|assistant|>", "<|system|>", "hello", "hi", "red", "blue",
-                 "name", "a", "colour", "there", "be", "kind.", "excellent", "terrible", "answer", "question",
-                 "the", "is", "sky", "what"]
-CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] | lower }} {% endfor %}"
-                 "{{ eos_token }}")
-
-
-# ---------------------------------------------------------------- tiny models, built offline
-
-
-@pytest.fixture(scope="module")
-def tiny_decoder(tmp_path_factory) -> Path:
-    """A 2-layer Llama with a word-level tokenizer (no pad token) and a chat template, saved locally."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForSequenceClassification, PreTrainedTokenizerFast
-
-    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(DECODER_WORDS)}, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>", unk_token="<unk>")
-    tokenizer.chat_template = CHAT_TEMPLATE
-    folder = tmp_path_factory.mktemp("tiny_decoder")
-    tokenizer.save_pretrained(folder)
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(DECODER_WORDS), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128,
-                         eos_token_id=1, bos_token_id=None, pad_token_id=None, num_labels=1)
-    LlamaForSequenceClassification(config).save_pretrained(folder)
-    return folder
-
-
 def learnable_pairs(n: int, start: int = 0) -> pd.DataFrame:
     """The chosen response always carries the word `excellent`, the rejected one `terrible`."""
     rows = []

@@ -29,9 +29,8 @@ import torch
 
 from rm_pipeline.lib.reward_training import TrainingSettings, train_reward_model
 from rm_pipeline.lib.scoring import RewardScorer, trl_reward_function
-from rm_pipeline_tests.test_reward_training import (  # noqa: F401  (tiny_decoder is a fixture used here)
-    DECODER_WORDS, encoder_settings, learnable_pairs, tiny_decoder,
-)
+from rm_pipeline_tests.conftest import DECODER_WORDS
+from rm_pipeline_tests.test_reward_training import encoder_settings, learnable_pairs
 
 POLICY_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] | lower }} {% endfor %}"
                    "{% if add_generation_prompt %}<|assistant|>{% endif %}")
@@ -47,7 +46,7 @@ def chat(*turns) -> str:
 
 
 @pytest.fixture(scope="module")
-def published_decoder(tiny_decoder, tmp_path_factory) -> Path:  # noqa: F811
+def published_decoder(tiny_decoder, tmp_path_factory) -> Path:
     """A decoder reward model trained on conversational pairs and published by the pipeline's code."""
     pairs = pd.DataFrame({
         "prompt": [chat(("system", "be kind."), ("user", "what colour is the sky")), chat(("user", "hello")),
@@ -79,7 +78,7 @@ def published_encoder(tiny_encoder, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tiny_policy(tiny_decoder) -> tuple:  # noqa: F811
+def tiny_policy(tiny_decoder) -> tuple:
     """A 2-layer causal Llama over the same words; its template ends prompts with `<|assistant|>`."""
     from transformers import AutoTokenizer, LlamaConfig
 
