@@ -9,8 +9,8 @@ plus, when known, ``chosen_share`` and ``n_votes`` (agreement of the annotators)
 (RewardBench-format benchmark files).
 
 Ties. A pair whose two rewards are within ``TIE_TOLERANCE`` of each other is a *tie*: the model
-expressed no preference. Every accuracy in this module counts a tie as half correct (the expected
-accuracy if the tie were broken by a coin flip) and reports the number of ties beside it, so a
+expressed no preference. Every accuracy in this module counts a tie as half correct (``pair_credit``
+in ``rm_pipeline.lib.metrics``, which training uses too) and reports the number of ties beside it, so a
 model that gives every answer the same reward scores 0.5 (chance) with ``ties == n``, never 0.
 ``correct`` and ``wrong`` count the decisive pairs, so ``accuracy == (correct + ties / 2) / n``.
 RewardBench's own script counts a tie as wrong; with real-valued rewards ties are rare enough
@@ -29,9 +29,9 @@ import pandas as pd
 from scipy import optimize, special, stats
 
 from rm_pipeline.lib.annotations import QUARANTINE_COLUMNS, AnnotationFileError, read_annotations
+from rm_pipeline.lib.metrics import TIE_TOLERANCE, pair_credit
 from rm_pipeline.lib.split import NO_DOMAIN
 
-TIE_TOLERANCE = 1e-6
 LENGTH_MATCH_TOLERANCE = 0.10
 HIGH_AGREEMENT = 2 / 3
 
@@ -80,12 +80,6 @@ ACCURACY_COLUMNS = ["n", "correct", "wrong", "ties", "accuracy", "mean_margin"]
 def pair_margins(frame: pd.DataFrame) -> np.ndarray:
     """chosen_reward - rejected_reward, as floats."""
     return (frame["chosen_reward"].to_numpy(float) - frame["rejected_reward"].to_numpy(float))
-
-
-def pair_credit(margin: np.ndarray, tie_tolerance: float = TIE_TOLERANCE) -> np.ndarray:
-    """1 where the chosen answer scores higher, 0 where lower, 0.5 for a tie (|margin| <= tolerance)."""
-    margin = np.asarray(margin, dtype=float)
-    return np.where(np.abs(margin) <= tie_tolerance, 0.5, (margin > 0).astype(float))
 
 
 def _counts(credit: np.ndarray, margin: np.ndarray) -> dict:
