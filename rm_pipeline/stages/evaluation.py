@@ -8,13 +8,14 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
+from rm_pipeline.lib.markdown import inline_png, markdown_table
 from rm_pipeline.lib.readiness import ReadinessThresholds, readiness, split_overlap
 from rm_pipeline.lib.report import (READINESS_FILE, REPORT_JSON, REPORT_MARKDOWN, ReportSettings, build_report,
                                     file_pairs_to_score, responses_to_score, split_pairs_to_score,
                                     store_in_model_config, write_atomically, write_plots, write_report)
 from rm_pipeline.lib.scoring import RewardScorer
 from rm_pipeline.resources import EvaluationSource, PipelineStorage
-from rm_pipeline.stages.metadata import OWNERS, counts_table, inline_png, markdown_table
+from rm_pipeline.stages.metadata import OWNERS, counts_table
 from rm_pipeline.stages.split import split_data_version
 
 GROUP = "evaluation"
@@ -169,9 +170,9 @@ def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationRepor
         "top1_agreement": report["rankings"].get("top1_agreement"),
         "benchmarks": dg.MetadataValue.json({name: {"n": s["n"], "accuracy": s["accuracy"]}
                                              for name, s in report["benchmarks"].items()}),
-        "by_domain": markdown_table(report["domains"]["table"]),
-        "by_agreement": markdown_table(report["agreement"]),
-        "policies": markdown_table(report["policies"].get("summary", [])),
+        "by_domain": dg.MetadataValue.md(markdown_table(report["domains"]["table"])),
+        "by_agreement": dg.MetadataValue.md(markdown_table(report["agreement"])),
+        "policies": dg.MetadataValue.md(markdown_table(report["policies"].get("summary", []))),
         **{name: dg.MetadataValue.md(inline_png(path, name)) for name, path in plots.items()},
     })
 
