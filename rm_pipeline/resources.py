@@ -9,7 +9,7 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from rm_pipeline.lib.report import EvaluationFolder
+from rm_pipeline.lib.evaluation_inputs import EvaluationFolder
 from rm_pipeline.lib.tokenization import default_base_model, load_tokenizer, token_lengths
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -9,11 +9,12 @@ import pytest
 
 from rm_pipeline.lib.aggregation import aggregate_votes, review_queue
 from rm_pipeline.lib.annotations import list_batch_files, read_annotations
+from rm_pipeline.lib.evaluation_inputs import (EvaluationFolder, file_pairs_to_score, responses_to_score,
+                                               split_pairs_to_score)
 from rm_pipeline.lib.markdown import inline_png, markdown_table
 from rm_pipeline.lib.pairs import build_pairs
 from rm_pipeline.lib.readiness import ReadinessThresholds, readiness, split_overlap
-from rm_pipeline.lib.report import (EvaluationFolder, build_report, file_pairs_to_score, render_markdown,
-                                    responses_to_score, split_pairs_to_score, write_plots, write_report)
+from rm_pipeline.lib.report import build_report, render_markdown, write_plots, write_report
 from rm_pipeline.lib.split import split_by_group
 
 REPO_ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]

@@ -8,10 +8,10 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
+from rm_pipeline.lib.evaluation_inputs import file_pairs_to_score, responses_to_score, split_pairs_to_score
 from rm_pipeline.lib.markdown import inline_png, markdown_table
 from rm_pipeline.lib.readiness import ReadinessThresholds, readiness, split_overlap
 from rm_pipeline.lib.report import (READINESS_FILE, REPORT_JSON, REPORT_MARKDOWN, ReportSettings, build_report,
-                                    file_pairs_to_score, responses_to_score, split_pairs_to_score,
                                     store_in_model_config, write_atomically, write_plots, write_report)
 from rm_pipeline.lib.scoring import RewardScorer
 from rm_pipeline.resources import EvaluationSource, PipelineStorage
