@@ -503,10 +503,30 @@ def policy_ranking(mean_reward_by_policy: pd.Series, leaderboard_column: pd.Seri
             "missing": [policy for policy in rewards.index if policy not in board.index]}
 
 
-def read_leaderboard(path: str | Path) -> pd.DataFrame:
-    """An AlpacaEval leaderboard CSV, indexed by policy name."""
-    return pd.read_csv(path, index_col=0)
+def read_leaderboard(path: str | Path, column: str) -> pd.Series | None:
+    """One numeric column of an AlpacaEval leaderboard CSV (policy name in the first column), indexed by
+    policy and named after the column; None when there is no such file (no leaderboard to compare with).
 
+    Raises ``ValueError`` naming the file: for a file that is not a CSV table, for a missing column (with
+    the columns the file has) and for a value that is not a number (with its line). Blank cells are missing
+    values, which ``policy_ranking`` leaves out.
+    """
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        board = pd.read_csv(path, index_col=0, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: not a leaderboard CSV ({error})") from None
+    if column not in board.columns:
+        raise ValueError(f"{path}: no column {column!r}; it has {', '.join(board.columns)}")
+    text = board[column].str.strip()
+    values = pd.to_numeric(text.where(text != ""), errors="coerce")
+    bad = values.isna() & (text != "")
+    if bad.any():
+        position = int(bad.to_numpy().argmax())
+        raise ValueError(f"{path}: line {position + 2}: {column}: {text.iloc[position]!r} is not a number")
+    return values.astype(float).rename(column)
 
 
 # --------------------------------------------------------------------------- labelled pair files
