@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -212,31 +211,13 @@ class RssSampler(threading.Thread):
         return peak / 2**20
 
 
-def _peak_rss_mb() -> float:
-    """This process's peak RSS: VmHWM on Linux (per address space, so not inherited across exec),
-    else ru_maxrss (which Linux carries over from the parent through fork/vfork + exec)."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 2**20 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB on Linux
-
-
-def _maxrss_mb() -> float:
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 2**20 if sys.platform == "darwin" else rss / 1024
-
-
 def run_pipeline(method: str, seed: int, profile: str | None) -> dict:
     """Import the library, wait for the batch file paths (one JSON line on stdin), run the stages."""
     sys.path.insert(0, str(REPO))
     t0 = time.perf_counter()
     from rm_pipeline.lib.aggregation import aggregate_votes, review_queue
     from rm_pipeline.lib.annotations import read_annotations
+    from rm_pipeline.lib.metrics import peak_memory_mb
     from rm_pipeline.lib.pairs import build_pairs
     from rm_pipeline.lib.split import split_by_group
     import_s = time.perf_counter() - t0
@@ -247,7 +228,7 @@ def run_pipeline(method: str, seed: int, profile: str | None) -> dict:
         sampler.start()
     except ImportError:
         sampler = None
-    baseline = _peak_rss_mb()
+    baseline = peak_memory_mb("cpu")
     if sampler:
         sampler.take()
     profiler = None
@@ -288,8 +269,7 @@ def run_pipeline(method: str, seed: int, profile: str | None) -> dict:
         sampler.stop.set()
     if profiler:
         profiler.dump_stats(profile)
-    return {"stages": stages, "import_s": import_s, "baseline_rss_mb": baseline, "peak_rss_mb": _peak_rss_mb(),
-            "ru_maxrss_mb": _maxrss_mb(),
+    return {"stages": stages, "import_s": import_s, "baseline_rss_mb": baseline, "peak_rss_mb": peak_memory_mb("cpu"),
             "votes_in": state["ingestion"].rows_read,
             "quarantine_reasons": state["ingestion"].quarantine["reason"].value_counts().to_dict(),
             "rejection_reasons": state["pairs"][1]["reason"].value_counts().to_dict(),
@@ -375,7 +355,7 @@ def report(args, result: dict) -> None:
           f"peak RSS {peak:,.0f} MB{profiled}")
     print(f"  peak RSS = VmHWM of the pipeline child process (started before the data generation, so generation "
           f"is excluded): imports {result['import_s']:.1f} s / {result['baseline_rss_mb']:.0f} MB + the five "
-          f"stages; its ru_maxrss {result['ru_maxrss_mb']:,.0f} MB")
+          f"stages")
     cpus = os.cpu_count() or 1
     busy = max(result["load"]) > cpus  # the load counts this benchmark too
     print(f"  1-min load average {result['load'][0]:.2f} before, {result['load'][1]:.2f} after, on {cpus} cpus"

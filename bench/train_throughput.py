@@ -3,7 +3,8 @@
 Both train the same base model on the same pairs (the bundled data's split, or a slice of it) with the
 same batch size, epochs and max_length, then score the same eval pairs. Plain TRL keeps its defaults
 except what CPU needs (bf16 off, use_cpu); it gets pre-tokenized ids because its EOS step fails on
-BERT tokenizers. Prints pairs/s, tokens/s and eval accuracy of each, and the speed ratio.
+BERT tokenizers. Prints pairs/s, tokens/s and eval accuracy of each (ties half right, as in the
+evaluation report), and the speed ratio.
 
     python bench/train_throughput.py --split .rm_pipeline_home/tables/preference_split.parquet \
         --train-pairs 640 --eval-pairs 651
@@ -16,9 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
+from rm_pipeline.lib.metrics import pair_credit
 from rm_pipeline.lib.reward_training import TrainingSettings, load_model, pair_dataset, train_reward_model
 from rm_pipeline.lib.scoring import score_ids
 from rm_pipeline.lib.tokenization import default_base_model
@@ -58,7 +59,7 @@ def _accuracy(model, evaluation: pd.DataFrame, tokenizer, settings: TrainingSett
     data = pair_dataset(evaluation, tokenizer, settings)
     rewards = score_ids(model, list(data["chosen_ids"]) + list(data["rejected_ids"]), tokenizer.pad_token_id, 64)
     half = len(rewards) // 2
-    return float(np.mean(rewards[:half] > rewards[half:]))
+    return float(pair_credit(rewards[:half] - rewards[half:]).mean())
 
 
 def main() -> None:

@@ -9,8 +9,8 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
+from rm_pipeline.lib.evaluation_inputs import EvaluationFolder
 from rm_pipeline.lib.locations import default_annotations_dir, default_evaluation_dir, default_home
-from rm_pipeline.lib.report import EvaluationFolder
 from rm_pipeline.lib.tokenization import DEFAULT_MAX_LENGTH, default_base_model, load_tokenizer, token_lengths
 
 

@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -333,6 +334,26 @@ def test_policy_ranking_is_spearman_over_the_policies_both_sides_know():
     assert ev.policy_ranking(-rewards, board)["spearman_rho"] == pytest.approx(-1.0)
 
 
+def test_read_leaderboard_gives_the_column_indexed_by_policy_or_none_without_a_file(tmp_path):
+    path = tmp_path / "board.csv"
+    path.write_text(",win_rate,mode\nalpaca-7b,26.5,verified\ngpt4,50,verified\n")
+    board = ev.read_leaderboard(path, "win_rate")
+    assert board.to_dict() == {"alpaca-7b": 26.5, "gpt4": 50.0} and board.name == "win_rate"
+    assert ev.read_leaderboard(tmp_path / "absent.csv", "win_rate") is None
+
+
+def test_read_leaderboard_names_the_file_and_the_columns_it_has(tmp_path):
+    path = tmp_path / "board.csv"
+    path.write_text(",win_rate,mode\nalpaca-7b,26.5,verified\ngpt4,n/a,verified\n")
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))}: no column 'lc_win_rate'; it has win_rate, mode"):
+        ev.read_leaderboard(path, "lc_win_rate")
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))}: line 3: win_rate: 'n/a' is not a number"):
+        ev.read_leaderboard(path, "win_rate")
+    path.write_text("")
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))}: not a leaderboard CSV"):
+        ev.read_leaderboard(path, "win_rate")
+
+
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in open(path, encoding="utf-8") if line.strip()]
 
@@ -359,10 +380,10 @@ def test_bundled_alpaca_eval_sample_reads_and_matches_the_leaderboards():
     assert {policy: gap for policy, gap in missing.items() if gap} == {"alpaca-7b_verbose": [484]}
     assert (outputs.groupby("policy")["dataset"].nunique() == len(ALPACA_EVAL_DATASETS)).all()
     for name in ["alpaca_eval_gpt4_leaderboard.csv", "weighted_alpaca_eval_gpt4_turbo_leaderboard.csv"]:
-        board = ev.read_leaderboard(ALPACA_EVAL / name)
-        assert {"win_rate", "length_controlled_winrate", "avg_length"} <= set(board.columns)
-    board = ev.read_leaderboard(ALPACA_EVAL / "weighted_alpaca_eval_gpt4_turbo_leaderboard.csv")
-    assert set(BUNDLED_POLICIES) <= set(board.index)
+        for column in ["win_rate", "length_controlled_winrate", "avg_length"]:
+            assert ev.read_leaderboard(ALPACA_EVAL / name, column).name == column
+    board = ev.read_leaderboard(ALPACA_EVAL / "weighted_alpaca_eval_gpt4_turbo_leaderboard.csv", "win_rate")
+    assert set(BUNDLED_POLICIES) <= set(board.index) and board.dtype == float
     # The length probe: the same policy told to be concise / verbose writes shorter / longer answers.
     scored = outputs.assign(reward=0.0, tokens=outputs["output"].str.len())
     lengths = ev.policy_reward_summary(scored)["mean_tokens"]

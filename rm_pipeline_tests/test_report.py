@@ -1,5 +1,6 @@
 """The evaluation report and the readiness verdict, from scored data (no model involved)."""
 
+import base64
 import json
 
 import numpy as np
@@ -8,10 +9,12 @@ import pytest
 
 from rm_pipeline.lib.aggregation import aggregate_votes, review_queue
 from rm_pipeline.lib.annotations import list_batch_files, read_annotations
+from rm_pipeline.lib.evaluation_inputs import (EvaluationFolder, file_pairs_to_score, responses_to_score,
+                                               split_pairs_to_score)
+from rm_pipeline.lib.markdown import inline_png, markdown_table
 from rm_pipeline.lib.pairs import build_pairs
 from rm_pipeline.lib.readiness import ReadinessThresholds, readiness, split_overlap
-from rm_pipeline.lib.report import (EvaluationFolder, build_report, file_pairs_to_score, render_markdown,
-                                    responses_to_score, split_pairs_to_score, write_plots, write_report)
+from rm_pipeline.lib.report import build_report, render_markdown, write_plots, write_report
 from rm_pipeline.lib.split import split_by_group
 
 REPO_ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
@@ -224,3 +227,22 @@ def test_queued_pairs_trained_with_include_disputed_are_scored_once_or_not_at_al
                               truncated=False)
     report = build_report(scored_rows, no_responses(), split["domain"].unique())
     assert report["disagreement"]["n"] == len(flagged) and report["disagreement"]["accuracy"] == 1.0
+
+
+def test_markdown_table_shows_the_columns_asked_for_with_three_significant_digits():
+    rows = [{"policy": "a", "mean_reward": 1.23456, "n": 3, "extra": "hidden"},
+            {"policy": "b", "mean_reward": None, "n": 4},
+            {"policy": "c", "mean_reward": float("nan"), "n": 5}]
+    table = markdown_table(rows, ["policy", "n", "mean_reward"]).splitlines()
+    assert [cell.strip() for cell in table[0].strip("|").split("|")] == ["policy", "n", "mean_reward"]
+    assert [[cell.strip() for cell in line.strip("|").split("|")] for line in table[2:]] == [
+        ["a", "3", "1.23"], ["b", "4", "n/a"], ["c", "5", "n/a"]]
+    assert "extra" in markdown_table(rows)  # every column by default
+    assert markdown_table([]) == "_none_\n"
+
+
+def test_inline_png_embeds_the_image_itself(tmp_path):
+    path = tmp_path / "plot.png"
+    image = b"\x89PNG fake"
+    path.write_bytes(image)
+    assert inline_png(path, "curves") == f"![curves](data:image/png;base64,{base64.b64encode(image).decode()})"

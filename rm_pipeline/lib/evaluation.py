@@ -9,8 +9,8 @@ plus, when known, ``chosen_share`` and ``n_votes`` (agreement of the annotators)
 (RewardBench-format benchmark files).
 
 Ties. A pair whose two rewards are within ``TIE_TOLERANCE`` of each other is a *tie*: the model
-expressed no preference. Every accuracy in this module counts a tie as half correct (the expected
-accuracy if the tie were broken by a coin flip) and reports the number of ties beside it, so a
+expressed no preference. Every accuracy in this module counts a tie as half correct (``pair_credit``
+in ``rm_pipeline.lib.metrics``, which training uses too) and reports the number of ties beside it, so a
 model that gives every answer the same reward scores 0.5 (chance) with ``ties == n``, never 0.
 ``correct`` and ``wrong`` count the decisive pairs, so ``accuracy == (correct + ties / 2) / n``.
 RewardBench's own script counts a tie as wrong; with real-valued rewards ties are rare enough
@@ -29,9 +29,9 @@ import pandas as pd
 from scipy import optimize, special, stats
 
 from rm_pipeline.lib.annotations import QUARANTINE_COLUMNS, AnnotationFileError, read_annotations
+from rm_pipeline.lib.metrics import TIE_TOLERANCE, pair_credit
 from rm_pipeline.lib.split import NO_DOMAIN
 
-TIE_TOLERANCE = 1e-6
 LENGTH_MATCH_TOLERANCE = 0.10
 HIGH_AGREEMENT = 2 / 3
 
@@ -80,12 +80,6 @@ ACCURACY_COLUMNS = ["n", "correct", "wrong", "ties", "accuracy", "mean_margin"]
 def pair_margins(frame: pd.DataFrame) -> np.ndarray:
     """chosen_reward - rejected_reward, as floats."""
     return (frame["chosen_reward"].to_numpy(float) - frame["rejected_reward"].to_numpy(float))
-
-
-def pair_credit(margin: np.ndarray, tie_tolerance: float = TIE_TOLERANCE) -> np.ndarray:
-    """1 where the chosen answer scores higher, 0 where lower, 0.5 for a tie (|margin| <= tolerance)."""
-    margin = np.asarray(margin, dtype=float)
-    return np.where(np.abs(margin) <= tie_tolerance, 0.5, (margin > 0).astype(float))
 
 
 def _counts(credit: np.ndarray, margin: np.ndarray) -> dict:
@@ -509,10 +503,30 @@ def policy_ranking(mean_reward_by_policy: pd.Series, leaderboard_column: pd.Seri
             "missing": [policy for policy in rewards.index if policy not in board.index]}
 
 
-def read_leaderboard(path: str | Path) -> pd.DataFrame:
-    """An AlpacaEval leaderboard CSV, indexed by policy name."""
-    return pd.read_csv(path, index_col=0)
+def read_leaderboard(path: str | Path, column: str) -> pd.Series | None:
+    """One numeric column of an AlpacaEval leaderboard CSV (policy name in the first column), indexed by
+    policy and named after the column; None when there is no such file (no leaderboard to compare with).
 
+    Raises ``ValueError`` naming the file: for a file that is not a CSV table, for a missing column (with
+    the columns the file has) and for a value that is not a number (with its line). Blank cells are missing
+    values, which ``policy_ranking`` leaves out.
+    """
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        board = pd.read_csv(path, index_col=0, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: not a leaderboard CSV ({error})") from None
+    if column not in board.columns:
+        raise ValueError(f"{path}: no column {column!r}; it has {', '.join(board.columns)}")
+    text = board[column].str.strip()
+    values = pd.to_numeric(text.where(text != ""), errors="coerce")
+    bad = values.isna() & (text != "")
+    if bad.any():
+        position = int(bad.to_numpy().argmax())
+        raise ValueError(f"{path}: line {position + 2}: {column}: {text.iloc[position]!r} is not a number")
+    return values.astype(float).rename(column)
 
 
 # --------------------------------------------------------------------------- labelled pair files

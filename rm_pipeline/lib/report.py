@@ -1,6 +1,7 @@
-"""The evaluation report: what is scored, the numbers that come out of it, its plots and its Markdown.
+"""The evaluation report: the numbers that come out of the scored evidence, its plots, its Markdown and its files.
 
-Scored pairs (``reward_scores``) have one row per pair with a ``source``:
+Scored pairs (``reward_scores``, rows from ``rm_pipeline.lib.evaluation_inputs``) have one row per pair with a
+``source``:
 
     held_out      the eval side of the grouped split
     disagreement  comparisons routed to the review queue and kept out of training
@@ -23,85 +24,10 @@ import numpy as np
 import pandas as pd
 
 from rm_pipeline.lib import evaluation as ev
-from rm_pipeline.lib.annotations import list_batch_files
-from rm_pipeline.lib.pairs import build_pairs
+from rm_pipeline.lib.markdown import format_number, markdown_table
 
 PAIR_SOURCES = ("held_out", "disagreement", "fresh_policy", "benchmark")
 LENGTH_PROBE = ("alpaca-7b_concise", "alpaca-7b", "alpaca-7b_verbose")
-SCORE_COLUMNS = ["source", "file", "pair_id", "prompt_id", "domain", "n_votes", "chosen_share", "in_review_queue",
-                 "prompt", "conversational", "chosen", "rejected"]
-RESPONSE_COLUMNS = ["source", "group_id", "candidate", "rank", "domain", "prompt", "conversational", "response"]
-
-
-@dataclass(frozen=True)
-class EvaluationFolder:
-    """Where each kind of evaluation evidence lives (data/eval/README.md describes the layout)."""
-
-    root: Path
-    policy_outputs: Path  # prompts.jsonl and model_outputs/<policy>.jsonl
-
-    def benchmark_files(self) -> list[Path]:
-        return sorted(self.root.glob("*.jsonl")) if self.root.is_dir() else []
-
-    def fresh_policy_files(self) -> list[Path]:
-        folder = self.root / "fresh-policy"
-        return list_batch_files(folder) if folder.is_dir() else []
-
-    def ranking_files(self) -> list[Path]:
-        return sorted((self.root / "oasst").glob("*.jsonl")) if (self.root / "oasst").is_dir() else []
-
-
-# --------------------------------------------------------------------------- what gets scored
-
-
-def split_pairs_to_score(split: pd.DataFrame, queue: pd.DataFrame) -> pd.DataFrame:
-    """The held-out pairs, and the review queue's comparisons that are valid pairs outside the split.
-
-    The queue goes through the same pair rules as training (ties, empty or identical candidates,
-    duplicates are left out). Queued comparisons inside the split (``include_disputed``) keep their
-    place: held out ones are flagged ``in_review_queue``, trained-on ones are never scored.
-    """
-    queued = queue["item_id"]
-    held_out = split[split["split"] == "eval"].assign(source="held_out", file=None)
-    held_out["in_review_queue"] = held_out["pair_id"].isin(queued)
-    disputed, _ = build_pairs(queue, include_disputed=True)
-    disputed = disputed[~disputed["pair_id"].isin(split["pair_id"])]
-    return pd.concat([held_out, disputed.assign(source="disagreement", file=None, in_review_queue=True)],
-                     ignore_index=True)[SCORE_COLUMNS]
-
-
-def file_pairs_to_score(files: list[Path], source: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Labelled pair files as rows to score, and their quarantined rows (file, line, field, reason)."""
-    frames, quarantines = [], []
-    for path in files:
-        pairs, quarantine = ev.read_pair_file(path)
-        frames.append(pairs.assign(source=source, prompt_id=None, n_votes=np.nan, chosen_share=np.nan,
-                                   in_review_queue=False))
-        quarantines.append(quarantine)
-    if not frames:
-        return pd.DataFrame(columns=SCORE_COLUMNS), pd.DataFrame(columns=ev.QUARANTINE_COLUMNS)
-    return pd.concat(frames, ignore_index=True)[SCORE_COLUMNS], pd.concat(quarantines, ignore_index=True)
-
-
-def responses_to_score(folder: EvaluationFolder) -> pd.DataFrame:
-    """Fresh policy outputs and human-ranked replies as (prompt, response) rows."""
-    frames = []
-    if (folder.policy_outputs / "prompts.jsonl").exists():
-        outputs = ev.read_policy_outputs(folder.policy_outputs)
-        frames.append(pd.DataFrame({"source": "policy_outputs", "group_id": outputs["idx"].astype(str),
-                                    "candidate": outputs["policy"], "rank": np.nan, "domain": outputs["dataset"],
-                                    "prompt": outputs["instruction"], "conversational": False,
-                                    "response": outputs["output"]}))
-    for path in folder.ranking_files():
-        replies = ev.oasst_ranked_groups(path)
-        frames.append(pd.DataFrame({"source": "rankings", "group_id": replies["group_id"],
-                                    "candidate": replies["message_id"], "rank": replies["rank"].astype(float),
-                                    "domain": path.stem,
-                                    "prompt": [json.dumps(context, ensure_ascii=False) for context in replies["context"]],
-                                    "conversational": True, "response": replies["text"]}))
-    if not frames:
-        return pd.DataFrame(columns=RESPONSE_COLUMNS)
-    return pd.concat(frames, ignore_index=True)[RESPONSE_COLUMNS]
 
 
 # --------------------------------------------------------------------------- the report
@@ -227,7 +153,7 @@ def write_plots(pair_scores: pd.DataFrame, response_scores: pd.DataFrame, report
     if len(table):
         filled = table.dropna(subset=["observed"])
         axis.plot(filled["mean_predicted"], filled["observed"], marker="o", label="model")
-    axis.set(title=f"reliability (ECE {_number(report['calibration'].get('ece'))})",
+    axis.set(title=f"reliability (ECE {format_number(report['calibration'].get('ece'))})",
              xlabel="predicted P(chosen wins)", ylabel="observed rate", xlim=(0, 1), ylim=(0, 1))
     axis.legend()
     save("reliability_diagram", figure)
@@ -248,7 +174,7 @@ def write_plots(pair_scores: pd.DataFrame, response_scores: pd.DataFrame, report
     policies = response_scores[response_scores["source"] == "policy_outputs"]
     if len(policies):
         axis.scatter(policies["tokens"], policies["reward"], s=6, alpha=0.4, label="policy outputs")
-    axis.set(title=f"reward against length (held-out Spearman {_number(report['length'].get('spearman_rho'))})",
+    axis.set(title=f"reward against length (held-out Spearman {format_number(report['length'].get('spearman_rho'))})",
              xlabel="response tokens", ylabel="reward", xscale="symlog")
     axis.legend()
     save("reward_vs_length", figure)
@@ -258,25 +184,12 @@ def write_plots(pair_scores: pd.DataFrame, response_scores: pd.DataFrame, report
 # --------------------------------------------------------------------------- Markdown
 
 
-def _number(value, digits: int = 3) -> str:
-    if value is None:
-        return "n/a"
-    return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
-
-
-def _table(rows: list[dict], columns: list[str]) -> str:
-    if not rows:
-        return "_none_\n"
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_number(row.get(column)) for column in columns) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
-
-
 def _accuracy_line(result: dict) -> str:
     if not result.get("n"):
         return "no pairs"
-    return (f"accuracy **{_number(result['accuracy'])}** on {result['n']} pairs ({result['correct']} right, "
-            f"{result['wrong']} wrong, {result['ties']} ties counted half), mean margin {_number(result['mean_margin'])}")
+    return (f"accuracy **{format_number(result['accuracy'])}** on {result['n']} pairs ({result['correct']} right, "
+            f"{result['wrong']} wrong, {result['ties']} ties counted half), "
+            f"mean margin {format_number(result['mean_margin'])}")
 
 
 def render_markdown(report: dict, facts: dict, plots: dict[str, str], verdict: dict | None = None) -> str:
@@ -288,11 +201,12 @@ def render_markdown(report: dict, facts: dict, plots: dict[str, str], verdict: d
         parts.append(render_verdict(verdict))
     parts.append("## Held-out pairs (grouped split)\n")
     parts.append(f"{_accuracy_line(held)} over {held.get('prompts', 0)} prompts; rewards from "
-                 f"{_number(held.get('reward_min'))} to {_number(held.get('reward_max'))} (mean "
-                 f"{_number(held.get('reward_mean'))}); {held.get('truncated', 0)} pairs cut to the model's length.\n")
+                 f"{format_number(held.get('reward_min'))} to {format_number(held.get('reward_max'))} (mean "
+                 f"{format_number(held.get('reward_mean'))}); {held.get('truncated', 0)} pairs cut to the model's "
+                 "length.\n")
     domains = report["domains"]
     parts.append("## By domain\n")
-    parts.append(_table(domains["table"], ["domain", "n", "accuracy", "ties", "mean_margin", "in_training"]))
+    parts.append(markdown_table(domains["table"], ["domain", "n", "accuracy", "ties", "mean_margin", "in_training"]))
     if domains["spillover_domains"]:
         parts.append(f"\nSpillover (domains absent from training: {', '.join(domains['spillover_domains'])}): "
                      f"{_accuracy_line(domains['spillover'])}.\n")
@@ -301,41 +215,46 @@ def render_markdown(report: dict, facts: dict, plots: dict[str, str], verdict: d
     parts.append("## Disagreement slice and agreement levels\n")
     parts.append(f"Review-queue comparisons kept out of training, against their aggregated label: "
                  f"{_accuracy_line(report['disagreement'])}.\n\n")
-    parts.append(_table(report["agreement"], ["agreement", "n", "accuracy", "ties", "mean_margin"]))
+    parts.append(markdown_table(report["agreement"], ["agreement", "n", "accuracy", "ties", "mean_margin"]))
     parts.append("## Length bias\n")
     parts.append(
-        f"- Spearman correlation of reward with response length: {_number(length.get('spearman_rho'))} over "
+        f"- Spearman correlation of reward with response length: {format_number(length.get('spearman_rho'))} over "
         f"{length.get('spearman_n')} held-out answers"
-        + (f", {_number(length.get('responses_spearman_rho'))} over {length.get('responses_spearman_n')} policy outputs"
+        + (f", {format_number(length.get('responses_spearman_rho'))} over {length.get('responses_spearman_n')} "
+           "policy outputs"
            if "responses_spearman_rho" in length else "") + "\n"
-        f"- \"The longer answer wins\" on the same pairs: accuracy {_number(length.get('longer_wins_accuracy'))}\n"
-        f"- The model prefers the longer answer in {_number(length.get('model_prefers_longer'))} of "
+        f"- \"The longer answer wins\" on the same pairs: accuracy "
+        f"{format_number(length.get('longer_wins_accuracy'))}\n"
+        f"- The model prefers the longer answer in {format_number(length.get('model_prefers_longer'))} of "
         f"{length.get('length_differs_n')} pairs whose lengths differ\n"
-        f"- Length-matched pairs (within 10% in tokens): accuracy {_number(length.get('length_matched_accuracy'))} "
+        f"- Length-matched pairs (within 10% in tokens): accuracy "
+        f"{format_number(length.get('length_matched_accuracy'))} "
         f"on {length.get('length_matched_n')} pairs\n")
     if length["length_probe"]:
         parts.append("\nOne policy told to be concise, left alone, and told to be verbose:\n\n")
-        parts.append(_table(length["length_probe"], ["policy", "n", "mean_reward", "mean_tokens"]))
+        parts.append(markdown_table(length["length_probe"], ["policy", "n", "mean_reward", "mean_tokens"]))
     parts.append("## Calibration\n")
     if calibration.get("n"):
         fit = calibration["temperature_fit"]
-        parts.append(f"P(chosen wins) = sigmoid(margin): expected calibration error **{_number(calibration['ece'])}**"
-                     f" (max {_number(calibration['mce'])}), log-loss {_number(calibration['nll'])}. A temperature "
-                     f"of {_number(fit['temperature'])} fitted on these pairs (stored with the model as "
-                     f"`reward_temperature`) brings ECE to {_number(fit['ece_after'])} on the same pairs"
+        parts.append(f"P(chosen wins) = sigmoid(margin): expected calibration error "
+                     f"**{format_number(calibration['ece'])}** (max {format_number(calibration['mce'])}), log-loss "
+                     f"{format_number(calibration['nll'])}. A temperature "
+                     f"of {format_number(fit['temperature'])} fitted on these pairs (stored with the model as "
+                     f"`reward_temperature`) brings ECE to {format_number(fit['ece_after'])} on the same pairs"
                      + (" (at the search bound: the pairs are separated)" if fit["at_bound"] else "") + ".\n\n")
-        parts.append(_table(calibration["reliability"], ["bin_lower", "bin_upper", "mean_predicted", "observed", "count"]))
+        parts.append(markdown_table(calibration["reliability"],
+                                    ["bin_lower", "bin_upper", "mean_predicted", "observed", "count"]))
     else:
         parts.append("no held-out pairs\n")
     parts.append("## Fresh policy outputs\n")
     policies = report["policies"]
     if policies.get("n_policies"):
-        parts.append(_table(policies["summary"], ["policy", "n", "mean_reward", "mean_tokens", "truncated"]))
+        parts.append(markdown_table(policies["summary"], ["policy", "n", "mean_reward", "mean_tokens", "truncated"]))
         parts.append("\n`truncated`: outputs longer than the model reads, scored on their end (oldest context cut).\n")
         board = policies.get("leaderboard")
         if board:
             parts.append(f"\nSpearman correlation of mean reward with the leaderboard's `{board['column']}`: "
-                         f"{_number(board['spearman_rho'])} over {board['n_policies']} policies"
+                         f"{format_number(board['spearman_rho'])} over {board['n_policies']} policies"
                          + (f" (not on the leaderboard: {', '.join(board['missing'])})" if board["missing"] else "")
                          + ".\n")
     else:
@@ -344,8 +263,9 @@ def render_markdown(report: dict, facts: dict, plots: dict[str, str], verdict: d
     parts.append("## Human rankings of K > 2 replies\n")
     if rankings.get("n_groups"):
         parts.append(f"{rankings['n_groups']} groups, {rankings['n_replies']} replies: top-1 agreement "
-                     f"**{_number(rankings['top1_agreement'])}** (chance {_number(rankings['top1_chance'])}), mean "
-                     f"Kendall's tau {_number(rankings['mean_kendall_tau'])} ({rankings['tau_undefined']} groups "
+                     f"**{format_number(rankings['top1_agreement'])}** (chance "
+                     f"{format_number(rankings['top1_chance'])}), mean "
+                     f"Kendall's tau {format_number(rankings['mean_kendall_tau'])} ({rankings['tau_undefined']} groups "
                      f"with constant rewards left out).\n")
     else:
         parts.append("no ranking files\n")
@@ -355,13 +275,15 @@ def render_markdown(report: dict, facts: dict, plots: dict[str, str], verdict: d
                  "none: put human-labelled pairs of the policy's own outputs in `fresh-policy/` in the eval folder.\n")
     parts.append("## External benchmark files\n")
     for name, summary in report["benchmarks"].items():
-        parts.append(f"### {name}\n{_accuracy_line(summary)}; longer wins {_number(summary['longer_wins_accuracy'])}, "
-                     f"length-matched {_number(summary['length_matched_accuracy'])} on {summary['length_matched_n']} "
-                     f"pairs, ECE {_number(summary['ece'])}"
-                     + (f"; RewardBench-weighted score {_number(summary['rewardbench_score'])} over the "
+        parts.append(f"### {name}\n{_accuracy_line(summary)}; longer wins "
+                     f"{format_number(summary['longer_wins_accuracy'])}, length-matched "
+                     f"{format_number(summary['length_matched_accuracy'])} on {summary['length_matched_n']} "
+                     f"pairs, ECE {format_number(summary['ece'])}"
+                     + (f"; RewardBench-weighted score {format_number(summary['rewardbench_score'])} over the "
                         f"{len(summary['rewardbench_sections'])} of 5 sections present"
                         if "rewardbench_score" in summary else "") + ".\n\n")
-        parts.append(_table([{"subset": k, **v} for k, v in summary["subsets"].items()], ["subset", "n", "accuracy"]))
+        parts.append(markdown_table([{"subset": k, **v} for k, v in summary["subsets"].items()],
+                                    ["subset", "n", "accuracy"]))
     if not report["benchmarks"]:
         parts.append("no benchmark files\n")
     parts.append("## Plots\n")
@@ -372,8 +294,8 @@ def render_markdown(report: dict, facts: dict, plots: dict[str, str], verdict: d
 def render_verdict(verdict: dict) -> str:
     state = "READY" if verdict["optimize_against_reward"] else "NOT READY"
     lines = [f"## Readiness: {state} (`optimize_against_reward: {str(verdict['optimize_against_reward']).lower()}`)\n",
-             _table([{**check, "passed": "pass" if check["passed"] else "FAIL"} for check in verdict["checks"]],
-                    ["check", "value", "threshold", "passed", "reason"]),
+             markdown_table([{**check, "passed": "pass" if check["passed"] else "FAIL"} for check in verdict["checks"]],
+                            ["check", "value", "threshold", "passed", "reason"]),
              f"\n{verdict['recommendation']}\n"]
     return "\n".join(lines)
 

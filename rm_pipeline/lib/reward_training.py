@@ -18,6 +18,8 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from rm_pipeline.lib.markdown import markdown_table
+from rm_pipeline.lib.metrics import pair_credit, peak_memory_mb
 from rm_pipeline.lib.settings import setting
 from rm_pipeline.lib.tokenization import DEFAULT_MAX_LENGTH, encode, load_tokenizer
 
@@ -241,7 +243,6 @@ def pair_credit_trainer_class():
     import torch
     from trl import RewardTrainer
 
-    from rm_pipeline.lib.evaluation import pair_credit
 
     class PairCreditRewardTrainer(RewardTrainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -351,7 +352,6 @@ def training_metrics(trainer, output, train_seconds: float, resumed_from, data: 
 def reward_statistics(model, dataset, tokenizer) -> dict:
     """Mean and std of rewards on the eval split (stored in the config so users can normalise), and the
     accuracy of the model as saved, by the evaluation's pair credit."""
-    from rm_pipeline.lib.evaluation import pair_credit
     from rm_pipeline.lib.scoring import score_ids
 
     sequences = list(dataset["chosen_ids"]) + list(dataset["rejected_ids"])
@@ -397,20 +397,6 @@ def train_reward_model(train: pd.DataFrame, evaluation: pd.DataFrame, settings: 
     return TrainingResult(target, metrics, progress.history)
 
 
-def peak_memory_mb(device: str) -> float:
-    """Peak memory of this process: CUDA allocations on a GPU, else the resident set (ru_maxrss is KiB on
-    Linux, bytes on macOS)."""
-    import resource
-    import sys
-
-    import torch
-
-    if device == "cuda":
-        return round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
-
-
 # ---------------------------------------------------------------- artifact
 
 
@@ -453,7 +439,6 @@ def _save(directory: Path, model, tokenizer, settings: TrainingSettings, metrics
 
 
 def model_card(settings: TrainingSettings, metrics: dict, facts: dict) -> str:
-    rows = lambda values: "\n".join(f"| {k} | {v} |" for k, v in values.items())  # noqa: E731
     return f"""---
 library_name: transformers
 pipeline_tag: text-classification
@@ -478,14 +463,10 @@ tokenizer = AutoTokenizer.from_pretrained(PATH)
 Encoders read (prompt, response) as a text pair; decoders read the chat template ending in EOS.
 
 ## Hyper-parameters
-| setting | value |
-|---|---|
-{rows(asdict(settings))}
+{markdown_table([{"setting": k, "value": v} for k, v in asdict(settings).items()])}
 
 ## Metrics
-| metric | value |
-|---|---|
-{rows(metrics)}
+{markdown_table([{"metric": k, "value": v} for k, v in metrics.items()])}
 
 Whether this model is approved for optimisation is decided by the readiness gate, recorded beside it.
 """

@@ -9,13 +9,15 @@ import pandas as pd
 from pydantic import Field
 
 from rm_pipeline.config import config_class, settings_from_config
+from rm_pipeline.lib.evaluation import read_leaderboard
+from rm_pipeline.lib.evaluation_inputs import file_pairs_to_score, responses_to_score, split_pairs_to_score
+from rm_pipeline.lib.markdown import inline_png, markdown_table
 from rm_pipeline.lib.readiness import ReadinessThresholds, readiness, split_overlap
 from rm_pipeline.lib.report import (READINESS_FILE, REPORT_JSON, REPORT_MARKDOWN, ReportSettings, build_report,
-                                    file_pairs_to_score, responses_to_score, split_pairs_to_score,
                                     store_in_model_config, write_atomically, write_plots, write_report)
 from rm_pipeline.lib.scoring import RewardScorer
 from rm_pipeline.resources import EvaluationSource, PipelineStorage
-from rm_pipeline.stages.metadata import OWNERS, counts_table, inline_png, markdown_table
+from rm_pipeline.stages.metadata import OWNERS, counts_table
 from rm_pipeline.stages.split import split_data_version
 
 GROUP = "evaluation"
@@ -130,14 +132,11 @@ def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationRepor
     if trained_on != split_version:
         context.log.warning(f"{model_dir.name} was trained on split {trained_on}, the split is now {split_version}: "
                             "its held-out numbers are for pairs it may have seen; retrain it")
-    leaderboard_path = evaluation_source.folder().root / config.leaderboard_file
-    leaderboard = None
-    if leaderboard_path.exists():
-        board = pd.read_csv(leaderboard_path, index_col=0)
-        if config.leaderboard_column not in board.columns:
-            raise dg.Failure(f"{leaderboard_path}: no column {config.leaderboard_column!r}; "
-                             f"it has {', '.join(board.columns)}")
-        leaderboard = board[config.leaderboard_column]
+    try:
+        leaderboard = read_leaderboard(evaluation_source.folder().root / config.leaderboard_file,
+                                       config.leaderboard_column)
+    except ValueError as error:
+        raise dg.Failure(str(error)) from None
     train_domains = preference_split.loc[preference_split["split"] == "train", "domain"].unique()
     report = build_report(reward_scores, response_scores, train_domains, leaderboard,
                           ReportSettings(calibration_bins=config.calibration_bins))
@@ -166,9 +165,9 @@ def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationRepor
         "top1_agreement": report["rankings"].get("top1_agreement"),
         "benchmarks": dg.MetadataValue.json({name: {"n": s["n"], "accuracy": s["accuracy"]}
                                              for name, s in report["benchmarks"].items()}),
-        "by_domain": markdown_table(report["domains"]["table"]),
-        "by_agreement": markdown_table(report["agreement"]),
-        "policies": markdown_table(report["policies"].get("summary", [])),
+        "by_domain": dg.MetadataValue.md(markdown_table(report["domains"]["table"])),
+        "by_agreement": dg.MetadataValue.md(markdown_table(report["agreement"])),
+        "policies": dg.MetadataValue.md(markdown_table(report["policies"].get("summary", []))),
         **{name: dg.MetadataValue.md(inline_png(path, name)) for name, path in plots.items()},
     })
 

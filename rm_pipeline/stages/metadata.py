@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
-from pathlib import Path
 
 import dagster as dg
 import numpy as np
 import pandas as pd
+
+from rm_pipeline.lib.markdown import markdown_table
 
 OWNERS = ["team:rm-pipeline"]
 PREVIEW_ROWS = 10
@@ -25,9 +25,9 @@ def histogram(values: pd.Series, bins=(0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.999, 1.0)
     """A text histogram: renders in the UI without an image store."""
     counts, edges = np.histogram(values.dropna(), bins=bins)
     widest = max(counts.max(), 1) if len(counts) else 1
-    rows = [f"| {lo:.2f}–{hi:.2f} | {n} | {'█' * int(round(30 * n / widest))} |"
+    rows = [{"range": f"{lo:.2f}–{hi:.2f}", "count": int(n), "": "█" * int(round(30 * n / widest))}
             for lo, hi, n in zip(edges[:-1], edges[1:], counts)]
-    return dg.MetadataValue.md("| range | count | |\n|---|---|---|\n" + "\n".join(rows))
+    return dg.MetadataValue.md(markdown_table(rows))
 
 
 def preview(table: pd.DataFrame, columns: list[str]) -> dg.MetadataValue:
@@ -35,16 +35,7 @@ def preview(table: pd.DataFrame, columns: list[str]) -> dg.MetadataValue:
     for column in head.columns:
         if head[column].dtype == object or pd.api.types.is_string_dtype(head[column].dtype):
             head[column] = head[column].astype(str).str.slice(0, PREVIEW_CHARS).str.replace("\n", " ")
-    return dg.MetadataValue.md(head.to_markdown(index=False))
-
-
-def inline_png(path: Path, title: str) -> str:
-    """The image itself as Markdown, so the UI shows it without access to the storage root."""
-    return f"![{title}](data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()})"
-
-
-def markdown_table(records: list[dict]) -> dg.MetadataValue:
-    return dg.MetadataValue.md(pd.DataFrame(records).to_markdown(index=False, floatfmt=".3f"))
+    return dg.MetadataValue.md(markdown_table(head.to_dict("records"), columns))
 
 
 def table_fingerprint(table: pd.DataFrame) -> str:

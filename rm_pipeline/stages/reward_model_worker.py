@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 from dagster_pipes import open_dagster_pipes
 
+from rm_pipeline.lib.markdown import inline_png
 from rm_pipeline.lib.reward_training import TrainingSettings, train_reward_model
-from rm_pipeline.stages.metadata import inline_png
 
 SUMMARY_KEYS = ("step", "loss", "accuracy", "eval_accuracy", "eval_loss", "eta_s")
 

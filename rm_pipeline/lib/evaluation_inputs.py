@@ -1,0 +1,89 @@
+"""What the evaluation scores: the held-out side of the split, the review queue's comparisons, labelled
+pair files, fresh policy outputs and human-ranked replies, as rows for the scorer (columns ``SCORE_COLUMNS``
+for pairs, ``RESPONSE_COLUMNS`` for single answers). Knows nothing of Dagster or of the model.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from rm_pipeline.lib import evaluation as ev
+from rm_pipeline.lib.annotations import list_batch_files
+from rm_pipeline.lib.pairs import build_pairs
+
+SCORE_COLUMNS = ["source", "file", "pair_id", "prompt_id", "domain", "n_votes", "chosen_share", "in_review_queue",
+                 "prompt", "conversational", "chosen", "rejected"]
+RESPONSE_COLUMNS = ["source", "group_id", "candidate", "rank", "domain", "prompt", "conversational", "response"]
+
+
+@dataclass(frozen=True)
+class EvaluationFolder:
+    """Where each kind of evaluation evidence lives (data/eval/README.md describes the layout)."""
+
+    root: Path
+    policy_outputs: Path  # prompts.jsonl and model_outputs/<policy>.jsonl
+
+    def benchmark_files(self) -> list[Path]:
+        return sorted(self.root.glob("*.jsonl")) if self.root.is_dir() else []
+
+    def fresh_policy_files(self) -> list[Path]:
+        folder = self.root / "fresh-policy"
+        return list_batch_files(folder) if folder.is_dir() else []
+
+    def ranking_files(self) -> list[Path]:
+        return sorted((self.root / "oasst").glob("*.jsonl")) if (self.root / "oasst").is_dir() else []
+
+
+def split_pairs_to_score(split: pd.DataFrame, queue: pd.DataFrame) -> pd.DataFrame:
+    """The held-out pairs, and the review queue's comparisons that are valid pairs outside the split.
+
+    The queue goes through the same pair rules as training (ties, empty or identical candidates,
+    duplicates are left out). Queued comparisons inside the split (``include_disputed``) keep their
+    place: held out ones are flagged ``in_review_queue``, trained-on ones are never scored.
+    """
+    queued = queue["item_id"]
+    held_out = split[split["split"] == "eval"].assign(source="held_out", file=None)
+    held_out["in_review_queue"] = held_out["pair_id"].isin(queued)
+    disputed, _ = build_pairs(queue, include_disputed=True)
+    disputed = disputed[~disputed["pair_id"].isin(split["pair_id"])]
+    return pd.concat([held_out, disputed.assign(source="disagreement", file=None, in_review_queue=True)],
+                     ignore_index=True)[SCORE_COLUMNS]
+
+
+def file_pairs_to_score(files: list[Path], source: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Labelled pair files as rows to score, and their quarantined rows (file, line, field, reason)."""
+    frames, quarantines = [], []
+    for path in files:
+        pairs, quarantine = ev.read_pair_file(path)
+        frames.append(pairs.assign(source=source, prompt_id=None, n_votes=np.nan, chosen_share=np.nan,
+                                   in_review_queue=False))
+        quarantines.append(quarantine)
+    if not frames:
+        return pd.DataFrame(columns=SCORE_COLUMNS), pd.DataFrame(columns=ev.QUARANTINE_COLUMNS)
+    return pd.concat(frames, ignore_index=True)[SCORE_COLUMNS], pd.concat(quarantines, ignore_index=True)
+
+
+def responses_to_score(folder: EvaluationFolder) -> pd.DataFrame:
+    """Fresh policy outputs and human-ranked replies as (prompt, response) rows."""
+    frames = []
+    if (folder.policy_outputs / "prompts.jsonl").exists():
+        outputs = ev.read_policy_outputs(folder.policy_outputs)
+        frames.append(pd.DataFrame({"source": "policy_outputs", "group_id": outputs["idx"].astype(str),
+                                    "candidate": outputs["policy"], "rank": np.nan, "domain": outputs["dataset"],
+                                    "prompt": outputs["instruction"], "conversational": False,
+                                    "response": outputs["output"]}))
+    for path in folder.ranking_files():
+        replies = ev.oasst_ranked_groups(path)
+        frames.append(pd.DataFrame({"source": "rankings", "group_id": replies["group_id"],
+                                    "candidate": replies["message_id"], "rank": replies["rank"].astype(float),
+                                    "domain": path.stem,
+                                    "prompt": [json.dumps(context, ensure_ascii=False) for context in replies["context"]],
+                                    "conversational": True, "response": replies["text"]}))
+    if not frames:
+        return pd.DataFrame(columns=RESPONSE_COLUMNS)
+    return pd.concat(frames, ignore_index=True)[RESPONSE_COLUMNS]
