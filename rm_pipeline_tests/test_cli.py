@@ -30,7 +30,8 @@ def test_validate_prints_counts_that_add_up(tmp_path):
     done = rm_pipeline("validate", str(batch), env={"RM_PIPELINE_HOME": str(tmp_path / "untouched")})
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
-    assert report["rows_read"] == 6
+    assert report["rows_read"] == 6 and report["votes"] == 4
+    assert report["rows_read"] == report["votes"] + sum(report["quarantined"].values())
     assert report["quarantined"] == {"malformed_json": 1, "bad_vote": 1}
     assert report["comparisons"] == 4
     assert report["pairs_kept"] == 1
@@ -39,6 +40,9 @@ def test_validate_prints_counts_that_add_up(tmp_path):
     assert report["pairs_kept"] + sum(report["pairs_rejected"].values()) == report["comparisons"]
     assert "review_queue" in report
     assert not (tmp_path / "untouched").exists()  # validate never touches stored assets
+    # each quarantined row is named, as evaluate names them
+    assert f"{batch}:5: malformed_json (" in done.stderr
+    assert f"{batch}:6: vote: bad_vote (" in done.stderr
 
 
 def test_validate_names_a_file_that_is_not_a_table(tmp_path):
