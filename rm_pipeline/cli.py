@@ -5,14 +5,30 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
+import tempfile
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 EXIT_GATE_FAILED = 2
 EXIT_BAD_INPUT = 3
 EXIT_NOT_READY = 4
 READINESS_CHECK = "reward_model_ready"
+UI_STOP_SECONDS = 60  # dagster dev waits up to this long for its webserver and daemon, then kills them
+
+
+class InputError(Exception):
+    """A path, model or option the command can't use; printed as one line, exit status 3."""
+
+
+def positive_int(text: str) -> int:
+    value = int(text) if text.strip().lstrip("+").isdigit() else 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--pairs", required=True, nargs="+", type=Path,
                           help="pair files: RewardBench (prompt, chosen, rejected, subset), TRL standard or "
                                "conversational; JSONL, JSON, CSV or Parquet")
-    evaluate.add_argument("--batch-size", type=int, default=32)
+    evaluate.add_argument("--batch-size", type=positive_int, help="sequences per forward pass (default: the scoring settings' 32)")
     evaluate.set_defaults(handler=_evaluate)
 
     score = commands.add_parser("score", help="reward and rank candidates per prompt (best-of-N, data filtering)")
@@ -41,12 +57,12 @@ def main(argv: list[str] | None = None) -> int:
     score.add_argument("--input", required=True, type=Path,
                        help='JSONL: {"prompt": text or messages, "candidates": [text, ...], ...} per line')
     score.add_argument("--output", type=Path, help="JSONL written here (default: stdout)")
-    score.add_argument("--batch-size", type=int, default=32)
+    score.add_argument("--batch-size", type=positive_int, help="sequences per forward pass (default: the scoring settings' 32)")
     score.set_defaults(handler=_score)
 
     validate = commands.add_parser("validate", help="ingest, aggregate and validate files; print counts as JSON")
     validate.add_argument("files", nargs="+", type=Path)
-    validate.add_argument("--method", choices=["dawid_skene", "majority_vote"], help="aggregation method")
+    validate.add_argument("--method", help="aggregation method: dawid_skene (default) or majority_vote")
     validate.add_argument("--max-length", type=int, help="token limit of a pair under the base model's tokenizer")
     validate.set_defaults(handler=_validate)
 
@@ -56,7 +72,21 @@ def main(argv: list[str] | None = None) -> int:
     ui.set_defaults(handler=_ui)
 
     args = parser.parse_args(argv)
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except Exception as error:
+        if not isinstance(error, _input_errors()):
+            raise
+        print(f"rm-pipeline {args.command}: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+def _input_errors() -> tuple[type[Exception], ...]:
+    """What bad input raises: exit status 3 with its message, never a traceback."""
+    from rm_pipeline.lib.annotations import AnnotationFileError
+    from rm_pipeline.lib.scoring import CandidateFileError
+
+    return InputError, AnnotationFileError, CandidateFileError
 
 
 def _use_home(home: str | None) -> Path:
@@ -146,26 +176,32 @@ def _summary(metadata: dict) -> str:
 
 
 def _validate(args) -> int:
-    from rm_pipeline.lib.aggregation import aggregate_votes, review_queue
-    from rm_pipeline.lib.annotations import AnnotationFileError, read_annotations
-    from rm_pipeline.lib.pairs import build_pairs, rejection_counts
-    from rm_pipeline.resources import BaseModel
-    from rm_pipeline.stages.aggregation import AggregationConfig, ReviewConfig
-    from rm_pipeline.stages.pairs import PairsConfig
+    from dataclasses import asdict, replace
+    from functools import partial
 
-    aggregation, review, pairs = AggregationConfig(), ReviewConfig(), PairsConfig()
-    try:
-        ingested = read_annotations(args.files)
-    except AnnotationFileError as error:
-        print(f"rm-pipeline validate: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    comparisons = aggregate_votes(ingested.votes, args.method or aggregation.method, aggregation.tie_policy,
-                                  aggregation.max_iterations).comparisons
-    queue = review_queue(comparisons, **review.model_dump())
-    kept, rejected = build_pairs(comparisons, queue["item_id"], BaseModel().token_lengths,
-                                 args.max_length or pairs.max_length, pairs.include_disputed)
+    from typing import get_args
+
+    from rm_pipeline.lib.aggregation import (AggregationMethod, AggregationSettings, ReviewThresholds,
+                                             aggregate_votes, review_queue)
+    from rm_pipeline.lib.annotations import read_annotations
+    from rm_pipeline.lib.locations import default_base_model_name
+    from rm_pipeline.lib.pairs import PairSettings, build_pairs, rejection_counts
+    from rm_pipeline.lib.tokenization import DEFAULT_MAX_LENGTH, load_tokenizer, token_lengths
+
+    aggregation = AggregationSettings()
+    if args.method and args.method not in get_args(AggregationMethod):
+        raise InputError(f"--method {args.method!r}: use one of {', '.join(get_args(AggregationMethod))}")
+    ingested = read_annotations(args.files)
+    _print_quarantine(ingested.quarantine)
+    comparisons = aggregate_votes(ingested.votes, **asdict(replace(aggregation, method=args.method or aggregation.method))
+                                  ).comparisons
+    queue = review_queue(comparisons, **asdict(ReviewThresholds()))
+    count_tokens = partial(token_lengths, load_tokenizer(default_base_model_name()))
+    kept, rejected = build_pairs(comparisons, queue["item_id"], count_tokens, args.max_length or DEFAULT_MAX_LENGTH,
+                                 PairSettings().include_disputed)
     print(json.dumps({
-        "rows_read": ingested.rows_read,
+        "rows_read": ingested.rows_read,  # = votes + quarantined
+        "votes": len(ingested.votes),
         "quarantined": {k: int(v) for k, v in ingested.quarantine["reason"].value_counts().items()},
         "comparisons": len(comparisons),
         "pairs_kept": len(kept),
@@ -181,54 +217,96 @@ def _evaluate(args) -> int:
     from rm_pipeline.lib.report import jsonable
 
     scorer = _load_scorer(args.model, args.batch_size)
-    if scorer is None:
-        return EXIT_BAD_INPUT
-    results = {}
-    for path in args.pairs:
+    results, failed = {}, False
+    for path in args.pairs:  # a bad file is named and skipped: the others' results still count
         try:
             pairs, quarantine = read_pair_file(path)
         except AnnotationFileError as error:
             print(f"rm-pipeline evaluate: {error}", file=sys.stderr)
-            return EXIT_BAD_INPUT
-        for row in quarantine.itertuples():
-            print(f"{row.file}:{row.line}: {row.field}: {row.reason} ({row.detail}); not scored", file=sys.stderr)
+            results[str(path)], failed = {"error": str(error)}, True
+            continue
+        _print_quarantine(quarantine, "; not scored")
+        if pairs.empty:
+            print(f"rm-pipeline evaluate: {path}: no usable pairs (all {len(quarantine)} rows quarantined)",
+                  file=sys.stderr)
+            results[str(path)] = {"n": 0, "quarantined": len(quarantine), "error": "no usable pairs"}
+            failed = True
+            continue
         with _progress(2 * len(pairs), f"scoring {path.name}") as bar:
             scored = scorer.score_pairs(pairs, progress=bar.update)
-        results[str(path)] = {**pair_file_summary(scored), "quarantined": len(quarantine)}
+        results[str(path)] = {**pair_file_summary(scored), "quarantined": len(quarantine),
+                              "rows_without_subset": int(pairs["domain_from_file"].sum())}
     print(json.dumps(jsonable(results), indent=2))
-    return 0
+    return EXIT_BAD_INPUT if failed else 0
+
+
+def _print_quarantine(quarantine, suffix: str = "") -> None:
+    """Each quarantined row on stderr as ``file:line: field: reason (detail)`` (no field: the whole line)."""
+    for row in quarantine.itertuples():
+        field = f"{row.field}: " if row.field else ""
+        print(f"{row.file}:{row.line}: {field}{row.reason} ({row.detail}){suffix}", file=sys.stderr)
 
 
 def _score(args) -> int:
-    from rm_pipeline.lib.scoring import CandidateFileError, rank_candidates, read_candidates
+    from rm_pipeline.lib.scoring import rank_candidates, read_candidates
 
-    try:
+    with _atomic_output(args.output) as output:  # an output that can't be written fails before any scoring
         records = read_candidates(args.input)
-    except CandidateFileError as error:
-        print(f"rm-pipeline score: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    scorer = _load_scorer(args.model, args.batch_size)
-    if scorer is None:
-        return EXIT_BAD_INPUT
-    with _progress(sum(len(record["candidates"]) for record in records), "scoring candidates") as bar:
-        ranked = rank_candidates(scorer, records, progress=bar.update)
-    output = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
-    try:
+        scorer = _load_scorer(args.model, args.batch_size)
+        with _progress(sum(len(record["candidates"]) for record in records), "scoring candidates") as bar:
+            ranked = rank_candidates(scorer, records, progress=bar.update)
         for record in ranked:
             output.write(json.dumps(record, ensure_ascii=False) + "\n")
-    finally:
-        if args.output:
-            output.close()
     return 0
 
 
-def _load_scorer(model: Path, batch_size: int):
-    from rm_pipeline.lib.scoring import RewardScorer
+@contextmanager
+def _atomic_output(path: Path | None):
+    """stdout, or a temporary file beside ``path`` that replaces it only once everything is written:
+    a failed run leaves the old file (which may be the input) untouched."""
+    if path is None:
+        yield sys.stdout
+        return
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, not a file to write")
+    try:
+        handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    except OSError as error:
+        raise InputError(f"{path}: can't be written: {error.strerror}") from error
+    partial = Path(name)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as output:
+            yield output
+        # mkstemp makes the file private: give it the mode the old file had, or that a new one would get
+        partial.chmod(path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_umask())
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
 
-    if not (model / "config.json").exists():
-        print(f"rm-pipeline: {model} is not a model directory (no config.json)", file=sys.stderr)
-        return None
-    return RewardScorer.load(model, batch_size)
+
+def _load_scorer(model: Path, batch_size: int | None):
+    from rm_pipeline.lib.scoring import SCORING_BATCH_SIZE, RewardScorer
+
+    config = model / "config.json"
+    try:
+        settings = json.loads(config.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{model}: not a model directory (no config.json)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InputError(f"{config}: not a readable model configuration ({error})") from None
+    if not isinstance(settings, dict):
+        raise InputError(f"{config}: not a model configuration (a JSON object)")
+    try:
+        return RewardScorer.load(model, batch_size or SCORING_BATCH_SIZE)
+    except (OSError, ValueError, KeyError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise InputError(f"{model}: can't be loaded as a reward model ({first_line})") from None
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
 
 
 def _progress(total: int, description: str):
@@ -242,8 +320,35 @@ def _ui(args) -> int:
     _use_home(args.home)
     workspace = Path(__file__).resolve().parents[1] / "workspace.yaml"
     command = [sys.executable, "-m", "dagster", "dev", "-w", str(workspace), "-p", str(args.port)]
-    print(f"DAGSTER_HOME={os.environ['DAGSTER_HOME']} {' '.join(command)}")
-    return subprocess.call(command, cwd=workspace.parent)
+    print(f"DAGSTER_HOME={os.environ['DAGSTER_HOME']} {' '.join(command)}", flush=True)
+    # Its own process group, so that whatever it leaves behind can be stopped together.
+    server = subprocess.Popen(command, cwd=workspace.parent, process_group=0)
+    stop_asked = []
+
+    def forward(signum, _frame):
+        # dagster dev shuts its webserver, daemon and code servers down on SIGINT or SIGTERM.
+        stop_asked.append(time.monotonic())
+        server.send_signal(signum)
+
+    previous = {signum: signal.signal(signum, forward) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while True:
+            try:
+                return server.wait(timeout=1)
+            except subprocess.TimeoutExpired:
+                if stop_asked and time.monotonic() - stop_asked[0] > UI_STOP_SECONDS:
+                    _kill_group(server.pid)
+    finally:
+        _kill_group(server.pid)  # anything still running once dagster dev is gone
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _kill_group(group: int) -> None:
+    try:
+        os.killpg(group, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):  # the group is empty
+        pass
 
 
 if __name__ == "__main__":

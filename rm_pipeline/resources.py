@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import dagster as dg
@@ -10,8 +9,9 @@ import pandas as pd
 from pydantic import Field
 
 from rm_pipeline.lib.evaluation_inputs import EvaluationFolder
-from rm_pipeline.lib.locations import default_annotations_dir, default_evaluation_dir, default_home
-from rm_pipeline.lib.tokenization import DEFAULT_MAX_LENGTH, default_base_model, load_tokenizer, token_lengths
+from rm_pipeline.lib.locations import (default_annotations_dir, default_base_model_name, default_evaluation_dir,
+                                         default_home)
+from rm_pipeline.lib.tokenization import DEFAULT_MAX_LENGTH, load_tokenizer, token_lengths
 
 
 class PipelineStorage(dg.ConfigurableResource):
@@ -84,7 +84,7 @@ class BaseModelResource(dg.ConfigurableResource):
     from here, counted in tokens of this model's own tokenizer."""
 
     name_or_path: str = Field(
-        default_factory=lambda: os.environ.get("RM_PIPELINE_BASE_MODEL") or default_base_model(),
+        default_factory=default_base_model_name,
         description="Hugging Face model id or local path ($RM_PIPELINE_BASE_MODEL, else the bundled all-MiniLM-L6-v2).")
     trust_remote_code: bool = Field(default=False, description="Run code shipped with the model (off unless set).")
     max_length: int = Field(

@@ -2,8 +2,12 @@
 
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+
+import pytest
 
 from rm_pipeline_tests.conftest import PERMISSIVE_READINESS
 
@@ -30,7 +34,8 @@ def test_validate_prints_counts_that_add_up(tmp_path):
     done = rm_pipeline("validate", str(batch), env={"RM_PIPELINE_HOME": str(tmp_path / "untouched")})
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
-    assert report["rows_read"] == 6
+    assert report["rows_read"] == 6 and report["votes"] == 4
+    assert report["rows_read"] == report["votes"] + sum(report["quarantined"].values())
     assert report["quarantined"] == {"malformed_json": 1, "bad_vote": 1}
     assert report["comparisons"] == 4
     assert report["pairs_kept"] == 1
@@ -39,6 +44,9 @@ def test_validate_prints_counts_that_add_up(tmp_path):
     assert report["pairs_kept"] + sum(report["pairs_rejected"].values()) == report["comparisons"]
     assert "review_queue" in report
     assert not (tmp_path / "untouched").exists()  # validate never touches stored assets
+    # each quarantined row is named, as evaluate names them
+    assert f"{batch}:5: malformed_json (" in done.stderr
+    assert f"{batch}:6: vote: bad_vote (" in done.stderr
 
 
 def test_validate_names_a_file_that_is_not_a_table(tmp_path):
@@ -114,3 +122,38 @@ def test_dagster_asset_materialize_runs_the_whole_graph(annotations_slice, tmp_p
                           capture_output=True, text=True, env={**env, "RM_PIPELINE_EVAL": str(labelled_eval_dir)},
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_sigterm_to_ui_stops_dagster_dev_and_everything_it_started(tmp_path):
+    import psutil
+
+    from rm_pipeline_tests.test_webserver import _free_port, _wait_for
+
+    port = _free_port()
+    env = {key: value for key, value in os.environ.items() if key not in ("DAGSTER_HOME", "RM_PIPELINE_HOME")}
+    log = open(tmp_path / "ui.log", "w")
+    ui = subprocess.Popen([sys.executable, "-m", "rm_pipeline.cli", "ui", "--home", str(tmp_path / "home"),
+                           "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    started = []
+    try:
+        _wait_for(f"http://127.0.0.1:{port}/server_info", 180)
+        started = psutil.Process(ui.pid).children(recursive=True)
+        assert len(started) >= 3  # dagster dev, its webserver and daemon (and code servers)
+        ui.send_signal(signal.SIGTERM)
+        assert ui.wait(timeout=120) == 0
+        _, alive = psutil.wait_procs(started, timeout=10)
+        assert not alive, [process.cmdline() for process in alive]
+        with socket.socket() as probe:  # nothing listens on the port (REUSEADDR: closed connections may linger)
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(("127.0.0.1", port))
+            probe.listen()
+    finally:  # whatever the outcome, leave nothing running
+        if ui.poll() is None:
+            ui.kill()
+        for process in started:
+            try:
+                process.kill()
+            except psutil.NoSuchProcess:
+                pass
+        log.close()

@@ -442,3 +442,36 @@ def test_sampling_script_reproduces_the_bundled_sample(tmp_path):
     assert produced == bundled
     for relative in produced:
         assert (tmp_path / relative).read_bytes() == (EVAL_DATA / relative).read_bytes(), relative
+
+
+# --------------------------------------------------------------------------- labelled pair files
+
+
+def test_pair_files_obey_the_same_pair_rules_as_training(tmp_path):
+    def chat(*turns):
+        return [{"role": role, "content": text} for role, text in turns]
+
+    path = tmp_path / "bench.jsonl"
+    rows = [{"prompt": "2+2?", "chosen": "4", "rejected": "5", "subset": "math"},
+            {"prompt": "2+2?", "chosen": "  ", "rejected": "5", "subset": "math"},
+            {"prompt": "2+2?", "chosen": "4", "rejected": "4", "subset": "math"},
+            {"prompt": " ", "chosen": "4", "rejected": "5", "subset": "math"},
+            {"prompt": "Name a colour", "chosen": "Blue.", "rejected": "No."}]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    pairs, quarantine = ev.read_pair_file(path)
+    assert pairs["line"].tolist() == [1, 5]
+    got = quarantine[["line", "field", "reason"]].values.tolist()
+    assert got == [[2, "chosen", "empty_candidate"], [3, "rejected", "identical_candidates"],
+                   [4, "prompt", "missing_field"]]  # a blank prompt: the reader's own rule
+    assert len(pairs) + len(quarantine) == len(rows)  # nothing lost
+    # a row without subset is evaluated under the file's name, and says so
+    assert pairs["domain"].tolist() == ["math", "bench"]
+    assert pairs["domain_from_file"].tolist() == [False, True]
+
+    chats = tmp_path / "chats.jsonl"
+    chats.write_text("".join(json.dumps({"chosen": chat(("user", first), ("assistant", "Hello!")),
+                                         "rejected": chat(("user", second), ("assistant", "Go away."))}) + "\n"
+                             for first, second in [("Hi", "Hi"), ("Hi", "Hey")]))
+    pairs, quarantine = ev.read_pair_file(chats)
+    assert pairs["line"].tolist() == [1]
+    assert quarantine[["line", "field", "reason"]].values.tolist() == [[2, "rejected", "context_mismatch"]]

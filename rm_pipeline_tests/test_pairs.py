@@ -10,7 +10,8 @@ import pytest
 
 from rm_pipeline.lib.aggregation import aggregate_votes, review_queue
 from rm_pipeline.lib.annotations import list_batch_files, read_annotations
-from rm_pipeline.lib.pairs import PAIR_COLUMNS, REJECTED_COLUMNS, REJECTION_REASONS, build_pairs, rejection_counts
+from rm_pipeline.lib.pairs import (CHARS_PER_TOKEN_CEILING, PAIR_COLUMNS, REJECTED_COLUMNS, REJECTION_REASONS, build_pairs,
+                                 rejection_counts)
 from rm_pipeline.lib.tokenization import default_base_model, load_tokenizer, token_lengths
 
 BUNDLED = Path(__file__).resolve().parents[1] / "data" / "annotations"
@@ -212,3 +213,34 @@ def test_bundled_data_rejections(minilm):
     assert (kept["chosen"] != kept["rejected"]).all()
     assert sum(rejection_counts(rejected).values()) == len(rejected)
     assert {"hh-rlhf", "pandalm", "tulu1-human-eval"} == set(kept["source"])
+
+
+# ---------------------------------------------------------------- nothing to measure, texts far too long
+
+
+def test_no_comparison_reaching_the_length_rule_is_no_pairs_not_a_crash(tmp_path, minilm):
+    comparisons = comparisons_from(tmp_path, [vote("tied", vote="tie"), vote("same", response_b="Good answer to same.")])
+    kept, rejected = split_pairs(comparisons, token_lengths=lambda p, r, c: token_lengths(minilm, p, r, c))
+    assert kept.empty and reasons(rejected) == {"tied": "tie_or_abstention", "same": "identical_candidates"}
+    kept, rejected = split_pairs(comparisons.iloc[:0], token_lengths=lambda p, r, c: token_lengths(minilm, p, r, c))
+    assert kept.empty and rejected.empty
+
+
+def test_a_text_far_beyond_max_length_is_too_long_without_being_tokenized(tmp_path, minilm):
+    huge = "word " * 1_000_000  # 5 MB
+    bound = 100 * CHARS_PER_TOKEN_CEILING
+    near = "x " * ((bound - len("Question near?")) // 2 - 5)  # just under the bound: tokenized (and too long)
+    comparisons = comparisons_from(tmp_path, [vote("huge", response_b=huge), vote("near", response_a=near), vote("ok")])
+    measured = []
+
+    def count(prompts, responses, conversational):
+        measured.extend(responses.str.len())
+        return token_lengths(minilm, prompts, responses, conversational)
+
+    kept, rejected = split_pairs(comparisons, token_lengths=count, max_length=100)
+    assert kept["pair_id"].tolist() == ["ok"]
+    assert reasons(rejected) == {"huge": "too_long", "near": "too_long"}
+    detail = rejected.set_index("item_id")["detail"]
+    assert detail["huge"] == f"{len('Question huge?') + len(huge)} characters, far beyond max_length 100 tokens"
+    assert "tokens > max_length 100" in detail["near"]
+    assert max(measured) == len(near)  # the huge text never reached the tokenizer

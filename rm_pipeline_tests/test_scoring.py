@@ -112,12 +112,64 @@ def test_evaluate_prints_one_json_object_per_file(tiny_encoder, tmp_path):
     assert f"{standard}:3: rejected: missing_field" in done.stderr
 
 
-def test_evaluate_names_a_file_it_cannot_read(tiny_encoder, tmp_path):
-    votes = tmp_path / "votes.jsonl"
+def test_evaluate_names_a_file_it_cannot_read_and_keeps_the_others_results(tiny_encoder, tmp_path):
+    good, votes, later = tmp_path / "good.jsonl", tmp_path / "votes.jsonl", tmp_path / "later.jsonl"
+    good.write_text(json.dumps({"prompt": "2+2?", "chosen": "4", "rejected": "5"}) + "\n")
+    later.write_text(json.dumps({"prompt": "2+2?", "chosen": "4", "rejected": "5", "subset": "math"}) + "\n")
     votes.write_text(json.dumps({"item_id": "1", "prompt": "p", "response_a": "a", "response_b": "b",
                                  "annotator_id": "u", "vote": "a"}) + "\n")
-    done = rm_pipeline("evaluate", "--model", tiny_encoder, "--pairs", str(votes))
-    assert done.returncode == 3 and str(votes) in done.stderr and "Traceback" not in done.stderr
+    done = rm_pipeline("evaluate", "--model", tiny_encoder, "--pairs", str(good), str(votes), str(later))
+    assert done.returncode == 3 and f"rm-pipeline evaluate: {votes}: holds annotator votes" in done.stderr
+    assert "Traceback" not in done.stderr
+    result = json.loads(done.stdout)
+    assert result[str(good)]["n"] == 1 and result[str(later)]["n"] == 1
+    assert "holds annotator votes" in result[str(votes)]["error"]
+    # a pair without subset is evaluated under the file's name, and counted
+    assert result[str(good)]["rows_without_subset"] == 1 and result[str(later)]["rows_without_subset"] == 0
+
+
+def test_evaluate_quarantines_what_training_rejects(tiny_encoder, tmp_path):
+    bench = tmp_path / "bench.jsonl"
+    bench.write_text("".join(json.dumps({"prompt": "2+2?", "chosen": chosen, "rejected": "5"}) + "\n"
+                             for chosen in ("4", " ", "5")))
+    done = rm_pipeline("evaluate", "--model", tiny_encoder, "--pairs", str(bench))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout)[str(bench)]["n"] == 1
+    assert f"{bench}:2: chosen: empty_candidate (" in done.stderr
+    assert f"{bench}:3: rejected: identical_candidates (" in done.stderr
+
+
+def test_score_output_may_be_its_input_and_a_failed_run_leaves_it_alone(tiny_encoder, tmp_path):
+    source = tmp_path / "candidates.jsonl"
+    original = json.dumps({"prompt": "2+2?", "candidates": ["4", "5"]}) + "\n"
+    source.write_text(original)
+    done = rm_pipeline("score", "--model", tiny_encoder, "--input", str(source), "--output", str(source))
+    assert done.returncode == 0, done.stderr[-2000:]
+    [ranked] = [json.loads(line) for line in source.read_text().splitlines()]
+    assert ranked["candidates"] == ["4", "5"] and len(ranked["rewards"]) == 2
+
+    source.write_text(original)
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    done = rm_pipeline("score", "--model", str(tmp_path / "model"), "--input", str(source), "--output", str(source))
+    assert done.returncode == 3 and "Traceback" not in done.stderr
+    assert source.read_text() == original
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["candidates.jsonl", "model"]  # no partial file left
+
+
+def test_unreadable_candidate_lines_are_named_with_the_others(tmp_path):
+    path = tmp_path / "candidates.jsonl"
+    path.write_bytes(b"\n".join([b'{"prompt": "caf\xe9", "candidates": ["a"]}', b"[" * 5000 + b"]" * 5000,
+                                  json.dumps({"prompt": "ok", "candidates": ["a", "b"]}).encode(),
+                                  json.dumps({"prompt": "deep but fine", "candidates": [[[["a"]]]]}).encode()]))
+    with pytest.raises(CandidateFileError) as error:
+        read_candidates(path)
+    message = str(error.value)
+    assert "3 problem(s)" in message
+    assert f"{path}:1: not valid UTF-8" in message and f"{path}:2: JSON nested deeper than 100 levels" in message
+    assert f"{path}:4: candidates[0]:" in message
+    with pytest.raises(CandidateFileError, match="can't be read"):
+        read_candidates(tmp_path / "missing.jsonl")
 
 
 def test_score_writes_rewards_and_rankings(tiny_encoder, tmp_path):

@@ -11,7 +11,9 @@ from rm_pipeline.config import config_class, settings_from_config
 from rm_pipeline.lib.aggregation import AggregationSettings, ReviewThresholds
 from rm_pipeline.lib.pairs import PairSettings
 from rm_pipeline.lib.readiness import ReadinessThresholds
+from rm_pipeline.lib.report import ReportSettings
 from rm_pipeline.lib.reward_training import TrainingSettings
+from rm_pipeline.lib.scoring import ScoringSettings
 from rm_pipeline.lib.settings import build_settings
 from rm_pipeline.lib.split import SplitSettings
 from rm_pipeline.resources import BaseModelResource
@@ -25,6 +27,8 @@ STAGE_CONFIGS = [
     (split.SplitConfig, SplitSettings, set()),
     (reward_model.RewardModelConfig, TrainingSettings, {"trust_remote_code", "max_length"}),
     (evaluation.ReadinessConfig, ReadinessThresholds, set()),
+    (evaluation.ScoringConfig, ScoringSettings, set()),
+    (evaluation.EvaluationReportConfig, ReportSettings, set()),
 ]
 
 

@@ -118,3 +118,9 @@ def test_decoder_reads_the_chat_template_and_ends_in_one_eos(tiny_decoder):
     assert tokens[0] == "<|system|>" and tokens[-2:] == ["red.", "<eos>"]
     assert tokens.count("<eos>") == 1  # the template's own EOS is not doubled
     assert tokens.count("<|assistant|>") == 2
+
+
+def test_nothing_to_encode_is_an_empty_result(minilm, tiny_decoder):
+    assert encode(minilm, [], [], []) == []
+    assert token_lengths(minilm, [], [], []).tolist() == []
+    assert encode(load_tokenizer(str(tiny_decoder)), [], [], np.array([], dtype=bool)) == []

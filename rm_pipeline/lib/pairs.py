@@ -33,6 +33,44 @@ class PairSettings:
 
 TokenLengths = Callable[[pd.Series, pd.Series, pd.Series], np.ndarray]
 
+# No tokenizer turns fewer than this many characters into one token (real text averages about 4), so a
+# side longer than max_length * CHARS_PER_TOKEN_CEILING characters is too long without being tokenized:
+# tokenizing a 50 MB text to learn that takes minutes and gigabytes.
+CHARS_PER_TOKEN_CEILING = 64
+
+
+class Rejections:
+    """The reason (and detail, and offending side: prompt, chosen or rejected) of each rejected row;
+    a row keeps the first reason it gets."""
+
+    def __init__(self, index: pd.Index):
+        self.reason = pd.Series(None, index=index, dtype=object)
+        self.detail = pd.Series(None, index=index, dtype=object)
+        self.field = pd.Series(None, index=index, dtype=object)
+
+    def reject(self, mask, why: str, detail, field="rejected") -> None:
+        mask = pd.Series(mask, index=self.reason.index).fillna(False).astype(bool) & self.reason.isna()
+        self.reason[mask] = why
+        for target, value in ((self.detail, detail), (self.field, field)):
+            target[mask] = value if isinstance(value, str) else value[mask]
+
+
+def check_pair_rules(pairs: pd.DataFrame, rejections: Rejections | None = None) -> Rejections:
+    """The rules that judge one labelled pair on its own: empty_prompt, empty_candidate, context_mismatch,
+    identical_candidates. ``pairs`` has prompt, chosen, rejected, context_a, context_b (the chosen and
+    rejected sides' conversations, or missing). Training pairs (``build_pairs``) and evaluation files
+    (``evaluation.read_pair_file``) both go through them, so one pair gets the same verdict in either."""
+    rejections = rejections if rejections is not None else Rejections(pairs.index)
+    blank = lambda column: pairs[column].fillna("").astype(str).str.strip() == ""  # noqa: E731
+    rejections.reject(blank("prompt"), "empty_prompt", "the prompt is empty", "prompt")
+    rejections.reject(blank("chosen") | blank("rejected"), "empty_candidate", "a candidate is empty or whitespace",
+                      pd.Series(np.where(blank("chosen"), "chosen", "rejected"), index=pairs.index))
+    has_contexts = pairs["context_a"].notna() & pairs["context_b"].notna()
+    rejections.reject(has_contexts & (pairs["context_a"] != pairs["context_b"]), "context_mismatch",
+                      "the two candidates answer different conversations")
+    rejections.reject(pairs["chosen"] == pairs["rejected"], "identical_candidates", "both candidates are the same text")
+    return rejections
+
 
 def build_pairs(comparisons: pd.DataFrame, disputed_item_ids=(), token_lengths: TokenLengths | None = None,
                 max_length: int = DEFAULT_MAX_LENGTH,
@@ -46,22 +84,11 @@ def build_pairs(comparisons: pd.DataFrame, disputed_item_ids=(), token_lengths: 
     chose_b = frame["winner"] == "b"
     frame["chosen"] = frame["response_a"].where(~chose_b, frame["response_b"])
     frame["rejected"] = frame["response_b"].where(~chose_b, frame["response_a"])
-    reason = pd.Series(None, index=frame.index, dtype=object)
-    detail = pd.Series(None, index=frame.index, dtype=object)
+    rejections = Rejections(frame.index)
+    reason, reject = rejections.reason, rejections.reject
 
-    def reject(mask, why, text):
-        mask = pd.Series(mask, index=frame.index).fillna(False).astype(bool) & reason.isna()
-        reason[mask] = why
-        detail[mask] = text if isinstance(text, str) else text[mask]
-
-    blank = lambda column: frame[column].fillna("").str.strip() == ""  # noqa: E731
     reject(~frame["winner"].isin(("a", "b")), "tie_or_abstention", "aggregated outcome: " + frame["winner"])
-    reject(blank("prompt"), "empty_prompt", "the prompt is empty")
-    reject(blank("response_a") | blank("response_b"), "empty_candidate", "a candidate is empty or whitespace")
-    has_contexts = frame["context_a"].notna() & frame["context_b"].notna()
-    reject(has_contexts & (frame["context_a"] != frame["context_b"]), "context_mismatch",
-           "the two candidates answer different conversations")
-    reject(frame["response_a"] == frame["response_b"], "identical_candidates", "both candidates are the same text")
+    check_pair_rules(frame, rejections)
     if not include_disputed:
         # Compared as objects: pandas' isin on an Arrow string column, or iterating one into a set, is
         # several times slower (~1 s for 300k ids).
@@ -76,22 +103,34 @@ def build_pairs(comparisons: pd.DataFrame, disputed_item_ids=(), token_lengths: 
     frame["chosen_tokens"] = pd.array([pd.NA] * len(frame), dtype="Int64")
     frame["rejected_tokens"] = pd.array([pd.NA] * len(frame), dtype="Int64")
     if token_lengths is not None:
-        measured = reason.isna()
-        rows = frame[measured]
-        frame.loc[measured, "chosen_tokens"] = token_lengths(rows["prompt"], rows["chosen"], rows["conversational"])
-        frame.loc[measured, "rejected_tokens"] = token_lengths(rows["prompt"], rows["rejected"],
-                                                               rows["conversational"])
-        longest = frame[["chosen_tokens", "rejected_tokens"]].max(axis=1)
-        reject(measured & (longest > max_length), "too_long",
-               "longest side " + longest.astype(str) + f" tokens > max_length {max_length}")
+        _length_rule(frame, rejections, token_lengths, max_length)
 
     kept = frame[reason.isna()].rename(columns={"item_id": "pair_id"})[PAIR_COLUMNS].reset_index(drop=True)
     bad = reason.notna()  # assign only the rejected rows' values: on an empty frame, assign adopts the index
-    rejected = frame[bad].assign(reason=reason[bad], detail=detail[bad])[REJECTED_COLUMNS].reset_index(drop=True)
+    rejected = frame[bad].assign(reason=reason[bad], detail=rejections.detail[bad])[REJECTED_COLUMNS]
+    rejected = rejected.reset_index(drop=True)
     if len(kept) + len(rejected) != len(comparisons):
         raise AssertionError(f"pair validation lost rows: {len(comparisons)} in, {len(kept)} kept, "
                              f"{len(rejected)} rejected")
     return kept, rejected
+
+
+def _length_rule(frame: pd.DataFrame, rejections: Rejections, token_lengths: TokenLengths, max_length: int) -> None:
+    """too_long: the longer side over ``max_length`` tokens. Texts far beyond any tokenizer's reach of
+    ``max_length`` tokens are rejected on their character count alone, without tokenizing them."""
+    characters = frame["prompt"].fillna("").astype(str).str.len() + np.maximum(
+        frame["chosen"].fillna("").astype(str).str.len(), frame["rejected"].fillna("").astype(str).str.len())
+    huge = rejections.reason.isna() & (characters > max_length * CHARS_PER_TOKEN_CEILING)
+    rejections.reject(huge, "too_long", characters.astype(str) + f" characters, far beyond max_length {max_length} tokens")
+    measured = rejections.reason.isna()
+    if not measured.any():
+        return
+    rows = frame[measured]
+    frame.loc[measured, "chosen_tokens"] = token_lengths(rows["prompt"], rows["chosen"], rows["conversational"])
+    frame.loc[measured, "rejected_tokens"] = token_lengths(rows["prompt"], rows["rejected"], rows["conversational"])
+    longest = frame[["chosen_tokens", "rejected_tokens"]].max(axis=1)
+    rejections.reject(measured & (longest > max_length), "too_long",
+                      "longest side " + longest.astype(str) + f" tokens > max_length {max_length}")
 
 
 def rejection_counts(rejected: pd.DataFrame) -> dict[str, int]:

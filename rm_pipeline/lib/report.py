@@ -25,6 +25,7 @@ import pandas as pd
 
 from rm_pipeline.lib import evaluation as ev
 from rm_pipeline.lib.markdown import format_number, markdown_table
+from rm_pipeline.lib.settings import setting
 
 PAIR_SOURCES = ("held_out", "disagreement", "fresh_policy", "benchmark")
 LENGTH_PROBE = ("alpaca-7b_concise", "alpaca-7b", "alpaca-7b_verbose")
@@ -35,9 +36,15 @@ LENGTH_PROBE = ("alpaca-7b_concise", "alpaca-7b", "alpaca-7b_verbose")
 
 @dataclass(frozen=True)
 class ReportSettings:
-    calibration_bins: int = 10
-    high_agreement: float = ev.HIGH_AGREEMENT
-    length_match_tolerance: float = ev.LENGTH_MATCH_TOLERANCE
+    leaderboard_file: str = setting("alpaca-eval/weighted_alpaca_eval_gpt4_turbo_leaderboard.csv",
+                                    "Leaderboard CSV (policy name in the first column), relative to the evaluation "
+                                    "folder; without it the leaderboard comparison is skipped.")
+    leaderboard_column: str = setting("length_controlled_winrate",
+                                      "Column the policies' mean reward is rank-correlated with.")
+    calibration_bins: int = setting(10, "Bins of the reliability diagram and of the expected calibration error.")
+    high_agreement: float = setting(ev.HIGH_AGREEMENT, "Chosen share from which annotators count as agreeing.")
+    length_match_tolerance: float = setting(ev.LENGTH_MATCH_TOLERANCE,
+                                            "Relative length difference under which two answers are length-matched.")
 
 
 def build_report(pair_scores: pd.DataFrame, response_scores: pd.DataFrame, train_domains,

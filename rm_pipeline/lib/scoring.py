@@ -6,6 +6,7 @@ Knows nothing of Dagster.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -15,8 +16,17 @@ import pandas as pd
 import torch
 
 from rm_pipeline.lib.annotations import is_message_list
+from rm_pipeline.lib.settings import setting
 from rm_pipeline.lib.tokenization import encode, load_tokenizer
 
+
+
+@dataclass(frozen=True)
+class ScoringSettings:
+    batch_size: int = setting(32, "Sequences per forward pass (sorted by length, no gradient).")
+
+
+SCORING_BATCH_SIZE = ScoringSettings.batch_size
 
 def pad_right(sequences: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded ids and attention mask, as the training collator builds them."""
@@ -30,7 +40,7 @@ def pad_right(sequences: list[list[int]], pad_token_id: int) -> tuple[torch.Tens
 
 
 @torch.no_grad()
-def score_ids(model, sequences: list[list[int]], pad_token_id: int, batch_size: int = 32,
+def score_ids(model, sequences: list[list[int]], pad_token_id: int, batch_size: int = SCORING_BATCH_SIZE,
               sort_by_length: bool = True, progress: Callable[[int], None] | None = None) -> np.ndarray:
     """One reward per token sequence. Sorting by length keeps padding, and so wasted work, small."""
     model.eval()
@@ -67,10 +77,10 @@ class RewardScorer:
     model: object
     tokenizer: object
     max_length: int
-    batch_size: int = 32
+    batch_size: int = SCORING_BATCH_SIZE
 
     @classmethod
-    def load(cls, model_dir: str | Path, batch_size: int = 32, trust_remote_code: bool = False) -> "RewardScorer":
+    def load(cls, model_dir: str | Path, batch_size: int = SCORING_BATCH_SIZE, trust_remote_code: bool = False) -> "RewardScorer":
         """A saved model directory on the GPU when there is one (bf16 where supported), else the CPU."""
         from transformers import AutoModelForSequenceClassification
 
@@ -127,6 +137,26 @@ def _candidate_text(value):
     return value if isinstance(value, str) else None
 
 
+# Deeper JSON is no record of ours, and Python's parser would exhaust the stack on it (~1,000 levels).
+MAX_JSON_DEPTH = 100
+
+
+def json_depth_exceeds(line: str, limit: int = MAX_JSON_DEPTH) -> bool:
+    """True when a JSON text nests arrays and objects deeper than ``limit``, checked without parsing it."""
+    if line.count("[") + line.count("{") <= limit:  # cheap: the depth is at most the number of openers
+        return False
+    depth = 0
+    for bracket in _BRACKETS.findall(_STRINGS.sub("", line)):
+        depth += 1 if bracket in "[{" else -1
+        if depth > limit:
+            return True
+    return False
+
+
+_STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"')
+_BRACKETS = re.compile(r"[\[\]{}]")
+
+
 def read_candidates(path: str | Path, max_errors: int = 20) -> list[dict]:
     """JSONL records ``{"prompt": text or [{"role", "content"}, ...], "candidates": [text, ...], ...}``.
 
@@ -134,30 +164,42 @@ def read_candidates(path: str | Path, max_errors: int = 20) -> list[dict]:
     together, each as ``file:line: field: problem``. Blank lines are skipped.
     """
     records, errors = [], []
-    with open(path, encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                errors.append(f"{where}: not valid JSON ({error.msg})")
-                continue
-            if not isinstance(record, dict):
-                errors.append(f"{where}: a line must be a JSON object")
-                continue
-            prompt, candidates = record.get("prompt"), record.get("candidates")
-            if not (isinstance(prompt, str) and prompt.strip()) and not is_message_list(prompt):
-                errors.append(f"{where}: prompt: must be non-empty text or a list of {{role, content}} messages")
-            if not isinstance(candidates, list) or not candidates:
-                errors.append(f"{where}: candidates: must be a non-empty list")
-            else:
-                bad = [i for i, candidate in enumerate(candidates) if _candidate_text(candidate) is None]
-                if bad:
-                    errors.append(f"{where}: candidates[{bad[0]}]: must be text or a {{role, content}} message"
-                                  + (f" ({len(bad)} such candidates)" if len(bad) > 1 else ""))
-            records.append(record)
+    try:
+        with open(path, "rb") as lines:
+            numbered = list(enumerate(lines, start=1))
+    except OSError as error:
+        raise CandidateFileError(f"{path}: can't be read: {error.strerror}") from error
+    for number, raw in numbered:
+        where = f"{path}:{number}"
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            errors.append(f"{where}: not valid UTF-8 (byte {error.start + 1} of the line)")
+            continue
+        if not line.strip():
+            continue
+        if json_depth_exceeds(line):
+            errors.append(f"{where}: JSON nested deeper than {MAX_JSON_DEPTH} levels")
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            errors.append(f"{where}: not valid JSON ({error.msg})")
+            continue
+        if not isinstance(record, dict):
+            errors.append(f"{where}: a line must be a JSON object")
+            continue
+        prompt, candidates = record.get("prompt"), record.get("candidates")
+        if not (isinstance(prompt, str) and prompt.strip()) and not is_message_list(prompt):
+            errors.append(f"{where}: prompt: must be non-empty text or a list of {{role, content}} messages")
+        if not isinstance(candidates, list) or not candidates:
+            errors.append(f"{where}: candidates: must be a non-empty list")
+        else:
+            bad = [i for i, candidate in enumerate(candidates) if _candidate_text(candidate) is None]
+            if bad:
+                errors.append(f"{where}: candidates[{bad[0]}]: must be text or a {{role, content}} message"
+                              + (f" ({len(bad)} such candidates)" if len(bad) > 1 else ""))
+        records.append(record)
     if errors:
         shown = "\n".join(errors[:max_errors]) + (f"\n... {len(errors) - max_errors} more" if len(errors) > max_errors
                                                    else "")
@@ -190,7 +232,7 @@ def rank_candidates(scorer: "RewardScorer", records: list[dict], progress: Calla
 # ---------------------------------------------------------------- TRL online trainers
 
 
-def trl_reward_function(model_dir: str | Path, batch_size: int = 32) -> Callable[..., list[float]]:
+def trl_reward_function(model_dir: str | Path, batch_size: int = SCORING_BATCH_SIZE) -> Callable[..., list[float]]:
     """Our model as a reward function for TRL's GRPO/RLOO trainers (``reward_funcs=[...]``).
 
     TRL can load a reward model directory itself, but it scores ``prompt + completion`` as one text

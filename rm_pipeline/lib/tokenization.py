@@ -56,6 +56,8 @@ def prompt_text(prompt: str, conversational: bool) -> str:
 def encode(tokenizer, prompts, responses, conversational) -> list[list[int]]:
     """Token ids of each (prompt, response), never truncated: the length rule drops, it doesn't cut."""
     prompts, responses, conversational = list(prompts), list(responses), np.asarray(conversational, dtype=bool)
+    if not prompts:  # tokenizers fail on an empty batch
+        return []
     if is_encoder(tokenizer):
         texts = [prompt_text(p, c) for p, c in zip(prompts, conversational)]
         return tokenizer(texts, responses, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]

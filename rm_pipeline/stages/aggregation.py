@@ -5,7 +5,7 @@ import pandas as pd
 
 from rm_pipeline.config import config_class
 from rm_pipeline.lib import gates
-from rm_pipeline.lib.aggregation import (AggregationSettings, ReviewThresholds, aggregate_votes,
+from rm_pipeline.lib.aggregation import (AggregationSettings, ReviewThresholds, aggregate_votes, neutralise_formulas,
                                          review_queue as select_review_queue)
 from rm_pipeline.resources import PipelineStorage
 from rm_pipeline.stages.metadata import OWNERS, gate_result, histogram, preview, table_fingerprint
@@ -43,10 +43,12 @@ def aggregated_preferences(context: dg.AssetExecutionContext, config: Aggregatio
 def review_queue(context: dg.AssetExecutionContext, config: ReviewConfig, storage: PipelineStorage,
                  aggregated_preferences: pd.DataFrame) -> dg.Output[pd.DataFrame]:
     """Disputed comparisons for people to review (also the disagreement slice for evaluation; kept
-    out of training by default). Exported as CSV with an empty `review_decision` column."""
+    out of training by default). Exported as CSV with an empty `review_decision` column; text cells
+    that a spreadsheet would run as a formula get a leading single quote."""
     queue = select_review_queue(aggregated_preferences, **config.model_dump())
     export = storage.path("review", "review_queue.csv")
-    queue.to_csv(export, index=False)
+    # Reviewers open it in a spreadsheet. CRLF rows (RFC 4180) make the writer quote a text's lone CR too.
+    neutralise_formulas(queue).to_csv(export, index=False, lineterminator="\r\n")
     reasons = queue["review_reasons"].str.split(",").explode().value_counts()
     context.log.info(f"{len(queue)} of {len(aggregated_preferences)} comparisons routed to review: {export}")
     return dg.Output(queue, metadata={

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import dagster as dg
 import pandas as pd
-from pydantic import Field
 
 from rm_pipeline.config import config_class, settings_from_config
 from rm_pipeline.lib.evaluation import read_leaderboard
@@ -15,7 +14,7 @@ from rm_pipeline.lib.markdown import inline_png, markdown_table
 from rm_pipeline.lib.readiness import ReadinessThresholds, readiness, split_overlap
 from rm_pipeline.lib.report import (READINESS_FILE, REPORT_JSON, REPORT_MARKDOWN, ReportSettings, build_report,
                                     store_in_model_config, write_atomically, write_plots, write_report)
-from rm_pipeline.lib.scoring import RewardScorer
+from rm_pipeline.lib.scoring import RewardScorer, ScoringSettings
 from rm_pipeline.resources import EvaluationSource, PipelineStorage
 from rm_pipeline.stages.metadata import OWNERS, counts_table
 from rm_pipeline.stages.split import split_data_version
@@ -23,17 +22,10 @@ from rm_pipeline.stages.split import split_data_version
 GROUP = "evaluation"
 
 
-class ScoringConfig(dg.Config):
-    batch_size: int = Field(default=32, description="Sequences per forward pass (sorted by length, no gradient).")
+ScoringConfig = config_class(ScoringSettings, "ScoringConfig")
 
 
-class EvaluationReportConfig(dg.Config):
-    leaderboard_file: str = Field(
-        default="alpaca-eval/weighted_alpaca_eval_gpt4_turbo_leaderboard.csv",
-        description="Leaderboard CSV (policy name in the first column), relative to the evaluation folder.")
-    leaderboard_column: str = Field(default="length_controlled_winrate",
-                                    description="Column the policies' mean reward is rank-correlated with.")
-    calibration_bins: int = Field(default=10)
+EvaluationReportConfig = config_class(ReportSettings, "EvaluationReportConfig")
 
 
 ReadinessConfig = config_class(ReadinessThresholds, "ReadinessConfig")
@@ -139,7 +131,7 @@ def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationRepor
         raise dg.Failure(str(error)) from None
     train_domains = preference_split.loc[preference_split["split"] == "train", "domain"].unique()
     report = build_report(reward_scores, response_scores, train_domains, leaderboard,
-                          ReportSettings(calibration_bins=config.calibration_bins))
+                          settings_from_config(ReportSettings, config))
     temperature = report["calibration"].get("temperature_fit", {}).get("temperature")
     if temperature is not None:
         store_in_model_config(model_dir, {"reward_temperature": temperature})
