@@ -84,12 +84,10 @@ def batch_files(directory: Path | str, settle_seconds: float = SETTLE_SECONDS) -
                    if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES and not p.name.startswith("."))
     states = {path: _file_state(path) for path in files}
     now = time.time_ns()
-    young = [path for path, state in states.items()
-             if state is None or now - state[1] < settle_seconds * 1e9]
+    young = [path for path, state in states.items() if state is None or now - state[1] < settle_seconds * 1e9]
     if not young:
         return files, []
-    newest = max(state[1] for state in map(states.get, young) if state is not None) if any(
-        states[path] for path in young) else now
+    newest = max((states[path][1] for path in young if states[path]), default=now)
     time.sleep(min(settle_seconds, max(0.0, settle_seconds - (now - newest) / 1e9)))
     busy = [path for path in young if states[path] is None or _file_state(path) != states[path]]
     return [path for path in files if path not in busy], busy
@@ -256,11 +254,13 @@ def _read_csv(path: Path, data: bytes) -> tuple[pd.DataFrame, pd.DataFrame]:
         raise AnnotationFileError(path, f"not a CSV table (line {reader.line_num}: {error})") from error
     if header is None:
         raise AnnotationFileError(path, "not a CSV table (empty file)")
+    if any(_bad_char(name) for name in header):
+        raise AnnotationFileError(path, "not a CSV table (its header is not UTF-8 text)")
     repeated = sorted({name for name in header if header.count(name) > 1})
     if repeated:
         raise AnnotationFileError(path, f"not a CSV table (duplicate column {', '.join(map(repr, repeated))})")
     columns = zip(*records) if records else [()] * len(header)
-    frame = pd.DataFrame({name: _csv_cells(cells) for name, cells in zip(header, columns)})
+    frame = pd.DataFrame({name: _csv_cells(cells) for name, cells in zip(header, columns)}, dtype=object)
     frame["line"] = np.asarray(lines, dtype="int64")
     return frame, pd.DataFrame(bad, columns=QUARANTINE_COLUMNS)
 
@@ -488,6 +488,11 @@ def _rows_as_json(rows: pd.DataFrame) -> pd.Series:
                       for row in body.to_dict("records")], index=rows.index, dtype=object)
 
 
+def _votes_as_json(votes: pd.DataFrame) -> pd.Series:
+    """Votes as JSON text with the item_id as written in the file (not scoped), for repair and replay."""
+    return _rows_as_json(votes[VOTE_COLUMNS].assign(item_id=votes["source_item_id"]).drop(columns="source_item_id"))
+
+
 # ---------------------------------------------------------------- field checks
 
 
@@ -701,7 +706,7 @@ def _normalise_orientation(votes: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFr
     quarantine = pd.DataFrame({"file": bad["file"], "line": bad["line"], "field": field,
                                "reason": "inconsistent_item",
                                "detail": "item_id " + bad["item_id"] + " already names a different comparison",
-                               "raw": _rows_as_json(bad[VOTE_COLUMNS])})
+                               "raw": _votes_as_json(bad)})
     return (votes if consistent.all() else votes[consistent]), quarantine
 
 
@@ -721,7 +726,7 @@ def _drop_repeated_votes(votes: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFram
     quarantine = pd.DataFrame({"file": bad["file"], "line": bad["line"], "field": "annotator_id",
                                "reason": "duplicate_vote",
                                "detail": "annotator " + bad["annotator_id"] + " already voted on item " + bad["item_id"],
-                               "raw": _rows_as_json(bad[VOTE_COLUMNS])})
+                               "raw": _votes_as_json(bad)})
     return votes[~repeated], quarantine
 
 
