@@ -204,8 +204,8 @@ def test_bundled_data_rejections(minilm):
     kept, rejected = split_pairs(comparisons, disputed_item_ids=queue["item_id"], max_length=512,
                                  token_lengths=lambda p, r, c: token_lengths(minilm, p, r, c))
     by_reason = rejected.groupby("reason")["item_id"].apply(set)
-    assert by_reason["context_mismatch"] == {f"hh-harmless:{n}" for n in (1255, 1689, 1951, 1953, 2037)}
-    assert {f"hh-harmless:{n}" for n in (87, 517, 926, 1104)} <= by_reason["empty_candidate"]
+    assert by_reason["context_mismatch"] == {f"hh-rlhf/hh-harmless:{n}" for n in (1255, 1689, 1951, 1953, 2037)}
+    assert {f"hh-rlhf/hh-harmless:{n}" for n in (87, 517, 926, 1104)} <= by_reason["empty_candidate"]
     assert set(queue["item_id"]) - by_reason["disputed"] <= set(rejected["item_id"])  # earlier rule won
     assert (kept[["chosen_tokens", "rejected_tokens"]].max(axis=1) <= 512).all()
     assert not kept.duplicated(["prompt", "chosen", "rejected"]).any()

@@ -189,6 +189,8 @@ def _split_bad_text(path: Path, frame: pd.DataFrame, quarantine: pd.DataFrame) -
             continue
         if _is_string_array(values):  # valid UTF-8: only a NUL to look for, vectorised
             cells[name] = values.str.contains("\x00", regex=False).fillna(False).astype(bool).to_numpy()
+        elif _only_text(values) and not _BAD_CHAR.search("".join(values.dropna())):
+            continue  # the usual text column (CSV's, say): one search over all of it, not one per cell
         elif values.dtype == object and values.notna().any():  # not a column of JSON nulls
             cells[name] = np.fromiter((_bad_char(v) is not None for v in values), dtype=bool, count=len(values))
     cells = pd.DataFrame(cells, index=frame.index, dtype=bool)
@@ -591,7 +593,7 @@ def _canonical_prompt(value):
 def _as_text(values: pd.Series) -> pd.Series:
     """Text, or None where missing: integer ids (an Arrow int64 column too) become their digits."""
     missing = values.isna()  # before str(): a NaN (key absent from some JSON records) must stay missing, not "nan"
-    if not _is_string_array(values) and not missing.all():  # Arrow strings are text already
+    if not missing.all() and not _only_text(values):
         values = values.astype(object).map(lambda v: v if isinstance(v, str) else str(v))
     return values.astype(object).where(~missing, None)
 
@@ -599,6 +601,11 @@ def _as_text(values: pd.Series) -> pd.Series:
 def _is_string_array(values: pd.Series) -> bool:
     """An Arrow-backed string column (Parquet, JSON): every value is text or missing."""
     return pd.api.types.is_string_dtype(values.dtype) and values.dtype != object
+
+
+def _only_text(values: pd.Series) -> bool:
+    """Every value text or missing (an Arrow string column, or an object column of str: CSV's)."""
+    return _is_string_array(values) or pd.api.types.infer_dtype(values, skipna=True) in ("string", "empty")
 
 
 def _map_values(values: pd.Series, function) -> pd.Series:
@@ -619,13 +626,13 @@ def _is_missing(values: pd.Series) -> pd.Series:
 
 
 def _is_text(values: pd.Series) -> pd.Series:
-    if _is_string_array(values):
+    if _only_text(values):
         return pd.Series(True, index=values.index)
     return values.map(lambda v: v is None or isinstance(v, str)).astype(bool)
 
 
 def _is_identifier(values: pd.Series) -> pd.Series:
-    if _is_string_array(values) or pd.api.types.is_integer_dtype(values.dtype):
+    if _only_text(values) or pd.api.types.is_integer_dtype(values.dtype):
         return pd.Series(True, index=values.index)
     return values.map(lambda v: v is None or isinstance(v, str) or (isinstance(v, (int, np.integer))
                                                                     and not isinstance(v, bool))).astype(bool)
@@ -638,7 +645,7 @@ def is_message_list(value) -> bool:
 
 def _role_problems(values: pd.Series, name: str, answer: bool) -> pd.Series:
     """Per message list: an unknown role, or (`answer`) a last message that isn't the assistant's; else None."""
-    if _is_string_array(values):
+    if _only_text(values):
         return pd.Series(None, index=values.index, dtype=object)
 
     def problem(messages):
