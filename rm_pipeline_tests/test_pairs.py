@@ -28,7 +28,8 @@ def comparisons_from(tmp_path, rows, **aggregation) -> pd.DataFrame:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     ingested = read_annotations([path])
     assert ingested.quarantine.empty, ingested.quarantine
-    return aggregate_votes(ingested.votes, method=aggregation.pop("method", "majority_vote"), **aggregation).comparisons
+    votes = ingested.votes.assign(item_id=ingested.votes["source_item_id"])  # ids as written: tests name items by them
+    return aggregate_votes(votes, method=aggregation.pop("method", "majority_vote"), **aggregation).comparisons
 
 
 def split_pairs(comparisons, **options):
@@ -190,8 +191,8 @@ def test_implicit_prompt_conversations_with_different_contexts_are_rejected(tmp_
     votes = read_annotations([path]).votes
     comparisons = aggregate_votes(votes).comparisons
     kept, rejected = split_pairs(comparisons)
-    assert kept["pair_id"].tolist() == ["chat:1"] and bool(kept["conversational"].iloc[0])
-    assert reasons(rejected) == {"chat:2": "context_mismatch"}
+    assert kept["pair_id"].tolist() == ["chat/1"] and bool(kept["conversational"].iloc[0])
+    assert reasons(rejected) == {"chat/2": "context_mismatch"}
 
 
 # ---------------------------------------------------------------- the bundled real data
