@@ -163,7 +163,7 @@ def _read_records(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, bytes]:
     if suffix not in SUPPORTED_SUFFIXES:
         raise AnnotationFileError(path, f"unsupported file type {suffix!r}; use one of {', '.join(SUPPORTED_SUFFIXES)}")
     data = read_batch_bytes(path)
-    text = data[len(UTF8_BOM):] if data.startswith(UTF8_BOM) else data
+    text = data.removeprefix(UTF8_BOM)
     if suffix == ".parquet":
         records, quarantine = _read_parquet(path, data), _empty_quarantine()
     elif suffix == ".csv":
@@ -342,7 +342,7 @@ def _read_jsonl(path: Path, data: bytes) -> tuple[pd.DataFrame, pd.DataFrame]:
     numbers, starts, ends = _text_lines(data)
     if not len(numbers):
         raise AnnotationFileError(path, "empty file: no JSON lines")
-    too_deep = _nested_too_deep(data, starts, ends)
+    too_deep = _nested_too_deep(data, numbers, starts, ends)
     try:
         if too_deep.any():
             raise UnicodeDecodeError("utf-8", b"", 0, 0, "nested too deep for Arrow")  # to the line-by-line path
@@ -402,16 +402,17 @@ def _text_lines(data: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return lines.astype("int64") + 1, starts[lines], ends[lines]
 
 
-_CHUNK = 1 << 24  # bytes scanned at a time: bounds the temporary masks on a large file
+_NOT_OPENING_OR_NEWLINE = bytes(sorted(set(range(256)) - set(b"[{\n")))
 
 
-def _nested_too_deep(data: bytes, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+def _nested_too_deep(data: bytes, numbers: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
     """Which lines nest deeper than MAX_JSON_DEPTH. A line with no more `[`/`{` than that can't (the
-    usual case, counted on the byte buffer); the few others are measured by ``json_depth_exceeds``."""
-    buffer = np.frombuffer(data, dtype=np.uint8)
-    openings = np.concatenate([np.flatnonzero((buffer[at:at + _CHUNK] | 0x20) == ord("{")) + at
-                               for at in range(0, len(buffer), _CHUNK)] or [np.zeros(0, dtype=np.int64)])
-    counts = np.bincount(np.searchsorted(starts, openings, side="right") - 1, minlength=len(starts))
+    usual case, counted in one C pass that keeps only those bytes and newlines); the few others are
+    measured by ``json_depth_exceeds``."""
+    kept = np.frombuffer(data.translate(None, _NOT_OPENING_OR_NEWLINE), dtype=np.uint8)
+    newlines = np.flatnonzero(kept == ord("\n"))
+    openings_per_line = np.diff(np.concatenate([[-1], newlines, [len(kept)]])) - 1
+    counts = openings_per_line[numbers - 1]
     deep = np.zeros(len(starts), dtype=bool)
     for index in np.flatnonzero(counts > MAX_JSON_DEPTH):
         deep[index] = json_depth_exceeds(data[starts[index]:ends[index]])
