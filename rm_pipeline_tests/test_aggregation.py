@@ -27,7 +27,7 @@ def ingest_votes(tmp_path, triples, name="batch") -> pd.DataFrame:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     result = read_annotations([path])
     assert result.quarantine.empty, result.quarantine
-    return result.votes
+    return result.votes.assign(item_id=result.votes["source_item_id"])  # ids as written: tests name items by them
 
 
 HAND_MADE = [

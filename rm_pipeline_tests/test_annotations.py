@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +14,8 @@ import pandas as pd
 import pytest
 
 from rm_pipeline.lib.annotations import (
-    QUARANTINE_COLUMNS, VOTE_COLUMNS, AnnotationFileError, list_batch_files, read_annotations,
+    QUARANTINE_COLUMNS, VOTE_COLUMNS, AnnotationFileError, batch_files, list_batch_files, read_annotations,
+    read_batch_bytes,
 )
 
 BUNDLED = Path(__file__).resolve().parents[1] / "data" / "annotations"
@@ -64,8 +68,8 @@ def test_malformed_json_line_is_quarantined_with_its_line_number(tmp_path):
     bad = only_quarantined(result)
     assert (bad["reason"], bad["line"], bad["file"]) == ("malformed_json", 3, str(path))  # blank line 2 still counts
     assert bad["raw"] == '{"item_id": "i2", "vote": '
-    assert sorted(result.votes["item_id"]) == ["i1", "i3"]
-    assert result.votes.set_index("item_id")["line"].to_dict() == {"i1": 1, "i3": 4}
+    assert sorted(result.votes["source_item_id"]) == ["i1", "i3"]
+    assert result.votes.set_index("source_item_id")["line"].to_dict() == {"i1": 1, "i3": 4}
     assert result.rows_read == 3
 
 
@@ -111,7 +115,7 @@ def test_wrong_type_names_the_field(tmp_path, overrides, field):
     bad = only_quarantined(result)
     assert (bad["reason"], bad["field"], bad["line"]) == ("wrong_type", field, 2)
     assert field in bad["detail"]
-    assert result.votes["item_id"].tolist() == ["i1"]
+    assert result.votes["source_item_id"].tolist() == ["i1"]
 
 
 def test_negative_strength_is_a_bad_value_and_numeric_text_is_a_number(tmp_path):
@@ -135,12 +139,33 @@ def test_same_annotator_voting_twice_keeps_the_first_vote(tmp_path):
     assert result.votes.set_index("annotator_id")["vote"].to_dict() == {"ann1": "a", "ann2": "b"}
 
 
-def test_duplicate_vote_is_found_across_batches(tmp_path):
-    first = write_jsonl(tmp_path / "monday.jsonl", [vote()])
-    second = write_jsonl(tmp_path / "tuesday.jsonl", [vote(vote="b")])
+def test_duplicate_vote_is_found_across_batches_of_one_source(tmp_path):
+    first = write_jsonl(tmp_path / "monday.jsonl", [vote(source="vendor")])
+    second = write_jsonl(tmp_path / "tuesday.jsonl", [vote(vote="b", source="vendor")])
     result = ingest(first, second)
     bad = only_quarantined(result)
     assert (bad["reason"], bad["file"], bad["line"]) == ("duplicate_vote", str(second), 1)
+    assert result.votes["item_id"].tolist() == ["vendor/i1"]
+
+
+def test_items_of_independent_batches_never_collide(tmp_path):
+    """Two vendors numbering their items 1..N: each batch's items are its own, the id as written is kept."""
+    first = write_jsonl(tmp_path / "vendor_a.jsonl", [vote(item_id=1), vote(item_id=2, prompt="Count to 3.")])
+    second = write_jsonl(tmp_path / "vendor_b.jsonl", [vote(item_id=1, prompt="Other", vote="b"),
+                                                      vote(item_id=2, response_a="Something else.")])
+    result = ingest(first, second)
+    assert result.quarantine.empty
+    assert result.votes["item_id"].tolist() == ["vendor_a/1", "vendor_a/2", "vendor_b/1", "vendor_b/2"]
+    assert result.votes["source_item_id"].tolist() == ["1", "2", "1", "2"]
+
+
+def test_the_batch_field_scopes_items_spread_over_files(tmp_path):
+    first = write_jsonl(tmp_path / "part1.jsonl", [vote(batch="week7")])
+    second = write_jsonl(tmp_path / "part2.jsonl", [vote(batch="week7", annotator_id="ann2", vote="b",
+                                                         response_a="Go away.", response_b="Hi!")])
+    votes = ingest(first, second).votes
+    assert votes["item_id"].tolist() == ["week7/i1", "week7/i1"]
+    assert votes["orientation_flipped"].tolist() == [False, True]  # one item: the second vote is flipped to it
 
 
 def test_invalid_utf8_jsonl_line_is_a_bad_encoding(tmp_path):
@@ -149,7 +174,7 @@ def test_invalid_utf8_jsonl_line_is_a_bad_encoding(tmp_path):
     result = ingest(path)
     bad = only_quarantined(result)
     assert (bad["reason"], bad["line"], bad["file"]) == ("bad_encoding", 2, str(path))
-    assert sorted(result.votes["item_id"]) == ["i1", "i3"]
+    assert sorted(result.votes["source_item_id"]) == ["i1", "i3"]
     assert result.votes["prompt"].tolist() == ["Say hi.", "Say hi."]
 
 
@@ -164,7 +189,7 @@ def test_invalid_utf8_csv_row_is_a_bad_encoding(tmp_path):
     quarantine = result.quarantine.set_index("line")
     assert quarantine["reason"].to_dict() == {3: "bad_encoding", 4: "bad_encoding"}  # header is line 1
     assert quarantine["field"].to_dict() == {3: "domain", 4: "prompt"}
-    assert sorted(result.votes["item_id"]) == ["i1", "i4"]
+    assert sorted(result.votes["source_item_id"]) == ["i1", "i4"]
     for raw in result.quarantine["raw"]:
         raw.encode("utf-8")  # the quarantine itself stays writable as UTF-8
         assert json.loads(raw)["item_id"] in ("i2", "i3")
@@ -175,7 +200,7 @@ def test_escaped_lone_surrogate_in_json_is_a_bad_encoding(tmp_path):
     result = ingest(path)
     bad = only_quarantined(result)
     assert (bad["reason"], bad["field"], bad["line"]) == ("bad_encoding", "domain", 2)
-    assert result.votes["item_id"].tolist() == ["i1"]
+    assert result.votes["source_item_id"].tolist() == ["i1"]
 
 
 def test_each_bad_line_gets_its_own_reason_and_the_rest_is_kept(tmp_path):
@@ -187,7 +212,7 @@ def test_each_bad_line_gets_its_own_reason_and_the_rest_is_kept(tmp_path):
     result = ingest(write_jsonl(tmp_path / "batch.jsonl", rows))
     assert result.quarantine.set_index("line")["reason"].to_dict() == {
         2: "malformed_json", 3: "missing_field", 4: "bad_vote", 5: "wrong_type", 6: "duplicate_vote"}
-    assert sorted(result.votes["item_id"]) == ["ok1", "ok2"]
+    assert sorted(result.votes["source_item_id"]) == ["ok1", "ok2"]
 
 
 # ---------------------------------------------------------------- files that aren't tables
@@ -256,6 +281,64 @@ def test_list_batch_files_sorts_and_skips_non_batches(tmp_path):
         list_batch_files(tmp_path / "nowhere")
 
 
+def test_temporary_names_and_files_being_written_are_left_for_the_next_run(tmp_path):
+    for name in ("done.jsonl", ".uploading.jsonl", "upload.jsonl.tmp", "upload.csv.part", "upload.json.partial"):
+        write_jsonl(tmp_path / name, [vote()])
+    growing = tmp_path / "growing.jsonl"
+    growing.write_text("")
+    stop = threading.Event()
+
+    def append():
+        with growing.open("a") as out:
+            while not stop.is_set():
+                out.write(json.dumps(vote()) + "\n")
+                out.flush()
+                time.sleep(0.02)
+
+    writer = threading.Thread(target=append)
+    writer.start()
+    try:
+        ready, busy = batch_files(tmp_path, settle_seconds=0.5)
+    finally:
+        stop.set()
+        writer.join()
+    assert [p.name for p in ready] == ["done.jsonl"]  # young too, but unchanged while waited for
+    assert [p.name for p in busy] == ["growing.jsonl"]
+    assert [p.name for p in list_batch_files(tmp_path, settle_seconds=0)] == ["done.jsonl", "growing.jsonl"]
+
+
+def test_a_batch_rewritten_while_read_is_read_again_whole(tmp_path):
+    path = write_jsonl(tmp_path / "batch.jsonl", [vote()])
+    complete = write_jsonl(tmp_path / "complete.jsonl", [vote(), vote(item_id="i2")]).read_bytes()
+    rewrites = []
+
+    def rewrite_once(target):
+        if not rewrites:
+            rewrites.append(target)
+            target.write_bytes(complete)
+
+    assert read_batch_bytes(path, while_reading=rewrite_once) == complete
+
+
+def test_a_batch_that_keeps_changing_is_refused(tmp_path):
+    path = write_jsonl(tmp_path / "batch.jsonl", [vote()])
+
+    def append(target):
+        with target.open("a") as out:
+            out.write(json.dumps(vote(item_id="more")) + "\n")
+
+    with pytest.raises(AnnotationFileError, match="changed while being read") as raised:
+        read_batch_bytes(path, while_reading=append)
+    assert raised.value.path == str(path)
+
+
+def test_each_batch_records_the_content_it_was_read_from(tmp_path):
+    path = write_jsonl(tmp_path / "batch.jsonl", [vote(), vote(item_id="i2")])
+    batch = ingest(path).batches.iloc[0]
+    assert batch["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert batch["bytes"] == path.stat().st_size
+
+
 # ---------------------------------------------------------------- formats and columns
 
 
@@ -266,7 +349,7 @@ def test_batches_with_different_columns_are_unioned(tmp_path):
     plain.write_text("item_id,prompt,response_a,response_b,annotator_id,vote\n"
                      "i3,What is 2+2?,4,5,ann2,TIE\n", encoding="utf-8")
     result = ingest(rich, plain)
-    votes = result.votes.set_index("item_id")
+    votes = result.votes.set_index("source_item_id")
     assert votes.loc["i1", "domain"] == "math" and votes.loc["i2", "domain"] == "code"
     assert votes.loc["i1", "strength"] == 2.0 and votes.loc["i2", "strength"] == 1.0
     assert votes.loc["i3", "domain"] is None and votes.loc["i3", "source"] is None
@@ -290,7 +373,7 @@ def test_absent_optional_keys_are_null_not_the_text_nan(tmp_path):
     fast = write_jsonl(tmp_path / "fast.jsonl", rows)
     for path in (json_list, slow, fast):
         result = read_annotations([path])
-        second = result.votes.set_index("item_id").loc["i2"]
+        second = result.votes.set_index("source_item_id").loc["i2"]
         assert second["domain"] is None and second["source"] is None, path
         assert second["prompt_id"].startswith("prompt:"), path  # derived from the prompt, not "nan"
         assert second["batch"] == path.stem
@@ -300,7 +383,7 @@ def test_missing_prompt_id_is_derived_from_the_prompt(tmp_path):
     path = write_jsonl(tmp_path / "batch.jsonl", [
         vote(item_id="i1", prompt_id=None, prompt="Same prompt"), vote(item_id="i2", prompt_id="", prompt="Same prompt"),
         vote(item_id="i3", prompt_id=None, prompt="Other prompt")])
-    ids = ingest(path).votes.set_index("item_id")["prompt_id"]
+    ids = ingest(path).votes.set_index("source_item_id")["prompt_id"]
     assert ids["i1"] == ids["i2"] != ids["i3"]
 
 
@@ -310,7 +393,7 @@ def test_integer_identifiers_become_text(tmp_path, extra_line):
                                                   vote(item_id=1, annotator_id=7, prompt_id=3, vote="b"),
                                                   vote(item_id=2, annotator_id=8, prompt_id=4), *extra_line])
     result = ingest(path)
-    assert result.votes["item_id"].tolist() == ["1", "2"]
+    assert result.votes["source_item_id"].tolist() == ["1", "2"]
     assert result.votes["annotator_id"].tolist() == ["7", "8"]
     assert result.votes["prompt_id"].tolist() == ["3", "4"]
     duplicate = result.quarantine[result.quarantine["reason"] == "duplicate_vote"]

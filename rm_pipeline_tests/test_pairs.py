@@ -29,7 +29,8 @@ def comparisons_from(tmp_path, rows, **aggregation) -> pd.DataFrame:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     ingested = read_annotations([path])
     assert ingested.quarantine.empty, ingested.quarantine
-    return aggregate_votes(ingested.votes, method=aggregation.pop("method", "majority_vote"), **aggregation).comparisons
+    votes = ingested.votes.assign(item_id=ingested.votes["source_item_id"])  # ids as written: tests name items by them
+    return aggregate_votes(votes, method=aggregation.pop("method", "majority_vote"), **aggregation).comparisons
 
 
 def split_pairs(comparisons, **options):
@@ -191,8 +192,8 @@ def test_implicit_prompt_conversations_with_different_contexts_are_rejected(tmp_
     votes = read_annotations([path]).votes
     comparisons = aggregate_votes(votes).comparisons
     kept, rejected = split_pairs(comparisons)
-    assert kept["pair_id"].tolist() == ["chat:1"] and bool(kept["conversational"].iloc[0])
-    assert reasons(rejected) == {"chat:2": "context_mismatch"}
+    assert kept["pair_id"].tolist() == ["chat/1"] and bool(kept["conversational"].iloc[0])
+    assert reasons(rejected) == {"chat/2": "context_mismatch"}
 
 
 # ---------------------------------------------------------------- the bundled real data
@@ -205,8 +206,8 @@ def test_bundled_data_rejections(minilm):
     kept, rejected = split_pairs(comparisons, disputed_item_ids=queue["item_id"], max_length=512,
                                  token_lengths=lambda p, r, c: token_lengths(minilm, p, r, c))
     by_reason = rejected.groupby("reason")["item_id"].apply(set)
-    assert by_reason["context_mismatch"] == {f"hh-harmless:{n}" for n in (1255, 1689, 1951, 1953, 2037)}
-    assert {f"hh-harmless:{n}" for n in (87, 517, 926, 1104)} <= by_reason["empty_candidate"]
+    assert by_reason["context_mismatch"] == {f"hh-rlhf/hh-harmless:{n}" for n in (1255, 1689, 1951, 1953, 2037)}
+    assert {f"hh-rlhf/hh-harmless:{n}" for n in (87, 517, 926, 1104)} <= by_reason["empty_candidate"]
     assert set(queue["item_id"]) - by_reason["disputed"] <= set(rejected["item_id"])  # earlier rule won
     assert (kept[["chosen_tokens", "rejected_tokens"]].max(axis=1) <= 512).all()
     assert not kept.duplicated(["prompt", "chosen", "rejected"]).any()

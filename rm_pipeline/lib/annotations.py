@@ -6,9 +6,14 @@ reason, raw text): nothing is dropped. Knows nothing of Dagster.
 
 from __future__ import annotations
 
+import csv
+import hashlib
 import io
 import json
+import os
 import re
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,12 +31,18 @@ OPTIONAL_TEXT_FIELDS = ("domain", "source", "batch")
 CONTEXT_FIELDS = ("context_a", "context_b")
 
 VOTE_COLUMNS = [
-    "item_id", "prompt_id", "prompt", "conversational", "response_a", "response_b",
+    "item_id", "source_item_id", "prompt_id", "prompt", "conversational", "response_a", "response_b",
     "context_a", "context_b", "annotator_id", "vote", "strength", "domain", "source", "batch",
     "file", "line", "orientation_flipped",
 ]
 QUARANTINE_COLUMNS = ["file", "line", "field", "reason", "detail", "raw"]
 RAW_TEXT_LIMIT = 4000  # enough to recognise and repair a row; the file itself stays untouched
+MAX_JSON_DEPTH = 64  # deeper rows are quarantined before any parser sees them (pyarrow segfaults on 10,000)
+MESSAGE_ROLES = ("system", "user", "assistant", "tool")
+SETTLE_SECONDS = 2.0  # a batch file modified more recently than this may still be being written
+READ_ATTEMPTS = 3  # reads of a file that keeps changing under the reader before it is refused
+UTF8_BOM = b"\xef\xbb\xbf"
+csv.field_size_limit(2**31 - 1)  # LLM answers can be longer than the csv module's default 128 KiB per field
 
 
 class AnnotationFileError(ValueError):
@@ -46,28 +57,79 @@ class AnnotationFileError(ValueError):
 class IngestResult:
     votes: pd.DataFrame
     quarantine: pd.DataFrame
-    batches: pd.DataFrame  # one row per file: batch, file, format, rows_read, kept, quarantined
+    batches: pd.DataFrame  # one row per file: batch, file, format, rows_read, sha256, bytes, columns, kept, quarantined
 
     @property
     def rows_read(self) -> int:
         return int(self.batches["rows_read"].sum()) if len(self.batches) else 0
 
 
-def list_batch_files(directory: Path | str) -> list[Path]:
-    """Annotation batch files in a folder, sorted by name; other files (README, .gitkeep) are ignored."""
+def list_batch_files(directory: Path | str, settle_seconds: float = SETTLE_SECONDS) -> list[Path]:
+    """Annotation batch files in a folder that are ready to read, sorted by name (see ``batch_files``)."""
+    return batch_files(directory, settle_seconds)[0]
+
+
+def batch_files(directory: Path | str, settle_seconds: float = SETTLE_SECONDS) -> tuple[list[Path], list[Path]]:
+    """Batch files ready to read, and batch files still being written (left for the next run).
+
+    Other files (README, .gitkeep) and temporary names are ignored: a writer writes `.name.jsonl` or
+    `name.jsonl.tmp` (`.part`, `.partial`) and renames it into place. A file modified in the last
+    `settle_seconds` is waited for (once, at most that long); if it changes meanwhile it is still
+    being written. 0 disables the wait.
+    """
     directory = Path(directory)
     if not directory.is_dir():
         raise AnnotationFileError(directory, "annotation folder does not exist")
-    return sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES)
+    files = sorted(p for p in directory.iterdir()
+                   if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES and not p.name.startswith("."))
+    states = {path: _file_state(path) for path in files}
+    now = time.time_ns()
+    young = [path for path, state in states.items() if state is None or now - state[1] < settle_seconds * 1e9]
+    if not young:
+        return files, []
+    newest = max((states[path][1] for path in young if states[path]), default=now)
+    time.sleep(min(settle_seconds, max(0.0, settle_seconds - (now - newest) / 1e9)))
+    busy = [path for path in young if states[path] is None or _file_state(path) != states[path]]
+    return [path for path in files if path not in busy], busy
+
+
+def _file_state(path: Path) -> tuple[int, int, int] | None:
+    """Size, modification time and inode: any change means the file was written or replaced."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_size, stat.st_mtime_ns, stat.st_ino
+
+
+def read_batch_bytes(path: Path | str, attempts: int = READ_ATTEMPTS,
+                     while_reading: Callable[[Path], None] | None = None) -> bytes:
+    """A file's bytes as one consistent version: a file that changes during the read is read again.
+
+    `while_reading` runs between the read and the check (tests rewrite the file there).
+    """
+    path = Path(path)
+    for _ in range(attempts):
+        before = _file_state(path)
+        try:
+            data = path.read_bytes()
+        except OSError as error:
+            raise AnnotationFileError(path, f"can't be read: {error.strerror}") from error
+        if while_reading is not None:
+            while_reading(path)
+        if before is not None and _file_state(path) == before and len(data) == before[0]:
+            return data
+    raise AnnotationFileError(path, f"changed while being read ({attempts} tries): write a batch under a temporary "
+                                    "name (.name.jsonl or name.jsonl.tmp) and rename it into place when complete")
 
 
 def read_annotations(paths: list[Path | str]) -> IngestResult:
     """Read batch files (JSONL, JSON list, CSV, Parquet; canonical votes or TRL pairs) into votes."""
     frames, quarantines, batches = [], [], []
     for path in map(Path, paths):
-        records, quarantine = _read_records(path)
+        records, quarantine, data = _read_records(path)
         votes, fmt = _to_canonical(records, path)
-        votes, rejected = _validate_fields(votes)
+        votes, rejected = _validate_fields(votes, sides=("chosen", "rejected") if fmt == "conversational_pairs" else ())
         if fmt != "votes":  # name the file's own fields, not the canonical ones they became
             rejected["field"] = rejected["field"].replace(_pair_field_names(records.columns))
         rejected["raw"] = _rows_as_json(records.loc[rejected.index])
@@ -75,14 +137,15 @@ def read_annotations(paths: list[Path | str]) -> IngestResult:
         frames.append(votes)
         quarantines.append(batch_quarantine)
         batches.append({"batch": path.stem, "file": str(path), "format": fmt,
-                        "rows_read": len(records) + len(quarantine), "columns": ",".join(map(str, records.columns))})
+                        "rows_read": len(records) + len(quarantine), "sha256": hashlib.sha256(data).hexdigest(),
+                        "bytes": len(data), "columns": ",".join(map(str, records.columns))})
     votes = pd.concat(frames, ignore_index=True) if frames else _empty_votes()
     quarantine = pd.concat(quarantines, ignore_index=True) if quarantines else _empty_quarantine()
     votes, inconsistent = _normalise_orientation(votes)
     votes, repeated = _drop_repeated_votes(votes)
     quarantine = pd.concat([quarantine, inconsistent, repeated], ignore_index=True)[QUARANTINE_COLUMNS]
     quarantine["line"] = quarantine["line"].astype("int64")
-    summary = pd.DataFrame(batches, columns=["batch", "file", "format", "rows_read", "columns"])
+    summary = pd.DataFrame(batches, columns=["batch", "file", "format", "rows_read", "sha256", "bytes", "columns"])
     kept = votes.groupby("file").size()
     held = quarantine.groupby("file").size()
     summary["kept"] = summary["file"].map(kept).fillna(0).astype("int64")
@@ -93,60 +156,71 @@ def read_annotations(paths: list[Path | str]) -> IngestResult:
 # ---------------------------------------------------------------- reading files
 
 
-def _read_records(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Rows of a file as a DataFrame with a 1-based `line` column, plus rows that aren't records at all."""
+def _read_records(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, bytes]:
+    """Rows of a file as a DataFrame with a 1-based `line` column, rows that aren't records at all, and
+    the bytes read. Text formats may start with a UTF-8 byte order mark."""
     suffix = path.suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
         raise AnnotationFileError(path, f"unsupported file type {suffix!r}; use one of {', '.join(SUPPORTED_SUFFIXES)}")
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise AnnotationFileError(path, f"can't be read: {error.strerror}") from error
+    data = read_batch_bytes(path)
+    text = data.removeprefix(UTF8_BOM)
     if suffix == ".parquet":
-        return _read_parquet(path, data), _empty_quarantine()
-    if suffix == ".csv":
-        return _split_undecodable(path, _read_csv(path, data), _empty_quarantine())
-    if suffix == ".json" and data.lstrip()[:1] == b"[":
-        return _split_undecodable(path, _read_json_list(path, data), _empty_quarantine())
-    return _split_undecodable(path, *_read_jsonl(path, data))
+        records, quarantine = _read_parquet(path, data), _empty_quarantine()
+    elif suffix == ".csv":
+        records, quarantine = _read_csv(path, text)
+    elif suffix == ".json" and text.lstrip()[:1] == b"[":
+        records, quarantine = _read_json_list(path, text)
+    else:
+        records, quarantine = _read_jsonl(path, text)
+    return *_split_bad_text(path, records, quarantine), data
 
 
-def _split_undecodable(path: Path, frame: pd.DataFrame, quarantine: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Quarantine rows holding text that isn't valid Unicode as bad_encoding.
+def _split_bad_text(path: Path, frame: pd.DataFrame, quarantine: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Quarantine rows holding text that isn't valid Unicode, or a NUL character, as bad_encoding.
 
     CSV bytes that aren't UTF-8 survive decoding as lone surrogates (surrogateescape), and so do
-    `\\udcXX` escapes in JSON; no Arrow string, Parquet file or UTF-8 JSON can hold them.
+    `\\udcXX` escapes in JSON; no Arrow string, Parquet file or UTF-8 JSON can hold them. A NUL can
+    be anywhere (a `\\u0000` escape, a Parquet string): it must never reach a tokenizer.
     """
-    # Object columns only (Arrow strings are valid UTF-8), and not one without values (all JSON nulls).
-    columns = [name for name in frame.columns
-               if name != "line" and frame[name].dtype == object and frame[name].notna().any()]
-    cells = pd.DataFrame({name: [_holds_surrogate(v) for v in frame[name]] for name in columns},
-                         index=frame.index, dtype=bool)
-    bad = cells.any(axis=1) if columns else pd.Series(False, index=frame.index)
+    cells = {}
+    for name in frame.columns:
+        values = frame[name]
+        if name == "line":
+            continue
+        if _is_string_array(values):  # valid UTF-8: only a NUL to look for, vectorised
+            cells[name] = values.str.contains("\x00", regex=False).fillna(False).astype(bool).to_numpy()
+        elif _only_text(values) and not _BAD_CHAR.search("".join(values.dropna())):
+            continue  # the usual text column (CSV's, say): one search over all of it, not one per cell
+        elif values.dtype == object and values.notna().any():  # not a column of JSON nulls
+            cells[name] = np.fromiter((_bad_char(v) is not None for v in values), dtype=bool, count=len(values))
+    cells = pd.DataFrame(cells, index=frame.index, dtype=bool)
+    bad = cells.any(axis=1) if len(cells.columns) else pd.Series(False, index=frame.index)
     if not bad.any():
         return frame, quarantine
     rows = []
     for index in frame.index[bad]:
         name = cells.columns[cells.loc[index].to_numpy().argmax()]
+        problem = "holds a NUL character" if _bad_char(frame.at[index, name]) == "\x00" else "is not valid UTF-8 text"
         raw = json.dumps(frame.loc[index].drop("line").to_dict(), ensure_ascii=True, default=str)  # escapes: valid
-        rows.append(_quarantine_row(path, int(frame.at[index, "line"]), name, "bad_encoding",
-                                    f"{name} is not valid UTF-8 text", raw))
+        rows.append(_quarantine_row(path, int(frame.at[index, "line"]), name, "bad_encoding", f"{name} {problem}", raw))
     held = pd.DataFrame(rows, columns=QUARANTINE_COLUMNS)
     quarantine = pd.concat([quarantine, held], ignore_index=True) if len(quarantine) else held
     return frame[~bad], quarantine.sort_values("line", kind="stable", ignore_index=True)
 
 
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # json.loads joins valid pairs, so any left is lone
+_BAD_CHAR = re.compile("[\ud800-\udfff\x00]")  # json.loads joins valid surrogate pairs, so any left is lone
 
 
-def _holds_surrogate(value) -> bool:
+def _bad_char(value) -> str | None:
+    """The first lone surrogate or NUL in a value (text, or messages nested in lists and dicts)."""
     if isinstance(value, str):
-        return _LONE_SURROGATE.search(value) is not None
+        found = _BAD_CHAR.search(value)
+        return found.group() if found else None
     if isinstance(value, dict):
-        return any(_holds_surrogate(k) or _holds_surrogate(v) for k, v in value.items())
+        return next((c for item in value.items() for c in map(_bad_char, item) if c is not None), None)
     if isinstance(value, (list, tuple, np.ndarray)):
-        return any(_holds_surrogate(v) for v in value)
-    return False
+        return next((c for c in map(_bad_char, value) if c is not None), None)
+    return None
 
 
 def _read_parquet(path: Path, data: bytes) -> pd.DataFrame:
@@ -159,38 +233,119 @@ def _read_parquet(path: Path, data: bytes) -> pd.DataFrame:
     return frame
 
 
-def _read_csv(path: Path, data: bytes) -> pd.DataFrame:
-    if b"\x00" in data[:4096]:
-        raise AnnotationFileError(path, "not a CSV table (binary content)")
+def _read_csv(path: Path, data: bytes) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Cells as text (empty: None), each row numbered by the physical line it starts on (answers hold
+    newlines); a row with more or fewer fields than the header is quarantined as malformed_csv."""
+    reader = csv.reader(io.StringIO(data.decode("utf-8", "surrogateescape"), newline=""))
+    header, records, lines, bad, end = None, [], [], [], 0
     try:
-        frame = pd.read_csv(io.BytesIO(data), dtype=object, keep_default_na=False, na_values=[""],
-                            encoding="utf-8", encoding_errors="surrogateescape")
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeError) as error:
-        raise AnnotationFileError(path, f"not a CSV table ({error})") from error
-    frame = frame.astype(object).where(frame.notna(), None)
-    # A line is the header plus the 1-based row; quoted newlines inside a field shift this, rarely.
-    frame["line"] = np.arange(2, len(frame) + 2)
-    return frame
+        for record in reader:
+            start, end = end + 1, reader.line_num
+            if not record:  # a blank line
+                continue
+            if header is None:
+                header = record
+            elif len(record) == len(header):
+                records.append(record)
+                lines.append(start)
+            else:
+                bad.append(_quarantine_row(path, start, "", "malformed_csv",
+                                           f"{len(record)} fields where the header has {len(header)}",
+                                           json.dumps(record, ensure_ascii=True)))
+    except csv.Error as error:
+        raise AnnotationFileError(path, f"not a CSV table (line {reader.line_num}: {error})") from error
+    if header is None:
+        raise AnnotationFileError(path, "not a CSV table (empty file)")
+    if any(_bad_char(name) for name in header):
+        raise AnnotationFileError(path, "not a CSV table (its header is not UTF-8 text)")
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        raise AnnotationFileError(path, f"not a CSV table (duplicate column {', '.join(map(repr, repeated))})")
+    columns = zip(*records) if records else [()] * len(header)
+    frame = pd.DataFrame({name: _csv_cells(cells) for name, cells in zip(header, columns)}, dtype=object)
+    frame["line"] = np.asarray(lines, dtype="int64")
+    return frame, pd.DataFrame(bad, columns=QUARANTINE_COLUMNS)
 
 
-def _read_json_list(path: Path, data: bytes) -> pd.DataFrame:
+def _csv_cells(cells: tuple) -> np.ndarray:
+    values = np.array(cells, dtype=object)
+    values[values == ""] = None
+    return values
+
+
+def _read_json_list(path: Path, data: bytes) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Elements numbered by position in the list. Bytes that aren't UTF-8 become lone surrogates (as in
+    CSV) and cost only their element; an element nested too deep is quarantined before parsing."""
+    text = data.decode("utf-8", "surrogateescape")
     try:
-        rows = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        if not json_depth_exceeds(data, MAX_JSON_DEPTH + 1):  # the list itself is one level
+            rows, positions, bad = json.loads(text), None, []
+        else:
+            rows, positions, bad = [], [], []
+            for position, element in enumerate(_json_list_elements(text), start=1):
+                if json_depth_exceeds(element.encode("utf-8", "surrogateescape")):
+                    bad.append(_quarantine_row(path, position, "", "malformed_json", _TOO_DEEP, element))
+                else:
+                    rows.append(json.loads(element))
+                    positions.append(position)
+    except json.JSONDecodeError as error:
         raise AnnotationFileError(path, f"not a JSON list of records ({error})") from error
     if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
         raise AnnotationFileError(path, "not a JSON list of records (objects)")
     frame = pd.DataFrame(rows, dtype=object)  # no str inference: it chokes on lone surrogates
-    frame["line"] = np.arange(1, len(frame) + 1)  # position in the list
-    return frame
+    frame["line"] = np.arange(1, len(frame) + 1) if positions is None else np.asarray(positions, dtype="int64")
+    return frame, pd.DataFrame(bad, columns=QUARANTINE_COLUMNS)
+
+
+_JSON_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{},]', re.DOTALL)
+
+
+def _json_list_elements(text: str) -> list[str]:
+    """The text of each element of a JSON list, split at its top-level commas without parsing."""
+    depth, start, elements = 0, 0, []
+    for token in _JSON_TOKEN.finditer(text):
+        mark = token.group()
+        if mark in ("[", "{"):
+            depth += 1
+            start = token.end() if depth == 1 else start
+        elif mark in ("]", "}"):
+            depth -= 1
+            if depth == 0:
+                elements.append(text[start:token.start()])
+                break
+        elif mark == "," and depth == 1:
+            elements.append(text[start:token.start()])
+            start = token.end()
+    return elements if [e for e in elements if e.strip()] else []
+
+
+_TOO_DEEP = f"nested deeper than {MAX_JSON_DEPTH} levels"
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+
+
+def json_depth_exceeds(document: str | bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether a JSON document nests arrays and objects deeper than `limit`, found on its bytes without
+    parsing (parsers recurse: pyarrow's segfaults and Python's raises RecursionError on deep input).
+    Brackets inside strings don't count; an unclosed document counts the brackets it opened."""
+    data = document.encode("utf-8", "surrogatepass") if isinstance(document, str) else bytes(document)
+    if data.count(b"[") + data.count(b"{") <= limit:
+        return False
+    folded = np.frombuffer(_JSON_STRING.sub(b"", data), dtype=np.uint8) | 0x20  # [ ] become { }
+    step = (folded == ord("{")).astype(np.int32) - (folded == ord("}"))
+    return bool(np.cumsum(step).max() > limit)
 
 
 def _read_jsonl(path: Path, data: bytes) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Fast path through Arrow; line by line only when the file has a bad line or mixed types."""
-    numbers = _text_line_numbers(data)
+    """Fast path through Arrow; line by line only when the file has a bad line or mixed types.
+
+    Lines nested too deep are found first, on the bytes: no parser ever sees them."""
+    numbers, starts, ends = _text_lines(data)
     if not len(numbers):
         raise AnnotationFileError(path, "empty file: no JSON lines")
+    too_deep = _nested_too_deep(data, numbers, starts, ends)
     try:
+        if too_deep.any():
+            raise UnicodeDecodeError("utf-8", b"", 0, 0, "nested too deep for Arrow")  # to the line-by-line path
         data.decode("utf-8")  # Arrow's JSON reader lets invalid UTF-8 through into string columns
         table = pa_json.read_json(io.BytesIO(data))
         if table.num_rows == len(numbers):
@@ -199,10 +354,12 @@ def _read_jsonl(path: Path, data: bytes) -> tuple[pd.DataFrame, pd.DataFrame]:
             return frame, _empty_quarantine()
     except (pa.ArrowException, UnicodeDecodeError):
         pass
-    lines = data.split(b"\n")
-    numbered = [(n, lines[n - 1]) for n in numbers.tolist()]
     records, line_numbers, bad = [], [], []
-    for number, line in numbered:
+    for number, start, end, deep in zip(numbers.tolist(), starts.tolist(), ends.tolist(), too_deep.tolist()):
+        line = data[start:end]
+        if deep:
+            bad.append(_quarantine_row(path, number, "", "malformed_json", _TOO_DEEP, line.decode("utf-8", "replace")))
+            continue
         try:
             text = line.decode("utf-8")
         except UnicodeDecodeError as error:
@@ -219,8 +376,8 @@ def _read_jsonl(path: Path, data: bytes) -> tuple[pd.DataFrame, pd.DataFrame]:
             continue
         records.append(record)
         line_numbers.append(number)
-    if not records and len(bad) == len(numbered) and all(row["reason"] == "malformed_json" for row in bad):
-        raise AnnotationFileError(path, f"not a table: none of its {len(numbered)} lines is a JSON object")
+    if not records and len(bad) == len(numbers) and all(row["reason"] == "malformed_json" for row in bad):
+        raise AnnotationFileError(path, f"not a table: none of its {len(numbers)} lines is a JSON object")
     frame = pd.DataFrame(records, dtype=object) if records else pd.DataFrame()  # no str inference, as above
     frame["line"] = np.asarray(line_numbers, dtype="int64")
     return frame, pd.DataFrame(bad, columns=QUARANTINE_COLUMNS)
@@ -229,8 +386,9 @@ def _read_jsonl(path: Path, data: bytes) -> tuple[pd.DataFrame, pd.DataFrame]:
 _ASCII_WHITESPACE = np.frombuffer(b" \t\n\r\x0b\x0c", dtype=np.uint8)  # what bytes.strip() strips
 
 
-def _text_line_numbers(data: bytes) -> np.ndarray:
-    """1-based numbers of the lines that aren't blank (`line.strip()` non-empty), found on the byte buffer."""
+def _text_lines(data: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The lines that aren't blank (`line.strip()` non-empty): 1-based numbers, start and end offsets,
+    found on the byte buffer."""
     buffer = np.frombuffer(data, dtype=np.uint8)
     starts = np.concatenate([[0], np.flatnonzero(buffer == ord("\n")) + 1])
     ends = np.concatenate([starts[1:] - 1, [len(buffer)]])
@@ -240,7 +398,25 @@ def _text_line_numbers(data: bytes) -> np.ndarray:
     for index in np.flatnonzero(~text):
         line = lines[index]
         text[index] = bool(data[starts[line]:ends[line]].strip())
-    return lines[text].astype("int64") + 1
+    lines = lines[text]
+    return lines.astype("int64") + 1, starts[lines], ends[lines]
+
+
+_NOT_OPENING_OR_NEWLINE = bytes(sorted(set(range(256)) - set(b"[{\n")))
+
+
+def _nested_too_deep(data: bytes, numbers: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Which lines nest deeper than MAX_JSON_DEPTH. A line with no more `[`/`{` than that can't (the
+    usual case, counted in one C pass that keeps only those bytes and newlines); the few others are
+    measured by ``json_depth_exceeds``."""
+    kept = np.frombuffer(data.translate(None, _NOT_OPENING_OR_NEWLINE), dtype=np.uint8)
+    newlines = np.flatnonzero(kept == ord("\n"))
+    openings_per_line = np.diff(np.concatenate([[-1], newlines, [len(kept)]])) - 1
+    counts = openings_per_line[numbers - 1]
+    deep = np.zeros(len(starts), dtype=bool)
+    for index in np.flatnonzero(counts > MAX_JSON_DEPTH):
+        deep[index] = json_depth_exceeds(data[starts[index]:ends[index]])
+    return deep
 
 
 # ---------------------------------------------------------------- formats
@@ -282,8 +458,7 @@ def _pairs_to_votes(frame: pd.DataFrame, path: Path) -> tuple[pd.DataFrame, str]
     if "margin" in frame.columns and "strength" not in frame.columns:
         frame["strength"] = frame["margin"]
     if "item_id" not in frame.columns:
-        frame["item_id"] = frame["id"].astype(str) if "id" in frame.columns else (
-            path.stem + ":" + frame["line"].astype(str))
+        frame["item_id"] = (frame["id"] if "id" in frame.columns else frame["line"]).astype(str)  # scoped later
     if "annotator_id" not in frame.columns:
         frame["annotator_id"] = path.stem
     return frame, "conversational_pairs" if conversational.all() and len(frame) else "standard_pairs"
@@ -316,18 +491,26 @@ def _rows_as_json(rows: pd.DataFrame) -> pd.Series:
                       for row in body.to_dict("records")], index=rows.index, dtype=object)
 
 
+def _votes_as_json(votes: pd.DataFrame) -> pd.Series:
+    """Votes as JSON text with the item_id as written in the file (not scoped), for repair and replay."""
+    return _rows_as_json(votes[VOTE_COLUMNS].assign(item_id=votes["source_item_id"]).drop(columns="source_item_id"))
+
+
 # ---------------------------------------------------------------- field checks
 
 
-def _validate_fields(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Split rows into valid votes and quarantined rows, the first failing field naming the reason."""
+def _validate_fields(frame: pd.DataFrame, sides: tuple = ()) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split rows into valid votes and quarantined rows, the first failing field naming the reason.
+
+    `sides`: a paired file's conversation columns, each of which must end with the assistant's answer."""
     reason = pd.Series(None, index=frame.index, dtype=object)
     field = pd.Series(None, index=frame.index, dtype=object)
     detail = pd.Series(None, index=frame.index, dtype=object)
 
     def flag(mask, name, why, text):
         mask = pd.Series(mask, index=frame.index).fillna(False).astype(bool) & reason.isna()
-        reason[mask], field[mask], detail[mask] = why, name, text
+        reason[mask], field[mask] = why, name
+        detail[mask] = text[mask] if isinstance(text, pd.Series) else text
 
     for name in IDENTIFIER_FIELDS:
         values = frame[name]
@@ -343,6 +526,9 @@ def _validate_fields(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
         present = frame[name].notna()
         if present.any():  # nothing to check in a column of JSON nulls
             flag(present & ~_is_prompt(frame[name]), name, "wrong_type", f"{name} must be text or a list of messages")
+    for name in (*sides, "prompt", *CONTEXT_FIELDS):  # the sides first: an implicit prompt is cut from them
+        problems = _role_problems(frame[name], name, answer=name in sides)
+        flag(problems.notna(), name, "bad_value", problems)
     flag(frame["vote"].isna(), "vote", "missing_field", "vote is required")
     flag(~_is_text(frame["vote"]), "vote", "wrong_type", "vote must be one of " + ", ".join(VOTE_LABELS))
     vote = _map_values(frame["vote"], lambda v: v.strip().lower() if isinstance(v, str) else v)
@@ -351,6 +537,7 @@ def _validate_fields(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     if not (pd.api.types.is_integer_dtype(strength.dtype) or pd.api.types.is_float_dtype(strength.dtype)):
         strength = pd.to_numeric(strength.map(_number_or_nan), errors="coerce")  # text, bools, mixed JSON
     flag(frame["strength"].notna() & strength.isna(), "strength", "wrong_type", "strength must be a number")
+    flag(strength.astype("float64").abs() == np.inf, "strength", "bad_value", "strength must be a finite number")
     flag(strength < 0, "strength", "bad_value", "strength must be >= 0")
     for name in ("prompt_id", *OPTIONAL_TEXT_FIELDS):
         flag(frame[name].notna() & ~_is_identifier(frame[name]), name, "wrong_type", f"{name} must be text")
@@ -366,9 +553,16 @@ def _validate_fields(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def _canonical_types(frame: pd.DataFrame) -> pd.DataFrame:
-    """Identifiers as text, chat prompts as canonical JSON text with a `conversational` flag."""
+    """Identifiers as text, chat prompts as canonical JSON text with a `conversational` flag.
+
+    An item_id is scoped by the row's `source`, or without one its `batch` (default: the file name), so
+    that independent vendors numbering items 1..N never collide: item_id becomes `scope/item_id` and the
+    id as written is kept in `source_item_id`."""
     for name in (*IDENTIFIER_FIELDS, "prompt_id", *OPTIONAL_TEXT_FIELDS):
         frame[name] = _as_text(frame[name])
+    scope = frame["source"].where(frame["source"].notna() & (frame["source"] != ""), frame["batch"])
+    frame["source_item_id"] = frame["item_id"]
+    frame["item_id"] = scope + "/" + frame["item_id"]
     # An Arrow string column holds no chat lists: only object columns are looked at element by element.
     if _is_string_array(frame["prompt"]):
         frame["conversational"] = False
@@ -400,7 +594,7 @@ def _canonical_prompt(value):
 def _as_text(values: pd.Series) -> pd.Series:
     """Text, or None where missing: integer ids (an Arrow int64 column too) become their digits."""
     missing = values.isna()  # before str(): a NaN (key absent from some JSON records) must stay missing, not "nan"
-    if not _is_string_array(values) and not missing.all():  # Arrow strings are text already
+    if not missing.all() and not _only_text(values):
         values = values.astype(object).map(lambda v: v if isinstance(v, str) else str(v))
     return values.astype(object).where(~missing, None)
 
@@ -408,6 +602,11 @@ def _as_text(values: pd.Series) -> pd.Series:
 def _is_string_array(values: pd.Series) -> bool:
     """An Arrow-backed string column (Parquet, JSON): every value is text or missing."""
     return pd.api.types.is_string_dtype(values.dtype) and values.dtype != object
+
+
+def _only_text(values: pd.Series) -> bool:
+    """Every value text or missing (an Arrow string column, or an object column of str: CSV's)."""
+    return _is_string_array(values) or pd.api.types.infer_dtype(values, skipna=True) in ("string", "empty")
 
 
 def _map_values(values: pd.Series, function) -> pd.Series:
@@ -428,13 +627,13 @@ def _is_missing(values: pd.Series) -> pd.Series:
 
 
 def _is_text(values: pd.Series) -> pd.Series:
-    if _is_string_array(values):
+    if _only_text(values):
         return pd.Series(True, index=values.index)
     return values.map(lambda v: v is None or isinstance(v, str)).astype(bool)
 
 
 def _is_identifier(values: pd.Series) -> pd.Series:
-    if _is_string_array(values) or pd.api.types.is_integer_dtype(values.dtype):
+    if _only_text(values) or pd.api.types.is_integer_dtype(values.dtype):
         return pd.Series(True, index=values.index)
     return values.map(lambda v: v is None or isinstance(v, str) or (isinstance(v, (int, np.integer))
                                                                     and not isinstance(v, bool))).astype(bool)
@@ -443,6 +642,24 @@ def _is_identifier(values: pd.Series) -> pd.Series:
 def is_message_list(value) -> bool:
     return isinstance(value, (list, np.ndarray)) and len(value) > 0 and all(
         isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value)
+
+
+def _role_problems(values: pd.Series, name: str, answer: bool) -> pd.Series:
+    """Per message list: an unknown role, or (`answer`) a last message that isn't the assistant's; else None."""
+    if _only_text(values):
+        return pd.Series(None, index=values.index, dtype=object)
+
+    def problem(messages):
+        if not is_message_list(messages):
+            return None  # text, missing or malformed: the type checks name it
+        for number, message in enumerate(messages, start=1):
+            if message["role"] not in MESSAGE_ROLES:
+                return f"{name} message {number} has role {message['role']!r}; roles are {', '.join(MESSAGE_ROLES)}"
+        if answer and messages[-1]["role"] != "assistant":
+            return f"{name} must end with the assistant's answer, not a {messages[-1]['role']!r} message"
+        return None
+
+    return values.map(problem).astype(object)
 
 
 def _is_prompt(values: pd.Series) -> pd.Series:
@@ -497,7 +714,7 @@ def _normalise_orientation(votes: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFr
     quarantine = pd.DataFrame({"file": bad["file"], "line": bad["line"], "field": field,
                                "reason": "inconsistent_item",
                                "detail": "item_id " + bad["item_id"] + " already names a different comparison",
-                               "raw": _rows_as_json(bad[VOTE_COLUMNS])})
+                               "raw": _votes_as_json(bad)})
     return (votes if consistent.all() else votes[consistent]), quarantine
 
 
@@ -517,7 +734,7 @@ def _drop_repeated_votes(votes: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFram
     quarantine = pd.DataFrame({"file": bad["file"], "line": bad["line"], "field": "annotator_id",
                                "reason": "duplicate_vote",
                                "detail": "annotator " + bad["annotator_id"] + " already voted on item " + bad["item_id"],
-                               "raw": _rows_as_json(bad[VOTE_COLUMNS])})
+                               "raw": _votes_as_json(bad)})
     return votes[~repeated], quarantine
 
 

@@ -7,6 +7,7 @@ conservation or split overlap) and returns every failed expectation in words a p
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -68,7 +69,7 @@ def raw_annotations_gate(votes: pd.DataFrame, quarantine: pd.DataFrame,
                   gxe.ExpectTableRowCountToBeBetween(min_value=1),
                   gxe.ExpectColumnValuesToBeInSet(column="vote", value_set=list(VOTE_LABELS)),
                   gxe.ExpectCompoundColumnsToBeUnique(column_list=["item_id", "annotator_id"]),
-                  gxe.ExpectColumnValuesToBeBetween(column="strength", min_value=0)]
+                  gxe.ExpectColumnValuesToBeBetween(column="strength", min_value=0, max_value=sys.float_info.max)]
     vote_rules += [gxe.ExpectColumnValuesToNotBeNull(column=name) for name in
                    ("item_id", "prompt_id", "prompt", "response_a", "response_b", "annotator_id", "batch", "file")]
     batches = batch_health(votes, quarantine)
