@@ -26,7 +26,7 @@ CASES = {
         "in.jsonl:2: not valid UTF-8"),
     "score: a line nested 10,000 levels deep": (
         ["score", "--model", "{model}", "--input", "{tmp}/in.jsonl"], {"in.jsonl": GOOD_CANDIDATES + DEEP_LINE}, 3,
-        "in.jsonl:2: JSON nested deeper than 100 levels"),
+        "in.jsonl:2: JSON nested deeper than 64 levels"),
     "score: output in a missing folder": (
         ["score", "--model", "{model}", "--input", "{tmp}/in.jsonl", "--output", "{tmp}/nowhere/out.jsonl"],
         {"in.jsonl": GOOD_CANDIDATES}, 3, "out.jsonl: can't be written: No such file or directory"),

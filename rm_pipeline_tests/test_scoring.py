@@ -166,7 +166,7 @@ def test_unreadable_candidate_lines_are_named_with_the_others(tmp_path):
         read_candidates(path)
     message = str(error.value)
     assert "3 problem(s)" in message
-    assert f"{path}:1: not valid UTF-8" in message and f"{path}:2: JSON nested deeper than 100 levels" in message
+    assert f"{path}:1: not valid UTF-8" in message and f"{path}:2: JSON nested deeper than 64 levels" in message
     assert f"{path}:4: candidates[0]:" in message
     with pytest.raises(CandidateFileError, match="can't be read"):
         read_candidates(tmp_path / "missing.jsonl")

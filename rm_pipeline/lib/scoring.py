@@ -6,7 +6,6 @@ Knows nothing of Dagster.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -15,7 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from rm_pipeline.lib.annotations import is_message_list
+from rm_pipeline.lib.annotations import MAX_JSON_DEPTH, is_message_list, json_depth_exceeds
 from rm_pipeline.lib.settings import setting
 from rm_pipeline.lib.tokenization import encode, load_tokenizer
 
@@ -138,25 +137,6 @@ def _candidate_text(value):
 
 
 # Deeper JSON is no record of ours, and Python's parser would exhaust the stack on it (~1,000 levels).
-MAX_JSON_DEPTH = 100
-
-
-def json_depth_exceeds(line: str, limit: int = MAX_JSON_DEPTH) -> bool:
-    """True when a JSON text nests arrays and objects deeper than ``limit``, checked without parsing it."""
-    if line.count("[") + line.count("{") <= limit:  # cheap: the depth is at most the number of openers
-        return False
-    depth = 0
-    for bracket in _BRACKETS.findall(_STRINGS.sub("", line)):
-        depth += 1 if bracket in "[{" else -1
-        if depth > limit:
-            return True
-    return False
-
-
-_STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"')
-_BRACKETS = re.compile(r"[\[\]{}]")
-
-
 def read_candidates(path: str | Path, max_errors: int = 20) -> list[dict]:
     """JSONL records ``{"prompt": text or [{"role", "content"}, ...], "candidates": [text, ...], ...}``.
 
