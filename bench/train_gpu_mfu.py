@@ -46,7 +46,10 @@ def build_decoder(folder: Path, tiny: bool) -> int:
 
 def synthetic_pairs(n: int, length: int, seed: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
-    words = lambda k: " ".join(f"w{i}" for i in rng.integers(0, 32_000, k))  # noqa: E731
+
+    def words(k: int) -> str:
+        return " ".join(f"w{i}" for i in rng.integers(0, 32_000, k))
+
     lengths = rng.integers(length // 2, length, size=(n, 2))
     return pd.DataFrame({"prompt": [words(32) for _ in range(n)], "chosen": [words(a) for a, _ in lengths],
                          "rejected": [words(b) for _, b in lengths], "conversational": False, "strength": np.nan})

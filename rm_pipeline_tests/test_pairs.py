@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -137,7 +138,7 @@ def test_too_long_pairs_are_dropped_not_truncated(tmp_path, minilm):
     long_answer = " ".join(["word"] * 300)
     rows = [vote("short"), vote("long", response_b=long_answer, vote="b")]
     comparisons = comparisons_from(tmp_path, rows)
-    count = lambda p, r, c: token_lengths(minilm, p, r, c)  # noqa: E731
+    count = partial(token_lengths, minilm)
     lengths = dict(zip(comparisons["item_id"], count(comparisons["prompt"], comparisons["response_b"],
                                                      comparisons["conversational"])))
     assert lengths["short"] < 50 < 300 < lengths["long"]

@@ -131,9 +131,8 @@ def test_train_reward_model_publishes_a_loadable_model(tiny_encoder, tmp_path):
 
     scorer = RewardScorer.load(target)
     assert scorer.model.config.num_labels == 1
-    score = lambda side: scorer.score(evaluation["prompt"], evaluation[side],  # noqa: E731
-                                      evaluation["conversational"])["reward"].to_numpy()
-    chosen, rejected = score("chosen"), score("rejected")
+    chosen, rejected = (scorer.score(evaluation["prompt"], evaluation[side], evaluation["conversational"])["reward"]
+                        .to_numpy() for side in ("chosen", "rejected"))
     assert (chosen - rejected).min() > 0.1  # it learnt that `excellent` beats `terrible`
     # the statistics in the config describe the model as published
     both = np.concatenate([chosen, rejected])
@@ -329,7 +328,10 @@ def test_decoder_training_on_conversational_pairs(tiny_decoder, tmp_path):
     from transformers import AutoModelForSequenceClassification
 
     torch.manual_seed(0)
-    chat = lambda *turns: json.dumps([{"role": r, "content": c} for r, c in turns])  # noqa: E731
+
+    def chat(*turns) -> str:
+        return json.dumps([{"role": r, "content": c} for r, c in turns])
+
     pairs = pd.DataFrame({
         "prompt": [chat(("system", "be kind."), ("user", "what colour is the sky")),
                    chat(("user", "hello")), chat(("user", "name a colour"))],

@@ -14,13 +14,13 @@ import pandas as pd
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")  # no network calls from a gate
 
-import great_expectations as gx  # noqa: E402
-import great_expectations.expectations as gxe  # noqa: E402
-from great_expectations.data_context.types.base import ProgressBarsConfig  # noqa: E402
+import great_expectations as gx
+import great_expectations.expectations as gxe
+from great_expectations.data_context.types.base import ProgressBarsConfig
 
-from rm_pipeline.lib.aggregation import OUTCOMES  # noqa: E402
-from rm_pipeline.lib.annotations import VOTE_COLUMNS, VOTE_LABELS  # noqa: E402
-from rm_pipeline.lib.split import NO_DOMAIN  # noqa: E402
+from rm_pipeline.lib.aggregation import OUTCOMES
+from rm_pipeline.lib.annotations import VOTE_COLUMNS, VOTE_LABELS
+from rm_pipeline.lib.split import NO_DOMAIN
 
 
 @dataclass

@@ -61,7 +61,10 @@ def check_pair_rules(pairs: pd.DataFrame, rejections: Rejections | None = None) 
     rejected sides' conversations, or missing). Training pairs (``build_pairs``) and evaluation files
     (``evaluation.read_pair_file``) both go through them, so one pair gets the same verdict in either."""
     rejections = rejections if rejections is not None else Rejections(pairs.index)
-    blank = lambda column: pairs[column].fillna("").astype(str).str.strip() == ""  # noqa: E731
+
+    def blank(column: str) -> pd.Series:
+        return pairs[column].fillna("").astype(str).str.strip() == ""
+
     rejections.reject(blank("prompt"), "empty_prompt", "the prompt is empty", "prompt")
     rejections.reject(blank("chosen") | blank("rejected"), "empty_candidate", "a candidate is empty or whitespace",
                       pd.Series(np.where(blank("chosen"), "chosen", "rejected"), index=pairs.index))

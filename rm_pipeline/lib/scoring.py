@@ -113,8 +113,8 @@ class RewardScorer:
         chosen_tokens and rejected_tokens (response lengths) and truncated (either side) added. Both
         sides are scored in one length-sorted pass."""
         n = len(pairs)
-        both = lambda column: list(pairs[column]) * 2  # noqa: E731
-        scored = self.score(both("prompt"), list(pairs["chosen"]) + list(pairs["rejected"]), both("conversational"),
+        scored = self.score(list(pairs["prompt"]) * 2, list(pairs["chosen"]) + list(pairs["rejected"]),
+                            list(pairs["conversational"]) * 2,
                             progress=progress)
         chosen, rejected = scored.iloc[:n], scored.iloc[n:]
         return pairs.assign(chosen_reward=chosen["reward"].to_numpy(), rejected_reward=rejected["reward"].to_numpy(),
