@@ -137,17 +137,18 @@ def test_a_batch_that_breaks_a_gate_stops_the_run_before_later_stages(annotation
 
 
 def test_stage_settings_change_the_outputs(annotations_slice, storage_root, tiny_encoder, run):
-    """Settings are dg.Config: a stricter max_length rejects more pairs as too_long."""
+    """Settings are dg.Config: disputed comparisons become pairs when asked to, another aggregation method runs."""
     with dg.instance_for_test() as instance:
         result = run(storage_root, annotations_slice, instance, tiny_encoder, ops={
-            "pair_validation": {"config": {"max_length": 64}}, "reward_model": {"config": {"epochs": 0.1}},
+            "pair_validation": {"config": {"include_disputed": True}}, "reward_model": {"config": {"epochs": 0.1}},
             "aggregated_preferences": {"config": {"method": "majority_vote"}}})
         assert result.success
     rejected = pd.read_parquet(storage_root / "tables" / "rejected_pairs.parquet")
+    queue = pd.read_parquet(storage_root / "tables" / "review_queue.parquet")
     pairs = pd.read_parquet(storage_root / "tables" / "preference_pairs.parquet")
     comparisons = pd.read_parquet(storage_root / "tables" / "aggregated_preferences.parquet")
-    assert (rejected["reason"] == "too_long").sum() > 0
-    assert pairs[["chosen_tokens", "rejected_tokens"]].max().max() <= 64
+    assert len(queue) and "disputed" not in set(rejected["reason"])
+    assert pairs["pair_id"].isin(queue["item_id"]).any()
     assert set(comparisons["method"]) == {"majority_vote"}
 
 
@@ -155,6 +156,7 @@ def test_stage_settings_change_the_outputs(annotations_slice, storage_root, tiny
 def test_assets_called_directly(asset, annotations_slice):
     """Dagster's direct-invocation idiom: stage code is thin over the pure functions."""
     from rm_pipeline.lib.annotations import list_batch_files, read_annotations
+    from rm_pipeline.lib.pairs import build_pairs
     from rm_pipeline.stages import aggregation, split
 
     votes = read_annotations(list_batch_files(annotations_slice)).votes
@@ -163,6 +165,6 @@ def test_assets_called_directly(asset, annotations_slice):
     if asset == "aggregated_preferences":
         assert comparisons["item_id"].is_unique and len(comparisons) == votes["item_id"].nunique()
     else:
-        pairs = comparisons[comparisons["winner"] == "a"].rename(columns={"item_id": "pair_id"})
+        pairs, _ = build_pairs(comparisons, include_disputed=True)
         out = split.preference_split(dg.build_asset_context(), split.SplitConfig(eval_fraction=0.3), pairs).value
         assert out.groupby("prompt_id")["split"].nunique().max() == 1

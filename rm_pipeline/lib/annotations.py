@@ -172,7 +172,24 @@ def _read_records(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, bytes]:
         records, quarantine = _read_json_list(path, text)
     else:
         records, quarantine = _read_jsonl(path, text)
+    if suffix != ".parquet" and not _may_hold_bad_text(text):
+        return records, quarantine, data
     return *_split_bad_text(path, records, quarantine), data
+
+
+_BAD_ESCAPE = re.compile(rb"\\u(?:0000|[dD][89a-fA-F])")  # JSON's \u0000, and \ud800-\udfff (surrogate halves)
+
+
+def _may_hold_bad_text(text: bytes) -> bool:
+    """Whether a text file's cells can hold a NUL or a lone surrogate: most files, valid UTF-8 with no NUL
+    byte and no such escape, are cleared by a few passes over the bytes instead of a look at every cell."""
+    if b"\x00" in text or _BAD_ESCAPE.search(text):
+        return True
+    try:
+        text.decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    return False
 
 
 def _split_bad_text(path: Path, frame: pd.DataFrame, quarantine: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
