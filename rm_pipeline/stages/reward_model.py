@@ -7,6 +7,7 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
+from rm_pipeline.guards import published_table
 from rm_pipeline.lib.reward_training import TrainingSettings
 from rm_pipeline.resources import BaseModel, PipelineStorage
 from rm_pipeline.stages.metadata import OWNERS
@@ -69,7 +70,7 @@ def reward_model(context: dg.AssetExecutionContext, config: RewardModelConfig, s
     """A one-unit score head on the base checkpoint, fitted with the Bradley-Terry loss by TRL's
     RewardTrainer; a Hugging Face model directory at `models/rm-<data version>-<settings>-<time>`,
     also reachable as `models/current`. Re-materialising after a crash resumes from the last checkpoint."""
-    split_path = storage.table("preference_split")
+    split_path = published_table(context.instance, storage, "preference_split")
     split = pd.read_parquet(split_path)
     pairs_event = context.instance.get_latest_materialization_event(dg.AssetKey("preference_pairs"))
     max_length = pairs_event.asset_materialization.metadata["max_length"].value if pairs_event else PairsConfig().max_length
