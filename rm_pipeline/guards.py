@@ -22,6 +22,13 @@ class GateNotPassedError(Exception):
     """An upstream table's latest materialisation failed a gate, or its gate was never evaluated."""
 
 
+def gate_not_passed(error):
+    """The GateNotPassedError in a step failure's chain of causes (Dagster wraps what an IO manager raises)."""
+    while error is not None and error.cls_name != GateNotPassedError.__name__:
+        error = error.cause
+    return error
+
+
 @dataclass
 class Verdict:
     asset: dg.AssetKey

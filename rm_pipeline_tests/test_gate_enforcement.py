@@ -1,18 +1,25 @@
 """Gates cannot be sidestepped, and runs on one storage root never mix: on a real Dagster instance."""
 
 import hashlib
+import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import dagster as dg
 import pytest
 
 from rm_pipeline.definitions import build_defs
+from rm_pipeline.lib.storage_lock import LOCK_FILE, hold_storage
 
 UP_TO_SPLIT = ["raw_annotations", "annotation_quarantine", "aggregated_preferences", "review_queue",
                "preference_pairs", "rejected_pairs", "preference_split"]
 DOWNSTREAM = ["aggregated_preferences", "review_queue", "preference_pairs", "rejected_pairs", "preference_split"]
-GARBAGE = ['{"item_id": "x1", "prompt": "p", "response_a": "r1", "response_b": "r2", "annotator_id": "v", '
-           '"vote": "a"}'] * 2 + ["{not json"] * 8  # 80% unreadable: over the 20% raw_annotations_valid allows
+VOTE = {"item_id": "x1", "prompt": "p", "response_a": "r1", "response_b": "r2", "annotator_id": "v", "vote": "a"}
+GARBAGE = [json.dumps(VOTE)] * 2 + ["{not json"] * 8  # 80% unreadable: over the 20% raw_annotations_valid allows
 
 
 def materialize(storage_root, annotations, instance, selection):
@@ -96,3 +103,93 @@ def test_a_gated_table_waits_for_its_gate_and_its_ungated_sibling_does_not(annot
         assert not downstream.success
         message = failure_messages(downstream)
         assert "has not been through its gate raw_annotations_valid" in message and result.run_id in message
+
+
+# ---------------------------------------------------------------- one run at a time per storage root
+
+
+def start(*args, home, env=None) -> subprocess.Popen:
+    """`rm-pipeline run` on a storage root of its own Dagster instance, as a user starts it."""
+    environment = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "RM_PIPELINE_HOME")}
+    return subprocess.Popen([sys.executable, "-m", "rm_pipeline.cli", "run", "--home", str(home), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**environment, **(env or {})})
+
+
+def holder_run_id(home, process, timeout=120) -> str:
+    """The run id the lock file names once the process holds the root."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert process.poll() is None, process.communicate()
+        text = (home / LOCK_FILE).read_text() if (home / LOCK_FILE).exists() else ""
+        if '"run_id"' in text:
+            return json.loads(text)["run_id"]
+        time.sleep(0.2)
+    raise AssertionError("the run never took the storage root")
+
+
+def test_a_run_on_a_held_storage_root_fails_at_once_naming_the_holder(annotations_slice, tmp_path):
+    home = tmp_path / "home"
+    with hold_storage(home, run_id="the-first-run"):
+        done = start("--annotations", str(annotations_slice), home=home)
+        stdout, stderr = done.communicate(timeout=300)
+        assert done.returncode == 1
+        assert f"storage root {home} is in use by run the-first-run (pid {os.getpid()}) since" in stderr
+        assert "use another storage root (--home, $RM_PIPELINE_HOME)" in stderr and "Traceback" not in stderr
+        assert not (home / "tables").exists()
+
+        # the path of the UI and of automation: a run launched by Dagster fails in its storage resource
+        env = {**os.environ, "RM_PIPELINE_HOME": str(home), "RM_PIPELINE_ANNOTATIONS": str(annotations_slice),
+               "DAGSTER_HOME": str(tmp_path)}
+        (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+        done = subprocess.run([sys.executable, "-m", "dagster", "asset", "materialize", "-m", "rm_pipeline.definitions",
+                               "--select", "raw_annotations,annotation_quarantine"], capture_output=True, text=True,
+                              env=env, timeout=300)
+        assert done.returncode != 0
+        assert f"storage root {home} is in use by run the-first-run" in done.stderr
+        assert not (home / "tables").exists()
+    assert json.loads((home / LOCK_FILE).read_text()) == {}  # released cleanly: nothing left behind
+
+
+@pytest.mark.slow
+def test_two_concurrent_runs_on_one_storage_root_never_mix(annotations_slice, tmp_path, tiny_encoder):
+    home = tmp_path / "home"
+    first = start("--annotations", str(annotations_slice), "--base-model", tiny_encoder, home=home)
+    try:
+        first_run = holder_run_id(home, first)
+        second = start("--annotations", str(annotations_slice), "--base-model", tiny_encoder, home=home)
+        _, stderr = second.communicate(timeout=300)
+        assert second.returncode == 1
+        assert f"storage root {home} is in use by run {first_run} (pid {first.pid}) since" in stderr
+        stdout, stderr = first.communicate(timeout=900)
+    finally:
+        first.kill()
+    assert first.returncode == 0, stderr[-3000:]
+    assert f"run {first_run} (succeeded)" in stdout
+
+
+@pytest.mark.slow
+def test_the_next_run_reports_a_killed_run_failed(annotations_slice, bad_annotations, tmp_path, tiny_encoder):
+    home = tmp_path / "home"
+    killed = start("--annotations", str(annotations_slice), "--base-model", tiny_encoder, home=home)
+    try:
+        killed_run = holder_run_id(home, killed)
+        instance = dg.DagsterInstance.from_config(str(home / "dagster"))
+        deadline = time.time() + 120
+        while (run := instance.get_run_by_id(killed_run)) is None or run.status != dg.DagsterRunStatus.STARTED:
+            assert time.time() < deadline, "the run never started"
+            time.sleep(0.2)
+    finally:
+        killed.send_signal(signal.SIGKILL)
+        killed.wait()
+    assert instance.get_run_by_id(killed_run).status == dg.DagsterRunStatus.STARTED  # the ghost
+
+    # the next run (a batch that fails its gate: quick) takes the root, reports the ghost, and goes on
+    done = start("--annotations", str(bad_annotations), home=home)
+    stdout, stderr = done.communicate(timeout=600)
+    assert done.returncode == 2, stderr[-3000:]
+    assert f"run {killed_run} was still marked STARTED, but its process is gone: reported it failed" in stdout
+    assert "raw_annotations_valid stopped the run" in stderr
+    assert instance.get_run_by_id(killed_run).status == dg.DagsterRunStatus.FAILURE
+    failure = [e for e in instance.all_logs(killed_run) if e.dagster_event and e.dagster_event.is_run_failure]
+    assert f"(pid {killed.pid}) ended without finishing it (killed or crashed)" in failure[-1].message

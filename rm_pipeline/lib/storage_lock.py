@@ -54,7 +54,7 @@ def hold_storage(root: str | os.PathLike, **holder):
         yield {}
         return
     root.mkdir(parents=True, exist_ok=True)
-    lock = open(root / LOCK_FILE, "a+", encoding="utf-8")  # not inherited by child processes
+    lock = open(root / LOCK_FILE, "a+", encoding="utf-8")  # noqa: SIM115 (held past this block; not inherited)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
