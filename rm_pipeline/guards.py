@@ -98,16 +98,17 @@ def published_table(instance: dg.DagsterInstance, storage, asset: str | dg.Asset
         kept = storage.failed_table(key, result.run_id)
         raise GateNotPassedError(
             f"{name} from run {result.run_id} failed its gate {', '.join(result.failed)}: nothing downstream may "
-            f"use it. Its table is kept for inspection at {kept}. Fix or remove the offending annotation batch "
-            f"and materialise {name} again (rm-pipeline run).")
+            f"use it. Its table is kept for inspection at {kept}; the check's failures are on run {result.run_id}. "
+            f"Fix what they name (e.g. the offending annotation batch) and materialise {name} again "
+            f"(rm-pipeline run).")
     if result.not_evaluated:
         raise GateNotPassedError(
             f"{name} from run {result.run_id} has not been through its gate {', '.join(result.not_evaluated)} "
-            f"(the run stopped before the check ran, or the check was left out): nothing downstream may use it. "
-            f"Materialise {name} again with its checks (rm-pipeline run).")
+            f"(the run stopped before the check finished, or the check was left out): nothing downstream may use "
+            f"it. Materialise {name} again with its checks (rm-pipeline run).")
     path = storage.table(*key.path)
     if not path.exists():
-        raise GateNotPassedError(f"{path} does not exist: materialise {name} first")
+        raise FileNotFoundError(f"{path} does not exist: materialise {name} first")
     return path
 
 
@@ -125,7 +126,7 @@ def settle_run(instance: dg.DagsterInstance, storage, run_id: str) -> list[Verdi
     """At the end of a run: publish or set aside every table it left pending (one left pending after this
     has a gate that didn't run; a later read reports it)."""
     suffix = f"-{run_id}.parquet"
-    pending = storage.pending_table(dg.AssetKey("x"), run_id).parent
+    pending = storage.directory("tables", ".pending")
     keys = [dg.AssetKey([*path.relative_to(pending).parent.parts, path.name[:-len(suffix)]])
             for path in sorted(pending.rglob(f"*{suffix}"))]
     return [settle(instance, storage, key) for key in keys]
