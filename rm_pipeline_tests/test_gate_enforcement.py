@@ -171,10 +171,12 @@ def test_two_concurrent_runs_on_one_storage_root_never_mix(annotations_slice, tm
 @pytest.mark.slow
 def test_the_next_run_reports_a_killed_run_failed(annotations_slice, bad_annotations, tmp_path, tiny_encoder):
     home = tmp_path / "home"
+    (home / "dagster").mkdir(parents=True)
+    (home / "dagster" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    instance = dg.DagsterInstance.from_config(str(home / "dagster"))  # its storage created before the run opens it
     killed = start("--annotations", str(annotations_slice), "--base-model", tiny_encoder, home=home)
     try:
         killed_run = holder_run_id(home, killed)
-        instance = dg.DagsterInstance.from_config(str(home / "dagster"))
         deadline = time.time() + 120
         while (run := instance.get_run_by_id(killed_run)) is None or run.status != dg.DagsterRunStatus.STARTED:
             assert time.time() < deadline, "the run never started"
