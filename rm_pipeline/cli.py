@@ -105,20 +105,35 @@ def _use_home(home: str | None) -> Path:
 
 def _run(args) -> int:
     home = _use_home(args.home)
+    import uuid
+
     import dagster as dg
 
     from rm_pipeline.definitions import build_defs, reward_pipeline_job
+    from rm_pipeline.guards import fail_abandoned_run, gate_not_passed
+    from rm_pipeline.lib.storage_lock import StorageInUse, hold_storage
 
     defs = build_defs(str(home), args.annotations, args.base_model, args.eval_dir)
     job = defs.resolve_job_def(reward_pipeline_job.name)
-    with dg.DagsterInstance.get() as instance:
-        result = job.execute_in_process(instance=instance, raise_on_error=False)
+    run_id = str(uuid.uuid4())  # known before the run starts, so the lock names it from the first moment
+    try:
+        with hold_storage(home, run_id=run_id) as previous, dg.DagsterInstance.get() as instance:
+            abandoned = fail_abandoned_run(instance, previous, home)
+            if abandoned is not None:
+                print(f"run {abandoned.run_id} was still marked {abandoned.status.value}, but its process is gone: "
+                      f"reported it failed")
+            result = job.execute_in_process(instance=instance, raise_on_error=False, run_id=run_id)
+    except StorageInUse as error:
+        print(f"rm-pipeline run: {error}", file=sys.stderr)
+        return 1
     evaluations = result.get_asset_check_evaluations()
     failed_gates = [e for e in evaluations if not e.passed and e.check_name != READINESS_CHECK]
     # A not-ready verdict fails its blocking check, and so its step: that is a result, not a crash.
     crashes = [event for event in result.all_events if event.is_step_failure and not (
         event.step_key == "reward_readiness"
         and event.step_failure_data.error.cls_name == "DagsterAssetCheckFailedError")]
+    # An upstream table whose gate failed in an earlier run stops this one as surely as a gate of its own.
+    unpassed = [event for event in crashes if gate_not_passed(event.step_failure_data.error)]
     outcome = "failed" if failed_gates or crashes else "succeeded"
     print(f"run {result.run_id} ({outcome}); storage: {home}")
     readiness = None
@@ -133,10 +148,11 @@ def _run(args) -> int:
         failures = evaluation.metadata.get("failures")
         print(f"\n{evaluation.check_name} stopped the run:\n{failures.value if failures else ''}", file=sys.stderr)
     for event in crashes:
-        print(f"\nstep {event.step_key} failed: {event.step_failure_data.error.message.strip()}", file=sys.stderr)
+        error = gate_not_passed(event.step_failure_data.error) or event.step_failure_data.error
+        print(f"\nstep {event.step_key} failed: {error.message.strip()}", file=sys.stderr)
     if readiness is not None:
         _print_verdict(Path(readiness["readiness_file"].value))
-    if failed_gates:
+    if failed_gates or unpassed:
         return EXIT_GATE_FAILED
     if crashes:
         return 1

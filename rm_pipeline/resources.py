@@ -2,22 +2,34 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
 import pandas as pd
 from pydantic import Field
 
+from rm_pipeline.guards import GATED_BY, blocking_checks, fail_abandoned_run, latest_table, published_table, settle_run
 from rm_pipeline.lib.evaluation_inputs import EvaluationFolder
 from rm_pipeline.lib.locations import (default_annotations_dir, default_base_model_name, default_evaluation_dir,
                                          default_home)
+from rm_pipeline.lib.storage_lock import hold_storage
 from rm_pipeline.lib.tokenization import DEFAULT_MAX_LENGTH, load_tokenizer, token_lengths
 
 
 class PipelineStorage(dg.ConfigurableResource):
-    """The storage root: tables, review exports, models and reports live under it."""
+    """The storage root: tables, review exports, models and reports live under it. A run holds it for its
+    whole execution (`<root>/.run.lock`): a second run on the same root fails at once, naming the first."""
 
     root: str = Field(default_factory=lambda: str(default_home()), description="Storage root ($RM_PIPELINE_HOME).")
+
+    @contextmanager
+    def yield_for_execution(self, context: dg.InitResourceContext):
+        with hold_storage(self.root, run_id=context.run_id) as previous:
+            abandoned = fail_abandoned_run(context.instance, previous, self.root) if context.instance else None
+            if abandoned is not None:
+                context.log.warning(f"run {abandoned.run_id} died holding {self.root}; reported it failed")
+            yield self
 
     def path(self, *parts: str) -> Path:
         """A file path under the root, its folder created."""
@@ -26,8 +38,16 @@ class PipelineStorage(dg.ConfigurableResource):
         return target
 
     def table(self, *asset_key: str) -> Path:
-        """Where a table asset is stored."""
+        """Where a table asset is published."""
         return self.path("tables", *asset_key[:-1], asset_key[-1] + ".parquet")
+
+    def pending_table(self, key: dg.AssetKey, run_id: str) -> Path:
+        """Where a run writes a table that waits for its gates."""
+        return self.path("tables", ".pending", *key.path[:-1], f"{key.path[-1]}-{run_id}.parquet")
+
+    def failed_table(self, key: dg.AssetKey, run_id: str) -> Path:
+        """Where a table that failed a gate is kept for inspection."""
+        return self.path("tables", "failed", *key.path[:-1], f"{key.path[-1]}-{run_id}.parquet")
 
     def directory(self, *parts: str) -> Path:
         target = Path(self.root).joinpath(*parts)
@@ -36,27 +56,41 @@ class PipelineStorage(dg.ConfigurableResource):
 
 
 class ParquetIOManager(dg.ConfigurableIOManager):
-    """Every table asset as `<root>/tables/<asset>.parquet`: readable by any tool, no pickles."""
+    """Every table asset as `<root>/tables/<asset>.parquet`: readable by any tool, no pickles. A table with
+    blocking checks is published there only once they pass (rm_pipeline.guards); inputs are read only from
+    there, so no stage consumes a table that failed its gate or never went through it."""
 
     storage: PipelineStorage
-
-    def _path(self, context) -> Path:
-        return self.storage.table(*context.asset_key.path)
 
     def handle_output(self, context: dg.OutputContext, table: pd.DataFrame) -> None:
         if not isinstance(table, pd.DataFrame):
             raise TypeError(f"{context.asset_key.to_user_string()} must be a DataFrame, got {type(table).__name__}")
-        path = self._path(context)
+        key = context.asset_key
+        gates = blocking_checks(key)
+        path = self.storage.pending_table(key, context.run_id) if gates else self.storage.table(*key.path)
         partial = path.with_suffix(".parquet.partial")
         table.to_parquet(partial, index=False)
         partial.replace(path)  # readers never see a half-written table
-        context.add_output_metadata({"path": dg.MetadataValue.path(str(path))})
+        context.add_output_metadata({"path": dg.MetadataValue.path(str(self.storage.table(*key.path))),
+                                     **({GATED_BY: gates} if gates else {})})
 
     def load_input(self, context: dg.InputContext) -> pd.DataFrame:
-        path = self._path(context.upstream_output)
-        if not path.exists():
-            raise FileNotFoundError(f"{path} does not exist: materialise {context.asset_key.to_user_string()} first")
+        key = context.upstream_output.asset_key
+        checks = context.step_context.assets_def.check_keys if context.step_context.assets_def else set()
+        if any(check.asset_key == key for check in checks):  # a check looks at what was just written
+            path = latest_table(context.instance, self.storage, key)
+            if not path.exists():
+                raise FileNotFoundError(f"{path} does not exist: materialise {key.to_user_string()} first")
+        else:
+            path = published_table(context.instance, self.storage, key)
         return pd.read_parquet(path)
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if context.instance is not None and context.run_id:
+            for result in settle_run(context.instance, self.storage, context.run_id):
+                if not result.passed:
+                    context.log.warning(f"{result.asset.to_user_string()} not published: gate "
+                                        f"{', '.join(result.failed + result.not_evaluated)} did not pass")
 
 
 class AnnotationSource(dg.ConfigurableResource):

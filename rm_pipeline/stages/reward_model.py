@@ -7,6 +7,7 @@ import dagster as dg
 import pandas as pd
 
 from rm_pipeline.config import config_class, settings_from_config
+from rm_pipeline.guards import published_table
 from rm_pipeline.lib.reward_training import TrainingSettings
 from rm_pipeline.resources import BaseModelResource, PipelineStorage
 from rm_pipeline.stages.metadata import OWNERS
@@ -41,7 +42,7 @@ def reward_model(context: dg.AssetExecutionContext, config: RewardModelConfig, s
     """A one-unit score head on the base checkpoint, fitted with the Bradley-Terry loss by TRL's
     RewardTrainer; a Hugging Face model directory at `models/rm-<data version>-<settings>-<time>`,
     also reachable as `models/current`. Re-materialising after a crash resumes from the last checkpoint."""
-    split_path = storage.table("preference_split")
+    split_path = published_table(context.instance, storage, "preference_split")
     split = pd.read_parquet(split_path)
     settings = training_settings(config, base_model)
     data_version = split_data_version(split)
