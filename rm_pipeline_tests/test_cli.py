@@ -57,6 +57,7 @@ def test_validate_names_a_file_that_is_not_a_table(tmp_path):
     assert str(bogus) in done.stderr and "Traceback" not in done.stderr
 
 
+@pytest.mark.slow
 def test_run_materialises_the_graph_and_prints_each_stage(annotations_slice, tmp_path, tiny_encoder):
     home = tmp_path / "home"
     done = rm_pipeline("run", "--home", str(home), "--annotations", str(annotations_slice), "--base-model", tiny_encoder)
@@ -81,6 +82,7 @@ def test_run_materialises_the_graph_and_prints_each_stage(annotations_slice, tmp
     assert f"readiness: {model}/readiness.json" in verdict and (model / "readiness.json").exists()
 
 
+@pytest.mark.slow
 def test_require_ready_turns_a_not_ready_verdict_into_a_distinct_status(annotations_slice, tmp_path, tiny_encoder,
                                                                       labelled_eval_dir):
     done = rm_pipeline("run", "--home", str(tmp_path / "home"), "--annotations", str(annotations_slice),
@@ -90,6 +92,7 @@ def test_require_ready_turns_a_not_ready_verdict_into_a_distinct_status(annotati
     assert "FAIL fresh_policy_accuracy: only 5 human-labelled pairs of fresh policy outputs" in done.stdout
 
 
+@pytest.mark.slow
 def test_run_exits_with_a_distinct_status_when_a_gate_fails(tmp_path):
     folder = tmp_path / "annotations"
     folder.mkdir()
@@ -101,6 +104,7 @@ def test_run_exits_with_a_distinct_status_when_a_gate_fails(tmp_path):
     assert "aggregated_preferences:" not in done.stdout
 
 
+@pytest.mark.slow
 def test_dagster_asset_materialize_runs_the_whole_graph(annotations_slice, tmp_path, tiny_encoder, labelled_eval_dir):
     """The plain Dagster CLI works on the code location too."""
     home = tmp_path / "home"

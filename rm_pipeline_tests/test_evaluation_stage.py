@@ -10,6 +10,8 @@ import pytest
 from rm_pipeline.definitions import build_defs, reward_pipeline_job
 from rm_pipeline_tests.conftest import PERMISSIVE_READINESS, REPO_ROOT
 
+pytestmark = pytest.mark.slow  # trains models or starts servers
+
 QUICK_TRAINING = {"reward_model": {"config": {"batch_size": 16, "early_stopping_patience": None}}}
 
 

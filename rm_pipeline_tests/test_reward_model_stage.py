@@ -9,6 +9,8 @@ import psutil
 
 from rm_pipeline.definitions import build_defs, reward_pipeline_job
 
+pytestmark = pytest.mark.slow  # trains models or starts servers
+
 CHECKPOINTING = {"ops": {"reward_model": {"config": {"eval_steps": 2, "logging_steps": 1, "batch_size": 8,
                                                      "early_stopping_patience": None}}}}
 

@@ -15,6 +15,8 @@ from dagster_graphql import DagsterGraphQLClient
 
 from rm_pipeline_tests.conftest import PERMISSIVE_READINESS
 
+pytestmark = pytest.mark.slow  # trains models or starts servers
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LINEAGE_QUERY = """
 { assetNodes { assetKey { path } dependencyKeys { path } groupName } }
