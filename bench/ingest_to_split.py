@@ -40,10 +40,53 @@ TARGET_VOTES, TARGET_SECONDS, TARGET_RSS_MB = 1_000_000, 30.0, 4096.0
 STAGES = ("ingestion", "aggregation", "review_queue", "pairs", "split")
 
 # A small vocabulary keeps generation fast; numbered suffixes keep prompts and responses distinct.
-WORDS = ("the", "model", "answer", "explains", "clearly", "why", "a", "short", "list", "of", "steps", "helps",
-         "user", "with", "code", "python", "error", "fix", "summary", "essay", "recipe", "travel", "plan",
-         "budget", "poem", "about", "rain", "translate", "into", "french", "sorry", "cannot", "help", "here",
-         "is", "an", "example", "first", "then", "finally", "check", "your", "input", "data", "carefully")
+WORDS = (
+    "the",
+    "model",
+    "answer",
+    "explains",
+    "clearly",
+    "why",
+    "a",
+    "short",
+    "list",
+    "of",
+    "steps",
+    "helps",
+    "user",
+    "with",
+    "code",
+    "python",
+    "error",
+    "fix",
+    "summary",
+    "essay",
+    "recipe",
+    "travel",
+    "plan",
+    "budget",
+    "poem",
+    "about",
+    "rain",
+    "translate",
+    "into",
+    "french",
+    "sorry",
+    "cannot",
+    "help",
+    "here",
+    "is",
+    "an",
+    "example",
+    "first",
+    "then",
+    "finally",
+    "check",
+    "your",
+    "input",
+    "data",
+    "carefully",
+)
 DOMAINS = tuple(f"domain_{i:02d}" for i in range(20))
 VOTE_LABELS = np.array(["a", "b", "tie", "abstain"])
 
@@ -62,8 +105,7 @@ def _phrases(rng: np.random.Generator, count: int, words: int) -> np.ndarray:
     return text.to_numpy(dtype=object)
 
 
-def generate_votes(n_votes: int, seed: int, n_annotators: int = 200, n_domains: int = 20,
-                   votes_per_prompt: int = 30):
+def generate_votes(n_votes: int, seed: int, n_annotators: int = 200, n_domains: int = 20, votes_per_prompt: int = 30):
     """A pyarrow Table of `n_votes` canonical votes, rows in random (arrival) order.
 
     Shape: 1-5 votes per item (mean ~3.1), each by distinct annotators from a pool of `n_annotators`
@@ -97,9 +139,11 @@ def generate_votes(n_votes: int, seed: int, n_annotators: int = 200, n_domains: 
 
     # annotators: reliability mix and skewed activity; distinct annotators within an item
     kind = rng.choice(4, size=n_annotators, p=[0.60, 0.27, 0.09, 0.04])
-    accuracy = np.select([kind == 0, kind == 1, kind == 2],
-                         [rng.uniform(0.85, 0.97, n_annotators), rng.uniform(0.65, 0.80, n_annotators),
-                          np.full(n_annotators, 0.5)], rng.uniform(0.20, 0.35, n_annotators))
+    accuracy = np.select(
+        [kind == 0, kind == 1, kind == 2],
+        [rng.uniform(0.85, 0.97, n_annotators), rng.uniform(0.65, 0.80, n_annotators), np.full(n_annotators, 0.5)],
+        rng.uniform(0.20, 0.35, n_annotators),
+    )
     activity = rng.pareto(1.5, n_annotators) + 1.0
     first = rng.choice(n_annotators, size=n_items, p=activity / activity.sum())
     units = np.array([s for s in range(1, n_annotators) if np.gcd(s, n_annotators) == 1])
@@ -114,19 +158,19 @@ def generate_votes(n_votes: int, seed: int, n_annotators: int = 200, n_domains: 
     p_correct = np.clip(accuracy[annotator] - 0.15 * hard[item], 0.05, 0.99)
     u, v = rng.random(n_votes), rng.random(n_votes)
     t = truth[item]
-    side_vote = np.where(v < p_correct, t, 1 - t)                       # for a/b truths
+    side_vote = np.where(v < p_correct, t, 1 - t)  # for a/b truths
     tie_truth_vote = np.where(v < 0.5, 2, rng.integers(0, 2, n_votes))  # for tied truths
     vote = np.where(t == 2, tie_truth_vote, side_vote)
-    vote = np.where(u < 0.02, 3, np.where(u < 0.07, 2, vote))           # abstain 2%, tie 5%
+    vote = np.where(u < 0.02, 3, np.where(u < 0.07, 2, vote))  # abstain 2%, tie 5%
     strength = np.where(rng.random(n_votes) < 0.6, 2, 1)
-    strength_null = (vote >= 2) | (rng.random(n_votes) < 0.3)           # no strength for ties, some sources
+    strength_null = (vote >= 2) | (rng.random(n_votes) < 0.3)  # no strength for ties, some sources
 
     # A/B order as shown to the annotator
     flip = rng.random(n_votes) < 0.05
     vote = np.where(flip & (vote < 2), 1 - vote, vote)
 
     # texts: per prompt and per item, then gathered per vote
-    prompt_text = (_phrases(rng, n_prompts, 8) + " (#" + np.arange(n_prompts).astype(str).astype(object) + ")")
+    prompt_text = _phrases(rng, n_prompts, 8) + " (#" + np.arange(n_prompts).astype(str).astype(object) + ")"
     resp_a = _phrases(rng, n_items, 6) + " [a" + np.arange(n_items).astype(str).astype(object) + "]"
     resp_b = _phrases(rng, n_items, 6) + " [b" + np.arange(n_items).astype(str).astype(object) + "]"
     identical = rng.random(n_items) < 0.003
@@ -146,21 +190,24 @@ def generate_votes(n_votes: int, seed: int, n_annotators: int = 200, n_domains: 
     b_index = np.where(flip, item, n_items + item)
     responses = np.concatenate([resp_a, resp_b])
     null_text = pa.nulls(n_votes, pa.string())
-    return pa.table({
-        "item_id": gather(item_ids, item),
-        "prompt_id": gather(prompt_ids, prompt_index),
-        "prompt": gather(prompt_text, prompt_index),
-        "response_a": gather(responses, a_index),
-        "response_b": gather(responses, b_index),
-        "context_a": null_text,
-        "context_b": null_text,
-        "annotator_id": gather(np.array([f"syn:annotator{i:03d}" for i in range(n_annotators)], dtype=object),
-                               annotator),
-        "vote": gather(VOTE_LABELS.astype(object), vote),
-        "strength": pa.array(strength, mask=strength_null, type=pa.int64()),
-        "domain": gather(np.array(DOMAINS[:n_domains], dtype=object), domain_of_prompt[prompt_index]),
-        "source": pa.array(np.full(n_votes, "synthetic", dtype=object), type=pa.string()),
-    })
+    return pa.table(
+        {
+            "item_id": gather(item_ids, item),
+            "prompt_id": gather(prompt_ids, prompt_index),
+            "prompt": gather(prompt_text, prompt_index),
+            "response_a": gather(responses, a_index),
+            "response_b": gather(responses, b_index),
+            "context_a": null_text,
+            "context_b": null_text,
+            "annotator_id": gather(
+                np.array([f"syn:annotator{i:03d}" for i in range(n_annotators)], dtype=object), annotator
+            ),
+            "vote": gather(VOTE_LABELS.astype(object), vote),
+            "strength": pa.array(strength, mask=strength_null, type=pa.int64()),
+            "domain": gather(np.array(DOMAINS[:n_domains], dtype=object), domain_of_prompt[prompt_index]),
+            "source": pa.array(np.full(n_votes, "synthetic", dtype=object), type=pa.string()),
+        }
+    )
 
 
 def write_batches(table, folder: Path, fmt: str, n_batches: int) -> list[Path]:
@@ -220,6 +267,7 @@ def run_pipeline(method: str, seed: int, profile: str | None) -> dict:
     from rm_pipeline.lib.metrics import peak_memory_mb
     from rm_pipeline.lib.pairs import build_pairs
     from rm_pipeline.lib.split import split_by_group
+
     import_s = time.perf_counter() - t0
     paths = [Path(p) for p in json.loads(sys.stdin.readline())]
 
@@ -248,32 +296,56 @@ def run_pipeline(method: str, seed: int, profile: str | None) -> dict:
         if profiler:
             profiler.disable()
         state[name] = out
-        stages.append({"stage": name, "seconds": seconds, "cpu_seconds": cpu, "rows": rows(out),
-                       "sampled_peak_rss_mb": sampler.take() if sampler else None})
+        stages.append(
+            {
+                "stage": name,
+                "seconds": seconds,
+                "cpu_seconds": cpu,
+                "rows": rows(out),
+                "sampled_peak_rss_mb": sampler.take() if sampler else None,
+            }
+        )
 
-    stage("ingestion", lambda: read_annotations(paths),
-          lambda r: f"{len(r.votes):,} votes kept, {len(r.quarantine):,} quarantined (of {r.rows_read:,} read)")
+    stage(
+        "ingestion",
+        lambda: read_annotations(paths),
+        lambda r: f"{len(r.votes):,} votes kept, {len(r.quarantine):,} quarantined (of {r.rows_read:,} read)",
+    )
     votes = state["ingestion"].votes
-    stage("aggregation", lambda: aggregate_votes(votes, method, "count_as_vote", 50),
-          lambda r: f"{len(r.comparisons):,} comparisons, {len(r.annotators):,} annotators")
+    stage(
+        "aggregation",
+        lambda: aggregate_votes(votes, method, "count_as_vote", 50),
+        lambda r: f"{len(r.comparisons):,} comparisons, {len(r.annotators):,} annotators",
+    )
     comparisons = state["aggregation"].comparisons
     stage("review_queue", lambda: review_queue(comparisons), lambda q: f"{len(q):,} disputed")
     queue = state["review_queue"]
-    stage("pairs", lambda: build_pairs(comparisons, queue["item_id"], token_lengths=None),
-          lambda kr: f"{len(kr[0]):,} kept, {len(kr[1]):,} rejected")
+    stage(
+        "pairs",
+        lambda: build_pairs(comparisons, queue["item_id"], token_lengths=None),
+        lambda kr: f"{len(kr[0]):,} kept, {len(kr[1]):,} rejected",
+    )
     kept = state["pairs"][0]
-    stage("split", lambda: split_by_group(kept, 0.2, seed),
-          lambda s: f"{(s['split'] == 'train').sum():,} train, {(s['split'] == 'eval').sum():,} eval")
+    stage(
+        "split",
+        lambda: split_by_group(kept, 0.2, seed),
+        lambda s: f"{(s['split'] == 'train').sum():,} train, {(s['split'] == 'eval').sum():,} eval",
+    )
 
     if sampler:
         sampler.stop.set()
     if profiler:
         profiler.dump_stats(profile)
-    return {"stages": stages, "import_s": import_s, "baseline_rss_mb": baseline, "peak_rss_mb": peak_memory_mb("cpu"),
-            "votes_in": state["ingestion"].rows_read,
-            "quarantine_reasons": state["ingestion"].quarantine["reason"].value_counts().to_dict(),
-            "rejection_reasons": state["pairs"][1]["reason"].value_counts().to_dict(),
-            "winners": state["aggregation"].comparisons["winner"].value_counts().to_dict()}
+    return {
+        "stages": stages,
+        "import_s": import_s,
+        "baseline_rss_mb": baseline,
+        "peak_rss_mb": peak_memory_mb("cpu"),
+        "votes_in": state["ingestion"].rows_read,
+        "quarantine_reasons": state["ingestion"].quarantine["reason"].value_counts().to_dict(),
+        "rejection_reasons": state["pairs"][1]["reason"].value_counts().to_dict(),
+        "winners": state["aggregation"].comparisons["winner"].value_counts().to_dict(),
+    }
 
 
 # ---------------------------------------------------------------- main
@@ -297,8 +369,15 @@ def main(argv=None) -> int:
 
     # The measured child starts first, while this process is still small, and imports the library
     # while the data is generated; it gets the file paths on stdin.
-    command = [sys.executable, str(Path(__file__).resolve()), "--child", "--method", args.method,
-               "--seed", str(args.seed)]
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        "--method",
+        args.method,
+        "--seed",
+        str(args.seed),
+    ]
     if args.profile:
         command += ["--profile", str(Path(args.profile).resolve())]
     child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -326,10 +405,14 @@ def _generate_and_measure(args, child: subprocess.Popen) -> dict | None:
         write_s = time.perf_counter() - start
         del table
         size_mb = sum(p.stat().st_size for p in paths) / 2**20
-        print(f"rm-pipeline ingest->split benchmark: {args.votes:,} votes, format={args.format}, "
-              f"method={args.method}, seed={args.seed}, cpus={os.cpu_count()}, python {sys.version.split()[0]}")
-        print(f"generated in {gen_s:.2f} s, wrote {len(paths)} {args.format} files ({size_mb:.1f} MiB) "
-              f"to {folder} in {write_s:.2f} s  [not timed below]")
+        print(
+            f"rm-pipeline ingest->split benchmark: {args.votes:,} votes, format={args.format}, "
+            f"method={args.method}, seed={args.seed}, cpus={os.cpu_count()}, python {sys.version.split()[0]}"
+        )
+        print(
+            f"generated in {gen_s:.2f} s, wrote {len(paths)} {args.format} files ({size_mb:.1f} MiB) "
+            f"to {folder} in {write_s:.2f} s  [not timed below]"
+        )
 
         load_before = os.getloadavg()[0]
         stdout, _ = child.communicate(json.dumps([str(p) for p in paths]) + "\n")
@@ -347,24 +430,34 @@ def report(args, result: dict) -> None:
     for s in result["stages"]:
         sampled = f"   rss<= {s['sampled_peak_rss_mb']:7.0f} MB" if s["sampled_peak_rss_mb"] else ""
         print(f"  {s['stage']:<13}{s['seconds']:8.2f} s  (cpu {s['cpu_seconds']:6.2f} s)   {s['rows']}{sampled}")
-    print(f"  quarantine: {result['quarantine_reasons']}; winners: {result['winners']}; "
-          f"pair rejections: {result['rejection_reasons']}")
+    print(
+        f"  quarantine: {result['quarantine_reasons']}; winners: {result['winners']}; "
+        f"pair rejections: {result['rejection_reasons']}"
+    )
     peak = result["peak_rss_mb"]
     profiled = " [under cProfile: timings inflated]" if args.profile else ""
-    print(f"total {total:.2f} s (cpu {cpu_total:.2f} s) for {args.votes:,} votes = {args.votes / total:,.0f} votes/s; "
-          f"peak RSS {peak:,.0f} MB{profiled}")
-    print(f"  peak RSS = VmHWM of the pipeline child process (started before the data generation, so generation "
-          f"is excluded): imports {result['import_s']:.1f} s / {result['baseline_rss_mb']:.0f} MB + the five "
-          f"stages")
+    print(
+        f"total {total:.2f} s (cpu {cpu_total:.2f} s) for {args.votes:,} votes = {args.votes / total:,.0f} votes/s; "
+        f"peak RSS {peak:,.0f} MB{profiled}"
+    )
+    print(
+        f"  peak RSS = VmHWM of the pipeline child process (started before the data generation, so generation "
+        f"is excluded): imports {result['import_s']:.1f} s / {result['baseline_rss_mb']:.0f} MB + the five "
+        f"stages"
+    )
     cpus = os.cpu_count() or 1
     busy = max(result["load"]) > cpus  # the load counts this benchmark too
-    print(f"  1-min load average {result['load'][0]:.2f} before, {result['load'][1]:.2f} after, on {cpus} cpus"
-          + (": other work was running, wall times may be inflated" if busy else ""))
+    print(
+        f"  1-min load average {result['load'][0]:.2f} before, {result['load'][1]:.2f} after, on {cpus} cpus"
+        + (": other work was running, wall times may be inflated" if busy else "")
+    )
     ok_time, ok_mem = total < TARGET_SECONDS, peak < TARGET_RSS_MB
     scale = "" if args.votes == TARGET_VOTES else f" (measured at {args.votes:,} votes, target is defined at 1,000,000)"
-    print(f"VERDICT: {'PASS' if ok_time and ok_mem else 'FAIL'} - target 1,000,000 votes < {TARGET_SECONDS:.0f} s "
-          f"and < 4 GB peak on 2 cores: time {total:.1f} s {'OK' if ok_time else 'MISSED'}, "
-          f"memory {peak:,.0f} MB {'OK' if ok_mem else 'MISSED'}{scale}")
+    print(
+        f"VERDICT: {'PASS' if ok_time and ok_mem else 'FAIL'} - target 1,000,000 votes < {TARGET_SECONDS:.0f} s "
+        f"and < 4 GB peak on 2 cores: time {total:.1f} s {'OK' if ok_time else 'MISSED'}, "
+        f"memory {peak:,.0f} MB {'OK' if ok_mem else 'MISSED'}{scale}"
+    )
 
 
 if __name__ == "__main__":

@@ -33,12 +33,25 @@ def build_decoder(folder: Path, tiny: bool) -> int:
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>", unk_token="<unk>").save_pretrained(folder)
-    size = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-                num_key_value_heads=2) if tiny else dict(hidden_size=1024, intermediate_size=4864,
-                                                         num_hidden_layers=24, num_attention_heads=16,
-                                                         num_key_value_heads=2)  # Qwen2.5-0.5B's shape
-    config = LlamaConfig(vocab_size=len(vocab), max_position_embeddings=4096, eos_token_id=32_001, num_labels=1,
-                         tie_word_embeddings=True, **size)
+    size = (
+        dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2)
+        if tiny
+        else dict(
+            hidden_size=1024,
+            intermediate_size=4864,
+            num_hidden_layers=24,
+            num_attention_heads=16,
+            num_key_value_heads=2,
+        )
+    )  # Qwen2.5-0.5B's shape
+    config = LlamaConfig(
+        vocab_size=len(vocab),
+        max_position_embeddings=4096,
+        eos_token_id=32_001,
+        num_labels=1,
+        tie_word_embeddings=True,
+        **size,
+    )
     model = LlamaForSequenceClassification(config)
     model.save_pretrained(folder)
     return sum(p.numel() for p in model.parameters())
@@ -51,8 +64,15 @@ def synthetic_pairs(n: int, length: int, seed: int = 0) -> pd.DataFrame:
         return " ".join(f"w{i}" for i in rng.integers(0, 32_000, k))
 
     lengths = rng.integers(length // 2, length, size=(n, 2))
-    return pd.DataFrame({"prompt": [words(32) for _ in range(n)], "chosen": [words(a) for a, _ in lengths],
-                         "rejected": [words(b) for _, b in lengths], "conversational": False, "strength": np.nan})
+    return pd.DataFrame(
+        {
+            "prompt": [words(32) for _ in range(n)],
+            "chosen": [words(a) for a, _ in lengths],
+            "rejected": [words(b) for _, b in lengths],
+            "conversational": False,
+            "strength": np.nan,
+        }
+    )
 
 
 def main() -> None:
@@ -70,19 +90,43 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as workdir:
         base = Path(workdir) / "decoder"
         parameters = build_decoder(base, args.tiny)
-        settings = TrainingSettings(base_model=str(base), max_length=args.length + 64, batch_size=args.batch_size,
-                                    epochs=1.0, use_margin=False, early_stopping_patience=None, logging_steps=10,
-                                    eval_steps=10**9, warmup_ratio=0.0)
-        result = train_reward_model(synthetic_pairs(args.pairs, args.length), synthetic_pairs(8, args.length, 1),
-                                    settings, Path(workdir) / "models", "mfu")
+        settings = TrainingSettings(
+            base_model=str(base),
+            max_length=args.length + 64,
+            batch_size=args.batch_size,
+            epochs=1.0,
+            use_margin=False,
+            early_stopping_patience=None,
+            logging_steps=10,
+            eval_steps=10**9,
+            warmup_ratio=0.0,
+        )
+        result = train_reward_model(
+            synthetic_pairs(args.pairs, args.length),
+            synthetic_pairs(8, args.length, 1),
+            settings,
+            Path(workdir) / "models",
+            "mfu",
+        )
     metrics = result.metrics
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     peak = next((flops for name, flops in PEAK_BF16_FLOPS.items() if name in device), None)
     mfu = 6 * parameters * metrics["tokens_per_second"] / peak if peak else None
-    print(json.dumps({"device": device, "parameters": parameters, "pairs": args.pairs, "batch_size": args.batch_size,
-                      "tokens_per_second": metrics["tokens_per_second"], "pairs_per_second": metrics["pairs_per_second"],
-                      "peak_memory_mb": metrics["peak_memory_mb"], "mfu": None if mfu is None else round(mfu, 3)},
-                     indent=2))
+    print(
+        json.dumps(
+            {
+                "device": device,
+                "parameters": parameters,
+                "pairs": args.pairs,
+                "batch_size": args.batch_size,
+                "tokens_per_second": metrics["tokens_per_second"],
+                "pairs_per_second": metrics["pairs_per_second"],
+                "peak_memory_mb": metrics["peak_memory_mb"],
+                "mfu": None if mfu is None else round(mfu, 3),
+            },
+            indent=2,
+        )
+    )
     if mfu is not None:
         print(f"MFU {mfu:.1%}: {'meets' if mfu >= 0.35 else 'misses'} the 35% target")
 

@@ -30,16 +30,28 @@ def plain_trl(train: pd.DataFrame, evaluation: pd.DataFrame, settings: TrainingS
 
     model, tokenizer = load_model(settings)
     data = pair_dataset(train, tokenizer, settings).remove_columns(["length"])
-    args = RewardConfig(output_dir=str(workdir / "plain"), use_cpu=True, bf16=False, max_length=settings.max_length,
-                        per_device_train_batch_size=settings.batch_size, num_train_epochs=settings.epochs,
-                        learning_rate=settings.learning_rate, seed=settings.seed, report_to=[], save_strategy="no",
-                        disable_tqdm=True)
+    args = RewardConfig(
+        output_dir=str(workdir / "plain"),
+        use_cpu=True,
+        bf16=False,
+        max_length=settings.max_length,
+        per_device_train_batch_size=settings.batch_size,
+        num_train_epochs=settings.epochs,
+        learning_rate=settings.learning_rate,
+        seed=settings.seed,
+        report_to=[],
+        save_strategy="no",
+        disable_tqdm=True,
+    )
     trainer = RewardTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
     started = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - started
-    return {"seconds": seconds, "accuracy": _accuracy(trainer.model, evaluation, tokenizer, settings),
-            "tokens": int(sum(len(c) + len(r) for c, r in zip(data["chosen_ids"], data["rejected_ids"])))}
+    return {
+        "seconds": seconds,
+        "accuracy": _accuracy(trainer.model, evaluation, tokenizer, settings),
+        "tokens": int(sum(len(c) + len(r) for c, r in zip(data["chosen_ids"], data["rejected_ids"]))),
+    }
 
 
 def ours(train: pd.DataFrame, evaluation: pd.DataFrame, settings: TrainingSettings, workdir: Path) -> dict:
@@ -50,9 +62,12 @@ def ours(train: pd.DataFrame, evaluation: pd.DataFrame, settings: TrainingSettin
 
     model = AutoModelForSequenceClassification.from_pretrained(result.model_dir)
     _, tokenizer = load_model(settings)
-    return {"seconds": seconds, "accuracy": _accuracy(model, evaluation, tokenizer, settings),
-            "wall_seconds": time.perf_counter() - started,
-            "tokens": int(sum(pair_dataset(train, tokenizer, settings)["length"]))}
+    return {
+        "seconds": seconds,
+        "accuracy": _accuracy(model, evaluation, tokenizer, settings),
+        "wall_seconds": time.perf_counter() - started,
+        "tokens": int(sum(pair_dataset(train, tokenizer, settings)["length"])),
+    }
 
 
 def _accuracy(model, evaluation: pd.DataFrame, tokenizer, settings: TrainingSettings) -> float:
@@ -76,22 +91,36 @@ def main() -> None:
     fits = split[(split["chosen_tokens"] <= args.max_length) & (split["rejected_tokens"] <= args.max_length)]
     train = fits[fits["split"] == "train"].sample(frac=1.0, random_state=0).head(args.train_pairs)
     evaluation = fits[fits["split"] == "eval"].sample(frac=1.0, random_state=0).head(args.eval_pairs)
-    settings = TrainingSettings(base_model=default_base_model(), max_length=args.max_length, epochs=args.epochs,
-                                batch_size=args.batch_size, use_margin=False, early_stopping_patience=None,
-                                learning_rate=1e-4, warmup_ratio=0.0, eval_steps=10_000)  # TRL's defaults
+    settings = TrainingSettings(
+        base_model=default_base_model(),
+        max_length=args.max_length,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        use_margin=False,
+        early_stopping_patience=None,
+        learning_rate=1e-4,
+        warmup_ratio=0.0,
+        eval_steps=10_000,
+    )  # TRL's defaults
     with tempfile.TemporaryDirectory() as workdir:
         baseline = plain_trl(train, evaluation, settings, Path(workdir))
         candidate = ours(train, evaluation, settings, Path(workdir))
-    print(f"pairs: train {len(train)}, eval {len(evaluation)}; batch {args.batch_size}; max_length {args.max_length}; "
-          f"epochs {args.epochs}")
+    print(
+        f"pairs: train {len(train)}, eval {len(evaluation)}; batch {args.batch_size}; max_length {args.max_length}; "
+        f"epochs {args.epochs}"
+    )
     for name, figures in (("plain TRL RewardTrainer", baseline), ("rm-pipeline reward_model", candidate)):
-        print(f"{name:26s} {len(train) * args.epochs / figures['seconds']:7.2f} pairs/s "
-              f"{figures['tokens'] * args.epochs / figures['seconds']:9.1f} tokens/s  "
-              f"train {figures['seconds']:7.1f} s  eval accuracy {figures['accuracy']:.3f}")
+        print(
+            f"{name:26s} {len(train) * args.epochs / figures['seconds']:7.2f} pairs/s "
+            f"{figures['tokens'] * args.epochs / figures['seconds']:9.1f} tokens/s  "
+            f"train {figures['seconds']:7.1f} s  eval accuracy {figures['accuracy']:.3f}"
+        )
     ratio = baseline["seconds"] / candidate["seconds"]
     verdict = "meets" if ratio >= 1.5 and candidate["accuracy"] >= baseline["accuracy"] else "misses"
-    print(f"speed-up {ratio:.2f}x; accuracy {candidate['accuracy']:.3f} vs {baseline['accuracy']:.3f}: "
-          f"{verdict} the target (>= 1.5x, accuracy equal or better)")
+    print(
+        f"speed-up {ratio:.2f}x; accuracy {candidate['accuracy']:.3f} vs {baseline['accuracy']:.3f}: "
+        f"{verdict} the target (>= 1.5x, accuracy equal or better)"
+    )
 
 
 if __name__ == "__main__":

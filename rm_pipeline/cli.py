@@ -40,24 +40,40 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--annotations", help="folder of annotation batches (default: the bundled data/annotations)")
     run.add_argument("--base-model", help="Hugging Face id or local path (default: the bundled all-MiniLM-L6-v2)")
     run.add_argument("--eval-dir", help="evaluation folder laid out like data/eval (default: the bundled data/eval)")
-    run.add_argument("--require-ready", action="store_true",
-                     help=f"exit with status {EXIT_NOT_READY} when the model is not ready for optimisation")
+    run.add_argument(
+        "--require-ready",
+        action="store_true",
+        help=f"exit with status {EXIT_NOT_READY} when the model is not ready for optimisation",
+    )
     run.set_defaults(handler=_run)
 
     evaluate = commands.add_parser("evaluate", help="score labelled pair files with a model; print one JSON object")
     evaluate.add_argument("--model", required=True, type=Path, help="a trained reward model directory")
-    evaluate.add_argument("--pairs", required=True, nargs="+", type=Path,
-                          help="pair files: RewardBench (prompt, chosen, rejected, subset), TRL standard or "
-                               "conversational; JSONL, JSON, CSV or Parquet")
-    evaluate.add_argument("--batch-size", type=positive_int, help="sequences per forward pass (default: the scoring settings' 32)")
+    evaluate.add_argument(
+        "--pairs",
+        required=True,
+        nargs="+",
+        type=Path,
+        help="pair files: RewardBench (prompt, chosen, rejected, subset), TRL standard or "
+        "conversational; JSONL, JSON, CSV or Parquet",
+    )
+    evaluate.add_argument(
+        "--batch-size", type=positive_int, help="sequences per forward pass (default: the scoring settings' 32)"
+    )
     evaluate.set_defaults(handler=_evaluate)
 
     score = commands.add_parser("score", help="reward and rank candidates per prompt (best-of-N, data filtering)")
     score.add_argument("--model", required=True, type=Path, help="a trained reward model directory")
-    score.add_argument("--input", required=True, type=Path,
-                       help='JSONL: {"prompt": text or messages, "candidates": [text, ...], ...} per line')
+    score.add_argument(
+        "--input",
+        required=True,
+        type=Path,
+        help='JSONL: {"prompt": text or messages, "candidates": [text, ...], ...} per line',
+    )
     score.add_argument("--output", type=Path, help="JSONL written here (default: stdout)")
-    score.add_argument("--batch-size", type=positive_int, help="sequences per forward pass (default: the scoring settings' 32)")
+    score.add_argument(
+        "--batch-size", type=positive_int, help="sequences per forward pass (default: the scoring settings' 32)"
+    )
     score.set_defaults(handler=_score)
 
     validate = commands.add_parser("validate", help="ingest, aggregate and validate files; print counts as JSON")
@@ -120,8 +136,10 @@ def _run(args) -> int:
         with hold_storage(home, run_id=run_id) as previous, dg.DagsterInstance.get() as instance:
             abandoned = fail_abandoned_run(instance, previous, home)
             if abandoned is not None:
-                print(f"run {abandoned.run_id} was still marked {abandoned.status.value}, but its process is gone: "
-                      f"reported it failed")
+                print(
+                    f"run {abandoned.run_id} was still marked {abandoned.status.value}, but its process is gone: "
+                    f"reported it failed"
+                )
             result = job.execute_in_process(instance=instance, raise_on_error=False, run_id=run_id)
     except StorageInUse as error:
         print(f"rm-pipeline run: {error}", file=sys.stderr)
@@ -129,9 +147,15 @@ def _run(args) -> int:
     evaluations = result.get_asset_check_evaluations()
     failed_gates = [e for e in evaluations if not e.passed and e.check_name != READINESS_CHECK]
     # A not-ready verdict fails its blocking check, and so its step: that is a result, not a crash.
-    crashes = [event for event in result.all_events if event.is_step_failure and not (
-        event.step_key == "reward_readiness"
-        and event.step_failure_data.error.cls_name == "DagsterAssetCheckFailedError")]
+    crashes = [
+        event
+        for event in result.all_events
+        if event.is_step_failure
+        and not (
+            event.step_key == "reward_readiness"
+            and event.step_failure_data.error.cls_name == "DagsterAssetCheckFailedError"
+        )
+    ]
     # An upstream table whose gate failed in an earlier run stops this one as surely as a gate of its own.
     unpassed = [event for event in crashes if gate_not_passed(event.step_failure_data.error)]
     outcome = "failed" if failed_gates or crashes else "succeeded"
@@ -163,12 +187,16 @@ def _run(args) -> int:
 def _print_verdict(readiness_file: Path) -> None:
     verdict = json.loads(readiness_file.read_text())
     ready = verdict["optimize_against_reward"]
-    print(f"\nverdict: {'READY' if ready else 'NOT READY'} for optimisation "
-          f"(optimize_against_reward: {str(ready).lower()})")
+    print(
+        f"\nverdict: {'READY' if ready else 'NOT READY'} for optimisation "
+        f"(optimize_against_reward: {str(ready).lower()})"
+    )
     for check in verdict["checks"]:
         print(f"  {'pass' if check['passed'] else 'FAIL'} {check['check']}: {check['reason']}")
-    print(f"\n{verdict['recommendation']}\n\nmodel:     {verdict['model_path']}\nreport:    {verdict['report']}"
-          f"\nreadiness: {readiness_file}")
+    print(
+        f"\n{verdict['recommendation']}\n\nmodel:     {verdict['model_path']}\nreport:    {verdict['report']}"
+        f"\nreadiness: {readiness_file}"
+    )
 
 
 def _summary(metadata: dict) -> str:
@@ -194,11 +222,15 @@ def _summary(metadata: dict) -> str:
 def _validate(args) -> int:
     from dataclasses import asdict, replace
     from functools import partial
-
     from typing import get_args
 
-    from rm_pipeline.lib.aggregation import (AggregationMethod, AggregationSettings, ReviewThresholds,
-                                             aggregate_votes, review_queue)
+    from rm_pipeline.lib.aggregation import (
+        AggregationMethod,
+        AggregationSettings,
+        ReviewThresholds,
+        aggregate_votes,
+        review_queue,
+    )
     from rm_pipeline.lib.annotations import read_annotations
     from rm_pipeline.lib.locations import default_base_model_name
     from rm_pipeline.lib.pairs import PairSettings, build_pairs, rejection_counts
@@ -209,21 +241,32 @@ def _validate(args) -> int:
         raise InputError(f"--method {args.method!r}: use one of {', '.join(get_args(AggregationMethod))}")
     ingested = read_annotations(args.files)
     _print_quarantine(ingested.quarantine)
-    comparisons = aggregate_votes(ingested.votes, **asdict(replace(aggregation, method=args.method or aggregation.method))
-                                  ).comparisons
+    comparisons = aggregate_votes(
+        ingested.votes, **asdict(replace(aggregation, method=args.method or aggregation.method))
+    ).comparisons
     queue = review_queue(comparisons, **asdict(ReviewThresholds()))
     count_tokens = partial(token_lengths, load_tokenizer(default_base_model_name()))
-    kept, rejected = build_pairs(comparisons, queue["item_id"], count_tokens, args.max_length or DEFAULT_MAX_LENGTH,
-                                 PairSettings().include_disputed)
-    print(json.dumps({
-        "rows_read": ingested.rows_read,  # = votes + quarantined
-        "votes": len(ingested.votes),
-        "quarantined": {k: int(v) for k, v in ingested.quarantine["reason"].value_counts().items()},
-        "comparisons": len(comparisons),
-        "pairs_kept": len(kept),
-        "pairs_rejected": rejection_counts(rejected),
-        "review_queue": len(queue),
-    }, indent=2))
+    kept, rejected = build_pairs(
+        comparisons,
+        queue["item_id"],
+        count_tokens,
+        args.max_length or DEFAULT_MAX_LENGTH,
+        PairSettings().include_disputed,
+    )
+    print(
+        json.dumps(
+            {
+                "rows_read": ingested.rows_read,  # = votes + quarantined
+                "votes": len(ingested.votes),
+                "quarantined": {k: int(v) for k, v in ingested.quarantine["reason"].value_counts().items()},
+                "comparisons": len(comparisons),
+                "pairs_kept": len(kept),
+                "pairs_rejected": rejection_counts(rejected),
+                "review_queue": len(queue),
+            },
+            indent=2,
+        )
+    )
     return 0
 
 
@@ -243,15 +286,20 @@ def _evaluate(args) -> int:
             continue
         _print_quarantine(quarantine, "; not scored")
         if pairs.empty:
-            print(f"rm-pipeline evaluate: {path}: no usable pairs (all {len(quarantine)} rows quarantined)",
-                  file=sys.stderr)
+            print(
+                f"rm-pipeline evaluate: {path}: no usable pairs (all {len(quarantine)} rows quarantined)",
+                file=sys.stderr,
+            )
             results[str(path)] = {"n": 0, "quarantined": len(quarantine), "error": "no usable pairs"}
             failed = True
             continue
         with _progress(2 * len(pairs), f"scoring {path.name}") as bar:
             scored = scorer.score_pairs(pairs, progress=bar.update)
-        results[str(path)] = {**pair_file_summary(scored), "quarantined": len(quarantine),
-                              "rows_without_subset": int(pairs["domain_from_file"].sum())}
+        results[str(path)] = {
+            **pair_file_summary(scored),
+            "quarantined": len(quarantine),
+            "rows_without_subset": int(pairs["domain_from_file"].sum()),
+        }
     print(json.dumps(jsonable(results), indent=2))
     return EXIT_BAD_INPUT if failed else 0
 

@@ -26,8 +26,10 @@ def config_class(settings_type: type, name: str, exclude: tuple[str, ...] = ()) 
             continue
         if field.default is dataclasses.MISSING:
             raise TypeError(f"{settings_type.__name__}.{field.name} needs a default to be a run config field")
-        fields[field.name] = (hints[field.name],
-                              pydantic.Field(default=field.default, description=field.metadata.get("help") or None))
+        fields[field.name] = (
+            hints[field.name],
+            pydantic.Field(default=field.default, description=field.metadata.get("help") or None),
+        )
     module = sys._getframe(1).f_globals.get("__name__", __name__)  # the stage that declares it, for snapshots
     config = pydantic.create_model(name, __base__=dg.Config, __module__=module, **fields)
     config.__doc__ = f"Run config of {settings_type.__name__} (rm_pipeline.lib)."

@@ -2,19 +2,31 @@
 
 import dagster as dg
 
-from rm_pipeline.resources import (AnnotationSource, BaseModelResource, EvaluationSource, ParquetIOManager, PipelineStorage,
-                                   QualityGates)
+from rm_pipeline.resources import (
+    AnnotationSource,
+    BaseModelResource,
+    EvaluationSource,
+    ParquetIOManager,
+    PipelineStorage,
+    QualityGates,
+)
 from rm_pipeline.stages import aggregation, annotations, evaluation, pairs, reward_model, split
 
 STAGES = [annotations, aggregation, pairs, split, reward_model, evaluation]
 
 reward_pipeline_job = dg.define_asset_job(
-    "reward_pipeline_job", selection=dg.AssetSelection.all(),
-    description="Annotations to a trained, evaluated reward model and its readiness verdict, through every gate.")
+    "reward_pipeline_job",
+    selection=dg.AssetSelection.all(),
+    description="Annotations to a trained, evaluated reward model and its readiness verdict, through every gate.",
+)
 
 
-def build_resources(storage_root: str | None = None, annotations_dir: str | None = None,
-                    base_model: str | None = None, evaluation_dir: str | None = None) -> dict:
+def build_resources(
+    storage_root: str | None = None,
+    annotations_dir: str | None = None,
+    base_model: str | None = None,
+    evaluation_dir: str | None = None,
+) -> dict:
     storage = PipelineStorage(root=storage_root) if storage_root else PipelineStorage()
     return {
         "storage": storage,
@@ -26,8 +38,12 @@ def build_resources(storage_root: str | None = None, annotations_dir: str | None
     }
 
 
-def build_defs(storage_root: str | None = None, annotations_dir: str | None = None,
-               base_model: str | None = None, evaluation_dir: str | None = None) -> dg.Definitions:
+def build_defs(
+    storage_root: str | None = None,
+    annotations_dir: str | None = None,
+    base_model: str | None = None,
+    evaluation_dir: str | None = None,
+) -> dg.Definitions:
     return dg.Definitions(
         assets=dg.load_assets_from_modules(STAGES),
         asset_checks=dg.load_asset_checks_from_modules(STAGES),

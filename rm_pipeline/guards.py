@@ -100,12 +100,14 @@ def published_table(instance: dg.DagsterInstance, storage, asset: str | dg.Asset
             f"{name} from run {result.run_id} failed its gate {', '.join(result.failed)}: nothing downstream may "
             f"use it. Its table is kept for inspection at {kept}; the check's failures are on run {result.run_id}. "
             f"Fix what they name (e.g. the offending annotation batch) and materialise {name} again "
-            f"(rm-pipeline run).")
+            f"(rm-pipeline run)."
+        )
     if result.not_evaluated:
         raise GateNotPassedError(
             f"{name} from run {result.run_id} has not been through its gate {', '.join(result.not_evaluated)} "
             f"(the run stopped before the check finished, or the check was left out): nothing downstream may use "
-            f"it. Materialise {name} again with its checks (rm-pipeline run).")
+            f"it. Materialise {name} again with its checks (rm-pipeline run)."
+        )
     path = storage.table(*key.path)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: materialise {name} first")
@@ -127,8 +129,10 @@ def settle_run(instance: dg.DagsterInstance, storage, run_id: str) -> list[Verdi
     has a gate that didn't run; a later read reports it)."""
     suffix = f"-{run_id}.parquet"
     pending = storage.directory("tables", ".pending")
-    keys = [dg.AssetKey([*path.relative_to(pending).parent.parts, path.name[:-len(suffix)]])
-            for path in sorted(pending.rglob(f"*{suffix}"))]
+    keys = [
+        dg.AssetKey([*path.relative_to(pending).parent.parts, path.name[: -len(suffix)]])
+        for path in sorted(pending.rglob(f"*{suffix}"))
+    ]
     return [settle(instance, storage, key) for key in keys]
 
 
@@ -136,10 +140,17 @@ def fail_abandoned_run(instance: dg.DagsterInstance, previous_holder: dict, root
     """The run that died holding the storage root (killed, out of memory) still shows as running: report it
     failed, so the UI shows what happened. Returns it, or None when there was none."""
     run = instance.get_run_by_id(previous_holder["run_id"]) if previous_holder.get("run_id") else None
-    if run is None or run.status not in (dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED,
-                                         dg.DagsterRunStatus.CANCELING):
+    if run is None or run.status not in (
+        dg.DagsterRunStatus.STARTING,
+        dg.DagsterRunStatus.STARTED,
+        dg.DagsterRunStatus.CANCELING,
+    ):
         return None
-    instance.report_run_failed(run, message=(
-        f"The process of this run (pid {previous_holder.get('pid')}) ended without finishing it (killed or "
-        f"crashed); marked failed when the next run took the storage root {root}."))
+    instance.report_run_failed(
+        run,
+        message=(
+            f"The process of this run (pid {previous_holder.get('pid')}) ended without finishing it (killed or "
+            f"crashed); marked failed when the next run took the storage root {root}."
+        ),
+    )
     return run

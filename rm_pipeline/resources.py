@@ -11,8 +11,12 @@ from pydantic import Field
 
 from rm_pipeline.guards import GATED_BY, blocking_checks, fail_abandoned_run, latest_table, published_table, settle_run
 from rm_pipeline.lib.evaluation_inputs import EvaluationFolder
-from rm_pipeline.lib.locations import (default_annotations_dir, default_base_model_name, default_evaluation_dir,
-                                         default_home)
+from rm_pipeline.lib.locations import (
+    default_annotations_dir,
+    default_base_model_name,
+    default_evaluation_dir,
+    default_home,
+)
 from rm_pipeline.lib.storage_lock import hold_storage
 from rm_pipeline.lib.tokenization import DEFAULT_MAX_LENGTH, load_tokenizer, token_lengths
 
@@ -71,8 +75,9 @@ class ParquetIOManager(dg.ConfigurableIOManager):
         partial = path.with_suffix(".parquet.partial")
         table.to_parquet(partial, index=False)
         partial.replace(path)  # readers never see a half-written table
-        context.add_output_metadata({"path": dg.MetadataValue.path(str(self.storage.table(*key.path))),
-                                     **({GATED_BY: gates} if gates else {})})
+        context.add_output_metadata(
+            {"path": dg.MetadataValue.path(str(self.storage.table(*key.path))), **({GATED_BY: gates} if gates else {})}
+        )
 
     def load_input(self, context: dg.InputContext) -> pd.DataFrame:
         key = context.upstream_output.asset_key
@@ -89,24 +94,33 @@ class ParquetIOManager(dg.ConfigurableIOManager):
         if context.instance is not None and context.run_id:
             for result in settle_run(context.instance, self.storage, context.run_id):
                 if not result.passed:
-                    context.log.warning(f"{result.asset.to_user_string()} not published: gate "
-                                        f"{', '.join(result.failed + result.not_evaluated)} did not pass")
+                    context.log.warning(
+                        f"{result.asset.to_user_string()} not published: gate "
+                        f"{', '.join(result.failed + result.not_evaluated)} did not pass"
+                    )
 
 
 class AnnotationSource(dg.ConfigurableResource):
     """The folder vendors drop annotation batches into; every file in it is one batch."""
 
-    directory: str = Field(default_factory=lambda: str(default_annotations_dir()),
-                           description="Folder of batch files (.jsonl, .json, .csv, .parquet).")
+    directory: str = Field(
+        default_factory=lambda: str(default_annotations_dir()),
+        description="Folder of batch files (.jsonl, .json, .csv, .parquet).",
+    )
 
 
 class EvaluationSource(dg.ConfigurableResource):
     """The folder of evaluation evidence: benchmark files, fresh policy outputs, rankings (data/eval/README.md)."""
 
-    directory: str = Field(default_factory=lambda: str(default_evaluation_dir()),
-                           description="Folder laid out like the bundled data/eval ($RM_PIPELINE_EVAL).")
-    policy_outputs: str = Field(default="", description="Folder of AlpacaEval-format outputs of the policies to "
-                                                        "compare (empty: `alpaca-eval/` in the folder above).")
+    directory: str = Field(
+        default_factory=lambda: str(default_evaluation_dir()),
+        description="Folder laid out like the bundled data/eval ($RM_PIPELINE_EVAL).",
+    )
+    policy_outputs: str = Field(
+        default="",
+        description="Folder of AlpacaEval-format outputs of the policies to "
+        "compare (empty: `alpaca-eval/` in the folder above).",
+    )
 
     def folder(self) -> EvaluationFolder:
         root = Path(self.directory)
@@ -119,12 +133,15 @@ class BaseModelResource(dg.ConfigurableResource):
 
     name_or_path: str = Field(
         default_factory=default_base_model_name,
-        description="Hugging Face model id or local path ($RM_PIPELINE_BASE_MODEL, else the bundled all-MiniLM-L6-v2).")
+        description="Hugging Face model id or local path ($RM_PIPELINE_BASE_MODEL, else the bundled all-MiniLM-L6-v2).",
+    )
     trust_remote_code: bool = Field(default=False, description="Run code shipped with the model (off unless set).")
     max_length: int = Field(
-        default=DEFAULT_MAX_LENGTH, gt=0,
+        default=DEFAULT_MAX_LENGTH,
+        gt=0,
         description="Pairs longer than this many tokens are dropped and counted, never truncated; training reads "
-                    "no more. The default, 256, is the sequence length all-MiniLM-L6-v2 was trained with.")
+        "no more. The default, 256, is the sequence length all-MiniLM-L6-v2 was trained with.",
+    )
 
     def token_lengths(self, prompts, responses, conversational):
         tokenizer = load_tokenizer(self.name_or_path, self.trust_remote_code)
@@ -135,4 +152,5 @@ class QualityGates(dg.ConfigurableResource):
     """Thresholds of the expectation gates that aren't a property of one stage's settings."""
 
     max_quarantine_fraction: float = Field(
-        default=0.2, description="A batch with a larger share of unreadable rows fails the raw_annotations gate.")
+        default=0.2, description="A batch with a larger share of unreadable rows fails the raw_annotations gate."
+    )

@@ -30,19 +30,47 @@ def tiny_encoder(tmp_path_factory) -> str:
 
     folder = tmp_path_factory.mktemp("tiny_encoder")
     tokenizer = AutoTokenizer.from_pretrained(default_base_model())
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=512, num_labels=1)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+        num_labels=1,
+    )
     torch.manual_seed(0)
     BertForSequenceClassification(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return str(folder)
 
 
-DECODER_WORDS = ["<unk>", "<eos>", "<|user|>", "<|assistant|>", "<|system|>", "hello", "hi", "red", "blue",
-                 "name", "a", "colour", "there", "be", "kind.", "excellent", "terrible", "answer", "question",
-                 "the", "is", "sky", "what"]
-CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] | lower }} {% endfor %}"
-                 "{{ eos_token }}")
+DECODER_WORDS = [
+    "<unk>",
+    "<eos>",
+    "<|user|>",
+    "<|assistant|>",
+    "<|system|>",
+    "hello",
+    "hi",
+    "red",
+    "blue",
+    "name",
+    "a",
+    "colour",
+    "there",
+    "be",
+    "kind.",
+    "excellent",
+    "terrible",
+    "answer",
+    "question",
+    "the",
+    "is",
+    "sky",
+    "what",
+]
+CHAT_TEMPLATE = "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] | lower }} {% endfor %}{{ eos_token }}"
 
 
 @pytest.fixture(scope="session")
@@ -59,9 +87,19 @@ def tiny_decoder(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("tiny_decoder")
     tokenizer.save_pretrained(folder)
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(DECODER_WORDS), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128,
-                         eos_token_id=1, bos_token_id=None, pad_token_id=None, num_labels=1)
+    config = LlamaConfig(
+        vocab_size=len(DECODER_WORDS),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        eos_token_id=1,
+        bos_token_id=None,
+        pad_token_id=None,
+        num_labels=1,
+    )
     LlamaForSequenceClassification(config).save_pretrained(folder)
     return folder
 
@@ -72,9 +110,11 @@ def storage_root(tmp_path) -> Path:
 
 
 # Thresholds any model meets, given some fresh-policy labels: for tests of the graph, not of the verdict.
-PERMISSIVE_READINESS = {"reward_readiness": {"config": {"min_length_matched_accuracy": 0.0,
-                                                        "min_fresh_policy_accuracy": 0.0, "max_ece": 1.0,
-                                                        "min_pairs": 1}}}
+PERMISSIVE_READINESS = {
+    "reward_readiness": {
+        "config": {"min_length_matched_accuracy": 0.0, "min_fresh_policy_accuracy": 0.0, "max_ece": 1.0, "min_pairs": 1}
+    }
+}
 
 
 @pytest.fixture(scope="session")

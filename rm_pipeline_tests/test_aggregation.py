@@ -20,10 +20,19 @@ def ingest_votes(tmp_path, triples, name="batch") -> pd.DataFrame:
     path = tmp_path / f"{name}.jsonl"
     rows = []
     for item, annotator, label, *strength in triples:
-        rows.append({"item_id": item, "prompt_id": f"prompt-{item}", "prompt": f"Question {item}?",
-                     "response_a": f"answer A to {item}", "response_b": f"answer B to {item}",
-                     "annotator_id": annotator, "vote": label, "strength": strength[0] if strength else None,
-                     "domain": "test"})
+        rows.append(
+            {
+                "item_id": item,
+                "prompt_id": f"prompt-{item}",
+                "prompt": f"Question {item}?",
+                "response_a": f"answer A to {item}",
+                "response_b": f"answer B to {item}",
+                "annotator_id": annotator,
+                "vote": label,
+                "strength": strength[0] if strength else None,
+                "domain": "test",
+            }
+        )
     path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     result = read_annotations([path])
     assert result.quarantine.empty, result.quarantine
@@ -31,11 +40,17 @@ def ingest_votes(tmp_path, triples, name="batch") -> pd.DataFrame:
 
 
 HAND_MADE = [
-    ("x", "u1", "a"), ("x", "u2", "a"), ("x", "u3", "b"),          # 2-of-3 majority for a
-    ("y", "u1", "a"), ("y", "u2", "tie"), ("y", "u3", "tie"),      # tie-heavy
-    ("z", "u1", "a"), ("z", "u2", "b"),                            # exact a/b draw
-    ("w", "u1", "a"), ("w", "u2", "abstain"),                      # abstention is counted, not a side
-    ("n", "u3", "abstain"),                                        # nobody picked anything
+    ("x", "u1", "a"),
+    ("x", "u2", "a"),
+    ("x", "u3", "b"),  # 2-of-3 majority for a
+    ("y", "u1", "a"),
+    ("y", "u2", "tie"),
+    ("y", "u3", "tie"),  # tie-heavy
+    ("z", "u1", "a"),
+    ("z", "u2", "b"),  # exact a/b draw
+    ("w", "u1", "a"),
+    ("w", "u2", "abstain"),  # abstention is counted, not a side
+    ("n", "u3", "abstain"),  # nobody picked anything
 ]
 
 
@@ -93,8 +108,9 @@ def test_tie_policy_ignore_lets_the_only_side_win(hand_made):
 
 
 def test_winner_strength_is_the_mean_of_agreeing_votes(tmp_path):
-    votes = ingest_votes(tmp_path, [("s", "u1", "a", 2), ("s", "u2", "a", 1), ("s", "u3", "b", 2),
-                                    ("t", "u1", "b", None)])
+    votes = ingest_votes(
+        tmp_path, [("s", "u1", "a", 2), ("s", "u2", "a", 1), ("s", "u3", "b", 2), ("t", "u1", "b", None)]
+    )
     c = by_item(aggregate_votes(votes, method="majority_vote"))
     assert c.loc["s", "strength"] == pytest.approx(1.5)
     assert np.isnan(c.loc["t", "strength"])
@@ -103,8 +119,10 @@ def test_winner_strength_is_the_mean_of_agreeing_votes(tmp_path):
 def test_votes_in_swapped_orientation_agree(tmp_path):
     path = tmp_path / "batch.jsonl"
     base = {"item_id": "i1", "prompt": "Say hi.", "response_a": "Hi!", "response_b": "Go away."}
-    rows = [{**base, "annotator_id": "u1", "vote": "a"},
-            {**base, "response_a": "Go away.", "response_b": "Hi!", "annotator_id": "u2", "vote": "B"}]
+    rows = [
+        {**base, "annotator_id": "u1", "vote": "a"},
+        {**base, "response_a": "Go away.", "response_b": "Hi!", "annotator_id": "u2", "vote": "B"},
+    ]
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     votes = read_annotations([path]).votes
     for method in ("majority_vote", "dawid_skene"):
@@ -151,8 +169,10 @@ def test_dawid_skene_learns_who_to_trust(tmp_path):
     assert reliability["adv"] < 0.2 < 0.8 < reliability[["g1", "g2", "g3"]].min()
     assert (by_item(skene)["method"] == "dawid_skene").all()
     # the disagreement with majority vote is visible to the review queue
-    assert all("methods_disagree" in reason for reason in review_reasons(skene.comparisons)[
-        skene.comparisons["item_id"].isin(hard)])
+    assert all(
+        "methods_disagree" in reason
+        for reason in review_reasons(skene.comparisons)[skene.comparisons["item_id"].isin(hard)]
+    )
 
 
 def test_dawid_skene_leaves_single_vote_annotators_alone(tmp_path):
@@ -176,8 +196,9 @@ def test_dawid_skene_leaves_single_vote_annotators_alone(tmp_path):
 
 
 def test_dawid_skene_on_single_vote_data_is_the_votes_themselves(tmp_path):
-    votes = ingest_votes(tmp_path, [("p1", "crowd", "a"), ("p2", "crowd", "b"), ("p3", "crowd", "a"),
-                                    ("p4", "crowd", "tie")])
+    votes = ingest_votes(
+        tmp_path, [("p1", "crowd", "a"), ("p2", "crowd", "b"), ("p3", "crowd", "a"), ("p4", "crowd", "tie")]
+    )
     c = by_item(aggregate_votes(votes, method="dawid_skene"))
     assert c["winner"].to_dict() == {"p1": "a", "p2": "b", "p3": "a", "p4": "tie"}
 
@@ -206,8 +227,11 @@ def test_low_reliability_flag(tmp_path):
     triples, _ = crowd_with_an_adversary()
     comparisons = aggregate_votes(ingest_votes(tmp_path, triples), method="majority_vote").comparisons
     hard = comparisons["item_id"].str.startswith("h")  # one honest voter and the adversary, on average ~0.5
-    assert comparisons.loc[hard, "annotator_reliability"].max() < 0.6 < comparisons.loc[
-        ~hard, "annotator_reliability"].min()
+    assert (
+        comparisons.loc[hard, "annotator_reliability"].max()
+        < 0.6
+        < comparisons.loc[~hard, "annotator_reliability"].min()
+    )
     flagged = review_reasons(comparisons, agreement_threshold=0.0, min_annotator_reliability=0.6)
     assert flagged[hard].str.contains("low_reliability").all()
     assert not flagged[~hard].str.contains("low_reliability").any()

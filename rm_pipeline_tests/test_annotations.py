@@ -14,7 +14,12 @@ import pandas as pd
 import pytest
 
 from rm_pipeline.lib.annotations import (
-    QUARANTINE_COLUMNS, VOTE_COLUMNS, AnnotationFileError, batch_files, list_batch_files, read_annotations,
+    QUARANTINE_COLUMNS,
+    VOTE_COLUMNS,
+    AnnotationFileError,
+    batch_files,
+    list_batch_files,
+    read_annotations,
     read_batch_bytes,
 )
 
@@ -22,16 +27,25 @@ BUNDLED = Path(__file__).resolve().parents[1] / "data" / "annotations"
 
 
 def vote(**overrides) -> dict:
-    row = {"item_id": "i1", "prompt_id": "p1", "prompt": "Say hi.", "response_a": "Hi!", "response_b": "Go away.",
-           "annotator_id": "ann1", "vote": "a"}
+    row = {
+        "item_id": "i1",
+        "prompt_id": "p1",
+        "prompt": "Say hi.",
+        "response_a": "Hi!",
+        "response_b": "Go away.",
+        "annotator_id": "ann1",
+        "vote": "a",
+    }
     row.update(overrides)
     return row
 
 
 def write_jsonl(path: Path, rows: list) -> Path:
     """dicts become JSON lines; str and bytes entries are written as the line itself."""
-    lines = [row if isinstance(row, bytes) else (row if isinstance(row, str) else json.dumps(row)).encode("utf-8")
-             for row in rows]
+    lines = [
+        row if isinstance(row, bytes) else (row if isinstance(row, str) else json.dumps(row)).encode("utf-8")
+        for row in rows
+    ]
     path.write_bytes(b"\n".join(lines) + b"\n")
     return path
 
@@ -62,8 +76,9 @@ def only_quarantined(result) -> dict:
 
 
 def test_malformed_json_line_is_quarantined_with_its_line_number(tmp_path):
-    path = write_jsonl(tmp_path / "batch.jsonl", [vote(item_id="i1"), "", '{"item_id": "i2", "vote": ',
-                                                  vote(item_id="i3")])
+    path = write_jsonl(
+        tmp_path / "batch.jsonl", [vote(item_id="i1"), "", '{"item_id": "i2", "vote": ', vote(item_id="i3")]
+    )
     result = ingest(path)
     bad = only_quarantined(result)
     assert (bad["reason"], bad["line"], bad["file"]) == ("malformed_json", 3, str(path))  # blank line 2 still counts
@@ -76,7 +91,9 @@ def test_malformed_json_line_is_quarantined_with_its_line_number(tmp_path):
 def test_missing_required_fields_are_named(tmp_path):
     no_annotator = vote(item_id="i2")
     del no_annotator["annotator_id"]
-    path = write_jsonl(tmp_path / "batch.jsonl", [vote(), no_annotator, vote(item_id=""), vote(item_id="i4", vote=None)])
+    path = write_jsonl(
+        tmp_path / "batch.jsonl", [vote(), no_annotator, vote(item_id=""), vote(item_id="i4", vote=None)]
+    )
     result = ingest(path)
     quarantine = result.quarantine.set_index("line")
     assert quarantine.loc[2, ["reason", "field"]].tolist() == ["missing_field", "annotator_id"]
@@ -101,14 +118,17 @@ def test_unknown_vote_label_is_a_bad_vote(tmp_path):
     assert result.votes["vote"].tolist() == ["a"]
 
 
-@pytest.mark.parametrize("overrides, field", [
-    ({"response_a": 42}, "response_a"),
-    ({"response_a": {"text": "Hi!"}}, "response_a"),
-    ({"response_b": ["Hi!"]}, "response_b"),
-    ({"strength": "strong"}, "strength"),
-    ({"annotator_id": 1.5}, "annotator_id"),
-    ({"prompt": [{"role": "user"}]}, "prompt"),  # a message without content
-])
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        ({"response_a": 42}, "response_a"),
+        ({"response_a": {"text": "Hi!"}}, "response_a"),
+        ({"response_b": ["Hi!"]}, "response_b"),
+        ({"strength": "strong"}, "strength"),
+        ({"annotator_id": 1.5}, "annotator_id"),
+        ({"prompt": [{"role": "user"}]}, "prompt"),  # a message without content
+    ],
+)
 def test_wrong_type_names_the_field(tmp_path, overrides, field):
     path = write_jsonl(tmp_path / "batch.jsonl", [vote(strength=2), vote(item_id="i2", **overrides)])
     result = ingest(path)
@@ -120,9 +140,10 @@ def test_wrong_type_names_the_field(tmp_path, overrides, field):
 
 def test_negative_strength_is_a_bad_value_and_numeric_text_is_a_number(tmp_path):
     path = tmp_path / "batch.csv"
-    path.write_text("item_id,prompt,response_a,response_b,annotator_id,vote,strength\n"
-                    "i1,p,x,y,ann1,a,2\n"
-                    "i2,p,x,y,ann1,b,-1\n", encoding="utf-8")
+    path.write_text(
+        "item_id,prompt,response_a,response_b,annotator_id,vote,strength\ni1,p,x,y,ann1,a,2\ni2,p,x,y,ann1,b,-1\n",
+        encoding="utf-8",
+    )
     result = ingest(path)
     bad = only_quarantined(result)
     assert (bad["reason"], bad["field"], bad["line"]) == ("bad_value", "strength", 3)
@@ -130,8 +151,7 @@ def test_negative_strength_is_a_bad_value_and_numeric_text_is_a_number(tmp_path)
 
 
 def test_same_annotator_voting_twice_keeps_the_first_vote(tmp_path):
-    path = write_jsonl(tmp_path / "batch.jsonl", [vote(vote="a"), vote(annotator_id="ann2", vote="b"),
-                                                  vote(vote="b")])
+    path = write_jsonl(tmp_path / "batch.jsonl", [vote(vote="a"), vote(annotator_id="ann2", vote="b"), vote(vote="b")])
     result = ingest(path)
     bad = only_quarantined(result)
     assert (bad["reason"], bad["field"], bad["line"]) == ("duplicate_vote", "annotator_id", 3)
@@ -151,8 +171,10 @@ def test_duplicate_vote_is_found_across_batches_of_one_source(tmp_path):
 def test_items_of_independent_batches_never_collide(tmp_path):
     """Two vendors numbering their items 1..N: each batch's items are its own, the id as written is kept."""
     first = write_jsonl(tmp_path / "vendor_a.jsonl", [vote(item_id=1), vote(item_id=2, prompt="Count to 3.")])
-    second = write_jsonl(tmp_path / "vendor_b.jsonl", [vote(item_id=1, prompt="Other", vote="b"),
-                                                      vote(item_id=2, response_a="Something else.")])
+    second = write_jsonl(
+        tmp_path / "vendor_b.jsonl",
+        [vote(item_id=1, prompt="Other", vote="b"), vote(item_id=2, response_a="Something else.")],
+    )
     result = ingest(first, second)
     assert result.quarantine.empty
     assert result.votes["item_id"].tolist() == ["vendor_a/1", "vendor_a/2", "vendor_b/1", "vendor_b/2"]
@@ -161,8 +183,10 @@ def test_items_of_independent_batches_never_collide(tmp_path):
 
 def test_the_batch_field_scopes_items_spread_over_files(tmp_path):
     first = write_jsonl(tmp_path / "part1.jsonl", [vote(batch="week7")])
-    second = write_jsonl(tmp_path / "part2.jsonl", [vote(batch="week7", annotator_id="ann2", vote="b",
-                                                         response_a="Go away.", response_b="Hi!")])
+    second = write_jsonl(
+        tmp_path / "part2.jsonl",
+        [vote(batch="week7", annotator_id="ann2", vote="b", response_a="Go away.", response_b="Hi!")],
+    )
     votes = ingest(first, second).votes
     assert votes["item_id"].tolist() == ["week7/i1", "week7/i1"]
     assert votes["orientation_flipped"].tolist() == [False, True]  # one item: the second vote is flipped to it
@@ -180,11 +204,13 @@ def test_invalid_utf8_jsonl_line_is_a_bad_encoding(tmp_path):
 
 def test_invalid_utf8_csv_row_is_a_bad_encoding(tmp_path):
     path = tmp_path / "batch.csv"
-    path.write_bytes(b"item_id,prompt,response_a,response_b,annotator_id,vote,domain\n"
-                     b"i1,Say hi.,Hi!,Go away.,ann1,a,chat\n"
-                     b"i2,Say hi.,Hi!,Go away.,ann1,a,caf\xe9\n"
-                     b"i3,Say hi \xff,Hi!,Go away.,ann1,a,chat\n"
-                     b"i4,Say hi.,Hi!,Go away.,ann1,b,chat\n")
+    path.write_bytes(
+        b"item_id,prompt,response_a,response_b,annotator_id,vote,domain\n"
+        b"i1,Say hi.,Hi!,Go away.,ann1,a,chat\n"
+        b"i2,Say hi.,Hi!,Go away.,ann1,a,caf\xe9\n"
+        b"i3,Say hi \xff,Hi!,Go away.,ann1,a,chat\n"
+        b"i4,Say hi.,Hi!,Go away.,ann1,b,chat\n"
+    )
     result = ingest(path)
     quarantine = result.quarantine.set_index("line")
     assert quarantine["reason"].to_dict() == {3: "bad_encoding", 4: "bad_encoding"}  # header is line 1
@@ -207,11 +233,23 @@ def test_each_bad_line_gets_its_own_reason_and_the_rest_is_kept(tmp_path):
     """Many problems in one file: each line gets its own reason and the rest is kept."""
     no_item = vote()
     del no_item["item_id"]
-    rows = [vote(item_id="ok1"), "not json", no_item, vote(item_id="bv", vote="maybe"),
-            vote(item_id="wt", response_a=7), vote(item_id="ok1", vote="b"), vote(item_id="ok2")]
+    rows = [
+        vote(item_id="ok1"),
+        "not json",
+        no_item,
+        vote(item_id="bv", vote="maybe"),
+        vote(item_id="wt", response_a=7),
+        vote(item_id="ok1", vote="b"),
+        vote(item_id="ok2"),
+    ]
     result = ingest(write_jsonl(tmp_path / "batch.jsonl", rows))
     assert result.quarantine.set_index("line")["reason"].to_dict() == {
-        2: "malformed_json", 3: "missing_field", 4: "bad_vote", 5: "wrong_type", 6: "duplicate_vote"}
+        2: "malformed_json",
+        3: "missing_field",
+        4: "bad_vote",
+        5: "wrong_type",
+        6: "duplicate_vote",
+    }
     assert sorted(result.votes["source_item_id"]) == ["ok1", "ok2"]
 
 
@@ -222,22 +260,25 @@ def _random_bytes(size: int) -> bytes:
     return random.Random(size).randbytes(size)
 
 
-@pytest.mark.parametrize("name, content", [
-    ("x.parquet", _random_bytes(700)),
-    ("x.parquet", b""),
-    ("string.json", b'"just a string"'),
-    ("number.json", b"42"),
-    ("list_of_numbers.json", b"[1, 2, 3]"),
-    ("object.json", b'{"hello": "world"}'),
-    ("prose.jsonl", b"hello\nworld\n[1, 2]\n"),
-    ("empty.jsonl", b"\n  \n"),
-    ("random.jsonl", _random_bytes(900)),
-    ("binary.csv", b"\x00\x01\x02" + _random_bytes(300)),
-    ("random.csv", _random_bytes(1200)),
-    ("empty.csv", b""),
-    ("wrong_columns.csv", b"x,y\n1,2\n"),
-    ("notes.txt", b"item_id,vote\ni1,a\n"),
-])
+@pytest.mark.parametrize(
+    "name, content",
+    [
+        ("x.parquet", _random_bytes(700)),
+        ("x.parquet", b""),
+        ("string.json", b'"just a string"'),
+        ("number.json", b"42"),
+        ("list_of_numbers.json", b"[1, 2, 3]"),
+        ("object.json", b'{"hello": "world"}'),
+        ("prose.jsonl", b"hello\nworld\n[1, 2]\n"),
+        ("empty.jsonl", b"\n  \n"),
+        ("random.jsonl", _random_bytes(900)),
+        ("binary.csv", b"\x00\x01\x02" + _random_bytes(300)),
+        ("random.csv", _random_bytes(1200)),
+        ("empty.csv", b""),
+        ("wrong_columns.csv", b"x,y\n1,2\n"),
+        ("notes.txt", b"item_id,vote\ni1,a\n"),
+    ],
+)
 def test_a_file_that_is_not_an_annotation_table_names_itself(tmp_path, name, content):
     path = tmp_path / name
     path.write_bytes(content)
@@ -343,11 +384,14 @@ def test_each_batch_records_the_content_it_was_read_from(tmp_path):
 
 
 def test_batches_with_different_columns_are_unioned(tmp_path):
-    rich = write_jsonl(tmp_path / "rich.jsonl", [vote(domain="math", strength=2, source="vendor"),
-                                                 vote(item_id="i2", domain="code", strength=1, vote="b")])
+    rich = write_jsonl(
+        tmp_path / "rich.jsonl",
+        [vote(domain="math", strength=2, source="vendor"), vote(item_id="i2", domain="code", strength=1, vote="b")],
+    )
     plain = tmp_path / "plain.csv"
-    plain.write_text("item_id,prompt,response_a,response_b,annotator_id,vote\n"
-                     "i3,What is 2+2?,4,5,ann2,TIE\n", encoding="utf-8")
+    plain.write_text(
+        "item_id,prompt,response_a,response_b,annotator_id,vote\ni3,What is 2+2?,4,5,ann2,TIE\n", encoding="utf-8"
+    )
     result = ingest(rich, plain)
     votes = result.votes.set_index("source_item_id")
     assert votes.loc["i1", "domain"] == "math" and votes.loc["i2", "domain"] == "code"
@@ -380,18 +424,29 @@ def test_absent_optional_keys_are_null_not_the_text_nan(tmp_path):
 
 
 def test_missing_prompt_id_is_derived_from_the_prompt(tmp_path):
-    path = write_jsonl(tmp_path / "batch.jsonl", [
-        vote(item_id="i1", prompt_id=None, prompt="Same prompt"), vote(item_id="i2", prompt_id="", prompt="Same prompt"),
-        vote(item_id="i3", prompt_id=None, prompt="Other prompt")])
+    path = write_jsonl(
+        tmp_path / "batch.jsonl",
+        [
+            vote(item_id="i1", prompt_id=None, prompt="Same prompt"),
+            vote(item_id="i2", prompt_id="", prompt="Same prompt"),
+            vote(item_id="i3", prompt_id=None, prompt="Other prompt"),
+        ],
+    )
     ids = ingest(path).votes.set_index("source_item_id")["prompt_id"]
     assert ids["i1"] == ids["i2"] != ids["i3"]
 
 
 @pytest.mark.parametrize("extra_line", [[], ["{not json"]], ids=["arrow", "line_by_line"])
 def test_integer_identifiers_become_text(tmp_path, extra_line):
-    path = write_jsonl(tmp_path / "batch.jsonl", [vote(item_id=1, annotator_id=7, prompt_id=3),
-                                                  vote(item_id=1, annotator_id=7, prompt_id=3, vote="b"),
-                                                  vote(item_id=2, annotator_id=8, prompt_id=4), *extra_line])
+    path = write_jsonl(
+        tmp_path / "batch.jsonl",
+        [
+            vote(item_id=1, annotator_id=7, prompt_id=3),
+            vote(item_id=1, annotator_id=7, prompt_id=3, vote="b"),
+            vote(item_id=2, annotator_id=8, prompt_id=4),
+            *extra_line,
+        ],
+    )
     result = ingest(path)
     assert result.votes["source_item_id"].tolist() == ["1", "2"]
     assert result.votes["annotator_id"].tolist() == ["7", "8"]
@@ -422,8 +477,14 @@ def test_parquet_votes_are_read(tmp_path):
 
 def test_swapped_candidates_are_flipped_back_to_the_first_orientation(tmp_path):
     first = vote(annotator_id="ann1", vote="a", context_a="ctx A", context_b="ctx B")
-    swapped = vote(annotator_id="ann2", vote="b", response_a=first["response_b"], response_b=first["response_a"],
-                   context_a="ctx B", context_b="ctx A")
+    swapped = vote(
+        annotator_id="ann2",
+        vote="b",
+        response_a=first["response_b"],
+        response_b=first["response_a"],
+        context_a="ctx B",
+        context_b="ctx A",
+    )
     result = ingest(write_jsonl(tmp_path / "batch.jsonl", [first, swapped]))
     votes = result.votes.set_index("annotator_id")
     assert votes["orientation_flipped"].to_dict() == {"ann1": False, "ann2": True}
@@ -441,8 +502,11 @@ def test_flipping_keeps_a_symmetric_vote(tmp_path, label):
 
 
 def test_item_id_reused_for_a_different_comparison_is_inconsistent(tmp_path):
-    rows = [vote(annotator_id="ann1"), vote(annotator_id="ann2", response_b="Something else entirely."),
-            vote(annotator_id="ann3", prompt="A different prompt")]
+    rows = [
+        vote(annotator_id="ann1"),
+        vote(annotator_id="ann2", response_b="Something else entirely."),
+        vote(annotator_id="ann3", prompt="A different prompt"),
+    ]
     result = ingest(write_jsonl(tmp_path / "batch.jsonl", rows))
     quarantine = result.quarantine.set_index("line")
     assert quarantine["reason"].to_dict() == {2: "inconsistent_item", 3: "inconsistent_item"}
@@ -459,8 +523,13 @@ def msg(role: str, content: str) -> dict:
 
 
 def test_trl_standard_pairs_are_single_vote_items(tmp_path):
-    path = write_jsonl(tmp_path / "trl.jsonl", [{"prompt": "Capital of France?", "chosen": "Paris.", "rejected": "Rome."},
-                                                {"prompt": "2+2?", "chosen": "4", "rejected": "5"}])
+    path = write_jsonl(
+        tmp_path / "trl.jsonl",
+        [
+            {"prompt": "Capital of France?", "chosen": "Paris.", "rejected": "Rome."},
+            {"prompt": "2+2?", "chosen": "4", "rejected": "5"},
+        ],
+    )
     result = ingest(path)
     votes = result.votes
     assert result.batches["format"].tolist() == ["standard_pairs"]
@@ -471,9 +540,14 @@ def test_trl_standard_pairs_are_single_vote_items(tmp_path):
 
 
 def test_a_bad_pair_row_names_the_files_own_field(tmp_path):
-    path = write_jsonl(tmp_path / "trl.jsonl", [{"prompt": "2+2?", "chosen": "4", "rejected": None, "margin": 1},
-                                                {"prompt": "3+3?", "chosen": 6, "rejected": "7", "margin": "big"},
-                                                {"prompt": "4+4?", "chosen": "8", "rejected": "9", "margin": "x"}])
+    path = write_jsonl(
+        tmp_path / "trl.jsonl",
+        [
+            {"prompt": "2+2?", "chosen": "4", "rejected": None, "margin": 1},
+            {"prompt": "3+3?", "chosen": 6, "rejected": "7", "margin": "big"},
+            {"prompt": "4+4?", "chosen": "8", "rejected": "9", "margin": "x"},
+        ],
+    )
     quarantine = ingest(path).quarantine.sort_values("line")
     assert quarantine["field"].tolist() == ["rejected", "chosen", "margin"]
     assert quarantine["reason"].tolist() == ["missing_field", "wrong_type", "wrong_type"]
@@ -481,8 +555,10 @@ def test_a_bad_pair_row_names_the_files_own_field(tmp_path):
 
 def test_trl_conversational_with_explicit_prompt(tmp_path):
     prompt = [msg("system", "Be brief."), msg("user", "Capital of France?")]
-    path = write_jsonl(tmp_path / "chat.jsonl", [{"prompt": prompt, "chosen": [msg("assistant", "Paris.")],
-                                                  "rejected": [msg("assistant", "Rome.")]}])
+    path = write_jsonl(
+        tmp_path / "chat.jsonl",
+        [{"prompt": prompt, "chosen": [msg("assistant", "Paris.")], "rejected": [msg("assistant", "Rome.")]}],
+    )
     result = ingest(path)
     row = result.votes.iloc[0]
     assert result.batches["format"].tolist() == ["conversational_pairs"]
@@ -494,8 +570,14 @@ def test_trl_conversational_with_explicit_prompt(tmp_path):
 
 def test_trl_conversational_implicit_prompt_from_parquet(tmp_path):
     path = tmp_path / "chat.parquet"
-    pd.DataFrame([{"chosen": [msg("user", "Hi"), msg("assistant", "Hello!")],
-                   "rejected": [msg("user", "Hi"), msg("assistant", "Go away.")]}]).to_parquet(path)
+    pd.DataFrame(
+        [
+            {
+                "chosen": [msg("user", "Hi"), msg("assistant", "Hello!")],
+                "rejected": [msg("user", "Hi"), msg("assistant", "Go away.")],
+            }
+        ]
+    ).to_parquet(path)
     result = ingest(path)
     row = result.votes.iloc[0]
     assert row["conversational"] and json.loads(row["prompt"]) == [msg("user", "Hi")]
@@ -514,8 +596,11 @@ def bundled():
 
 def test_bundled_batches_are_read_completely(bundled):
     files, result = bundled
-    assert sorted(p.name for p in files) == ["hh_rlhf_harmless_test.jsonl", "pandalm_testset_v1.jsonl",
-                                             "tulu1_human_eval.jsonl"]
+    assert sorted(p.name for p in files) == [
+        "hh_rlhf_harmless_test.jsonl",
+        "pandalm_testset_v1.jsonl",
+        "tulu1_human_eval.jsonl",
+    ]
     assert_conserved(result)
     lines = {str(p): sum(1 for line in p.read_bytes().split(b"\n") if line.strip()) for p in files}
     assert result.batches.set_index("file")["rows_read"].to_dict() == lines

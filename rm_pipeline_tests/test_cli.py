@@ -13,23 +13,44 @@ from rm_pipeline_tests.conftest import PERMISSIVE_READINESS
 
 TOY = [  # the classic example: one good pair, one identical, one context mismatch, one tie
     {"item_id": "a", "prompt": "2+2?", "response_a": "4", "response_b": "5", "annotator_id": "u1", "vote": "a"},
-    {"item_id": "b", "prompt": "Capital of France?", "response_a": "Paris", "response_b": "Paris",
-     "annotator_id": "u1", "vote": "a"},
-    {"item_id": "c", "prompt": "Say hi", "context_a": "Say hi", "context_b": "Say bye", "response_a": "hi",
-     "response_b": "bye", "annotator_id": "u1", "vote": "a"},
+    {
+        "item_id": "b",
+        "prompt": "Capital of France?",
+        "response_a": "Paris",
+        "response_b": "Paris",
+        "annotator_id": "u1",
+        "vote": "a",
+    },
+    {
+        "item_id": "c",
+        "prompt": "Say hi",
+        "context_a": "Say hi",
+        "context_b": "Say bye",
+        "response_a": "hi",
+        "response_b": "bye",
+        "annotator_id": "u1",
+        "vote": "a",
+    },
     {"item_id": "d", "prompt": "Pick one", "response_a": "x", "response_b": "y", "annotator_id": "u1", "vote": "tie"},
 ]
 
 
 def rm_pipeline(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "rm_pipeline.cli", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "rm_pipeline.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=600,
+    )
 
 
 def test_validate_prints_counts_that_add_up(tmp_path):
     batch = tmp_path / "toy.jsonl"
-    lines = [json.dumps(row) for row in TOY] + ['{"item_id": "e", "vote": ', json.dumps({**TOY[0], "item_id": "f",
-                                                                                          "vote": "maybe"})]
+    lines = [json.dumps(row) for row in TOY] + [
+        '{"item_id": "e", "vote": ',
+        json.dumps({**TOY[0], "item_id": "f", "vote": "maybe"}),
+    ]
     batch.write_text("\n".join(lines) + "\n")
     done = rm_pipeline("validate", str(batch), env={"RM_PIPELINE_HOME": str(tmp_path / "untouched")})
     assert done.returncode == 0, done.stderr
@@ -60,12 +81,24 @@ def test_validate_names_a_file_that_is_not_a_table(tmp_path):
 @pytest.mark.slow
 def test_run_materialises_the_graph_and_prints_each_stage(annotations_slice, tmp_path, tiny_encoder):
     home = tmp_path / "home"
-    done = rm_pipeline("run", "--home", str(home), "--annotations", str(annotations_slice), "--base-model", tiny_encoder)
+    done = rm_pipeline(
+        "run", "--home", str(home), "--annotations", str(annotations_slice), "--base-model", tiny_encoder
+    )
     assert done.returncode == 0, done.stderr[-3000:]  # not ready is a result, not a crash
     assert "(succeeded); storage:" in done.stdout
-    for stage in ("raw_annotations", "aggregated_preferences", "review_queue", "preference_pairs", "rejected_pairs",
-                  "preference_split", "reward_model", "reward_scores", "response_scores", "evaluation_report",
-                  "reward_readiness"):
+    for stage in (
+        "raw_annotations",
+        "aggregated_preferences",
+        "review_queue",
+        "preference_pairs",
+        "rejected_pairs",
+        "preference_split",
+        "reward_model",
+        "reward_scores",
+        "response_scores",
+        "evaluation_report",
+        "reward_readiness",
+    ):
         assert f"  {stage}: " in done.stdout
     assert "gate preference_split_grouped: passed" in done.stdout
     assert "gate reward_model_ready: FAILED" in done.stdout
@@ -74,7 +107,7 @@ def test_run_materialises_the_graph_and_prints_each_stage(annotations_slice, tmp
     assert f"model_path={home}/models/rm-" in done.stdout and "base64" not in done.stdout
     assert (home / "dagster" / "dagster.yaml").exists()  # the UI's instance sees this run
     # the verdict, its reasons, and where the model and the report are
-    verdict = done.stdout[done.stdout.index("verdict: NOT READY"):]
+    verdict = done.stdout[done.stdout.index("verdict: NOT READY") :]
     assert "FAIL fresh_policy_accuracy: no human-labelled pairs of fresh policy outputs" in verdict
     model = (home / "models" / "current").resolve()
     assert f"model:     {model}" in verdict
@@ -83,10 +116,21 @@ def test_run_materialises_the_graph_and_prints_each_stage(annotations_slice, tmp
 
 
 @pytest.mark.slow
-def test_require_ready_turns_a_not_ready_verdict_into_a_distinct_status(annotations_slice, tmp_path, tiny_encoder,
-                                                                      labelled_eval_dir):
-    done = rm_pipeline("run", "--home", str(tmp_path / "home"), "--annotations", str(annotations_slice),
-                       "--base-model", tiny_encoder, "--eval-dir", str(labelled_eval_dir), "--require-ready")
+def test_require_ready_turns_a_not_ready_verdict_into_a_distinct_status(
+    annotations_slice, tmp_path, tiny_encoder, labelled_eval_dir
+):
+    done = rm_pipeline(
+        "run",
+        "--home",
+        str(tmp_path / "home"),
+        "--annotations",
+        str(annotations_slice),
+        "--base-model",
+        tiny_encoder,
+        "--eval-dir",
+        str(labelled_eval_dir),
+        "--require-ready",
+    )
     assert done.returncode == 4, done.stderr[-3000:]
     assert "verdict: NOT READY" in done.stdout
     assert "FAIL fresh_policy_accuracy: only 5 human-labelled pairs of fresh policy outputs" in done.stdout
@@ -108,11 +152,21 @@ def test_run_exits_with_a_distinct_status_when_a_gate_fails(tmp_path):
 def test_dagster_asset_materialize_runs_the_whole_graph(annotations_slice, tmp_path, tiny_encoder, labelled_eval_dir):
     """The plain Dagster CLI works on the code location too."""
     home = tmp_path / "home"
-    env = {**os.environ, "RM_PIPELINE_HOME": str(home), "RM_PIPELINE_ANNOTATIONS": str(annotations_slice),
-           "RM_PIPELINE_BASE_MODEL": tiny_encoder, "DAGSTER_HOME": str(tmp_path)}
+    env = {
+        **os.environ,
+        "RM_PIPELINE_HOME": str(home),
+        "RM_PIPELINE_ANNOTATIONS": str(annotations_slice),
+        "RM_PIPELINE_BASE_MODEL": tiny_encoder,
+        "DAGSTER_HOME": str(tmp_path),
+    }
     (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    done = subprocess.run([sys.executable, "-m", "dagster", "asset", "materialize", "-m", "rm_pipeline.definitions",
-                           "--select", "*"], capture_output=True, text=True, env=env, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "rm_pipeline.definitions", "--select", "*"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     # With the bundled evaluation folder the model is not ready: the blocking check fails the run.
     assert done.returncode != 0 and "1 blocking asset check failed" in done.stderr
     assert "reward_readiness: reward_model_ready" in done.stderr
@@ -121,10 +175,25 @@ def test_dagster_asset_materialize_runs_the_whole_graph(annotations_slice, tmp_p
     assert (home / "models" / "current" / "readiness.json").exists()
 
     # Given labelled fresh-policy pairs and thresholds it meets, the same command succeeds.
-    done = subprocess.run([sys.executable, "-m", "dagster", "asset", "materialize", "-m", "rm_pipeline.definitions",
-                           "--select", "*", "--config-json", json.dumps({"ops": PERMISSIVE_READINESS})],
-                          capture_output=True, text=True, env={**env, "RM_PIPELINE_EVAL": str(labelled_eval_dir)},
-                          timeout=600)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dagster",
+            "asset",
+            "materialize",
+            "-m",
+            "rm_pipeline.definitions",
+            "--select",
+            "*",
+            "--config-json",
+            json.dumps({"ops": PERMISSIVE_READINESS}),
+        ],
+        capture_output=True,
+        text=True,
+        env={**env, "RM_PIPELINE_EVAL": str(labelled_eval_dir)},
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
 
 
@@ -137,8 +206,13 @@ def test_sigterm_to_ui_stops_dagster_dev_and_everything_it_started(tmp_path):
     port = _free_port()
     env = {key: value for key, value in os.environ.items() if key not in ("DAGSTER_HOME", "RM_PIPELINE_HOME")}
     log = open(tmp_path / "ui.log", "w")
-    ui = subprocess.Popen([sys.executable, "-m", "rm_pipeline.cli", "ui", "--home", str(tmp_path / "home"),
-                           "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    ui = subprocess.Popen(
+        [sys.executable, "-m", "rm_pipeline.cli", "ui", "--home", str(tmp_path / "home"), "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     started = []
     try:
         _wait_for(f"http://127.0.0.1:{port}/server_info", 180)

@@ -10,12 +10,30 @@ import pytest
 from rm_pipeline.definitions import build_defs, defs, reward_pipeline_job
 from rm_pipeline_tests.conftest import PERMISSIVE_READINESS
 
-PRODUCT_ASSETS = {"raw_annotations", "aggregated_preferences", "review_queue", "preference_pairs", "rejected_pairs",
-                  "preference_split", "reward_model", "reward_scores", "evaluation_report", "reward_readiness"}
-TABLES = PRODUCT_ASSETS - {"reward_model", "evaluation_report", "reward_readiness"} | {"annotation_quarantine",
-                                                                                       "response_scores"}
-GATES = {"raw_annotations_valid", "aggregated_preferences_consistent", "review_queue_consistent",
-         "preference_pairs_rules_hold", "preference_split_grouped", "reward_model_ready"}
+PRODUCT_ASSETS = {
+    "raw_annotations",
+    "aggregated_preferences",
+    "review_queue",
+    "preference_pairs",
+    "rejected_pairs",
+    "preference_split",
+    "reward_model",
+    "reward_scores",
+    "evaluation_report",
+    "reward_readiness",
+}
+TABLES = PRODUCT_ASSETS - {"reward_model", "evaluation_report", "reward_readiness"} | {
+    "annotation_quarantine",
+    "response_scores",
+}
+GATES = {
+    "raw_annotations_valid",
+    "aggregated_preferences_consistent",
+    "review_queue_consistent",
+    "preference_pairs_rules_hold",
+    "preference_split_grouped",
+    "reward_model_ready",
+}
 
 
 def test_definitions_load_with_the_product_asset_names():
@@ -25,8 +43,10 @@ def test_definitions_load_with_the_product_asset_names():
     for key in graph.get_all_asset_keys():
         node = graph.get(key)
         assert node.group_name and node.owners and node.code_version and node.description, key
-    upstream = {key.to_user_string(): {p.to_user_string() for p in graph.get(key).parent_keys}
-                for key in graph.get_all_asset_keys()}
+    upstream = {
+        key.to_user_string(): {p.to_user_string() for p in graph.get(key).parent_keys}
+        for key in graph.get_all_asset_keys()
+    }
     assert upstream["aggregated_preferences"] == {"raw_annotations"}
     assert upstream["review_queue"] == {"aggregated_preferences"}
     assert upstream["preference_split"] == {"preference_pairs"}
@@ -45,11 +65,15 @@ def test_every_gate_is_blocking():
 @pytest.fixture
 def run(labelled_eval_dir):
     """The main job on its own storage root, with fresh-policy labels and thresholds any model meets."""
+
     def execute(storage_root, annotations, instance, base_model=None, ops=None):
         job = build_defs(str(storage_root), str(annotations), base_model, str(labelled_eval_dir)).resolve_job_def(
-            reward_pipeline_job.name)
-        return job.execute_in_process(instance=instance, raise_on_error=False,
-                                      run_config={"ops": {**PERMISSIVE_READINESS, **(ops or {})}})
+            reward_pipeline_job.name
+        )
+        return job.execute_in_process(
+            instance=instance, raise_on_error=False, run_config={"ops": {**PERMISSIVE_READINESS, **(ops or {})}}
+        )
+
     return execute
 
 
@@ -66,12 +90,15 @@ def test_whole_graph_materialises_with_every_gate_passing(annotations_slice, sto
         pairs_event = instance.get_latest_materialization_event(dg.AssetKey("preference_pairs"))
         metadata = pairs_event.asset_materialization.metadata
         rejected_meta = instance.get_latest_materialization_event(
-            dg.AssetKey("rejected_pairs")).asset_materialization.metadata
-        assert metadata["comparisons_in"].value == (metadata["dagster/row_count"].value
-                                                    + rejected_meta["dagster/row_count"].value)
+            dg.AssetKey("rejected_pairs")
+        ).asset_materialization.metadata
+        assert metadata["comparisons_in"].value == (
+            metadata["dagster/row_count"].value + rejected_meta["dagster/row_count"].value
+        )
         raw = instance.get_latest_materialization_event(dg.AssetKey("raw_annotations")).asset_materialization.metadata
         quarantine = instance.get_latest_materialization_event(
-            dg.AssetKey("annotation_quarantine")).asset_materialization.metadata
+            dg.AssetKey("annotation_quarantine")
+        ).asset_materialization.metadata
         assert raw["rows_read"].value == raw["dagster/row_count"].value + quarantine["dagster/row_count"].value
 
     tables = storage_root / "tables"
@@ -93,31 +120,50 @@ def test_reward_model_is_trained_in_a_child_process_with_lineage(annotations_sli
     from transformers import AutoModelForSequenceClassification
 
     with dg.instance_for_test() as instance:
-        result = run(storage_root, annotations_slice, instance, tiny_encoder,
-                     ops={"reward_model": {"config": {"eval_steps": 5, "logging_steps": 2}}})
+        result = run(
+            storage_root,
+            annotations_slice,
+            instance,
+            tiny_encoder,
+            ops={"reward_model": {"config": {"eval_steps": 5, "logging_steps": 2}}},
+        )
         assert result.success
-        split_version = instance.get_latest_materialization_event(
-            dg.AssetKey("preference_split")).asset_materialization.metadata["data_version"].value
+        split_version = (
+            instance.get_latest_materialization_event(dg.AssetKey("preference_split"))
+            .asset_materialization.metadata["data_version"]
+            .value
+        )
         event = instance.get_latest_materialization_event(dg.AssetKey("reward_model"))
         metadata = event.asset_materialization.metadata
         logs = [e.message for e in instance.all_logs(result.run_id) if e.step_key == "reward_model"]
     assert metadata["data_version"].value == split_version
     assert event.asset_materialization.tags["dagster/data_version"] == split_version
-    for key in ("steps", "pairs_per_second", "tokens_per_second", "device", "train_seconds", "peak_memory_mb",
-                "eval_accuracy", "reward_mean", "reward_std"):
+    for key in (
+        "steps",
+        "pairs_per_second",
+        "tokens_per_second",
+        "device",
+        "train_seconds",
+        "peak_memory_mb",
+        "eval_accuracy",
+        "reward_mean",
+        "reward_std",
+    ):
         assert key in metadata, key
     assert any("progress" in message and "eta_s" in message for message in logs)  # streamed from the child
     model_dir = storage_root / "models" / "current"
-    assert model_dir.is_symlink() and model_dir.resolve() == storage_root.joinpath(
-        "models", metadata["model_path"].value.split("/")[-1]).resolve()
+    assert (
+        model_dir.is_symlink()
+        and model_dir.resolve()
+        == storage_root.joinpath("models", metadata["model_path"].value.split("/")[-1]).resolve()
+    )
     model = AutoModelForSequenceClassification.from_pretrained(model_dir)
     assert model.config.num_labels == 1 and hasattr(model.config, "reward_mean")
     card = (model_dir / "README.md").read_text()
     assert split_version in card and "pandalm_testset_v1" in card
 
 
-def test_a_batch_that_breaks_a_gate_stops_the_run_before_later_stages(annotations_slice, tmp_path, storage_root,
-                                                                      run):
+def test_a_batch_that_breaks_a_gate_stops_the_run_before_later_stages(annotations_slice, tmp_path, storage_root, run):
     folder = tmp_path / "annotations"
     shutil.copytree(annotations_slice, folder)
     good = '{"item_id": "x1", "prompt": "p", "response_a": "r1", "response_b": "r2", "annotator_id": "v", "vote": "a"}'
@@ -133,8 +179,9 @@ def test_a_batch_that_breaks_a_gate_stops_the_run_before_later_stages(annotation
         assert "quarantined_share" in gate.metadata["failures"].value
         materialised = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
         assert "raw_annotations" in materialised
-        assert materialised.isdisjoint({"aggregated_preferences", "review_queue", "preference_pairs",
-                                        "preference_split"})
+        assert materialised.isdisjoint(
+            {"aggregated_preferences", "review_queue", "preference_pairs", "preference_split"}
+        )
     assert not (storage_root / "tables" / "preference_split.parquet").exists()
 
 
@@ -142,9 +189,17 @@ def test_a_batch_that_breaks_a_gate_stops_the_run_before_later_stages(annotation
 def test_stage_settings_change_the_outputs(annotations_slice, storage_root, tiny_encoder, run):
     """Settings are dg.Config: disputed comparisons become pairs when asked to, another aggregation method runs."""
     with dg.instance_for_test() as instance:
-        result = run(storage_root, annotations_slice, instance, tiny_encoder, ops={
-            "pair_validation": {"config": {"include_disputed": True}}, "reward_model": {"config": {"epochs": 0.1}},
-            "aggregated_preferences": {"config": {"method": "majority_vote"}}})
+        result = run(
+            storage_root,
+            annotations_slice,
+            instance,
+            tiny_encoder,
+            ops={
+                "pair_validation": {"config": {"include_disputed": True}},
+                "reward_model": {"config": {"epochs": 0.1}},
+                "aggregated_preferences": {"config": {"method": "majority_vote"}},
+            },
+        )
         assert result.success
     rejected = pd.read_parquet(storage_root / "tables" / "rejected_pairs.parquet")
     queue = pd.read_parquet(storage_root / "tables" / "review_queue.parquet")
@@ -164,7 +219,8 @@ def test_assets_called_directly(asset, annotations_slice):
 
     votes = read_annotations(list_batch_files(annotations_slice)).votes
     comparisons = aggregation.aggregated_preferences(
-        dg.build_asset_context(), aggregation.AggregationConfig(method="majority_vote"), votes).value
+        dg.build_asset_context(), aggregation.AggregationConfig(method="majority_vote"), votes
+    ).value
     if asset == "aggregated_preferences":
         assert comparisons["item_id"].is_unique and len(comparisons) == votes["item_id"].nunique()
     else:

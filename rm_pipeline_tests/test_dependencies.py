@@ -8,14 +8,16 @@ from packaging.requirements import Requirement
 
 from rm_pipeline_tests.conftest import REPO_ROOT
 
-DEPENDENCIES = [Requirement(text) for text in
-                tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["dependencies"]]
+DEPENDENCIES = [
+    Requirement(text) for text in tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+]
 
 
 @pytest.mark.parametrize("requirement", DEPENDENCIES, ids=[r.name for r in DEPENDENCIES])
 def test_installed_version_meets_the_declared_range(requirement):
-    assert requirement.specifier.contains(version(requirement.name), prereleases=True), \
+    assert requirement.specifier.contains(version(requirement.name), prereleases=True), (
         f"{requirement.name} {version(requirement.name)} is outside {requirement.specifier}"
+    )
 
 
 def test_a_float_warmup_below_one_is_a_share_of_the_steps():
@@ -38,9 +40,19 @@ def test_trl_trains_on_pre_tokenized_pairs_as_given(tiny_encoder, tmp_path):
     model = AutoModelForSequenceClassification.from_pretrained(tiny_encoder, num_labels=1)
     chosen, rejected = tokenizer(["a good answer"])["input_ids"][0], tokenizer(["bad"])["input_ids"][0]
     dataset = Dataset.from_dict({"chosen_ids": [chosen] * 4, "rejected_ids": [rejected] * 4, "margin": [0.5] * 4})
-    trainer = RewardTrainer(model=model, processing_class=tokenizer, train_dataset=dataset,
-                            args=RewardConfig(output_dir=str(tmp_path), use_cpu=True, report_to=[], max_length=None,
-                                              per_device_train_batch_size=2, max_steps=1))
+    trainer = RewardTrainer(
+        model=model,
+        processing_class=tokenizer,
+        train_dataset=dataset,
+        args=RewardConfig(
+            output_dir=str(tmp_path),
+            use_cpu=True,
+            report_to=[],
+            max_length=None,
+            per_device_train_batch_size=2,
+            max_steps=1,
+        ),
+    )
     assert trainer.train_dataset[0]["chosen_ids"] == chosen
     assert trainer.train_dataset[0]["rejected_ids"] == rejected
     assert trainer.train().global_step == 1

@@ -18,18 +18,30 @@ EVAL_DATA = REPO_ROOT / "data" / "eval"
 OASST_FILE = EVAL_DATA / "oasst" / "en_100_tree.jsonl"
 ALPACA_EVAL = EVAL_DATA / "alpaca-eval"
 SHARED = REPO_ROOT.parent / "shared" / "data"
-BUNDLED_POLICIES = ["alpaca-7b", "alpaca-7b_concise", "alpaca-7b_verbose", "falcon-7b-instruct",
-                    "gpt4_1106_preview", "llama-2-70b-chat-hf"]
+BUNDLED_POLICIES = [
+    "alpaca-7b",
+    "alpaca-7b_concise",
+    "alpaca-7b_verbose",
+    "falcon-7b-instruct",
+    "gpt4_1106_preview",
+    "llama-2-70b-chat-hf",
+]
 ALPACA_EVAL_DATASETS = ["helpful_base", "koala", "oasst", "selfinstruct", "vicuna"]  # AlpacaEval's five sources
 PROMPTS_PER_DATASET = 20  # scripts/sample_eval_data.py --per-dataset default
 
 
 def pairs(chosen, rejected, chosen_tokens=None, rejected_tokens=None, **extra) -> pd.DataFrame:
     n = len(chosen)
-    frame = pd.DataFrame({"pair_id": [f"p{i}" for i in range(n)], "chosen_reward": chosen, "rejected_reward": rejected,
-                          "chosen_tokens": chosen_tokens if chosen_tokens is not None else [10] * n,
-                          "rejected_tokens": rejected_tokens if rejected_tokens is not None else [10] * n,
-                          "domain": ["general"] * n})
+    frame = pd.DataFrame(
+        {
+            "pair_id": [f"p{i}" for i in range(n)],
+            "chosen_reward": chosen,
+            "rejected_reward": rejected,
+            "chosen_tokens": chosen_tokens if chosen_tokens is not None else [10] * n,
+            "rejected_tokens": rejected_tokens if rejected_tokens is not None else [10] * n,
+            "domain": ["general"] * n,
+        }
+    )
     for name, values in extra.items():
         frame[name] = values
     return frame
@@ -67,7 +79,11 @@ def test_grouped_accuracy_matches_pair_accuracy_per_group():
     for key, members in frame.groupby(groups.to_numpy()):
         expected = ev.pair_accuracy(members)
         assert table.loc[key, ["n", "correct", "wrong", "ties"]].tolist() == [
-            expected["n"], expected["correct"], expected["wrong"], expected["ties"]]
+            expected["n"],
+            expected["correct"],
+            expected["wrong"],
+            expected["ties"],
+        ]
         assert table.loc[key, "accuracy"] == pytest.approx(expected["accuracy"])
 
 
@@ -93,9 +109,12 @@ def test_by_domain_without_spillover():
 
 
 def test_by_agreement_bins_chosen_share_and_keeps_single_votes_apart():
-    frame = pairs([1, 0, 1, 1, 0, 1, 1], [0, 1, 0, 0, 1, 0, 0],
-                  chosen_share=[1.0, 1.0, 2 / 3, 0.75, 0.5, 1.0, np.nan],
-                  n_votes=[3, 3, 3, 4, 2, 1, 2])
+    frame = pairs(
+        [1, 0, 1, 1, 0, 1, 1],
+        [0, 1, 0, 0, 1, 0, 0],
+        chosen_share=[1.0, 1.0, 2 / 3, 0.75, 0.5, 1.0, np.nan],
+        n_votes=[3, 3, 3, 4, 2, 1, 2],
+    )
     table = ev.by_agreement(frame)
     assert list(table.index) == ["unanimous", "at least 2/3", "below 2/3", "single vote", "unknown"]
     assert table["n"].tolist() == [2, 2, 1, 1, 1]
@@ -115,8 +134,9 @@ def test_a_model_that_always_prefers_the_longer_answer():
     chosen_tokens = [120, 40, 300, 50, 80]
     rejected_tokens = [60, 90, 100, 200, 80]
     # reward = length: the model prefers whichever answer is longer, and ties on equal lengths.
-    frame = pairs([float(t) for t in chosen_tokens], [float(t) for t in rejected_tokens],
-                  chosen_tokens, rejected_tokens)
+    frame = pairs(
+        [float(t) for t in chosen_tokens], [float(t) for t in rejected_tokens], chosen_tokens, rejected_tokens
+    )
     audit = ev.length_audit(frame)
     assert audit["model_prefers_longer"] == 1.0
     assert audit["length_differs_n"] == 4 and audit["equal_length"] == 1
@@ -223,8 +243,13 @@ def test_fit_temperature_with_soft_labels_has_a_closed_form_optimum():
 
 def ranked(rewards_by_group: dict[str, list[float]]) -> pd.DataFrame:
     """Groups whose human ranks are 0, 1, 2, ... in list order (0 = best)."""
-    return pd.DataFrame([{"group_id": group, "rank": rank, "reward": reward}
-                         for group, rewards in rewards_by_group.items() for rank, reward in enumerate(rewards)])
+    return pd.DataFrame(
+        [
+            {"group_id": group, "rank": rank, "reward": reward}
+            for group, rewards in rewards_by_group.items()
+            for rank, reward in enumerate(rewards)
+        ]
+    )
 
 
 def test_a_perfectly_ordered_ranking_has_tau_one_and_top1_one():
@@ -256,6 +281,7 @@ def test_constant_rewards_leave_tau_undefined_and_counted():
 
 def count_ranked_groups(path: Path) -> tuple[int, int]:
     """An independent, recursive count of sibling groups with more than two ranked, undeleted replies."""
+
     def walk(message):
         ranked = [r for r in message.get("replies", []) if r.get("rank") is not None and not r.get("deleted")]
         groups, replies = (1, len(ranked)) if len(ranked) > 2 else (0, 0)
@@ -291,9 +317,20 @@ def test_oasst_ranked_groups_on_the_bundled_trees():
 def test_rewardbench_section_weighting_on_a_tiny_example():
     # alpacaeval-easy: 2 of 2 right (1.0); mt-bench-easy: 1 right + 1 wrong (0.5); shp: 1.0;
     # summarize: 1 wrong + 1 tie (0.25); my-own-set: 0.0 (unknown name: per-subset only).
-    frame = pairs([1, 1, 1, 0, 1, 0, 0.5, 0], [0, 0, 0, 1, 0, 1, 0.5, 1],
-                  subset=["alpacaeval-easy", "alpacaeval-easy", "mt-bench-easy", "mt-bench-easy", "shp",
-                          "summarize", "summarize", "my-own-set"])
+    frame = pairs(
+        [1, 1, 1, 0, 1, 0, 0.5, 0],
+        [0, 0, 0, 1, 0, 1, 0.5, 1],
+        subset=[
+            "alpacaeval-easy",
+            "alpacaeval-easy",
+            "mt-bench-easy",
+            "mt-bench-easy",
+            "shp",
+            "summarize",
+            "summarize",
+            "my-own-set",
+        ],
+    )
     result = ev.rewardbench_accuracy(frame)
     subsets = result["subsets"].set_index("subset")
     assert subsets.loc["summarize", "ties"] == 1 and subsets.loc["summarize", "accuracy"] == 0.25
@@ -393,7 +430,9 @@ def test_bundled_alpaca_eval_sample_reads_and_matches_the_leaderboards():
 def test_bundled_alpacaeval_easy_is_gpt4_turbo_chosen_over_alpaca_7b_on_the_bundled_prompts():
     lines = read_jsonl(EVAL_DATA / "alpacaeval-easy.jsonl")
     prompts = read_jsonl(ALPACA_EVAL / "prompts.jsonl")
-    chosen = {row["idx"]: row["output"] for row in read_jsonl(ALPACA_EVAL / "model_outputs" / "gpt4_1106_preview.jsonl")}
+    chosen = {
+        row["idx"]: row["output"] for row in read_jsonl(ALPACA_EVAL / "model_outputs" / "gpt4_1106_preview.jsonl")
+    }
     rejected = {row["idx"]: row["output"] for row in read_jsonl(ALPACA_EVAL / "model_outputs" / "alpaca-7b.jsonl")}
     # One pair per bundled prompt that both policies answered, in prompt order: here all 100.
     expected_ids = [row["idx"] for row in prompts if row["idx"] in chosen and row["idx"] in rejected]
@@ -410,8 +449,11 @@ def test_every_jsonl_file_directly_in_data_eval_is_a_rewardbench_format_benchmar
     assert [path.name for path in files] == ["alpacaeval-easy.jsonl"]
     for path in files:
         lines = read_jsonl(path)
-        assert lines and all(isinstance(line.get(field), str) and line[field]
-                             for line in lines for field in ("prompt", "chosen", "rejected", "subset"))
+        assert lines and all(
+            isinstance(line.get(field), str) and line[field]
+            for line in lines
+            for field in ("prompt", "chosen", "rejected", "subset")
+        )
         # The evaluation stage's reader takes every line as a usable pair.
         pairs, quarantine = ev.read_pair_file(path)
         assert len(pairs) == len(lines) and quarantine.empty
@@ -435,8 +477,11 @@ def test_bundled_prompts_are_the_first_of_each_dataset_in_the_snapshot():
 
 @pytest.mark.skipif(not (SHARED / "alpaca-eval").is_dir(), reason="the shared data snapshot is not here")
 def test_sampling_script_reproduces_the_bundled_sample(tmp_path):
-    subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "sample_eval_data.py"), "--out", str(tmp_path)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, str(REPO_ROOT / "scripts" / "sample_eval_data.py"), "--out", str(tmp_path)],
+        check=True,
+        capture_output=True,
+    )
     produced = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
     bundled = sorted(p.relative_to(EVAL_DATA) for p in EVAL_DATA.rglob("*") if p.is_file() and p.name != "README.md")
     assert produced == bundled
@@ -452,26 +497,40 @@ def test_pair_files_obey_the_same_pair_rules_as_training(tmp_path):
         return [{"role": role, "content": text} for role, text in turns]
 
     path = tmp_path / "bench.jsonl"
-    rows = [{"prompt": "2+2?", "chosen": "4", "rejected": "5", "subset": "math"},
-            {"prompt": "2+2?", "chosen": "  ", "rejected": "5", "subset": "math"},
-            {"prompt": "2+2?", "chosen": "4", "rejected": "4", "subset": "math"},
-            {"prompt": " ", "chosen": "4", "rejected": "5", "subset": "math"},
-            {"prompt": "Name a colour", "chosen": "Blue.", "rejected": "No."}]
+    rows = [
+        {"prompt": "2+2?", "chosen": "4", "rejected": "5", "subset": "math"},
+        {"prompt": "2+2?", "chosen": "  ", "rejected": "5", "subset": "math"},
+        {"prompt": "2+2?", "chosen": "4", "rejected": "4", "subset": "math"},
+        {"prompt": " ", "chosen": "4", "rejected": "5", "subset": "math"},
+        {"prompt": "Name a colour", "chosen": "Blue.", "rejected": "No."},
+    ]
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     pairs, quarantine = ev.read_pair_file(path)
     assert pairs["line"].tolist() == [1, 5]
     got = quarantine[["line", "field", "reason"]].values.tolist()
-    assert got == [[2, "chosen", "empty_candidate"], [3, "rejected", "identical_candidates"],
-                   [4, "prompt", "missing_field"]]  # a blank prompt: the reader's own rule
+    assert got == [
+        [2, "chosen", "empty_candidate"],
+        [3, "rejected", "identical_candidates"],
+        [4, "prompt", "missing_field"],
+    ]  # a blank prompt: the reader's own rule
     assert len(pairs) + len(quarantine) == len(rows)  # nothing lost
     # a row without subset is evaluated under the file's name, and says so
     assert pairs["domain"].tolist() == ["math", "bench"]
     assert pairs["domain_from_file"].tolist() == [False, True]
 
     chats = tmp_path / "chats.jsonl"
-    chats.write_text("".join(json.dumps({"chosen": chat(("user", first), ("assistant", "Hello!")),
-                                         "rejected": chat(("user", second), ("assistant", "Go away."))}) + "\n"
-                             for first, second in [("Hi", "Hi"), ("Hi", "Hey")]))
+    chats.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "chosen": chat(("user", first), ("assistant", "Hello!")),
+                    "rejected": chat(("user", second), ("assistant", "Go away.")),
+                }
+            )
+            + "\n"
+            for first, second in [("Hi", "Hi"), ("Hi", "Hey")]
+        )
+    )
     pairs, quarantine = ev.read_pair_file(chats)
     assert pairs["line"].tolist() == [1]
     assert quarantine[["line", "field", "reason"]].values.tolist() == [[2, "rejected", "context_mismatch"]]

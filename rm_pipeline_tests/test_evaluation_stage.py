@@ -25,19 +25,22 @@ def evaluated(annotations_slice, tiny_encoder, tmp_path_factory):
     (eval_dir / "fresh-policy").mkdir()
     fresh = [{"prompt": f"Name a fruit ({i})", "chosen": "An apple.", "rejected": "I won't."} for i in range(5)]
     (eval_dir / "fresh-policy" / "labelled.jsonl").write_text("\n".join(map(json.dumps, fresh)) + "\n")
-    (eval_dir / "extra.jsonl").write_text(json.dumps({"prompt": "2+2?", "chosen": "4", "rejected": "5",
-                                                      "subset": "math"}) + "\n" + '{"prompt": 3}\n')
+    (eval_dir / "extra.jsonl").write_text(
+        json.dumps({"prompt": "2+2?", "chosen": "4", "rejected": "5", "subset": "math"}) + "\n" + '{"prompt": 3}\n'
+    )
     storage = root / "home"
     defs = build_defs(str(storage), str(annotations_slice), tiny_encoder, str(eval_dir))
     instance = dg.DagsterInstance.ephemeral()
     result = defs.resolve_job_def(reward_pipeline_job.name).execute_in_process(
-        instance=instance, raise_on_error=False, run_config={"ops": QUICK_TRAINING})
+        instance=instance, raise_on_error=False, run_config={"ops": QUICK_TRAINING}
+    )
     return {"defs": defs, "instance": instance, "result": result, "storage": storage, "eval_dir": eval_dir}
 
 
 def materialization(result, key):
-    [event] = [e for e in result.get_asset_materialization_events()
-               if e.materialization.asset_key.to_user_string() == key]
+    [event] = [
+        e for e in result.get_asset_materialization_events() if e.materialization.asset_key.to_user_string() == key
+    ]
     return event.materialization.metadata
 
 
@@ -55,8 +58,9 @@ def test_every_evaluation_source_is_scored_once(evaluated):
     assert metadata["rows_quarantined"].value == 1  # the broken line, named in the run's log
     [record] = metadata["quarantined"].value.records
     assert record.data == {"file: reason": "extra.jsonl: wrong_type", "count": 1}
-    logs = [e.message for e in evaluated["instance"].all_logs(evaluated["result"].run_id)
-            if e.step_key == "reward_scores"]
+    logs = [
+        e.message for e in evaluated["instance"].all_logs(evaluated["result"].run_id) if e.step_key == "reward_scores"
+    ]
     assert any(message.startswith(f"{evaluated['eval_dir']}/extra.jsonl:2: prompt: wrong_type") for message in logs)
     assert any("sequences, ETA" in message for message in logs)  # progress while scoring
     responses = pd.read_parquet(evaluated["storage"] / "tables" / "response_scores.parquet")
@@ -104,9 +108,12 @@ def test_a_model_that_is_not_ready_fails_the_blocking_check_and_says_why(evaluat
 
 def test_the_gate_passes_when_every_check_does(evaluated):
     job = evaluated["defs"].resolve_job_def(reward_pipeline_job.name)
-    result = job.execute_in_process(instance=evaluated["instance"], raise_on_error=False,
-                                    asset_selection=[dg.AssetKey("reward_readiness")],
-                                    run_config={"ops": PERMISSIVE_READINESS})
+    result = job.execute_in_process(
+        instance=evaluated["instance"],
+        raise_on_error=False,
+        asset_selection=[dg.AssetKey("reward_readiness")],
+        run_config={"ops": PERMISSIVE_READINESS},
+    )
     assert result.success
     [check] = result.get_asset_check_evaluations()
     assert check.passed
@@ -118,16 +125,20 @@ def test_the_leaderboard_column_is_a_setting_and_a_wrong_one_is_named(evaluated)
     job = evaluated["defs"].resolve_job_def(reward_pipeline_job.name)
 
     def report_with(column):
-        return job.execute_in_process(instance=evaluated["instance"], raise_on_error=False,
-                                      asset_selection=[dg.AssetKey("evaluation_report")],
-                                      run_config={"ops": {"evaluation_report": {"config": {"leaderboard_column": column}}}})
+        return job.execute_in_process(
+            instance=evaluated["instance"],
+            raise_on_error=False,
+            asset_selection=[dg.AssetKey("evaluation_report")],
+            run_config={"ops": {"evaluation_report": {"config": {"leaderboard_column": column}}}},
+        )
 
     result = report_with("win_rate")
     assert result.success
     report = json.loads(open(materialization(result, "evaluation_report")["report_json"].value).read())
     board = report["report"]["policies"]["leaderboard"]
-    leaderboard = pd.read_csv(REPO_ROOT / "data" / "eval" / "alpaca-eval" /
-                              "weighted_alpaca_eval_gpt4_turbo_leaderboard.csv", index_col=0)["win_rate"]
+    leaderboard = pd.read_csv(
+        REPO_ROOT / "data" / "eval" / "alpaca-eval" / "weighted_alpaca_eval_gpt4_turbo_leaderboard.csv", index_col=0
+    )["win_rate"]
     means = {row["policy"]: row["mean_reward"] for row in report["report"]["policies"]["summary"]}
     expected = pd.Series(means).rank().corr(leaderboard.loc[list(means)].rank())  # Spearman = Pearson of ranks
     assert board["column"] == "win_rate" and board["spearman_rho"] == pytest.approx(expected)

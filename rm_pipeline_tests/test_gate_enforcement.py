@@ -15,8 +15,15 @@ import pytest
 from rm_pipeline.definitions import build_defs
 from rm_pipeline.lib.storage_lock import LOCK_FILE, hold_storage
 
-UP_TO_SPLIT = ["raw_annotations", "annotation_quarantine", "aggregated_preferences", "review_queue",
-               "preference_pairs", "rejected_pairs", "preference_split"]
+UP_TO_SPLIT = [
+    "raw_annotations",
+    "annotation_quarantine",
+    "aggregated_preferences",
+    "review_queue",
+    "preference_pairs",
+    "rejected_pairs",
+    "preference_split",
+]
 DOWNSTREAM = ["aggregated_preferences", "review_queue", "preference_pairs", "rejected_pairs", "preference_split"]
 VOTE = {"item_id": "x1", "prompt": "p", "response_a": "r1", "response_b": "r2", "annotator_id": "v", "vote": "a"}
 GARBAGE = [json.dumps(VOTE)] * 2 + ["{not json"] * 8  # 80% unreadable: over the 20% raw_annotations_valid allows
@@ -24,13 +31,20 @@ GARBAGE = [json.dumps(VOTE)] * 2 + ["{not json"] * 8  # 80% unreadable: over the
 
 def materialize(storage_root, annotations, instance, selection):
     defs = build_defs(str(storage_root), str(annotations))
-    return dg.materialize([*defs.assets, *defs.asset_checks], selection=selection, resources=defs.resources,
-                          instance=instance, raise_on_error=False)
+    return dg.materialize(
+        [*defs.assets, *defs.asset_checks],
+        selection=selection,
+        resources=defs.resources,
+        instance=instance,
+        raise_on_error=False,
+    )
 
 
 def published(storage_root) -> dict[str, str]:
-    return {path.name: hashlib.sha256(path.read_bytes()).hexdigest()
-            for path in sorted((storage_root / "tables").glob("*.parquet"))}
+    return {
+        path.name: hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted((storage_root / "tables").glob("*.parquet"))
+    }
 
 
 def failure_messages(result) -> str:
@@ -53,8 +67,9 @@ def bad_annotations(annotations_slice, tmp_path):
     return folder
 
 
-def test_a_failed_gate_cannot_be_sidestepped_by_running_only_downstream_stages(annotations_slice, bad_annotations,
-                                                                               storage_root):
+def test_a_failed_gate_cannot_be_sidestepped_by_running_only_downstream_stages(
+    annotations_slice, bad_annotations, storage_root
+):
     with dg.instance_for_test() as instance:
         good = materialize(storage_root, annotations_slice, instance, UP_TO_SPLIT)
         assert good.success
@@ -78,8 +93,10 @@ def test_a_failed_gate_cannot_be_sidestepped_by_running_only_downstream_stages(a
         assert "GateNotPassedError" in message
         assert "raw_annotations_valid" in message and bad.run_id in message and str(kept) in message
         assert "materialise raw_annotations again" in message
-        assert published(storage_root) == {**before, "annotation_quarantine.parquet":
-                                           published(storage_root)["annotation_quarantine.parquet"]}
+        assert published(storage_root) == {
+            **before,
+            "annotation_quarantine.parquet": published(storage_root)["annotation_quarantine.parquet"],
+        }
 
         again = materialize(storage_root, annotations_slice, instance, UP_TO_SPLIT)
         assert again.success
@@ -91,8 +108,12 @@ def test_a_gated_table_waits_for_its_gate_and_its_ungated_sibling_does_not(annot
     """A run that stops before a gate is evaluated leaves the table pending; nothing downstream reads it."""
     with dg.instance_for_test() as instance:
         # the assets without their checks: nothing evaluates raw_annotations_valid
-        result = materialize(storage_root, annotations_slice, instance,
-                             dg.AssetSelection.assets("raw_annotations", "annotation_quarantine").without_checks())
+        result = materialize(
+            storage_root,
+            annotations_slice,
+            instance,
+            dg.AssetSelection.assets("raw_annotations", "annotation_quarantine").without_checks(),
+        )
         assert result.success
         tables = storage_root / "tables"
         assert (tables / "annotation_quarantine.parquet").exists()
@@ -111,9 +132,13 @@ def test_a_gated_table_waits_for_its_gate_and_its_ungated_sibling_does_not(annot
 def start(*args, home, env=None) -> subprocess.Popen:
     """`rm-pipeline run` on a storage root of its own Dagster instance, as a user starts it."""
     environment = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "RM_PIPELINE_HOME")}
-    return subprocess.Popen([sys.executable, "-m", "rm_pipeline.cli", "run", "--home", str(home), *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**environment, **(env or {})})
+    return subprocess.Popen(
+        [sys.executable, "-m", "rm_pipeline.cli", "run", "--home", str(home), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**environment, **(env or {})},
+    )
 
 
 def holder_run_id(home, process, timeout=120) -> str:
@@ -139,12 +164,30 @@ def test_a_run_on_a_held_storage_root_fails_at_once_naming_the_holder(annotation
         assert not (home / "tables").exists()
 
         # the path of the UI and of automation: a run launched by Dagster fails in its storage resource
-        env = {**os.environ, "RM_PIPELINE_HOME": str(home), "RM_PIPELINE_ANNOTATIONS": str(annotations_slice),
-               "DAGSTER_HOME": str(tmp_path)}
+        env = {
+            **os.environ,
+            "RM_PIPELINE_HOME": str(home),
+            "RM_PIPELINE_ANNOTATIONS": str(annotations_slice),
+            "DAGSTER_HOME": str(tmp_path),
+        }
         (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-        done = subprocess.run([sys.executable, "-m", "dagster", "asset", "materialize", "-m", "rm_pipeline.definitions",
-                               "--select", "raw_annotations,annotation_quarantine"], capture_output=True, text=True,
-                              env=env, timeout=300)
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "dagster",
+                "asset",
+                "materialize",
+                "-m",
+                "rm_pipeline.definitions",
+                "--select",
+                "raw_annotations,annotation_quarantine",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
         assert done.returncode != 0
         assert f"storage root {home} is in use by run the-first-run" in done.stderr
         assert not (home / "tables").exists()

@@ -35,8 +35,9 @@ def run_stages(folder, rows_by_file: dict[str, list]) -> Stages:
     ingested = read_annotations(paths)
     comparisons = aggregate_votes(ingested.votes, method="majority_vote").comparisons
     queue = review_queue(comparisons)
-    pairs, rejected = build_pairs(comparisons, queue["item_id"], token_lengths=lambda p, r, c: r.str.len().to_numpy(),
-                                  max_length=100)
+    pairs, rejected = build_pairs(
+        comparisons, queue["item_id"], token_lengths=lambda p, r, c: r.str.len().to_numpy(), max_length=100
+    )
     return Stages(ingested.votes, ingested.quarantine, comparisons, queue, pairs, rejected, split_by_group(pairs))
 
 
@@ -46,9 +47,18 @@ def good_rows() -> list[dict]:
         domain = ("math", "chat")[i % 2]
         for annotator in ("u1", "u2", "u3"):
             label = "b" if (i % 7 == 0 and annotator == "u3") else "a"  # some 2-of-3 items for the review queue
-            rows.append({"item_id": f"i{i}", "prompt_id": f"p{i // 2}", "prompt": f"Question {i // 2}?",
-                         "response_a": f"Good answer {i}.", "response_b": f"Bad answer {i}.", "annotator_id": annotator,
-                         "vote": label, "domain": domain})
+            rows.append(
+                {
+                    "item_id": f"i{i}",
+                    "prompt_id": f"p{i // 2}",
+                    "prompt": f"Question {i // 2}?",
+                    "response_a": f"Good answer {i}.",
+                    "response_b": f"Bad answer {i}.",
+                    "annotator_id": annotator,
+                    "vote": label,
+                    "domain": domain,
+                }
+            )
     rows.append({**rows[0], "item_id": "tied", "vote": "tie", "annotator_id": "u1"})
     return rows
 
@@ -85,8 +95,12 @@ def test_raw_gate_fails_when_a_batch_is_mostly_quarantined(tmp_path):
     health = gates.batch_health(stages.votes, stages.quarantine).set_index("file")["quarantined_share"]
     assert health[str(tmp_path / "dirty.jsonl")] == pytest.approx(0.75)
     assert health[str(tmp_path / "clean.jsonl")] == 0.0
-    assert_fails(gates.raw_annotations_gate(stages.votes, stages.quarantine, max_quarantine_fraction=0.5),
-                 "annotation_batches", "quarantined_share", "0.75")
+    assert_fails(
+        gates.raw_annotations_gate(stages.votes, stages.quarantine, max_quarantine_fraction=0.5),
+        "annotation_batches",
+        "quarantined_share",
+        "0.75",
+    )
     assert gates.raw_annotations_gate(stages.votes, stages.quarantine, max_quarantine_fraction=0.75).success
 
 
@@ -102,12 +116,15 @@ def test_raw_gate_fails_on_a_repeated_vote(good):
 
 
 def test_raw_gate_fails_on_a_missing_column_or_null_prompt(good):
-    assert_fails(gates.raw_annotations_gate(good.votes.drop(columns="domain"), good.quarantine, 1.0),
-                 "expect_table_columns_to_match_set")
+    assert_fails(
+        gates.raw_annotations_gate(good.votes.drop(columns="domain"), good.quarantine, 1.0),
+        "expect_table_columns_to_match_set",
+    )
     votes = good.votes.copy()
     votes.loc[3, "prompt"] = None
-    assert_fails(gates.raw_annotations_gate(votes, good.quarantine, 1.0), "expect_column_values_to_not_be_null",
-                 "prompt")
+    assert_fails(
+        gates.raw_annotations_gate(votes, good.quarantine, 1.0), "expect_column_values_to_not_be_null", "prompt"
+    )
 
 
 def test_raw_gate_fails_on_an_empty_votes_table(good):
@@ -129,8 +146,11 @@ def test_aggregation_gate_fails_when_counts_do_not_add_up(good):
 
 
 def test_aggregation_gate_fails_when_votes_went_missing(good):
-    assert_fails(gates.aggregated_preferences_gate(good.comparisons, good.votes.iloc[1:]),
-                 "expect_column_sum_to_be_between", "n_votes")
+    assert_fails(
+        gates.aggregated_preferences_gate(good.comparisons, good.votes.iloc[1:]),
+        "expect_column_sum_to_be_between",
+        "n_votes",
+    )
 
 
 def test_aggregation_gate_fails_on_a_bad_winner_or_share(good):
@@ -181,8 +201,9 @@ def test_pairs_gate_passes_without_token_counts(good):
 
 
 def test_pairs_gate_fails_when_kept_plus_rejected_is_not_the_comparisons(good):
-    text = assert_fails(gates.preference_pairs_gate(good.pairs, good.rejected.iloc[1:], good.comparisons, 100),
-                        "pair_ledger", "gap")
+    text = assert_fails(
+        gates.preference_pairs_gate(good.pairs, good.rejected.iloc[1:], good.comparisons, 100), "pair_ledger", "gap"
+    )
     assert "preference_pairs" not in text  # only the ledger is wrong
 
 
@@ -191,8 +212,12 @@ def test_pairs_gate_fails_on_a_pair_that_breaks_a_rule(good):
     pairs.loc[0, "rejected"] = pairs.loc[0, "chosen"]
     pairs.loc[1, "chosen"] = "  "
     pairs.loc[2, "chosen_tokens"] = 101
-    text = assert_fails(gates.preference_pairs_gate(pairs, good.rejected, good.comparisons, max_length=100),
-                        "identical", "chosen_blank", "chosen_tokens")
+    text = assert_fails(
+        gates.preference_pairs_gate(pairs, good.rejected, good.comparisons, max_length=100),
+        "identical",
+        "chosen_blank",
+        "chosen_tokens",
+    )
     assert "101" in text
 
 
@@ -201,8 +226,13 @@ def test_pairs_gate_fails_on_duplicate_pairs_and_unexplained_rejections(good):
     rejected = good.rejected.copy()
     rejected.loc[0, "reason"] = None
     comparisons = pd.concat([good.comparisons, good.comparisons.iloc[[0]]], ignore_index=True)
-    assert_fails(gates.preference_pairs_gate(pairs, rejected, comparisons, max_length=100),
-                 "pair_id", "chosen", "rejected_pairs", "reason")
+    assert_fails(
+        gates.preference_pairs_gate(pairs, rejected, comparisons, max_length=100),
+        "pair_id",
+        "chosen",
+        "rejected_pairs",
+        "reason",
+    )
 
 
 # ---------------------------------------------------------------- split

@@ -5,9 +5,8 @@ import sys
 
 import numpy as np
 
-from rm_pipeline_tests.conftest import REPO_ROOT
-
 from rm_pipeline.lib.metrics import TIE_TOLERANCE, pair_credit
+from rm_pipeline_tests.conftest import REPO_ROOT
 
 
 def test_pair_credit_counts_a_tie_half_right():
@@ -19,9 +18,11 @@ def test_pair_credit_counts_a_tie_half_right():
 
 def test_peak_memory_grows_by_what_the_process_allocates():
     # A fresh process, so the pytest process's own earlier peak cannot hide the growth.
-    script = ("import numpy as np; from rm_pipeline.lib.metrics import peak_memory_mb; "
-              "before = peak_memory_mb('cpu'); block = np.ones(200 * 2**20, dtype=np.uint8); "
-              "print(before, peak_memory_mb('cpu'))")
+    script = (
+        "import numpy as np; from rm_pipeline.lib.metrics import peak_memory_mb; "
+        "before = peak_memory_mb('cpu'); block = np.ones(200 * 2**20, dtype=np.uint8); "
+        "print(before, peak_memory_mb('cpu'))"
+    )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=REPO_ROOT)
     before, after = map(float, done.stdout.split())
     assert before > 0
@@ -30,7 +31,9 @@ def test_peak_memory_grows_by_what_the_process_allocates():
 
 def test_the_training_child_imports_no_dagster():
     # The child process needs dagster_pipes only; all of Dagster costs seconds and memory in every run.
-    script = ("import sys, rm_pipeline.stages.reward_model_worker; "
-              "print(sorted(name for name in sys.modules if name == 'dagster' or name.startswith('dagster.')))")
+    script = (
+        "import sys, rm_pipeline.stages.reward_model_worker; "
+        "print(sorted(name for name in sys.modules if name == 'dagster' or name.startswith('dagster.')))"
+    )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=REPO_ROOT)
     assert done.stdout.strip() == "[]"

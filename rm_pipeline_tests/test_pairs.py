@@ -11,16 +11,28 @@ import pytest
 
 from rm_pipeline.lib.aggregation import aggregate_votes, review_queue
 from rm_pipeline.lib.annotations import list_batch_files, read_annotations
-from rm_pipeline.lib.pairs import (CHARS_PER_TOKEN_CEILING, PAIR_COLUMNS, REJECTED_COLUMNS, REJECTION_REASONS, build_pairs,
-                                 rejection_counts)
+from rm_pipeline.lib.pairs import (
+    CHARS_PER_TOKEN_CEILING,
+    PAIR_COLUMNS,
+    REJECTED_COLUMNS,
+    REJECTION_REASONS,
+    build_pairs,
+    rejection_counts,
+)
 from rm_pipeline.lib.tokenization import default_base_model, load_tokenizer, token_lengths
 
 BUNDLED = Path(__file__).resolve().parents[1] / "data" / "annotations"
 
 
 def vote(item_id, **overrides) -> dict:
-    row = {"item_id": item_id, "prompt": f"Question {item_id}?", "response_a": f"Good answer to {item_id}.",
-           "response_b": f"Bad answer to {item_id}.", "annotator_id": "ann1", "vote": "a"}
+    row = {
+        "item_id": item_id,
+        "prompt": f"Question {item_id}?",
+        "response_a": f"Good answer to {item_id}.",
+        "response_b": f"Bad answer to {item_id}.",
+        "annotator_id": "ann1",
+        "vote": "a",
+    }
     row.update(overrides)
     return row
 
@@ -60,12 +72,14 @@ def test_classic_toy_example_keeps_only_the_good_pair(tmp_path):
     comparisons = comparisons_from(tmp_path, rows)
     kept, rejected = split_pairs(comparisons)
     assert kept["pair_id"].tolist() == ["good"]
-    assert reasons(rejected) == {"same": "identical_candidates", "ctx": "context_mismatch",
-                                 "tie": "tie_or_abstention"}
+    assert reasons(rejected) == {"same": "identical_candidates", "ctx": "context_mismatch", "tie": "tie_or_abstention"}
     counts = rejection_counts(rejected)
     assert list(counts) == list(REJECTION_REASONS)  # every reason reported, zeros included
     assert {name: n for name, n in counts.items() if n} == {
-        "tie_or_abstention": 1, "identical_candidates": 1, "context_mismatch": 1}
+        "tie_or_abstention": 1,
+        "identical_candidates": 1,
+        "context_mismatch": 1,
+    }
     assert len(kept) + sum(counts.values()) == len(comparisons)
 
 
@@ -101,19 +115,23 @@ def test_the_first_rule_broken_is_the_reason(tmp_path):
 
 
 def test_same_prompt_chosen_rejected_twice_is_a_duplicate(tmp_path):
-    rows = [vote("first", prompt="Q?", response_a="Yes.", response_b="No."),
-            # another item_id with the candidates shown the other way round and the same preference
-            vote("second", prompt="Q?", response_a="No.", response_b="Yes.", vote="b"),
-            # same candidates, opposite preference: a different pair, not a duplicate
-            vote("opposite", prompt="Q?", response_a="Yes.", response_b="No.", vote="b", annotator_id="ann2")]
+    rows = [
+        vote("first", prompt="Q?", response_a="Yes.", response_b="No."),
+        # another item_id with the candidates shown the other way round and the same preference
+        vote("second", prompt="Q?", response_a="No.", response_b="Yes.", vote="b"),
+        # same candidates, opposite preference: a different pair, not a duplicate
+        vote("opposite", prompt="Q?", response_a="Yes.", response_b="No.", vote="b", annotator_id="ann2"),
+    ]
     kept, rejected = split_pairs(comparisons_from(tmp_path, rows))
     assert sorted(kept["pair_id"]) == ["first", "opposite"]
     assert reasons(rejected) == {"second": "duplicate"}
 
 
 def test_an_earlier_rejected_pair_does_not_make_a_later_one_a_duplicate(tmp_path):
-    rows = [vote("disputed", prompt="Q?", response_a="Yes.", response_b="No."),
-            vote("kept", prompt="Q?", response_a="Yes.", response_b="No.")]
+    rows = [
+        vote("disputed", prompt="Q?", response_a="Yes.", response_b="No."),
+        vote("kept", prompt="Q?", response_a="Yes.", response_b="No."),
+    ]
     comparisons = comparisons_from(tmp_path, rows)
     kept, rejected = split_pairs(comparisons, disputed_item_ids=["disputed"])
     assert kept["pair_id"].tolist() == ["kept"]
@@ -121,8 +139,12 @@ def test_an_earlier_rejected_pair_does_not_make_a_later_one_a_duplicate(tmp_path
 
 
 def test_disputed_items_are_excluded_unless_included(tmp_path):
-    rows = [vote("x", annotator_id="u1"), vote("x", annotator_id="u2"), vote("x", annotator_id="u3", vote="b"),
-            vote("clear")]
+    rows = [
+        vote("x", annotator_id="u1"),
+        vote("x", annotator_id="u2"),
+        vote("x", annotator_id="u3", vote="b"),
+        vote("clear"),
+    ]
     comparisons = comparisons_from(tmp_path, rows)
     queue = review_queue(comparisons)  # a 2-of-3 vote is low agreement at the default threshold
     assert queue["item_id"].tolist() == ["x"]
@@ -139,8 +161,12 @@ def test_too_long_pairs_are_dropped_not_truncated(tmp_path, minilm):
     rows = [vote("short"), vote("long", response_b=long_answer, vote="b")]
     comparisons = comparisons_from(tmp_path, rows)
     count = partial(token_lengths, minilm)
-    lengths = dict(zip(comparisons["item_id"], count(comparisons["prompt"], comparisons["response_b"],
-                                                     comparisons["conversational"])))
+    lengths = dict(
+        zip(
+            comparisons["item_id"],
+            count(comparisons["prompt"], comparisons["response_b"], comparisons["conversational"]),
+        )
+    )
     assert lengths["short"] < 50 < 300 < lengths["long"]
     kept, rejected = split_pairs(comparisons, token_lengths=count, max_length=100)
     assert kept["pair_id"].tolist() == ["short"]
@@ -185,10 +211,16 @@ def test_implicit_prompt_conversations_with_different_contexts_are_rejected(tmp_
         return [{"role": role, "content": text} for role, text in turns]
 
     path = tmp_path / "chat.jsonl"
-    rows = [{"chosen": chat(("user", "Hi"), ("assistant", "Hello!")),
-             "rejected": chat(("user", "Hi"), ("assistant", "Go away."))},
-            {"chosen": chat(("user", "Hi"), ("assistant", "Hello!")),
-             "rejected": chat(("user", "Hey"), ("assistant", "Go away."))}]
+    rows = [
+        {
+            "chosen": chat(("user", "Hi"), ("assistant", "Hello!")),
+            "rejected": chat(("user", "Hi"), ("assistant", "Go away.")),
+        },
+        {
+            "chosen": chat(("user", "Hi"), ("assistant", "Hello!")),
+            "rejected": chat(("user", "Hey"), ("assistant", "Go away.")),
+        },
+    ]
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     votes = read_annotations([path]).votes
     comparisons = aggregate_votes(votes).comparisons
@@ -204,8 +236,12 @@ def test_bundled_data_rejections(minilm):
     votes = read_annotations(list_batch_files(BUNDLED)).votes
     comparisons = aggregate_votes(votes).comparisons
     queue = review_queue(comparisons)
-    kept, rejected = split_pairs(comparisons, disputed_item_ids=queue["item_id"], max_length=512,
-                                 token_lengths=lambda p, r, c: token_lengths(minilm, p, r, c))
+    kept, rejected = split_pairs(
+        comparisons,
+        disputed_item_ids=queue["item_id"],
+        max_length=512,
+        token_lengths=lambda p, r, c: token_lengths(minilm, p, r, c),
+    )
     by_reason = rejected.groupby("reason")["item_id"].apply(set)
     assert by_reason["context_mismatch"] == {f"hh-rlhf/hh-harmless:{n}" for n in (1255, 1689, 1951, 1953, 2037)}
     assert {f"hh-rlhf/hh-harmless:{n}" for n in (87, 517, 926, 1104)} <= by_reason["empty_candidate"]
@@ -221,7 +257,9 @@ def test_bundled_data_rejections(minilm):
 
 
 def test_no_comparison_reaching_the_length_rule_is_no_pairs_not_a_crash(tmp_path, minilm):
-    comparisons = comparisons_from(tmp_path, [vote("tied", vote="tie"), vote("same", response_b="Good answer to same.")])
+    comparisons = comparisons_from(
+        tmp_path, [vote("tied", vote="tie"), vote("same", response_b="Good answer to same.")]
+    )
     kept, rejected = split_pairs(comparisons, token_lengths=lambda p, r, c: token_lengths(minilm, p, r, c))
     assert kept.empty and reasons(rejected) == {"tied": "tie_or_abstention", "same": "identical_candidates"}
     kept, rejected = split_pairs(comparisons.iloc[:0], token_lengths=lambda p, r, c: token_lengths(minilm, p, r, c))

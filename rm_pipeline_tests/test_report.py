@@ -9,8 +9,12 @@ import pytest
 
 from rm_pipeline.lib.aggregation import aggregate_votes, review_queue
 from rm_pipeline.lib.annotations import list_batch_files, read_annotations
-from rm_pipeline.lib.evaluation_inputs import (EvaluationFolder, file_pairs_to_score, responses_to_score,
-                                               split_pairs_to_score)
+from rm_pipeline.lib.evaluation_inputs import (
+    EvaluationFolder,
+    file_pairs_to_score,
+    responses_to_score,
+    split_pairs_to_score,
+)
 from rm_pipeline.lib.markdown import inline_png, markdown_table
 from rm_pipeline.lib.pairs import build_pairs
 from rm_pipeline.lib.readiness import ReadinessThresholds, readiness, split_overlap
@@ -22,12 +26,24 @@ REPO_ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
 def scored(source, chosen_reward, rejected_reward, chosen_tokens, rejected_tokens, domain="d", file=None, **extra):
     n = len(chosen_reward)
-    return pd.DataFrame({"source": source, "file": file, "pair_id": [f"{source}{i}" for i in range(n)],
-                         "prompt_id": [f"p{i}" for i in range(n)], "domain": domain, "n_votes": 1.0,
-                         "chosen_share": 1.0, "in_review_queue": source == "disagreement",
-                         "chosen_reward": chosen_reward, "rejected_reward": rejected_reward,
-                         "chosen_tokens": chosen_tokens, "rejected_tokens": rejected_tokens, "truncated": False,
-                         **extra})
+    return pd.DataFrame(
+        {
+            "source": source,
+            "file": file,
+            "pair_id": [f"{source}{i}" for i in range(n)],
+            "prompt_id": [f"p{i}" for i in range(n)],
+            "domain": domain,
+            "n_votes": 1.0,
+            "chosen_share": 1.0,
+            "in_review_queue": source == "disagreement",
+            "chosen_reward": chosen_reward,
+            "rejected_reward": rejected_reward,
+            "chosen_tokens": chosen_tokens,
+            "rejected_tokens": rejected_tokens,
+            "truncated": False,
+            **extra,
+        }
+    )
 
 
 def no_responses():
@@ -63,11 +79,21 @@ def test_scored_pairs_are_the_held_out_side_and_the_untrained_disputed_compariso
 def test_a_length_only_model_is_exposed_by_the_length_audit():
     chosen_tokens = np.array([120, 40, 300, 50, 80, 100, 100])
     rejected_tokens = np.array([60, 90, 100, 200, 80, 95, 104])
-    pairs = scored("held_out", chosen_tokens.astype(float), rejected_tokens.astype(float), chosen_tokens,
-                   rejected_tokens)
-    policies = pd.DataFrame({"source": "policy_outputs", "group_id": "0", "candidate": ["alpaca-7b_concise",
-                             "alpaca-7b", "alpaca-7b_verbose"], "rank": np.nan, "domain": "x",
-                             "reward": [1.0, 2.0, 3.0], "tokens": [10, 20, 30], "truncated": False})
+    pairs = scored(
+        "held_out", chosen_tokens.astype(float), rejected_tokens.astype(float), chosen_tokens, rejected_tokens
+    )
+    policies = pd.DataFrame(
+        {
+            "source": "policy_outputs",
+            "group_id": "0",
+            "candidate": ["alpaca-7b_concise", "alpaca-7b", "alpaca-7b_verbose"],
+            "rank": np.nan,
+            "domain": "x",
+            "reward": [1.0, 2.0, 3.0],
+            "tokens": [10, 20, 30],
+            "truncated": False,
+        }
+    )
     report = build_report(pairs, policies, train_domains=["d"])
     length = report["length"]
     assert length["spearman_rho"] == pytest.approx(1.0)
@@ -80,13 +106,23 @@ def test_a_length_only_model_is_exposed_by_the_length_audit():
 
 
 def test_report_sections_count_every_source_apart():
-    pairs = pd.concat([
-        scored("held_out", [2.0, 1.0, 0.5], [1.0, 2.0, 0.5], [10, 10, 10], [10, 10, 10], domain=["a", "b", "new"]),
-        scored("disagreement", [1.0, 0.0], [0.0, 1.0], [5, 5], [5, 5]),
-        scored("benchmark", [1.0, 1.0], [0.0, 2.0], [5, 5], [5, 5], domain=["alpacaeval-easy", "mystery"],
-               file="/x/bench.jsonl"),
-        scored("fresh_policy", [3.0], [1.0], [5], [5], file="/x/fresh/labels.jsonl"),
-    ], ignore_index=True)
+    pairs = pd.concat(
+        [
+            scored("held_out", [2.0, 1.0, 0.5], [1.0, 2.0, 0.5], [10, 10, 10], [10, 10, 10], domain=["a", "b", "new"]),
+            scored("disagreement", [1.0, 0.0], [0.0, 1.0], [5, 5], [5, 5]),
+            scored(
+                "benchmark",
+                [1.0, 1.0],
+                [0.0, 2.0],
+                [5, 5],
+                [5, 5],
+                domain=["alpacaeval-easy", "mystery"],
+                file="/x/bench.jsonl",
+            ),
+            scored("fresh_policy", [3.0], [1.0], [5], [5], file="/x/fresh/labels.jsonl"),
+        ],
+        ignore_index=True,
+    )
     report = build_report(pairs, no_responses(), train_domains=["a", "b"])
     assert report["held_out"]["n"] == 3 and report["held_out"]["ties"] == 1
     assert report["held_out"]["accuracy"] == pytest.approx(0.5)  # right, wrong, tie (half)
@@ -114,8 +150,12 @@ def test_bundled_evaluation_folder_yields_policy_outputs_rankings_and_a_benchmar
 def test_a_bad_benchmark_line_is_quarantined_with_file_and_line(tmp_path):
     bench = tmp_path / "mine.jsonl"
     good = {"prompt": "2+2?", "chosen": "4", "rejected": "5", "subset": "math"}
-    bench.write_text("\n".join([json.dumps(good), json.dumps({**good, "chosen": None}), "{oops",
-                                json.dumps({**good, "prompt": "3+3?"})]) + "\n")
+    bench.write_text(
+        "\n".join(
+            [json.dumps(good), json.dumps({**good, "chosen": None}), "{oops", json.dumps({**good, "prompt": "3+3?"})]
+        )
+        + "\n"
+    )
     rows, quarantine = file_pairs_to_score([bench], "benchmark")
     assert len(rows) == 2 and set(rows["domain"]) == {"math"}
     assert sorted(quarantine["line"]) == [2, 3]
@@ -126,24 +166,42 @@ def test_a_bad_benchmark_line_is_quarantined_with_file_and_line(tmp_path):
 
 def good_report(fresh_accuracy=0.8, fresh_n=50):
     chosen = np.linspace(1, 3, 60)
-    pairs = pd.concat([
-        scored("held_out", chosen, chosen - 3.0, [100] * 60, [100] * 60),  # length-matched, large margins
-        scored("fresh_policy", [1.0] * fresh_n, [0.0 if i < fresh_accuracy * fresh_n else 2.0 for i in range(fresh_n)],
-               [5] * fresh_n, [5] * fresh_n, file="/f/fresh.jsonl"),
-    ], ignore_index=True)
+    pairs = pd.concat(
+        [
+            scored("held_out", chosen, chosen - 3.0, [100] * 60, [100] * 60),  # length-matched, large margins
+            scored(
+                "fresh_policy",
+                [1.0] * fresh_n,
+                [0.0 if i < fresh_accuracy * fresh_n else 2.0 for i in range(fresh_n)],
+                [5] * fresh_n,
+                [5] * fresh_n,
+                file="/f/fresh.jsonl",
+            ),
+        ],
+        ignore_index=True,
+    )
     return build_report(pairs, no_responses(), ["d"])
 
 
-SPLIT = pd.DataFrame({"split": ["train", "train", "eval"], "prompt_id": ["p1", "p2", "p3"],
-                      "prompt": ["Hello there", "Name a colour", "Something else"]})
+SPLIT = pd.DataFrame(
+    {
+        "split": ["train", "train", "eval"],
+        "prompt_id": ["p1", "p2", "p3"],
+        "prompt": ["Hello there", "Name a colour", "Something else"],
+    }
+)
 PERMISSIVE_ECE = ReadinessThresholds(max_ece=0.5)
 
 
 def test_every_check_passing_makes_the_model_ready():
     verdict = readiness(good_report(), split_overlap(SPLIT), PERMISSIVE_ECE)
     assert verdict["optimize_against_reward"] is True
-    assert [c["check"] for c in verdict["checks"]] == ["split_has_no_prompt_overlap", "length_matched_accuracy",
-                                                       "fresh_policy_accuracy", "calibration_error"]
+    assert [c["check"] for c in verdict["checks"]] == [
+        "split_has_no_prompt_overlap",
+        "length_matched_accuracy",
+        "fresh_policy_accuracy",
+        "calibration_error",
+    ]
     assert all(c["passed"] for c in verdict["checks"]) and verdict["reasons"] == []
     assert "worth it" in verdict["recommendation"]
 
@@ -156,11 +214,14 @@ def test_missing_fresh_policy_labels_mean_not_ready_saying_why():
     assert "DPO on the same 2 training pairs" in verdict["recommendation"]
 
 
-@pytest.mark.parametrize("thresholds, failing", [
-    (ReadinessThresholds(max_ece=0.5, min_fresh_policy_accuracy=0.9), "fresh_policy_accuracy"),
-    (ReadinessThresholds(max_ece=0.5, min_pairs=61), "length_matched_accuracy"),
-    (ReadinessThresholds(max_ece=0.0001), "calibration_error"),
-])
+@pytest.mark.parametrize(
+    "thresholds, failing",
+    [
+        (ReadinessThresholds(max_ece=0.5, min_fresh_policy_accuracy=0.9), "fresh_policy_accuracy"),
+        (ReadinessThresholds(max_ece=0.5, min_pairs=61), "length_matched_accuracy"),
+        (ReadinessThresholds(max_ece=0.0001), "calibration_error"),
+    ],
+)
 def test_each_threshold_can_fail_its_check(thresholds, failing):
     verdict = readiness(good_report(), split_overlap(SPLIT), thresholds)
     assert verdict["optimize_against_reward"] is False
@@ -182,13 +243,27 @@ def test_report_files_carry_every_section_and_the_verdict(tmp_path):
     assert sorted(plots) == ["reliability_diagram", "reward_histograms", "reward_vs_length"]
     assert all(path.read_bytes()[:4] == b"\x89PNG" for path in plots.values())
     verdict = readiness(report, split_overlap(SPLIT))
-    document = {"facts": {"model_name": "rm-x"}, "plots": {k: p.name for k, p in plots.items()},
-                "report": report, "readiness": verdict}
+    document = {
+        "facts": {"model_name": "rm-x"},
+        "plots": {k: p.name for k, p in plots.items()},
+        "report": report,
+        "readiness": verdict,
+    }
     json_path, markdown_path = write_report(tmp_path, document)
     assert json.loads(json_path.read_text())["readiness"]["optimize_against_reward"] is False
     markdown = markdown_path.read_text()
-    for heading in ("Readiness: NOT READY", "Held-out pairs", "By domain", "Disagreement slice", "Length bias",
-                    "Calibration", "Fresh policy outputs", "K > 2", "External benchmark files", "Plots"):
+    for heading in (
+        "Readiness: NOT READY",
+        "Held-out pairs",
+        "By domain",
+        "Disagreement slice",
+        "Length bias",
+        "Calibration",
+        "Fresh policy outputs",
+        "K > 2",
+        "External benchmark files",
+        "Plots",
+    ):
         assert heading in markdown
     for check in verdict["checks"]:
         assert check["check"] in markdown
@@ -223,20 +298,26 @@ def test_queued_pairs_trained_with_include_disputed_are_scored_once_or_not_at_al
     flagged = rows.loc[rows["in_review_queue"], "pair_id"]
     assert set(queued_in_split.loc[queued_in_split["split"] == "eval", "pair_id"]) <= set(flagged)
     assert not set(queued_in_split.loc[queued_in_split["split"] == "train", "pair_id"]) & set(rows["pair_id"])
-    scored_rows = rows.assign(chosen_reward=1.0, rejected_reward=0.0, chosen_tokens=5, rejected_tokens=5,
-                              truncated=False)
+    scored_rows = rows.assign(
+        chosen_reward=1.0, rejected_reward=0.0, chosen_tokens=5, rejected_tokens=5, truncated=False
+    )
     report = build_report(scored_rows, no_responses(), split["domain"].unique())
     assert report["disagreement"]["n"] == len(flagged) and report["disagreement"]["accuracy"] == 1.0
 
 
 def test_markdown_table_shows_the_columns_asked_for_with_three_significant_digits():
-    rows = [{"policy": "a", "mean_reward": 1.23456, "n": 3, "extra": "hidden"},
-            {"policy": "b", "mean_reward": None, "n": 4},
-            {"policy": "c", "mean_reward": float("nan"), "n": 5}]
+    rows = [
+        {"policy": "a", "mean_reward": 1.23456, "n": 3, "extra": "hidden"},
+        {"policy": "b", "mean_reward": None, "n": 4},
+        {"policy": "c", "mean_reward": float("nan"), "n": 5},
+    ]
     table = markdown_table(rows, ["policy", "n", "mean_reward"]).splitlines()
     assert [cell.strip() for cell in table[0].strip("|").split("|")] == ["policy", "n", "mean_reward"]
     assert [[cell.strip() for cell in line.strip("|").split("|")] for line in table[2:]] == [
-        ["a", "3", "1.23"], ["b", "4", "n/a"], ["c", "5", "n/a"]]
+        ["a", "3", "1.23"],
+        ["b", "4", "n/a"],
+        ["c", "5", "n/a"],
+    ]
     assert "extra" in markdown_table(rows)  # every column by default
     assert markdown_table([]) == "_none_\n"
 

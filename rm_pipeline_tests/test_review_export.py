@@ -19,12 +19,25 @@ def test_review_queue_csv_neutralises_formula_cells(tmp_path):
     rows = []
     for n, text in enumerate(HOSTILE):  # split votes: every item goes to review
         for annotator, vote in (("u1", "a"), ("u2", "b")):
-            rows.append({"item_id": f"i{n}", "prompt": text, "response_a": text, "response_b": "plain answer",
-                         "annotator_id": annotator, "vote": vote, "domain": "=cmd|' /C calc'!A0"})
+            rows.append(
+                {
+                    "item_id": f"i{n}",
+                    "prompt": text,
+                    "response_a": text,
+                    "response_b": "plain answer",
+                    "annotator_id": annotator,
+                    "vote": vote,
+                    "domain": "=cmd|' /C calc'!A0",
+                }
+            )
     batch.write_text("".join(json.dumps(row) + "\n" for row in rows))
     comparisons = aggregate_votes(read_annotations([batch]).votes, "majority_vote").comparisons
-    queue = review_queue(context=dg.build_asset_context(), config=ReviewConfig(),
-                         storage=PipelineStorage(root=str(tmp_path / "home")), aggregated_preferences=comparisons).value
+    queue = review_queue(
+        context=dg.build_asset_context(),
+        config=ReviewConfig(),
+        storage=PipelineStorage(root=str(tmp_path / "home")),
+        aggregated_preferences=comparisons,
+    ).value
     assert len(queue) == len(HOSTILE)
     assert queue["prompt"].tolist() == HOSTILE  # the asset itself keeps the text as it is
 

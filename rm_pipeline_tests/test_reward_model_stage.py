@@ -6,13 +6,19 @@ import time
 
 import dagster as dg
 import psutil
+import pytest
 
 from rm_pipeline.definitions import build_defs, reward_pipeline_job
 
 pytestmark = pytest.mark.slow  # trains models or starts servers
 
-CHECKPOINTING = {"ops": {"reward_model": {"config": {"eval_steps": 2, "logging_steps": 1, "batch_size": 8,
-                                                     "early_stopping_patience": None}}}}
+CHECKPOINTING = {
+    "ops": {
+        "reward_model": {
+            "config": {"eval_steps": 2, "logging_steps": 1, "batch_size": 8, "early_stopping_patience": None}
+        }
+    }
+}
 
 
 def _kill_trainer_after_first_checkpoint(storage_root, stop: threading.Event, killed: list):
@@ -27,8 +33,7 @@ def _kill_trainer_after_first_checkpoint(storage_root, stop: threading.Event, ki
 
 
 def test_killed_trainer_resumes_from_its_last_checkpoint(annotations_slice, storage_root, tiny_encoder):
-    job = build_defs(str(storage_root), str(annotations_slice), tiny_encoder).resolve_job_def(
-        reward_pipeline_job.name)
+    job = build_defs(str(storage_root), str(annotations_slice), tiny_encoder).resolve_job_def(reward_pipeline_job.name)
     with dg.instance_for_test() as instance:
         stop, killed = threading.Event(), []
         watcher = threading.Thread(target=_kill_trainer_after_first_checkpoint, args=(storage_root, stop, killed))
@@ -41,8 +46,12 @@ def test_killed_trainer_resumes_from_its_last_checkpoint(annotations_slice, stor
         assert not (storage_root / "models" / "current").exists()  # nothing half-written became current
         assert not [p for p in (storage_root / "models").iterdir() if p.name.startswith("rm-")]
 
-        second = job.execute_in_process(instance=instance, raise_on_error=False, run_config=CHECKPOINTING,
-                                        asset_selection=[dg.AssetKey("reward_model")])
+        second = job.execute_in_process(
+            instance=instance,
+            raise_on_error=False,
+            run_config=CHECKPOINTING,
+            asset_selection=[dg.AssetKey("reward_model")],
+        )
         assert second.success
         logs = [e.message for e in instance.all_logs(second.run_id) if e.step_key == "reward_model"]
     assert any("resuming from" in message and "checkpoint-" in message for message in logs)

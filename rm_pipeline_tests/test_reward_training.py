@@ -16,25 +16,48 @@ import pytest
 import torch
 
 from rm_pipeline.lib.reward_training import (
-    TrainingSettings, freeze_all_but_last, load_model, margins, pair_dataset, publish, train_reward_model,
+    TrainingSettings,
+    freeze_all_but_last,
+    load_model,
+    margins,
+    pair_dataset,
+    publish,
+    train_reward_model,
 )
 from rm_pipeline.lib.scoring import RewardScorer, pad_right, position_limit, score_ids
 from rm_pipeline.lib.tokenization import encode, load_tokenizer, token_lengths
+
 
 def learnable_pairs(n: int, start: int = 0) -> pd.DataFrame:
     """The chosen response always carries the word `excellent`, the rejected one `terrible`."""
     rows = []
     for i in range(start, start + n):
         colour = ["red", "blue"][i % 2]
-        rows.append({"prompt": f"what colour is the sky question {i}", "chosen": f"the answer is {colour} excellent",
-                     "rejected": f"the answer is {colour} terrible", "conversational": False,
-                     "strength": [1.0, 2.0, np.nan][i % 3]})
+        rows.append(
+            {
+                "prompt": f"what colour is the sky question {i}",
+                "chosen": f"the answer is {colour} excellent",
+                "rejected": f"the answer is {colour} terrible",
+                "conversational": False,
+                "strength": [1.0, 2.0, np.nan][i % 3],
+            }
+        )
     return pd.DataFrame(rows)
 
 
 def encoder_settings(base: Path, **overrides) -> TrainingSettings:
-    values = dict(base_model=str(base), max_length=64, epochs=2.0, learning_rate=3e-2, warmup_ratio=0.0,
-                  batch_size=8, eval_steps=4, logging_steps=1, early_stopping_patience=3, seed=0)
+    values = dict(
+        base_model=str(base),
+        max_length=64,
+        epochs=2.0,
+        learning_rate=3e-2,
+        warmup_ratio=0.0,
+        batch_size=8,
+        eval_steps=4,
+        logging_steps=1,
+        early_stopping_patience=3,
+        seed=0,
+    )
     return TrainingSettings(**{**values, **overrides})
 
 
@@ -46,8 +69,10 @@ def state_dict_of(path: Path) -> dict[str, torch.Tensor]:
 
 def assert_throughputs_agree(metrics: dict, train: pd.DataFrame, tokenizer) -> None:
     """tokens/s over pairs/s is the mean tokens per pair (chosen + rejected): both count the same steps."""
-    tokens = token_lengths(tokenizer, train["prompt"], train["chosen"], train["conversational"]).sum() + \
-        token_lengths(tokenizer, train["prompt"], train["rejected"], train["conversational"]).sum()
+    tokens = (
+        token_lengths(tokenizer, train["prompt"], train["chosen"], train["conversational"]).sum()
+        + token_lengths(tokenizer, train["prompt"], train["rejected"], train["conversational"]).sum()
+    )
     ratio = metrics["tokens_per_second"] / metrics["pairs_per_second"]
     assert ratio == pytest.approx(tokens / len(train), rel=0.02)
 
@@ -59,8 +84,9 @@ def test_encoder_reward_is_the_same_alone_and_in_a_padded_batch(tiny_encoder):
     model, tokenizer = load_model(TrainingSettings(base_model=str(tiny_encoder)))
     pairs = learnable_pairs(4)
     short = encode(tokenizer, ["sky?"], ["blue"], [False])
-    sequences = short + encode(tokenizer, pairs["prompt"] + " and much longer text here", pairs["chosen"],
-                               pairs["conversational"])
+    sequences = short + encode(
+        tokenizer, pairs["prompt"] + " and much longer text here", pairs["chosen"], pairs["conversational"]
+    )
     assert len(short[0]) < min(len(s) for s in sequences[1:])  # the short one really gets padded
     alone = score_ids(model, sequences, tokenizer.pad_token_id, batch_size=1)
     batched = score_ids(model, sequences, tokenizer.pad_token_id, batch_size=len(sequences), sort_by_length=False)
@@ -81,8 +107,12 @@ def test_decoder_reward_is_read_at_the_last_non_padding_token(tiny_decoder):
     model, tokenizer = load_model(TrainingSettings(base_model=str(tiny_decoder)))
     assert tokenizer.pad_token_id is not None
     assert model.config.pad_token_id == tokenizer.pad_token_id  # set by load_model: the saved config had none
-    sequences = encode(tokenizer, ["hello", "what colour is the sky", "hi there"],
-                       ["red", "the answer is blue excellent", "a colour"], [False, False, False])
+    sequences = encode(
+        tokenizer,
+        ["hello", "what colour is the sky", "hi there"],
+        ["red", "the answer is blue excellent", "a colour"],
+        [False, False, False],
+    )
     assert all(row[-1] == tokenizer.eos_token_id for row in sequences)
     alone = score_ids(model, sequences, tokenizer.pad_token_id, batch_size=1)
     batched = score_ids(model, sequences, tokenizer.pad_token_id, batch_size=len(sequences), sort_by_length=False)
@@ -111,14 +141,28 @@ def test_train_reward_model_publishes_a_loadable_model(tiny_encoder, tmp_path):
     train, evaluation = learnable_pairs(32), learnable_pairs(8, start=100)
     models_dir, run_name = tmp_path / "models", "rm-test-run"
     reports = []
-    result = train_reward_model(train, evaluation, encoder_settings(tiny_encoder), models_dir, run_name,
-                                report=lambda kind, payload: reports.append((kind, payload)),
-                                card_facts={"data_version": "dv-1234abcd", "annotation_batches": ["batch-a"]})
+    result = train_reward_model(
+        train,
+        evaluation,
+        encoder_settings(tiny_encoder),
+        models_dir,
+        run_name,
+        report=lambda kind, payload: reports.append((kind, payload)),
+        card_facts={"data_version": "dv-1234abcd", "annotation_batches": ["batch-a"]},
+    )
 
     target = result.model_dir
     assert target.parent == models_dir and target.name.startswith(run_name + "-")  # one directory per training
-    for name in ("model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json", "README.md",
-                 "training_curves.png", "training_metrics.json", "training_history.json"):
+    for name in (
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "README.md",
+        "training_curves.png",
+        "training_metrics.json",
+        "training_history.json",
+    ):
         assert (target / name).is_file(), name
     config = json.loads((target / "config.json").read_text())
     assert math.isfinite(config["reward_mean"]) and config["reward_std"] > 0
@@ -132,8 +176,10 @@ def test_train_reward_model_publishes_a_loadable_model(tiny_encoder, tmp_path):
 
     scorer = RewardScorer.load(target)
     assert scorer.model.config.num_labels == 1
-    chosen, rejected = (scorer.score(evaluation["prompt"], evaluation[side], evaluation["conversational"])["reward"]
-                        .to_numpy() for side in ("chosen", "rejected"))
+    chosen, rejected = (
+        scorer.score(evaluation["prompt"], evaluation[side], evaluation["conversational"])["reward"].to_numpy()
+        for side in ("chosen", "rejected")
+    )
     assert (chosen - rejected).min() > 0.1  # it learnt that `excellent` beats `terrible`
     # the statistics in the config describe the model as published
     both = np.concatenate([chosen, rejected])
@@ -189,8 +235,9 @@ def test_training_resumes_from_the_last_checkpoint_after_a_crash(tiny_encoder, t
     assert checkpoints == ["checkpoint-2"]  # step 4 crashed while logging, before its save
 
     reports = []
-    result = train_reward_model(train, evaluation, settings, models_dir, run_name,
-                                report=lambda kind, payload: reports.append((kind, payload)))
+    result = train_reward_model(
+        train, evaluation, settings, models_dir, run_name, report=lambda kind, payload: reports.append((kind, payload))
+    )
     logs = [payload["message"] for kind, payload in reports if kind == "log"]
     assert any("resuming from" in message and "checkpoint-2" in message for message in logs)
     assert result.metrics["resumed_from"].endswith("checkpoint-2")
@@ -215,6 +262,7 @@ def _writer(marker: str):
     def write(folder: Path) -> None:
         folder.mkdir(parents=True)
         (folder / "marker.txt").write_text(marker)
+
     return write
 
 
@@ -254,10 +302,12 @@ def test_lora_training_saves_a_plain_model_with_a_trained_head(tiny_encoder, tmp
     from transformers import AutoModelForSequenceClassification
 
     torch.manual_seed(0)
-    settings = encoder_settings(tiny_encoder, lora_rank=4, lora_alpha=8, lora_dropout=0.0, epochs=1.0,
-                                learning_rate=1e-2)
-    result = train_reward_model(learnable_pairs(16), learnable_pairs(8, start=100), settings,
-                                tmp_path / "models", "rm-lora")
+    settings = encoder_settings(
+        tiny_encoder, lora_rank=4, lora_alpha=8, lora_dropout=0.0, epochs=1.0, learning_rate=1e-2
+    )
+    result = train_reward_model(
+        learnable_pairs(16), learnable_pairs(8, start=100), settings, tmp_path / "models", "rm-lora"
+    )
     assert result.metrics["steps"] == 2
     saved = state_dict_of(result.model_dir)
     assert not any("lora" in key or "base_layer" in key or "modules_to_save" in key for key in saved)
@@ -269,8 +319,9 @@ def test_lora_training_saves_a_plain_model_with_a_trained_head(tiny_encoder, tmp
     assert not torch.allclose(saved["classifier.weight"], initial["classifier.weight"])  # modules_to_save
     merged = saved["bert.encoder.layer.1.attention.self.query.weight"]
     assert not torch.allclose(merged, initial["bert.encoder.layer.1.attention.self.query.weight"])  # LoRA merged
-    torch.testing.assert_close(saved["bert.embeddings.word_embeddings.weight"],
-                               initial["bert.embeddings.word_embeddings.weight"])  # frozen base, not adapted
+    torch.testing.assert_close(
+        saved["bert.embeddings.word_embeddings.weight"], initial["bert.embeddings.word_embeddings.weight"]
+    )  # frozen base, not adapted
     for name, parameter in loaded.state_dict().items():
         torch.testing.assert_close(parameter, saved[name])
 
@@ -311,8 +362,9 @@ def test_pair_dataset_matches_the_length_rule_and_carries_margins_only_when_aske
     tokenizer = load_tokenizer(str(tiny_encoder))
     pairs = learnable_pairs(6)
     pairs.loc[0, "chosen"] = "a much longer chosen answer with many more words in it"
-    with_margin = pair_dataset(pairs, tokenizer, TrainingSettings(base_model=str(tiny_encoder), use_margin=True,
-                                                                  margin_per_strength=0.5))
+    with_margin = pair_dataset(
+        pairs, tokenizer, TrainingSettings(base_model=str(tiny_encoder), use_margin=True, margin_per_strength=0.5)
+    )
     without = pair_dataset(pairs, tokenizer, TrainingSettings(base_model=str(tiny_encoder), use_margin=False))
     assert "margin" in with_margin.column_names and "margin" not in without.column_names
     assert with_margin["margin"] == [0.5, 1.0, 0.0, 0.5, 1.0, 0.0]
@@ -334,23 +386,37 @@ def test_decoder_training_on_conversational_pairs(tiny_decoder, tmp_path):
     def chat(*turns) -> str:
         return json.dumps([{"role": r, "content": c} for r, c in turns])
 
-    pairs = pd.DataFrame({
-        "prompt": [chat(("system", "be kind."), ("user", "what colour is the sky")),
-                   chat(("user", "hello")), chat(("user", "name a colour"))],
-        "chosen": ["blue excellent", "hi there excellent", "red excellent"],
-        "rejected": ["red terrible", "terrible", "terrible"],
-        "conversational": [True, True, True],
-        "strength": [1.0, np.nan, 2.0],
-    })
-    settings = TrainingSettings(base_model=str(tiny_decoder), max_length=64, epochs=1.0, batch_size=4,
-                                learning_rate=1e-3, logging_steps=1, eval_steps=10, seed=0)
+    pairs = pd.DataFrame(
+        {
+            "prompt": [
+                chat(("system", "be kind."), ("user", "what colour is the sky")),
+                chat(("user", "hello")),
+                chat(("user", "name a colour")),
+            ],
+            "chosen": ["blue excellent", "hi there excellent", "red excellent"],
+            "rejected": ["red terrible", "terrible", "terrible"],
+            "conversational": [True, True, True],
+            "strength": [1.0, np.nan, 2.0],
+        }
+    )
+    settings = TrainingSettings(
+        base_model=str(tiny_decoder),
+        max_length=64,
+        epochs=1.0,
+        batch_size=4,
+        learning_rate=1e-3,
+        logging_steps=1,
+        eval_steps=10,
+        seed=0,
+    )
     tokenizer = load_tokenizer(str(tiny_decoder))
     assert tokenizer.chat_template  # loaded from the saved tokenizer
     data = pair_dataset(pairs, tokenizer, settings)
     for ids in list(data["chosen_ids"]) + list(data["rejected_ids"]):
         assert ids[-1] == tokenizer.eos_token_id
-        assert ids[0] == tokenizer.convert_tokens_to_ids("<|system|>") or \
-            ids[0] == tokenizer.convert_tokens_to_ids("<|user|>")  # the chat template, not plain text
+        assert ids[0] == tokenizer.convert_tokens_to_ids("<|system|>") or ids[0] == tokenizer.convert_tokens_to_ids(
+            "<|user|>"
+        )  # the chat template, not plain text
 
     result = train_reward_model(pairs, pairs.iloc[0:0], settings, tmp_path / "models", "rm-decoder")
     assert result.metrics["steps"] == 1 and result.metrics["eval_pairs"] == 0
@@ -360,15 +426,22 @@ def test_decoder_training_on_conversational_pairs(tiny_decoder, tmp_path):
     assert loaded.config.pad_token_id == tokenizer.pad_token_id
     saved_tokenizer = load_tokenizer(str(result.model_dir))
     assert saved_tokenizer.chat_template == tokenizer.chat_template
-    rewards = RewardScorer.load(result.model_dir).score(pairs["prompt"], pairs["chosen"], pairs["conversational"])["reward"]
+    rewards = RewardScorer.load(result.model_dir).score(pairs["prompt"], pairs["chosen"], pairs["conversational"])[
+        "reward"
+    ]
     assert np.isfinite(rewards).all()
 
 
 def test_training_accuracy_counts_a_tie_as_half_right_like_the_evaluation(tiny_encoder, tmp_path):
     """A score head of zeros gives every answer the same reward: chance (0.5) by the evaluation's pair credit,
     where TRL's own strict `>` would report 0."""
-    from rm_pipeline.lib.reward_training import (_progress_callback, build_trainer, prepare_model,
-                                                 reward_statistics, training_data)
+    from rm_pipeline.lib.reward_training import (
+        _progress_callback,
+        build_trainer,
+        prepare_model,
+        reward_statistics,
+        training_data,
+    )
 
     settings = encoder_settings(tiny_encoder, early_stopping_patience=1)
     model, tokenizer, peft_config = prepare_model(settings)
@@ -376,7 +449,8 @@ def test_training_accuracy_counts_a_tie_as_half_right_like_the_evaluation(tiny_e
         model.classifier.weight.zero_()
         model.classifier.bias.zero_()
     data = training_data(learnable_pairs(8), learnable_pairs(8, start=100), tokenizer, settings, lambda *_: None)
-    trainer = build_trainer(model, tokenizer, peft_config, data, settings, tmp_path / "checkpoints",
-                            _progress_callback(lambda *_: None))
+    trainer = build_trainer(
+        model, tokenizer, peft_config, data, settings, tmp_path / "checkpoints", _progress_callback(lambda *_: None)
+    )
     assert trainer.evaluate()["eval_accuracy"] == pytest.approx(0.5)
     assert reward_statistics(model, data.evaluation, tokenizer)["eval_accuracy"] == pytest.approx(0.5)

@@ -6,17 +6,25 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rm_pipeline.lib.scoring import (CandidateFileError, RewardScorer, fit_to_length, rank_candidates, read_candidates,
-                                     score_ids)
+from rm_pipeline.lib.scoring import (
+    CandidateFileError,
+    RewardScorer,
+    fit_to_length,
+    rank_candidates,
+    read_candidates,
+    score_ids,
+)
 from rm_pipeline.lib.tokenization import encode
 from rm_pipeline_tests.test_cli import rm_pipeline
 
-PAIRS = pd.DataFrame({
-    "prompt": ["2+2?", json.dumps([{"role": "user", "content": "hi"}]), "Name a colour."],
-    "conversational": [False, True, False],
-    "chosen": ["4", "Hello! How can I help?", "Blue, like the sky on a clear summer day."],
-    "rejected": ["five", "go away", "no"],
-})
+PAIRS = pd.DataFrame(
+    {
+        "prompt": ["2+2?", json.dumps([{"role": "user", "content": "hi"}]), "Name a colour."],
+        "conversational": [False, True, False],
+        "chosen": ["4", "Hello! How can I help?", "Blue, like the sky on a clear summer day."],
+        "rejected": ["five", "go away", "no"],
+    }
+)
 
 
 @pytest.fixture(scope="module")
@@ -35,11 +43,18 @@ def test_pairs_score_like_their_sides_scored_alone(scorer):
 
 
 def test_length_sorting_changes_speed_not_rewards(scorer):
-    sequences = encode(scorer.tokenizer, list(PAIRS["prompt"]) * 2, list(PAIRS["chosen"]) + list(PAIRS["rejected"]),
-                       list(PAIRS["conversational"]) * 2)
+    sequences = encode(
+        scorer.tokenizer,
+        list(PAIRS["prompt"]) * 2,
+        list(PAIRS["chosen"]) + list(PAIRS["rejected"]),
+        list(PAIRS["conversational"]) * 2,
+    )
     pad = scorer.tokenizer.pad_token_id
-    np.testing.assert_allclose(score_ids(scorer.model, sequences, pad, 2, sort_by_length=True),
-                               score_ids(scorer.model, sequences, pad, 2, sort_by_length=False), atol=1e-5)
+    np.testing.assert_allclose(
+        score_ids(scorer.model, sequences, pad, 2, sort_by_length=True),
+        score_ids(scorer.model, sequences, pad, 2, sort_by_length=False),
+        atol=1e-5,
+    )
 
 
 def test_a_sequence_longer_than_the_model_reads_loses_its_oldest_context(scorer):
@@ -54,8 +69,10 @@ def test_a_sequence_longer_than_the_model_reads_loses_its_oldest_context(scorer)
 
 
 def test_candidates_are_ranked_best_first(scorer):
-    records = [{"id": "q1", "prompt": "2+2?", "candidates": ["4", "five", "It is 4."]},
-               {"prompt": [{"role": "user", "content": "hi"}], "candidates": [{"role": "assistant", "content": "hey"}]}]
+    records = [
+        {"id": "q1", "prompt": "2+2?", "candidates": ["4", "five", "It is 4."]},
+        {"prompt": [{"role": "user", "content": "hi"}], "candidates": [{"role": "assistant", "content": "hey"}]},
+    ]
     ranked = rank_candidates(scorer, records)
     assert ranked[0]["id"] == "q1" and ranked[0]["candidates"] == records[0]["candidates"]
     rewards = ranked[0]["rewards"]
@@ -68,32 +85,58 @@ def test_candidates_are_ranked_best_first(scorer):
 
 def test_bad_candidate_lines_are_all_named_before_anything_is_scored(tmp_path):
     path = tmp_path / "candidates.jsonl"
-    path.write_text("\n".join([json.dumps({"prompt": "ok", "candidates": ["a", "b"]}), "{nope",
-                               json.dumps({"prompt": "", "candidates": ["a"]}),
-                               json.dumps({"prompt": "x", "candidates": ["a", 3]}), "",
-                               json.dumps({"prompt": "x"})]) + "\n")
+    path.write_text(
+        "\n".join(
+            [
+                json.dumps({"prompt": "ok", "candidates": ["a", "b"]}),
+                "{nope",
+                json.dumps({"prompt": "", "candidates": ["a"]}),
+                json.dumps({"prompt": "x", "candidates": ["a", 3]}),
+                "",
+                json.dumps({"prompt": "x"}),
+            ]
+        )
+        + "\n"
+    )
     with pytest.raises(CandidateFileError) as error:
         read_candidates(path)
     message = str(error.value)
     assert "4 problem(s)" in message
-    for expected in (f"{path}:2: not valid JSON", f"{path}:3: prompt:", f"{path}:4: candidates[1]:",
-                     f"{path}:6: candidates:"):
+    for expected in (
+        f"{path}:2: not valid JSON",
+        f"{path}:3: prompt:",
+        f"{path}:4: candidates[1]:",
+        f"{path}:6: candidates:",
+    ):
         assert expected in message
 
 
 def test_evaluate_prints_one_json_object_per_file(tiny_encoder, tmp_path):
     bench = tmp_path / "bench.jsonl"
-    rows = [{"prompt": f"q{i}", "chosen": "a fairly long answer " * (i % 3 + 1), "rejected": "short",
-             "subset": "alpacaeval-easy" if i % 2 else "mine"} for i in range(10)]
+    rows = [
+        {
+            "prompt": f"q{i}",
+            "chosen": "a fairly long answer " * (i % 3 + 1),
+            "rejected": "short",
+            "subset": "alpacaeval-easy" if i % 2 else "mine",
+        }
+        for i in range(10)
+    ]
     bench.write_text("\n".join(map(json.dumps, rows)) + "\n{broken\n")
     conversational = tmp_path / "trl.jsonl"
-    conversational.write_text(json.dumps({"chosen": [{"role": "user", "content": "hi"},
-                                                     {"role": "assistant", "content": "hello"}],
-                                          "rejected": [{"role": "user", "content": "hi"},
-                                                       {"role": "assistant", "content": "bye"}]}) + "\n")
+    conversational.write_text(
+        json.dumps(
+            {
+                "chosen": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
+                "rejected": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "bye"}],
+            }
+        )
+        + "\n"
+    )
     standard = tmp_path / "trl_standard.csv"  # TRL's standard format, no subset: the file is the subset
     pd.DataFrame({"prompt": ["2+2?", "Name a colour."], "chosen": ["4", "Blue."], "rejected": ["5", ""]}).to_csv(
-        standard, index=False)
+        standard, index=False
+    )
     done = rm_pipeline("evaluate", "--model", tiny_encoder, "--pairs", str(bench), str(conversational), str(standard))
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout)
@@ -116,8 +159,12 @@ def test_evaluate_names_a_file_it_cannot_read_and_keeps_the_others_results(tiny_
     good, votes, later = tmp_path / "good.jsonl", tmp_path / "votes.jsonl", tmp_path / "later.jsonl"
     good.write_text(json.dumps({"prompt": "2+2?", "chosen": "4", "rejected": "5"}) + "\n")
     later.write_text(json.dumps({"prompt": "2+2?", "chosen": "4", "rejected": "5", "subset": "math"}) + "\n")
-    votes.write_text(json.dumps({"item_id": "1", "prompt": "p", "response_a": "a", "response_b": "b",
-                                 "annotator_id": "u", "vote": "a"}) + "\n")
+    votes.write_text(
+        json.dumps(
+            {"item_id": "1", "prompt": "p", "response_a": "a", "response_b": "b", "annotator_id": "u", "vote": "a"}
+        )
+        + "\n"
+    )
     done = rm_pipeline("evaluate", "--model", tiny_encoder, "--pairs", str(good), str(votes), str(later))
     assert done.returncode == 3 and f"rm-pipeline evaluate: {votes}: holds annotator votes" in done.stderr
     assert "Traceback" not in done.stderr
@@ -130,8 +177,9 @@ def test_evaluate_names_a_file_it_cannot_read_and_keeps_the_others_results(tiny_
 
 def test_evaluate_quarantines_what_training_rejects(tiny_encoder, tmp_path):
     bench = tmp_path / "bench.jsonl"
-    bench.write_text("".join(json.dumps({"prompt": "2+2?", "chosen": chosen, "rejected": "5"}) + "\n"
-                             for chosen in ("4", " ", "5")))
+    bench.write_text(
+        "".join(json.dumps({"prompt": "2+2?", "chosen": chosen, "rejected": "5"}) + "\n" for chosen in ("4", " ", "5"))
+    )
     done = rm_pipeline("evaluate", "--model", tiny_encoder, "--pairs", str(bench))
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout)[str(bench)]["n"] == 1
@@ -159,9 +207,16 @@ def test_score_output_may_be_its_input_and_a_failed_run_leaves_it_alone(tiny_enc
 
 def test_unreadable_candidate_lines_are_named_with_the_others(tmp_path):
     path = tmp_path / "candidates.jsonl"
-    path.write_bytes(b"\n".join([b'{"prompt": "caf\xe9", "candidates": ["a"]}', b"[" * 5000 + b"]" * 5000,
-                                  json.dumps({"prompt": "ok", "candidates": ["a", "b"]}).encode(),
-                                  json.dumps({"prompt": "deep but fine", "candidates": [[[["a"]]]]}).encode()]))
+    path.write_bytes(
+        b"\n".join(
+            [
+                b'{"prompt": "caf\xe9", "candidates": ["a"]}',
+                b"[" * 5000 + b"]" * 5000,
+                json.dumps({"prompt": "ok", "candidates": ["a", "b"]}).encode(),
+                json.dumps({"prompt": "deep but fine", "candidates": [[[["a"]]]]}).encode(),
+            ]
+        )
+    )
     with pytest.raises(CandidateFileError) as error:
         read_candidates(path)
     message = str(error.value)
@@ -174,9 +229,13 @@ def test_unreadable_candidate_lines_are_named_with_the_others(tmp_path):
 
 def test_score_writes_rewards_and_rankings(tiny_encoder, tmp_path):
     source = tmp_path / "candidates.jsonl"
-    source.write_text("\n".join(json.dumps({"prompt": f"question {i}", "candidates": [f"answer {j}" * j for j in
-                                                                                       range(1, 6)]})
-                                for i in range(40)) + "\n")
+    source.write_text(
+        "\n".join(
+            json.dumps({"prompt": f"question {i}", "candidates": [f"answer {j}" * j for j in range(1, 6)]})
+            for i in range(40)
+        )
+        + "\n"
+    )
     output = tmp_path / "ranked.jsonl"
     done = rm_pipeline("score", "--model", tiny_encoder, "--input", str(source), "--output", str(output))
     assert done.returncode == 0, done.stderr[-2000:]

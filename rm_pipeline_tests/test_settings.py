@@ -32,8 +32,9 @@ STAGE_CONFIGS = [
 ]
 
 
-@pytest.mark.parametrize("config, settings, owned_by_resources", STAGE_CONFIGS,
-                         ids=[c.__name__ for c, _, _ in STAGE_CONFIGS])
+@pytest.mark.parametrize(
+    "config, settings, owned_by_resources", STAGE_CONFIGS, ids=[c.__name__ for c, _, _ in STAGE_CONFIGS]
+)
 def test_a_stage_config_has_exactly_the_library_settings_and_defaults(config, settings, owned_by_resources):
     library = {f.name: f for f in dataclasses.fields(settings)}
     assert set(config.model_fields) == set(library) - owned_by_resources
@@ -65,14 +66,20 @@ def test_dagster_refuses_an_unknown_run_config_field():
         return 1
 
     with pytest.raises(dg.DagsterInvalidConfigError, match="eval_fractoin"):
-        dg.materialize([uses_split_config], run_config={"ops": {"uses_split_config": {"config": {"eval_fractoin": 0.3}}}})
+        dg.materialize(
+            [uses_split_config], run_config={"ops": {"uses_split_config": {"config": {"eval_fractoin": 0.3}}}}
+        )
 
 
 def test_training_takes_max_length_and_remote_code_from_the_base_model_resource():
     resource = BaseModelResource(name_or_path="some/model", max_length=99, trust_remote_code=True)
     settings = reward_model.training_settings(reward_model.RewardModelConfig(epochs=2.0), resource)
-    assert (settings.base_model, settings.max_length, settings.trust_remote_code, settings.epochs) == \
-        ("some/model", 99, True, 2.0)
+    assert (settings.base_model, settings.max_length, settings.trust_remote_code, settings.epochs) == (
+        "some/model",
+        99,
+        True,
+        2.0,
+    )
     overridden = reward_model.training_settings(reward_model.RewardModelConfig(base_model="other/model"), resource)
     assert overridden.base_model == "other/model" and overridden.max_length == 99
 
@@ -82,10 +89,20 @@ def test_the_pair_stage_and_its_gate_use_the_resource_max_length(tmp_path, annot
 
     defs = build_defs(str(tmp_path / "home"), str(annotations_slice))
     resources = {**defs.resources, "base_model": BaseModelResource(max_length=64)}
-    data_stages = dg.AssetSelection.assets("raw_annotations", "annotation_quarantine", "aggregated_preferences",
-                                           "review_queue", "preference_pairs", "rejected_pairs")
-    result = dg.materialize([*defs.assets, *defs.asset_checks], resources=resources, selection=data_stages,
-                            instance=dg.DagsterInstance.ephemeral())
+    data_stages = dg.AssetSelection.assets(
+        "raw_annotations",
+        "annotation_quarantine",
+        "aggregated_preferences",
+        "review_queue",
+        "preference_pairs",
+        "rejected_pairs",
+    )
+    result = dg.materialize(
+        [*defs.assets, *defs.asset_checks],
+        resources=resources,
+        selection=data_stages,
+        instance=dg.DagsterInstance.ephemeral(),
+    )
     assert result.success
     metadata = result.asset_materializations_for_node("pair_validation")[0].metadata
     assert metadata["max_length"].value == 64
@@ -98,9 +115,18 @@ def test_the_pair_stage_and_its_gate_use_the_resource_max_length(tmp_path, annot
 
 
 def _split_frame() -> pd.DataFrame:
-    return pd.DataFrame({"pair_id": ["p1", "p2", "p3"], "prompt": ["q1", "q2", "q3"], "conversational": False,
-                         "chosen": ["good", "fine", "yes"], "rejected": ["bad", "poor", "no"],
-                         "strength": [1.0, np.nan, 2.0], "split": ["train", "train", "eval"], "domain": "d"})
+    return pd.DataFrame(
+        {
+            "pair_id": ["p1", "p2", "p3"],
+            "prompt": ["q1", "q2", "q3"],
+            "conversational": False,
+            "chosen": ["good", "fine", "yes"],
+            "rejected": ["bad", "poor", "no"],
+            "strength": [1.0, np.nan, 2.0],
+            "split": ["train", "train", "eval"],
+            "domain": "d",
+        }
+    )
 
 
 def test_the_split_data_version_covers_what_training_sees():

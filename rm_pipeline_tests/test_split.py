@@ -12,8 +12,11 @@ from rm_pipeline.lib.split import group_scores, split_by_group
 
 def make_pairs(groups: dict[str, str | None], pairs_per_group: int = 3) -> pd.DataFrame:
     """`pairs_per_group` pairs for each prompt_id -> domain."""
-    rows = [{"pair_id": f"{group}#{n}", "prompt_id": group, "domain": domain, "chosen": f"c{n}", "rejected": f"r{n}"}
-            for group, domain in groups.items() for n in range(pairs_per_group)]
+    rows = [
+        {"pair_id": f"{group}#{n}", "prompt_id": group, "domain": domain, "chosen": f"c{n}", "rejected": f"r{n}"}
+        for group, domain in groups.items()
+        for n in range(pairs_per_group)
+    ]
     return pd.DataFrame(rows)
 
 
@@ -71,6 +74,7 @@ def test_existing_groups_keep_their_side_when_new_groups_arrive(many_groups):
 
 def test_a_side_follows_a_salted_blake2b_of_the_group_key(many_groups):
     """The hash is the contract that keeps sides stable across machines and releases: pin it."""
+
     def score(key, seed):
         digest = hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=8).digest()
         return int.from_bytes(digest, "big") / 2**64
@@ -137,15 +141,40 @@ def test_the_same_prompt_text_under_other_ids_joins_one_group():
     pairs = make_pairs({f"g{i}": "d" for i in range(400)})
     pairs["prompt"] = pairs["prompt_id"] + " text"
     # a@vendor2 repeats g1's text (other case and spacing); b@vendor3 shares a second text with a@vendor2
-    extra = pd.DataFrame([
-        {"pair_id": "x1", "prompt_id": "a@vendor2", "domain": "d", "prompt": "G1   TEXT", "chosen": "c", "rejected": "r"},
-        {"pair_id": "x2", "prompt_id": "a@vendor2", "domain": "d", "prompt": "other", "chosen": "c", "rejected": "r"},
-        {"pair_id": "x3", "prompt_id": "b@vendor3", "domain": "d", "prompt": "Other", "chosen": "c", "rejected": "r"},
-    ])
+    extra = pd.DataFrame(
+        [
+            {
+                "pair_id": "x1",
+                "prompt_id": "a@vendor2",
+                "domain": "d",
+                "prompt": "G1   TEXT",
+                "chosen": "c",
+                "rejected": "r",
+            },
+            {
+                "pair_id": "x2",
+                "prompt_id": "a@vendor2",
+                "domain": "d",
+                "prompt": "other",
+                "chosen": "c",
+                "rejected": "r",
+            },
+            {
+                "pair_id": "x3",
+                "prompt_id": "b@vendor3",
+                "domain": "d",
+                "prompt": "Other",
+                "chosen": "c",
+                "rejected": "r",
+            },
+        ]
+    )
     for eval_seed in range(20):
         split = split_by_group(pd.concat([pairs, extra], ignore_index=True), 0.5, eval_seed)
         linked = split[split["prompt_id"].isin(["g1", "a@vendor2", "b@vendor3"])]
         assert linked["split"].nunique() == 1
     # without a prompt column, ids alone define the groups
-    assert split_by_group(pairs.drop(columns="prompt"), 0.5, 0)["split"].tolist() == \
-        split_by_group(pairs, 0.5, 0)["split"].tolist()
+    assert (
+        split_by_group(pairs.drop(columns="prompt"), 0.5, 0)["split"].tolist()
+        == split_by_group(pairs, 0.5, 0)["split"].tolist()
+    )

@@ -9,11 +9,23 @@ import numpy as np
 import pytest
 
 from rm_pipeline.lib.tokenization import (
-    default_base_model, encode, is_encoder, load_tokenizer, prompt_messages, prompt_text, token_lengths,
+    default_base_model,
+    encode,
+    is_encoder,
+    load_tokenizer,
+    prompt_messages,
+    prompt_text,
+    token_lengths,
 )
 
-CHAT = json.dumps([{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Hello there"},
-                   {"role": "assistant", "content": "Hi!"}, {"role": "user", "content": "Name a colour"}])
+CHAT = json.dumps(
+    [
+        {"role": "system", "content": "Be kind."},
+        {"role": "user", "content": "Hello there"},
+        {"role": "assistant", "content": "Hi!"},
+        {"role": "user", "content": "Name a colour"},
+    ]
+)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +53,7 @@ def test_encoder_reads_prompt_and_response_as_a_text_pair(minilm):
     assert tokens.count("[SEP]") == 2 and tokens[-1] == "[SEP]"
     first_sep = tokens.index("[SEP]")
     assert minilm.convert_tokens_to_string(tokens[1:first_sep]) == "what colour is the sky?"
-    assert minilm.convert_tokens_to_string(tokens[first_sep + 1:-1]) == "blue."
+    assert minilm.convert_tokens_to_string(tokens[first_sep + 1 : -1]) == "blue."
 
 
 def test_conversational_prompts_are_flattened_for_an_encoder(minilm):
@@ -86,8 +98,24 @@ def tiny_decoder(tmp_path_factory):
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    words = ["<unk>", "<eos>", "<|user|>", "<|assistant|>", "<|system|>", "hello", "hi", "red", "name", "a",
-             "colour", "there", "be", "kind.", "hi!", "red."]
+    words = [
+        "<unk>",
+        "<eos>",
+        "<|user|>",
+        "<|assistant|>",
+        "<|system|>",
+        "hello",
+        "hi",
+        "red",
+        "name",
+        "a",
+        "colour",
+        "there",
+        "be",
+        "kind.",
+        "hi!",
+        "red.",
+    ]
     backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>", unk_token="<unk>")
@@ -107,8 +135,9 @@ def test_decoder_gets_a_pad_token_and_an_eos_at_the_end(tiny_decoder):
 
 def test_decoder_reads_the_chat_template_and_ends_in_one_eos(tiny_decoder):
     tokenizer = load_tokenizer(str(tiny_decoder))
-    tokenizer.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] | lower }} {% endfor %}"
-                               "{{ eos_token }}")
+    tokenizer.chat_template = (
+        "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] | lower }} {% endfor %}{{ eos_token }}"
+    )
     try:
         [plain, chat] = encode(tokenizer, ["hello", CHAT], ["red.", "red."], [False, True])
     finally:

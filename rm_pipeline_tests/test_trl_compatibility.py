@@ -34,10 +34,14 @@ from rm_pipeline_tests.test_reward_training import encoder_settings, learnable_p
 
 pytestmark = pytest.mark.slow  # trains models or starts servers
 
-POLICY_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] | lower }} {% endfor %}"
-                   "{% if add_generation_prompt %}<|assistant|>{% endif %}")
-PROMPTS = [[{"role": "user", "content": "what colour is the sky"}],
-           [{"role": "system", "content": "be kind."}, {"role": "user", "content": "name a colour"}]]
+POLICY_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] | lower }} {% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+PROMPTS = [
+    [{"role": "user", "content": "what colour is the sky"}],
+    [{"role": "system", "content": "be kind."}, {"role": "user", "content": "name a colour"}],
+]
 
 
 def chat(*turns) -> str:
@@ -50,17 +54,32 @@ def chat(*turns) -> str:
 @pytest.fixture(scope="module")
 def published_decoder(tiny_decoder, tmp_path_factory) -> Path:
     """A decoder reward model trained on conversational pairs and published by the pipeline's code."""
-    pairs = pd.DataFrame({
-        "prompt": [chat(("system", "be kind."), ("user", "what colour is the sky")), chat(("user", "hello")),
-                   chat(("user", "name a colour")), chat(("user", "what is the answer"))],
-        "chosen": ["blue excellent", "hi there excellent", "red excellent", "the answer excellent"],
-        "rejected": ["red terrible", "terrible", "terrible", "the answer terrible"],
-        "conversational": [True] * 4,
-        "strength": [1.0, np.nan, 2.0, 1.0],
-    })
-    settings = TrainingSettings(base_model=str(tiny_decoder), max_length=64, epochs=2.0, batch_size=2,
-                                learning_rate=1e-2, warmup_ratio=0.0, logging_steps=1, eval_steps=100,
-                                early_stopping_patience=None, seed=0)
+    pairs = pd.DataFrame(
+        {
+            "prompt": [
+                chat(("system", "be kind."), ("user", "what colour is the sky")),
+                chat(("user", "hello")),
+                chat(("user", "name a colour")),
+                chat(("user", "what is the answer")),
+            ],
+            "chosen": ["blue excellent", "hi there excellent", "red excellent", "the answer excellent"],
+            "rejected": ["red terrible", "terrible", "terrible", "the answer terrible"],
+            "conversational": [True] * 4,
+            "strength": [1.0, np.nan, 2.0, 1.0],
+        }
+    )
+    settings = TrainingSettings(
+        base_model=str(tiny_decoder),
+        max_length=64,
+        epochs=2.0,
+        batch_size=2,
+        learning_rate=1e-2,
+        warmup_ratio=0.0,
+        logging_steps=1,
+        eval_steps=100,
+        early_stopping_patience=None,
+        seed=0,
+    )
     torch.manual_seed(0)
     result = train_reward_model(pairs, pairs.iloc[0:0], settings, tmp_path_factory.mktemp("models"), "rm-trl")
     assert result.metrics["steps"] == 4
@@ -71,8 +90,9 @@ def published_decoder(tiny_decoder, tmp_path_factory) -> Path:
 def published_encoder(tiny_encoder, tmp_path_factory) -> Path:
     torch.manual_seed(0)
     settings = encoder_settings(tiny_encoder, epochs=1.0, batch_size=4, max_length=32, early_stopping_patience=None)
-    result = train_reward_model(learnable_pairs(8), learnable_pairs(8).iloc[0:0], settings,
-                                tmp_path_factory.mktemp("models"), "rm-trl-encoder")
+    result = train_reward_model(
+        learnable_pairs(8), learnable_pairs(8).iloc[0:0], settings, tmp_path_factory.mktemp("models"), "rm-trl-encoder"
+    )
     return result.model_dir
 
 
@@ -86,9 +106,18 @@ def tiny_policy(tiny_decoder) -> tuple:
 
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_decoder))
     tokenizer.chat_template = POLICY_TEMPLATE
-    config = LlamaConfig(vocab_size=len(DECODER_WORDS), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128,
-                         eos_token_id=1, bos_token_id=None, pad_token_id=None)
+    config = LlamaConfig(
+        vocab_size=len(DECODER_WORDS),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        eos_token_id=1,
+        bos_token_id=None,
+        pad_token_id=None,
+    )
     return config, tokenizer
 
 
@@ -102,12 +131,29 @@ def run_grpo_step(reward, tiny_policy, prompts: list, output_dir: Path) -> dict:
     torch.manual_seed(0)
     policy = LlamaForCausalLM(config)
     before = {name: p.detach().clone() for name, p in policy.named_parameters()}
-    args = GRPOConfig(output_dir=str(output_dir), use_cpu=True, bf16=False, gradient_checkpointing=False,
-                      max_steps=1, per_device_train_batch_size=4, num_generations=2, max_completion_length=6,
-                      learning_rate=1e-2, logging_steps=1, report_to=[], save_strategy="no", seed=0,
-                      dataloader_num_workers=0)
-    trainer = GRPOTrainer(model=policy, reward_funcs=reward if callable(reward) else str(reward), args=args,
-                          train_dataset=Dataset.from_dict({"prompt": prompts}), processing_class=tokenizer)
+    args = GRPOConfig(
+        output_dir=str(output_dir),
+        use_cpu=True,
+        bf16=False,
+        gradient_checkpointing=False,
+        max_steps=1,
+        per_device_train_batch_size=4,
+        num_generations=2,
+        max_completion_length=6,
+        learning_rate=1e-2,
+        logging_steps=1,
+        report_to=[],
+        save_strategy="no",
+        seed=0,
+        dataloader_num_workers=0,
+    )
+    trainer = GRPOTrainer(
+        model=policy,
+        reward_funcs=reward if callable(reward) else str(reward),
+        args=args,
+        train_dataset=Dataset.from_dict({"prompt": prompts}),
+        processing_class=tokenizer,
+    )
 
     scored = []
     calculate = trainer._calculate_rewards
@@ -120,8 +166,12 @@ def run_grpo_step(reward, tiny_policy, prompts: list, output_dir: Path) -> dict:
     trainer._calculate_rewards = spy
     trainer.train()
     changed = any(not torch.equal(p.detach(), before[name]) for name, p in trainer.model.named_parameters())
-    return {"trainer": trainer, "scored": scored, "policy_changed": changed,
-            "logs": [entry for entry in trainer.state.log_history if "loss" in entry]}
+    return {
+        "trainer": trainer,
+        "scored": scored,
+        "policy_changed": changed,
+        "logs": [entry for entry in trainer.state.log_history if "loss" in entry],
+    }
 
 
 @pytest.fixture(scope="module")
@@ -173,8 +223,12 @@ def test_grpo_step_updates_the_policy_from_our_rewards(decoder_run):
 @pytest.fixture(scope="module")
 def encoder_run(published_encoder, tiny_policy, tmp_path_factory) -> dict:
     # plain-text prompts: TRL scores `prompt + completion`, the non-conversational path
-    return run_grpo_step(published_encoder, tiny_policy, ["what colour is the sky", "name a colour"] * 2,
-                         tmp_path_factory.mktemp("grpo-encoder"))
+    return run_grpo_step(
+        published_encoder,
+        tiny_policy,
+        ["what colour is the sky", "name a colour"] * 2,
+        tmp_path_factory.mktemp("grpo-encoder"),
+    )
 
 
 def test_grpo_runs_with_an_encoder_reward_model(encoder_run, published_encoder):
@@ -189,12 +243,15 @@ def test_grpo_runs_with_an_encoder_reward_model(encoder_run, published_encoder):
 
 @pytest.fixture(scope="module")
 def encoder_function_run(published_encoder, tiny_policy, tmp_path_factory) -> dict:
-    return run_grpo_step(trl_reward_function(published_encoder), tiny_policy,
-                         ["what colour is the sky", "name a colour"] * 2, tmp_path_factory.mktemp("grpo-function"))
+    return run_grpo_step(
+        trl_reward_function(published_encoder),
+        tiny_policy,
+        ["what colour is the sky", "name a colour"] * 2,
+        tmp_path_factory.mktemp("grpo-function"),
+    )
 
 
-def test_our_reward_function_gives_grpo_the_scores_of_training_and_evaluation(encoder_function_run,
-                                                                              published_encoder):
+def test_our_reward_function_gives_grpo_the_scores_of_training_and_evaluation(encoder_function_run, published_encoder):
     """TRL scores a directory as `prompt + completion` without special tokens; an encoder trained on
     [CLS] prompt [SEP] response [SEP] needs `trl_reward_function` to be scored as it was trained."""
     [(prompts, completions, rewards)] = encoder_function_run["scored"]
@@ -208,6 +265,7 @@ def test_our_reward_function_gives_grpo_the_scores_of_training_and_evaluation(en
 def test_our_reward_function_reads_chat_prompts_and_completions(published_decoder):
     reward = trl_reward_function(published_decoder)
     rewards = reward(PROMPTS, [[{"role": "assistant", "content": "blue excellent"}], "red terrible"])
-    ours = RewardScorer.load(published_decoder).score([json.dumps(p) for p in PROMPTS],
-                                                      ["blue excellent", "red terrible"], [True, True])
+    ours = RewardScorer.load(published_decoder).score(
+        [json.dumps(p) for p in PROMPTS], ["blue excellent", "red terrible"], [True, True]
+    )
     np.testing.assert_allclose(rewards, ours["reward"].to_numpy(), atol=1e-6)

@@ -47,13 +47,34 @@ def dagster_dev(annotations_slice, tmp_path, tiny_encoder, labelled_eval_dir):
     dagster_home = tmp_path / "dagster_home"
     dagster_home.mkdir()
     (dagster_home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    env = {**os.environ, "DAGSTER_HOME": str(dagster_home), "RM_PIPELINE_HOME": str(tmp_path / "home"),
-           "RM_PIPELINE_ANNOTATIONS": str(annotations_slice), "RM_PIPELINE_BASE_MODEL": tiny_encoder,
-           "RM_PIPELINE_EVAL": str(labelled_eval_dir)}
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(dagster_home),
+        "RM_PIPELINE_HOME": str(tmp_path / "home"),
+        "RM_PIPELINE_ANNOTATIONS": str(annotations_slice),
+        "RM_PIPELINE_BASE_MODEL": tiny_encoder,
+        "RM_PIPELINE_EVAL": str(labelled_eval_dir),
+    }
     log = open(tmp_path / "dagster_dev.log", "w")
-    server = subprocess.Popen([sys.executable, "-m", "dagster", "dev", "-w", str(REPO_ROOT / "workspace.yaml"), "-h", "127.0.0.1",
-                               "-p", str(port)], cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                              start_new_session=True)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dagster",
+            "dev",
+            "-w",
+            str(REPO_ROOT / "workspace.yaml"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         _wait_for(f"http://127.0.0.1:{port}/server_info", 180)
         yield port, tmp_path / "home"
@@ -75,8 +96,9 @@ def test_job_launched_through_the_webserver_materialises_the_graph(dagster_dev):
     assert parents["preference_split"] == {"preference_pairs"}
     assert parents["aggregated_preferences"] == {"raw_annotations"}
 
-    run_id = client.submit_job_execution("reward_pipeline_job", repository_location_name="rm_pipeline",
-                                         run_config={"ops": PERMISSIVE_READINESS})
+    run_id = client.submit_job_execution(
+        "reward_pipeline_job", repository_location_name="rm_pipeline", run_config={"ops": PERMISSIVE_READINESS}
+    )
     deadline = time.monotonic() + 480
     status = None
     while time.monotonic() < deadline:

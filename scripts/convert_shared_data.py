@@ -13,6 +13,7 @@ Output is deterministic: rows keep the source order and are written as ``json.du
 ensure_ascii=False)`` + "\\n" in UTF-8. Regenerate with ``python scripts/convert_shared_data.py``.
 Standard library only.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,8 +62,21 @@ per-vote A/B order is kept as shown to each evaluator); preference scale mapped 
 """
 
 
-def _row(item_id, prompt_id, prompt, response_a, response_b, annotator_id, vote, strength,
-         domain, source, batch, context_a=None, context_b=None) -> dict:
+def _row(
+    item_id,
+    prompt_id,
+    prompt,
+    response_a,
+    response_b,
+    annotator_id,
+    vote,
+    strength,
+    domain,
+    source,
+    batch,
+    context_a=None,
+    context_b=None,
+) -> dict:
     """One canonical row, keys in the documented order."""
     return {
         "item_id": item_id,
@@ -95,11 +109,21 @@ def convert_pandalm(shared: Path, batch: str) -> list[dict]:
             value = str(item[f"annotator{k}"])
             if value not in PANDALM_VOTES:
                 raise ValueError(f"pandalm idx {idx}: annotator{k} has unknown value {value!r}")
-            rows.append(_row(
-                item_id=f"pandalm:{idx}", prompt_id=f"pandalm:{_sha12(prompt)}", prompt=prompt,
-                response_a=item["response1"], response_b=item["response2"],
-                annotator_id=f"pandalm:annotator{k}", vote=PANDALM_VOTES[value], strength=None,
-                domain=item["motivation_app"], source="pandalm", batch=batch))
+            rows.append(
+                _row(
+                    item_id=f"pandalm:{idx}",
+                    prompt_id=f"pandalm:{_sha12(prompt)}",
+                    prompt=prompt,
+                    response_a=item["response1"],
+                    response_b=item["response2"],
+                    annotator_id=f"pandalm:annotator{k}",
+                    vote=PANDALM_VOTES[value],
+                    strength=None,
+                    domain=item["motivation_app"],
+                    source="pandalm",
+                    batch=batch,
+                )
+            )
     return rows
 
 
@@ -114,12 +138,21 @@ def convert_tulu1(shared: Path, batch: str) -> list[dict]:
             raise ValueError(f"tulu1 line {n}: unknown preference {rec['preference']!r}")
         vote, strength = TULU_PREFERENCES[rec["preference"]]
         pair = "|".join(sorted([rec["model_a"], rec["model_b"]]))
-        rows.append(_row(
-            item_id=f"tulu1:{rec['instance_id']}:{pair}", prompt_id=f"tulu1:{rec['instance_id']}",
-            prompt=rec["prompt"], response_a=rec["completion_a"], response_b=rec["completion_b"],
-            annotator_id=f"tulu1:{rec['evaluator']}", vote=vote, strength=strength,
-            domain=rec.get("motivation_app") or rec.get("vicuna_category") or None,
-            source="tulu1-human-eval", batch=batch))
+        rows.append(
+            _row(
+                item_id=f"tulu1:{rec['instance_id']}:{pair}",
+                prompt_id=f"tulu1:{rec['instance_id']}",
+                prompt=rec["prompt"],
+                response_a=rec["completion_a"],
+                response_b=rec["completion_b"],
+                annotator_id=f"tulu1:{rec['evaluator']}",
+                vote=vote,
+                strength=strength,
+                domain=rec.get("motivation_app") or rec.get("vicuna_category") or None,
+                source="tulu1-human-eval",
+                batch=batch,
+            )
+        )
     return rows
 
 
@@ -136,10 +169,9 @@ def tulu1_checks(rows: list[dict]) -> tuple[int, int]:
 def _hh_split(transcript: str) -> tuple[list[dict], str]:
     """Split an HH transcript at its last Assistant turn into (context messages, response)."""
     cut = transcript.rindex("\n\nAssistant:")
-    context, response = transcript[:cut], transcript[cut + len("\n\nAssistant:"):]
+    context, response = transcript[:cut], transcript[cut + len("\n\nAssistant:") :]
     parts = HH_MARKER.split(context)  # [preamble, role, text, role, text, ...]
-    messages = [{"role": HH_ROLES[role], "content": text.strip()}
-                for role, text in zip(parts[1::2], parts[2::2])]
+    messages = [{"role": HH_ROLES[role], "content": text.strip()} for role, text in zip(parts[1::2], parts[2::2])]
     if parts[0].strip():  # text before the first marker: keep it rather than drop it
         messages.insert(0, {"role": "user", "content": parts[0].strip()})
     return messages, response.strip()
@@ -155,11 +187,23 @@ def convert_hh_harmless(shared: Path, batch: str) -> list[dict]:
         context_a, response_a = _hh_split(rec["chosen"])
         context_b, response_b = _hh_split(rec["rejected"])
         canonical = json.dumps(context_a, sort_keys=True, ensure_ascii=False)
-        rows.append(_row(
-            item_id=f"hh-harmless:{n}", prompt_id=f"hh-harmless:{_sha12(canonical)}",
-            prompt=context_a, response_a=response_a, response_b=response_b,
-            context_a=context_a, context_b=context_b, annotator_id="hh-rlhf:crowd", vote="a",
-            strength=None, domain="harmless", source="hh-rlhf", batch=batch))
+        rows.append(
+            _row(
+                item_id=f"hh-harmless:{n}",
+                prompt_id=f"hh-harmless:{_sha12(canonical)}",
+                prompt=context_a,
+                response_a=response_a,
+                response_b=response_b,
+                context_a=context_a,
+                context_b=context_b,
+                annotator_id="hh-rlhf:crowd",
+                vote="a",
+                strength=None,
+                domain="harmless",
+                source="hh-rlhf",
+                batch=batch,
+            )
+        )
     return rows
 
 
@@ -175,17 +219,16 @@ def copy_licenses(shared: Path, out: Path) -> None:
     lic.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(shared / "pandalm" / "LICENSE", lic / "pandalm-LICENSE")
     shutil.copyfile(shared / "hh-rlhf" / "LICENSE", lic / "hh-rlhf-LICENSE")
-    shutil.copyfile(shared / "tulu1-human-eval" / "README.upstream.md",
-                    lic / "tulu1-README.upstream.md")
+    shutil.copyfile(shared / "tulu1-human-eval" / "README.upstream.md", lic / "tulu1-README.upstream.md")
     (lic / "tulu1-NOTICE.txt").write_text(TULU_LICENSE_NOTE, encoding="utf-8", newline="\n")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shared", type=Path, default=DEFAULT_SHARED,
-                        help=f"source data folder (default: {DEFAULT_SHARED})")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
-                        help=f"output folder (default: {DEFAULT_OUT})")
+    parser.add_argument(
+        "--shared", type=Path, default=DEFAULT_SHARED, help=f"source data folder (default: {DEFAULT_SHARED})"
+    )
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT})")
     args = parser.parse_args(argv)
 
     outputs = {
@@ -209,8 +252,10 @@ def main(argv: list[str] | None = None) -> None:
             ctx = sum(1 for r in rows if r["context_a"] != r["context_b"])
             same = sum(1 for r in rows if r["response_a"] == r["response_b"])
             empty = sum(1 for r in rows if not r["response_a"] or not r["response_b"])
-            print(f"  hh: {ctx} rows with mismatched contexts, {same} with identical responses, "
-                  f"{empty} with an empty response (all kept)")
+            print(
+                f"  hh: {ctx} rows with mismatched contexts, {same} with identical responses, "
+                f"{empty} with an empty response (all kept)"
+            )
     copy_licenses(args.shared, args.out)
     print(f"{args.out / 'licenses'}: upstream licenses and attribution notes")
 

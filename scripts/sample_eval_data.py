@@ -19,6 +19,7 @@ for it. ``alpacaeval-easy.jsonl`` has one line per kept prompt (source order) th
 answered, written with ``json.dumps(..., ensure_ascii=False)`` in UTF-8. Regenerate with
 ``python scripts/sample_eval_data.py``. Standard library only.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -85,15 +86,21 @@ def read_jsonl(path: Path) -> list[dict]:
 def write_alpacaeval_easy(alpaca_eval: Path, target: Path) -> int:
     """RewardBench-format pairs from a (sampled) AlpacaEval folder: one line per prompt both policies answered."""
     chosen = {row["idx"]: row["output"] for row in read_jsonl(alpaca_eval / "model_outputs" / f"{EASY_CHOSEN}.jsonl")}
-    rejected = {row["idx"]: row["output"]
-                for row in read_jsonl(alpaca_eval / "model_outputs" / f"{EASY_REJECTED}.jsonl")}
+    rejected = {
+        row["idx"]: row["output"] for row in read_jsonl(alpaca_eval / "model_outputs" / f"{EASY_REJECTED}.jsonl")
+    }
     written = 0
     with open(target, "w", encoding="utf-8", newline="\n") as writer:
         for prompt in read_jsonl(alpaca_eval / "prompts.jsonl"):
             idx = prompt["idx"]
             if idx in chosen and idx in rejected:
-                pair = {"id": idx, "prompt": prompt["instruction"], "chosen": chosen[idx],
-                        "rejected": rejected[idx], "subset": EASY_SUBSET}
+                pair = {
+                    "id": idx,
+                    "prompt": prompt["instruction"],
+                    "chosen": chosen[idx],
+                    "rejected": rejected[idx],
+                    "subset": EASY_SUBSET,
+                }
                 writer.write(json.dumps(pair, ensure_ascii=False) + "\n")
                 written += 1
     return written
@@ -103,8 +110,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shared", type=Path, default=DEFAULT_SHARED, help="the shared data snapshot")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the sample goes")
-    parser.add_argument("--per-dataset", type=int, default=20,
-                        help="keep the first N AlpacaEval prompts of each dataset (source order)")
+    parser.add_argument(
+        "--per-dataset", type=int, default=20, help="keep the first N AlpacaEval prompts of each dataset (source order)"
+    )
     args = parser.parse_args()
 
     source = args.shared / "alpaca-eval"

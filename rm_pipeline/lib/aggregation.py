@@ -22,9 +22,29 @@ OUTCOMES = ("a", "b", "tie")
 LABELS = (*OUTCOMES, "abstain")  # every vote label, in the order of the integer codes
 
 COMPARISON_COLUMNS = [
-    "item_id", "prompt_id", "prompt", "conversational", "response_a", "response_b", "context_a", "context_b",
-    "domain", "source", "batches", "n_votes", "votes_a", "votes_b", "ties", "abstentions", "winner",
-    "majority_winner", "method", "confidence", "chosen_share", "tie_share", "strength",
+    "item_id",
+    "prompt_id",
+    "prompt",
+    "conversational",
+    "response_a",
+    "response_b",
+    "context_a",
+    "context_b",
+    "domain",
+    "source",
+    "batches",
+    "n_votes",
+    "votes_a",
+    "votes_b",
+    "ties",
+    "abstentions",
+    "winner",
+    "majority_winner",
+    "method",
+    "confidence",
+    "chosen_share",
+    "tie_share",
+    "strength",
     "annotator_reliability",
 ]
 
@@ -32,7 +52,8 @@ COMPARISON_COLUMNS = [
 @dataclass(frozen=True)
 class AggregationSettings:
     method: AggregationMethod = setting(
-        "dawid_skene", "How votes become a winner (crowd-kit); majority vote is always reported too.")
+        "dawid_skene", "How votes become a winner (crowd-kit); majority vote is always reported too."
+    )
     tie_policy: TiePolicy = setting("count_as_vote", "count_as_vote: 'tie' can win; ignore: only a/b votes decide.")
     max_iterations: int = setting(50, "Dawid-Skene EM iterations at most.")
 
@@ -40,7 +61,8 @@ class AggregationSettings:
 @dataclass(frozen=True)
 class ReviewThresholds:
     agreement_threshold: float = setting(
-        1.0, "Winners backed by a smaller share of votes go to review (1.0: anything not unanimous).")
+        1.0, "Winners backed by a smaller share of votes go to review (1.0: anything not unanimous)."
+    )
     tie_heavy_share: float = setting(0.5, "Tie share at which a comparison with a-or-b votes is disputed.")
     min_annotator_reliability: float = setting(0.0, "Items whose annotators' mean reliability is lower go to review.")
 
@@ -51,9 +73,12 @@ class AggregationResult:
     annotators: pd.DataFrame  # annotator_id, votes, reliability
 
 
-def aggregate_votes(votes: pd.DataFrame, method: AggregationMethod = AggregationSettings.method,
-                    tie_policy: TiePolicy = AggregationSettings.tie_policy,
-                    max_iterations: int = AggregationSettings.max_iterations) -> AggregationResult:
+def aggregate_votes(
+    votes: pd.DataFrame,
+    method: AggregationMethod = AggregationSettings.method,
+    tie_policy: TiePolicy = AggregationSettings.tie_policy,
+    max_iterations: int = AggregationSettings.max_iterations,
+) -> AggregationResult:
     """One row per item_id. `winner` is a, b, tie (no side preferred) or abstain (nobody voted).
 
     tie_policy "count_as_vote": a tie vote is an outcome that can win; "ignore": tie votes are
@@ -105,8 +130,13 @@ def aggregate_votes(votes: pd.DataFrame, method: AggregationMethod = Aggregation
 
     comparisons = _item_fields(votes, item)
     comparisons.insert(0, "item_id", pd.Index(items))  # inferred as groupby infers it (str for text ids)
-    for column, values in [("n_votes", counts.sum(axis=1)), ("votes_a", votes_a), ("votes_b", votes_b),
-                           ("ties", ties), ("abstentions", counts[:, 3])]:
+    for column, values in [
+        ("n_votes", counts.sum(axis=1)),
+        ("votes_a", votes_a),
+        ("votes_b", votes_b),
+        ("ties", ties),
+        ("abstentions", counts[:, 3]),
+    ]:
         comparisons[column] = values.astype("int64")
     comparisons["winner"] = pd.Series(winner, dtype=object)
     comparisons["majority_winner"] = pd.Series(majority_winner, dtype=object)
@@ -119,9 +149,13 @@ def aggregate_votes(votes: pd.DataFrame, method: AggregationMethod = Aggregation
     comparisons["strength"] = _item_mean(votes["strength"].to_numpy(dtype=float), item, n_items, where=agrees)
     comparisons["annotator_reliability"] = _item_mean(worker_reliability[worker], item, n_items)
 
-    annotators = pd.DataFrame({"annotator_id": pd.Index(workers),
-                               "votes": np.bincount(worker, minlength=len(workers)).astype("int64"),
-                               "reliability": worker_reliability})
+    annotators = pd.DataFrame(
+        {
+            "annotator_id": pd.Index(workers),
+            "votes": np.bincount(worker, minlength=len(workers)).astype("int64"),
+            "reliability": worker_reliability,
+        }
+    )
     return AggregationResult(comparisons[COMPARISON_COLUMNS], annotators)
 
 
@@ -154,8 +188,11 @@ def _dawid_skene_reliability(model: DawidSkene) -> pd.Series:
     """P(annotator reports the true outcome), from Dawid-Skene's confusion matrices and priors."""
     errors = model.errors_  # index (worker, observed label), columns true label: P(observed | true)
     priors = model.priors_
-    correct = [errors.xs(label, level=1).get(label, pd.Series(dtype=float)) * priors.get(label, 0.0)
-               for label in errors.columns if label in errors.index.get_level_values(1)]
+    correct = [
+        errors.xs(label, level=1).get(label, pd.Series(dtype=float)) * priors.get(label, 0.0)
+        for label in errors.columns
+        if label in errors.index.get_level_values(1)
+    ]
     return pd.concat(correct, axis=1).sum(axis=1) / priors.sum()
 
 
@@ -168,8 +205,17 @@ def _item_mean(values: np.ndarray, item: np.ndarray, n_items: int, where: np.nda
         return total / count
 
 
-ITEM_FIELDS = ["prompt_id", "prompt", "conversational", "response_a", "response_b", "context_a", "context_b",
-               "domain", "source"]
+ITEM_FIELDS = [
+    "prompt_id",
+    "prompt",
+    "conversational",
+    "response_a",
+    "response_b",
+    "context_a",
+    "context_b",
+    "domain",
+    "source",
+]
 
 
 def _item_fields(votes: pd.DataFrame, item: np.ndarray) -> pd.DataFrame:
@@ -208,9 +254,12 @@ def _batch_lists(batch: pd.Series, item: np.ndarray) -> np.ndarray:
     return np.add.reduceat(separator + names.astype(object)[pair_batch], starts)  # string concatenation per item
 
 
-def review_reasons(comparisons: pd.DataFrame, agreement_threshold: float = ReviewThresholds.agreement_threshold,
-                   tie_heavy_share: float = ReviewThresholds.tie_heavy_share,
-                   min_annotator_reliability: float = ReviewThresholds.min_annotator_reliability) -> pd.Series:
+def review_reasons(
+    comparisons: pd.DataFrame,
+    agreement_threshold: float = ReviewThresholds.agreement_threshold,
+    tie_heavy_share: float = ReviewThresholds.tie_heavy_share,
+    min_annotator_reliability: float = ReviewThresholds.min_annotator_reliability,
+) -> pd.Series:
     """Why each comparison needs a person ('' when it doesn't), reasons joined by ','.
 
     - split_vote: as many votes for a as for b, so the aggregate has no winner

@@ -31,9 +31,24 @@ OPTIONAL_TEXT_FIELDS = ("domain", "source", "batch")
 CONTEXT_FIELDS = ("context_a", "context_b")
 
 VOTE_COLUMNS = [
-    "item_id", "source_item_id", "prompt_id", "prompt", "conversational", "response_a", "response_b",
-    "context_a", "context_b", "annotator_id", "vote", "strength", "domain", "source", "batch",
-    "file", "line", "orientation_flipped",
+    "item_id",
+    "source_item_id",
+    "prompt_id",
+    "prompt",
+    "conversational",
+    "response_a",
+    "response_b",
+    "context_a",
+    "context_b",
+    "annotator_id",
+    "vote",
+    "strength",
+    "domain",
+    "source",
+    "batch",
+    "file",
+    "line",
+    "orientation_flipped",
 ]
 QUARANTINE_COLUMNS = ["file", "line", "field", "reason", "detail", "raw"]
 RAW_TEXT_LIMIT = 4000  # enough to recognise and repair a row; the file itself stays untouched
@@ -80,8 +95,11 @@ def batch_files(directory: Path | str, settle_seconds: float = SETTLE_SECONDS) -
     directory = Path(directory)
     if not directory.is_dir():
         raise AnnotationFileError(directory, "annotation folder does not exist")
-    files = sorted(p for p in directory.iterdir()
-                   if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES and not p.name.startswith("."))
+    files = sorted(
+        p
+        for p in directory.iterdir()
+        if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES and not p.name.startswith(".")
+    )
     states = {path: _file_state(path) for path in files}
     now = time.time_ns()
     young = [path for path, state in states.items() if state is None or now - state[1] < settle_seconds * 1e9]
@@ -102,8 +120,9 @@ def _file_state(path: Path) -> tuple[int, int, int] | None:
     return stat.st_size, stat.st_mtime_ns, stat.st_ino
 
 
-def read_batch_bytes(path: Path | str, attempts: int = READ_ATTEMPTS,
-                     while_reading: Callable[[Path], None] | None = None) -> bytes:
+def read_batch_bytes(
+    path: Path | str, attempts: int = READ_ATTEMPTS, while_reading: Callable[[Path], None] | None = None
+) -> bytes:
     """A file's bytes as one consistent version: a file that changes during the read is read again.
 
     `while_reading` runs between the read and the check (tests rewrite the file there).
@@ -119,8 +138,11 @@ def read_batch_bytes(path: Path | str, attempts: int = READ_ATTEMPTS,
             while_reading(path)
         if before is not None and _file_state(path) == before and len(data) == before[0]:
             return data
-    raise AnnotationFileError(path, f"changed while being read ({attempts} tries): write a batch under a temporary "
-                                    "name (.name.jsonl or name.jsonl.tmp) and rename it into place when complete")
+    raise AnnotationFileError(
+        path,
+        f"changed while being read ({attempts} tries): write a batch under a temporary "
+        "name (.name.jsonl or name.jsonl.tmp) and rename it into place when complete",
+    )
 
 
 def read_annotations(paths: list[Path | str]) -> IngestResult:
@@ -136,9 +158,17 @@ def read_annotations(paths: list[Path | str]) -> IngestResult:
         batch_quarantine = pd.concat([quarantine, rejected], ignore_index=True)
         frames.append(votes)
         quarantines.append(batch_quarantine)
-        batches.append({"batch": path.stem, "file": str(path), "format": fmt,
-                        "rows_read": len(records) + len(quarantine), "sha256": hashlib.sha256(data).hexdigest(),
-                        "bytes": len(data), "columns": ",".join(map(str, records.columns))})
+        batches.append(
+            {
+                "batch": path.stem,
+                "file": str(path),
+                "format": fmt,
+                "rows_read": len(records) + len(quarantine),
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "bytes": len(data),
+                "columns": ",".join(map(str, records.columns)),
+            }
+        )
     votes = pd.concat(frames, ignore_index=True) if frames else _empty_votes()
     quarantine = pd.concat(quarantines, ignore_index=True) if quarantines else _empty_quarantine()
     votes, inconsistent = _normalise_orientation(votes)
@@ -266,9 +296,16 @@ def _read_csv(path: Path, data: bytes) -> tuple[pd.DataFrame, pd.DataFrame]:
                 records.append(record)
                 lines.append(start)
             else:
-                bad.append(_quarantine_row(path, start, "", "malformed_csv",
-                                           f"{len(record)} fields where the header has {len(header)}",
-                                           json.dumps(record, ensure_ascii=True)))
+                bad.append(
+                    _quarantine_row(
+                        path,
+                        start,
+                        "",
+                        "malformed_csv",
+                        f"{len(record)} fields where the header has {len(header)}",
+                        json.dumps(record, ensure_ascii=True),
+                    )
+                )
     except csv.Error as error:
         raise AnnotationFileError(path, f"not a CSV table (line {reader.line_num}: {error})") from error
     if header is None:
@@ -328,10 +365,10 @@ def _json_list_elements(text: str) -> list[str]:
         elif mark in ("]", "}"):
             depth -= 1
             if depth == 0:
-                elements.append(text[start:token.start()])
+                elements.append(text[start : token.start()])
                 break
         elif mark == "," and depth == 1:
-            elements.append(text[start:token.start()])
+            elements.append(text[start : token.start()])
             start = token.end()
     return elements if [e for e in elements if e.strip()] else []
 
@@ -380,13 +417,23 @@ def _read_jsonl(path: Path, data: bytes) -> tuple[pd.DataFrame, pd.DataFrame]:
         try:
             text = line.decode("utf-8")
         except UnicodeDecodeError as error:
-            bad.append(_quarantine_row(path, number, "", "bad_encoding", f"invalid UTF-8 at byte {error.start}",
-                                       line.decode("utf-8", "replace")))
+            bad.append(
+                _quarantine_row(
+                    path,
+                    number,
+                    "",
+                    "bad_encoding",
+                    f"invalid UTF-8 at byte {error.start}",
+                    line.decode("utf-8", "replace"),
+                )
+            )
             continue
         try:
             record = json.loads(text)
         except json.JSONDecodeError as error:
-            bad.append(_quarantine_row(path, number, "", "malformed_json", error.msg + f" at column {error.colno}", text))
+            bad.append(
+                _quarantine_row(path, number, "", "malformed_json", error.msg + f" at column {error.colno}", text)
+            )
             continue
         if not isinstance(record, dict):
             bad.append(_quarantine_row(path, number, "", "malformed_json", "a line must be a JSON object", text))
@@ -414,7 +461,7 @@ def _text_lines(data: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     # A line starting with whitespace is rare (JSON lines start with "{"): those few are looked at one by one.
     for index in np.flatnonzero(~text):
         line = lines[index]
-        text[index] = bool(data[starts[line]:ends[line]].strip())
+        text[index] = bool(data[starts[line] : ends[line]].strip())
     lines = lines[text]
     return lines.astype("int64") + 1, starts[lines], ends[lines]
 
@@ -432,7 +479,7 @@ def _nested_too_deep(data: bytes, numbers: np.ndarray, starts: np.ndarray, ends:
     counts = openings_per_line[numbers - 1]
     deep = np.zeros(len(starts), dtype=bool)
     for index in np.flatnonzero(counts > MAX_JSON_DEPTH):
-        deep[index] = json_depth_exceeds(data[starts[index]:ends[index]])
+        deep[index] = json_depth_exceeds(data[starts[index] : ends[index]])
     return deep
 
 
@@ -449,8 +496,10 @@ def _to_canonical(records: pd.DataFrame, path: Path) -> tuple[pd.DataFrame, str]
         frame, fmt = _pairs_to_votes(frame, path)
     else:
         raise AnnotationFileError(
-            path, "not an annotation table: expected vote columns (item_id, prompt, response_a, response_b, "
-                  f"annotator_id, vote) or paired columns (chosen, rejected); found {sorted(columns - {'line'})}")
+            path,
+            "not an annotation table: expected vote columns (item_id, prompt, response_a, response_b, "
+            f"annotator_id, vote) or paired columns (chosen, rejected); found {sorted(columns - {'line'})}",
+        )
     for column in VOTE_COLUMNS:
         if column not in frame.columns:
             frame[column] = None
@@ -504,8 +553,11 @@ def _last_content(messages):
 def _rows_as_json(rows: pd.DataFrame) -> pd.Series:
     """Quarantined rows as JSON text, so they can be repaired and replayed."""
     body = rows.drop(columns=["line"], errors="ignore")
-    return pd.Series([json.dumps(row, ensure_ascii=False, default=str)[:RAW_TEXT_LIMIT]
-                      for row in body.to_dict("records")], index=rows.index, dtype=object)
+    return pd.Series(
+        [json.dumps(row, ensure_ascii=False, default=str)[:RAW_TEXT_LIMIT] for row in body.to_dict("records")],
+        index=rows.index,
+        dtype=object,
+    )
 
 
 def _votes_as_json(votes: pd.DataFrame) -> pd.Series:
@@ -534,8 +586,12 @@ def _validate_fields(frame: pd.DataFrame, sides: tuple = ()) -> tuple[pd.DataFra
         flag(_is_missing(values), name, "missing_field", f"{name} is required")
         flag(~_is_identifier(values), name, "wrong_type", f"{name} must be a string or an integer")
     flag(_is_missing(frame["prompt"]), "prompt", "missing_field", "prompt is required")
-    flag(~_is_prompt(frame["prompt"]), "prompt", "wrong_type",
-         "prompt must be text or a list of {role, content} messages")
+    flag(
+        ~_is_prompt(frame["prompt"]),
+        "prompt",
+        "wrong_type",
+        "prompt must be text or a list of {role, content} messages",
+    )
     for name in TEXT_FIELDS:
         flag(frame[name].isna(), name, "missing_field", f"{name} is required")
         flag(~_is_text(frame[name]), name, "wrong_type", f"{name} must be text")
@@ -560,8 +616,15 @@ def _validate_fields(frame: pd.DataFrame, sides: tuple = ()) -> tuple[pd.DataFra
         flag(frame[name].notna() & ~_is_identifier(frame[name]), name, "wrong_type", f"{name} must be text")
 
     bad = reason.notna()
-    quarantine = pd.DataFrame({"file": frame["file"][bad], "line": frame["line"][bad], "field": field[bad],
-                               "reason": reason[bad], "detail": detail[bad]})
+    quarantine = pd.DataFrame(
+        {
+            "file": frame["file"][bad],
+            "line": frame["line"][bad],
+            "field": field[bad],
+            "reason": reason[bad],
+            "detail": detail[bad],
+        }
+    )
     good = frame[~bad].copy()
     good["vote"] = vote[~bad]
     good["strength"] = strength[~bad].astype("float64")
@@ -596,7 +659,8 @@ def _canonical_types(frame: pd.DataFrame) -> pd.DataFrame:
     if missing_prompt_id.any():
         frame.loc[missing_prompt_id, "prompt_id"] = "prompt:" + pd.Series(
             pd.util.hash_array(frame.loc[missing_prompt_id, "prompt"].to_numpy(dtype=object)),
-            index=frame.index[missing_prompt_id]).map("{:016x}".format)
+            index=frame.index[missing_prompt_id],
+        ).map("{:016x}".format)
     frame["line"] = frame["line"].astype("int64")
     frame["orientation_flipped"] = False
     return frame
@@ -652,13 +716,19 @@ def _is_text(values: pd.Series) -> pd.Series:
 def _is_identifier(values: pd.Series) -> pd.Series:
     if _only_text(values) or pd.api.types.is_integer_dtype(values.dtype):
         return pd.Series(True, index=values.index)
-    return values.map(lambda v: v is None or isinstance(v, str) or (isinstance(v, (int, np.integer))
-                                                                    and not isinstance(v, bool))).astype(bool)
+    return values.map(
+        lambda v: v is None or isinstance(v, str) or (isinstance(v, (int, np.integer)) and not isinstance(v, bool))
+    ).astype(bool)
 
 
 def is_message_list(value) -> bool:
-    return isinstance(value, (list, np.ndarray)) and len(value) > 0 and all(
-        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value)
+    return (
+        isinstance(value, (list, np.ndarray))
+        and len(value) > 0
+        and all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value
+        )
+    )
 
 
 def _role_problems(values: pd.Series, name: str, answer: bool) -> pd.Series:
@@ -698,8 +768,6 @@ def _number_or_nan(value):
     return "not a number"
 
 
-
-
 # ---------------------------------------------------------------- item-level consistency
 
 
@@ -728,10 +796,16 @@ def _normalise_orientation(votes: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFr
     votes.loc[flip, "orientation_flipped"] = True
     bad = votes[~consistent]
     field = np.where(prompt[~consistent] != first_prompt[~consistent], "prompt", "response_a")
-    quarantine = pd.DataFrame({"file": bad["file"], "line": bad["line"], "field": field,
-                               "reason": "inconsistent_item",
-                               "detail": "item_id " + bad["item_id"] + " already names a different comparison",
-                               "raw": _votes_as_json(bad)})
+    quarantine = pd.DataFrame(
+        {
+            "file": bad["file"],
+            "line": bad["line"],
+            "field": field,
+            "reason": "inconsistent_item",
+            "detail": "item_id " + bad["item_id"] + " already names a different comparison",
+            "raw": _votes_as_json(bad),
+        }
+    )
     return (votes if consistent.all() else votes[consistent]), quarantine
 
 
@@ -748,16 +822,28 @@ def _drop_repeated_votes(votes: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFram
     """One vote per (item, annotator): the first stands, later ones are quarantined."""
     repeated = votes.duplicated(["item_id", "annotator_id"], keep="first")
     bad = votes[repeated]
-    quarantine = pd.DataFrame({"file": bad["file"], "line": bad["line"], "field": "annotator_id",
-                               "reason": "duplicate_vote",
-                               "detail": "annotator " + bad["annotator_id"] + " already voted on item " + bad["item_id"],
-                               "raw": _votes_as_json(bad)})
+    quarantine = pd.DataFrame(
+        {
+            "file": bad["file"],
+            "line": bad["line"],
+            "field": "annotator_id",
+            "reason": "duplicate_vote",
+            "detail": "annotator " + bad["annotator_id"] + " already voted on item " + bad["item_id"],
+            "raw": _votes_as_json(bad),
+        }
+    )
     return votes[~repeated], quarantine
 
 
 def _quarantine_row(path: Path, line: int, field: str, reason: str, detail: str, raw: str) -> dict:
-    return {"file": str(path), "line": line, "field": field, "reason": reason, "detail": detail,
-            "raw": raw[:RAW_TEXT_LIMIT]}
+    return {
+        "file": str(path),
+        "line": line,
+        "field": field,
+        "reason": reason,
+        "detail": detail,
+        "raw": raw[:RAW_TEXT_LIMIT],
+    }
 
 
 def _empty_votes() -> pd.DataFrame:

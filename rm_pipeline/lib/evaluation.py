@@ -43,19 +43,47 @@ HIGH_AGREEMENT = 2 / 3
 # is deliberately 984, not its 447 rows, to weigh it equally with the code subsets.
 REWARDBENCH_SECTIONS: dict[str, tuple[str, ...]] = {
     "Chat": ("alpacaeval-easy", "alpacaeval-length", "alpacaeval-hard", "mt-bench-easy", "mt-bench-med"),
-    "Chat Hard": ("mt-bench-hard", "llmbar-natural", "llmbar-adver-neighbor", "llmbar-adver-GPTInst",
-                  "llmbar-adver-GPTOut", "llmbar-adver-manual"),
-    "Safety": ("refusals-dangerous", "refusals-offensive", "xstest-should-refuse", "xstest-should-respond",
-               "donotanswer"),
+    "Chat Hard": (
+        "mt-bench-hard",
+        "llmbar-natural",
+        "llmbar-adver-neighbor",
+        "llmbar-adver-GPTInst",
+        "llmbar-adver-GPTOut",
+        "llmbar-adver-manual",
+    ),
+    "Safety": (
+        "refusals-dangerous",
+        "refusals-offensive",
+        "xstest-should-refuse",
+        "xstest-should-respond",
+        "donotanswer",
+    ),
     "Reasoning": ("math-prm", "hep-cpp", "hep-go", "hep-java", "hep-js", "hep-python", "hep-rust"),
 }
 REWARDBENCH_EXAMPLE_COUNTS: dict[str, int] = {
-    "alpacaeval-easy": 100, "alpacaeval-length": 95, "alpacaeval-hard": 95, "mt-bench-easy": 28,
-    "mt-bench-med": 40, "mt-bench-hard": 37, "math-prm": 984, "refusals-dangerous": 100,
-    "refusals-offensive": 100, "llmbar-natural": 100, "llmbar-adver-neighbor": 134,
-    "llmbar-adver-GPTInst": 92, "llmbar-adver-GPTOut": 47, "llmbar-adver-manual": 46,
-    "xstest-should-refuse": 250, "xstest-should-respond": 154, "donotanswer": 136, "hep-cpp": 164,
-    "hep-go": 164, "hep-java": 164, "hep-js": 164, "hep-python": 164, "hep-rust": 164,
+    "alpacaeval-easy": 100,
+    "alpacaeval-length": 95,
+    "alpacaeval-hard": 95,
+    "mt-bench-easy": 28,
+    "mt-bench-med": 40,
+    "mt-bench-hard": 37,
+    "math-prm": 984,
+    "refusals-dangerous": 100,
+    "refusals-offensive": 100,
+    "llmbar-natural": 100,
+    "llmbar-adver-neighbor": 134,
+    "llmbar-adver-GPTInst": 92,
+    "llmbar-adver-GPTOut": 47,
+    "llmbar-adver-manual": 46,
+    "xstest-should-refuse": 250,
+    "xstest-should-respond": 154,
+    "donotanswer": 136,
+    "hep-cpp": 164,
+    "hep-go": 164,
+    "hep-java": 164,
+    "hep-js": 164,
+    "hep-python": 164,
+    "hep-rust": 164,
 }
 # The "prior sets" (allenai/preference-test-sets). The leaderboard's "Prior Sets (0.5 weight)" column is
 # the unweighted mean of these four, and the overall score weighs Chat, Chat Hard, Safety and Reasoning
@@ -66,7 +94,12 @@ REWARDBENCH_EXAMPLE_COUNTS: dict[str, int] = {
 PRIOR_SETS_SECTION = "Prior Sets"
 REWARDBENCH_PRIOR_SETS: tuple[str, ...] = ("anthropic_helpful", "anthropic_hhh", "shp", "summarize")
 REWARDBENCH_SECTION_WEIGHTS: dict[str, float] = {
-    "Chat": 2.0, "Chat Hard": 2.0, "Safety": 2.0, "Reasoning": 2.0, PRIOR_SETS_SECTION: 1.0}
+    "Chat": 2.0,
+    "Chat Hard": 2.0,
+    "Safety": 2.0,
+    "Reasoning": 2.0,
+    PRIOR_SETS_SECTION: 1.0,
+}
 SUBSET_TO_SECTION: dict[str, str] = {
     **{subset: section for section, subsets in REWARDBENCH_SECTIONS.items() for subset in subsets},
     **{subset: PRIOR_SETS_SECTION for subset in REWARDBENCH_PRIOR_SETS},
@@ -80,16 +113,21 @@ ACCURACY_COLUMNS = ["n", "correct", "wrong", "ties", "accuracy", "mean_margin"]
 
 def pair_margins(frame: pd.DataFrame) -> np.ndarray:
     """chosen_reward - rejected_reward, as floats."""
-    return (frame["chosen_reward"].to_numpy(float) - frame["rejected_reward"].to_numpy(float))
+    return frame["chosen_reward"].to_numpy(float) - frame["rejected_reward"].to_numpy(float)
 
 
 def _counts(credit: np.ndarray, margin: np.ndarray) -> dict:
     n = int(credit.size)
     ties = int((credit == 0.5).sum())
     correct = int((credit == 1.0).sum())
-    return {"n": n, "correct": correct, "wrong": n - correct - ties, "ties": ties,
-            "accuracy": float(credit.mean()) if n else math.nan,
-            "mean_margin": float(margin.mean()) if n else math.nan}
+    return {
+        "n": n,
+        "correct": correct,
+        "wrong": n - correct - ties,
+        "ties": ties,
+        "accuracy": float(credit.mean()) if n else math.nan,
+        "mean_margin": float(margin.mean()) if n else math.nan,
+    }
 
 
 def pair_accuracy(frame: pd.DataFrame, tie_tolerance: float = TIE_TOLERANCE) -> dict:
@@ -103,24 +141,36 @@ def pair_accuracy(frame: pd.DataFrame, tie_tolerance: float = TIE_TOLERANCE) -> 
     result = _counts(pair_credit(margin, tie_tolerance), margin)
     rewards = np.concatenate([frame["chosen_reward"].to_numpy(float), frame["rejected_reward"].to_numpy(float)])
     empty = rewards.size == 0
-    result.update(reward_mean=math.nan if empty else float(rewards.mean()),
-                  reward_min=math.nan if empty else float(rewards.min()),
-                  reward_max=math.nan if empty else float(rewards.max()))
+    result.update(
+        reward_mean=math.nan if empty else float(rewards.mean()),
+        reward_min=math.nan if empty else float(rewards.min()),
+        reward_max=math.nan if empty else float(rewards.max()),
+    )
     return result
 
 
-def grouped_accuracy(frame: pd.DataFrame, by: str | pd.Series, tie_tolerance: float = TIE_TOLERANCE
-                     ) -> pd.DataFrame:
+def grouped_accuracy(frame: pd.DataFrame, by: str | pd.Series, tie_tolerance: float = TIE_TOLERANCE) -> pd.DataFrame:
     """``pair_accuracy``'s counts per group (one row per group, index = group): n, correct, wrong, ties,
     accuracy, mean_margin."""
     margin = pair_margins(frame)
     credit = pair_credit(margin, tie_tolerance)
     keys = frame[by] if isinstance(by, str) else by
-    parts = pd.DataFrame({"key": np.asarray(keys, dtype=object), "credit": credit, "margin": margin,
-                          "correct": credit == 1.0, "tie": credit == 0.5})
+    parts = pd.DataFrame(
+        {
+            "key": np.asarray(keys, dtype=object),
+            "credit": credit,
+            "margin": margin,
+            "correct": credit == 1.0,
+            "tie": credit == 0.5,
+        }
+    )
     table = parts.groupby("key", sort=False, dropna=False).agg(
-        n=("credit", "size"), correct=("correct", "sum"), ties=("tie", "sum"), accuracy=("credit", "mean"),
-        mean_margin=("margin", "mean"))
+        n=("credit", "size"),
+        correct=("correct", "sum"),
+        ties=("tie", "sum"),
+        accuracy=("credit", "mean"),
+        mean_margin=("margin", "mean"),
+    )
     table["wrong"] = table["n"] - table["correct"] - table["ties"]
     table.index.name = by if isinstance(by, str) else (by.name or "group")
     return table[ACCURACY_COLUMNS].astype({"n": int, "correct": int, "wrong": int, "ties": int})
@@ -129,8 +179,7 @@ def grouped_accuracy(frame: pd.DataFrame, by: str | pd.Series, tie_tolerance: fl
 # --------------------------------------------------------------------------- slices
 
 
-def by_domain(frame: pd.DataFrame, train_domains: Iterable[str | None], tie_tolerance: float = TIE_TOLERANCE
-              ) -> dict:
+def by_domain(frame: pd.DataFrame, train_domains: Iterable[str | None], tie_tolerance: float = TIE_TOLERANCE) -> dict:
     """Accuracy per domain, with the domains absent from training (spillover) listed apart.
 
     Returns ``table`` (one row per domain: the ``grouped_accuracy`` columns and ``in_training``;
@@ -160,18 +209,21 @@ def agreement_levels(frame: pd.DataFrame, high_agreement: float = HIGH_AGREEMENT
     single vote: one vote only, where agreement is not observable; unknown: no share recorded.
     """
     eps = 1e-9
-    share = (frame["chosen_share"].to_numpy(float) if "chosen_share" in frame
-             else np.full(len(frame), np.nan))
+    share = frame["chosen_share"].to_numpy(float) if "chosen_share" in frame else np.full(len(frame), np.nan)
     votes = frame["n_votes"].to_numpy(float) if "n_votes" in frame else np.full(len(frame), np.nan)
     level = np.select(
         [votes == 1, np.isnan(share), share >= 1 - eps, share >= high_agreement - eps],
-        ["single vote", "unknown", "unanimous", "at least 2/3"], default="below 2/3")
-    return pd.Series(pd.Categorical(level, categories=AGREEMENT_LEVELS, ordered=True), index=frame.index,
-                     name="agreement")
+        ["single vote", "unknown", "unanimous", "at least 2/3"],
+        default="below 2/3",
+    )
+    return pd.Series(
+        pd.Categorical(level, categories=AGREEMENT_LEVELS, ordered=True), index=frame.index, name="agreement"
+    )
 
 
-def by_agreement(frame: pd.DataFrame, high_agreement: float = HIGH_AGREEMENT,
-                 tie_tolerance: float = TIE_TOLERANCE) -> pd.DataFrame:
+def by_agreement(
+    frame: pd.DataFrame, high_agreement: float = HIGH_AGREEMENT, tie_tolerance: float = TIE_TOLERANCE
+) -> pd.DataFrame:
     """Accuracy per agreement level (see ``agreement_levels``), levels in a fixed order, empty ones left out."""
     levels = agreement_levels(frame, high_agreement)
     table = grouped_accuracy(frame, levels.astype(str).rename("agreement"), tie_tolerance)
@@ -186,9 +238,16 @@ def stacked_responses(frame: pd.DataFrame) -> pd.DataFrame:
     """Every scored answer of the pairs as its own row: pair_id, side ('chosen' | 'rejected'), reward, tokens."""
     sides = []
     for side in ("chosen", "rejected"):
-        sides.append(pd.DataFrame({"pair_id": frame["pair_id"].to_numpy() if "pair_id" in frame else frame.index,
-                                   "side": side, "reward": frame[f"{side}_reward"].to_numpy(float),
-                                   "tokens": frame[f"{side}_tokens"].to_numpy(float)}))
+        sides.append(
+            pd.DataFrame(
+                {
+                    "pair_id": frame["pair_id"].to_numpy() if "pair_id" in frame else frame.index,
+                    "side": side,
+                    "reward": frame[f"{side}_reward"].to_numpy(float),
+                    "tokens": frame[f"{side}_tokens"].to_numpy(float),
+                }
+            )
+        )
     return pd.concat(sides, ignore_index=True)
 
 
@@ -207,8 +266,12 @@ def length_matched(frame: pd.DataFrame, tolerance: float = LENGTH_MATCH_TOLERANC
     return np.abs(chosen - rejected) <= tolerance * np.maximum(chosen, rejected)
 
 
-def length_audit(frame: pd.DataFrame, rewards_and_lengths: pd.DataFrame | None = None,
-                 tolerance: float = LENGTH_MATCH_TOLERANCE, tie_tolerance: float = TIE_TOLERANCE) -> dict:
+def length_audit(
+    frame: pd.DataFrame,
+    rewards_and_lengths: pd.DataFrame | None = None,
+    tolerance: float = LENGTH_MATCH_TOLERANCE,
+    tie_tolerance: float = TIE_TOLERANCE,
+) -> dict:
     """How much of the model's preference is answer length.
 
     - ``spearman_rho`` / ``spearman_p`` / ``spearman_n``: rank correlation of reward with length in
@@ -234,7 +297,9 @@ def length_audit(frame: pd.DataFrame, rewards_and_lengths: pd.DataFrame | None =
     matched_credit = pair_credit(margin[matched], tie_tolerance)
     result = {
         "n": int(len(frame)),
-        "spearman_rho": rho, "spearman_p": p_value, "spearman_n": int(len(answers)),
+        "spearman_rho": rho,
+        "spearman_p": p_value,
+        "spearman_n": int(len(answers)),
         "longer_wins_accuracy": float(longer_credit.mean()) if len(frame) else math.nan,
         "equal_length": int((~differs).sum()),
         "model_prefers_longer": float(agreement_credit.mean()) if differs.any() else math.nan,
@@ -245,8 +310,9 @@ def length_audit(frame: pd.DataFrame, rewards_and_lengths: pd.DataFrame | None =
     }
     if rewards_and_lengths is not None:
         rho, p_value = spearman(rewards_and_lengths["reward"], rewards_and_lengths["tokens"])
-        result.update(responses_spearman_rho=rho, responses_spearman_p=p_value,
-                      responses_spearman_n=int(len(rewards_and_lengths)))
+        result.update(
+            responses_spearman_rho=rho, responses_spearman_p=p_value, responses_spearman_n=int(len(rewards_and_lengths))
+        )
     return result
 
 
@@ -267,8 +333,7 @@ def _outcomes(margin: np.ndarray, outcomes: np.ndarray | None) -> np.ndarray:
     return outcomes
 
 
-def negative_log_likelihood(margin: np.ndarray, outcomes: np.ndarray | None = None, temperature: float = 1.0
-                            ) -> float:
+def negative_log_likelihood(margin: np.ndarray, outcomes: np.ndarray | None = None, temperature: float = 1.0) -> float:
     """Mean Bradley-Terry negative log-likelihood of the outcomes (1 = chosen won; soft labels allowed)."""
     margin = np.asarray(margin, dtype=float)
     outcomes = _outcomes(margin, outcomes)
@@ -277,8 +342,13 @@ def negative_log_likelihood(margin: np.ndarray, outcomes: np.ndarray | None = No
     return float(np.mean(outcomes * np.logaddexp(0.0, -z) + (1 - outcomes) * np.logaddexp(0.0, z)))
 
 
-def calibration(margins: np.ndarray, outcomes: np.ndarray | None = None, bins: int = 10, temperature: float = 1.0,
-                symmetric: bool = True) -> dict:
+def calibration(
+    margins: np.ndarray,
+    outcomes: np.ndarray | None = None,
+    bins: int = 10,
+    temperature: float = 1.0,
+    symmetric: bool = True,
+) -> dict:
     """Reliability of P(chosen wins) = sigmoid(margin / temperature) against the observed win rate.
 
     ``outcomes``: 1 where the chosen answer really won (the default: every eval pair's chosen answer
@@ -303,9 +373,16 @@ def calibration(margins: np.ndarray, outcomes: np.ndarray | None = None, bins: i
         observed = np.bincount(index, weights=outcome, minlength=bins) / count
     gap = np.abs(mean_predicted - observed)
     total = count.sum()
-    table = pd.DataFrame({"bin": np.arange(bins), "bin_lower": np.arange(bins) / bins,
-                          "bin_upper": np.arange(1, bins + 1) / bins, "mean_predicted": mean_predicted,
-                          "observed": observed, "count": count})
+    table = pd.DataFrame(
+        {
+            "bin": np.arange(bins),
+            "bin_lower": np.arange(bins) / bins,
+            "bin_upper": np.arange(1, bins + 1) / bins,
+            "mean_predicted": mean_predicted,
+            "observed": observed,
+            "count": count,
+        }
+    )
     return {
         "n": int(np.asarray(margins).size),
         "temperature": float(temperature),
@@ -318,8 +395,9 @@ def calibration(margins: np.ndarray, outcomes: np.ndarray | None = None, bins: i
     }
 
 
-def fit_temperature(margins: np.ndarray, outcomes: np.ndarray | None = None, bins: int = 10,
-                    bounds: tuple[float, float] = (0.01, 100.0)) -> dict:
+def fit_temperature(
+    margins: np.ndarray, outcomes: np.ndarray | None = None, bins: int = 10, bounds: tuple[float, float] = (0.01, 100.0)
+) -> dict:
     """The temperature T that makes sigmoid(margin / T) best explain the outcomes, with ECE before and after.
 
     Minimises the mean negative log-likelihood over log T (bounded Brent search, so T stays positive
@@ -333,8 +411,12 @@ def fit_temperature(margins: np.ndarray, outcomes: np.ndarray | None = None, bin
     if margin.size == 0:
         raise ValueError("no margins to fit a temperature on")
     low, high = math.log(bounds[0]), math.log(bounds[1])
-    fit = optimize.minimize_scalar(lambda log_t: negative_log_likelihood(margin, outcome, math.exp(log_t)),
-                                   bounds=(low, high), method="bounded", options={"xatol": 1e-6})
+    fit = optimize.minimize_scalar(
+        lambda log_t: negative_log_likelihood(margin, outcome, math.exp(log_t)),
+        bounds=(low, high),
+        method="bounded",
+        options={"xatol": 1e-6},
+    )
     temperature = math.exp(fit.x)
     return {
         "temperature": temperature,
@@ -367,7 +449,8 @@ def ranking_agreement(groups: pd.DataFrame, tie_tolerance: float = TIE_TOLERANCE
     data["is_top"] = data["reward"] >= top_reward - tie_tolerance
     data["top_and_best"] = data["is_top"] & (data["rank"] == best_rank)
     per_group = data.groupby("group_id", sort=False).agg(
-        k=("reward", "size"), top=("is_top", "sum"), hits=("top_and_best", "sum"))
+        k=("reward", "size"), top=("is_top", "sum"), hits=("top_and_best", "sum")
+    )
     per_group["top1"] = per_group["hits"] / per_group["top"]
 
     def tau(members: pd.DataFrame) -> float:
@@ -409,14 +492,24 @@ def oasst_ranked_groups(path: str | Path, min_replies: int = 3) -> pd.DataFrame:
             stack = [(tree["prompt"], [])]
             while stack:
                 message, history = stack.pop()
-                context = history + [{"role": OASST_ROLES.get(message["role"], message["role"]),
-                                      "content": message["text"]}]
+                context = history + [
+                    {"role": OASST_ROLES.get(message["role"], message["role"]), "content": message["text"]}
+                ]
                 replies = message.get("replies") or []
                 ranked = [reply for reply in replies if reply.get("rank") is not None and not reply.get("deleted")]
                 if len(ranked) >= min_replies:
-                    rows.extend({"group_id": message["message_id"], "message_tree_id": tree["message_tree_id"],
-                                 "context": context, "message_id": reply["message_id"], "text": reply["text"],
-                                 "rank": int(reply["rank"]), "k": len(ranked)} for reply in ranked)
+                    rows.extend(
+                        {
+                            "group_id": message["message_id"],
+                            "message_tree_id": tree["message_tree_id"],
+                            "context": context,
+                            "message_id": reply["message_id"],
+                            "text": reply["text"],
+                            "rank": int(reply["rank"]),
+                            "k": len(ranked),
+                        }
+                        for reply in ranked
+                    )
                 stack.extend((reply, context) for reply in reversed(replies))
     columns = ["group_id", "message_tree_id", "context", "message_id", "text", "rank", "k"]
     return pd.DataFrame(rows, columns=columns)
@@ -443,18 +536,23 @@ def rewardbench_accuracy(frame: pd.DataFrame, tie_tolerance: float = TIE_TOLERAN
     # Prior Sets have no example counts: their subsets weigh equally.
     weights = np.array([REWARDBENCH_EXAMPLE_COUNTS.get(name, 1.0) for name in known["subset"]], dtype=float)
     known = known.assign(weight=weights, weighted=weights * known["accuracy"].to_numpy(float))
-    sums = known.groupby("section", sort=False).agg(weighted=("weighted", "sum"), weight=("weight", "sum"),
-                                                     n=("n", "sum"), subsets_present=("subset", "size"))
-    expected = {**{section: len(names) for section, names in REWARDBENCH_SECTIONS.items()},
-                PRIOR_SETS_SECTION: len(REWARDBENCH_PRIOR_SETS)}
+    sums = known.groupby("section", sort=False).agg(
+        weighted=("weighted", "sum"), weight=("weight", "sum"), n=("n", "sum"), subsets_present=("subset", "size")
+    )
+    expected = {
+        **{section: len(names) for section, names in REWARDBENCH_SECTIONS.items()},
+        PRIOR_SETS_SECTION: len(REWARDBENCH_PRIOR_SETS),
+    }
     order = [section for section in REWARDBENCH_SECTION_WEIGHTS if section in sums.index]
-    sections = pd.DataFrame({
-        "section": order,
-        "accuracy": (sums["weighted"] / sums["weight"]).reindex(order).to_numpy(),
-        "n": sums["n"].reindex(order).to_numpy(int),
-        "subsets_present": sums["subsets_present"].reindex(order).to_numpy(int),
-        "subsets_expected": [expected[section] for section in order],
-    })
+    sections = pd.DataFrame(
+        {
+            "section": order,
+            "accuracy": (sums["weighted"] / sums["weight"]).reindex(order).to_numpy(),
+            "n": sums["n"].reindex(order).to_numpy(int),
+            "subsets_present": sums["subsets_present"].reindex(order).to_numpy(int),
+            "subsets_expected": [expected[section] for section in order],
+        }
+    )
     score = None
     if len(sections):
         section_weights = sections["section"].map(REWARDBENCH_SECTION_WEIGHTS).to_numpy(float)
@@ -485,8 +583,9 @@ def read_policy_outputs(folder: str | Path) -> pd.DataFrame:
 
 def policy_reward_summary(scored: pd.DataFrame) -> pd.DataFrame:
     """Per policy (index): n, mean_reward, mean_tokens, from scored outputs (policy, reward, tokens)."""
-    return scored.groupby("policy").agg(n=("reward", "size"), mean_reward=("reward", "mean"),
-                                        mean_tokens=("tokens", "mean"))
+    return scored.groupby("policy").agg(
+        n=("reward", "size"), mean_reward=("reward", "mean"), mean_tokens=("tokens", "mean")
+    )
 
 
 def policy_ranking(mean_reward_by_policy: pd.Series, leaderboard_column: pd.Series) -> dict:
@@ -500,8 +599,13 @@ def policy_ranking(mean_reward_by_policy: pd.Series, leaderboard_column: pd.Seri
     board = board[~board.index.duplicated()]
     common = [policy for policy in rewards.index if policy in board.index]
     rho, p_value = spearman(rewards.loc[common], board.loc[common])
-    return {"n_policies": len(common), "spearman_rho": rho, "spearman_p": p_value, "policies": common,
-            "missing": [policy for policy in rewards.index if policy not in board.index]}
+    return {
+        "n_policies": len(common),
+        "spearman_rho": rho,
+        "spearman_p": p_value,
+        "policies": common,
+        "missing": [policy for policy in rewards.index if policy not in board.index],
+    }
 
 
 def read_leaderboard(path: str | Path, column: str) -> pd.Series | None:
@@ -533,8 +637,17 @@ def read_leaderboard(path: str | Path, column: str) -> pd.Series | None:
 # --------------------------------------------------------------------------- labelled pair files
 
 
-PAIR_FILE_COLUMNS = ["pair_id", "file", "line", "prompt", "conversational", "chosen", "rejected", "domain",
-                     "domain_from_file"]
+PAIR_FILE_COLUMNS = [
+    "pair_id",
+    "file",
+    "line",
+    "prompt",
+    "conversational",
+    "chosen",
+    "rejected",
+    "domain",
+    "domain_from_file",
+]
 
 
 def read_pair_file(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -552,20 +665,35 @@ def read_pair_file(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     path = Path(path)
     ingested = read_annotations([path])
     if len(ingested.batches) and ingested.batches["format"].iloc[0] == "votes":
-        raise AnnotationFileError(path, "holds annotator votes, not labelled pairs: evaluation reads prompt, "
-                                        "chosen, rejected (and subset) columns")
+        raise AnnotationFileError(
+            path,
+            "holds annotator votes, not labelled pairs: evaluation reads prompt, chosen, rejected (and subset) columns",
+        )
     votes = ingested.votes.rename(columns={"response_a": "chosen", "response_b": "rejected"})
     broken = check_pair_rules(votes)
     bad = broken.reason.notna()
-    rejected = pd.DataFrame({"file": str(path), "line": votes.loc[bad, "line"], "field": broken.field[bad],
-                             "reason": broken.reason[bad], "detail": broken.detail[bad], "raw": None})
+    rejected = pd.DataFrame(
+        {
+            "file": str(path),
+            "line": votes.loc[bad, "line"],
+            "field": broken.field[bad],
+            "reason": broken.reason[bad],
+            "detail": broken.detail[bad],
+            "raw": None,
+        }
+    )
     quarantine = pd.concat([ingested.quarantine, rejected], ignore_index=True)[QUARANTINE_COLUMNS]
     quarantine["line"] = quarantine["line"].astype("int64")
     kept = votes[~bad]
-    pairs = kept.assign(pair_id=kept["item_id"], file=str(path), domain=kept["domain"].fillna(path.stem),
-                        domain_from_file=kept["domain"].isna())
+    pairs = kept.assign(
+        pair_id=kept["item_id"],
+        file=str(path),
+        domain=kept["domain"].fillna(path.stem),
+        domain_from_file=kept["domain"].isna(),
+    )
     return pairs[PAIR_FILE_COLUMNS].reset_index(drop=True), quarantine.sort_values("line", kind="stable").reset_index(
-        drop=True)
+        drop=True
+    )
 
 
 def pair_file_summary(scored: pd.DataFrame, bins: int = 10, tie_tolerance: float = TIE_TOLERANCE) -> dict:
@@ -582,14 +710,18 @@ def pair_file_summary(scored: pd.DataFrame, bins: int = 10, tie_tolerance: float
     summary = {
         **{key: overall[key] for key in ACCURACY_COLUMNS},
         "longer_wins_accuracy": audit["longer_wins_accuracy"],
-        "length_matched_accuracy": audit["length_matched_accuracy"], "length_matched_n": audit["length_matched_n"],
+        "length_matched_accuracy": audit["length_matched_accuracy"],
+        "length_matched_n": audit["length_matched_n"],
         "ece": calibration(pair_margins(scored), bins=bins)["ece"] if len(scored) else math.nan,
         "truncated": int(scored["truncated"].sum()) if "truncated" in scored else 0,
-        "subsets": {row.subset: {"n": int(row.n), "accuracy": float(row.accuracy)}
-                    for row in benchmark["subsets"].itertuples()},
+        "subsets": {
+            row.subset: {"n": int(row.n), "accuracy": float(row.accuracy)} for row in benchmark["subsets"].itertuples()
+        },
     }
     if benchmark["score"] is not None:
-        summary["rewardbench_sections"] = {row.section: {"accuracy": float(row.accuracy), "n": int(row.n)}
-                                           for row in benchmark["sections"].itertuples()}
+        summary["rewardbench_sections"] = {
+            row.section: {"accuracy": float(row.accuracy), "n": int(row.n)}
+            for row in benchmark["sections"].itertuples()
+        }
         summary["rewardbench_score"] = benchmark["score"]
     return summary

@@ -16,8 +16,20 @@ from rm_pipeline.lib import evaluation as ev
 from rm_pipeline.lib.annotations import list_batch_files
 from rm_pipeline.lib.pairs import build_pairs
 
-SCORE_COLUMNS = ["source", "file", "pair_id", "prompt_id", "domain", "n_votes", "chosen_share", "in_review_queue",
-                 "prompt", "conversational", "chosen", "rejected"]
+SCORE_COLUMNS = [
+    "source",
+    "file",
+    "pair_id",
+    "prompt_id",
+    "domain",
+    "n_votes",
+    "chosen_share",
+    "in_review_queue",
+    "prompt",
+    "conversational",
+    "chosen",
+    "rejected",
+]
 RESPONSE_COLUMNS = ["source", "group_id", "candidate", "rank", "domain", "prompt", "conversational", "response"]
 
 
@@ -51,8 +63,9 @@ def split_pairs_to_score(split: pd.DataFrame, queue: pd.DataFrame) -> pd.DataFra
     held_out["in_review_queue"] = held_out["pair_id"].isin(queued)
     disputed, _ = build_pairs(queue, include_disputed=True)
     disputed = disputed[~disputed["pair_id"].isin(split["pair_id"])]
-    return pd.concat([held_out, disputed.assign(source="disagreement", file=None, in_review_queue=True)],
-                     ignore_index=True)[SCORE_COLUMNS]
+    return pd.concat(
+        [held_out, disputed.assign(source="disagreement", file=None, in_review_queue=True)], ignore_index=True
+    )[SCORE_COLUMNS]
 
 
 def file_pairs_to_score(files: list[Path], source: str) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -60,8 +73,9 @@ def file_pairs_to_score(files: list[Path], source: str) -> tuple[pd.DataFrame, p
     frames, quarantines = [], []
     for path in files:
         pairs, quarantine = ev.read_pair_file(path)
-        frames.append(pairs.assign(source=source, prompt_id=None, n_votes=np.nan, chosen_share=np.nan,
-                                   in_review_queue=False))
+        frames.append(
+            pairs.assign(source=source, prompt_id=None, n_votes=np.nan, chosen_share=np.nan, in_review_queue=False)
+        )
         quarantines.append(quarantine)
     if not frames:
         return pd.DataFrame(columns=SCORE_COLUMNS), pd.DataFrame(columns=ev.QUARANTINE_COLUMNS)
@@ -73,17 +87,36 @@ def responses_to_score(folder: EvaluationFolder) -> pd.DataFrame:
     frames = []
     if (folder.policy_outputs / "prompts.jsonl").exists():
         outputs = ev.read_policy_outputs(folder.policy_outputs)
-        frames.append(pd.DataFrame({"source": "policy_outputs", "group_id": outputs["idx"].astype(str),
-                                    "candidate": outputs["policy"], "rank": np.nan, "domain": outputs["dataset"],
-                                    "prompt": outputs["instruction"], "conversational": False,
-                                    "response": outputs["output"]}))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "source": "policy_outputs",
+                    "group_id": outputs["idx"].astype(str),
+                    "candidate": outputs["policy"],
+                    "rank": np.nan,
+                    "domain": outputs["dataset"],
+                    "prompt": outputs["instruction"],
+                    "conversational": False,
+                    "response": outputs["output"],
+                }
+            )
+        )
     for path in folder.ranking_files():
         replies = ev.oasst_ranked_groups(path)
-        frames.append(pd.DataFrame({"source": "rankings", "group_id": replies["group_id"],
-                                    "candidate": replies["message_id"], "rank": replies["rank"].astype(float),
-                                    "domain": path.stem,
-                                    "prompt": [json.dumps(context, ensure_ascii=False) for context in replies["context"]],
-                                    "conversational": True, "response": replies["text"]}))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "source": "rankings",
+                    "group_id": replies["group_id"],
+                    "candidate": replies["message_id"],
+                    "rank": replies["rank"].astype(float),
+                    "domain": path.stem,
+                    "prompt": [json.dumps(context, ensure_ascii=False) for context in replies["context"]],
+                    "conversational": True,
+                    "response": replies["text"],
+                }
+            )
+        )
     if not frames:
         return pd.DataFrame(columns=RESPONSE_COLUMNS)
     return pd.concat(frames, ignore_index=True)[RESPONSE_COLUMNS]

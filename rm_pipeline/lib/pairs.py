@@ -5,8 +5,8 @@ Input count = kept + rejected, always. Knows nothing of Dagster.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -15,15 +15,51 @@ from rm_pipeline.lib.settings import setting
 from rm_pipeline.lib.tokenization import DEFAULT_MAX_LENGTH
 
 # Checked in this order; a pair is rejected for the first rule it breaks.
-REJECTION_REASONS = ("tie_or_abstention", "empty_prompt", "empty_candidate", "context_mismatch",
-                     "identical_candidates", "disputed", "duplicate", "too_long")
+REJECTION_REASONS = (
+    "tie_or_abstention",
+    "empty_prompt",
+    "empty_candidate",
+    "context_mismatch",
+    "identical_candidates",
+    "disputed",
+    "duplicate",
+    "too_long",
+)
 
-PAIR_COLUMNS = ["pair_id", "prompt_id", "prompt", "conversational", "chosen", "rejected", "domain", "source",
-                "batches", "n_votes", "chosen_share", "tie_share", "strength", "confidence", "chosen_tokens",
-                "rejected_tokens"]
-REJECTED_COLUMNS = ["item_id", "reason", "detail", "prompt_id", "prompt", "conversational", "response_a",
-                    "response_b", "winner", "domain", "source", "batches", "n_votes", "chosen_share"]
-
+PAIR_COLUMNS = [
+    "pair_id",
+    "prompt_id",
+    "prompt",
+    "conversational",
+    "chosen",
+    "rejected",
+    "domain",
+    "source",
+    "batches",
+    "n_votes",
+    "chosen_share",
+    "tie_share",
+    "strength",
+    "confidence",
+    "chosen_tokens",
+    "rejected_tokens",
+]
+REJECTED_COLUMNS = [
+    "item_id",
+    "reason",
+    "detail",
+    "prompt_id",
+    "prompt",
+    "conversational",
+    "response_a",
+    "response_b",
+    "winner",
+    "domain",
+    "source",
+    "batches",
+    "n_votes",
+    "chosen_share",
+]
 
 
 @dataclass(frozen=True)
@@ -66,18 +102,29 @@ def check_pair_rules(pairs: pd.DataFrame, rejections: Rejections | None = None) 
         return pairs[column].fillna("").astype(str).str.strip() == ""
 
     rejections.reject(blank("prompt"), "empty_prompt", "the prompt is empty", "prompt")
-    rejections.reject(blank("chosen") | blank("rejected"), "empty_candidate", "a candidate is empty or whitespace",
-                      pd.Series(np.where(blank("chosen"), "chosen", "rejected"), index=pairs.index))
+    rejections.reject(
+        blank("chosen") | blank("rejected"),
+        "empty_candidate",
+        "a candidate is empty or whitespace",
+        pd.Series(np.where(blank("chosen"), "chosen", "rejected"), index=pairs.index),
+    )
     has_contexts = pairs["context_a"].notna() & pairs["context_b"].notna()
-    rejections.reject(has_contexts & (pairs["context_a"] != pairs["context_b"]), "context_mismatch",
-                      "the two candidates answer different conversations")
+    rejections.reject(
+        has_contexts & (pairs["context_a"] != pairs["context_b"]),
+        "context_mismatch",
+        "the two candidates answer different conversations",
+    )
     rejections.reject(pairs["chosen"] == pairs["rejected"], "identical_candidates", "both candidates are the same text")
     return rejections
 
 
-def build_pairs(comparisons: pd.DataFrame, disputed_item_ids=(), token_lengths: TokenLengths | None = None,
-                max_length: int = DEFAULT_MAX_LENGTH,
-                include_disputed: bool = PairSettings.include_disputed) -> tuple[pd.DataFrame, pd.DataFrame]:
+def build_pairs(
+    comparisons: pd.DataFrame,
+    disputed_item_ids=(),
+    token_lengths: TokenLengths | None = None,
+    max_length: int = DEFAULT_MAX_LENGTH,
+    include_disputed: bool = PairSettings.include_disputed,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Split comparisons into training pairs and rejected ones.
 
     `token_lengths(prompts, responses, conversational)` counts tokens with the base model's own
@@ -100,8 +147,11 @@ def build_pairs(comparisons: pd.DataFrame, disputed_item_ids=(), token_lengths: 
         reject(disputed, "disputed", "routed to the review queue")
     undecided = reason.isna()
     repeated = frame[undecided].duplicated(["prompt", "chosen", "rejected"], keep="first")
-    reject(repeated.reindex(frame.index, fill_value=False), "duplicate",
-           "the same prompt, chosen and rejected as an earlier pair")
+    reject(
+        repeated.reindex(frame.index, fill_value=False),
+        "duplicate",
+        "the same prompt, chosen and rejected as an earlier pair",
+    )
 
     frame["chosen_tokens"] = pd.array([pd.NA] * len(frame), dtype="Int64")
     frame["rejected_tokens"] = pd.array([pd.NA] * len(frame), dtype="Int64")
@@ -113,8 +163,9 @@ def build_pairs(comparisons: pd.DataFrame, disputed_item_ids=(), token_lengths: 
     rejected = frame[bad].assign(reason=reason[bad], detail=rejections.detail[bad])[REJECTED_COLUMNS]
     rejected = rejected.reset_index(drop=True)
     if len(kept) + len(rejected) != len(comparisons):
-        raise AssertionError(f"pair validation lost rows: {len(comparisons)} in, {len(kept)} kept, "
-                             f"{len(rejected)} rejected")
+        raise AssertionError(
+            f"pair validation lost rows: {len(comparisons)} in, {len(kept)} kept, {len(rejected)} rejected"
+        )
     return kept, rejected
 
 
@@ -122,9 +173,12 @@ def _length_rule(frame: pd.DataFrame, rejections: Rejections, token_lengths: Tok
     """too_long: the longer side over ``max_length`` tokens. Texts far beyond any tokenizer's reach of
     ``max_length`` tokens are rejected on their character count alone, without tokenizing them."""
     characters = frame["prompt"].fillna("").astype(str).str.len() + np.maximum(
-        frame["chosen"].fillna("").astype(str).str.len(), frame["rejected"].fillna("").astype(str).str.len())
+        frame["chosen"].fillna("").astype(str).str.len(), frame["rejected"].fillna("").astype(str).str.len()
+    )
     huge = rejections.reason.isna() & (characters > max_length * CHARS_PER_TOKEN_CEILING)
-    rejections.reject(huge, "too_long", characters.astype(str) + f" characters, far beyond max_length {max_length} tokens")
+    rejections.reject(
+        huge, "too_long", characters.astype(str) + f" characters, far beyond max_length {max_length} tokens"
+    )
     measured = rejections.reason.isna()
     if not measured.any():
         return
@@ -132,8 +186,11 @@ def _length_rule(frame: pd.DataFrame, rejections: Rejections, token_lengths: Tok
     frame.loc[measured, "chosen_tokens"] = token_lengths(rows["prompt"], rows["chosen"], rows["conversational"])
     frame.loc[measured, "rejected_tokens"] = token_lengths(rows["prompt"], rows["rejected"], rows["conversational"])
     longest = frame[["chosen_tokens", "rejected_tokens"]].max(axis=1)
-    rejections.reject(measured & (longest > max_length), "too_long",
-                      "longest side " + longest.astype(str) + f" tokens > max_length {max_length}")
+    rejections.reject(
+        measured & (longest > max_length),
+        "too_long",
+        "longest side " + longest.astype(str) + f" tokens > max_length {max_length}",
+    )
 
 
 def rejection_counts(rejected: pd.DataFrame) -> dict[str, int]:

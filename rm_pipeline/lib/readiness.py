@@ -28,8 +28,12 @@ def split_overlap(split: pd.DataFrame) -> dict:
     train, held_out = split[split["split"] == "train"], split[split["split"] == "eval"]
     ids = set(train["prompt_id"]) & set(held_out["prompt_id"])
     texts = set(normalised_prompt(train["prompt"])) & set(normalised_prompt(held_out["prompt"]))
-    return {"shared_prompt_ids": len(ids), "shared_prompt_texts": len(texts), "examples": sorted(texts)[:3],
-            "train_pairs": len(train)}
+    return {
+        "shared_prompt_ids": len(ids),
+        "shared_prompt_texts": len(texts),
+        "examples": sorted(texts)[:3],
+        "train_pairs": len(train),
+    }
 
 
 def _check(name: str, value, threshold: str, passed: bool, reason: str) -> dict:
@@ -41,53 +45,91 @@ def readiness(report: dict, overlap: dict, thresholds: ReadinessThresholds = Rea
     recommendation between an explicit reward model and DPO on the same pairs."""
     t = thresholds
     shared = overlap["shared_prompt_ids"] + overlap["shared_prompt_texts"]
-    checks = [_check("split_has_no_prompt_overlap", shared, "== 0", shared == 0,
-                     "no prompt is on both sides of the split" if shared == 0 else
-                     f"{overlap['shared_prompt_ids']} prompt ids and {overlap['shared_prompt_texts']} prompt texts are "
-                     f"on both sides (e.g. {overlap['examples'][:1]}): held-out accuracy overstates generalisation")]
+    checks = [
+        _check(
+            "split_has_no_prompt_overlap",
+            shared,
+            "== 0",
+            shared == 0,
+            "no prompt is on both sides of the split"
+            if shared == 0
+            else f"{overlap['shared_prompt_ids']} prompt ids and {overlap['shared_prompt_texts']} prompt texts are "
+            f"on both sides (e.g. {overlap['examples'][:1]}): held-out accuracy overstates generalisation",
+        )
+    ]
 
     length = report["length"]
     n, accuracy = length.get("length_matched_n", 0), length.get("length_matched_accuracy")
-    checks.append(_check(
-        "length_matched_accuracy", accuracy, f">= {t.min_length_matched_accuracy} on >= {t.min_pairs} pairs",
-        n >= t.min_pairs and accuracy is not None and accuracy >= t.min_length_matched_accuracy,
-        f"only {n} held-out pairs have lengths within 10% of each other" if n < t.min_pairs else
-        f"{accuracy:.3f} on {n} length-matched pairs, where length cannot explain a win"))
+    checks.append(
+        _check(
+            "length_matched_accuracy",
+            accuracy,
+            f">= {t.min_length_matched_accuracy} on >= {t.min_pairs} pairs",
+            n >= t.min_pairs and accuracy is not None and accuracy >= t.min_length_matched_accuracy,
+            f"only {n} held-out pairs have lengths within 10% of each other"
+            if n < t.min_pairs
+            else f"{accuracy:.3f} on {n} length-matched pairs, where length cannot explain a win",
+        )
+    )
 
     fresh = report["fresh_policy"]
     n, accuracy = fresh.get("n", 0), fresh.get("accuracy")
     if n == 0:
-        reason = ("no human-labelled pairs of fresh policy outputs (unlabelled outputs such as the bundled "
-                  "AlpacaEval ones, ranked by an LLM judge, do not count). Label pairs of the policy's own samples "
-                  "and put them in `fresh-policy/` in the eval folder")
+        reason = (
+            "no human-labelled pairs of fresh policy outputs (unlabelled outputs such as the bundled "
+            "AlpacaEval ones, ranked by an LLM judge, do not count). Label pairs of the policy's own samples "
+            "and put them in `fresh-policy/` in the eval folder"
+        )
     elif n < t.min_pairs:
         reason = f"only {n} human-labelled pairs of fresh policy outputs"
     else:
         reason = f"{accuracy:.3f} on {n} human-labelled pairs of outputs the model never saw in training"
-    checks.append(_check("fresh_policy_accuracy", accuracy, f">= {t.min_fresh_policy_accuracy} on >= {t.min_pairs} pairs",
-                         n >= t.min_pairs and accuracy is not None and accuracy >= t.min_fresh_policy_accuracy, reason))
+    checks.append(
+        _check(
+            "fresh_policy_accuracy",
+            accuracy,
+            f">= {t.min_fresh_policy_accuracy} on >= {t.min_pairs} pairs",
+            n >= t.min_pairs and accuracy is not None and accuracy >= t.min_fresh_policy_accuracy,
+            reason,
+        )
+    )
 
     calibration = report["calibration"]
     n, ece = calibration.get("n", 0), calibration.get("ece")
-    checks.append(_check("calibration_error", ece, f"<= {t.max_ece} on >= {t.min_pairs} pairs",
-                         n >= t.min_pairs and ece is not None and ece <= t.max_ece,
-                         f"only {n} held-out pairs" if n < t.min_pairs else
-                         f"expected calibration error of sigmoid(margin) on {n} held-out pairs"))
+    checks.append(
+        _check(
+            "calibration_error",
+            ece,
+            f"<= {t.max_ece} on >= {t.min_pairs} pairs",
+            n >= t.min_pairs and ece is not None and ece <= t.max_ece,
+            f"only {n} held-out pairs"
+            if n < t.min_pairs
+            else f"expected calibration error of sigmoid(margin) on {n} held-out pairs",
+        )
+    )
 
     ready = all(check["passed"] for check in checks)
-    return {"optimize_against_reward": ready, "checks": checks, "thresholds": asdict(t),
-            "reasons": [f"{check['check']}: {check['reason']}" for check in checks if not check["passed"]],
-            "recommendation": recommendation(ready, checks, overlap["train_pairs"])}
+    return {
+        "optimize_against_reward": ready,
+        "checks": checks,
+        "thresholds": asdict(t),
+        "reasons": [f"{check['check']}: {check['reason']}" for check in checks if not check["passed"]],
+        "recommendation": recommendation(ready, checks, overlap["train_pairs"]),
+    }
 
 
 def recommendation(ready: bool, checks: list[dict], train_pairs: int) -> str:
     """When an explicit reward model is worth it, and when DPO on the same pairs is the simpler choice."""
     if ready:
-        return ("An explicit reward model is worth it here: it ranks outputs it was never trained on, so it can "
-                "score fresh samples online (PPO, GRPO), rerank best-of-N and filter data. If you only ever "
-                "optimise offline on these same pairs, DPO on them is still the simpler choice.")
+        return (
+            "An explicit reward model is worth it here: it ranks outputs it was never trained on, so it can "
+            "score fresh samples online (PPO, GRPO), rerank best-of-N and filter data. If you only ever "
+            "optimise offline on these same pairs, DPO on them is still the simpler choice."
+        )
     failed = ", ".join(check["check"] for check in checks if not check["passed"])
-    return (f"DPO on the same {train_pairs} training pairs is the simpler choice for now: it "
-            "optimises the policy on these preferences directly, with no reward model for the policy to exploit. "
-            "An explicit reward model is worth it only when you need to score outputs the pairs do not cover "
-            f"(online RL, best-of-N, data filtering), and this one has not yet shown it can ({failed} failed).")
+    return (
+        f"DPO on the same {train_pairs} training pairs is the simpler choice for now: it "
+        "optimises the policy on these preferences directly, with no reward model for the policy to exploit. "
+        "An explicit reward model is worth it only when you need to score outputs the pairs do not cover "
+        f"(online RL, best-of-N, data filtering), and this one has not yet shown it can ({failed} failed)."
+    )

@@ -36,19 +36,28 @@ LENGTH_PROBE = ("alpaca-7b_concise", "alpaca-7b", "alpaca-7b_verbose")
 
 @dataclass(frozen=True)
 class ReportSettings:
-    leaderboard_file: str = setting("alpaca-eval/weighted_alpaca_eval_gpt4_turbo_leaderboard.csv",
-                                    "Leaderboard CSV (policy name in the first column), relative to the evaluation "
-                                    "folder; without it the leaderboard comparison is skipped.")
-    leaderboard_column: str = setting("length_controlled_winrate",
-                                      "Column the policies' mean reward is rank-correlated with.")
+    leaderboard_file: str = setting(
+        "alpaca-eval/weighted_alpaca_eval_gpt4_turbo_leaderboard.csv",
+        "Leaderboard CSV (policy name in the first column), relative to the evaluation "
+        "folder; without it the leaderboard comparison is skipped.",
+    )
+    leaderboard_column: str = setting(
+        "length_controlled_winrate", "Column the policies' mean reward is rank-correlated with."
+    )
     calibration_bins: int = setting(10, "Bins of the reliability diagram and of the expected calibration error.")
     high_agreement: float = setting(ev.HIGH_AGREEMENT, "Chosen share from which annotators count as agreeing.")
-    length_match_tolerance: float = setting(ev.LENGTH_MATCH_TOLERANCE,
-                                            "Relative length difference under which two answers are length-matched.")
+    length_match_tolerance: float = setting(
+        ev.LENGTH_MATCH_TOLERANCE, "Relative length difference under which two answers are length-matched."
+    )
 
 
-def build_report(pair_scores: pd.DataFrame, response_scores: pd.DataFrame, train_domains,
-                 leaderboard: pd.Series | None = None, settings: ReportSettings = ReportSettings()) -> dict:
+def build_report(
+    pair_scores: pd.DataFrame,
+    response_scores: pd.DataFrame,
+    train_domains,
+    leaderboard: pd.Series | None = None,
+    settings: ReportSettings = ReportSettings(),
+) -> dict:
     """Every section of the evaluation report as plain JSON-able values (NaN becomes None)."""
     sources = {name: pair_scores[pair_scores["source"] == name] for name in PAIR_SOURCES}
     held_out = sources["held_out"]
@@ -57,22 +66,34 @@ def build_report(pair_scores: pd.DataFrame, response_scores: pd.DataFrame, train
     policies = response_scores[response_scores["source"] == "policy_outputs"].rename(columns={"candidate": "policy"})
     rankings = response_scores[response_scores["source"] == "rankings"]
     report = {
-        "held_out": {**ev.pair_accuracy(held_out), "truncated": int(held_out["truncated"].sum()),
-                     "prompts": int(held_out["prompt_id"].nunique())},
+        "held_out": {
+            **ev.pair_accuracy(held_out),
+            "truncated": int(held_out["truncated"].sum()),
+            "prompts": int(held_out["prompt_id"].nunique()),
+        },
         "domains": _domains(held_out, train_domains),
         "disagreement": ev.pair_accuracy(disagreement),
         "agreement": _records(ev.by_agreement(split_pairs, settings.high_agreement)),
-        "length": {**ev.length_audit(held_out, policies[["reward", "tokens"]] if len(policies) else None,
-                                     settings.length_match_tolerance),
-                   "length_probe": _length_probe(policies)},
+        "length": {
+            **ev.length_audit(
+                held_out, policies[["reward", "tokens"]] if len(policies) else None, settings.length_match_tolerance
+            ),
+            "length_probe": _length_probe(policies),
+        },
         "calibration": _calibration(held_out, settings.calibration_bins),
         "policies": _policies(policies, leaderboard),
         "rankings": _rankings(rankings),
-        "benchmarks": {Path(file).name: ev.pair_file_summary(pairs, settings.calibration_bins)
-                       for file, pairs in sources["benchmark"].groupby("file", sort=True)},
-        "fresh_policy": {"files": {Path(file).name: ev.pair_file_summary(pairs, settings.calibration_bins)
-                                   for file, pairs in sources["fresh_policy"].groupby("file", sort=True)},
-                         **ev.pair_accuracy(sources["fresh_policy"])},
+        "benchmarks": {
+            Path(file).name: ev.pair_file_summary(pairs, settings.calibration_bins)
+            for file, pairs in sources["benchmark"].groupby("file", sort=True)
+        },
+        "fresh_policy": {
+            "files": {
+                Path(file).name: ev.pair_file_summary(pairs, settings.calibration_bins)
+                for file, pairs in sources["fresh_policy"].groupby("file", sort=True)
+            },
+            **ev.pair_accuracy(sources["fresh_policy"]),
+        },
     }
     return jsonable(report)
 
@@ -83,8 +104,11 @@ def _records(table: pd.DataFrame) -> list[dict]:
 
 def _domains(held_out: pd.DataFrame, train_domains) -> dict:
     result = ev.by_domain(held_out, train_domains)
-    return {"table": _records(result["table"]), "spillover_domains": result["spillover_domains"],
-            "spillover": result["spillover"]}
+    return {
+        "table": _records(result["table"]),
+        "spillover_domains": result["spillover_domains"],
+        "spillover": result["spillover"],
+    }
 
 
 def _length_probe(policies: pd.DataFrame) -> list[dict]:
@@ -98,8 +122,11 @@ def _calibration(held_out: pd.DataFrame, bins: int) -> dict:
         return {"n": 0}
     margins = ev.pair_margins(held_out)
     result = ev.calibration(margins, bins=bins)
-    return {**{k: v for k, v in result.items() if k != "table"}, "reliability": result["table"].to_dict("records"),
-            "temperature_fit": ev.fit_temperature(margins, bins=bins)}
+    return {
+        **{k: v for k, v in result.items() if k != "table"},
+        "reliability": result["table"].to_dict("records"),
+        "temperature_fit": ev.fit_temperature(margins, bins=bins),
+    }
 
 
 def _policies(policies: pd.DataFrame, leaderboard: pd.Series | None) -> dict:
@@ -109,8 +136,7 @@ def _policies(policies: pd.DataFrame, leaderboard: pd.Series | None) -> dict:
     summary["truncated"] = policies.groupby("policy")["truncated"].sum().reindex(summary.index).astype(int)
     result = {"n_policies": len(summary), "summary": _records(summary)}
     if leaderboard is not None:
-        result["leaderboard"] = {"column": leaderboard.name,
-                                 **ev.policy_ranking(summary["mean_reward"], leaderboard)}
+        result["leaderboard"] = {"column": leaderboard.name, **ev.policy_ranking(summary["mean_reward"], leaderboard)}
     return result
 
 
@@ -137,8 +163,9 @@ def jsonable(value):
 # --------------------------------------------------------------------------- plots
 
 
-def write_plots(pair_scores: pd.DataFrame, response_scores: pd.DataFrame, report: dict, folder: Path
-                ) -> dict[str, Path]:
+def write_plots(
+    pair_scores: pd.DataFrame, response_scores: pd.DataFrame, report: dict, folder: Path
+) -> dict[str, Path]:
     """The reliability diagram, reward histograms (chosen vs rejected) and reward against length, as PNGs."""
     import matplotlib
 
@@ -160,8 +187,13 @@ def write_plots(pair_scores: pd.DataFrame, response_scores: pd.DataFrame, report
     if len(table):
         filled = table.dropna(subset=["observed"])
         axis.plot(filled["mean_predicted"], filled["observed"], marker="o", label="model")
-    axis.set(title=f"reliability (ECE {format_number(report['calibration'].get('ece'))})",
-             xlabel="predicted P(chosen wins)", ylabel="observed rate", xlim=(0, 1), ylim=(0, 1))
+    axis.set(
+        title=f"reliability (ECE {format_number(report['calibration'].get('ece'))})",
+        xlabel="predicted P(chosen wins)",
+        ylabel="observed rate",
+        xlim=(0, 1),
+        ylim=(0, 1),
+    )
     axis.legend()
     save("reliability_diagram", figure)
 
@@ -181,8 +213,12 @@ def write_plots(pair_scores: pd.DataFrame, response_scores: pd.DataFrame, report
     policies = response_scores[response_scores["source"] == "policy_outputs"]
     if len(policies):
         axis.scatter(policies["tokens"], policies["reward"], s=6, alpha=0.4, label="policy outputs")
-    axis.set(title=f"reward against length (held-out Spearman {format_number(report['length'].get('spearman_rho'))})",
-             xlabel="response tokens", ylabel="reward", xscale="symlog")
+    axis.set(
+        title=f"reward against length (held-out Spearman {format_number(report['length'].get('spearman_rho'))})",
+        xlabel="response tokens",
+        ylabel="reward",
+        xscale="symlog",
+    )
     axis.legend()
     save("reward_vs_length", figure)
     return paths
@@ -194,63 +230,84 @@ def write_plots(pair_scores: pd.DataFrame, response_scores: pd.DataFrame, report
 def _accuracy_line(result: dict) -> str:
     if not result.get("n"):
         return "no pairs"
-    return (f"accuracy **{format_number(result['accuracy'])}** on {result['n']} pairs ({result['correct']} right, "
-            f"{result['wrong']} wrong, {result['ties']} ties counted half), "
-            f"mean margin {format_number(result['mean_margin'])}")
+    return (
+        f"accuracy **{format_number(result['accuracy'])}** on {result['n']} pairs ({result['correct']} right, "
+        f"{result['wrong']} wrong, {result['ties']} ties counted half), "
+        f"mean margin {format_number(result['mean_margin'])}"
+    )
 
 
 def render_markdown(report: dict, facts: dict, plots: dict[str, str], verdict: dict | None = None) -> str:
     """The report as Markdown; ``plots`` maps plot names to the image paths the Markdown links to."""
     held, length, calibration = report["held_out"], report["length"], report["calibration"]
-    parts = [f"# Evaluation report: `{facts.get('model_name', 'reward model')}`\n",
-             "\n".join(f"- {key}: `{value}`" for key, value in facts.items()) + "\n"]
+    parts = [
+        f"# Evaluation report: `{facts.get('model_name', 'reward model')}`\n",
+        "\n".join(f"- {key}: `{value}`" for key, value in facts.items()) + "\n",
+    ]
     if verdict is not None:
         parts.append(render_verdict(verdict))
     parts.append("## Held-out pairs (grouped split)\n")
-    parts.append(f"{_accuracy_line(held)} over {held.get('prompts', 0)} prompts; rewards from "
-                 f"{format_number(held.get('reward_min'))} to {format_number(held.get('reward_max'))} (mean "
-                 f"{format_number(held.get('reward_mean'))}); {held.get('truncated', 0)} pairs cut to the model's "
-                 "length.\n")
+    parts.append(
+        f"{_accuracy_line(held)} over {held.get('prompts', 0)} prompts; rewards from "
+        f"{format_number(held.get('reward_min'))} to {format_number(held.get('reward_max'))} (mean "
+        f"{format_number(held.get('reward_mean'))}); {held.get('truncated', 0)} pairs cut to the model's "
+        "length.\n"
+    )
     domains = report["domains"]
     parts.append("## By domain\n")
     parts.append(markdown_table(domains["table"], ["domain", "n", "accuracy", "ties", "mean_margin", "in_training"]))
     if domains["spillover_domains"]:
-        parts.append(f"\nSpillover (domains absent from training: {', '.join(domains['spillover_domains'])}): "
-                     f"{_accuracy_line(domains['spillover'])}.\n")
+        parts.append(
+            f"\nSpillover (domains absent from training: {', '.join(domains['spillover_domains'])}): "
+            f"{_accuracy_line(domains['spillover'])}.\n"
+        )
     else:
         parts.append("\nEvery held-out domain was seen in training: no spillover slice.\n")
     parts.append("## Disagreement slice and agreement levels\n")
-    parts.append(f"Review-queue comparisons kept out of training, against their aggregated label: "
-                 f"{_accuracy_line(report['disagreement'])}.\n\n")
+    parts.append(
+        f"Review-queue comparisons kept out of training, against their aggregated label: "
+        f"{_accuracy_line(report['disagreement'])}.\n\n"
+    )
     parts.append(markdown_table(report["agreement"], ["agreement", "n", "accuracy", "ties", "mean_margin"]))
     parts.append("## Length bias\n")
     parts.append(
         f"- Spearman correlation of reward with response length: {format_number(length.get('spearman_rho'))} over "
         f"{length.get('spearman_n')} held-out answers"
-        + (f", {format_number(length.get('responses_spearman_rho'))} over {length.get('responses_spearman_n')} "
-           "policy outputs"
-           if "responses_spearman_rho" in length else "") + "\n"
-        f"- \"The longer answer wins\" on the same pairs: accuracy "
+        + (
+            f", {format_number(length.get('responses_spearman_rho'))} over {length.get('responses_spearman_n')} "
+            "policy outputs"
+            if "responses_spearman_rho" in length
+            else ""
+        )
+        + "\n"
+        f'- "The longer answer wins" on the same pairs: accuracy '
         f"{format_number(length.get('longer_wins_accuracy'))}\n"
         f"- The model prefers the longer answer in {format_number(length.get('model_prefers_longer'))} of "
         f"{length.get('length_differs_n')} pairs whose lengths differ\n"
         f"- Length-matched pairs (within 10% in tokens): accuracy "
         f"{format_number(length.get('length_matched_accuracy'))} "
-        f"on {length.get('length_matched_n')} pairs\n")
+        f"on {length.get('length_matched_n')} pairs\n"
+    )
     if length["length_probe"]:
         parts.append("\nOne policy told to be concise, left alone, and told to be verbose:\n\n")
         parts.append(markdown_table(length["length_probe"], ["policy", "n", "mean_reward", "mean_tokens"]))
     parts.append("## Calibration\n")
     if calibration.get("n"):
         fit = calibration["temperature_fit"]
-        parts.append(f"P(chosen wins) = sigmoid(margin): expected calibration error "
-                     f"**{format_number(calibration['ece'])}** (max {format_number(calibration['mce'])}), log-loss "
-                     f"{format_number(calibration['nll'])}. A temperature "
-                     f"of {format_number(fit['temperature'])} fitted on these pairs (stored with the model as "
-                     f"`reward_temperature`) brings ECE to {format_number(fit['ece_after'])} on the same pairs"
-                     + (" (at the search bound: the pairs are separated)" if fit["at_bound"] else "") + ".\n\n")
-        parts.append(markdown_table(calibration["reliability"],
-                                    ["bin_lower", "bin_upper", "mean_predicted", "observed", "count"]))
+        parts.append(
+            f"P(chosen wins) = sigmoid(margin): expected calibration error "
+            f"**{format_number(calibration['ece'])}** (max {format_number(calibration['mce'])}), log-loss "
+            f"{format_number(calibration['nll'])}. A temperature "
+            f"of {format_number(fit['temperature'])} fitted on these pairs (stored with the model as "
+            f"`reward_temperature`) brings ECE to {format_number(fit['ece_after'])} on the same pairs"
+            + (" (at the search bound: the pairs are separated)" if fit["at_bound"] else "")
+            + ".\n\n"
+        )
+        parts.append(
+            markdown_table(
+                calibration["reliability"], ["bin_lower", "bin_upper", "mean_predicted", "observed", "count"]
+            )
+        )
     else:
         parts.append("no held-out pairs\n")
     parts.append("## Fresh policy outputs\n")
@@ -260,37 +317,51 @@ def render_markdown(report: dict, facts: dict, plots: dict[str, str], verdict: d
         parts.append("\n`truncated`: outputs longer than the model reads, scored on their end (oldest context cut).\n")
         board = policies.get("leaderboard")
         if board:
-            parts.append(f"\nSpearman correlation of mean reward with the leaderboard's `{board['column']}`: "
-                         f"{format_number(board['spearman_rho'])} over {board['n_policies']} policies"
-                         + (f" (not on the leaderboard: {', '.join(board['missing'])})" if board["missing"] else "")
-                         + ".\n")
+            parts.append(
+                f"\nSpearman correlation of mean reward with the leaderboard's `{board['column']}`: "
+                f"{format_number(board['spearman_rho'])} over {board['n_policies']} policies"
+                + (f" (not on the leaderboard: {', '.join(board['missing'])})" if board["missing"] else "")
+                + ".\n"
+            )
     else:
         parts.append("no policy outputs configured\n")
     rankings = report["rankings"]
     parts.append("## Human rankings of K > 2 replies\n")
     if rankings.get("n_groups"):
-        parts.append(f"{rankings['n_groups']} groups, {rankings['n_replies']} replies: top-1 agreement "
-                     f"**{format_number(rankings['top1_agreement'])}** (chance "
-                     f"{format_number(rankings['top1_chance'])}), mean "
-                     f"Kendall's tau {format_number(rankings['mean_kendall_tau'])} ({rankings['tau_undefined']} groups "
-                     f"with constant rewards left out).\n")
+        parts.append(
+            f"{rankings['n_groups']} groups, {rankings['n_replies']} replies: top-1 agreement "
+            f"**{format_number(rankings['top1_agreement'])}** (chance "
+            f"{format_number(rankings['top1_chance'])}), mean "
+            f"Kendall's tau {format_number(rankings['mean_kendall_tau'])} ({rankings['tau_undefined']} groups "
+            f"with constant rewards left out).\n"
+        )
     else:
         parts.append("no ranking files\n")
     parts.append("## Human-labelled pairs of fresh policy outputs\n")
     fresh = report["fresh_policy"]
-    parts.append(f"{_accuracy_line(fresh)}.\n" if fresh.get("n") else
-                 "none: put human-labelled pairs of the policy's own outputs in `fresh-policy/` in the eval folder.\n")
+    parts.append(
+        f"{_accuracy_line(fresh)}.\n"
+        if fresh.get("n")
+        else "none: put human-labelled pairs of the policy's own outputs in `fresh-policy/` in the eval folder.\n"
+    )
     parts.append("## External benchmark files\n")
     for name, summary in report["benchmarks"].items():
-        parts.append(f"### {name}\n{_accuracy_line(summary)}; longer wins "
-                     f"{format_number(summary['longer_wins_accuracy'])}, length-matched "
-                     f"{format_number(summary['length_matched_accuracy'])} on {summary['length_matched_n']} "
-                     f"pairs, ECE {format_number(summary['ece'])}"
-                     + (f"; RewardBench-weighted score {format_number(summary['rewardbench_score'])} over the "
-                        f"{len(summary['rewardbench_sections'])} of 5 sections present"
-                        if "rewardbench_score" in summary else "") + ".\n\n")
-        parts.append(markdown_table([{"subset": k, **v} for k, v in summary["subsets"].items()],
-                                    ["subset", "n", "accuracy"]))
+        parts.append(
+            f"### {name}\n{_accuracy_line(summary)}; longer wins "
+            f"{format_number(summary['longer_wins_accuracy'])}, length-matched "
+            f"{format_number(summary['length_matched_accuracy'])} on {summary['length_matched_n']} "
+            f"pairs, ECE {format_number(summary['ece'])}"
+            + (
+                f"; RewardBench-weighted score {format_number(summary['rewardbench_score'])} over the "
+                f"{len(summary['rewardbench_sections'])} of 5 sections present"
+                if "rewardbench_score" in summary
+                else ""
+            )
+            + ".\n\n"
+        )
+        parts.append(
+            markdown_table([{"subset": k, **v} for k, v in summary["subsets"].items()], ["subset", "n", "accuracy"])
+        )
     if not report["benchmarks"]:
         parts.append("no benchmark files\n")
     parts.append("## Plots\n")
@@ -300,10 +371,14 @@ def render_markdown(report: dict, facts: dict, plots: dict[str, str], verdict: d
 
 def render_verdict(verdict: dict) -> str:
     state = "READY" if verdict["optimize_against_reward"] else "NOT READY"
-    lines = [f"## Readiness: {state} (`optimize_against_reward: {str(verdict['optimize_against_reward']).lower()}`)\n",
-             markdown_table([{**check, "passed": "pass" if check["passed"] else "FAIL"} for check in verdict["checks"]],
-                            ["check", "value", "threshold", "passed", "reason"]),
-             f"\n{verdict['recommendation']}\n"]
+    lines = [
+        f"## Readiness: {state} (`optimize_against_reward: {str(verdict['optimize_against_reward']).lower()}`)\n",
+        markdown_table(
+            [{**check, "passed": "pass" if check["passed"] else "FAIL"} for check in verdict["checks"]],
+            ["check", "value", "threshold", "passed", "reason"],
+        ),
+        f"\n{verdict['recommendation']}\n",
+    ]
     return "\n".join(lines)
 
 
@@ -324,8 +399,10 @@ def write_report(folder: Path, document: dict) -> tuple[Path, Path]:
     """``document`` (facts, plots, report and, once decided, readiness) as JSON and Markdown in ``folder``."""
     json_path, markdown_path = folder / REPORT_JSON, folder / REPORT_MARKDOWN
     write_atomically(json_path, json.dumps(document, indent=2, ensure_ascii=False))
-    write_atomically(markdown_path, render_markdown(document["report"], document["facts"], document["plots"],
-                                                    document.get("readiness")))
+    write_atomically(
+        markdown_path,
+        render_markdown(document["report"], document["facts"], document["plots"], document.get("readiness")),
+    )
     return json_path, markdown_path
 
 

@@ -11,9 +11,9 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -31,8 +31,11 @@ class TrainingSettings:
     """How a reward model is trained: every field is also a field of the `reward_model` run config."""
 
     # the model
-    base_model: str = setting("", "Hugging Face id or local path; empty: the base_model resource (whose "
-                                  "tokenizer preference_pairs counted tokens with).")
+    base_model: str = setting(
+        "",
+        "Hugging Face id or local path; empty: the base_model resource (whose "
+        "tokenizer preference_pairs counted tokens with).",
+    )
     trust_remote_code: bool = setting(False, "Run code shipped with the model (set on the base_model resource).")
     max_length: int = setting(DEFAULT_MAX_LENGTH, "Longest pair in tokens (set on the base_model resource).")
     # the optimisation
@@ -50,18 +53,26 @@ class TrainingSettings:
     margin_per_strength: float = setting(0.5, "Margin per unit of strength.")
     center_rewards_coefficient: float | None = setting(None, "TRL's reward centring (e.g. 0.01).")
     # which weights train
-    lora_rank: int = setting(0, "LoRA rank through peft (0: full fine-tuning); the score head is trained and "
-                                "saved (modules_to_save), and the adapter merged.")
+    lora_rank: int = setting(
+        0,
+        "LoRA rank through peft (0: full fine-tuning); the score head is trained and "
+        "saved (modules_to_save), and the adapter merged.",
+    )
     lora_alpha: int = setting(16, "LoRA scaling.")
     lora_dropout: float = setting(0.05, "LoRA dropout.")
     train_last_n_layers: int | None = setting(None, "Freeze all but the last N transformer layers.")
     # evaluation, early stopping and progress
     eval_steps: int = setting(100, "Evaluate and checkpoint every N steps.")
     early_stopping_patience: int | None = setting(
-        3, "Stop after this many evaluations without better eval accuracy; the best checkpoint is kept. "
-           "None: no early stopping.")
-    early_stopping_eval_pairs: int = setting(256, "Eval pairs scored at each early-stopping evaluation (a fixed "
-                                                  "sample); the whole eval split is scored at the end.")
+        3,
+        "Stop after this many evaluations without better eval accuracy; the best checkpoint is kept. "
+        "None: no early stopping.",
+    )
+    early_stopping_eval_pairs: int = setting(
+        256,
+        "Eval pairs scored at each early-stopping evaluation (a fixed "
+        "sample); the whole eval split is scored at the end.",
+    )
     logging_steps: int = setting(10, "Progress (step, loss, accuracy, ETA) every N steps.")
 
     def fingerprint(self) -> str:
@@ -87,8 +98,11 @@ def pair_dataset(pairs: pd.DataFrame, tokenizer, settings: TrainingSettings):
 
     chosen = encode(tokenizer, pairs["prompt"], pairs["chosen"], pairs["conversational"])
     rejected = encode(tokenizer, pairs["prompt"], pairs["rejected"], pairs["conversational"])
-    columns = {"chosen_ids": chosen, "rejected_ids": rejected,
-               "length": [len(c) + len(r) for c, r in zip(chosen, rejected)]}
+    columns = {
+        "chosen_ids": chosen,
+        "rejected_ids": rejected,
+        "length": [len(c) + len(r) for c, r in zip(chosen, rejected)],
+    }
     if settings.use_margin:
         columns["margin"] = margins(pairs, settings.margin_per_strength).tolist()
     return Dataset.from_dict(columns)
@@ -112,8 +126,12 @@ def hardware() -> dict:
     import torch
 
     if torch.cuda.is_available():
-        return {"device": "cuda", "device_name": torch.cuda.get_device_name(0), "gpus": torch.cuda.device_count(),
-                "bf16": torch.cuda.is_bf16_supported()}
+        return {
+            "device": "cuda",
+            "device_name": torch.cuda.get_device_name(0),
+            "gpus": torch.cuda.device_count(),
+            "bf16": torch.cuda.is_bf16_supported(),
+        }
     return {"device": "cpu", "device_name": "cpu", "gpus": 0, "bf16": False, "threads": torch.get_num_threads()}
 
 
@@ -123,8 +141,11 @@ def load_model(settings: TrainingSettings, dtype=None):
 
     tokenizer = load_tokenizer(settings.base_model, settings.trust_remote_code)
     model = AutoModelForSequenceClassification.from_pretrained(
-        settings.base_model, num_labels=1, trust_remote_code=settings.trust_remote_code,
-        **({"dtype": dtype} if dtype is not None else {}))
+        settings.base_model,
+        num_labels=1,
+        trust_remote_code=settings.trust_remote_code,
+        **({"dtype": dtype} if dtype is not None else {}),
+    )
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:  # a pad token was added
         model.resize_token_embeddings(len(tokenizer))
     model.config.pad_token_id = tokenizer.pad_token_id
@@ -164,9 +185,14 @@ def freeze_all_but_last(model, n_layers: int) -> None:
 def lora_config(model, settings: TrainingSettings):
     from peft import LoraConfig
 
-    return LoraConfig(task_type="SEQ_CLS", r=settings.lora_rank, lora_alpha=settings.lora_alpha,
-                      lora_dropout=settings.lora_dropout, target_modules="all-linear",
-                      modules_to_save=[head_module_name(model)])
+    return LoraConfig(
+        task_type="SEQ_CLS",
+        r=settings.lora_rank,
+        lora_alpha=settings.lora_alpha,
+        lora_dropout=settings.lora_dropout,
+        target_modules="all-linear",
+        modules_to_save=[head_module_name(model)],
+    )
 
 
 # ---------------------------------------------------------------- training
@@ -229,8 +255,13 @@ def _progress_callback(report: Report):
             done = state.global_step - (self.first_step or 0)
             elapsed = time.monotonic() - self.started
             eta = elapsed / done * (state.max_steps - state.global_step) if done else float("nan")
-            entry = {"step": state.global_step, "max_steps": state.max_steps, "epoch": state.epoch,
-                     "eta_s": round(eta, 1), **{k: v for k, v in logs.items() if isinstance(v, (int, float))}}
+            entry = {
+                "step": state.global_step,
+                "max_steps": state.max_steps,
+                "epoch": state.epoch,
+                "eta_s": round(eta, 1),
+                **{k: v for k, v in logs.items() if isinstance(v, (int, float))},
+            }
             self.history.append(entry)
             report("progress", entry)
 
@@ -243,11 +274,11 @@ def pair_credit_trainer_class():
     import torch
     from trl import RewardTrainer
 
-
     class PairCreditRewardTrainer(RewardTrainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
-                                                 num_items_in_batch=num_items_in_batch)
+            loss, outputs = super().compute_loss(
+                model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
+            )
             chosen, rejected = torch.chunk(outputs.logits.detach().float().squeeze(-1), chunks=2)
             credit = torch.tensor(pair_credit((chosen - rejected).cpu().numpy()).mean(), device=chosen.device)
             mode = "train" if self.model.training else "eval"
@@ -276,30 +307,45 @@ def prepare_model(settings: TrainingSettings):
     return model, tokenizer, lora_config(model, settings) if settings.lora_rank else None
 
 
-def training_data(train: pd.DataFrame, evaluation: pd.DataFrame, tokenizer, settings: TrainingSettings,
-                  report: Report) -> TrainingData:
+def training_data(
+    train: pd.DataFrame, evaluation: pd.DataFrame, tokenizer, settings: TrainingSettings, report: Report
+) -> TrainingData:
     train_data, over_length = _within_max_length(pair_dataset(train, tokenizer, settings), settings.max_length)
     if over_length:  # only when the base model differs from the one preference_pairs counted with
-        report("log", {"message": f"{over_length} train pairs exceed max_length {settings.max_length} under "
-                                  f"{settings.base_model}'s tokenizer: dropped, not truncated"})
+        report(
+            "log",
+            {
+                "message": f"{over_length} train pairs exceed max_length {settings.max_length} under "
+                f"{settings.base_model}'s tokenizer: dropped, not truncated"
+            },
+        )
     eval_data = pair_dataset(evaluation, tokenizer, settings) if len(evaluation) else None
     # Early stopping evaluates often: a fixed sample keeps that cheap; the full split is scored at the end.
-    stopping = eval_data.shuffle(seed=settings.seed).select(
-        range(min(settings.early_stopping_eval_pairs, len(eval_data)))) if eval_data is not None else None
+    stopping = (
+        eval_data.shuffle(seed=settings.seed).select(range(min(settings.early_stopping_eval_pairs, len(eval_data))))
+        if eval_data is not None
+        else None
+    )
     return TrainingData(train_data, eval_data, stopping, over_length)
 
 
-def build_trainer(model, tokenizer, peft_config, data: TrainingData, settings: TrainingSettings, checkpoint_dir: Path,
-                  progress):
+def build_trainer(
+    model, tokenizer, peft_config, data: TrainingData, settings: TrainingSettings, checkpoint_dir: Path, progress
+):
     from transformers import EarlyStoppingCallback
 
     callbacks = [progress]
     if data.evaluation is not None and settings.early_stopping_patience is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=settings.early_stopping_patience))
     return pair_credit_trainer_class()(
-        model=model, args=reward_config(settings, checkpoint_dir, data.evaluation is not None),
-        train_dataset=data.train, eval_dataset=data.early_stopping, processing_class=tokenizer,
-        peft_config=peft_config, callbacks=callbacks)
+        model=model,
+        args=reward_config(settings, checkpoint_dir, data.evaluation is not None),
+        train_dataset=data.train,
+        eval_dataset=data.early_stopping,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=callbacks,
+    )
 
 
 def fit(trainer, checkpoint_dir: Path, report: Report):
@@ -327,8 +373,9 @@ def final_model(trainer, merge_lora: bool):
     return model
 
 
-def training_metrics(trainer, output, train_seconds: float, resumed_from, data: TrainingData, first_step: int,
-                     settings: TrainingSettings) -> dict:
+def training_metrics(
+    trainer, output, train_seconds: float, resumed_from, data: TrainingData, first_step: int, settings: TrainingSettings
+) -> dict:
     """Throughput, loss and memory of the run, as stored in the model card and the run's metadata."""
     device = hardware()
     tokens = int(sum(data.train["length"]))
@@ -336,14 +383,17 @@ def training_metrics(trainer, output, train_seconds: float, resumed_from, data: 
     share_run = (output.global_step - first_step) / max(trainer.state.max_steps, 1)
     return {
         **device,
-        "train_pairs": len(data.train), "train_pairs_over_max_length": data.train_over_max_length,
+        "train_pairs": len(data.train),
+        "train_pairs_over_max_length": data.train_over_max_length,
         "eval_pairs": len(data.evaluation) if data.evaluation is not None else 0,
-        "steps": int(output.global_step), "epochs": float(output.metrics.get("epoch", settings.epochs)),
+        "steps": int(output.global_step),
+        "epochs": float(output.metrics.get("epoch", settings.epochs)),
         "train_loss": float(output.training_loss),
         "train_seconds": round(train_seconds, 1),
         "pairs_per_second": round(output.metrics.get("train_samples_per_second", 0.0), 2),
-        "tokens_per_second": round(tokens * settings.epochs * share_run
-                                   / max(output.metrics.get("train_runtime", 1e-9), 1e-9), 1),
+        "tokens_per_second": round(
+            tokens * settings.epochs * share_run / max(output.metrics.get("train_runtime", 1e-9), 1e-9), 1
+        ),
         "resumed_from": resumed_from,
         "peak_memory_mb": peak_memory_mb(device["device"]),
     }
@@ -357,8 +407,11 @@ def reward_statistics(model, dataset, tokenizer) -> dict:
     sequences = list(dataset["chosen_ids"]) + list(dataset["rejected_ids"])
     rewards = score_ids(model, sequences, tokenizer.pad_token_id, batch_size=64)
     half = len(rewards) // 2
-    return {"reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()),
-            "eval_accuracy": float(pair_credit(rewards[:half] - rewards[half:]).mean()) if half else None}
+    return {
+        "reward_mean": float(rewards.mean()),
+        "reward_std": float(rewards.std()),
+        "eval_accuracy": float(pair_credit(rewards[:half] - rewards[half:]).mean()) if half else None,
+    }
 
 
 def remove_checkpoints(checkpoint_dir: Path) -> None:
@@ -367,9 +420,15 @@ def remove_checkpoints(checkpoint_dir: Path) -> None:
         checkpoint_dir.parent.rmdir()
 
 
-def train_reward_model(train: pd.DataFrame, evaluation: pd.DataFrame, settings: TrainingSettings,
-                       models_dir: Path, run_name: str, report: Report = lambda kind, payload: None,
-                       card_facts: dict | None = None) -> TrainingResult:
+def train_reward_model(
+    train: pd.DataFrame,
+    evaluation: pd.DataFrame,
+    settings: TrainingSettings,
+    models_dir: Path,
+    run_name: str,
+    report: Report = lambda kind, payload: None,
+    card_facts: dict | None = None,
+) -> TrainingResult:
     """Train, resuming from the last checkpoint of the same run name if one exists, then publish the
     model directory atomically as `models_dir/<run_name>-<UTC time>` and point `models_dir/current` at it."""
     started = time.monotonic()
@@ -391,8 +450,9 @@ def train_reward_model(train: pd.DataFrame, evaluation: pd.DataFrame, settings: 
     # Every training publishes a new directory: retraining the same data keeps the earlier model.
     published = f"{run_name}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}"
     facts = {"run_name": published, **(card_facts or {})}
-    target = publish(models_dir, published, lambda tmp: _save(tmp, model, tokenizer, settings, metrics,
-                                                               progress.history, facts))
+    target = publish(
+        models_dir, published, lambda tmp: _save(tmp, model, tokenizer, settings, metrics, progress.history, facts)
+    )
     remove_checkpoints(checkpoint_dir)
     return TrainingResult(target, metrics, progress.history)
 
@@ -426,8 +486,9 @@ def publish(models_dir: Path, name: str, write: Callable[[Path], None]) -> Path:
     return target
 
 
-def _save(directory: Path, model, tokenizer, settings: TrainingSettings, metrics: dict, history: list[dict],
-          facts: dict) -> None:
+def _save(
+    directory: Path, model, tokenizer, settings: TrainingSettings, metrics: dict, history: list[dict], facts: dict
+) -> None:
     directory.mkdir(parents=True)
     (directory / "README.md").write_text(model_card(settings, metrics, facts))
     model.save_pretrained(directory, safe_serialization=True)

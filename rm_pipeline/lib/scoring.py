@@ -6,9 +6,9 @@ Knows nothing of Dagster.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -19,13 +19,13 @@ from rm_pipeline.lib.settings import setting
 from rm_pipeline.lib.tokenization import encode, load_tokenizer
 
 
-
 @dataclass(frozen=True)
 class ScoringSettings:
     batch_size: int = setting(32, "Sequences per forward pass (sorted by length, no gradient).")
 
 
 SCORING_BATCH_SIZE = ScoringSettings.batch_size
+
 
 def pad_right(sequences: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded ids and attention mask, as the training collator builds them."""
@@ -39,15 +39,21 @@ def pad_right(sequences: list[list[int]], pad_token_id: int) -> tuple[torch.Tens
 
 
 @torch.no_grad()
-def score_ids(model, sequences: list[list[int]], pad_token_id: int, batch_size: int = SCORING_BATCH_SIZE,
-              sort_by_length: bool = True, progress: Callable[[int], None] | None = None) -> np.ndarray:
+def score_ids(
+    model,
+    sequences: list[list[int]],
+    pad_token_id: int,
+    batch_size: int = SCORING_BATCH_SIZE,
+    sort_by_length: bool = True,
+    progress: Callable[[int], None] | None = None,
+) -> np.ndarray:
     """One reward per token sequence. Sorting by length keeps padding, and so wasted work, small."""
     model.eval()
     device = next(model.parameters()).device
     order = np.argsort([len(ids) for ids in sequences], kind="stable") if sort_by_length else np.arange(len(sequences))
     rewards = np.empty(len(sequences), dtype=np.float64)
     for start in range(0, len(order), batch_size):
-        chunk = order[start:start + batch_size]
+        chunk = order[start : start + batch_size]
         input_ids, attention_mask = pad_right([sequences[i] for i in chunk], pad_token_id)
         logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
         rewards[chunk] = logits[:, 0].float().cpu().numpy()
@@ -59,7 +65,7 @@ def score_ids(model, sequences: list[list[int]], pad_token_id: int, batch_size: 
 def fit_to_length(ids: list[int], limit: int) -> list[int]:
     """A sequence cut to the model's position limit by dropping the oldest context: the first token
     ([CLS] / BOS) and the last ``limit - 1`` (the response and its closing token) are kept."""
-    return ids if len(ids) <= limit else ids[:1] + ids[len(ids) - limit + 1:]
+    return ids if len(ids) <= limit else ids[:1] + ids[len(ids) - limit + 1 :]
 
 
 def position_limit(model, tokenizer) -> int:
@@ -79,47 +85,69 @@ class RewardScorer:
     batch_size: int = SCORING_BATCH_SIZE
 
     @classmethod
-    def load(cls, model_dir: str | Path, batch_size: int = SCORING_BATCH_SIZE, trust_remote_code: bool = False) -> "RewardScorer":
+    def load(
+        cls, model_dir: str | Path, batch_size: int = SCORING_BATCH_SIZE, trust_remote_code: bool = False
+    ) -> RewardScorer:
         """A saved model directory on the GPU when there is one (bf16 where supported), else the CPU."""
         from transformers import AutoModelForSequenceClassification
 
         cuda = torch.cuda.is_available()
         dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
         model = AutoModelForSequenceClassification.from_pretrained(
-            str(model_dir), dtype=dtype, trust_remote_code=trust_remote_code).to("cuda" if cuda else "cpu")
+            str(model_dir), dtype=dtype, trust_remote_code=trust_remote_code
+        ).to("cuda" if cuda else "cpu")
         tokenizer = load_tokenizer(str(model_dir), trust_remote_code)
         return cls(model, tokenizer, position_limit(model, tokenizer), batch_size)
 
-    def score(self, prompts, responses, conversational, sort_by_length: bool = True,
-              progress: Callable[[int], None] | None = None) -> pd.DataFrame:
+    def score(
+        self,
+        prompts,
+        responses,
+        conversational,
+        sort_by_length: bool = True,
+        progress: Callable[[int], None] | None = None,
+    ) -> pd.DataFrame:
         """One row per (prompt, response): ``reward``, ``tokens`` (the response's own length in tokens)
         and ``truncated`` (the sequence was longer than the model reads and lost its oldest context)."""
         responses = [str(response) for response in responses]
         if not responses:
-            return pd.DataFrame({"reward": np.empty(0), "tokens": np.empty(0, dtype="int64"),
-                                 "truncated": np.empty(0, dtype=bool)})
+            return pd.DataFrame(
+                {"reward": np.empty(0), "tokens": np.empty(0, dtype="int64"), "truncated": np.empty(0, dtype=bool)}
+            )
         sequences = encode(self.tokenizer, prompts, responses, conversational)
         truncated = np.fromiter((len(ids) > self.max_length for ids in sequences), dtype=bool, count=len(sequences))
         sequences = [fit_to_length(ids, self.max_length) for ids in sequences]
-        rewards = score_ids(self.model, sequences, self.tokenizer.pad_token_id, self.batch_size, sort_by_length,
-                            progress)
+        rewards = score_ids(
+            self.model, sequences, self.tokenizer.pad_token_id, self.batch_size, sort_by_length, progress
+        )
         lengths = self.tokenizer(responses, add_special_tokens=False, verbose=False)["input_ids"]
-        return pd.DataFrame({"reward": rewards, "tokens": np.fromiter(map(len, lengths), dtype="int64",
-                                                                       count=len(lengths)),
-                             "truncated": truncated})
+        return pd.DataFrame(
+            {
+                "reward": rewards,
+                "tokens": np.fromiter(map(len, lengths), dtype="int64", count=len(lengths)),
+                "truncated": truncated,
+            }
+        )
 
     def score_pairs(self, pairs: pd.DataFrame, progress: Callable[[int], None] | None = None) -> pd.DataFrame:
         """``pairs`` (prompt, conversational, chosen, rejected, ...) with chosen_reward, rejected_reward,
         chosen_tokens and rejected_tokens (response lengths) and truncated (either side) added. Both
         sides are scored in one length-sorted pass."""
         n = len(pairs)
-        scored = self.score(list(pairs["prompt"]) * 2, list(pairs["chosen"]) + list(pairs["rejected"]),
-                            list(pairs["conversational"]) * 2,
-                            progress=progress)
+        scored = self.score(
+            list(pairs["prompt"]) * 2,
+            list(pairs["chosen"]) + list(pairs["rejected"]),
+            list(pairs["conversational"]) * 2,
+            progress=progress,
+        )
         chosen, rejected = scored.iloc[:n], scored.iloc[n:]
-        return pairs.assign(chosen_reward=chosen["reward"].to_numpy(), rejected_reward=rejected["reward"].to_numpy(),
-                            chosen_tokens=chosen["tokens"].to_numpy(), rejected_tokens=rejected["tokens"].to_numpy(),
-                            truncated=chosen["truncated"].to_numpy() | rejected["truncated"].to_numpy())
+        return pairs.assign(
+            chosen_reward=chosen["reward"].to_numpy(),
+            rejected_reward=rejected["reward"].to_numpy(),
+            chosen_tokens=chosen["tokens"].to_numpy(),
+            rejected_tokens=rejected["tokens"].to_numpy(),
+            truncated=chosen["truncated"].to_numpy() | rejected["truncated"].to_numpy(),
+        )
 
 
 # ---------------------------------------------------------------- best-of-N candidates
@@ -177,18 +205,22 @@ def read_candidates(path: str | Path, max_errors: int = 20) -> list[dict]:
         else:
             bad = [i for i, candidate in enumerate(candidates) if _candidate_text(candidate) is None]
             if bad:
-                errors.append(f"{where}: candidates[{bad[0]}]: must be text or a {{role, content}} message"
-                              + (f" ({len(bad)} such candidates)" if len(bad) > 1 else ""))
+                errors.append(
+                    f"{where}: candidates[{bad[0]}]: must be text or a {{role, content}} message"
+                    + (f" ({len(bad)} such candidates)" if len(bad) > 1 else "")
+                )
         records.append(record)
     if errors:
-        shown = "\n".join(errors[:max_errors]) + (f"\n... {len(errors) - max_errors} more" if len(errors) > max_errors
-                                                   else "")
+        shown = "\n".join(errors[:max_errors]) + (
+            f"\n... {len(errors) - max_errors} more" if len(errors) > max_errors else ""
+        )
         raise CandidateFileError(f"{len(errors)} problem(s) in {path}:\n{shown}")
     return records
 
 
-def rank_candidates(scorer: "RewardScorer", records: list[dict], progress: Callable[[int], None] | None = None
-                    ) -> list[dict]:
+def rank_candidates(
+    scorer: RewardScorer, records: list[dict], progress: Callable[[int], None] | None = None
+) -> list[dict]:
     """Each record with ``rewards`` (one per candidate, input order) and ``ranking`` (candidate indices,
     best first; equal rewards keep input order). All candidates of all records are scored together, in
     length-sorted batches."""
@@ -202,10 +234,15 @@ def rank_candidates(scorer: "RewardScorer", records: list[dict], progress: Calla
     rewards = scorer.score(prompts, responses, conversational, progress=progress)["reward"].to_numpy()
     ranked, start = [], 0
     for record in records:
-        mine = rewards[start:start + len(record["candidates"])]
+        mine = rewards[start : start + len(record["candidates"])]
         start += len(mine)
-        ranked.append({**record, "rewards": [float(r) for r in mine],
-                       "ranking": [int(i) for i in np.argsort(-mine, kind="stable")]})
+        ranked.append(
+            {
+                **record,
+                "rewards": [float(r) for r in mine],
+                "ranking": [int(i) for i in np.argsort(-mine, kind="stable")],
+            }
+        )
     return ranked
 
 
@@ -224,7 +261,9 @@ def trl_reward_function(model_dir: str | Path, batch_size: int = SCORING_BATCH_S
 
     def reward(prompts: list, completions: list, **_) -> list[float]:
         chat = [isinstance(prompt, list) for prompt in prompts]
-        texts = [json.dumps(prompt, ensure_ascii=False) if is_chat else prompt for prompt, is_chat in zip(prompts, chat)]
+        texts = [
+            json.dumps(prompt, ensure_ascii=False) if is_chat else prompt for prompt, is_chat in zip(prompts, chat)
+        ]
         replies = [_candidate_text(c[-1] if isinstance(c, list) else c) for c in completions]
         return scorer.score(texts, replies, chat)["reward"].tolist()
 

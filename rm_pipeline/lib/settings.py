@@ -20,6 +20,8 @@ def build_settings(settings_type: type[Settings], values: dict[str, Any]) -> Set
     known = {field.name for field in dataclasses.fields(settings_type)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ValueError(f"{settings_type.__name__} has no setting {', '.join(map(repr, unknown))}; "
-                         f"known: {', '.join(sorted(known))}")
+        raise ValueError(
+            f"{settings_type.__name__} has no setting {', '.join(map(repr, unknown))}; "
+            f"known: {', '.join(sorted(known))}"
+        )
     return settings_type(**values)

@@ -2,8 +2,9 @@
 
 A group is every prompt id that shares a prompt text with another (case and spacing ignored): two
 vendors who filed the same instruction under their own ids (PandaLM and Tulu both use the
-self-instruct user-oriented set) must not put it on both sides. A group's side comes from a salted hash of its key, not a shuffle, so it never moves when new data
-arrives. Stratification only steps in for a domain the hash left one-sided. Knows nothing of Dagster.
+self-instruct user-oriented set) must not put it on both sides. A group's side comes from a salted
+hash of its key, not a shuffle, so it never moves when new data arrives. Stratification only steps in
+for a domain the hash left one-sided. Knows nothing of Dagster.
 """
 
 from __future__ import annotations
@@ -30,8 +31,10 @@ class SplitSettings:
 def group_scores(keys: pd.Series, seed: int) -> pd.Series:
     """A stable number in [0, 1) per group key (blake2b, the same on every machine and version)."""
     unique = pd.unique(keys)
-    scores = [int.from_bytes(hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=8).digest(), "big") / 2**64
-              for key in unique]
+    scores = [
+        int.from_bytes(hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=8).digest(), "big") / 2**64
+        for key in unique
+    ]
     return keys.map(pd.Series(scores, index=unique))
 
 
@@ -52,9 +55,14 @@ def prompt_groups(pairs: pd.DataFrame, group_column: str = "prompt_id", text_col
     return pd.Series(key_of_id[id_codes], index=pairs.index, name="prompt_group")
 
 
-def split_by_group(pairs: pd.DataFrame, eval_fraction: float = SplitSettings.eval_fraction,
-                   seed: int = SplitSettings.seed, group_column: str = "prompt_id",
-                   domain_column: str = "domain", text_column: str = "prompt") -> pd.DataFrame:
+def split_by_group(
+    pairs: pd.DataFrame,
+    eval_fraction: float = SplitSettings.eval_fraction,
+    seed: int = SplitSettings.seed,
+    group_column: str = "prompt_id",
+    domain_column: str = "domain",
+    text_column: str = "prompt",
+) -> pd.DataFrame:
     """The pairs with `prompt_group` (the group's key) and `split` ('train' | 'eval').
 
     Groups are ``group_column`` values joined by a shared ``text_column`` (when the pairs have one).

@@ -60,8 +60,10 @@ def hold_storage(root: str | os.PathLike, **holder):
     except BlockingIOError:
         current = _read(lock)
         lock.close()
-        raise StorageInUse(f"storage root {root} is in use by {describe(current)}; wait for it to finish, or use "
-                           f"another storage root (--home, $RM_PIPELINE_HOME)") from None
+        raise StorageInUse(
+            f"storage root {root} is in use by {describe(current)}; wait for it to finish, or use "
+            f"another storage root (--home, $RM_PIPELINE_HOME)"
+        ) from None
     previous = _read(lock)
     _write(lock, holder)
     _held[root] = lock

@@ -62,9 +62,10 @@ def encode(tokenizer, prompts, responses, conversational) -> list[list[int]]:
         texts = [prompt_text(p, c) for p, c in zip(prompts, conversational)]
         return tokenizer(texts, responses, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
     if tokenizer.chat_template:
-        texts = [tokenizer.apply_chat_template(prompt_messages(p, c) + [{"role": "assistant", "content": r}],
-                                               tokenize=False)
-                 for p, r, c in zip(prompts, responses, conversational)]
+        texts = [
+            tokenizer.apply_chat_template(prompt_messages(p, c) + [{"role": "assistant", "content": r}], tokenize=False)
+            for p, r, c in zip(prompts, responses, conversational)
+        ]
         ids = tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
     else:
         texts = [f"{prompt_text(p, c)}\n\n{r}" for p, r, c in zip(prompts, responses, conversational)]

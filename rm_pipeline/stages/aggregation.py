@@ -5,8 +5,8 @@ import pandas as pd
 
 from rm_pipeline.config import config_class
 from rm_pipeline.lib import gates
-from rm_pipeline.lib.aggregation import (AggregationSettings, ReviewThresholds, aggregate_votes, neutralise_formulas,
-                                         review_queue as select_review_queue)
+from rm_pipeline.lib.aggregation import AggregationSettings, ReviewThresholds, aggregate_votes, neutralise_formulas
+from rm_pipeline.lib.aggregation import review_queue as select_review_queue
 from rm_pipeline.resources import PipelineStorage
 from rm_pipeline.stages.metadata import OWNERS, gate_result, histogram, preview, table_fingerprint
 
@@ -18,30 +18,40 @@ ReviewConfig = config_class(ReviewThresholds, "ReviewConfig")
 
 
 @dg.asset(group_name=GROUP, kinds={"pandas", "parquet"}, code_version="1", owners=OWNERS)
-def aggregated_preferences(context: dg.AssetExecutionContext, config: AggregationConfig,
-                           raw_annotations: pd.DataFrame) -> dg.Output[pd.DataFrame]:
+def aggregated_preferences(
+    context: dg.AssetExecutionContext, config: AggregationConfig, raw_annotations: pd.DataFrame
+) -> dg.Output[pd.DataFrame]:
     """One row per comparison: winner, vote counts, chosen share, tie share, confidence and the
     mean reliability of its annotators."""
     result = aggregate_votes(raw_annotations, **config.model_dump())
     comparisons, annotators = result.comparisons, result.annotators
     context.log.info(f"{len(raw_annotations)} votes -> {len(comparisons)} comparisons ({config.method})")
-    return dg.Output(comparisons, data_version=dg.DataVersion(table_fingerprint(comparisons)), metadata={
-        "dagster/row_count": len(comparisons),
-        "method": config.method,
-        "winners": dg.MetadataValue.json({k: int(v) for k, v in comparisons["winner"].value_counts().items()}),
-        "ties_counted": int(comparisons["ties"].sum()),
-        "abstentions_counted": int(comparisons["abstentions"].sum()),
-        "multi_vote_comparisons": int((comparisons["n_votes"] > 1).sum()),
-        "agreement_histogram": histogram(comparisons.loc[comparisons["n_votes"] > 1, "chosen_share"]),
-        "annotator_reliability": dg.MetadataValue.md(
-            annotators.sort_values("reliability").to_markdown(index=False, floatfmt=".3f")),
-        "preview": preview(comparisons, ["item_id", "winner", "n_votes", "chosen_share", "tie_share", "domain"]),
-    })
+    return dg.Output(
+        comparisons,
+        data_version=dg.DataVersion(table_fingerprint(comparisons)),
+        metadata={
+            "dagster/row_count": len(comparisons),
+            "method": config.method,
+            "winners": dg.MetadataValue.json({k: int(v) for k, v in comparisons["winner"].value_counts().items()}),
+            "ties_counted": int(comparisons["ties"].sum()),
+            "abstentions_counted": int(comparisons["abstentions"].sum()),
+            "multi_vote_comparisons": int((comparisons["n_votes"] > 1).sum()),
+            "agreement_histogram": histogram(comparisons.loc[comparisons["n_votes"] > 1, "chosen_share"]),
+            "annotator_reliability": dg.MetadataValue.md(
+                annotators.sort_values("reliability").to_markdown(index=False, floatfmt=".3f")
+            ),
+            "preview": preview(comparisons, ["item_id", "winner", "n_votes", "chosen_share", "tie_share", "domain"]),
+        },
+    )
 
 
 @dg.asset(group_name=GROUP, kinds={"pandas", "parquet", "csv"}, code_version="1", owners=OWNERS)
-def review_queue(context: dg.AssetExecutionContext, config: ReviewConfig, storage: PipelineStorage,
-                 aggregated_preferences: pd.DataFrame) -> dg.Output[pd.DataFrame]:
+def review_queue(
+    context: dg.AssetExecutionContext,
+    config: ReviewConfig,
+    storage: PipelineStorage,
+    aggregated_preferences: pd.DataFrame,
+) -> dg.Output[pd.DataFrame]:
     """Disputed comparisons for people to review (also the disagreement slice for evaluation; kept
     out of training by default). Exported as CSV with an empty `review_decision` column; text cells
     that a spreadsheet would run as a formula get a leading single quote."""
@@ -51,22 +61,33 @@ def review_queue(context: dg.AssetExecutionContext, config: ReviewConfig, storag
     neutralise_formulas(queue).to_csv(export, index=False, lineterminator="\r\n")
     reasons = queue["review_reasons"].str.split(",").explode().value_counts()
     context.log.info(f"{len(queue)} of {len(aggregated_preferences)} comparisons routed to review: {export}")
-    return dg.Output(queue, metadata={
-        "dagster/row_count": len(queue),
-        "export": dg.MetadataValue.path(str(export)),
-        "share_of_comparisons": round(len(queue) / max(len(aggregated_preferences), 1), 4),
-        "reasons": dg.MetadataValue.json({k: int(v) for k, v in reasons.items()}),
-        "preview": preview(queue, ["item_id", "review_reasons", "votes_a", "votes_b", "ties", "winner"]),
-    })
+    return dg.Output(
+        queue,
+        metadata={
+            "dagster/row_count": len(queue),
+            "export": dg.MetadataValue.path(str(export)),
+            "share_of_comparisons": round(len(queue) / max(len(aggregated_preferences), 1), 4),
+            "reasons": dg.MetadataValue.json({k: int(v) for k, v in reasons.items()}),
+            "preview": preview(queue, ["item_id", "review_reasons", "votes_a", "votes_b", "ties", "winner"]),
+        },
+    )
 
 
-@dg.asset_check(asset=aggregated_preferences, additional_ins={"raw_annotations": dg.AssetIn()}, blocking=True,
-                description="Great Expectations: counts add up per comparison and to the votes in; shares in [0, 1].")
+@dg.asset_check(
+    asset=aggregated_preferences,
+    additional_ins={"raw_annotations": dg.AssetIn()},
+    blocking=True,
+    description="Great Expectations: counts add up per comparison and to the votes in; shares in [0, 1].",
+)
 def aggregated_preferences_consistent(aggregated_preferences, raw_annotations):
     return gate_result(gates.aggregated_preferences_gate(aggregated_preferences, raw_annotations))
 
 
-@dg.asset_check(asset=review_queue, additional_ins={"aggregated_preferences": dg.AssetIn()}, blocking=True,
-                description="Great Expectations: each queued comparison exists, once, with a reason.")
+@dg.asset_check(
+    asset=review_queue,
+    additional_ins={"aggregated_preferences": dg.AssetIn()},
+    blocking=True,
+    description="Great Expectations: each queued comparison exists, once, with a reason.",
+)
 def review_queue_consistent(review_queue, aggregated_preferences):
     return gate_result(gates.review_queue_gate(review_queue, aggregated_preferences))

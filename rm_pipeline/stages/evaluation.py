@@ -12,8 +12,17 @@ from rm_pipeline.lib.evaluation import read_leaderboard
 from rm_pipeline.lib.evaluation_inputs import file_pairs_to_score, responses_to_score, split_pairs_to_score
 from rm_pipeline.lib.markdown import inline_png, markdown_table
 from rm_pipeline.lib.readiness import ReadinessThresholds, readiness, split_overlap
-from rm_pipeline.lib.report import (READINESS_FILE, REPORT_JSON, REPORT_MARKDOWN, ReportSettings, build_report,
-                                    store_in_model_config, write_atomically, write_plots, write_report)
+from rm_pipeline.lib.report import (
+    READINESS_FILE,
+    REPORT_JSON,
+    REPORT_MARKDOWN,
+    ReportSettings,
+    build_report,
+    store_in_model_config,
+    write_atomically,
+    write_plots,
+    write_report,
+)
 from rm_pipeline.lib.scoring import RewardScorer, ScoringSettings
 from rm_pipeline.resources import EvaluationSource, PipelineStorage
 from rm_pipeline.stages.metadata import OWNERS, counts_table
@@ -59,24 +68,39 @@ def _progress_log(context, total: int, every: float = 0.1):
             elapsed = time.perf_counter() - started
             context.log.info(f"scored {done}/{total} sequences, ETA {elapsed * (total - done) / done:.0f} s")
             next_report = done / total + every
+
     return progress
 
 
 @dg.multi_asset(
-    group_name=GROUP, deps=["reward_model"], can_subset=False,
+    group_name=GROUP,
+    deps=["reward_model"],
+    can_subset=False,
     outs={
         "reward_scores": dg.AssetOut(
-            kinds={"pytorch", "parquet"}, owners=OWNERS, code_version="1",
+            kinds={"pytorch", "parquet"},
+            owners=OWNERS,
+            code_version="1",
             description="Every evaluation pair scored once: held-out pairs, the disagreement slice, human-labelled "
-                        "fresh-policy pairs and benchmark files (`source`), with both rewards and response lengths "
-                        "in tokens."),
+            "fresh-policy pairs and benchmark files (`source`), with both rewards and response lengths "
+            "in tokens.",
+        ),
         "response_scores": dg.AssetOut(
-            kinds={"pytorch", "parquet"}, owners=OWNERS, code_version="1",
+            kinds={"pytorch", "parquet"},
+            owners=OWNERS,
+            code_version="1",
             description="Single answers scored: fresh policy outputs (`policy_outputs`) and human-ranked replies "
-                        "(`rankings`)."),
-    })
-def reward_scores(context: dg.AssetExecutionContext, config: ScoringConfig, evaluation_source: EvaluationSource,
-                  preference_split: pd.DataFrame, review_queue: pd.DataFrame):
+            "(`rankings`).",
+        ),
+    },
+)
+def reward_scores(
+    context: dg.AssetExecutionContext,
+    config: ScoringConfig,
+    evaluation_source: EvaluationSource,
+    preference_split: pd.DataFrame,
+    review_queue: pd.DataFrame,
+):
     """Score with the current model, batched and length-sorted, without gradients."""
     model_dir, _ = current_model(context)
     folder = evaluation_source.folder()
@@ -94,83 +118,140 @@ def reward_scores(context: dg.AssetExecutionContext, config: ScoringConfig, eval
     started = time.perf_counter()
     pair_scores = scorer.score_pairs(pairs, progress)
     answers = scorer.score(responses["prompt"], responses["response"], responses["conversational"], progress=progress)
-    response_scores = responses.assign(reward=answers["reward"].to_numpy(), tokens=answers["tokens"].to_numpy(),
-                                       truncated=answers["truncated"].to_numpy())
+    response_scores = responses.assign(
+        reward=answers["reward"].to_numpy(),
+        tokens=answers["tokens"].to_numpy(),
+        truncated=answers["truncated"].to_numpy(),
+    )
     seconds = time.perf_counter() - started
-    context.log.info(f"scored {len(pair_scores)} pairs and {len(response_scores)} answers with {model_dir.name} "
-                     f"in {seconds:.1f} s")
+    context.log.info(
+        f"scored {len(pair_scores)} pairs and {len(response_scores)} answers with {model_dir.name} in {seconds:.1f} s"
+    )
     common = {"model_path": dg.MetadataValue.path(str(model_dir)), "sequences_per_s": round(sequences / seconds, 1)}
-    yield dg.Output(pair_scores, output_name="reward_scores", metadata={
-        **common, "dagster/row_count": len(pair_scores),
-        "pairs_by_source": counts_table(pair_scores["source"].value_counts().to_dict(), key="source"),
-        "truncated_pairs": int(pair_scores["truncated"].sum()),
-        "rows_quarantined": len(quarantine),
-        "quarantined": counts_table({f"{Path(file).name}: {reason}": n for (file, reason), n
-                                     in quarantine.groupby(["file", "reason"]).size().items()}, key="file: reason")})
-    yield dg.Output(response_scores, output_name="response_scores", metadata={
-        **common, "dagster/row_count": len(response_scores),
-        "answers_by_source": counts_table(response_scores["source"].value_counts().to_dict(), key="source")})
+    yield dg.Output(
+        pair_scores,
+        output_name="reward_scores",
+        metadata={
+            **common,
+            "dagster/row_count": len(pair_scores),
+            "pairs_by_source": counts_table(pair_scores["source"].value_counts().to_dict(), key="source"),
+            "truncated_pairs": int(pair_scores["truncated"].sum()),
+            "rows_quarantined": len(quarantine),
+            "quarantined": counts_table(
+                {
+                    f"{Path(file).name}: {reason}": n
+                    for (file, reason), n in quarantine.groupby(["file", "reason"]).size().items()
+                },
+                key="file: reason",
+            ),
+        },
+    )
+    yield dg.Output(
+        response_scores,
+        output_name="response_scores",
+        metadata={
+            **common,
+            "dagster/row_count": len(response_scores),
+            "answers_by_source": counts_table(response_scores["source"].value_counts().to_dict(), key="source"),
+        },
+    )
 
 
 @dg.asset(group_name=GROUP, kinds={"markdown", "json"}, code_version="1", owners=OWNERS)
-def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationReportConfig, storage: PipelineStorage,
-                      evaluation_source: EvaluationSource, reward_scores: pd.DataFrame,
-                      response_scores: pd.DataFrame, preference_split: pd.DataFrame) -> dg.MaterializeResult:
+def evaluation_report(
+    context: dg.AssetExecutionContext,
+    config: EvaluationReportConfig,
+    storage: PipelineStorage,
+    evaluation_source: EvaluationSource,
+    reward_scores: pd.DataFrame,
+    response_scores: pd.DataFrame,
+    preference_split: pd.DataFrame,
+) -> dg.MaterializeResult:
     """Held-out accuracy, per-domain and spillover, the disagreement slice, a length-bias audit, calibration,
     fresh policy outputs, K-way rankings and benchmark files: Markdown and JSON under `reports/<model>/`.
     The temperature fitted on the held-out pairs is stored in the model's config as `reward_temperature`."""
     model_dir, trained_on = current_model(context)
     split_version = split_data_version(preference_split)
     if trained_on != split_version:
-        context.log.warning(f"{model_dir.name} was trained on split {trained_on}, the split is now {split_version}: "
-                            "its held-out numbers are for pairs it may have seen; retrain it")
+        context.log.warning(
+            f"{model_dir.name} was trained on split {trained_on}, the split is now {split_version}: "
+            "its held-out numbers are for pairs it may have seen; retrain it"
+        )
     try:
-        leaderboard = read_leaderboard(evaluation_source.folder().root / config.leaderboard_file,
-                                       config.leaderboard_column)
+        leaderboard = read_leaderboard(
+            evaluation_source.folder().root / config.leaderboard_file, config.leaderboard_column
+        )
     except ValueError as error:
         raise dg.Failure(str(error)) from None
     train_domains = preference_split.loc[preference_split["split"] == "train", "domain"].unique()
-    report = build_report(reward_scores, response_scores, train_domains, leaderboard,
-                          settings_from_config(ReportSettings, config))
+    report = build_report(
+        reward_scores, response_scores, train_domains, leaderboard, settings_from_config(ReportSettings, config)
+    )
     temperature = report["calibration"].get("temperature_fit", {}).get("temperature")
     if temperature is not None:
         store_in_model_config(model_dir, {"reward_temperature": temperature})
 
     folder = report_folder(storage, model_dir)
     plots = write_plots(reward_scores, response_scores, report, folder)
-    facts = {"model_name": model_dir.name, "model_path": str(model_dir), "trained_on_split": trained_on,
-             "evaluated_split": split_version, "evaluation_folder": str(evaluation_source.directory)}
-    json_path, markdown_path = write_report(folder, {"facts": facts, "plots": {k: p.name for k, p in plots.items()},
-                                                     "report": report})
+    facts = {
+        "model_name": model_dir.name,
+        "model_path": str(model_dir),
+        "trained_on_split": trained_on,
+        "evaluated_split": split_version,
+        "evaluation_folder": str(evaluation_source.directory),
+    }
+    json_path, markdown_path = write_report(
+        folder, {"facts": facts, "plots": {k: p.name for k, p in plots.items()}, "report": report}
+    )
     held, length, calibration = report["held_out"], report["length"], report["calibration"]
-    return dg.MaterializeResult(metadata={
-        "report": dg.MetadataValue.path(str(markdown_path)),
-        "report_json": dg.MetadataValue.path(str(json_path)),
-        "model_path": dg.MetadataValue.path(str(model_dir)),
-        "held_out_accuracy": held["accuracy"], "held_out_pairs": held["n"], "held_out_ties": held["ties"],
-        "spillover_accuracy": (report["domains"]["spillover"] or {}).get("accuracy"),
-        "disagreement_accuracy": report["disagreement"]["accuracy"],
-        "length_spearman": length["spearman_rho"], "longer_wins_accuracy": length["longer_wins_accuracy"],
-        "length_matched_accuracy": length["length_matched_accuracy"], "length_matched_pairs": length["length_matched_n"],
-        "ece": calibration.get("ece"), "temperature": temperature,
-        "policy_leaderboard_spearman": report["policies"].get("leaderboard", {}).get("spearman_rho"),
-        "top1_agreement": report["rankings"].get("top1_agreement"),
-        "benchmarks": dg.MetadataValue.json({name: {"n": s["n"], "accuracy": s["accuracy"]}
-                                             for name, s in report["benchmarks"].items()}),
-        "by_domain": dg.MetadataValue.md(markdown_table(report["domains"]["table"])),
-        "by_agreement": dg.MetadataValue.md(markdown_table(report["agreement"])),
-        "policies": dg.MetadataValue.md(markdown_table(report["policies"].get("summary", []))),
-        **{name: dg.MetadataValue.md(inline_png(path, name)) for name, path in plots.items()},
-    })
+    return dg.MaterializeResult(
+        metadata={
+            "report": dg.MetadataValue.path(str(markdown_path)),
+            "report_json": dg.MetadataValue.path(str(json_path)),
+            "model_path": dg.MetadataValue.path(str(model_dir)),
+            "held_out_accuracy": held["accuracy"],
+            "held_out_pairs": held["n"],
+            "held_out_ties": held["ties"],
+            "spillover_accuracy": (report["domains"]["spillover"] or {}).get("accuracy"),
+            "disagreement_accuracy": report["disagreement"]["accuracy"],
+            "length_spearman": length["spearman_rho"],
+            "longer_wins_accuracy": length["longer_wins_accuracy"],
+            "length_matched_accuracy": length["length_matched_accuracy"],
+            "length_matched_pairs": length["length_matched_n"],
+            "ece": calibration.get("ece"),
+            "temperature": temperature,
+            "policy_leaderboard_spearman": report["policies"].get("leaderboard", {}).get("spearman_rho"),
+            "top1_agreement": report["rankings"].get("top1_agreement"),
+            "benchmarks": dg.MetadataValue.json(
+                {name: {"n": s["n"], "accuracy": s["accuracy"]} for name, s in report["benchmarks"].items()}
+            ),
+            "by_domain": dg.MetadataValue.md(markdown_table(report["domains"]["table"])),
+            "by_agreement": dg.MetadataValue.md(markdown_table(report["agreement"])),
+            "policies": dg.MetadataValue.md(markdown_table(report["policies"].get("summary", []))),
+            **{name: dg.MetadataValue.md(inline_png(path, name)) for name, path in plots.items()},
+        }
+    )
 
 
-@dg.asset(group_name=GROUP, kinds={"json"}, code_version="1", owners=OWNERS, deps=["evaluation_report"],
-          check_specs=[dg.AssetCheckSpec(
-              "reward_model_ready", asset="reward_readiness", blocking=True,
-              description="Fails unless every readiness check passes: nothing downstream treats the model as "
-                          "approved for optimisation.")])
-def reward_readiness(context: dg.AssetExecutionContext, config: ReadinessConfig, storage: PipelineStorage,
-                     preference_split: pd.DataFrame) -> dg.MaterializeResult:
+@dg.asset(
+    group_name=GROUP,
+    kinds={"json"},
+    code_version="1",
+    owners=OWNERS,
+    deps=["evaluation_report"],
+    check_specs=[
+        dg.AssetCheckSpec(
+            "reward_model_ready",
+            asset="reward_readiness",
+            blocking=True,
+            description="Fails unless every readiness check passes: nothing downstream treats the model as "
+            "approved for optimisation.",
+        )
+    ],
+)
+def reward_readiness(
+    context: dg.AssetExecutionContext, config: ReadinessConfig, storage: PipelineStorage, preference_split: pd.DataFrame
+) -> dg.MaterializeResult:
     """`optimize_against_reward`, check by check, written beside the model as `readiness.json` and added to
     the evaluation report."""
     model_dir, _ = current_model(context)
@@ -178,21 +259,40 @@ def reward_readiness(context: dg.AssetExecutionContext, config: ReadinessConfig,
     if not (folder / REPORT_JSON).exists():
         raise dg.Failure(f"no evaluation report for {model_dir.name} in {folder}: materialise evaluation_report")
     document = json.loads((folder / REPORT_JSON).read_text())
-    verdict = readiness(document["report"], split_overlap(preference_split), settings_from_config(ReadinessThresholds, config))
-    write_atomically(model_dir / READINESS_FILE, json.dumps(
-        {**verdict, "model_path": str(model_dir), "report": str(folder / REPORT_MARKDOWN)}, indent=2))
+    verdict = readiness(
+        document["report"], split_overlap(preference_split), settings_from_config(ReadinessThresholds, config)
+    )
+    write_atomically(
+        model_dir / READINESS_FILE,
+        json.dumps({**verdict, "model_path": str(model_dir), "report": str(folder / REPORT_MARKDOWN)}, indent=2),
+    )
     _, markdown_path = write_report(folder, {**document, "readiness": verdict})
     ready = verdict["optimize_against_reward"]
-    context.log.info(f"{model_dir.name}: {'ready' if ready else 'NOT ready'}" +
-                     "".join(f"\n- {reason}" for reason in verdict["reasons"]))
-    checks = dg.MetadataValue.md("\n".join(f"- {'pass' if c['passed'] else 'FAIL'} `{c['check']}`: {c['reason']}"
-                                           for c in verdict["checks"]))
+    context.log.info(
+        f"{model_dir.name}: {'ready' if ready else 'NOT ready'}"
+        + "".join(f"\n- {reason}" for reason in verdict["reasons"])
+    )
+    checks = dg.MetadataValue.md(
+        "\n".join(f"- {'pass' if c['passed'] else 'FAIL'} `{c['check']}`: {c['reason']}" for c in verdict["checks"])
+    )
     return dg.MaterializeResult(
-        metadata={"optimize_against_reward": ready, "checks": checks, "recommendation": verdict["recommendation"],
-                  "readiness_file": dg.MetadataValue.path(str(model_dir / READINESS_FILE)),
-                  "report": dg.MetadataValue.path(str(markdown_path)),
-                  "model_path": dg.MetadataValue.path(str(model_dir))},
-        check_results=[dg.AssetCheckResult(
-            check_name="reward_model_ready", passed=ready, severity=dg.AssetCheckSeverity.ERROR,
-            metadata={"failed_checks": len(verdict["reasons"]), "reasons": dg.MetadataValue.md(
-                "\n".join(f"- {reason}" for reason in verdict["reasons"]) or "none")})])
+        metadata={
+            "optimize_against_reward": ready,
+            "checks": checks,
+            "recommendation": verdict["recommendation"],
+            "readiness_file": dg.MetadataValue.path(str(model_dir / READINESS_FILE)),
+            "report": dg.MetadataValue.path(str(markdown_path)),
+            "model_path": dg.MetadataValue.path(str(model_dir)),
+        },
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="reward_model_ready",
+                passed=ready,
+                severity=dg.AssetCheckSeverity.ERROR,
+                metadata={
+                    "failed_checks": len(verdict["reasons"]),
+                    "reasons": dg.MetadataValue.md("\n".join(f"- {reason}" for reason in verdict["reasons"]) or "none"),
+                },
+            )
+        ],
+    )

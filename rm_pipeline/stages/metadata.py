@@ -18,15 +18,18 @@ PREVIEW_CHARS = 80
 def counts_table(counts: dict, key: str = "reason") -> dg.MetadataValue:
     return dg.MetadataValue.table(
         records=[dg.TableRecord({key: str(name), "count": int(n)}) for name, n in counts.items()],
-        schema=dg.TableSchema(columns=[dg.TableColumn(key, "string"), dg.TableColumn("count", "int")]))
+        schema=dg.TableSchema(columns=[dg.TableColumn(key, "string"), dg.TableColumn("count", "int")]),
+    )
 
 
 def histogram(values: pd.Series, bins=(0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.999, 1.0)) -> dg.MetadataValue:
     """A text histogram: renders in the UI without an image store."""
     counts, edges = np.histogram(values.dropna(), bins=bins)
     widest = max(counts.max(), 1) if len(counts) else 1
-    rows = [{"range": f"{lo:.2f}–{hi:.2f}", "count": int(n), "": "█" * int(round(30 * n / widest))}
-            for lo, hi, n in zip(edges[:-1], edges[1:], counts)]
+    rows = [
+        {"range": f"{lo:.2f}–{hi:.2f}", "count": int(n), "": "█" * int(round(30 * n / widest))}
+        for lo, hi, n in zip(edges[:-1], edges[1:], counts)
+    ]
     return dg.MetadataValue.md(markdown_table(rows))
 
 
@@ -47,6 +50,11 @@ def table_fingerprint(table: pd.DataFrame) -> str:
 def gate_result(gate) -> dg.AssetCheckResult:
     """A blocking check's outcome: a failed gate stops everything downstream."""
     return dg.AssetCheckResult(
-        passed=gate.success, severity=dg.AssetCheckSeverity.ERROR,
-        metadata={"expectations": gate.expectations, "failed": len(gate.failures),
-                  "failures": dg.MetadataValue.md("\n".join(f"- {f}" for f in gate.failures) or "none")})
+        passed=gate.success,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={
+            "expectations": gate.expectations,
+            "failed": len(gate.failures),
+            "failures": dg.MetadataValue.md("\n".join(f"- {f}" for f in gate.failures) or "none"),
+        },
+    )

@@ -17,43 +17,74 @@ PairsConfig = config_class(PairSettings, "PairsConfig")
 
 @dg.multi_asset(
     outs={
-        "preference_pairs": dg.AssetOut(description="Chosen/rejected pairs that pass every rule.",
-                                        kinds={"pandas", "parquet"}, owners=OWNERS),
-        "rejected_pairs": dg.AssetOut(description="Comparisons that didn't become pairs, each with its reason.",
-                                      kinds={"pandas", "parquet"}, owners=OWNERS),
+        "preference_pairs": dg.AssetOut(
+            description="Chosen/rejected pairs that pass every rule.", kinds={"pandas", "parquet"}, owners=OWNERS
+        ),
+        "rejected_pairs": dg.AssetOut(
+            description="Comparisons that didn't become pairs, each with its reason.",
+            kinds={"pandas", "parquet"},
+            owners=OWNERS,
+        ),
     },
-    group_name=GROUP, code_version="1",
+    group_name=GROUP,
+    code_version="1",
 )
-def pair_validation(context: dg.AssetExecutionContext, config: PairsConfig, base_model: BaseModelResource,
-                    aggregated_preferences: pd.DataFrame, review_queue: pd.DataFrame):
+def pair_validation(
+    context: dg.AssetExecutionContext,
+    config: PairsConfig,
+    base_model: BaseModelResource,
+    aggregated_preferences: pd.DataFrame,
+    review_queue: pd.DataFrame,
+):
     """Apply the pair rules: tie/abstention, empty prompt or candidate, context mismatch, identical
     candidates, disputed, duplicate, too long."""
-    kept, rejected = build_pairs(aggregated_preferences, review_queue["item_id"], base_model.token_lengths,
-                                 base_model.max_length, config.include_disputed)
+    kept, rejected = build_pairs(
+        aggregated_preferences,
+        review_queue["item_id"],
+        base_model.token_lengths,
+        base_model.max_length,
+        config.include_disputed,
+    )
     reasons = rejection_counts(rejected)
-    context.log.info(f"{len(aggregated_preferences)} comparisons -> {len(kept)} pairs kept, {len(rejected)} "
-                     f"rejected {reasons}")
-    yield dg.Output(kept, "preference_pairs", data_version=dg.DataVersion(table_fingerprint(kept)), metadata={
-        "dagster/row_count": len(kept),
-        "comparisons_in": len(aggregated_preferences),
-        "max_length": base_model.max_length,
-        "base_model": base_model.name_or_path,
-        "longest_pair_tokens": int(kept[["chosen_tokens", "rejected_tokens"]].max().max()) if len(kept) else 0,
-        "chosen_share_histogram": histogram(kept["chosen_share"]),
-        "preview": preview(kept, ["pair_id", "prompt", "chosen", "rejected", "domain"]),
-    })
-    yield dg.Output(rejected, "rejected_pairs", metadata={
-        "dagster/row_count": len(rejected),
-        "reasons": counts_table(reasons),
-        "preview": preview(rejected, ["item_id", "reason", "detail"]),
-    })
+    context.log.info(
+        f"{len(aggregated_preferences)} comparisons -> {len(kept)} pairs kept, {len(rejected)} rejected {reasons}"
+    )
+    yield dg.Output(
+        kept,
+        "preference_pairs",
+        data_version=dg.DataVersion(table_fingerprint(kept)),
+        metadata={
+            "dagster/row_count": len(kept),
+            "comparisons_in": len(aggregated_preferences),
+            "max_length": base_model.max_length,
+            "base_model": base_model.name_or_path,
+            "longest_pair_tokens": int(kept[["chosen_tokens", "rejected_tokens"]].max().max()) if len(kept) else 0,
+            "chosen_share_histogram": histogram(kept["chosen_share"]),
+            "preview": preview(kept, ["pair_id", "prompt", "chosen", "rejected", "domain"]),
+        },
+    )
+    yield dg.Output(
+        rejected,
+        "rejected_pairs",
+        metadata={
+            "dagster/row_count": len(rejected),
+            "reasons": counts_table(reasons),
+            "preview": preview(rejected, ["item_id", "reason", "detail"]),
+        },
+    )
 
 
-@dg.asset_check(asset="preference_pairs",
-                additional_ins={"rejected_pairs": dg.AssetIn(), "aggregated_preferences": dg.AssetIn()},
-                blocking=True,
-                description="Great Expectations: every kept pair obeys the rules; kept + rejected = comparisons in.")
-def preference_pairs_rules_hold(base_model: BaseModelResource, preference_pairs, rejected_pairs,
-                                aggregated_preferences):
-    return gate_result(gates.preference_pairs_gate(preference_pairs, rejected_pairs, aggregated_preferences,
-                                                   max_length=base_model.max_length))
+@dg.asset_check(
+    asset="preference_pairs",
+    additional_ins={"rejected_pairs": dg.AssetIn(), "aggregated_preferences": dg.AssetIn()},
+    blocking=True,
+    description="Great Expectations: every kept pair obeys the rules; kept + rejected = comparisons in.",
+)
+def preference_pairs_rules_hold(
+    base_model: BaseModelResource, preference_pairs, rejected_pairs, aggregated_preferences
+):
+    return gate_result(
+        gates.preference_pairs_gate(
+            preference_pairs, rejected_pairs, aggregated_preferences, max_length=base_model.max_length
+        )
+    )

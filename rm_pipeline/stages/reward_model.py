@@ -20,8 +20,13 @@ RewardModelConfig = config_class(TrainingSettings, "RewardModelConfig", exclude=
 
 
 def training_settings(config: RewardModelConfig, base_model: BaseModelResource) -> TrainingSettings:
-    return settings_from_config(TrainingSettings, config, base_model=config.base_model or base_model.name_or_path,
-                                trust_remote_code=base_model.trust_remote_code, max_length=base_model.max_length)
+    return settings_from_config(
+        TrainingSettings,
+        config,
+        base_model=config.base_model or base_model.name_or_path,
+        trust_remote_code=base_model.trust_remote_code,
+        max_length=base_model.max_length,
+    )
 
 
 def launch_command() -> list[str]:
@@ -30,15 +35,28 @@ def launch_command() -> list[str]:
 
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if gpus > 1:
-        return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(gpus),
-                "-m", "rm_pipeline.stages.reward_model_worker"]
+        return [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            str(gpus),
+            "-m",
+            "rm_pipeline.stages.reward_model_worker",
+        ]
     return [sys.executable, "-m", "rm_pipeline.stages.reward_model_worker"]
 
 
-@dg.asset(group_name=GROUP, kinds={"pytorch", "huggingface"}, code_version="2", owners=OWNERS,
-          deps=["preference_split"])
-def reward_model(context: dg.AssetExecutionContext, config: RewardModelConfig, storage: PipelineStorage,
-                 base_model: BaseModelResource) -> dg.MaterializeResult:
+@dg.asset(
+    group_name=GROUP, kinds={"pytorch", "huggingface"}, code_version="2", owners=OWNERS, deps=["preference_split"]
+)
+def reward_model(
+    context: dg.AssetExecutionContext,
+    config: RewardModelConfig,
+    storage: PipelineStorage,
+    base_model: BaseModelResource,
+) -> dg.MaterializeResult:
     """A one-unit score head on the base checkpoint, fitted with the Bradley-Terry loss by TRL's
     RewardTrainer; a Hugging Face model directory at `models/rm-<data version>-<settings>-<time>`,
     also reachable as `models/current`. Re-materialising after a crash resumes from the last checkpoint."""
@@ -50,7 +68,16 @@ def reward_model(context: dg.AssetExecutionContext, config: RewardModelConfig, s
     batches = sorted(set(",".join(split["batches"]).split(",")))
     context.log.info(f"training {run_name} on {len(split)} pairs from batches {batches}")
     client = dg.PipesSubprocessClient(env={"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"})
-    invocation = client.run(context=context, command=launch_command(), extras={
-        "split_path": str(split_path), "settings": asdict(settings), "models_dir": str(storage.directory("models")),
-        "run_name": run_name, "data_version": data_version, "annotation_batches": batches})
+    invocation = client.run(
+        context=context,
+        command=launch_command(),
+        extras={
+            "split_path": str(split_path),
+            "settings": asdict(settings),
+            "models_dir": str(storage.directory("models")),
+            "run_name": run_name,
+            "data_version": data_version,
+            "annotation_batches": batches,
+        },
+    )
     return invocation.get_materialize_result()

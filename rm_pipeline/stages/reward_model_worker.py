@@ -25,19 +25,29 @@ def run(pipes) -> None:
             shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in payload.items() if k in SUMMARY_KEYS}
             pipes.log.info(f"{kind}: {payload.get('message', shown)}")
 
-    result = train_reward_model(split[split["split"] == "train"], split[split["split"] == "eval"], settings,
-                                Path(extras["models_dir"]), extras["run_name"], report,
-                                card_facts={"data_version": extras["data_version"],
-                                            "annotation_batches": extras["annotation_batches"]})
+    result = train_reward_model(
+        split[split["split"] == "train"],
+        split[split["split"] == "eval"],
+        settings,
+        Path(extras["models_dir"]),
+        extras["run_name"],
+        report,
+        card_facts={"data_version": extras["data_version"], "annotation_batches": extras["annotation_batches"]},
+    )
     if main_process:
         metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float, str)) and v is not None}
         pipes.report_asset_materialization(
             data_version=extras["data_version"],
-            metadata={**metrics,
-                      "model_path": {"raw_value": str(result.model_dir), "type": "path"},
-                      "training_curves": {"raw_value": inline_png(result.model_dir / "training_curves.png", "training curves"),
-                                          "type": "md"},
-                      "data_version": extras["data_version"]})
+            metadata={
+                **metrics,
+                "model_path": {"raw_value": str(result.model_dir), "type": "path"},
+                "training_curves": {
+                    "raw_value": inline_png(result.model_dir / "training_curves.png", "training curves"),
+                    "type": "md",
+                },
+                "data_version": extras["data_version"],
+            },
+        )
 
 
 if __name__ == "__main__":

@@ -22,27 +22,36 @@ def split_data_version(split: pd.DataFrame) -> str:
 
 
 @dg.asset(group_name=GROUP, kinds={"pandas", "parquet"}, code_version="3", owners=OWNERS)
-def preference_split(context: dg.AssetExecutionContext, config: SplitConfig,
-                     preference_pairs: pd.DataFrame) -> dg.Output[pd.DataFrame]:
+def preference_split(
+    context: dg.AssetExecutionContext, config: SplitConfig, preference_pairs: pd.DataFrame
+) -> dg.Output[pd.DataFrame]:
     """The pairs with `prompt_group` and `split` (train | eval); no prompt group on both sides, where prompt ids
     that share a prompt text are one group."""
     split = split_by_group(preference_pairs, config.eval_fraction, config.seed)
     sizes = split["split"].value_counts()
-    by_domain = (split.assign(domain=split["domain"].fillna(NO_DOMAIN))
-                 .pivot_table(index="domain", columns="split", values="pair_id", aggfunc="count", fill_value=0))
+    by_domain = split.assign(domain=split["domain"].fillna(NO_DOMAIN)).pivot_table(
+        index="domain", columns="split", values="pair_id", aggfunc="count", fill_value=0
+    )
     version = split_data_version(split)
     context.log.info(f"split {len(split)} pairs: {sizes.to_dict()} (data version {version})")
-    return dg.Output(split, data_version=dg.DataVersion(version), metadata={
-        "dagster/row_count": len(split),
-        "data_version": version,
-        "train_pairs": int(sizes.get("train", 0)),
-        "eval_pairs": int(sizes.get("eval", 0)),
-        "prompt_groups": int(split["prompt_group"].nunique()),
-        "pairs_by_domain": dg.MetadataValue.md(by_domain.to_markdown()),
-    })
+    return dg.Output(
+        split,
+        data_version=dg.DataVersion(version),
+        metadata={
+            "dagster/row_count": len(split),
+            "data_version": version,
+            "train_pairs": int(sizes.get("train", 0)),
+            "eval_pairs": int(sizes.get("eval", 0)),
+            "prompt_groups": int(split["prompt_group"].nunique()),
+            "pairs_by_domain": dg.MetadataValue.md(by_domain.to_markdown()),
+        },
+    )
 
 
-@dg.asset_check(asset=preference_split, blocking=True,
-                description="Great Expectations: no prompt group on both sides, every domain represented.")
+@dg.asset_check(
+    asset=preference_split,
+    blocking=True,
+    description="Great Expectations: no prompt group on both sides, every domain represented.",
+)
 def preference_split_grouped(preference_split):
     return gate_result(gates.preference_split_gate(preference_split))
