@@ -25,22 +25,10 @@ from rm_pipeline.lib.annotations import (
     read_annotations,
 )
 from rm_pipeline.lib.gates import raw_annotations_gate
+from rm_pipeline_tests.test_annotations import vote
 
 BOM = b"\xef\xbb\xbf"
 DEEP = "[" * 10_000 + "]" * 10_000  # 10,000 levels: segfaulted pyarrow, RecursionError in json
-
-
-def vote(**overrides) -> dict:
-    row = {
-        "item_id": "i1",
-        "prompt_id": "p1",
-        "prompt": "Say hi.",
-        "response_a": "Hi!",
-        "response_b": "Go away.",
-        "annotator_id": "ann1",
-        "vote": "a",
-    }
-    return {**row, **overrides}
 
 
 def jsonl(*rows) -> bytes:
