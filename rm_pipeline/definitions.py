@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from rm_pipeline.lib.folder_fingerprint import FolderWatchSettings
 from rm_pipeline.resources import (
     AnnotationSource,
     BaseModelResource,
@@ -43,11 +44,14 @@ def build_defs(
     annotations_dir: str | None = None,
     base_model: str | None = None,
     evaluation_dir: str | None = None,
+    folder_watch: FolderWatchSettings | None = None,
 ) -> dg.Definitions:
+    """The code location; `folder_watch` defaults to FolderWatchSettings with $RM_PIPELINE_SENSOR_INTERVAL."""
     return dg.Definitions(
-        assets=dg.load_assets_from_modules(STAGES),
+        assets=dg.load_assets_from_modules(STAGES, include_specs=True),  # specs: the annotation_folder source
         asset_checks=dg.load_asset_checks_from_modules(STAGES),
         jobs=[reward_pipeline_job],
+        sensors=[annotations.build_annotation_folder_sensor(folder_watch or FolderWatchSettings.from_environment())],
         resources=build_resources(storage_root, annotations_dir, base_model, evaluation_dir),
         # Stages run one after another on one machine; a process per step only adds start-up time.
         executor=dg.in_process_executor,

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from rm_pipeline.definitions import build_defs, defs, reward_pipeline_job
+from rm_pipeline.lib.folder_fingerprint import FolderWatchSettings
 from rm_pipeline_tests.conftest import PERMISSIVE_READINESS
 
 PRODUCT_ASSETS = {
@@ -39,20 +40,30 @@ GATES = {
 def test_definitions_load_with_the_product_asset_names():
     graph = defs.resolve_asset_graph()
     keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
-    assert PRODUCT_ASSETS <= keys
+    assert PRODUCT_ASSETS | {"annotation_folder"} <= keys  # the folder: an external asset, the sensor reports it
     for key in graph.get_all_asset_keys():
         node = graph.get(key)
-        assert node.group_name and node.owners and node.code_version and node.description, key
+        assert node.group_name and node.owners and node.description, key
+        assert node.code_version or not node.is_materializable, key  # an external asset has no code
     upstream = {
         key.to_user_string(): {p.to_user_string() for p in graph.get(key).parent_keys}
         for key in graph.get_all_asset_keys()
     }
+    assert upstream["raw_annotations"] == upstream["annotation_quarantine"] == {"annotation_folder"}
     assert upstream["aggregated_preferences"] == {"raw_annotations"}
     assert upstream["review_queue"] == {"aggregated_preferences"}
     assert upstream["preference_split"] == {"preference_pairs"}
     assert upstream["reward_scores"] == {"reward_model", "preference_split", "review_queue"}
     assert upstream["evaluation_report"] == {"reward_scores", "response_scores", "preference_split"}
     assert upstream["reward_readiness"] == {"evaluation_report", "preference_split"}
+
+
+def test_the_annotation_folder_sensor_runs_by_default_at_the_configured_interval():
+    sensor = defs.resolve_sensor_def("annotation_folder_sensor")
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING and sensor.description
+    assert sensor.minimum_interval_seconds == FolderWatchSettings().interval_seconds
+    watch = FolderWatchSettings(interval_seconds=5)
+    assert build_defs(folder_watch=watch).resolve_sensor_def("annotation_folder_sensor").minimum_interval_seconds == 5
 
 
 def test_every_gate_is_blocking():

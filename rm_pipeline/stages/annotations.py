@@ -1,13 +1,32 @@
-"""Stage 1: every annotation batch read into `raw_annotations`; what can't be read is quarantined."""
+"""Stage 1: every annotation batch read into `raw_annotations`; what can't be read is quarantined.
+
+The folder itself is the external asset `annotation_folder`, watched by `annotation_folder_sensor`: its
+data version is a fingerprint of the batch files, so a new, changed or removed batch makes
+`raw_annotations` stale.
+"""
+
+import json
 
 import dagster as dg
 
 from rm_pipeline.lib import gates
 from rm_pipeline.lib.annotations import list_batch_files, read_annotations
+from rm_pipeline.lib.folder_fingerprint import FolderFingerprint, FolderWatchSettings, fingerprint_folder
 from rm_pipeline.resources import AnnotationSource, QualityGates
 from rm_pipeline.stages.metadata import OWNERS, counts_table, gate_result, preview, table_fingerprint
 
 GROUP = "annotations"
+DATA_VERSION_TAG = "dagster/data_version"  # how a reported event carries its data version (no argument for it)
+
+annotation_folder = dg.AssetSpec(
+    "annotation_folder",
+    group_name=GROUP,
+    description="The folder vendors drop annotation batch files into (the annotation_source resource). Watched "
+    "by annotation_folder_sensor: its data version is a fingerprint of every batch file's name, size and sha256, "
+    "so a new, changed or removed batch makes raw_annotations stale.",
+    kinds={"file"},
+    owners=OWNERS,
+)
 
 
 @dg.multi_asset(
@@ -24,6 +43,7 @@ GROUP = "annotations"
             owners=OWNERS,
         ),
     },
+    deps=[annotation_folder],
     group_name=GROUP,
     code_version="1",
 )
@@ -74,4 +94,60 @@ def annotation_batches(context: dg.AssetExecutionContext, annotation_source: Ann
 def raw_annotations_valid(raw_annotations, annotation_quarantine, quality_gates: QualityGates):
     return gate_result(
         gates.raw_annotations_gate(raw_annotations, annotation_quarantine, quality_gates.max_quarantine_fraction)
+    )
+
+
+def build_annotation_folder_sensor(settings: FolderWatchSettings) -> dg.SensorDefinition:
+    """The sensor watching the annotation folder every `settings.interval_seconds` (a definition-time value)."""
+
+    @dg.sensor(
+        name="annotation_folder_sensor",
+        minimum_interval_seconds=settings.interval_seconds,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Reports a new version of annotation_folder (a materialization with its data version) when a "
+        "batch file is added, changed or removed, listing every batch (file, sha256, rows) and the changes. Files "
+        "are hashed again only when their size or modification time changed; one still being written waits for "
+        "the next tick.",
+    )
+    def sensor(context: dg.SensorEvaluationContext, annotation_source: AnnotationSource):
+        last = json.loads(context.cursor) if context.cursor else {}
+        look = fingerprint_folder(annotation_source.directory, last.get("files"), settings.settle_seconds)
+        if look.pending:
+            context.log.info(f"still being written, left for the next tick: {', '.join(look.pending)}")
+        cursor = json.dumps({"version": look.version, "files": look.state}, sort_keys=True)
+        if look.version != last.get("version"):
+            return dg.SensorResult(asset_events=[folder_version(annotation_source.directory, look)], cursor=cursor)
+        skip = dg.SkipReason("annotation folder unchanged")
+        # A file touched but not changed: same version, but remember its new mtime so it isn't hashed again.
+        return skip if look.state == last.get("files") else dg.SensorResult(skip_reason=skip, cursor=cursor)
+
+    return sensor
+
+
+def folder_version(directory: str, look: FolderFingerprint) -> dg.AssetMaterialization:
+    """The folder's new data version, every batch in it, and what changed since the last version.
+
+    Reported as a materialization of the external asset (vendors materialise it by writing files), not an
+    observation: Dagster reads the current data version of an asset that has no observe function from its
+    latest materialization only, so only that makes raw_annotations stale.
+    """
+    batches = [
+        dg.TableRecord({"file": name, "sha256": entry["sha256"], "rows": entry["rows"], "bytes": entry["size"]})
+        for name, entry in sorted(look.state.items())
+    ]
+    columns = [("file", "string"), ("sha256", "string"), ("rows", "int"), ("bytes", "int")]
+    return dg.AssetMaterialization(
+        asset_key=annotation_folder.key,
+        tags={DATA_VERSION_TAG: look.version},
+        metadata={
+            "directory": dg.MetadataValue.path(directory),
+            "batches": dg.MetadataValue.table(
+                records=batches, schema=dg.TableSchema(columns=[dg.TableColumn(n, t) for n, t in columns])
+            ),
+            "batch_count": len(batches),
+            "rows": sum(entry["rows"] or 0 for entry in look.state.values()),
+            "added": dg.MetadataValue.json(look.added),
+            "changed": dg.MetadataValue.json(look.changed),
+            "removed": dg.MetadataValue.json(look.removed),
+        },
     )
