@@ -12,7 +12,7 @@ import pytest
 from dagster._core.definitions.data_version import StaleStatus
 from dagster._utils.test.data_versions import get_stale_status_resolver  # what the UI's "stale" badge uses
 
-from rm_pipeline.lib.annotations import read_annotations
+from rm_pipeline.lib.annotations import AnnotationFileError, read_annotations
 from rm_pipeline.lib.folder_fingerprint import (
     INTERVAL_VARIABLE,
     FolderWatchSettings,
@@ -148,6 +148,27 @@ def test_a_file_still_being_written_is_left_for_the_next_look(tmp_path):
     assert fingerprint_folder(tmp_path, look.state, settle_seconds=60).added == ["fresh.jsonl"]
 
 
+def test_a_batch_being_rewritten_keeps_its_last_version_until_it_settles(tmp_path):
+    path = settle(write_batch(tmp_path, "a.jsonl", ["x"]))
+    first = fingerprint_folder(tmp_path, settle_seconds=60)
+
+    def digest_while_appended(target):
+        digested = digest_batch_file(target)
+        with open(target, "a") as file:  # the writer goes on while we hash
+            file.write(json.dumps(vote(annotator_id="late")) + "\n")
+        settle(target)
+        return digested
+
+    settle(write_batch(tmp_path, "a.jsonl", ["x", "y"]))
+    during = fingerprint_folder(tmp_path, first.state, settle_seconds=60, digest=digest_while_appended)
+    assert during.pending == ["a.jsonl"] and during.state == first.state and during.version == first.version
+    write_batch(tmp_path, "a.jsonl", ["x", "y", "z"])  # modified just now
+    young = fingerprint_folder(tmp_path, first.state, settle_seconds=60)
+    assert young.pending == ["a.jsonl"] and young.state == first.state and young.changed == []
+    settle(path)
+    assert [c["file"] for c in fingerprint_folder(tmp_path, first.state, settle_seconds=60).changed] == ["a.jsonl"]
+
+
 def test_the_sensor_reports_new_changed_and_removed_batches_and_nothing_when_unchanged(tmp_path):
     write_batch(tmp_path, "a.jsonl", ["x", "y"])
     write_batch(tmp_path, "b.jsonl", ["x"])
@@ -223,6 +244,14 @@ def test_a_new_folder_version_makes_raw_annotations_stale(tmp_path):
         write_batch(tmp_path, "b.jsonl", ["z"])
         new_version(sensor.tick())
         assert status(instance) == StaleStatus.STALE
+
+
+def test_a_missing_folder_is_an_error_naming_it(tmp_path):
+    with (
+        dg.instance_for_test() as instance,
+        pytest.raises(AnnotationFileError, match="annotation folder does not exist"),
+    ):
+        Sensor(instance, tmp_path / "nowhere").tick()
 
 
 def test_the_interval_is_a_setting_overridable_from_the_environment():

@@ -22,7 +22,7 @@ from typing import BinaryIO
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rm_pipeline.lib.annotations import SETTLE_SECONDS, UTF8_BOM, batch_files
+from rm_pipeline.lib.annotations import SETTLE_SECONDS, UTF8_BOM, AnnotationFileError, list_batch_files
 from rm_pipeline.lib.settings import setting
 
 CHUNK_BYTES = 1 << 20  # files are hashed a block at a time, never loaded whole (bar .json lists)
@@ -81,28 +81,31 @@ def fingerprint_folder(
     directory = Path(directory)
     previous = dict(previous or {})
     digest = digest or digest_batch_file
-    files, vanished = batch_files(directory, settle_seconds=0)  # 0: list without waiting for young files
+    files = list_batch_files(directory, settle_seconds=0)  # 0: never wait; young files are pending below
     now = time.time_ns()
-    state, pending, hashed = {}, [path.name for path in vanished], []
+    state, pending, hashed = {}, [], []
     for path in files:
-        stat = _stat(path)
-        known = previous.get(path.name)
-        if stat is None or now - stat["mtime_ns"] < settle_seconds * 1e9:
-            pending.append(path.name)
-            if known is not None:
-                state[path.name] = dict(known)
+        stat, known = _stat(path), previous.get(path.name)
+        if stat is None:  # deleted since it was listed
             continue
-        if known is not None and all(known.get(key) == stat[key] for key in stat):
+        settled = not 0 <= now - stat["mtime_ns"] < settle_seconds * 1e9  # an mtime in the future: a skewed clock
+        if settled and known is not None and all(known.get(key) == stat[key] for key in stat):
             state[path.name] = dict(known)
             continue
-        sha256, rows = digest(path)
-        if _stat(path) != stat:  # written to while we read it
-            pending.append(path.name)
-            if known is not None:
-                state[path.name] = dict(known)
-            continue
-        state[path.name] = {**stat, "sha256": sha256, "rows": rows}
-        hashed.append(path.name)
+        if settled:
+            try:
+                sha256, rows = digest(path)
+            except FileNotFoundError:  # deleted while being read
+                continue
+            except OSError as error:
+                raise AnnotationFileError(path, f"can't be read: {error.strerror}") from error
+            if _stat(path) == stat:
+                state[path.name] = {**stat, "sha256": sha256, "rows": rows}
+                hashed.append(path.name)
+                continue
+        pending.append(path.name)  # still being written: its last version stands until it settles
+        if known is not None:
+            state[path.name] = dict(known)
     return FolderFingerprint(
         version=folder_version(state),
         state=state,
