@@ -17,6 +17,8 @@ EXIT_GATE_FAILED = 2
 EXIT_BAD_INPUT = 3
 EXIT_NOT_READY = 4
 READINESS_CHECK = "reward_model_ready"
+# Metadata too long for a one-line summary (tables and plots are left out too): for the UI.
+LEFT_OUT_OF_SUMMARY = ("path", "base_model", "settings", "recommendation")
 UI_STOP_SECONDS = 60  # dagster dev waits up to this long for its webserver and daemon, then kills them
 
 
@@ -145,21 +147,16 @@ def _run(args) -> int:
         print(f"rm-pipeline run: {error}", file=sys.stderr)
         return 1
     evaluations = result.get_asset_check_evaluations()
-    failed_gates = [e for e in evaluations if not e.passed and e.check_name != READINESS_CHECK]
-    # A not-ready verdict fails its blocking check, and so its step: that is a result, not a crash.
-    crashes = [
+    # A check fails its step, and the run, only at ERROR severity: the readiness verdict does so only when strict.
+    stopped_by = [e for e in evaluations if not e.passed and e.severity == dg.AssetCheckSeverity.ERROR]
+    crashes = [  # a failed blocking check fails its step too: that step is reported by the check's name
         event
         for event in result.all_events
-        if event.is_step_failure
-        and not (
-            event.step_key == "reward_readiness"
-            and event.step_failure_data.error.cls_name == "DagsterAssetCheckFailedError"
-        )
+        if event.is_step_failure and event.step_failure_data.error.cls_name != "DagsterAssetCheckFailedError"
     ]
     # An upstream table whose gate failed in an earlier run stops this one as surely as a gate of its own.
     unpassed = [event for event in crashes if gate_not_passed(event.step_failure_data.error)]
-    outcome = "failed" if failed_gates or crashes else "succeeded"
-    print(f"run {result.run_id} ({outcome}); storage: {home}")
+    print(f"run {result.run_id} ({'succeeded' if result.success else 'failed'}); storage: {home}")
     readiness = None
     for event in result.get_asset_materialization_events():
         materialization = event.materialization
@@ -167,21 +164,35 @@ def _run(args) -> int:
         if materialization.asset_key.to_user_string() == "reward_readiness":
             readiness = materialization.metadata
     for evaluation in evaluations:
-        print(f"  gate {evaluation.check_name}: {'passed' if evaluation.passed else 'FAILED'}")
-    for evaluation in failed_gates:
-        failures = evaluation.metadata.get("failures")
-        print(f"\n{evaluation.check_name} stopped the run:\n{failures.value if failures else ''}", file=sys.stderr)
+        outcome = "passed" if evaluation.passed else f"FAILED ({evaluation.severity.value})"
+        print(f"  gate {evaluation.check_name}: {outcome}")
+    for evaluation in stopped_by:
+        explanation = evaluation.metadata.get("failures") or evaluation.metadata.get("reasons")
+        print(
+            f"\n{evaluation.check_name} stopped the run:\n{explanation.value if explanation else ''}", file=sys.stderr
+        )
     for event in crashes:
-        error = gate_not_passed(event.step_failure_data.error) or event.step_failure_data.error
-        print(f"\nstep {event.step_key} failed: {error.message.strip()}", file=sys.stderr)
+        print(f"\nstep {event.step_key} failed: {_cause(event.step_failure_data.error)}", file=sys.stderr)
     if readiness is not None:
         _print_verdict(Path(readiness["readiness_file"].value))
-    if failed_gates or unpassed:
+    not_ready = readiness is not None and not readiness["optimize_against_reward"].value
+    if any(e.check_name != READINESS_CHECK for e in stopped_by) or unpassed:
         return EXIT_GATE_FAILED
     if crashes:
         return 1
-    not_ready = readiness is not None and not readiness["optimize_against_reward"].value
-    return EXIT_NOT_READY if not_ready and args.require_ready else 0
+    # Not ready is a result: a distinct status only when it was required (--require-ready, or strict).
+    required = args.require_ready or any(e.check_name == READINESS_CHECK for e in stopped_by)
+    return EXIT_NOT_READY if not_ready and required else 0
+
+
+def _cause(error) -> str:
+    """The first line of what went wrong: the gate that did not pass, or the error inside Dagster's wrapper."""
+    from rm_pipeline.guards import gate_not_passed
+
+    error = gate_not_passed(error) or error
+    while error.cls_name == "DagsterExecutionStepExecutionError" and error.cause is not None:
+        error = error.cause
+    return error.message.strip().splitlines()[0]
 
 
 def _print_verdict(readiness_file: Path) -> None:
@@ -206,11 +217,11 @@ def _summary(metadata: dict) -> str:
     parts = []
     for key, value in metadata.items():
         raw = getattr(value, "value", value)
-        if isinstance(value, dg.MarkdownMetadataValue):  # tables and plots are for the UI
+        if isinstance(value, dg.MarkdownMetadataValue) or key in LEFT_OUT_OF_SUMMARY:
             continue
         if key == "dagster/row_count":
             parts.insert(0, f"{raw} rows")
-        elif isinstance(raw, (int, float, str)) and key not in ("path", "base_model", "recommendation"):
+        elif isinstance(raw, (int, float, str)):
             parts.append(f"{key}={raw}")
         elif isinstance(raw, dict):
             parts.append(f"{key}={json.dumps(raw)}")
@@ -361,10 +372,32 @@ def _load_scorer(model: Path, batch_size: int | None):
     if not isinstance(settings, dict):
         raise InputError(f"{config}: not a model configuration (a JSON object)")
     try:
-        return RewardScorer.load(model, batch_size or SCORING_BATCH_SIZE)
+        scorer = RewardScorer.load(model, batch_size or SCORING_BATCH_SIZE)
     except (OSError, ValueError, KeyError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise InputError(f"{model}: can't be loaded as a reward model ({first_line})") from None
+    _warn_unless_ready(model)
+    return scorer
+
+
+def _warn_unless_ready(model: Path) -> None:
+    """Say on stderr when the model's readiness verdict (written by reward_readiness) is missing or not ready;
+    scoring goes on: the verdict is about optimising against the model, not about using its scores."""
+    from rm_pipeline.lib.report import READINESS_FILE
+
+    path = model / READINESS_FILE
+    try:
+        verdict = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        print(f"rm-pipeline: {model} has no readiness verdict (never evaluated)", file=sys.stderr)
+        return
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:  # a verdict that can't be read is none
+        verdict = {"reasons": [f"the verdict can't be read ({error})"]}
+    if not isinstance(verdict, dict):
+        verdict = {"reasons": ["the verdict is not a JSON object"]}
+    if verdict.get("optimize_against_reward") is not True:
+        reasons = "; ".join(map(str, verdict.get("reasons") or ["optimize_against_reward is not true"]))
+        print(f"rm-pipeline: {model} is NOT READY for optimisation ({path}): {reasons}", file=sys.stderr)
 
 
 def _umask() -> int:

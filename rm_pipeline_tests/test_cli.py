@@ -2,14 +2,13 @@
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 
 import pytest
-
-from rm_pipeline_tests.conftest import PERMISSIVE_READINESS
 
 TOY = [  # the classic example: one good pair, one identical, one context mismatch, one tie
     {"item_id": "a", "prompt": "2+2?", "response_a": "4", "response_b": "5", "annotator_id": "u1", "vote": "a"},
@@ -86,6 +85,8 @@ def test_run_materialises_the_graph_and_prints_each_stage(annotations_slice, tmp
     )
     assert done.returncode == 0, done.stderr[-3000:]  # not ready is a result, not a crash
     assert "(succeeded); storage:" in done.stdout
+    assert "Traceback" not in done.stderr and "Stack Trace" not in done.stderr
+    assert "DagsterAssetCheckFailedError" not in done.stdout + done.stderr
     for stage in (
         "raw_annotations",
         "aggregated_preferences",
@@ -101,7 +102,7 @@ def test_run_materialises_the_graph_and_prints_each_stage(annotations_slice, tmp
     ):
         assert f"  {stage}: " in done.stdout
     assert "gate preference_split_grouped: passed" in done.stdout
-    assert "gate reward_model_ready: FAILED" in done.stdout
+    assert "gate reward_model_ready: FAILED (WARN)" in done.stdout
     assert (home / "tables" / "preference_split.parquet").exists()
     assert (home / "models" / "current" / "model.safetensors").exists()
     assert f"model_path={home}/models/rm-" in done.stdout and "base64" not in done.stdout
@@ -132,6 +133,7 @@ def test_require_ready_turns_a_not_ready_verdict_into_a_distinct_status(
         "--require-ready",
     )
     assert done.returncode == 4, done.stderr[-3000:]
+    assert "(succeeded); storage:" in done.stdout and "Stack Trace" not in done.stderr
     assert "verdict: NOT READY" in done.stdout
     assert "FAIL fresh_policy_accuracy: only 5 human-labelled pairs of fresh policy outputs" in done.stdout
 
@@ -149,7 +151,60 @@ def test_run_exits_with_a_distinct_status_when_a_gate_fails(tmp_path):
 
 
 @pytest.mark.slow
-def test_dagster_asset_materialize_runs_the_whole_graph(annotations_slice, tmp_path, tiny_encoder, labelled_eval_dir):
+def test_a_real_failure_reads_as_one_with_one_short_line_per_failed_step(annotations_slice, tmp_path):
+    missing = tmp_path / "no_such_model"
+    done = rm_pipeline(
+        "run", "--home", str(tmp_path / "home"), "--annotations", str(annotations_slice), "--base-model", str(missing)
+    )
+    assert done.returncode == 1
+    assert "(failed); storage:" in done.stdout and "verdict:" not in done.stdout
+    [line] = [line for line in done.stderr.splitlines() if line.startswith("step ")]
+    assert line.startswith("step pair_validation failed: ") and str(missing) in line
+    assert "DagsterExecutionStepExecutionError" not in line  # the cause, not Dagster's wrapper
+
+
+@pytest.mark.parametrize("command", ["score", "evaluate"])
+def test_score_and_evaluate_say_on_stderr_when_their_model_is_not_ready(command, tiny_encoder, tmp_path):
+    model = tmp_path / "rm-test"
+    shutil.copytree(tiny_encoder, model)
+    data = tmp_path / "data.jsonl"
+    if command == "score":
+        data.write_text(json.dumps({"prompt": "2+2?", "candidates": ["4", "5"]}) + "\n")
+        argv = [command, "--model", str(model), "--input", str(data)]
+    else:
+        data.write_text(json.dumps({"prompt": "2+2?", "chosen": "4", "rejected": "5"}) + "\n")
+        argv = [command, "--model", str(model), "--pairs", str(data)]
+
+    done = rm_pipeline(*argv)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"rm-pipeline: {model} has no readiness verdict (never evaluated)" in done.stderr
+
+    checks = [
+        {"check": "split_has_no_prompt_overlap", "passed": True, "reason": "no prompt is on both sides"},
+        {"check": "fresh_policy_accuracy", "passed": False, "reason": "only 5 human-labelled pairs"},
+        {"check": "calibration_error", "passed": False, "reason": "only 3 held-out pairs"},
+    ]
+    verdict = {
+        "optimize_against_reward": False,
+        "checks": checks,
+        "reasons": [f"{c['check']}: {c['reason']}" for c in checks if not c["passed"]],
+    }
+    (model / "readiness.json").write_text(json.dumps(verdict))
+    done = rm_pipeline(*argv)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (
+        f"rm-pipeline: {model} is NOT READY for optimisation ({model / 'readiness.json'}): "
+        "fresh_policy_accuracy: only 5 human-labelled pairs; calibration_error: only 3 held-out pairs"
+    ) in done.stderr
+    json.loads(done.stdout.splitlines()[0] if command == "score" else done.stdout)  # stdout stays machine-readable
+
+    (model / "readiness.json").write_text(json.dumps({**verdict, "optimize_against_reward": True, "reasons": []}))
+    done = rm_pipeline(*argv)
+    assert done.returncode == 0 and f"rm-pipeline: {model}" not in done.stderr
+
+
+@pytest.mark.slow
+def test_dagster_asset_materialize_runs_the_whole_graph(annotations_slice, tmp_path, tiny_encoder):
     """The plain Dagster CLI works on the code location too."""
     home = tmp_path / "home"
     env = {
@@ -167,14 +222,14 @@ def test_dagster_asset_materialize_runs_the_whole_graph(annotations_slice, tmp_p
         env=env,
         timeout=600,
     )
-    # With the bundled evaluation folder the model is not ready: the blocking check fails the run.
-    assert done.returncode != 0 and "1 blocking asset check failed" in done.stderr
-    assert "reward_readiness: reward_model_ready" in done.stderr
+    # With the bundled evaluation folder the model is not ready: a verdict, the run succeeds.
+    assert done.returncode == 0, done.stderr[-3000:]
     assert (home / "tables" / "preference_split.parquet").exists()
     assert (home / "models" / "current" / "model.safetensors").exists()
-    assert (home / "models" / "current" / "readiness.json").exists()
+    verdict = json.loads((home / "models" / "current" / "readiness.json").read_text())
+    assert verdict["optimize_against_reward"] is False
 
-    # Given labelled fresh-policy pairs and thresholds it meets, the same command succeeds.
+    # Under the strict setting the same verdict fails the run.
     done = subprocess.run(
         [
             sys.executable,
@@ -185,16 +240,17 @@ def test_dagster_asset_materialize_runs_the_whole_graph(annotations_slice, tmp_p
             "-m",
             "rm_pipeline.definitions",
             "--select",
-            "*",
+            "reward_readiness",
             "--config-json",
-            json.dumps({"ops": PERMISSIVE_READINESS}),
+            json.dumps({"ops": {"reward_readiness": {"config": {"strict": True}}}}),
         ],
         capture_output=True,
         text=True,
-        env={**env, "RM_PIPELINE_EVAL": str(labelled_eval_dir)},
+        env=env,
         timeout=600,
     )
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode != 0 and "1 blocking asset check failed" in done.stderr
+    assert "reward_readiness: reward_model_ready" in done.stderr
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from dataclasses import fields
 
 import dagster as dg
 import pandas as pd
@@ -9,6 +10,7 @@ import pytest
 
 from rm_pipeline.definitions import build_defs, defs, reward_pipeline_job
 from rm_pipeline.lib.folder_fingerprint import FolderWatchSettings
+from rm_pipeline.lib.reward_training import TrainingSettings
 from rm_pipeline_tests.conftest import PERMISSIVE_READINESS
 
 PRODUCT_ASSETS = {
@@ -161,6 +163,11 @@ def test_reward_model_is_trained_in_a_child_process_with_lineage(annotations_sli
         "reward_std",
     ):
         assert key in metadata, key
+    # what it was trained from and how: the base model and every training setting
+    assert metadata["base_model"].value == tiny_encoder
+    settings = metadata["settings"].value
+    assert set(settings) == {field.name for field in fields(TrainingSettings)}
+    assert settings["eval_steps"] == 5 and settings["logging_steps"] == 2 and settings["base_model"] == tiny_encoder
     assert any("progress" in message and "eta_s" in message for message in logs)  # streamed from the child
     model_dir = storage_root / "models" / "current"
     assert (

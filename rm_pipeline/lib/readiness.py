@@ -20,6 +20,11 @@ class ReadinessThresholds:
     min_fresh_policy_accuracy: float = setting(0.6, "On human-labelled pairs of fresh outputs.")
     max_ece: float = setting(0.1, "Expected calibration error of sigmoid(margin), held out.")
     min_pairs: int = setting(30, "Fewer pairs than this are not evidence either way.")
+    strict: bool = setting(
+        False,
+        "A not-ready model fails the run (the reward_model_ready check at ERROR severity, blocking what follows); "
+        "otherwise the run succeeds and the check shows failed at WARN severity.",
+    )
 
 
 def split_overlap(split: pd.DataFrame) -> dict:

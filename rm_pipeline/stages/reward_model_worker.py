@@ -40,6 +40,8 @@ def run(pipes) -> None:
             data_version=extras["data_version"],
             metadata={
                 **metrics,
+                "base_model": {"raw_value": settings.base_model, "type": "text"},
+                "settings": {"raw_value": extras["settings"], "type": "json"},  # every TrainingSettings field
                 "model_path": {"raw_value": str(result.model_dir), "type": "path"},
                 "training_curves": {
                     "raw_value": inline_png(result.model_dir / "training_curves.png", "training curves"),
