@@ -9,7 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rm_pipeline.lib.aggregation import COMPARISON_COLUMNS, aggregate_votes, review_queue, review_reasons
+from rm_pipeline.lib.aggregation import (
+    ADJUDICATION_COLUMNS,
+    COMPARISON_COLUMNS,
+    aggregate_votes,
+    review_queue,
+    review_reasons,
+)
 from rm_pipeline.lib.annotations import read_annotations
 
 FLIP = {"a": "b", "b": "a"}
@@ -243,5 +249,6 @@ def test_review_queue_holds_disputed_items_with_an_empty_decision(hand_made):
     queue = review_queue(comparisons, agreement_threshold=0.6)
     assert sorted(queue["item_id"]) == ["y", "z"]
     assert list(queue.columns[:2]) == ["item_id", "review_reasons"]
-    assert (queue["review_decision"] == "").all()
-    assert set(comparisons.columns) <= set(queue.columns)
+    assert (queue[["review_decision", "reviewer_id", "note"]] == "").all().all()
+    # every comparison column but the adjudication ones (always empty in the queue: decided items leave it)
+    assert set(comparisons.columns) - set(ADJUDICATION_COLUMNS) <= set(queue.columns)

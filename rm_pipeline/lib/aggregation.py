@@ -6,6 +6,7 @@ separate outcome) and decides which comparisons go to human review. Knows nothin
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -21,6 +22,8 @@ TiePolicy = Literal["count_as_vote", "ignore"]
 OUTCOMES = ("a", "b", "tie")
 LABELS = (*OUTCOMES, "abstain")  # every vote label, in the order of the integer codes
 
+# Set by rm_pipeline.lib.reviews.apply_reviews when a reviewer decided the comparison.
+ADJUDICATION_COLUMNS = ["review_decision", "adjudicated", "adjudicated_by", "review_note"]
 COMPARISON_COLUMNS = [
     "item_id",
     "prompt_id",
@@ -46,6 +49,7 @@ COMPARISON_COLUMNS = [
     "tie_share",
     "strength",
     "annotator_reliability",
+    *ADJUDICATION_COLUMNS,
 ]
 
 
@@ -148,6 +152,11 @@ def aggregate_votes(
     agrees = label == pd.Index(LABELS).get_indexer(winner)[item]
     comparisons["strength"] = _item_mean(votes["strength"].to_numpy(dtype=float), item, n_items, where=agrees)
     comparisons["annotator_reliability"] = _item_mean(worker_reliability[worker], item, n_items)
+    for column in ADJUDICATION_COLUMNS:
+        comparisons[column] = pd.Series(
+            False if column == "adjudicated" else None, index=comparisons.index, dtype=object
+        )
+    comparisons["adjudicated"] = comparisons["adjudicated"].astype(bool)
 
     annotators = pd.DataFrame(
         {
@@ -284,17 +293,28 @@ def review_reasons(
     return reasons
 
 
+REVIEWER_COLUMNS = ["review_decision", "reviewer_id", "note"]  # what the reviewer fills in
+
+
 def review_queue(comparisons: pd.DataFrame, **thresholds) -> pd.DataFrame:
-    """Disputed comparisons, with the reasons and an empty `review_decision` column for the reviewer."""
+    """Disputed comparisons that no reviewer has decided yet, with the reasons and empty columns for the
+    reviewer: `review_decision`, `reviewer_id`, `note`."""
     reasons = review_reasons(comparisons, **thresholds)
-    queue = comparisons[reasons != ""].copy()
-    queue.insert(1, "review_reasons", reasons[reasons != ""])
-    queue["review_decision"] = ""
+    queued = (reasons != "") & ~comparisons["adjudicated"].astype(bool)
+    queue = comparisons[queued].drop(columns=ADJUDICATION_COLUMNS)
+    queue.insert(1, "review_reasons", reasons[queued])
+    for column in REVIEWER_COLUMNS:
+        queue[column] = ""
     return queue.reset_index(drop=True)
 
 
 # OWASP's CSV-injection rule: a spreadsheet runs a cell starting with one of these as a formula.
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+# Quoted: a text starting like a formula, after any single quotes. Quoting "'=x" too keeps the escape
+# reversible: restore_formulas removes exactly one quote from every text starting with quotes and a prefix.
+_PREFIX = "[" + re.escape("".join(FORMULA_PREFIXES)) + "]"
+_NEEDS_QUOTE = re.compile("'*" + _PREFIX)
+_QUOTED = re.compile("'+" + _PREFIX)
 
 
 def neutralise_formulas(table: pd.DataFrame) -> pd.DataFrame:
@@ -305,9 +325,14 @@ def neutralise_formulas(table: pd.DataFrame) -> pd.DataFrame:
         values = safe[column]
         if values.dtype != object and not pd.api.types.is_string_dtype(values):
             continue
-        text = values.map(lambda value: isinstance(value, str) and value.startswith(FORMULA_PREFIXES))
+        text = values.map(lambda value: isinstance(value, str) and _NEEDS_QUOTE.match(value) is not None)
         if text.any():
             quoted = values.astype(object)
             quoted[text] = "'" + values[text].astype(str)
             safe[column] = quoted
     return safe
+
+
+def restore_formulas(value):
+    """The text ``neutralise_formulas`` quoted, as it was (its exact inverse); anything else unchanged."""
+    return value[1:] if isinstance(value, str) and _QUOTED.match(value) else value

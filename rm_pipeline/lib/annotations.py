@@ -149,12 +149,12 @@ def read_annotations(paths: list[Path | str]) -> IngestResult:
     """Read batch files (JSONL, JSON list, CSV, Parquet; canonical votes or TRL pairs) into votes."""
     frames, quarantines, batches = [], [], []
     for path in map(Path, paths):
-        records, quarantine, data = _read_records(path)
+        records, quarantine, data = read_records(path)
         votes, fmt = _to_canonical(records, path)
         votes, rejected = _validate_fields(votes, sides=("chosen", "rejected") if fmt == "conversational_pairs" else ())
         if fmt != "votes":  # name the file's own fields, not the canonical ones they became
             rejected["field"] = rejected["field"].replace(_pair_field_names(records.columns))
-        rejected["raw"] = _rows_as_json(records.loc[rejected.index])
+        rejected["raw"] = rows_as_json(records.loc[rejected.index])
         batch_quarantine = pd.concat([quarantine, rejected], ignore_index=True)
         frames.append(votes)
         quarantines.append(batch_quarantine)
@@ -186,7 +186,7 @@ def read_annotations(paths: list[Path | str]) -> IngestResult:
 # ---------------------------------------------------------------- reading files
 
 
-def _read_records(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, bytes]:
+def read_records(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, bytes]:
     """Rows of a file as a DataFrame with a 1-based `line` column, rows that aren't records at all, and
     the bytes read. Text formats may start with a UTF-8 byte order mark."""
     suffix = path.suffix.lower()
@@ -550,7 +550,7 @@ def _last_content(messages):
     return messages
 
 
-def _rows_as_json(rows: pd.DataFrame) -> pd.Series:
+def rows_as_json(rows: pd.DataFrame) -> pd.Series:
     """Quarantined rows as JSON text, so they can be repaired and replayed."""
     body = rows.drop(columns=["line"], errors="ignore")
     return pd.Series(
@@ -562,7 +562,7 @@ def _rows_as_json(rows: pd.DataFrame) -> pd.Series:
 
 def _votes_as_json(votes: pd.DataFrame) -> pd.Series:
     """Votes as JSON text with the item_id as written in the file (not scoped), for repair and replay."""
-    return _rows_as_json(votes[VOTE_COLUMNS].assign(item_id=votes["source_item_id"]).drop(columns="source_item_id"))
+    return rows_as_json(votes[VOTE_COLUMNS].assign(item_id=votes["source_item_id"]).drop(columns="source_item_id"))
 
 
 # ---------------------------------------------------------------- field checks

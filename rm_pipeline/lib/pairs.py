@@ -16,6 +16,7 @@ from rm_pipeline.lib.tokenization import DEFAULT_MAX_LENGTH
 
 # Checked in this order; a pair is rejected for the first rule it breaks.
 REJECTION_REASONS = (
+    "dropped_by_reviewer",
     "tie_or_abstention",
     "empty_prompt",
     "empty_candidate",
@@ -137,6 +138,10 @@ def build_pairs(
     rejections = Rejections(frame.index)
     reason, reject = rejections.reason, rejections.reject
 
+    dropped = frame["review_decision"] == "drop"
+    if dropped.any():  # (the review queue, also paired here, has no reviewer columns beyond review_decision)
+        note = (": " + frame["review_note"].astype(str)).where(frame["review_note"].notna(), "")
+        reject(dropped, "dropped_by_reviewer", "dropped by reviewer " + frame["adjudicated_by"].astype(str) + note)
     reject(~frame["winner"].isin(("a", "b")), "tie_or_abstention", "aggregated outcome: " + frame["winner"])
     check_pair_rules(frame, rejections)
     if not include_disputed:
