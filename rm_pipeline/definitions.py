@@ -10,6 +10,7 @@ from rm_pipeline.resources import (
     ParquetIOManager,
     PipelineStorage,
     QualityGates,
+    ReviewSource,
 )
 from rm_pipeline.stages import aggregation, annotations, evaluation, pairs, reward_model, split
 
@@ -27,6 +28,7 @@ def build_resources(
     annotations_dir: str | None = None,
     base_model: str | None = None,
     evaluation_dir: str | None = None,
+    reviews_dir: str | None = None,
 ) -> dict:
     storage = PipelineStorage(root=storage_root) if storage_root else PipelineStorage()
     return {
@@ -35,6 +37,7 @@ def build_resources(
         "annotation_source": AnnotationSource(directory=annotations_dir) if annotations_dir else AnnotationSource(),
         "base_model": BaseModelResource(name_or_path=base_model) if base_model else BaseModelResource(),
         "evaluation_source": EvaluationSource(directory=evaluation_dir) if evaluation_dir else EvaluationSource(),
+        "review_source": ReviewSource(directory=reviews_dir) if reviews_dir else ReviewSource(),
         "quality_gates": QualityGates(),
     }
 
@@ -45,6 +48,7 @@ def build_defs(
     base_model: str | None = None,
     evaluation_dir: str | None = None,
     folder_watch: FolderWatchSettings | None = None,
+    reviews_dir: str | None = None,
 ) -> dg.Definitions:
     """The code location; `folder_watch` defaults to FolderWatchSettings with $RM_PIPELINE_SENSOR_INTERVAL."""
     return dg.Definitions(
@@ -52,7 +56,7 @@ def build_defs(
         asset_checks=dg.load_asset_checks_from_modules(STAGES),
         jobs=[reward_pipeline_job],
         sensors=[annotations.build_annotation_folder_sensor(folder_watch or FolderWatchSettings.from_environment())],
-        resources=build_resources(storage_root, annotations_dir, base_model, evaluation_dir),
+        resources=build_resources(storage_root, annotations_dir, base_model, evaluation_dir, reviews_dir),
         # Stages run one after another on one machine; a process per step only adds start-up time.
         executor=dg.in_process_executor,
     )

@@ -16,6 +16,7 @@ from rm_pipeline.lib.locations import (
     default_base_model_name,
     default_evaluation_dir,
     default_home,
+    default_reviews_dir,
 )
 from rm_pipeline.lib.storage_lock import hold_storage
 from rm_pipeline.lib.tokenization import DEFAULT_MAX_LENGTH, load_tokenizer, token_lengths
@@ -106,6 +107,15 @@ class AnnotationSource(dg.ConfigurableResource):
     directory: str = Field(
         default_factory=lambda: str(default_annotations_dir()),
         description="Folder of batch files (.jsonl, .json, .csv, .parquet).",
+    )
+
+
+class ReviewSource(dg.ConfigurableResource):
+    """The folder reviewers drop their filled-in review queue exports into (data/reviews/README.md)."""
+
+    directory: str = Field(
+        default_factory=lambda: str(default_reviews_dir()),
+        description="Folder of review files (.csv as exported, .jsonl, .json, .parquet) ($RM_PIPELINE_REVIEWS).",
     )
 
 

@@ -52,7 +52,7 @@ def test_definitions_load_with_the_product_asset_names():
         for key in graph.get_all_asset_keys()
     }
     assert upstream["raw_annotations"] == upstream["annotation_quarantine"] == {"annotation_folder"}
-    assert upstream["aggregated_preferences"] == {"raw_annotations"}
+    assert upstream["aggregated_preferences"] == {"raw_annotations", "review_folder"}
     assert upstream["review_queue"] == {"aggregated_preferences"}
     assert upstream["preference_split"] == {"preference_pairs"}
     assert upstream["reward_scores"] == {"reward_model", "preference_split", "review_queue"}
@@ -229,15 +229,19 @@ def test_stage_settings_change_the_outputs(annotations_slice, storage_root, tiny
 
 
 @pytest.mark.parametrize("asset", ["aggregated_preferences", "preference_split"])
-def test_assets_called_directly(asset, annotations_slice):
+def test_assets_called_directly(asset, annotations_slice, tmp_path):
     """Dagster's direct-invocation idiom: stage code is thin over the pure functions."""
     from rm_pipeline.lib.annotations import list_batch_files, read_annotations
     from rm_pipeline.lib.pairs import build_pairs
+    from rm_pipeline.resources import ReviewSource
     from rm_pipeline.stages import aggregation, split
 
     votes = read_annotations(list_batch_files(annotations_slice)).votes
     comparisons = aggregation.aggregated_preferences(
-        dg.build_asset_context(), aggregation.AggregationConfig(method="majority_vote"), votes
+        dg.build_asset_context(),
+        aggregation.AggregationConfig(method="majority_vote"),
+        ReviewSource(directory=str(tmp_path)),  # an empty review folder
+        votes,
     ).value
     if asset == "aggregated_preferences":
         assert comparisons["item_id"].is_unique and len(comparisons) == votes["item_id"].nunique()

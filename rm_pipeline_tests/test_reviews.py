@@ -1,8 +1,10 @@
 """Reviewers close the loop: decisions read back from review files, checked, and applied to the comparisons."""
 
 import csv
+import hashlib
 import json
 
+import dagster as dg
 import pandas as pd
 import pytest
 
@@ -146,3 +148,77 @@ def test_a_decision_follows_its_response_when_the_comparison_shows_the_sides_swa
     path.write_text(json.dumps(row) + "\n")
     result = read_reviews([path], comparisons)
     assert result.decisions["review_decision"].tolist() == ["b"]  # the reviewer chose Paris: side b here
+
+
+DATA_STAGES = ["raw_annotations", "annotation_quarantine", "aggregated_preferences", "review_queue"]
+PAIRS = ["preference_pairs", "rejected_pairs"]
+
+
+def test_the_review_round_trip(annotations_slice, storage_root, tmp_path):
+    """Export the queue, fill decisions, drop the file in the reviews folder, materialise again."""
+    from rm_pipeline.definitions import build_defs
+
+    reviews = tmp_path / "reviews"
+    reviews.mkdir()
+    defs = build_defs(str(storage_root), str(annotations_slice), reviews_dir=str(reviews))
+
+    def materialize():
+        result = dg.materialize(
+            [*defs.assets, *defs.asset_checks],
+            selection=[*DATA_STAGES, *PAIRS],
+            resources=defs.resources,
+            instance=instance,
+        )
+        assert result.success
+        tables = storage_root / "tables"
+        return result, {
+            name: pd.read_parquet(tables / f"{name}.parquet") for name in ["aggregated_preferences", *PAIRS]
+        }
+
+    with dg.instance_for_test() as instance:
+        materialize()
+        export = storage_root / "review" / "review_queue.csv"
+        with open(export, newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+        assert len(rows) >= 4
+        decided = {rows[0]["item_id"]: "b", rows[1]["item_id"]: "A", rows[2]["item_id"]: "drop"}
+        for row in rows:
+            if row["item_id"] in decided:
+                row.update(review_decision=decided[row["item_id"]], reviewer_id="rev-7", note="checked")
+        rows[3]["review_decision"] = "perhaps"
+        with open(reviews / "round1.csv", "w", newline="", encoding="utf-8") as handle:  # as a spreadsheet saves it
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]), lineterminator="\r\n")
+            writer.writeheader()
+            writer.writerows(rows)
+
+        result, tables = materialize()
+        comparisons = tables["aggregated_preferences"].set_index("item_id")
+        labelled = [item for item, decision in decided.items() if decision != "drop"]
+        dropped = rows[2]["item_id"]
+        for item in labelled:
+            assert comparisons.loc[item, "winner"] == decided[item].lower()
+            assert comparisons.loc[item, "adjudicated"] and comparisons.loc[item, "adjudicated_by"] == "rev-7"
+            assert comparisons.loc[item, "review_note"] == "checked"
+        assert comparisons.loc[dropped, "adjudicated"] and comparisons.loc[dropped, "review_decision"] == "drop"
+        assert comparisons["adjudicated"].sum() == 3
+
+        queue = pd.read_csv(export, keep_default_na=False)
+        assert not queue["item_id"].isin(decided).any()
+        assert set(labelled) <= set(tables["preference_pairs"]["pair_id"])
+        rejected = tables["rejected_pairs"].set_index("item_id")
+        assert rejected.loc[dropped, "reason"] == "dropped_by_reviewer"
+        assert not rejected.index.isin(labelled).any()
+
+        metadata = result.asset_materializations_for_node("aggregated_preferences")[0].metadata
+        assert metadata["review_rows"].value == {
+            "rows_read": len(rows),
+            "applied": 3,
+            "quarantined": 1,
+            "blank": len(rows) - 4,
+            "items_adjudicated": 3,
+        }
+        listed = metadata["review_quarantine"].value
+        assert "bad_decision" in listed and str(reviews / "round1.csv") in listed
+        assert hashlib.sha256((reviews / "round1.csv").read_bytes()).hexdigest() in metadata["review_files"].value
+        checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+        assert checks and all(checks.values()), checks

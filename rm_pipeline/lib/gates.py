@@ -115,10 +115,15 @@ def aggregated_preferences_gate(comparisons: pd.DataFrame, votes: pd.DataFrame) 
 
 
 def review_queue_gate(queue: pd.DataFrame, comparisons: pd.DataFrame) -> GateResult:
-    derived = queue.assign(known_item=queue["item_id"].isin(comparisons["item_id"]))
+    """Each queued comparison exists, once, with a reason, and no reviewer has decided it yet."""
+    decided = comparisons.loc[comparisons["adjudicated"].astype(bool), "item_id"]
+    derived = queue.assign(
+        known_item=queue["item_id"].isin(comparisons["item_id"]), adjudicated=queue["item_id"].isin(decided)
+    )
     rules = [
         gxe.ExpectColumnValuesToBeUnique(column="item_id"),
         gxe.ExpectColumnValuesToBeInSet(column="known_item", value_set=[True]),
+        gxe.ExpectColumnValuesToBeInSet(column="adjudicated", value_set=[False]),
         gxe.ExpectColumnValueLengthsToBeBetween(column="review_reasons", min_value=1),
     ]
     return validate("review_queue", derived, rules)

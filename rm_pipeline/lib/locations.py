@@ -18,6 +18,11 @@ def default_annotations_dir() -> Path:
     return Path(os.environ.get("RM_PIPELINE_ANNOTATIONS") or REPO_ROOT / "data" / "annotations")
 
 
+def default_reviews_dir() -> Path:
+    """$RM_PIPELINE_REVIEWS, else the bundled `data/reviews` of this checkout."""
+    return Path(os.environ.get("RM_PIPELINE_REVIEWS") or REPO_ROOT / "data" / "reviews")
+
+
 def default_evaluation_dir() -> Path:
     """$RM_PIPELINE_EVAL, else the bundled `data/eval` of this checkout."""
     return Path(os.environ.get("RM_PIPELINE_EVAL") or REPO_ROOT / "data" / "eval")

@@ -7,25 +7,52 @@ from rm_pipeline.config import config_class
 from rm_pipeline.lib import gates
 from rm_pipeline.lib.aggregation import AggregationSettings, ReviewThresholds, aggregate_votes, neutralise_formulas
 from rm_pipeline.lib.aggregation import review_queue as select_review_queue
-from rm_pipeline.resources import PipelineStorage
-from rm_pipeline.stages.metadata import OWNERS, gate_result, histogram, preview, table_fingerprint
+from rm_pipeline.lib.markdown import markdown_table
+from rm_pipeline.lib.reviews import FILE_COLUMNS, apply_reviews, read_reviews, review_files
+from rm_pipeline.resources import PipelineStorage, ReviewSource
+from rm_pipeline.stages.metadata import OWNERS, counts_table, gate_result, histogram, preview, table_fingerprint
 
 GROUP = "aggregation"
+QUARANTINE_SHOWN = 100  # quarantined review rows listed in the metadata (all are logged)
 
 
 AggregationConfig = config_class(AggregationSettings, "AggregationConfig")
 ReviewConfig = config_class(ReviewThresholds, "ReviewConfig")
 
+review_folder = dg.AssetSpec(
+    "review_folder",
+    group_name=GROUP,
+    description="The folder reviewers drop filled-in review queue exports into (the review_source resource): "
+    "their decisions label, or drop, the comparisons they adjudicate.",
+    kinds={"file"},
+    owners=OWNERS,
+)
 
-@dg.asset(group_name=GROUP, kinds={"pandas", "parquet"}, code_version="1", owners=OWNERS)
+
+@dg.asset(group_name=GROUP, kinds={"pandas", "parquet"}, code_version="2", owners=OWNERS, deps=[review_folder])
 def aggregated_preferences(
-    context: dg.AssetExecutionContext, config: AggregationConfig, raw_annotations: pd.DataFrame
+    context: dg.AssetExecutionContext,
+    config: AggregationConfig,
+    review_source: ReviewSource,
+    raw_annotations: pd.DataFrame,
 ) -> dg.Output[pd.DataFrame]:
     """One row per comparison: winner, vote counts, chosen share, tie share, confidence and the
-    mean reliability of its annotators."""
+    mean reliability of its annotators; a reviewer's decision from the review folder replaces the
+    aggregated winner (`adjudicated`, `adjudicated_by`, `review_note`; `drop` rejects the pair)."""
     result = aggregate_votes(raw_annotations, **config.model_dump())
-    comparisons, annotators = result.comparisons, result.annotators
-    context.log.info(f"{len(raw_annotations)} votes -> {len(comparisons)} comparisons ({config.method})")
+    files, busy = review_files(review_source.directory)
+    for path in busy:
+        context.log.warning(f"{path} is still being written: left for the next run")
+    reviews = read_reviews(files, result.comparisons)
+    for row in reviews.quarantine.itertuples():
+        context.log.warning(f"{row.file}:{row.line}: {row.field}: {row.reason} ({row.detail})")
+    comparisons, annotators = apply_reviews(result.comparisons, reviews.decisions), result.annotators
+    counts = reviews.counts()
+    context.log.info(
+        f"{len(raw_annotations)} votes -> {len(comparisons)} comparisons ({config.method}); review rows: "
+        f"{counts['rows_read']} read, {counts['applied']} applied, {counts['quarantined']} quarantined, "
+        f"{counts['blank']} undecided"
+    )
     return dg.Output(
         comparisons,
         data_version=dg.DataVersion(table_fingerprint(comparisons)),
@@ -41,20 +68,33 @@ def aggregated_preferences(
                 annotators.sort_values("reliability").to_markdown(index=False, floatfmt=".3f")
             ),
             "preview": preview(comparisons, ["item_id", "winner", "n_votes", "chosen_share", "tie_share", "domain"]),
+            "review_rows": dg.MetadataValue.json(counts),
+            "review_quarantine_reasons": counts_table(reviews.quarantine["reason"].value_counts().to_dict()),
+            "review_files": dg.MetadataValue.md(markdown_table(reviews.files.to_dict("records"), FILE_COLUMNS)),
+            "review_quarantine": dg.MetadataValue.md(
+                markdown_table(
+                    reviews.quarantine.head(QUARANTINE_SHOWN).to_dict("records"),
+                    ["file", "line", "field", "reason", "detail"],
+                )
+            ),
+            "adjudicated": dg.MetadataValue.json(
+                {k: int(v) for k, v in comparisons["review_decision"].value_counts().items()}
+            ),
         },
     )
 
 
-@dg.asset(group_name=GROUP, kinds={"pandas", "parquet", "csv"}, code_version="1", owners=OWNERS)
+@dg.asset(group_name=GROUP, kinds={"pandas", "parquet", "csv"}, code_version="2", owners=OWNERS)
 def review_queue(
     context: dg.AssetExecutionContext,
     config: ReviewConfig,
     storage: PipelineStorage,
     aggregated_preferences: pd.DataFrame,
 ) -> dg.Output[pd.DataFrame]:
-    """Disputed comparisons for people to review (also the disagreement slice for evaluation; kept
-    out of training by default). Exported as CSV with an empty `review_decision` column; text cells
-    that a spreadsheet would run as a formula get a leading single quote."""
+    """Disputed comparisons no reviewer has decided yet, for people to review (also the disagreement
+    slice for evaluation; kept out of training by default). Exported as CSV with empty
+    `review_decision`, `reviewer_id` and `note` columns; text cells that a spreadsheet would run as a
+    formula get a leading single quote (undone when the filled-in file is read back)."""
     queue = select_review_queue(aggregated_preferences, **config.model_dump())
     export = storage.path("review", "review_queue.csv")
     # Reviewers open it in a spreadsheet. CRLF rows (RFC 4180) make the writer quote a text's lone CR too.
@@ -87,7 +127,7 @@ def aggregated_preferences_consistent(aggregated_preferences, raw_annotations):
     asset=review_queue,
     additional_ins={"aggregated_preferences": dg.AssetIn()},
     blocking=True,
-    description="Great Expectations: each queued comparison exists, once, with a reason.",
+    description="Great Expectations: each queued comparison exists, once, with a reason, undecided.",
 )
 def review_queue_consistent(review_queue, aggregated_preferences):
     return gate_result(gates.review_queue_gate(review_queue, aggregated_preferences))
