@@ -43,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--base-model", help="Hugging Face id or local path (default: the bundled all-MiniLM-L6-v2)")
     run.add_argument("--eval-dir", help="evaluation folder laid out like data/eval (default: the bundled data/eval)")
     run.add_argument(
+        "--reviews", help="folder of reviewed review-queue files (default: $RM_PIPELINE_REVIEWS or data/reviews)"
+    )
+    run.add_argument(
         "--require-ready",
         action="store_true",
         help=f"exit with status {EXIT_NOT_READY} when the model is not ready for optimisation",
@@ -131,7 +134,7 @@ def _run(args) -> int:
     from rm_pipeline.guards import fail_abandoned_run, gate_not_passed
     from rm_pipeline.lib.storage_lock import StorageInUse, hold_storage
 
-    defs = build_defs(str(home), args.annotations, args.base_model, args.eval_dir)
+    defs = build_defs(str(home), args.annotations, args.base_model, args.eval_dir, reviews_dir=args.reviews)
     job = defs.resolve_job_def(reward_pipeline_job.name)
     run_id = str(uuid.uuid4())  # known before the run starts, so the lock names it from the first moment
     try:
