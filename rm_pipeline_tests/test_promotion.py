@@ -252,3 +252,103 @@ def test_score_and_evaluate_without_a_model_and_without_a_current_one_say_so(tmp
     assert f"{tmp_path}/home/models/current: no current model" in error and "--model" in error
     assert main(["score", "--home", str(tmp_path / "home"), "--input", str(candidates)]) == 3
     assert "no current model" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- through Dagster
+
+
+def learnable(n: int, start: int = 0, flipped: frozenset = frozenset()) -> list[dict]:
+    """TRL standard pairs whose chosen answer says `excellent` and rejected one `terrible`; the prompts
+    in ``flipped`` have the two swapped (a batch of bad labels)."""
+    rows = []
+    for i in range(start, start + n):
+        prompt = f"what colour is the sky question {i}"
+        good, bad = (
+            f"the answer is {['red', 'blue'][i % 2]} excellent",
+            f"the answer is {['red', 'blue'][i % 2]} terrible",
+        )
+        chosen, rejected = (bad, good) if prompt in flipped else (good, bad)
+        rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+@pytest.mark.slow
+def test_a_first_model_is_promoted_and_a_worse_retrained_one_is_not(tmp_path, tiny_encoder):
+    import dagster as dg
+
+    from rm_pipeline.definitions import build_defs, reward_pipeline_job
+    from rm_pipeline_tests.conftest import PERMISSIVE_READINESS
+
+    home, eval_dir = tmp_path / "home", tmp_path / "eval"
+    write_jsonl(eval_dir / "sky.jsonl", learnable(40, start=1000))  # a benchmark file
+    write_jsonl(eval_dir / "fresh-policy" / "labelled.jsonl", learnable(5, start=2000))
+    training = {
+        "reward_model": {
+            "config": {
+                "epochs": 2.0,
+                "learning_rate": 1e-2,
+                "warmup_ratio": 0.0,
+                "batch_size": 8,
+                "early_stopping_patience": None,
+            }
+        }
+    }
+
+    def run(annotations: Path, instance):
+        job = build_defs(str(home), str(annotations), tiny_encoder, str(eval_dir)).resolve_job_def(
+            reward_pipeline_job.name
+        )
+        result = job.execute_in_process(
+            instance=instance, raise_on_error=False, run_config={"ops": {**PERMISSIVE_READINESS, **training}}
+        )
+        assert result.success
+        [event] = [
+            e
+            for e in result.get_asset_materialization_events()
+            if e.materialization.asset_key.to_user_string() == "current_reward_model"
+        ]
+        return event.materialization.metadata
+
+    with dg.instance_for_test() as instance:
+        write_jsonl(tmp_path / "batch-1" / "sky.jsonl", learnable(120))
+        first = run(tmp_path / "batch-1", instance)
+        models_dir = home / "models"
+        first_model = current_model_dir(models_dir)
+        assert first["status"].value == PROMOTED and "first model" in first["reason"].value
+        assert first_model is not None and first["model_path"].value == str(first_model)
+        record = json.loads((first_model / "promotion.json").read_text())
+        assert record["status"] == PROMOTED and record["current_model"] is None
+        assert record["pairs_by_source"]["benchmark"] == 40 and record["pairs_by_source"]["held_out"] > 10
+        assert record["candidate"]["estimate"] > 0.9  # it learnt the pattern
+        assert record["readiness"]["optimize_against_reward"] is True  # the verdict, recorded beside it
+
+        # A second batch of annotations with every training prompt's labels swapped: the retrained model
+        # learns the opposite, and is compared with the first on the same held-out and benchmark pairs.
+        split = pd.read_parquet(home / "tables" / "preference_split.parquet")
+        train_prompts = frozenset(split.loc[split["split"] == "train", "prompt"])
+        write_jsonl(tmp_path / "batch-2" / "sky.jsonl", learnable(120, flipped=train_prompts))
+        second = run(tmp_path / "batch-2", instance)
+
+    assert second["status"].value == NOT_PROMOTED, second["reason"].value
+    assert second["reason"].value.startswith("significantly worse than the current model")
+    assert current_model_dir(models_dir) == first_model  # current did not move
+    candidate = Path(second["candidate_path"].value)
+    assert candidate != first_model and (candidate / "model.safetensors").exists()  # kept on disk
+    record = json.loads((candidate / "promotion.json").read_text())
+    assert record["status"] == NOT_PROMOTED and record["current_model"] == first_model.name
+    assert record["difference"]["high"] < -record["margin"]
+    assert record["candidate"]["estimate"] < 0.2 < 0.9 < record["current"]["estimate"]
+    assert record["candidate"]["n"] == record["current"]["n"] == record["pairs"]  # the same pairs for both
+    table = second["models"].value
+    assert first_model.name in table and candidate.name in table and "| current " in table
+
+    rows = {row["model"]: row for row in list_models(models_dir, home / "reports")}
+    assert rows[first_model.name]["status"] == "current"
+    assert rows[candidate.name]["status"].startswith("not promoted: significantly worse")
+    assert rows[first_model.name]["data_version"] != rows[candidate.name]["data_version"]
+    assert rows[candidate.name]["held_out"]["interval"] is not None
