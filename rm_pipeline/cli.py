@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     run.set_defaults(handler=_run)
 
     evaluate = commands.add_parser("evaluate", help="score labelled pair files with a model; print one JSON object")
-    evaluate.add_argument("--model", required=True, type=Path, help="a trained reward model directory")
+    _model_arguments(evaluate)
     evaluate.add_argument(
         "--pairs",
         required=True,
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.set_defaults(handler=_evaluate)
 
     score = commands.add_parser("score", help="reward and rank candidates per prompt (best-of-N, data filtering)")
-    score.add_argument("--model", required=True, type=Path, help="a trained reward model directory")
+    _model_arguments(score)
     score.add_argument(
         "--input",
         required=True,
@@ -87,6 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     validate.add_argument("--max-length", type=int, help="token limit of a pair under the base model's tokenizer")
     validate.set_defaults(handler=_validate)
 
+    models = commands.add_parser("models", help="list every trained model: status, data version, accuracy, verdict")
+    models.add_argument("--home", help="storage root (default: $RM_PIPELINE_HOME or ./.rm_pipeline_home)")
+    models.add_argument("--json", action="store_true", help="print one JSON list instead of a table")
+    models.set_defaults(handler=_models)
+
     ui = commands.add_parser("ui", help="open the Dagster UI on this project (dagster dev)")
     ui.add_argument("--home", help="storage root (default: $RM_PIPELINE_HOME or ./.rm_pipeline_home)")
     ui.add_argument("--port", type=int, default=3000)
@@ -100,6 +105,29 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"rm-pipeline {args.command}: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+
+
+def _model_arguments(command) -> None:
+    command.add_argument(
+        "--model", type=Path, help="a trained reward model directory (default: <storage root>/models/current)"
+    )
+    command.add_argument("--home", help="storage root whose current model is used without --model")
+
+
+def _model_dir(args) -> Path:
+    """--model, else the storage root's current model (the last one promoted)."""
+    from rm_pipeline.lib.locations import default_home
+    from rm_pipeline.lib.model_registry import CURRENT
+
+    if args.model is not None:
+        return args.model
+    current = (Path(args.home).resolve() if args.home else default_home()) / "models" / CURRENT
+    if not current.is_dir():
+        raise InputError(
+            f"{current}: no current model (none promoted yet under this storage root); "
+            "run `rm-pipeline run` or give --model DIR"
+        )
+    return current
 
 
 def _input_errors() -> tuple[type[Exception], ...]:
@@ -289,7 +317,7 @@ def _evaluate(args) -> int:
     from rm_pipeline.lib.evaluation import pair_file_summary, read_pair_file
     from rm_pipeline.lib.report import jsonable
 
-    scorer = _load_scorer(args.model, args.batch_size)
+    scorer = _load_scorer(_model_dir(args), args.batch_size)
     results, failed = {}, False
     for path in args.pairs:  # a bad file is named and skipped: the others' results still count
         try:
@@ -318,6 +346,16 @@ def _evaluate(args) -> int:
     return EXIT_BAD_INPUT if failed else 0
 
 
+def _models(args) -> int:
+    from rm_pipeline.lib.locations import default_home
+    from rm_pipeline.lib.model_registry import format_models, list_models
+
+    root = Path(args.home).resolve() if args.home else default_home()
+    rows = list_models(root / "models", root / "reports")
+    print(json.dumps(rows, indent=2) if args.json else format_models(rows))
+    return 0
+
+
 def _print_quarantine(quarantine, suffix: str = "") -> None:
     """Each quarantined row on stderr as ``file:line: field: reason (detail)`` (no field: the whole line)."""
     for row in quarantine.itertuples():
@@ -328,9 +366,10 @@ def _print_quarantine(quarantine, suffix: str = "") -> None:
 def _score(args) -> int:
     from rm_pipeline.lib.scoring import rank_candidates, read_candidates
 
+    model = _model_dir(args)
     with _atomic_output(args.output) as output:  # an output that can't be written fails before any scoring
         records = read_candidates(args.input)
-        scorer = _load_scorer(args.model, args.batch_size)
+        scorer = _load_scorer(model, args.batch_size)
         with _progress(sum(len(record["candidates"]) for record in records), "scoring candidates") as bar:
             ranked = rank_candidates(scorer, records, progress=bar.update)
         for record in ranked:

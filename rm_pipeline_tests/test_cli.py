@@ -99,12 +99,14 @@ def test_run_materialises_the_graph_and_prints_each_stage(annotations_slice, tmp
         "response_scores",
         "evaluation_report",
         "reward_readiness",
+        "current_reward_model",
     ):
         assert f"  {stage}: " in done.stdout
     assert "gate preference_split_grouped: passed" in done.stdout
     assert "gate reward_model_ready: FAILED (WARN)" in done.stdout
     assert (home / "tables" / "preference_split.parquet").exists()
-    assert (home / "models" / "current" / "model.safetensors").exists()
+    assert (home / "models" / "current" / "model.safetensors").exists()  # the first model is promoted
+    assert "current_reward_model: status=promoted, reason=the first model" in done.stdout
     assert f"model_path={home}/models/rm-" in done.stdout and "base64" not in done.stdout
     assert (home / "dagster" / "dagster.yaml").exists()  # the UI's instance sees this run
     # the verdict, its reasons, and where the model and the report are

@@ -24,8 +24,9 @@ PRODUCT_ASSETS = {
     "reward_scores",
     "evaluation_report",
     "reward_readiness",
+    "current_reward_model",
 }
-TABLES = PRODUCT_ASSETS - {"reward_model", "evaluation_report", "reward_readiness"} | {
+TABLES = PRODUCT_ASSETS - {"reward_model", "evaluation_report", "reward_readiness", "current_reward_model"} | {
     "annotation_quarantine",
     "response_scores",
 }
@@ -58,6 +59,7 @@ def test_definitions_load_with_the_product_asset_names():
     assert upstream["reward_scores"] == {"reward_model", "preference_split", "review_queue"}
     assert upstream["evaluation_report"] == {"reward_scores", "response_scores", "preference_split"}
     assert upstream["reward_readiness"] == {"evaluation_report", "preference_split"}
+    assert upstream["current_reward_model"] == {"reward_scores", "evaluation_report", "reward_readiness"}
 
 
 def test_the_annotation_folder_sensor_runs_by_default_at_the_configured_interval():

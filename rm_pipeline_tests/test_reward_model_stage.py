@@ -55,5 +55,7 @@ def test_killed_trainer_resumes_from_its_last_checkpoint(annotations_slice, stor
         assert second.success
         logs = [e.message for e in instance.all_logs(second.run_id) if e.step_key == "reward_model"]
     assert any("resuming from" in message and "checkpoint-" in message for message in logs)
-    assert (storage_root / "models" / "current" / "model.safetensors").exists()
+    [model] = [p for p in (storage_root / "models").iterdir() if p.name.startswith("rm-")]
+    assert (model / "model.safetensors").exists()
+    assert not (storage_root / "models" / "current").exists()  # a candidate until evaluation promotes it
     assert not list((storage_root / "models" / ".checkpoints").glob("*/checkpoint-*"))

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 import torch
 
+from rm_pipeline.lib.model_registry import switch_current
 from rm_pipeline.lib.reward_training import (
     TrainingSettings,
     freeze_all_but_last,
@@ -162,6 +163,7 @@ def test_train_reward_model_publishes_a_loadable_model(tiny_encoder, tmp_path):
         "training_curves.png",
         "training_metrics.json",
         "training_history.json",
+        "training_facts.json",
     ):
         assert (target / name).is_file(), name
     config = json.loads((target / "config.json").read_text())
@@ -169,8 +171,9 @@ def test_train_reward_model_publishes_a_loadable_model(tiny_encoder, tmp_path):
     card = (target / "README.md").read_text()
     assert str(tiny_encoder) in card and "dv-1234abcd" in card and "batch-a" in card and run_name in card
 
-    current = models_dir / "current"
-    assert current.is_symlink() and current.resolve() == target.resolve()
+    facts = json.loads((target / "training_facts.json").read_text())
+    assert facts == {"run_name": target.name, "data_version": "dv-1234abcd", "annotation_batches": ["batch-a"]}
+    assert not (models_dir / "current").exists()  # a candidate: evaluation decides whether it becomes current
     assert not (models_dir / ".checkpoints" / run_name).exists()
     assert not list(models_dir.glob(".staging-*"))
 
@@ -218,6 +221,7 @@ def test_training_resumes_from_the_last_checkpoint_after_a_crash(tiny_encoder, t
 
     # a previous model is current
     publish(models_dir, "previous", lambda folder: folder.mkdir(parents=True))
+    switch_current(models_dir, "previous")
     seen = []
 
     def crashing(kind, payload):
@@ -244,7 +248,7 @@ def test_training_resumes_from_the_last_checkpoint_after_a_crash(tiny_encoder, t
     assert result.metrics["steps"] == max_steps
     progress_steps = [payload["step"] for kind, payload in reports if kind == "progress"]
     assert min(progress_steps) == 3  # nothing before the checkpoint is trained again
-    assert (models_dir / "current").resolve() == result.model_dir.resolve()
+    assert (models_dir / "current").resolve() == (models_dir / "previous").resolve()  # training never switches it
     assert not (models_dir / ".checkpoints").exists()
     assert AutoModelForSequenceClassification.from_pretrained(result.model_dir).config.num_labels == 1
     # optimizer, scheduler, RNG and data order restored: the same weights as a run that never crashed
@@ -266,9 +270,10 @@ def _writer(marker: str):
     return write
 
 
-def test_a_failing_write_leaves_the_previous_model_current(tmp_path):
+def test_a_failing_write_leaves_no_partial_model_and_the_current_one_untouched(tmp_path):
     models_dir = tmp_path / "models"
     publish(models_dir, "first", _writer("first"))
+    switch_current(models_dir, "first")
 
     def failing(folder: Path) -> None:
         folder.mkdir(parents=True)
@@ -290,9 +295,7 @@ def test_a_published_model_is_never_overwritten(tmp_path):
     with pytest.raises(FileExistsError):
         publish(models_dir, "run", _writer("two"))
     assert (first / "marker.txt").read_text() == "one"
-    current = models_dir / "current"
-    assert current.is_symlink() and Path(current.readlink()) == Path("run")  # relative link
-    assert sorted(p.name for p in models_dir.iterdir()) == ["current", "other", "run"]
+    assert sorted(p.name for p in models_dir.iterdir()) == ["other", "run"]  # publishing never switches current
 
 
 # ---------------------------------------------------------------- 5. LoRA

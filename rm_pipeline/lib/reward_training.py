@@ -24,6 +24,7 @@ from rm_pipeline.lib.settings import setting
 from rm_pipeline.lib.tokenization import DEFAULT_MAX_LENGTH, encode, load_tokenizer
 
 Report = Callable[[str, dict], None]  # (kind: "log" | "progress", payload)
+FACTS_FILE = "training_facts.json"  # run name, data version, annotation batches: saved with the model
 
 
 @dataclass(frozen=True)
@@ -430,7 +431,8 @@ def train_reward_model(
     card_facts: dict | None = None,
 ) -> TrainingResult:
     """Train, resuming from the last checkpoint of the same run name if one exists, then publish the
-    model directory atomically as `models_dir/<run_name>-<UTC time>` and point `models_dir/current` at it."""
+    model directory atomically as `models_dir/<run_name>-<UTC time>`: a candidate, which evaluation may
+    promote to `models_dir/current`."""
     started = time.monotonic()
     model, tokenizer, peft_config = prepare_model(settings)
     data = training_data(train, evaluation, tokenizer, settings, report)
@@ -439,7 +441,7 @@ def train_reward_model(
     trainer = build_trainer(model, tokenizer, peft_config, data, settings, checkpoint_dir, progress)
     output, train_seconds, resumed_from = fit(trainer, checkpoint_dir, report)
     if not trainer.is_world_process_zero():  # under DDP, one process scores and publishes
-        return TrainingResult(models_dir / "current", {}, progress.history)
+        return TrainingResult(models_dir, {}, progress.history)
 
     model = final_model(trainer, merge_lora=peft_config is not None)
     metrics = training_metrics(trainer, output, train_seconds, resumed_from, data, progress.first_step or 0, settings)
@@ -461,10 +463,10 @@ def train_reward_model(
 
 
 def publish(models_dir: Path, name: str, write: Callable[[Path], None]) -> Path:
-    """Write into a temporary directory, rename it into place, then switch `current` atomically.
+    """Write into a temporary directory and rename it into place (`current` is not touched: evaluation
+    promotes a model, `model_registry.switch_current`).
 
-    A crash at any point leaves either the previous model or the new one as `current`, never a
-    partial directory; earlier models stay beside it.
+    A crash at any point leaves no partial directory; earlier models stay beside it.
     """
     if (models_dir / name).exists():
         raise FileExistsError(f"{models_dir / name} is already published")
@@ -478,11 +480,6 @@ def publish(models_dir: Path, name: str, write: Callable[[Path], None]) -> Path:
         raise
     target = models_dir / name
     staging.rename(target)  # fails if `name` exists: a published model is never overwritten
-    link = models_dir / f".current-{os.getpid()}"
-    if link.is_symlink() or link.exists():
-        link.unlink()
-    link.symlink_to(name)  # relative: the storage root can move
-    os.replace(link, models_dir / "current")
     return target
 
 
@@ -496,6 +493,7 @@ def _save(
     (directory / "training_metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     (directory / "training_history.json").write_text(json.dumps(history, indent=2, default=str))
     (directory / "training_settings.json").write_text(json.dumps(asdict(settings), indent=2))
+    (directory / FACTS_FILE).write_text(json.dumps(facts, indent=2, default=str))
     plot_training_curves(history, directory / "training_curves.png")
 
 

@@ -11,6 +11,9 @@ from rm_pipeline.config import config_class, settings_from_config
 from rm_pipeline.lib.evaluation import read_leaderboard
 from rm_pipeline.lib.evaluation_inputs import file_pairs_to_score, responses_to_score, split_pairs_to_score
 from rm_pipeline.lib.markdown import inline_png, markdown_table
+from rm_pipeline.lib.metrics import pair_credit
+from rm_pipeline.lib.model_registry import PROMOTION_FILE, current_model_dir, switch_current
+from rm_pipeline.lib.promotion import PROMOTED, PromotionSettings, evidence_pairs, promotion_record
 from rm_pipeline.lib.readiness import ReadinessThresholds, readiness, split_overlap
 from rm_pipeline.lib.report import (
     READINESS_FILE,
@@ -38,6 +41,9 @@ EvaluationReportConfig = config_class(ReportSettings, "EvaluationReportConfig")
 
 
 ReadinessConfig = config_class(ReadinessThresholds, "ReadinessConfig")
+
+
+PromotionConfig = config_class(PromotionSettings, "PromotionConfig")
 
 
 def current_model(context) -> tuple[Path, str]:
@@ -297,4 +303,104 @@ def reward_readiness(
                 },
             )
         ],
+    )
+
+
+def _credit(scores: pd.DataFrame):
+    return pair_credit((scores["chosen_reward"] - scores["rejected_reward"]).to_numpy())
+
+
+def _side_by_side(record: dict, candidate: str, current: str | None) -> str:
+    """Both models' accuracies with their intervals, as a Markdown table."""
+
+    def shown(interval: dict | None) -> str:
+        if not interval:
+            return "-"
+        return f"{interval['estimate']:.3f} [{interval['low']:.3f}, {interval['high']:.3f}] (n={interval['n']})"
+
+    rows = [
+        {
+            "model": name,
+            "role": role,
+            "accuracy, held-out + benchmarks": shown(record[role]),
+            "accuracy, held-out": shown(record["held_out"][role]),
+        }
+        for role, name in (("candidate", candidate), ("current", current))
+        if name is not None
+    ]
+    return markdown_table(rows)
+
+
+@dg.asset(
+    group_name=GROUP,
+    kinds={"pytorch", "json"},
+    code_version="1",
+    owners=OWNERS,
+    # After the verdict, to record it; at WARN severity (the default) a not-ready model still gets here.
+    deps=["evaluation_report", "reward_readiness"],
+)
+def current_reward_model(
+    context: dg.AssetExecutionContext, config: PromotionConfig, storage: PipelineStorage, reward_scores: pd.DataFrame
+) -> dg.MaterializeResult:
+    """The model `models/current` points at (and `rm-pipeline score`/`evaluate` use by default). A newly
+    trained model replaces it only when it is not significantly worse, compared pair by pair with it on
+    the same held-out and benchmark pairs (paired bootstrap by prompt group, `promotion_margin`); the first
+    model is promoted. The decision is written beside the candidate as `promotion.json`; a candidate that
+    loses stays on disk with its reason."""
+    candidate_dir, _ = current_model(context)
+    models_dir = candidate_dir.parent
+    current_dir = current_model_dir(models_dir)
+    evidence = evidence_pairs(reward_scores)
+    candidate_credit = _credit(evidence)
+    if current_dir is None:
+        current_credit = None
+    elif current_dir == candidate_dir.resolve():  # evaluated again: it is compared with itself
+        current_credit = candidate_credit
+    else:
+        context.log.info(f"scoring the current model {current_dir.name} on {len(evidence)} evaluation pairs")
+        current_credit = _credit(RewardScorer.load(current_dir).score_pairs(evidence))
+    record = promotion_record(
+        evidence, candidate_credit, current_credit, settings_from_config(PromotionSettings, config)
+    )
+    readiness_file = candidate_dir / READINESS_FILE
+    verdict = json.loads(readiness_file.read_text()) if readiness_file.exists() else None
+    record.update(
+        candidate_model=candidate_dir.name,
+        current_model=current_dir.name if current_dir else None,
+        readiness={
+            "file": str(readiness_file),
+            "optimize_against_reward": verdict["optimize_against_reward"],
+            "reasons": verdict["reasons"],
+        }
+        if verdict
+        else None,
+        decided_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    )
+    write_atomically(candidate_dir / PROMOTION_FILE, json.dumps(record, indent=2, default=str))
+    promoted = record["status"] == PROMOTED
+    if promoted:
+        switch_current(models_dir, candidate_dir.name)
+    now_current = candidate_dir if promoted else current_dir
+    (context.log.info if promoted else context.log.warning)(
+        f"{candidate_dir.name}: {record['status']} ({record['reason']}); current: {now_current.name}"
+    )
+    difference = record["difference"]
+    return dg.MaterializeResult(
+        metadata={
+            "status": record["status"],
+            "reason": record["reason"],
+            "models": dg.MetadataValue.md(
+                _side_by_side(record, candidate_dir.name, current_dir.name if current_dir else None)
+            ),
+            "difference": difference["estimate"] if difference else None,
+            "difference_low": difference["low"] if difference else None,
+            "difference_high": difference["high"] if difference else None,
+            "margin": record["margin"],
+            "pairs": record["pairs"],
+            "prompt_groups": record["groups"],
+            "optimize_against_reward": verdict["optimize_against_reward"] if verdict else None,
+            "candidate_path": dg.MetadataValue.path(str(candidate_dir)),
+            "model_path": dg.MetadataValue.path(str(now_current)),
+            "promotion_file": dg.MetadataValue.path(str(candidate_dir / PROMOTION_FILE)),
+        }
     )
