@@ -87,6 +87,14 @@ def main(argv: list[str] | None = None) -> int:
     validate.add_argument("--max-length", type=int, help="token limit of a pair under the base model's tokenizer")
     validate.set_defaults(handler=_validate)
 
+    lineage = commands.add_parser(
+        "lineage", help="the stages and batch files a model came from; flags batch files changed on disk since"
+    )
+    lineage.add_argument("model", nargs="?", type=Path, help="a model directory (default: <root>/models/current)")
+    lineage.add_argument("--home", help="storage root (default: $RM_PIPELINE_HOME or ./.rm_pipeline_home)")
+    lineage.add_argument("--json", action="store_true", help="print one JSON object")
+    lineage.set_defaults(handler=_lineage)
+
     ui = commands.add_parser("ui", help="open the Dagster UI on this project (dagster dev)")
     ui.add_argument("--home", help="storage root (default: $RM_PIPELINE_HOME or ./.rm_pipeline_home)")
     ui.add_argument("--port", type=int, default=3000)
@@ -414,6 +422,33 @@ def _progress(total: int, description: str):
     from tqdm import tqdm
 
     return tqdm(total=total, desc=description, unit="seq", file=sys.stderr, mininterval=1.0)
+
+
+def _lineage(args) -> int:
+    """Read from the instance under the storage root, not a run's: nothing is materialised."""
+    home = _use_home(args.home)
+    import dagster as dg
+
+    from rm_pipeline.lib.lineage import LINEAGE_FILE, lineage_report, render
+    from rm_pipeline.lineage_reader import LineageNotFoundError, model_lineage
+
+    model = args.model or home / "models" / "current"
+    if not model.is_dir():
+        raise InputError(f"{model}: no such model directory")
+    with dg.DagsterInstance.get() as instance:
+        try:
+            facts = model_lineage(instance, model)
+        except LineageNotFoundError as error:
+            raise InputError(f"{error} (instance {os.environ['DAGSTER_HOME']})") from None
+    card_file, card = model / LINEAGE_FILE, None
+    if card_file.is_file():
+        try:
+            card = json.loads(card_file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise InputError(f"{card_file}: not a readable lineage file ({error})") from None
+    report = lineage_report(facts, card)
+    print(json.dumps(report, indent=2, default=str) if args.json else render(report))
+    return 0
 
 
 def _ui(args) -> int:
