@@ -236,7 +236,7 @@ def _summary(metadata: dict) -> str:
             parts.append(f"{key}={raw}")
         elif isinstance(raw, dict):
             parts.append(f"{key}={json.dumps(raw)}")
-        elif hasattr(raw, "records"):  # a counts table
+        elif hasattr(raw, "records") and all("count" in r.data for r in raw.records):  # a counts table
             parts.append(f"{key}={json.dumps({r.data[next(iter(r.data))]: r.data['count'] for r in raw.records})}")
     return ", ".join(parts)
 

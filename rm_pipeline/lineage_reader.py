@@ -76,18 +76,18 @@ def upstream_facts(instance: dg.DagsterInstance, record: dg.EventLogRecord) -> d
     return facts
 
 
-def training_facts(instance: dg.DagsterInstance, asset_graph, model_key: dg.AssetKey) -> dict:
+def training_facts(instance: dg.DagsterInstance, model_key: dg.AssetKey, model_code_version: str | None) -> dict:
     """What the model at `model_key` is trained on: the latest materialisation of its parent (the split) and the
-    stages below it, the batch and review files, and the code version of the model and of every asset upstream."""
+    stages below it, the batch and review files, and the code version of the model and of each stage below it (as
+    recorded on the materialisation: the code that made that data)."""
     parent = dg.AssetKey(PARENT[model_key.to_user_string()])
     records = instance.fetch_materializations(parent, limit=1).records
     if not records:
         raise LineageNotFoundError(f"{parent.to_user_string()} has never been materialised")
     facts = upstream_facts(instance, records[0])
-    keys = asset_graph.get_ancestor_asset_keys(model_key, include_self=True)
     facts["code_versions"] = {
-        key.to_user_string(): asset_graph.get(key).code_version
-        for key in sorted(keys, key=lambda k: k.to_user_string())
+        model_key.to_user_string(): model_code_version,
+        **{stage["asset"]: stage["code_version"] for stage in facts["stages"] if stage["code_version"]},
     }
     return facts
 

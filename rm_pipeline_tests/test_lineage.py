@@ -111,8 +111,9 @@ def test_lineage_of_a_trained_model_and_a_batch_changed_on_disk(
     assert list(chain) == list(CHAIN)
     split_version = chain["preference_split"]["data_version"]
     assert chain["reward_model"]["data_version"] == split_version  # trained on exactly that split
-    assert all(s["data_version"] and s["run_id"] for s in report["chain"])
-    assert all(s["code_version"] for s in report["chain"] if s["asset"] != "annotation_folder")
+    assert all(s["data_version"] for s in report["chain"])
+    assert all(s["run_id"] and s["code_version"] for s in report["chain"] if s["asset"] != "annotation_folder")
+    assert chain["raw_annotations"]["counts"]["rows_read"] == chain["annotation_folder"]["counts"]["rows"]
     files = sorted(folder.iterdir())
     assert [(b["file"], b["sha256"], b["status"]) for b in report["batches"]] == [
         (str(path), sha(path.read_bytes()), UNCHANGED) for path in files

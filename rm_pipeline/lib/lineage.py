@@ -15,18 +15,18 @@ from pathlib import Path
 from rm_pipeline.lib.folder_fingerprint import digest_batch_file
 
 LINEAGE_FILE = "lineage.json"
-# The chain, from the model down to the batch files: each stage with the one it was computed from.
+# The chain, from the model (and its evaluation) down to the batch files.
 CHAIN = (
-    "reward_readiness",
-    "evaluation_report",
     "reward_model",
+    "evaluation_report",
+    "reward_readiness",
     "preference_split",
     "preference_pairs",
     "aggregated_preferences",
     "raw_annotations",
     "annotation_folder",
 )
-PARENT = {
+PARENT = {  # each stage with the one it was computed from
     "reward_model": "preference_split",
     "preference_split": "preference_pairs",
     "preference_pairs": "aggregated_preferences",
@@ -105,8 +105,10 @@ def render(report: Mapping) -> str:
     lines = [f"lineage of {report['model_path']}", ""]
     for stage in report["chain"]:
         lines.append(f"{stage['asset']}")
-        lines.append(f"  run {stage.get('run_id')} at {stage.get('time')}")
-        lines.append(f"  data version {stage.get('data_version')}, code version {stage.get('code_version')}")
+        run = f"run {stage['run_id']}" if stage.get("run_id") else "reported outside a run (folder sensor)"
+        lines.append(f"  {run} at {stage.get('time')}")
+        code = f", code version {stage['code_version']}" if stage.get("code_version") else ""
+        lines.append(f"  data version {stage.get('data_version')}{code}")
         counts = ", ".join(f"{name}={value}" for name, value in (stage.get("counts") or {}).items())
         if counts:
             lines.append(f"  {counts}")

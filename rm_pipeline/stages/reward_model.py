@@ -68,7 +68,9 @@ def reward_model(
     run_name = f"rm-{data_version}-{settings.fingerprint()}"
     batches = sorted(set(",".join(split["batches"]).split(",")))
     # what the card and lineage.json record: the stages below the split, the batch and review files, code versions
-    lineage = training_facts(context.instance, context.repository_def.asset_graph, context.asset_key)
+    lineage = training_facts(
+        context.instance, context.asset_key, context.assets_def.code_versions_by_key.get(context.asset_key)
+    )
     context.log.info(f"training {run_name} on {len(split)} pairs from batches {batches}")
     client = dg.PipesSubprocessClient(env={"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"})
     invocation = client.run(
