@@ -92,6 +92,14 @@ def main(argv: list[str] | None = None) -> int:
     models.add_argument("--json", action="store_true", help="print one JSON list instead of a table")
     models.set_defaults(handler=_models)
 
+    lineage = commands.add_parser(
+        "lineage", help="the stages and batch files a model came from; flags batch files changed on disk since"
+    )
+    lineage.add_argument("model", nargs="?", type=Path, help="a model directory (default: <root>/models/current)")
+    lineage.add_argument("--home", help="storage root (default: $RM_PIPELINE_HOME or ./.rm_pipeline_home)")
+    lineage.add_argument("--json", action="store_true", help="print one JSON object")
+    lineage.set_defaults(handler=_lineage)
+
     ui = commands.add_parser("ui", help="open the Dagster UI on this project (dagster dev)")
     ui.add_argument("--home", help="storage root (default: $RM_PIPELINE_HOME or ./.rm_pipeline_home)")
     ui.add_argument("--port", type=int, default=3000)
@@ -256,7 +264,7 @@ def _summary(metadata: dict) -> str:
             parts.append(f"{key}={raw}")
         elif isinstance(raw, dict):
             parts.append(f"{key}={json.dumps(raw)}")
-        elif hasattr(raw, "records"):  # a counts table
+        elif hasattr(raw, "records") and all("count" in r.data for r in raw.records):  # a counts table
             parts.append(f"{key}={json.dumps({r.data[next(iter(r.data))]: r.data['count'] for r in raw.records})}")
     return ", ".join(parts)
 
@@ -453,6 +461,33 @@ def _progress(total: int, description: str):
     from tqdm import tqdm
 
     return tqdm(total=total, desc=description, unit="seq", file=sys.stderr, mininterval=1.0)
+
+
+def _lineage(args) -> int:
+    """Read from the instance under the storage root, not a run's: nothing is materialised."""
+    _use_home(args.home)
+    import dagster as dg
+
+    from rm_pipeline.lib.lineage import LINEAGE_FILE, lineage_report, render
+    from rm_pipeline.lineage_reader import LineageNotFoundError, model_lineage
+
+    model = _model_dir(args)
+    if not model.is_dir():
+        raise InputError(f"{model}: no such model directory")
+    with dg.DagsterInstance.get() as instance:
+        try:
+            facts = model_lineage(instance, model)
+        except LineageNotFoundError as error:
+            raise InputError(f"{error} (instance {os.environ['DAGSTER_HOME']})") from None
+    card_file, card = model / LINEAGE_FILE, None
+    if card_file.is_file():
+        try:
+            card = json.loads(card_file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise InputError(f"{card_file}: not a readable lineage file ({error})") from None
+    report = lineage_report(facts, card)
+    print(json.dumps(report, indent=2, default=str) if args.json else render(report))
+    return 0
 
 
 def _ui(args) -> int:

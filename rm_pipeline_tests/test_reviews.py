@@ -219,6 +219,10 @@ def test_the_review_round_trip(annotations_slice, storage_root, tmp_path):
         }
         listed = metadata["review_quarantine"].value
         assert "bad_decision" in listed and str(reviews / "round1.csv") in listed
-        assert hashlib.sha256((reviews / "round1.csv").read_bytes()).hexdigest() in metadata["review_files"].value
+        files = {row.data["file"]: row.data for row in metadata["review_files"].value.records}
+        assert (
+            files[str(reviews / "round1.csv")]["sha256"]
+            == hashlib.sha256((reviews / "round1.csv").read_bytes()).hexdigest()
+        )
         checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
         assert checks and all(checks.values()), checks

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from rm_pipeline.lib.lineage import LINEAGE_FILE
 from rm_pipeline.lib.markdown import markdown_table
 from rm_pipeline.lib.metrics import pair_credit, peak_memory_mb
 from rm_pipeline.lib.settings import setting
@@ -488,6 +489,7 @@ def _save(
 ) -> None:
     directory.mkdir(parents=True)
     (directory / "README.md").write_text(model_card(settings, metrics, facts))
+    (directory / LINEAGE_FILE).write_text(json.dumps(facts, indent=2, default=str))
     model.save_pretrained(directory, safe_serialization=True)
     tokenizer.save_pretrained(directory)
     (directory / "training_metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
@@ -510,7 +512,7 @@ A Bradley-Terry reward model: `{settings.base_model}` with a one-unit score head
 `RewardTrainer` through rm-pipeline. Higher scores mean more preferred.
 
 - data version of the split: `{facts.get("data_version", "?")}`
-- annotation batches: {", ".join(facts.get("annotation_batches", [])) or "?"}
+- annotation batches: {", ".join(facts.get("annotation_batches", [])) or "?"} (files and stages under Lineage)
 - reward on the eval split: mean {metrics["reward_mean"]:.4f}, std {metrics["reward_std"]:.4f}
   (in `config.json` as `reward_mean` / `reward_std`: subtract and divide to normalise)
 
@@ -527,8 +529,33 @@ Encoders read (prompt, response) as a text pair; decoders read the chat template
 ## Metrics
 {markdown_table([{"metric": k, "value": v} for k, v in metrics.items()])}
 
+## Lineage
+Also in `{LINEAGE_FILE}`; `rm-pipeline lineage <this directory>` checks the files against the disk.
+
+{_lineage_section(facts)}
+
 Whether this model is approved for optimisation is decided by the readiness gate, recorded beside it.
 """
+
+
+def _lineage_section(facts: dict) -> str:
+    """The stages the split came from, the batch files (sha256, votes kept) and review files, the code versions."""
+    stages = [
+        {k: stage.get(k) for k in ("asset", "run_id", "data_version", "code_version")}
+        for stage in facts.get("stages", [])
+    ]
+    batches = [{k: batch.get(k) for k in ("file", "sha256", "votes")} for batch in facts.get("batches", [])]
+    reviews = [{k: review.get(k) for k in ("file", "sha256", "applied")} for review in facts.get("review_files", [])]
+    versions = [{"asset": k, "code_version": v} for k, v in facts.get("code_versions", {}).items()]
+    return "\n\n".join(
+        f"### {title}\n{markdown_table(rows)}"
+        for title, rows in (
+            ("Stages", stages),
+            ("Annotation batches", batches),
+            ("Review files", reviews),
+            ("Code versions", versions),
+        )
+    )
 
 
 def plot_training_curves(history: list[dict], path: Path) -> None:

@@ -10,7 +10,15 @@ from rm_pipeline.lib.aggregation import review_queue as select_review_queue
 from rm_pipeline.lib.markdown import markdown_table
 from rm_pipeline.lib.reviews import FILE_COLUMNS, apply_reviews, read_reviews, review_files
 from rm_pipeline.resources import PipelineStorage, ReviewSource
-from rm_pipeline.stages.metadata import OWNERS, counts_table, gate_result, histogram, preview, table_fingerprint
+from rm_pipeline.stages.metadata import (
+    OWNERS,
+    counts_table,
+    gate_result,
+    histogram,
+    preview,
+    records_table,
+    table_fingerprint,
+)
 
 GROUP = "aggregation"
 QUARANTINE_SHOWN = 100  # quarantined review rows listed in the metadata (all are logged)
@@ -70,7 +78,7 @@ def aggregated_preferences(
             "preview": preview(comparisons, ["item_id", "winner", "n_votes", "chosen_share", "tie_share", "domain"]),
             "review_rows": dg.MetadataValue.json(counts),
             "review_quarantine_reasons": counts_table(reviews.quarantine["reason"].value_counts().to_dict()),
-            "review_files": dg.MetadataValue.md(markdown_table(reviews.files.to_dict("records"), FILE_COLUMNS)),
+            "review_files": records_table(reviews.files.to_dict("records"), FILE_COLUMNS),
             "review_quarantine": dg.MetadataValue.md(
                 markdown_table(
                     reviews.quarantine.head(QUARANTINE_SHOWN).to_dict("records"),
@@ -103,6 +111,7 @@ def review_queue(
     context.log.info(f"{len(queue)} of {len(aggregated_preferences)} comparisons routed to review: {export}")
     return dg.Output(
         queue,
+        data_version=dg.DataVersion(table_fingerprint(queue)),
         metadata={
             "dagster/row_count": len(queue),
             "export": dg.MetadataValue.path(str(export)),

@@ -13,10 +13,12 @@ from rm_pipeline.lib import gates
 from rm_pipeline.lib.annotations import list_batch_files, read_annotations
 from rm_pipeline.lib.folder_fingerprint import FolderFingerprint, FolderWatchSettings, fingerprint_folder
 from rm_pipeline.resources import AnnotationSource, QualityGates
-from rm_pipeline.stages.metadata import OWNERS, counts_table, gate_result, preview, table_fingerprint
+from rm_pipeline.stages.metadata import OWNERS, counts_table, gate_result, preview, records_table, table_fingerprint
 
 GROUP = "annotations"
 DATA_VERSION_TAG = "dagster/data_version"  # how a reported event carries its data version (no argument for it)
+# raw_annotations' batches table: one row per batch file (its long list of `columns` left out)
+BATCH_COLUMNS = ["batch", "file", "format", "sha256", "bytes", "rows_read", "kept", "quarantined"]
 
 annotation_folder = dg.AssetSpec(
     "annotation_folder",
@@ -67,7 +69,7 @@ def annotation_batches(context: dg.AssetExecutionContext, annotation_source: Ann
             "dagster/row_count": len(votes),
             "rows_read": result.rows_read,
             "quarantined": len(quarantine),
-            "batches": dg.MetadataValue.md(result.batches.to_markdown(index=False)),
+            "batches": records_table(result.batches.to_dict("records"), BATCH_COLUMNS),
             "orientation_flipped": int(votes["orientation_flipped"].sum()),
             "annotators": int(votes["annotator_id"].nunique()),
             "preview": preview(votes, ["item_id", "annotator_id", "vote", "strength", "domain", "batch"]),
@@ -76,6 +78,7 @@ def annotation_batches(context: dg.AssetExecutionContext, annotation_source: Ann
     yield dg.Output(
         quarantine,
         "annotation_quarantine",
+        data_version=dg.DataVersion(table_fingerprint(quarantine)),
         metadata={
             "dagster/row_count": len(quarantine),
             "reasons": counts_table(reasons),
@@ -132,18 +135,15 @@ def folder_version(directory: str, look: FolderFingerprint) -> dg.AssetMateriali
     latest materialization only, so only that makes raw_annotations stale.
     """
     batches = [
-        dg.TableRecord({"file": name, "sha256": entry["sha256"], "rows": entry["rows"], "bytes": entry["size"]})
+        {"file": name, "sha256": entry["sha256"], "rows": entry["rows"], "bytes": entry["size"]}
         for name, entry in sorted(look.state.items())
     ]
-    columns = [("file", "string"), ("sha256", "string"), ("rows", "int"), ("bytes", "int")]
     return dg.AssetMaterialization(
         asset_key=annotation_folder.key,
         tags={DATA_VERSION_TAG: look.version},
         metadata={
             "directory": dg.MetadataValue.path(directory),
-            "batches": dg.MetadataValue.table(
-                records=batches, schema=dg.TableSchema(columns=[dg.TableColumn(n, t) for n, t in columns])
-            ),
+            "batches": records_table(batches, ["file", "sha256", "rows", "bytes"]),
             "batch_count": len(batches),
             "rows": sum(entry["rows"] or 0 for entry in look.state.values()),
             "added": dg.MetadataValue.json(look.added),

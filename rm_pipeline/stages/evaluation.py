@@ -28,7 +28,7 @@ from rm_pipeline.lib.report import (
 )
 from rm_pipeline.lib.scoring import RewardScorer, ScoringSettings
 from rm_pipeline.resources import EvaluationSource, PipelineStorage
-from rm_pipeline.stages.metadata import OWNERS, counts_table
+from rm_pipeline.stages.metadata import OWNERS, counts_table, table_fingerprint
 from rm_pipeline.stages.split import split_data_version
 
 GROUP = "evaluation"
@@ -137,6 +137,7 @@ def reward_scores(
     yield dg.Output(
         pair_scores,
         output_name="reward_scores",
+        data_version=dg.DataVersion(table_fingerprint(pair_scores)),
         metadata={
             **common,
             "dagster/row_count": len(pair_scores),
@@ -155,6 +156,7 @@ def reward_scores(
     yield dg.Output(
         response_scores,
         output_name="response_scores",
+        data_version=dg.DataVersion(table_fingerprint(response_scores)),
         metadata={
             **common,
             "dagster/row_count": len(response_scores),

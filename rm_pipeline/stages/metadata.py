@@ -22,6 +22,28 @@ def counts_table(counts: dict, key: str = "reason") -> dg.MetadataValue:
     )
 
 
+def records_table(rows: list[dict], columns: list[str]) -> dg.MetadataValue:
+    """Rows as a table the UI renders and readers (e.g. `rm-pipeline lineage`) get back field by field."""
+    plain = [{column: _plain(row.get(column)) for column in columns} for row in rows]
+    types = {column: _column_type([row[column] for row in plain]) for column in columns}
+    return dg.MetadataValue.table(
+        records=[dg.TableRecord(row) for row in plain],
+        schema=dg.TableSchema(columns=[dg.TableColumn(column, types[column]) for column in columns]),
+    )
+
+
+def _plain(value):
+    value = value.item() if isinstance(value, np.generic) else value
+    return None if isinstance(value, float) and np.isnan(value) else value
+
+
+def _column_type(values: list) -> str:
+    present = {type(value) for value in values if value is not None}
+    return {frozenset({int}): "int", frozenset({bool}): "bool", frozenset({float}): "float"}.get(
+        frozenset(present), "float" if present == {int, float} else "string"
+    )
+
+
 def histogram(values: pd.Series, bins=(0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.999, 1.0)) -> dg.MetadataValue:
     """A text histogram: renders in the UI without an image store."""
     counts, edges = np.histogram(values.dropna(), bins=bins)
@@ -43,7 +65,10 @@ def preview(table: pd.DataFrame, columns: list[str]) -> dg.MetadataValue:
 
 def table_fingerprint(table: pd.DataFrame) -> str:
     """A content hash: the asset's data version, so lineage says which data a model saw."""
-    hashed = pd.util.hash_pandas_object(table, index=False).to_numpy()
+    try:
+        hashed = pd.util.hash_pandas_object(table, index=False).to_numpy()
+    except TypeError:  # cells holding lists or dicts (chat messages): hash their text
+        hashed = pd.util.hash_pandas_object(table.astype(str), index=False).to_numpy()
     return hashlib.sha256(hashed.tobytes() + ",".join(table.columns).encode()).hexdigest()[:16]
 
 

@@ -66,6 +66,7 @@ def pair_validation(
     yield dg.Output(
         rejected,
         "rejected_pairs",
+        data_version=dg.DataVersion(table_fingerprint(rejected)),
         metadata={
             "dagster/row_count": len(rejected),
             "reasons": counts_table(reasons),

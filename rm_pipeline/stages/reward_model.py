@@ -9,6 +9,7 @@ import pandas as pd
 from rm_pipeline.config import config_class, settings_from_config
 from rm_pipeline.guards import published_table
 from rm_pipeline.lib.reward_training import TrainingSettings
+from rm_pipeline.lineage_reader import training_facts
 from rm_pipeline.resources import BaseModelResource, PipelineStorage
 from rm_pipeline.stages.metadata import OWNERS
 from rm_pipeline.stages.split import split_data_version
@@ -66,6 +67,10 @@ def reward_model(
     data_version = split_data_version(split)
     run_name = f"rm-{data_version}-{settings.fingerprint()}"
     batches = sorted(set(",".join(split["batches"]).split(",")))
+    # what the card and lineage.json record: the stages below the split, the batch and review files, code versions
+    lineage = training_facts(
+        context.instance, context.asset_key, context.assets_def.code_versions_by_key.get(context.asset_key)
+    )
     context.log.info(f"training {run_name} on {len(split)} pairs from batches {batches}")
     client = dg.PipesSubprocessClient(env={"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"})
     invocation = client.run(
@@ -78,6 +83,7 @@ def reward_model(
             "run_name": run_name,
             "data_version": data_version,
             "annotation_batches": batches,
+            "lineage": lineage,
         },
     )
     return invocation.get_materialize_result()

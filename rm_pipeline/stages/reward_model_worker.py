@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 from dagster_pipes import open_dagster_pipes
 
+from rm_pipeline.lib.lineage import LINEAGE_FILE
 from rm_pipeline.lib.markdown import inline_png
 from rm_pipeline.lib.reward_training import TrainingSettings, train_reward_model
 
@@ -32,7 +33,11 @@ def run(pipes) -> None:
         Path(extras["models_dir"]),
         extras["run_name"],
         report,
-        card_facts={"data_version": extras["data_version"], "annotation_batches": extras["annotation_batches"]},
+        card_facts={
+            "data_version": extras["data_version"],
+            "annotation_batches": extras["annotation_batches"],
+            **extras["lineage"],
+        },
     )
     if main_process:
         metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float, str)) and v is not None}
@@ -48,6 +53,12 @@ def run(pipes) -> None:
                     "type": "md",
                 },
                 "data_version": extras["data_version"],
+                # lineage: what the model was trained on, also in the model card and lineage.json
+                **{
+                    name: {"raw_value": extras["lineage"][name], "type": "json"}
+                    for name in ("batches", "review_files", "code_versions")
+                },
+                "lineage_file": {"raw_value": str(result.model_dir / LINEAGE_FILE), "type": "path"},
             },
         )
 
