@@ -18,7 +18,7 @@ from rm_pipeline.lib.evaluation_inputs import (
 from rm_pipeline.lib.markdown import inline_png, markdown_table
 from rm_pipeline.lib.pairs import build_pairs
 from rm_pipeline.lib.readiness import ReadinessThresholds, readiness, split_overlap
-from rm_pipeline.lib.report import build_report, render_markdown, write_plots, write_report
+from rm_pipeline.lib.report import ReportSettings, build_report, render_markdown, write_plots, write_report
 from rm_pipeline.lib.split import split_by_group
 
 REPO_ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
@@ -327,3 +327,22 @@ def test_inline_png_embeds_the_image_itself(tmp_path):
     image = b"\x89PNG fake"
     path.write_bytes(image)
     assert inline_png(path, "curves") == f"![curves](data:image/png;base64,{base64.b64encode(image).decode()})"
+
+
+def test_small_domains_fold_into_other_and_every_row_has_an_interval():
+    rng = np.random.default_rng(0)
+    big = scored("held_out", rng.normal(1, 1, 60), rng.normal(0, 1, 60), [5] * 60, [5] * 60, domain="big")
+    small = [scored("held_out", [1.0] * 3, [0.0] * 3, [5] * 3, [5] * 3, domain=name) for name in ("tiny", "wee")]
+    pairs = pd.concat([big, *small], ignore_index=True).assign(pair_id=lambda f: [f"h{i}" for i in range(len(f))])
+    pairs["prompt_id"] = [f"p{i // 2}" for i in range(len(pairs))]  # two pairs per prompt group
+    report = build_report(pairs, no_responses(), train_domains=["big", "tiny"], settings=ReportSettings())
+    rows = {row["domain"]: row for row in report["domains"]["table"]}
+    assert set(rows) == {"big", "other (2 domains)"} and report["domains"]["folded_domains"] == ["tiny", "wee"]
+    assert sum(row["n"] for row in rows.values()) == report["held_out"]["n"] == 66
+    assert rows["other (2 domains)"]["accuracy"] == 1.0
+    assert report["domains"]["spillover_domains"] == ["wee"]  # spillover still sees the domains as they are
+    for row in rows.values():
+        assert row["ci_low"] <= row["accuracy"] <= row["ci_high"]
+    interval = report["held_out"]["interval"]
+    assert interval["low"] < report["held_out"]["accuracy"] < interval["high"] and interval["groups"] == 33
+    assert "ci_low" in render_markdown(report, {}, {})

@@ -24,8 +24,11 @@ import numpy as np
 import pandas as pd
 
 from rm_pipeline.lib import evaluation as ev
+from rm_pipeline.lib.intervals import bootstrap_interval
 from rm_pipeline.lib.markdown import format_number, markdown_table
+from rm_pipeline.lib.metrics import pair_credit
 from rm_pipeline.lib.settings import setting
+from rm_pipeline.lib.split import NO_DOMAIN
 
 PAIR_SOURCES = ("held_out", "disagreement", "fresh_policy", "benchmark")
 LENGTH_PROBE = ("alpaca-7b_concise", "alpaca-7b", "alpaca-7b_verbose")
@@ -46,6 +49,8 @@ class ReportSettings:
     )
     calibration_bins: int = setting(10, "Bins of the reliability diagram and of the expected calibration error.")
     high_agreement: float = setting(ev.HIGH_AGREEMENT, "Chosen share from which annotators count as agreeing.")
+    min_domain_pairs: int = setting(20, "Held-out domains with fewer pairs are folded into one `other` row.")
+    confidence: float = setting(0.95, "Confidence of the bootstrap intervals (resampling whole prompt groups).")
     length_match_tolerance: float = setting(
         ev.LENGTH_MATCH_TOLERANCE, "Relative length difference under which two answers are length-matched."
     )
@@ -68,10 +73,11 @@ def build_report(
     report = {
         "held_out": {
             **ev.pair_accuracy(held_out),
+            "interval": accuracy_interval(held_out, settings.confidence),
             "truncated": int(held_out["truncated"].sum()),
             "prompts": int(held_out["prompt_id"].nunique()),
         },
-        "domains": _domains(held_out, train_domains),
+        "domains": _domains(held_out, train_domains, settings),
         "disagreement": ev.pair_accuracy(disagreement),
         "agreement": _records(ev.by_agreement(split_pairs, settings.high_agreement)),
         "length": {
@@ -102,10 +108,37 @@ def _records(table: pd.DataFrame) -> list[dict]:
     return table.reset_index().to_dict("records")
 
 
-def _domains(held_out: pd.DataFrame, train_domains) -> dict:
+OTHER_DOMAINS = "other"
+
+
+def accuracy_interval(pairs: pd.DataFrame, confidence: float) -> dict | None:
+    """Pair accuracy (ties half) with its bootstrap interval over prompt groups; None without pairs."""
+    if not len(pairs):
+        return None
+    groups = pairs["prompt_group"] if "prompt_group" in pairs else pairs["prompt_id"]
+    return bootstrap_interval(
+        pair_credit(ev.pair_margins(pairs)), groups.astype(str).to_numpy(), confidence=confidence
+    ).as_dict()
+
+
+def _domains(held_out: pd.DataFrame, train_domains, settings: ReportSettings) -> dict:
+    """Accuracy per domain with its interval; domains under `min_domain_pairs` pairs share one `other` row
+    (an interval on a handful of pairs says nothing); spillover is computed on the domains as they are."""
     result = ev.by_domain(held_out, train_domains)
+    table = result["table"]
+    small = list(table.index[table["n"] < settings.min_domain_pairs])
+    labels = held_out["domain"].fillna(NO_DOMAIN).astype(str).to_numpy()
+    rows = [(row, labels == row["domain"]) for row in _records(table.drop(index=small))]
+    if small:
+        folded = np.isin(labels, small)
+        other = {"domain": f"{OTHER_DOMAINS} ({len(small)} domains)", **ev.pair_accuracy(held_out[folded])}
+        rows.append(({**other, "in_training": None}, folded))
+    for row, members in rows:
+        interval = accuracy_interval(held_out[members], settings.confidence)
+        row["ci_low"], row["ci_high"] = (interval["low"], interval["high"]) if interval else (None, None)
     return {
-        "table": _records(result["table"]),
+        "table": [row for row, _ in rows],
+        "folded_domains": sorted(small),
         "spillover_domains": result["spillover_domains"],
         "spillover": result["spillover"],
     }
@@ -255,7 +288,8 @@ def render_markdown(report: dict, facts: dict, plots: dict[str, str], verdict: d
     )
     domains = report["domains"]
     parts.append("## By domain\n")
-    parts.append(markdown_table(domains["table"], ["domain", "n", "accuracy", "ties", "mean_margin", "in_training"]))
+    columns = ["domain", "n", "accuracy", "ci_low", "ci_high", "ties", "mean_margin", "in_training"]
+    parts.append(markdown_table(domains["table"], columns))
     if domains["spillover_domains"]:
         parts.append(
             f"\nSpillover (domains absent from training: {', '.join(domains['spillover_domains'])}): "

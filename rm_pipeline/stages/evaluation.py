@@ -218,6 +218,7 @@ def evaluation_report(
             "report_json": dg.MetadataValue.path(str(json_path)),
             "model_path": dg.MetadataValue.path(str(model_dir)),
             "held_out_accuracy": held["accuracy"],
+            "held_out_accuracy_interval": dg.MetadataValue.json(held["interval"] or {}),
             "held_out_pairs": held["n"],
             "held_out_ties": held["ties"],
             "spillover_accuracy": (report["domains"]["spillover"] or {}).get("accuracy"),
@@ -233,7 +234,12 @@ def evaluation_report(
             "benchmarks": dg.MetadataValue.json(
                 {name: {"n": s["n"], "accuracy": s["accuracy"]} for name, s in report["benchmarks"].items()}
             ),
-            "by_domain": dg.MetadataValue.md(markdown_table(report["domains"]["table"])),
+            "by_domain": dg.MetadataValue.md(
+                markdown_table(
+                    report["domains"]["table"],
+                    ["domain", "n", "accuracy", "ci_low", "ci_high", "ties", "in_training"],
+                )
+            ),
             "by_agreement": dg.MetadataValue.md(markdown_table(report["agreement"])),
             "policies": dg.MetadataValue.md(markdown_table(report["policies"].get("summary", []))),
             **{name: dg.MetadataValue.md(inline_png(path, name)) for name, path in plots.items()},
