@@ -70,7 +70,8 @@ class UpstreamGatesPassed(dg.AutomationCondition):
     def evaluate(self, context: dg.AutomationContext) -> dg.AutomationResult:
         instance, failed = context.asset_graph_view.instance, []
         for key in sorted(context.asset_graph.get_ancestor_asset_keys(context.key)):
-            if context.request_subsets_by_key.get(key) or not context.asset_graph.get(key).is_materializable:
+            requested = context.request_subsets_by_key.get(key)
+            if (requested is not None and not requested.is_empty) or not context.asset_graph.get(key).is_materializable:
                 continue
             gates = verdict(instance, key)
             failed += [f"{key.to_user_string()}.{name} (run {gates.run_id})" for name in gates.failed]
