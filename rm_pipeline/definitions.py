@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from rm_pipeline.lib.automation import AutomationSettings
 from rm_pipeline.lib.folder_fingerprint import FolderWatchSettings
 from rm_pipeline.resources import (
     AnnotationSource,
@@ -13,6 +14,7 @@ from rm_pipeline.resources import (
     ReviewSource,
 )
 from rm_pipeline.stages import aggregation, annotations, evaluation, pairs, reward_model, split
+from rm_pipeline.stages.automation import automate, automation_sensor
 
 STAGES = [annotations, aggregation, pairs, split, reward_model, evaluation]
 
@@ -49,17 +51,23 @@ def build_defs(
     evaluation_dir: str | None = None,
     folder_watch: FolderWatchSettings | None = None,
     reviews_dir: str | None = None,
+    automation: AutomationSettings | None = None,
 ) -> dg.Definitions:
-    """The code location; `folder_watch` defaults to FolderWatchSettings with $RM_PIPELINE_SENSOR_INTERVAL."""
-    return dg.Definitions(
+    """The code location; `folder_watch` defaults to FolderWatchSettings with $RM_PIPELINE_SENSOR_INTERVAL,
+    `automation` to AutomationSettings with $RM_PIPELINE_RETRAIN_CRON and $RM_PIPELINE_RETRAIN_TIMEZONE."""
+    defs = dg.Definitions(
         assets=dg.load_assets_from_modules(STAGES, include_specs=True),  # specs: the annotation_folder source
         asset_checks=dg.load_asset_checks_from_modules(STAGES),
         jobs=[reward_pipeline_job],
-        sensors=[annotations.build_annotation_folder_sensor(folder_watch or FolderWatchSettings.from_environment())],
+        sensors=[
+            annotations.build_annotation_folder_sensor(folder_watch or FolderWatchSettings.from_environment()),
+            automation_sensor,
+        ],
         resources=build_resources(storage_root, annotations_dir, base_model, evaluation_dir, reviews_dir),
         # Stages run one after another on one machine; a process per step only adds start-up time.
         executor=dg.in_process_executor,
     )
+    return automate(defs, automation or AutomationSettings.from_environment())
 
 
 defs = build_defs()

@@ -1,0 +1,39 @@
+"""When the pipeline runs by itself: the retraining schedule. Knows nothing of Dagster."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from rm_pipeline.lib.settings import setting
+
+CRON_VARIABLE = "RM_PIPELINE_RETRAIN_CRON"
+TIMEZONE_VARIABLE = "RM_PIPELINE_RETRAIN_TIMEZONE"
+
+
+@dataclass(frozen=True)
+class AutomationSettings:
+    retrain_cron: str = setting(
+        "0 3 * * 1",
+        f"Cron schedule on which reward_model is retrained, when the approved split changed since the current "
+        f"model (${CRON_VARIABLE}; default Mondays 03:00).",
+    )
+    timezone: str = setting("UTC", f"Time zone of the retraining schedule (${TIMEZONE_VARIABLE}).")
+
+    def __post_init__(self):
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError) as error:
+            raise ValueError(f"unknown time zone {self.timezone!r} for the retraining schedule") from error
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str] = os.environ) -> AutomationSettings:
+        """The defaults, each overridden by its environment variable when that is set."""
+        values = {
+            field: environ[variable].strip()
+            for field, variable in (("retrain_cron", CRON_VARIABLE), ("timezone", TIMEZONE_VARIABLE))
+            if environ.get(variable, "").strip()
+        }
+        return cls(**values)
