@@ -138,6 +138,10 @@ def small_dagster_dev(annotations_slice, tmp_path, tiny_encoder, labelled_eval_d
 
     annotations = tmp_path / "annotations"
     shutil.copytree(annotations_slice, annotations)
-    settings = {"RM_PIPELINE_BASE_MODEL": tiny_encoder, "RM_PIPELINE_EVAL": str(labelled_eval_dir)}
+    settings = {
+        "RM_PIPELINE_BASE_MODEL": tiny_encoder,
+        "RM_PIPELINE_EVAL": str(labelled_eval_dir),
+        "RM_PIPELINE_SENSOR_INTERVAL": "2",  # a new batch is seen within seconds
+    }
     with dagster_dev(tmp_path, annotations, settings) as running:
         yield running

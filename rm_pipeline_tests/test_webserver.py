@@ -16,7 +16,7 @@ def test_job_launched_through_the_webserver_materialises_the_graph(small_dagster
     nodes = small_dagster_dev.client._execute(LINEAGE_QUERY)["assetNodes"]
     parents = {"/".join(n["assetKey"]["path"]): {"/".join(d["path"]) for d in n["dependencyKeys"]} for n in nodes}
     assert parents["preference_split"] == {"preference_pairs"}
-    assert parents["aggregated_preferences"] == {"raw_annotations"}
+    assert parents["aggregated_preferences"] == {"raw_annotations", "review_folder"}
 
     status = small_dagster_dev.launch_and_wait("reward_pipeline_job", {"ops": PERMISSIVE_READINESS})
     assert status == "SUCCESS"
