@@ -152,6 +152,7 @@ ACTIVE = {
     dg.DagsterRunStatus.CANCELING,
 }
 AUTOMATION_WAIT_SECONDS = 600
+SENSOR_TAG = "dagster/sensor_name"  # on every run a sensor (the automation sensor included) requested
 VOTE = {"item_id": "x1", "prompt": "p", "response_a": "r1", "response_b": "r2", "annotator_id": "v", "vote": "a"}
 GATE_BREAKING_BATCH = [json.dumps(VOTE)] * 2 + ["{not json"] * 8  # 80% unreadable: over the 20% the gate allows
 
@@ -224,9 +225,11 @@ def test_a_new_batch_runs_the_data_stages_with_no_click_and_a_bad_one_stops_at_i
                 f"{stage} after a new batch",
                 dev.log,
             )
+        assert latest_materialization(instance, "annotation_folder") > dropped  # the folder sensor saw it
         batches = instance.get_latest_materialization_event(dg.AssetKey("raw_annotations")).asset_materialization
         assert "vendor_batch_8.jsonl" in batches.metadata["batches"].value
-        assert runs_since(instance, dropped), "the stages ran in runs the sensors requested"
+        requested = runs_since(instance, dropped)
+        assert requested and all(run.tags.get(SENSOR_TAG) for run in requested), "runs a sensor requested, no click"
         wait_until_quiet(instance, quiet_seconds, dev.log)
 
         # A batch that breaks the raw_annotations gate: stopped there, and no model trained on it.
@@ -243,4 +246,5 @@ def test_a_new_batch_runs_the_data_stages_with_no_click_and_a_bad_one_stops_at_i
         for stage in DATA_STAGES[1:]:
             assert latest_materialization(instance, stage) < dropped, f"{stage} ran past a failed gate"
         requested = runs_since(instance, dropped)
-        assert requested and not any(targets(run, "reward_model") for run in requested)
+        assert requested and all(run.tags.get(SENSOR_TAG) for run in requested)
+        assert not any(targets(run, "reward_model") for run in requested), "reward_model requested past a failed gate"
