@@ -127,3 +127,21 @@ def labelled_eval_dir(tmp_path_factory) -> Path:
     pairs = [{"prompt": f"Name a fruit ({i})", "chosen": "An apple.", "rejected": "I won't."} for i in range(5)]
     (folder / "fresh-policy" / "labelled.jsonl").write_text("\n".join(map(json.dumps, pairs)) + "\n")
     return folder
+
+
+@pytest.fixture
+def small_dagster_dev(annotations_slice, tmp_path, tiny_encoder, labelled_eval_dir):
+    """The real `dagster dev` on 127.0.0.1 with small settings, watching its own copy of the annotation slice."""
+    import shutil
+
+    from rm_pipeline_tests.dagster_dev import dagster_dev
+
+    annotations = tmp_path / "annotations"
+    shutil.copytree(annotations_slice, annotations)
+    settings = {
+        "RM_PIPELINE_BASE_MODEL": tiny_encoder,
+        "RM_PIPELINE_EVAL": str(labelled_eval_dir),
+        "RM_PIPELINE_SENSOR_INTERVAL": "2",  # a new batch is seen within seconds
+    }
+    with dagster_dev(tmp_path, annotations, settings) as running:
+        yield running

@@ -4,7 +4,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 
@@ -259,9 +258,9 @@ def test_dagster_asset_materialize_runs_the_whole_graph(annotations_slice, tmp_p
 def test_sigterm_to_ui_stops_dagster_dev_and_everything_it_started(tmp_path):
     import psutil
 
-    from rm_pipeline_tests.test_webserver import _free_port, _wait_for
+    from rm_pipeline_tests.dagster_dev import assert_port_free, free_port, wait_for
 
-    port = _free_port()
+    port = free_port()
     env = {key: value for key, value in os.environ.items() if key not in ("DAGSTER_HOME", "RM_PIPELINE_HOME")}
     log = open(tmp_path / "ui.log", "w")
     ui = subprocess.Popen(
@@ -273,17 +272,14 @@ def test_sigterm_to_ui_stops_dagster_dev_and_everything_it_started(tmp_path):
     )
     started = []
     try:
-        _wait_for(f"http://127.0.0.1:{port}/server_info", 180)
+        wait_for(f"http://127.0.0.1:{port}/server_info", 180)
         started = psutil.Process(ui.pid).children(recursive=True)
         assert len(started) >= 3  # dagster dev, its webserver and daemon (and code servers)
         ui.send_signal(signal.SIGTERM)
         assert ui.wait(timeout=120) == 0
         _, alive = psutil.wait_procs(started, timeout=10)
         assert not alive, [process.cmdline() for process in alive]
-        with socket.socket() as probe:  # nothing listens on the port (REUSEADDR: closed connections may linger)
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind(("127.0.0.1", port))
-            probe.listen()
+        assert_port_free(port)
     finally:  # whatever the outcome, leave nothing running
         if ui.poll() is None:
             ui.kill()
