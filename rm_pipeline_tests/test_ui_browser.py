@@ -193,11 +193,6 @@ def targets(run: dg.DagsterRun, asset: str) -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not AUTOMATION_SENSORS,
-    reason="the definitions have no automation sensor (no dg.AutomationConditionSensorDefinition in "
-    "defs.sensors): nothing requests the data stages when a batch arrives",
-)
 def test_a_new_batch_runs_the_data_stages_with_no_click_and_a_bad_one_stops_at_its_gate(small_dagster_dev):
     dev = small_dagster_dev
     # Two ticks of the slowest sensor with no run requested: automation has nothing more to do.
