@@ -91,6 +91,18 @@ def test_a_new_batch_requests_every_data_stage_in_one_run(annotations_slice, sto
         assert run.asset_check_keys is None  # None: every check of those assets, the gates included
 
 
+def test_a_folder_reported_before_automation_first_looks_is_ingested(annotations_slice, storage_root):
+    """`rm-pipeline ui` on a folder of batches: the folder sensor may report it before the automation sensor's
+    first tick, so no dependency is "newly updated" afterwards; the never-materialised chain is requested
+    all the same (on the tick after the first, which only notes where things stand), once."""
+    with dg.instance_for_test() as instance:
+        defs = build_defs(str(storage_root), str(annotations_slice))
+        Sensor(instance, annotations_slice).tick()
+        automation = Automation(defs, instance)
+        assert automation.tick() == DATA_STAGES
+        assert automation.tick() == set()
+
+
 def test_a_bad_batch_stops_at_its_gate_and_nothing_downstream_is_requested(
     annotations_slice, bad_annotations, storage_root
 ):

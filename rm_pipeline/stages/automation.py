@@ -106,9 +106,13 @@ def _recorded_version(event) -> str | None:
 
 def data_stage_condition() -> dg.AutomationCondition:
     """Dagster's eager (a dependency updated, or will be requested this tick: one run for the chain), held back
-    by a failed gate upstream or a run in progress. A folder no sensor reports is not missing data."""
+    by a failed gate upstream or a run in progress. A folder no sensor reports is not missing data. Unlike
+    eager, a stage never materialised is requested too (`missing`, not `newly_missing`): `rm-pipeline ui`
+    started on a folder of batches ingests them without a click."""
     return (
-        dg.AutomationCondition.eager().replace(
+        dg.AutomationCondition.eager()
+        .replace("newly_missing", dg.AutomationCondition.missing())
+        .replace(
             "any_deps_missing",
             dg.AutomationCondition.any_deps_missing().ignore(dg.AssetSelection.assets("review_folder")),
         )
