@@ -18,6 +18,7 @@ from rm_pipeline.lib.settings import build_settings
 from rm_pipeline.lib.split import SplitSettings
 from rm_pipeline.resources import BaseModelResource
 from rm_pipeline.stages import aggregation, evaluation, pairs, reward_model, split
+from rm_pipeline_tests.test_gate_enforcement import UP_TO_SPLIT
 
 # (run config of a stage, the library settings it carries, the fields a resource owns instead)
 STAGE_CONFIGS = [
@@ -89,14 +90,7 @@ def test_the_pair_stage_and_its_gate_use_the_resource_max_length(tmp_path, annot
 
     defs = build_defs(str(tmp_path / "home"), str(annotations_slice))
     resources = {**defs.resources, "base_model": BaseModelResource(max_length=64)}
-    data_stages = dg.AssetSelection.assets(
-        "raw_annotations",
-        "annotation_quarantine",
-        "aggregated_preferences",
-        "review_queue",
-        "preference_pairs",
-        "rejected_pairs",
-    )
+    data_stages = dg.AssetSelection.assets(*UP_TO_SPLIT) - dg.AssetSelection.assets("preference_split")
     result = dg.materialize(
         [*defs.assets, *defs.asset_checks],
         resources=resources,
