@@ -55,12 +55,14 @@ def build_defs(
 ) -> dg.Definitions:
     """The code location; `folder_watch` defaults to FolderWatchSettings with $RM_PIPELINE_SENSOR_INTERVAL,
     `automation` to AutomationSettings with $RM_PIPELINE_RETRAIN_CRON and $RM_PIPELINE_RETRAIN_TIMEZONE."""
+    folder_watch = folder_watch or FolderWatchSettings.from_environment()
     defs = dg.Definitions(
         assets=dg.load_assets_from_modules(STAGES, include_specs=True),  # specs: the annotation_folder source
         asset_checks=dg.load_asset_checks_from_modules(STAGES),
         jobs=[reward_pipeline_job],
         sensors=[
-            annotations.build_annotation_folder_sensor(folder_watch or FolderWatchSettings.from_environment()),
+            annotations.build_annotation_folder_sensor(folder_watch),
+            aggregation.build_review_folder_sensor(folder_watch),
             automation_sensor,
         ],
         resources=build_resources(storage_root, annotations_dir, base_model, evaluation_dir, reviews_dir),

@@ -181,7 +181,7 @@ def test_the_sensor_reports_new_changed_and_removed_batches_and_nothing_when_unc
         assert first.metadata["rows"].value == 3
 
         unchanged = sensor.tick()
-        assert isinstance(unchanged, dg.SkipReason) and unchanged.skip_message == "annotation folder unchanged"
+        assert isinstance(unchanged, dg.SkipReason) and unchanged.skip_message == "annotation_folder unchanged"
 
         write_batch(tmp_path, "c.jsonl", ["z"])
         assert changes(new_version(sensor.tick())) == {"added": ["c.jsonl"], "changed": [], "removed": []}

@@ -13,8 +13,10 @@ from dagster._core.test_utils import create_run_for_test
 
 from rm_pipeline.definitions import build_defs
 from rm_pipeline.lib.automation import CRON_VARIABLE, TIMEZONE_VARIABLE, AutomationSettings
+from rm_pipeline.resources import ReviewSource
+from rm_pipeline.stages.aggregation import build_review_folder_sensor
 from rm_pipeline.stages.automation import automation_sensor
-from rm_pipeline_tests.test_annotation_folder import Sensor
+from rm_pipeline_tests.test_annotation_folder import SETTLED, Sensor
 from rm_pipeline_tests.test_gate_enforcement import GARBAGE, UP_TO_SPLIT, materialize
 
 DATA_STAGES = set(UP_TO_SPLIT)
@@ -235,3 +237,32 @@ def test_the_automation_sensor_runs_by_default():
     sensor = build_defs().get_sensor_def("rm_pipeline_automation_sensor")
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
     assert isinstance(sensor, dg.AutomationConditionSensorDefinition)
+
+
+def test_a_new_review_file_runs_the_data_stages_from_aggregation_on(annotations_slice, storage_root, tmp_path):
+    reviews = tmp_path / "reviews"
+    reviews.mkdir()
+    review_sensor = build_review_folder_sensor(SETTLED)
+
+    def review_tick(cursor=None):
+        context = dg.build_sensor_context(
+            instance=instance, cursor=cursor, resources={"review_source": ReviewSource(directory=str(reviews))}
+        )
+        result = review_sensor(context)
+        for event in getattr(result, "asset_events", []):  # what the sensor daemon does with them
+            instance.report_runless_asset_event(event)
+        return result
+
+    with dg.instance_for_test() as instance:
+        defs = build_defs(str(storage_root), str(annotations_slice), reviews_dir=str(reviews))
+        Sensor(instance, annotations_slice).tick()
+        first = review_tick()
+        assert [event.asset_key.to_user_string() for event in first.asset_events] == ["review_folder"]
+        automation = Automation(defs, instance)
+        assert automation.tick() == DATA_STAGES
+        assert materialize(storage_root, annotations_slice, instance, UP_TO_SPLIT).success
+        assert automation.tick() == set()
+
+        (reviews / "reviewed.csv").write_text("item_id,review_decision,reviewer_id\nx/1,a,rev-1\n")
+        assert review_tick(first.cursor).asset_events  # a new version of review_folder
+        assert automation.tick() == DATA_STAGES - {"raw_annotations", "annotation_quarantine"}

@@ -100,34 +100,46 @@ def raw_annotations_valid(raw_annotations, annotation_quarantine, quality_gates:
     )
 
 
+def folder_sensor_options(folder: dg.AssetSpec, settings: FolderWatchSettings) -> dict:
+    """`dg.sensor` arguments of a sensor watching the external asset `folder` every `settings.interval_seconds`."""
+    return {
+        "name": f"{folder.key.to_user_string()}_sensor",
+        "minimum_interval_seconds": settings.interval_seconds,
+        "default_status": dg.DefaultSensorStatus.RUNNING,
+        "description": f"Reports a new version of {folder.key.to_user_string()} (a materialization with its data "
+        "version) when a file is added, changed or removed, listing every file (sha256, rows) and the changes. "
+        "Files are hashed again only when their size or modification time changed; one still being written "
+        "waits for the next tick.",
+    }
+
+
+def folder_tick(
+    context: dg.SensorEvaluationContext, folder: dg.AssetSpec, directory: str, settings: FolderWatchSettings
+):
+    """One tick of a folder sensor: a new version of `folder` when its files changed, else a skip."""
+    last = json.loads(context.cursor) if context.cursor else {}
+    look = fingerprint_folder(directory, last.get("files"), settings.settle_seconds)
+    if look.pending:
+        context.log.info(f"still being written, left for the next tick: {', '.join(look.pending)}")
+    cursor = json.dumps({"version": look.version, "files": look.state}, sort_keys=True)
+    if look.version != last.get("version"):
+        return dg.SensorResult(asset_events=[folder_version(directory, look, folder.key)], cursor=cursor)
+    skip = dg.SkipReason(f"{folder.key.to_user_string()} unchanged")
+    # A file touched but not changed: same version, but remember its new mtime so it isn't hashed again.
+    return skip if look.state == last.get("files") else dg.SensorResult(skip_reason=skip, cursor=cursor)
+
+
 def build_annotation_folder_sensor(settings: FolderWatchSettings) -> dg.SensorDefinition:
-    """The sensor watching the annotation folder every `settings.interval_seconds` (a definition-time value)."""
+    @dg.sensor(**folder_sensor_options(annotation_folder, settings))
+    def annotation_folder_sensor(context: dg.SensorEvaluationContext, annotation_source: AnnotationSource):
+        return folder_tick(context, annotation_folder, annotation_source.directory, settings)
 
-    @dg.sensor(
-        name="annotation_folder_sensor",
-        minimum_interval_seconds=settings.interval_seconds,
-        default_status=dg.DefaultSensorStatus.RUNNING,
-        description="Reports a new version of annotation_folder (a materialization with its data version) when a "
-        "batch file is added, changed or removed, listing every batch (file, sha256, rows) and the changes. Files "
-        "are hashed again only when their size or modification time changed; one still being written waits for "
-        "the next tick.",
-    )
-    def sensor(context: dg.SensorEvaluationContext, annotation_source: AnnotationSource):
-        last = json.loads(context.cursor) if context.cursor else {}
-        look = fingerprint_folder(annotation_source.directory, last.get("files"), settings.settle_seconds)
-        if look.pending:
-            context.log.info(f"still being written, left for the next tick: {', '.join(look.pending)}")
-        cursor = json.dumps({"version": look.version, "files": look.state}, sort_keys=True)
-        if look.version != last.get("version"):
-            return dg.SensorResult(asset_events=[folder_version(annotation_source.directory, look)], cursor=cursor)
-        skip = dg.SkipReason("annotation folder unchanged")
-        # A file touched but not changed: same version, but remember its new mtime so it isn't hashed again.
-        return skip if look.state == last.get("files") else dg.SensorResult(skip_reason=skip, cursor=cursor)
-
-    return sensor
+    return annotation_folder_sensor
 
 
-def folder_version(directory: str, look: FolderFingerprint) -> dg.AssetMaterialization:
+def folder_version(
+    directory: str, look: FolderFingerprint, key: dg.AssetKey = annotation_folder.key
+) -> dg.AssetMaterialization:
     """The folder's new data version, every batch in it, and what changed since the last version.
 
     Reported as a materialization of the external asset (vendors materialise it by writing files), not an
@@ -139,7 +151,7 @@ def folder_version(directory: str, look: FolderFingerprint) -> dg.AssetMateriali
         for name, entry in sorted(look.state.items())
     ]
     return dg.AssetMaterialization(
-        asset_key=annotation_folder.key,
+        asset_key=key,
         tags={DATA_VERSION_TAG: look.version},
         metadata={
             "directory": dg.MetadataValue.path(directory),
