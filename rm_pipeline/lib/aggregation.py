@@ -24,8 +24,8 @@ LABELS = (*OUTCOMES, "abstain")  # every vote label, in the order of the integer
 
 # Set by rm_pipeline.lib.reviews.apply_reviews when a reviewer decided the comparison.
 ADJUDICATION_COLUMNS = ["review_decision", "adjudicated", "adjudicated_by", "review_note"]
-COMPARISON_COLUMNS = [
-    "item_id",
+# What describes the comparison itself, taken from its first vote.
+ITEM_FIELDS = [
     "prompt_id",
     "prompt",
     "conversational",
@@ -35,6 +35,10 @@ COMPARISON_COLUMNS = [
     "context_b",
     "domain",
     "source",
+]
+COMPARISON_COLUMNS = [
+    "item_id",
+    *ITEM_FIELDS,
     "batches",
     "n_votes",
     "votes_a",
@@ -212,19 +216,6 @@ def _item_mean(values: np.ndarray, item: np.ndarray, n_items: int, where: np.nda
     count = np.bincount(item[use], minlength=n_items)
     with np.errstate(divide="ignore", invalid="ignore"):
         return total / count
-
-
-ITEM_FIELDS = [
-    "prompt_id",
-    "prompt",
-    "conversational",
-    "response_a",
-    "response_b",
-    "context_a",
-    "context_b",
-    "domain",
-    "source",
-]
 
 
 def _item_fields(votes: pd.DataFrame, item: np.ndarray) -> pd.DataFrame:
