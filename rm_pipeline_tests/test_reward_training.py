@@ -78,6 +78,19 @@ def assert_throughputs_agree(metrics: dict, train: pd.DataFrame, tokenizer) -> N
     assert ratio == pytest.approx(tokens / len(train), rel=0.02)
 
 
+def test_a_half_precision_checkpoint_is_trained_from_fp32_weights(tiny_encoder, tmp_path):
+    """transformers 5 keeps a checkpoint's dtype by default; AdamW on bf16 weights would lose small updates."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    half = tmp_path / "bf16"
+    AutoModelForSequenceClassification.from_pretrained(tiny_encoder, dtype=torch.bfloat16).save_pretrained(half)
+    AutoTokenizer.from_pretrained(tiny_encoder).save_pretrained(half)
+    assert AutoModelForSequenceClassification.from_pretrained(half).dtype == torch.bfloat16  # the default we avoid
+    model, _ = load_model(TrainingSettings(base_model=str(half)))
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+
+
 # ---------------------------------------------------------------- 1. scoring is padding-invariant
 
 

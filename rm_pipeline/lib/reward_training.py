@@ -138,7 +138,9 @@ def hardware() -> dict:
 
 
 def load_model(settings: TrainingSettings, dtype=None):
-    """A one-unit score head on the base checkpoint; pad token known to the model config."""
+    """A one-unit score head on the base checkpoint; pad token known to the model config. fp32 unless told
+    otherwise: transformers 5 would keep a bf16/fp16 checkpoint's dtype, and AdamW needs fp32 master weights."""
+    import torch
     from transformers import AutoModelForSequenceClassification
 
     tokenizer = load_tokenizer(settings.base_model, settings.trust_remote_code)
@@ -146,7 +148,7 @@ def load_model(settings: TrainingSettings, dtype=None):
         settings.base_model,
         num_labels=1,
         trust_remote_code=settings.trust_remote_code,
-        **({"dtype": dtype} if dtype is not None else {}),
+        dtype=dtype or torch.float32,
     )
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:  # a pad token was added
         model.resize_token_embeddings(len(tokenizer))
