@@ -206,7 +206,7 @@ def test_train_reward_model_publishes_a_loadable_model(tiny_encoder, tmp_path):
     assert metrics["steps"] == 8  # 32 pairs / batch 8 * 2 epochs
     for key in ("pairs_per_second", "tokens_per_second", "peak_memory_mb"):
         assert metrics[key] > 0, key
-    assert metrics["device"] == "cpu"
+    assert metrics["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
     assert metrics["eval_accuracy"] == 1.0
     assert metrics["resumed_from"] is None
     assert_throughputs_agree(metrics, train, scorer.tokenizer)

@@ -385,6 +385,7 @@ def training_metrics(
     tokens = int(sum(data.train["length"]))
     # resumed or stopped early: only the share of the schedule run in this call counts, as for pairs/s
     share_run = (output.global_step - first_step) / max(trainer.state.max_steps, 1)
+    runtime = max(output.metrics.get("train_runtime", 1e-9), 1e-9)
     return {
         **device,
         "train_pairs": len(data.train),
@@ -394,10 +395,10 @@ def training_metrics(
         "epochs": float(output.metrics.get("epoch", settings.epochs)),
         "train_loss": float(output.training_loss),
         "train_seconds": round(train_seconds, 1),
-        "pairs_per_second": round(output.metrics.get("train_samples_per_second", 0.0), 2),
-        "tokens_per_second": round(
-            tokens * settings.epochs * share_run / max(output.metrics.get("train_runtime", 1e-9), 1e-9), 1
-        ),
+        # our own count, not Trainer's train_samples_per_second: before transformers 5.2x that counted a resumed
+        # run's skipped steps too
+        "pairs_per_second": round(len(data.train) * settings.epochs * share_run / runtime, 2),
+        "tokens_per_second": round(tokens * settings.epochs * share_run / runtime, 1),
         "resumed_from": resumed_from,
         "peak_memory_mb": peak_memory_mb(device["device"]),
     }

@@ -88,14 +88,13 @@ class RewardScorer:
     def load(
         cls, model_dir: str | Path, batch_size: int = SCORING_BATCH_SIZE, trust_remote_code: bool = False
     ) -> RewardScorer:
-        """A saved model directory on the GPU when there is one (bf16 where supported), else the CPU."""
+        """A saved model directory on the GPU when there is one, else the CPU, in the dtype it was saved in: the
+        rewards TRL's trainers compute from the same directory (bf16 would round them into ties near 1.0)."""
         from transformers import AutoModelForSequenceClassification
 
-        cuda = torch.cuda.is_available()
-        dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
         model = AutoModelForSequenceClassification.from_pretrained(
-            str(model_dir), dtype=dtype, trust_remote_code=trust_remote_code
-        ).to("cuda" if cuda else "cpu")
+            str(model_dir), dtype="auto", trust_remote_code=trust_remote_code
+        ).to("cuda" if torch.cuda.is_available() else "cpu")
         tokenizer = load_tokenizer(str(model_dir), trust_remote_code)
         return cls(model, tokenizer, position_limit(model, tokenizer), batch_size)
 
