@@ -370,7 +370,8 @@ def fit(trainer, checkpoint_dir: Path, report: Report):
 
 def final_model(trainer, merge_lora: bool):
     """The model to publish: the best checkpoint when evaluating (load_best_model_at_end), LoRA merged."""
-    model = trainer.model
+    # without accelerate's autocast wrapper: statistics are those of the weights as saved (bf16 on a GPU otherwise)
+    model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
     if merge_lora:
         model = model.merge_and_unload()  # a plain checkpoint: loads without peft
     model.eval()
