@@ -1,8 +1,9 @@
 """Confidence intervals by the bootstrap, resampling whole groups (e.g. every pair of one prompt) so pairs
 that share a prompt, and so are not independent, don't make an interval look narrower than it is.
 
-Numpy only; knows nothing of models or Dagster. One interval function for every accuracy the pipeline
-reports with an interval (model promotion, the evaluation evidence).
+Numpy only; knows nothing of models or Dagster. `rate_interval` is the one function for every accuracy,
+flip rate and share the pipeline reports (model promotion, the evaluation evidence): a cluster bootstrap
+where values share groups, Wilson's score interval where every value stands alone.
 """
 
 from __future__ import annotations
@@ -78,6 +79,35 @@ def bootstrap_interval(
     tail = (1.0 - confidence) / 2 * 100
     low, high = np.percentile(draws, [tail, 100 - tail])
     return Interval(float(statistic(values)), float(low), float(high), confidence, len(values), n_groups)
+
+
+def wilson_interval(successes: float, n: int, confidence: float = 0.95) -> Interval:
+    """Wilson's score interval of a proportion: well behaved near 0 and 1 and on small n, unlike the normal
+    approximation. ``successes`` may be fractional (a tie counts half)."""
+    from scipy.stats import norm
+
+    if n < 1:
+        raise ValueError("wilson_interval needs at least one value")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be between 0 and 1, got {confidence}")
+    z = float(norm.ppf(0.5 + confidence / 2))
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return Interval(float(p), float(max(0.0, centre - half)), float(min(1.0, centre + half)), confidence, n, n)
+
+
+def rate_interval(values, groups=None, confidence: float = 0.95, resamples: int = 2000, seed: int = 0) -> Interval:
+    """The interval of a rate (values in [0, 1]: 1 right or flipped, 0 not, 0.5 a tie): a cluster bootstrap
+    over ``groups`` when some group holds several values, which are then not independent; Wilson otherwise."""
+    values = np.asarray(values, dtype=float)
+    if values.ndim != 1 or len(values) == 0:
+        raise ValueError("rate_interval needs a non-empty one-dimensional array of values")
+    if values.min() < 0 or values.max() > 1:
+        raise ValueError("rate_interval takes values between 0 and 1")
+    if groups is not None and len(set(map(str, groups))) < len(values):
+        return bootstrap_interval(values, groups, confidence=confidence, resamples=resamples, seed=seed)
+    return wilson_interval(float(values.sum()), len(values), confidence)
 
 
 def _resampled_means(values, codes, n_groups: int, resamples: int, rng) -> np.ndarray:
