@@ -116,6 +116,20 @@ def pair_margins(frame: pd.DataFrame) -> np.ndarray:
     return frame["chosen_reward"].to_numpy(float) - frame["rejected_reward"].to_numpy(float)
 
 
+def tie_pair_margins(frame: pd.DataFrame, tie_tolerance: float = TIE_TOLERANCE) -> dict:
+    """How near zero the margins of tie pairs are (they have no right answer, so never enter an accuracy):
+    n, mean_abs_margin, median_abs_margin and within_tolerance (the share scored as ties, |margin| <= tolerance)."""
+    margin = np.abs(pair_margins(frame))
+    n = int(margin.size)
+    return {
+        "n": n,
+        "mean_abs_margin": float(margin.mean()) if n else math.nan,
+        "median_abs_margin": float(np.median(margin)) if n else math.nan,
+        "within_tolerance": float((margin <= tie_tolerance).mean()) if n else math.nan,
+        "tie_tolerance": tie_tolerance,
+    }
+
+
 def _counts(credit: np.ndarray, margin: np.ndarray) -> dict:
     n = int(credit.size)
     ties = int((credit == 0.5).sum())

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 
-from rm_pipeline.lib.settings import setting
+from rm_pipeline.lib.settings import check_choices, setting
 from rm_pipeline.lib.tokenization import DEFAULT_MAX_LENGTH
 
 # Checked in this order; a pair is rejected for the first rule it breaks.
@@ -44,6 +45,7 @@ PAIR_COLUMNS = [
     "confidence",
     "chosen_tokens",
     "rejected_tokens",
+    "preference",
 ]
 REJECTED_COLUMNS = [
     "item_id",
@@ -63,9 +65,30 @@ REJECTED_COLUMNS = [
 ]
 
 
+# The target probability that `chosen` beats `rejected`: a preferred pair, or a tie (sides in the order a, b).
+PREFERRED, TIE = 1.0, 0.5
+TieHandling = Literal["drop", "soft"]
+
+
 @dataclass(frozen=True)
 class PairSettings:
     include_disputed: bool = setting(False, "Train on review-queue comparisons too.")
+    tie_handling: TieHandling = setting(
+        "drop",
+        "drop: a comparison whose aggregated outcome is a tie is rejected (tie_or_abstention). soft: it is kept "
+        "as a tie pair (preference 0.5, response a as `chosen`), trained towards equal rewards and left out "
+        "of held-out accuracy.",
+    )
+
+    def __post_init__(self):
+        check_choices(self)
+
+
+def tie_pairs(pairs: pd.DataFrame) -> pd.Series:
+    """True for tie pairs (preference 0.5); a table from before ties could be kept has none."""
+    if "preference" not in pairs:
+        return pd.Series(False, index=pairs.index)
+    return pairs["preference"].to_numpy(float) == TIE
 
 
 TokenLengths = Callable[[pd.Series, pd.Series, pd.Series], np.ndarray]
@@ -125,8 +148,10 @@ def build_pairs(
     token_lengths: TokenLengths | None = None,
     max_length: int = DEFAULT_MAX_LENGTH,
     include_disputed: bool = PairSettings.include_disputed,
+    tie_handling: TieHandling = PairSettings.tie_handling,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Split comparisons into training pairs and rejected ones.
+    """Split comparisons into training pairs and rejected ones; with ``tie_handling="soft"`` a tied
+    comparison is a kept pair with preference 0.5 (response a as `chosen`), otherwise rejected.
 
     `token_lengths(prompts, responses, conversational)` counts tokens with the base model's own
     tokenizer; without it the `too_long` rule is skipped (and said so by the caller).
@@ -142,7 +167,10 @@ def build_pairs(
     if dropped.any():  # (the review queue, also paired here, has no reviewer columns beyond review_decision)
         note = (": " + frame["review_note"].astype(str)).where(frame["review_note"].notna(), "")
         reject(dropped, "dropped_by_reviewer", "dropped by reviewer " + frame["adjudicated_by"].astype(str) + note)
-    reject(~frame["winner"].isin(("a", "b")), "tie_or_abstention", "aggregated outcome: " + frame["winner"])
+    PairSettings(tie_handling=tie_handling)  # an unknown value is an error naming the field and the choices
+    outcomes = ("a", "b", "tie") if tie_handling == "soft" else ("a", "b")
+    reject(~frame["winner"].isin(outcomes), "tie_or_abstention", "aggregated outcome: " + frame["winner"])
+    frame["preference"] = np.where(frame["winner"] == "tie", TIE, PREFERRED)
     check_pair_rules(frame, rejections)
     if not include_disputed:
         # Compared as objects: pandas' isin on an Arrow string column, or iterating one into a set, is

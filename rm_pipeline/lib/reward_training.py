@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -21,11 +22,13 @@ import pandas as pd
 from rm_pipeline.lib.lineage import LINEAGE_FILE
 from rm_pipeline.lib.markdown import markdown_table
 from rm_pipeline.lib.metrics import pair_credit, peak_memory_mb
-from rm_pipeline.lib.settings import setting
+from rm_pipeline.lib.pairs import PREFERRED, tie_pairs
+from rm_pipeline.lib.settings import check_choices, setting
 from rm_pipeline.lib.tokenization import DEFAULT_MAX_LENGTH, encode, load_tokenizer
 
 Report = Callable[[str, dict], None]  # (kind: "log" | "progress", payload)
 FACTS_FILE = "training_facts.json"  # run name, data version, annotation batches: saved with the model
+Loss = Literal["bradley_terry", "mse"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,14 @@ class TrainingSettings:
     group_by_length: bool = setting(True, "Batches of similar lengths: less padding, same result.")
     gradient_checkpointing: bool = setting(False, "Trade compute for memory (large models only).")
     # the loss
+    loss: Loss = setting(
+        "bradley_terry",
+        "With d = r(chosen) - r(rejected) - margin and p the pair's target preference (1 for a preferred "
+        "pair, 0.5 for a tie, whose margin is 0): bradley_terry: -p*log(sigmoid(d)) - (1-p)*log(sigmoid(-d)) "
+        "(TRL's loss when p = 1; -1/2*log(sigmoid(d)) - 1/2*log(sigmoid(-d)) for a tie); mse: "
+        "(sigmoid(d) - p)^2, the predicted win probability regressed on the target. Ties reach training "
+        "only with the pairs stage's tie_handling: soft.",
+    )
     use_margin: bool = setting(True, "Preference strength becomes TRL's margin column.")
     margin_per_strength: float = setting(0.5, "Margin per unit of strength.")
     center_rewards_coefficient: float | None = setting(None, "TRL's reward centring (e.g. 0.01).")
@@ -77,6 +88,9 @@ class TrainingSettings:
     )
     logging_steps: int = setting(10, "Progress (step, loss, accuracy, ETA) every N steps.")
 
+    def __post_init__(self):
+        check_choices(self)
+
     def fingerprint(self) -> str:
         import hashlib
 
@@ -94,8 +108,9 @@ class TrainingResult:
 
 
 def pair_dataset(pairs: pd.DataFrame, tokenizer, settings: TrainingSettings):
-    """TRL's pre-tokenized format (`chosen_ids`/`rejected_ids`, optional `margin`) plus a `length`
-    column for length-grouped batches. Tokenized by the same code as the max_length rule."""
+    """TRL's pre-tokenized format (`chosen_ids`/`rejected_ids`, optional `margin`), the target `preference`
+    (1 or 0.5 for a tie, which gets no margin) for `preference_loss`, and a `length` column for length-grouped
+    batches. Tokenized by the same code as the max_length rule."""
     from datasets import Dataset
 
     chosen = encode(tokenizer, pairs["prompt"], pairs["chosen"], pairs["conversational"])
@@ -104,9 +119,10 @@ def pair_dataset(pairs: pd.DataFrame, tokenizer, settings: TrainingSettings):
         "chosen_ids": chosen,
         "rejected_ids": rejected,
         "length": [len(c) + len(r) for c, r in zip(chosen, rejected)],
+        "preference": preferences(pairs).tolist(),
     }
     if settings.use_margin:
-        columns["margin"] = margins(pairs, settings.margin_per_strength).tolist()
+        columns["margin"] = np.where(tie_pairs(pairs), 0.0, margins(pairs, settings.margin_per_strength)).tolist()
     return Dataset.from_dict(columns)
 
 
@@ -119,6 +135,13 @@ def margins(pairs: pd.DataFrame, per_strength: float) -> np.ndarray:
     """Preference strength as TRL's margin: 0 where no strength was given."""
     strength = pd.to_numeric(pairs.get("strength", pd.Series(np.nan, index=pairs.index)), errors="coerce")
     return (strength.fillna(0.0).to_numpy(dtype=np.float64)) * per_strength
+
+
+def preferences(pairs: pd.DataFrame) -> np.ndarray:
+    """Each pair's target preference; 1 for a table from before ties could be kept."""
+    if "preference" not in pairs:
+        return np.full(len(pairs), PREFERRED)
+    return pairs["preference"].to_numpy(np.float64)
 
 
 # ---------------------------------------------------------------- model
@@ -272,22 +295,67 @@ def _progress_callback(report: Report):
     return ProgressReport()
 
 
-def pair_credit_trainer_class():
-    """TRL's RewardTrainer whose `accuracy` is the evaluation's pair credit (a tie is half right), so the
-    training curves, the model card and the evaluation report count the same pairs the same way."""
+def preference_loss(rewards_chosen, rewards_rejected, preference, margin=None, loss: Loss = "bradley_terry"):
+    """The batch's mean loss (see `TrainingSettings.loss`): with d = chosen - rejected - margin and target
+    preference p, bradley_terry is the cross-entropy -p*log(sigmoid(d)) - (1-p)*log(sigmoid(-d)) (TRL's
+    -log(sigmoid(d)) when every p is 1) and mse is (sigmoid(d) - p)^2."""
+    import torch
+    import torch.nn.functional as F
+
+    difference = rewards_chosen - rewards_rejected
+    if margin is not None:
+        difference = difference - margin.to(difference.dtype)
+    preference = preference.to(difference.dtype)
+    if loss == "mse":
+        return ((torch.sigmoid(difference) - preference) ** 2).mean()
+    return F.binary_cross_entropy_with_logits(difference, preference)
+
+
+def preference_collator(tokenizer, args):
+    """TRL's DataCollatorForPreference, which keeps only ids and `margin`, plus each pair's `preference`."""
+    import torch
+    from trl.trainer.reward_trainer import DataCollatorForPreference
+
+    class PreferenceCollator(DataCollatorForPreference):
+        def torch_call(self, examples):
+            output = super().torch_call(examples)
+            output["preference"] = torch.tensor(
+                [example.get("preference", PREFERRED) for example in examples], dtype=torch.float
+            )
+            return output
+
+    return PreferenceCollator(pad_token_id=tokenizer.pad_token_id, pad_to_multiple_of=args.pad_to_multiple_of)
+
+
+def pair_credit_trainer_class(loss: Loss = "bradley_terry"):
+    """TRL's RewardTrainer with two changes at its `compute_loss` hook, everything else (checkpointing,
+    resume, logging, metrics) TRL's own:
+
+    - the loss is `preference_loss` on each pair's target preference (a tie is 0.5), as `loss` says;
+    - `accuracy` is the evaluation's pair credit (a tie is half right) over preferred pairs only, so the
+      training curves, the model card and the evaluation report count the same pairs the same way."""
     import torch
     from trl import RewardTrainer
 
     class PairCreditRewardTrainer(RewardTrainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            loss, outputs = super().compute_loss(
-                model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
-            )
-            chosen, rejected = torch.chunk(outputs.logits.detach().float().squeeze(-1), chunks=2)
-            credit = torch.tensor(pair_credit((chosen - rejected).cpu().numpy()).mean(), device=chosen.device)
+            preference = inputs.pop("preference")
+            _, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+            chosen, rejected = torch.chunk(outputs.logits.squeeze(-1), chunks=2)
+            signal = preference_loss(chosen, rejected, preference, inputs.get("margin"), loss)
+            if self.args.center_rewards_coefficient is not None:  # as TRL adds it
+                signal = signal + self.args.center_rewards_coefficient * torch.mean((chosen + rejected) ** 2)
+
+            preferred = preference == PREFERRED  # a tie has no right answer: not in accuracy
+            difference = (chosen - rejected).detach().float()[preferred].cpu().numpy()
+            totals = torch.tensor([pair_credit(difference).sum(), difference.size], device=chosen.device)
+            credit, count = self.accelerator.gather_for_metrics(totals.reshape(1, 2)).sum(dim=0).tolist()
             mode = "train" if self.model.training else "eval"
-            self._metrics[mode]["accuracy"][-1] = self.accelerator.gather_for_metrics(credit).mean().item()
-            return (loss, outputs) if return_outputs else loss
+            if count:
+                self._metrics[mode]["accuracy"][-1] = credit / count
+            else:  # a batch of ties only
+                self._metrics[mode]["accuracy"].pop()
+            return (signal, outputs) if return_outputs else signal
 
     return PairCreditRewardTrainer
 
@@ -341,9 +409,11 @@ def build_trainer(
     callbacks = [progress]
     if data.evaluation is not None and settings.early_stopping_patience is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=settings.early_stopping_patience))
-    return pair_credit_trainer_class()(
+    args = reward_config(settings, checkpoint_dir, data.evaluation is not None)
+    return pair_credit_trainer_class(settings.loss)(
         model=model,
-        args=reward_config(settings, checkpoint_dir, data.evaluation is not None),
+        args=args,
+        data_collator=preference_collator(tokenizer, args),
         train_dataset=data.train,
         eval_dataset=data.early_stopping,
         processing_class=tokenizer,
@@ -407,16 +477,18 @@ def training_metrics(
 
 def reward_statistics(model, dataset, tokenizer) -> dict:
     """Mean and std of rewards on the eval split (stored in the config so users can normalise), and the
-    accuracy of the model as saved, by the evaluation's pair credit."""
+    accuracy of the model as saved, by the evaluation's pair credit over preferred pairs (ties left out)."""
     from rm_pipeline.lib.scoring import score_ids
 
     sequences = list(dataset["chosen_ids"]) + list(dataset["rejected_ids"])
     rewards = score_ids(model, sequences, tokenizer.pad_token_id, batch_size=64)
     half = len(rewards) // 2
+    difference = rewards[:half] - rewards[half:]
+    preferred = np.asarray(dataset["preference"]) == PREFERRED
     return {
         "reward_mean": float(rewards.mean()),
         "reward_std": float(rewards.std()),
-        "eval_accuracy": float(pair_credit(rewards[:half] - rewards[half:]).mean()) if half else None,
+        "eval_accuracy": float(pair_credit(difference[preferred]).mean()) if preferred.any() else None,
     }
 
 

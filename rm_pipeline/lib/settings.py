@@ -5,7 +5,8 @@ the CLI reads its defaults from them. Knows nothing of Dagster."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, TypeVar
+import typing
+from typing import Any, Literal, TypeVar
 
 Settings = TypeVar("Settings")
 
@@ -25,3 +26,18 @@ def build_settings(settings_type: type[Settings], values: dict[str, Any]) -> Set
             f"known: {', '.join(sorted(known))}"
         )
     return settings_type(**values)
+
+
+def check_choices(settings: Any) -> None:
+    """A `Literal`-typed field holding a value outside its choices is an error naming the field and the choices
+    (call from `__post_init__`: the library, the CLI and the Dagster configs all build the dataclass)."""
+    hints = typing.get_type_hints(type(settings))
+    for field in dataclasses.fields(settings):
+        if typing.get_origin(hints[field.name]) is not Literal:
+            continue
+        allowed = typing.get_args(hints[field.name])
+        value = getattr(settings, field.name)
+        if value not in allowed:
+            raise ValueError(
+                f"{type(settings).__name__}.{field.name} must be one of {', '.join(map(repr, allowed))}; got {value!r}"
+            )
