@@ -14,7 +14,7 @@ import pandas as pd
 
 from rm_pipeline.lib import evaluation as ev
 from rm_pipeline.lib.annotations import list_batch_files
-from rm_pipeline.lib.pairs import build_pairs
+from rm_pipeline.lib.pairs import build_pairs, tie_pairs
 
 SCORE_COLUMNS = [
     "source",
@@ -30,6 +30,7 @@ SCORE_COLUMNS = [
     "chosen",
     "rejected",
 ]
+HELD_OUT_TIE = "held_out_tie"  # held-out tie pairs (tie_handling soft): no right answer, never in an accuracy
 RESPONSE_COLUMNS = ["source", "group_id", "candidate", "rank", "domain", "prompt", "conversational", "response"]
 
 
@@ -56,10 +57,12 @@ def split_pairs_to_score(split: pd.DataFrame, queue: pd.DataFrame) -> pd.DataFra
 
     The queue goes through the same pair rules as training (ties, empty or identical candidates,
     duplicates are left out). Queued comparisons inside the split (``include_disputed``) keep their
-    place: held out ones are flagged ``in_review_queue``, trained-on ones are never scored.
+    place: held out ones are flagged ``in_review_queue``, trained-on ones are never scored. Held-out tie
+    pairs are scored apart, as source ``held_out_tie``.
     """
     queued = queue["item_id"]
-    held_out = split[split["split"] == "eval"].assign(source="held_out", file=None)
+    held_out = split[split["split"] == "eval"].assign(file=None)
+    held_out["source"] = np.where(tie_pairs(held_out), HELD_OUT_TIE, "held_out")
     held_out["in_review_queue"] = held_out["pair_id"].isin(queued)
     disputed, _ = build_pairs(queue, include_disputed=True)
     disputed = disputed[~disputed["pair_id"].isin(split["pair_id"])]

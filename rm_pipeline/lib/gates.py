@@ -20,6 +20,7 @@ from great_expectations.data_context.types.base import ProgressBarsConfig
 
 from rm_pipeline.lib.aggregation import OUTCOMES
 from rm_pipeline.lib.annotations import VOTE_COLUMNS, VOTE_LABELS
+from rm_pipeline.lib.pairs import PREFERRED, TIE, tie_pairs
 from rm_pipeline.lib.split import NO_DOMAIN
 
 
@@ -132,7 +133,8 @@ def review_queue_gate(queue: pd.DataFrame, comparisons: pd.DataFrame) -> GateRes
 def preference_pairs_gate(
     pairs: pd.DataFrame, rejected: pd.DataFrame, comparisons: pd.DataFrame, max_length: int
 ) -> GateResult:
-    """The pair rules hold on every kept pair, and kept + rejected = comparisons in."""
+    """The pair rules hold on every kept pair, each is preferred (1) or a tie (0.5), and kept (tie pairs
+    included) + rejected = comparisons in."""
     derived = pairs.assign(
         identical=pairs["chosen"] == pairs["rejected"],
         chosen_blank=pairs["chosen"].str.strip() == "",
@@ -146,8 +148,16 @@ def preference_pairs_gate(
         gxe.ExpectColumnValuesToBeInSet(column="rejected_blank", value_set=[False]),
         gxe.ExpectColumnValuesToBeBetween(column="chosen_tokens", max_value=max_length),
         gxe.ExpectColumnValuesToBeBetween(column="rejected_tokens", max_value=max_length),
+        gxe.ExpectColumnValuesToBeInSet(column="preference", value_set=[PREFERRED, TIE]),
     ]
-    ledger = pd.DataFrame({"comparisons": [len(comparisons)], "kept": [len(pairs)], "rejected": [len(rejected)]})
+    ledger = pd.DataFrame(
+        {
+            "comparisons": [len(comparisons)],
+            "kept": [len(pairs)],
+            "tie_pairs": [int(tie_pairs(pairs).sum())],
+            "rejected": [len(rejected)],
+        }
+    )
     ledger["gap"] = ledger["comparisons"] - ledger["kept"] - ledger["rejected"]
     ledger_rules = [gxe.ExpectColumnValuesToBeBetween(column="gap", min_value=0, max_value=0)]
     rejected_rules = [gxe.ExpectColumnValuesToNotBeNull(column="reason")]

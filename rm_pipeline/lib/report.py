@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from rm_pipeline.lib import evaluation as ev
+from rm_pipeline.lib.evaluation_inputs import HELD_OUT_TIE
 from rm_pipeline.lib.intervals import bootstrap_interval
 from rm_pipeline.lib.markdown import format_number, markdown_table
 from rm_pipeline.lib.metrics import pair_credit
@@ -77,6 +78,7 @@ def build_report(
             "truncated": int(held_out["truncated"].sum()),
             "prompts": int(held_out["prompt_id"].nunique()),
         },
+        "held_out_tie_pairs": ev.tie_pair_margins(pair_scores[pair_scores["source"] == HELD_OUT_TIE]),
         "domains": _domains(held_out, train_domains, settings),
         "disagreement": ev.pair_accuracy(disagreement),
         "agreement": _records(ev.by_agreement(split_pairs, settings.high_agreement)),

@@ -221,6 +221,7 @@ def evaluation_report(
             "held_out_accuracy_interval": dg.MetadataValue.json(held["interval"] or {}),
             "held_out_pairs": held["n"],
             "held_out_ties": held["ties"],
+            "held_out_tie_pairs": dg.MetadataValue.json(report["held_out_tie_pairs"]),  # tie_handling soft
             "spillover_accuracy": (report["domains"]["spillover"] or {}).get("accuracy"),
             "disagreement_accuracy": report["disagreement"]["accuracy"],
             "length_spearman": length["spearman_rho"],

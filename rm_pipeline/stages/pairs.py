@@ -5,7 +5,7 @@ import pandas as pd
 
 from rm_pipeline.config import config_class
 from rm_pipeline.lib import gates
-from rm_pipeline.lib.pairs import PairSettings, build_pairs, rejection_counts
+from rm_pipeline.lib.pairs import PairSettings, build_pairs, rejection_counts, tie_pairs
 from rm_pipeline.resources import BaseModelResource
 from rm_pipeline.stages.metadata import OWNERS, counts_table, gate_result, histogram, preview, table_fingerprint
 
@@ -27,7 +27,7 @@ PairsConfig = config_class(PairSettings, "PairsConfig")
         ),
     },
     group_name=GROUP,
-    code_version="1",
+    code_version="2",
 )
 def pair_validation(
     context: dg.AssetExecutionContext,
@@ -37,17 +37,21 @@ def pair_validation(
     review_queue: pd.DataFrame,
 ):
     """Apply the pair rules: tie/abstention, empty prompt or candidate, context mismatch, identical
-    candidates, disputed, duplicate, too long."""
+    candidates, disputed, duplicate, too long. With tie_handling soft a tie is kept as a tie pair
+    (preference 0.5)."""
     kept, rejected = build_pairs(
         aggregated_preferences,
         review_queue["item_id"],
         base_model.token_lengths,
         base_model.max_length,
         config.include_disputed,
+        config.tie_handling,
     )
     reasons = rejection_counts(rejected)
+    ties = int(tie_pairs(kept).sum())
     context.log.info(
-        f"{len(aggregated_preferences)} comparisons -> {len(kept)} pairs kept, {len(rejected)} rejected {reasons}"
+        f"{len(aggregated_preferences)} comparisons -> {len(kept)} pairs kept ({ties} tie pairs), "
+        f"{len(rejected)} rejected {reasons}"
     )
     yield dg.Output(
         kept,
@@ -56,6 +60,8 @@ def pair_validation(
         metadata={
             "dagster/row_count": len(kept),
             "comparisons_in": len(aggregated_preferences),
+            "tie_pairs": ties,  # kept with preference 0.5 (tie_handling soft)
+            "tie_handling": config.tie_handling,
             "max_length": base_model.max_length,
             "base_model": base_model.name_or_path,
             "longest_pair_tokens": int(kept[["chosen_tokens", "rejected_tokens"]].max().max()) if len(kept) else 0,
@@ -79,7 +85,8 @@ def pair_validation(
     asset="preference_pairs",
     additional_ins={"rejected_pairs": dg.AssetIn(), "aggregated_preferences": dg.AssetIn()},
     blocking=True,
-    description="Great Expectations: every kept pair obeys the rules; kept + rejected = comparisons in.",
+    description="Great Expectations: every kept pair obeys the rules and is preferred (1) or a tie (0.5); "
+    "kept + rejected = comparisons in.",
 )
 def preference_pairs_rules_hold(
     base_model: BaseModelResource, preference_pairs, rejected_pairs, aggregated_preferences
