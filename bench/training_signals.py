@@ -72,6 +72,18 @@ def splits(annotations: Path, base_model: str) -> dict[str, pd.DataFrame]:
     return {"soft": split, "drop": split[~ties]}
 
 
+def subsample_train(split: pd.DataFrame, preferred_pairs: int, seed: int) -> pd.DataFrame:
+    """The eval side whole, and the train side's prompt groups in a seeded order until they hold
+    `preferred_pairs` preferred pairs: the same groups, so the same preferred pairs, under drop and soft."""
+    train = split[split["split"] == "train"]
+    groups = np.sort(train["prompt_group"].astype(str).unique())
+    order = np.random.default_rng(seed).permutation(groups)
+    preferred = train[~tie_pairs(train)].groupby(train["prompt_group"].astype(str)).size()
+    counts = preferred.reindex(order, fill_value=0).cumsum()
+    chosen = set(counts.index[: int(np.searchsorted(counts.to_numpy(), preferred_pairs)) + 1])
+    return split[(split["split"] == "eval") | split["prompt_group"].astype(str).isin(chosen)]
+
+
 def measure(model_dir: Path, held_out: pd.DataFrame, benchmark: pd.DataFrame, baseline_credit) -> dict:
     scorer = RewardScorer.load(model_dir)
     scored = scorer.score_pairs(held_out)
@@ -131,6 +143,13 @@ def main(argv=None) -> int:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "training_signals")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--train-pairs",
+        type=int,
+        default=None,
+        help="train on the prompt groups (seeded sample) holding about this many preferred pairs, their ties with "
+        "them; default: the whole train side",
+    )
     parser.add_argument("--table-only", action="store_true", help="print the table of the results saved in --out")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -139,6 +158,9 @@ def main(argv=None) -> int:
     if not args.table_only:
         base_model = default_base_model()
         split = splits(args.annotations, base_model)
+        if args.train_pairs:
+            soft = subsample_train(split["soft"], args.train_pairs, args.seed)
+            split = {"soft": soft, "drop": soft[~tie_pairs(soft)]}
         files = EvaluationFolder(args.benchmarks, args.benchmarks / "alpaca-eval").benchmark_files()
         benchmark = pd.concat([ev.read_pair_file(path)[0] for path in files], ignore_index=True)
         baseline_credit = None
