@@ -1,4 +1,5 @@
-"""Fitting a reward model with TRL's RewardTrainer (Bradley-Terry), and saving it safely.
+"""Fitting a reward model with TRL's RewardTrainer (Bradley-Terry or MSE on each pair's target preference,
+ties included), and saving it safely.
 
 Knows nothing of Dagster: the stage runs `train_reward_model` in a child process and streams its
 progress through the `report` callback.
@@ -584,8 +585,8 @@ base_model: {settings.base_model}
 ---
 # Reward model {facts.get("run_name", "")}
 
-A Bradley-Terry reward model: `{settings.base_model}` with a one-unit score head, trained by TRL's
-`RewardTrainer` through rm-pipeline. Higher scores mean more preferred.
+A reward model: `{settings.base_model}` with a one-unit score head, trained by TRL's `RewardTrainer`
+through rm-pipeline with the `{settings.loss}` loss (Hyper-parameters). Higher scores mean more preferred.
 
 - data version of the split: `{facts.get("data_version", "?")}`
 - annotation batches: {", ".join(facts.get("annotation_batches", [])) or "?"} (files and stages under Lineage)
@@ -645,7 +646,7 @@ def plot_training_curves(history: list[dict], path: Path) -> None:
     figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(9, 3.2))
     loss_axis.plot([h["step"] for h in train], [h["loss"] for h in train], label="train")
     loss_axis.plot([h["step"] for h in evals], [h.get("eval_loss", math.nan) for h in evals], label="eval")
-    loss_axis.set(title="Bradley-Terry loss", xlabel="step")
+    loss_axis.set(title="training loss", xlabel="step")
     accuracy_axis.plot([h["step"] for h in train], [h.get("accuracy", math.nan) for h in train], label="train")
     accuracy_axis.plot([h["step"] for h in evals], [h["eval_accuracy"] for h in evals], label="eval")
     accuracy_axis.set(title="pair accuracy", xlabel="step", ylim=(0, 1))

@@ -58,9 +58,10 @@ def reward_model(
     storage: PipelineStorage,
     base_model: BaseModelResource,
 ) -> dg.MaterializeResult:
-    """A one-unit score head on the base checkpoint, fitted with the Bradley-Terry loss by TRL's
-    RewardTrainer; a Hugging Face model directory at `models/rm-<data version>-<settings>-<time>`,
-    also reachable as `models/current`. Re-materialising after a crash resumes from the last checkpoint."""
+    """A one-unit score head on the base checkpoint, fitted by TRL's RewardTrainer with the `loss` setting's
+    loss (Bradley-Terry by default) on each pair's target preference (a tie pair: 0.5); a Hugging Face model
+    directory at `models/rm-<data version>-<settings>-<time>`, also reachable as `models/current`.
+    Re-materialising after a crash resumes from the last checkpoint."""
     split_path = published_table(context.instance, storage, "preference_split")
     split = pd.read_parquet(split_path)
     settings = training_settings(config, base_model)
