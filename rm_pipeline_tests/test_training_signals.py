@@ -231,3 +231,32 @@ def test_training_with_soft_ties_runs_and_leaves_ties_out_of_its_accuracy(tiny_e
     evaluations = [entry for entry in result.history if "eval_accuracy" in entry]
     assert evaluations and all(0.0 <= entry["eval_accuracy"] <= 1.0 for entry in evaluations)
     assert json.loads((result.model_dir / "training_settings.json").read_text())["loss"] == loss
+
+
+def zero_head_trainer(tiny_encoder, tmp_path, evaluation: pd.DataFrame, **settings):
+    """Every answer gets reward 0 (d = 0): the losses are known numbers."""
+    from rm_pipeline.lib.reward_training import _progress_callback, build_trainer, prepare_model, training_data
+
+    settings = encoder_settings(Path(tiny_encoder), use_margin=False, **settings)
+    model, tokenizer, peft_config = prepare_model(settings)
+    with torch.no_grad():
+        model.classifier.weight.zero_()
+        model.classifier.bias.zero_()
+    data = training_data(learnable_pairs(8), evaluation, tokenizer, settings, lambda *_: None)
+    return build_trainer(
+        model, tokenizer, peft_config, data, settings, tmp_path / "checkpoints", _progress_callback(lambda *_: None)
+    )
+
+
+@pytest.mark.parametrize(
+    "loss, preferred_loss, tie_loss", [("bradley_terry", math.log(2), math.log(2)), ("mse", 0.25, 0.0)]
+)
+def test_the_trainer_computes_the_chosen_loss_and_an_all_tie_batch_has_no_accuracy(
+    tiny_encoder, tmp_path, loss, preferred_loss, tie_loss
+):
+    preferred = learnable_pairs(4, start=100).assign(preference=1.0)
+    ties = learnable_pairs(4, start=200).assign(preference=0.5)
+    result = zero_head_trainer(tiny_encoder, tmp_path / "p", preferred, loss=loss).evaluate()
+    assert result["eval_loss"] == pytest.approx(preferred_loss, abs=1e-6) and result["eval_accuracy"] == 0.5
+    result = zero_head_trainer(tiny_encoder, tmp_path / "t", ties, loss=loss).evaluate()
+    assert result["eval_loss"] == pytest.approx(tie_loss, abs=1e-6) and math.isnan(result["eval_accuracy"])

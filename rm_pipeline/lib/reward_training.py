@@ -350,13 +350,17 @@ def pair_credit_trainer_class(loss: Loss = "bradley_terry"):
             preferred = preference == PREFERRED  # a tie has no right answer: not in accuracy
             difference = (chosen - rejected).detach().float()[preferred].cpu().numpy()
             totals = torch.tensor([pair_credit(difference).sum(), difference.size], device=chosen.device)
-            credit, count = self.accelerator.gather_for_metrics(totals.reshape(1, 2)).sum(dim=0).tolist()
+            credit, count = self.accelerator.gather(totals).reshape(-1, 2).sum(dim=0).tolist()
             mode = "train" if self.model.training else "eval"
-            if count:
-                self._metrics[mode]["accuracy"][-1] = credit / count
-            else:  # a batch of ties only
-                self._metrics[mode]["accuracy"].pop()
+            self._metrics[mode]["accuracy"][-1] = credit / count if count else math.nan  # NaN: ties only
             return (signal, outputs) if return_outputs else signal
+
+        def log(self, logs, start_time=None):
+            for metrics in self._metrics.values():  # batches of ties only have no accuracy
+                batches = metrics.get("accuracy")
+                if batches:
+                    batches[:] = [value for value in batches if not math.isnan(value)] or [math.nan]
+            super().log(logs, start_time)
 
     return PairCreditRewardTrainer
 
