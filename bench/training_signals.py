@@ -111,7 +111,7 @@ def measure(model_dir: Path, held_out: pd.DataFrame, benchmark: pd.DataFrame, ba
 
 
 def _interval(value: dict) -> str:
-    return f"{value['estimate']:.3f} [{value['lower']:.3f}, {value['upper']:.3f}]"
+    return f"{value['estimate']:.3f} [{value['low']:.3f}, {value['high']:.3f}]"
 
 
 def table(results: dict[str, dict]) -> str:
