@@ -254,3 +254,8 @@ def test_the_default_launcher_needs_neither_docker_nor_kubernetes():
         [sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=120
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_training_takes_a_slot_of_the_gpu_training_pool():
+    """dagster.yaml limits the pool (one training at a time by default): runs queue for the GPUs."""
+    assert build_defs().resolve_assets_def("reward_model").op.pool == "gpu_training"

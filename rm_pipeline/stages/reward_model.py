@@ -31,7 +31,12 @@ def training_settings(config: RewardModelConfig, base_model: BaseModelResource) 
 
 
 @dg.asset(
-    group_name=GROUP, kinds={"pytorch", "huggingface"}, code_version="2", owners=OWNERS, deps=["preference_split"]
+    group_name=GROUP,
+    kinds={"pytorch", "huggingface"},
+    code_version="2",
+    owners=OWNERS,
+    deps=["preference_split"],
+    pool="gpu_training",  # one training per slot of the pool (dagster.yaml), the GPUs being shared
 )
 def reward_model(
     context: dg.AssetExecutionContext,
