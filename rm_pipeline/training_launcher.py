@@ -42,7 +42,7 @@ class TrainingLauncherResource(dg.ConfigurableResource):
 
     @staticmethod
     def from_environment(environ: Mapping[str, str] = os.environ) -> TrainingLauncherResource:
-        """The launcher ${RM_PIPELINE_TRAINING_LAUNCHER} names (default subprocess), its settings from the
+        """The launcher $RM_PIPELINE_TRAINING_LAUNCHER names (default subprocess), its settings from the
         environment variables of the deployment contract, each left at its default when unset."""
         name = environ.get(LAUNCHER_VARIABLE, "").strip() or "subprocess"
         if name not in LAUNCHERS:
