@@ -15,6 +15,7 @@ from rm_pipeline.resources import (
 )
 from rm_pipeline.stages import aggregation, annotations, evaluation, pairs, reward_model, split
 from rm_pipeline.stages.automation import automate, automation_sensor
+from rm_pipeline.training_launcher import TrainingLauncherResource
 
 STAGES = [annotations, aggregation, pairs, split, reward_model, evaluation]
 
@@ -41,6 +42,8 @@ def build_resources(
         "evaluation_source": EvaluationSource(directory=evaluation_dir) if evaluation_dir else EvaluationSource(),
         "review_source": ReviewSource(directory=reviews_dir) if reviews_dir else ReviewSource(),
         "quality_gates": QualityGates(),
+        # where the training worker runs: $RM_PIPELINE_TRAINING_LAUNCHER (a child process unless set)
+        "training_launcher": TrainingLauncherResource.from_environment(),
     }
 
 
