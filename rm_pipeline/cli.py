@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     dpo.add_argument(
         "--output",
         type=Path,
-        help="policy folder (default: <storage root>/dpo-policies/dpo-<time>; not under models/, which holds reward models)",
+        help="policy folder (default: <storage root>/dpo-policies/dpo-<time>; models/ holds reward models)",
     )
     for name, kind in (("beta", float), ("learning-rate", float), ("epochs", float), ("max-steps", int)):
         dpo.add_argument(f"--{name}", type=kind, help=_setting_help("DpoSettings", name.replace("-", "_")))
@@ -184,15 +184,7 @@ def _dpo_baseline(args) -> int:
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise InputError(f"{output}: exists and is not an empty folder; give another --output")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the base model is local: nothing is downloaded
-    try:
-        record = train_dpo_policy(pairs, args.base_model, output, settings, source)
-    except OSError as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise InputError(
-            f"{args.base_model}: can't be loaded as a local causal language model ({first_line})"
-        ) from None
-    except ValueError as error:
-        raise InputError(str(error)) from None
+    record = train_dpo_policy(pairs, args.base_model, output, settings, source)
     print(json.dumps({"policy": str(output), **record}, indent=2, default=str))
     print(f"\ncompare it with the reward model: RM_PIPELINE_DPO_POLICY={output} rm-pipeline run", file=sys.stderr)
     return 0
@@ -224,9 +216,10 @@ def _model_dir(args) -> Path:
 def _input_errors() -> tuple[type[Exception], ...]:
     """What bad input raises: exit status 3 with its message, never a traceback."""
     from rm_pipeline.lib.annotations import AnnotationFileError
+    from rm_pipeline.lib.dpo import DpoInputError
     from rm_pipeline.lib.scoring import CandidateFileError
 
-    return InputError, AnnotationFileError, CandidateFileError
+    return InputError, AnnotationFileError, CandidateFileError, DpoInputError
 
 
 def _use_home(home: str | None) -> Path:

@@ -11,7 +11,7 @@ import pandas as pd
 from pydantic import Field
 
 from rm_pipeline.guards import GATED_BY, blocking_checks, fail_abandoned_run, latest_table, published_table, settle_run
-from rm_pipeline.lib.dpo import DpoSettings, read_policy_record
+from rm_pipeline.lib.dpo import DpoInputError, DpoSettings, read_policy_record
 from rm_pipeline.lib.evaluation_inputs import EvaluationFolder
 from rm_pipeline.lib.locations import (
     default_annotations_dir,
@@ -196,7 +196,7 @@ class DpoPolicyResource(dg.ConfigurableResource):
         record = read_policy_record(Path(self.policy)) if Path(self.policy).is_dir() else {}
         reference = self.reference or record.get("reference", "")
         if not reference:
-            raise ValueError(
+            raise DpoInputError(
                 f"no reference model for the DPO policy {self.policy}: set `reference` (none is recorded beside it)"
             )
         return self.policy, reference, self.beta or record.get("beta", DpoSettings.beta)

@@ -166,3 +166,148 @@ def test_the_recommendation_cites_the_dpo_comparison():
         "on 5 held-out pairs; they agree on 50% [" in text
     )
     assert "DPO's implicit reward" not in recommendation(False, checks, 100)
+
+
+def test_the_response_ids_are_those_dpo_trainer_trains_on(tiny_causal_lm, tmp_path):
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    from rm_pipeline.lib.dpo import trl_example
+
+    model, tokenizer = load_causal_lm(str(tiny_causal_lm))
+    reference, _ = load_causal_lm(str(tiny_causal_lm))
+    rows = []
+    for pair in PAIRS.itertuples():
+        chosen = trl_example(tokenizer, pair.prompt, pair.chosen, pair.conversational)
+        rejected = trl_example(tokenizer, pair.prompt, pair.rejected, pair.conversational)
+        rows.append({"prompt": chosen["prompt"], "chosen": chosen["completion"], "rejected": rejected["completion"]})
+    config = DPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to=[], max_length=None)
+    trainer = DPOTrainer(
+        model=model, ref_model=reference, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer
+    )
+    for pair, tokenized in zip(PAIRS.itertuples(), trainer.train_dataset):
+        prompt_ids, chosen_ids = prompt_and_response_ids(tokenizer, pair.prompt, pair.chosen, pair.conversational)
+        _, rejected_ids = prompt_and_response_ids(tokenizer, pair.prompt, pair.rejected, pair.conversational)
+        assert (prompt_ids, chosen_ids, rejected_ids) == (
+            tokenized["prompt_ids"],
+            tokenized["chosen_ids"],
+            tokenized["rejected_ids"],
+        )
+
+
+def test_the_comparison_is_off_unless_a_policy_is_configured(monkeypatch):
+    from rm_pipeline.definitions import build_resources
+    from rm_pipeline.resources import DpoPolicyResource
+
+    monkeypatch.delenv("RM_PIPELINE_DPO_POLICY", raising=False)
+    assert not build_resources()["dpo_policy"].configured
+    monkeypatch.setenv("RM_PIPELINE_DPO_POLICY", "/somewhere/policy")
+    assert DpoPolicyResource().configured
+
+
+def test_a_policy_without_a_recorded_or_given_reference_is_refused(tmp_path):
+    from rm_pipeline.lib.dpo import DpoInputError
+    from rm_pipeline.resources import DpoPolicyResource
+
+    with pytest.raises(DpoInputError, match="no reference model"):
+        DpoPolicyResource(policy=str(tmp_path)).resolved()
+    (tmp_path / "dpo_policy.json").write_text('{"reference": "/models/base", "beta": 0.3}')
+    assert DpoPolicyResource(policy=str(tmp_path)).resolved() == (str(tmp_path), "/models/base", 0.3)
+    assert DpoPolicyResource(policy=str(tmp_path), reference="/other", beta=0.2).resolved()[1:] == ("/other", 0.2)
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--base-model", "{missing}", "--pairs", "{pairs}"], "can't be loaded as a local causal language model"),
+        (["--base-model", "{base}", "--home", "{home}"], "no published split under this storage root"),
+        (["--base-model", "{base}", "--pairs", "{pairs}", "--beta", "0"], "--beta must be above 0"),
+        (["--base-model", "{base}", "--pairs", "{pairs}", "--max-length", "3"], "none of the 2 pairs fits in 3"),
+    ],
+)
+def test_dpo_baseline_refuses_bad_input_in_one_line(arguments, message, tiny_causal_lm, tmp_path, capsys):
+    import json
+
+    from rm_pipeline.cli import EXIT_BAD_INPUT, main
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(
+        "".join(json.dumps({"prompt": "hello", "chosen": "hi", "rejected": "red"}) + "\n" for _ in range(2))
+    )
+    values = {"missing": tmp_path / "no-model", "pairs": pairs, "base": tiny_causal_lm, "home": tmp_path / "home"}
+    argv = ["dpo-baseline", "--output", str(tmp_path / "policy")] + [a.format(**values) for a in arguments]
+    assert main(argv) == EXIT_BAD_INPUT
+    error = capsys.readouterr().err
+    assert message in error and "Traceback" not in error
+    assert not (tmp_path / "policy").exists()
+
+
+@pytest.mark.slow
+def test_dpo_baseline_trains_on_the_split_and_the_evaluation_compares_it(
+    annotations_slice, storage_root, tiny_encoder, tiny_causal_lm, labelled_eval_dir, tmp_path, monkeypatch
+):
+    import json
+
+    import dagster as dg
+
+    from rm_pipeline.cli import main
+    from rm_pipeline.definitions import build_defs, reward_pipeline_job
+    from rm_pipeline.lib.dpo import COMPARISON_FILE, DISAGREEMENTS_FILE, POLICY_FILE
+    from rm_pipeline_tests.conftest import PERMISSIVE_READINESS
+
+    monkeypatch.delenv("RM_PIPELINE_DPO_POLICY", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    def metadata(result, asset: str) -> dict:
+        [event] = [e for e in result.get_asset_materialization_events() if e.asset_key.to_user_string() == asset]
+        return {key: value.value for key, value in event.materialization.metadata.items()}
+
+    job = build_defs(str(storage_root), str(annotations_slice), tiny_encoder, str(labelled_eval_dir)).resolve_job_def(
+        reward_pipeline_job.name
+    )
+    with dg.instance_for_test() as instance:
+        # off by default: the main job records it and goes on; nothing is compared or cited
+        result = job.execute_in_process(
+            instance=instance, raise_on_error=False, run_config={"ops": PERMISSIVE_READINESS}
+        )
+        assert result.success
+        assert metadata(result, "dpo_comparison")["status"] == "not configured"
+        model = (storage_root / "models" / "current").resolve()
+        reports = storage_root / "reports" / model.name
+        assert not (reports / COMPARISON_FILE).exists()
+        assert "DPO's implicit reward" not in json.loads((model / "readiness.json").read_text())["recommendation"]
+
+        policy = tmp_path / "policy"
+        argv = [
+            "dpo-baseline",
+            "--home",
+            str(storage_root),
+            "--base-model",
+            str(tiny_causal_lm),
+            "--output",
+            str(policy),
+        ]
+        assert main(argv + ["--max-steps", "2", "--batch-size", "4", "--learning-rate", "0.01"]) == 0
+        record = json.loads((policy / POLICY_FILE).read_text())
+        split = pd.read_parquet(storage_root / "tables" / "preference_split.parquet")
+        assert record["reference"] == str(tiny_causal_lm.resolve()) and record["steps"] == 2
+        assert record["train_pairs"] + record["pairs_too_long"] == (split["split"] == "train").sum()
+        assert (policy / "model.safetensors").is_file()
+
+        result = job.execute_in_process(
+            instance=instance,
+            raise_on_error=False,
+            run_config={"ops": PERMISSIVE_READINESS, "resources": {"dpo_policy": {"config": {"policy": str(policy)}}}},
+            asset_selection=[dg.AssetKey("dpo_comparison"), dg.AssetKey("reward_readiness")],
+        )
+        assert result.success
+        shown = metadata(result, "dpo_comparison")
+        comparison = json.loads((reports / COMPARISON_FILE).read_text())
+        assert comparison["n"] == shown["held_out_pairs"] == (split["split"] == "eval").sum()
+        assert comparison["beta"] == record["beta"] and comparison["reference"] == record["reference"]
+        for measure in ("implicit_accuracy", "explicit_accuracy", "agreement", "margin_spearman"):
+            interval = comparison[measure]
+            assert interval["low"] <= interval["estimate"] <= interval["high"]
+        assert len(pd.read_csv(reports / DISAGREEMENTS_FILE)) == comparison["disagreements"]
+        verdict = json.loads((model / "readiness.json").read_text())
+        assert f"on {comparison['n']} held-out pairs; they agree on" in verdict["recommendation"]

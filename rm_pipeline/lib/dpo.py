@@ -45,14 +45,24 @@ class DpoSettings:
     seed: int = setting(0, "Seed of the data order and initialisation.")
 
 
+class DpoInputError(ValueError):
+    """A model or a set of pairs DPO can't use; its message is one line."""
+
+
 def load_causal_lm(name_or_path: str):
     """A causal language model and its tokenizer from a local folder or the local Hugging Face cache: nothing
     is downloaded. fp32: the implicit reward is a difference of two large log-probabilities."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(name_or_path, local_files_only=True, dtype=torch.float32)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, local_files_only=True, dtype=torch.float32)
+    except (OSError, ValueError) as error:  # no such folder or cached id, no weights, not a causal LM
+        first_line = next(iter(str(error).strip().splitlines()), type(error).__name__)
+        raise DpoInputError(
+            f"{name_or_path}: can't be loaded as a local causal language model ({first_line})"
+        ) from None
     return model, tokenizer
 
 
@@ -195,9 +205,12 @@ def read_policy_record(policy: Path) -> dict:
     path = Path(policy) / POLICY_FILE
     if not path.is_file():
         return {}
-    record = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DpoInputError(f"{path}: not a readable policy record ({error})") from None
     if not isinstance(record, dict):
-        raise ValueError(f"{path}: not a JSON object")
+        raise DpoInputError(f"{path}: not a JSON object")
     return record
 
 
@@ -235,7 +248,9 @@ def train_dpo_policy(
             }
         )
     if not rows:
-        raise ValueError(f"no pair fits in {settings.max_length} tokens of {base_model}'s tokenizer")
+        raise DpoInputError(
+            f"none of the {len(pairs)} pairs fits in {settings.max_length} tokens of {base_model}'s tokenizer"
+        )
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="dpo-checkpoints-") as checkpoints:
         config = DPOConfig(

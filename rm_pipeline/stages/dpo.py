@@ -9,7 +9,14 @@ import json
 import dagster as dg
 import pandas as pd
 
-from rm_pipeline.lib.dpo import COMPARISON_FILE, DISAGREEMENTS_FILE, compare, implicit_rewards, load_causal_lm
+from rm_pipeline.lib.dpo import (
+    COMPARISON_FILE,
+    DISAGREEMENTS_FILE,
+    DpoInputError,
+    compare,
+    implicit_rewards,
+    load_causal_lm,
+)
 from rm_pipeline.lib.markdown import markdown_table
 from rm_pipeline.lib.report import write_atomically
 from rm_pipeline.resources import DpoPolicyResource, PipelineStorage
@@ -69,8 +76,8 @@ def dpo_comparison(
         policy_path, reference_path, beta = dpo_policy.resolved()
         policy, tokenizer = load_causal_lm(policy_path)
         reference, _ = load_causal_lm(reference_path)
-    except (OSError, ValueError) as error:
-        raise dg.Failure(f"the DPO policy or its reference can't be loaded: {error}") from None
+    except DpoInputError as error:
+        raise dg.Failure(f"the DPO comparison can't run: {error}") from None
     context.log.info(f"scoring {len(held_out)} held-out pairs with {policy_path} against {reference_path} (β={beta})")
     implicit = implicit_rewards(policy, reference, tokenizer, held_out, beta, dpo_policy.batch_size)
     pairs = held_out.assign(
