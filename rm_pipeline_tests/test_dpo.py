@@ -168,13 +168,16 @@ def test_the_recommendation_cites_the_dpo_comparison():
     assert "DPO's implicit reward" not in recommendation(False, checks, 100)
 
 
-def test_the_response_ids_are_those_dpo_trainer_trains_on(tiny_causal_lm, tmp_path):
+@pytest.mark.parametrize("chat_template", [True, False], ids=["chat-template", "plain-text"])
+def test_the_response_ids_are_those_dpo_trainer_trains_on(chat_template, tiny_causal_lm, tmp_path):
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
     from rm_pipeline.lib.dpo import trl_example
 
     model, tokenizer = load_causal_lm(str(tiny_causal_lm))
+    if not chat_template:  # prompt, a blank line, response and EOS
+        tokenizer.chat_template = None
     reference, _ = load_causal_lm(str(tiny_causal_lm))
     rows = []
     for pair in PAIRS.itertuples():
@@ -185,7 +188,9 @@ def test_the_response_ids_are_those_dpo_trainer_trains_on(tiny_causal_lm, tmp_pa
     trainer = DPOTrainer(
         model=model, ref_model=reference, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer
     )
+    assert len(trainer.train_dataset) == len(PAIRS)
     for pair, tokenized in zip(PAIRS.itertuples(), trainer.train_dataset):
+        assert tokenized["chosen_ids"] and tokenized["chosen_ids"][-1] == tokenizer.eos_token_id
         prompt_ids, chosen_ids = prompt_and_response_ids(tokenizer, pair.prompt, pair.chosen, pair.conversational)
         _, rejected_ids = prompt_and_response_ids(tokenizer, pair.prompt, pair.rejected, pair.conversational)
         assert (prompt_ids, chosen_ids, rejected_ids) == (
