@@ -49,9 +49,9 @@ class DpoInputError(ValueError):
     """A model or a set of pairs DPO can't use; its message is one line."""
 
 
-def load_causal_lm(name_or_path: str):
-    """A causal language model and its tokenizer from a local folder or the local Hugging Face cache: nothing
-    is downloaded. fp32: the implicit reward is a difference of two large log-probabilities."""
+def load_causal_lm(name_or_path: str, device: str = "cpu"):
+    """A causal language model (on ``device``) and its tokenizer from a local folder or the local Hugging Face
+    cache: nothing is downloaded. fp32: the implicit reward is a difference of two large log-probabilities."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -63,7 +63,13 @@ def load_causal_lm(name_or_path: str):
         raise DpoInputError(
             f"{name_or_path}: can't be loaded as a local causal language model ({first_line})"
         ) from None
-    return model, tokenizer
+    return model.to(device), tokenizer
+
+
+def best_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _uses_chat_template(tokenizer) -> bool:

@@ -13,6 +13,7 @@ from rm_pipeline.lib.dpo import (
     COMPARISON_FILE,
     DISAGREEMENTS_FILE,
     DpoInputError,
+    best_device,
     compare,
     implicit_rewards,
     load_causal_lm,
@@ -74,8 +75,8 @@ def dpo_comparison(
         raise dg.Failure("no held-out pairs were scored: nothing to compare the DPO policy with")
     try:
         policy_path, reference_path, beta = dpo_policy.resolved()
-        policy, tokenizer = load_causal_lm(policy_path)
-        reference, _ = load_causal_lm(reference_path)
+        policy, tokenizer = load_causal_lm(policy_path, best_device())
+        reference, _ = load_causal_lm(reference_path, best_device())
     except DpoInputError as error:
         raise dg.Failure(f"the DPO comparison can't run: {error}") from None
     context.log.info(f"scoring {len(held_out)} held-out pairs with {policy_path} against {reference_path} (β={beta})")
