@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
-from rm_pipeline.lib.dpo import compare, implicit_rewards, load_causal_lm, prompt_and_response_ids
+from rm_pipeline.lib.dpo import compare, implicit_rewards, load_causal_lm, pair_ids
 from rm_pipeline.lib.readiness import recommendation
 
 BETA = 0.5
@@ -44,10 +44,11 @@ def hand_response_logprob(model, tokenizer, prompt_words: str, full_words: str) 
 
 def test_the_response_tokens_follow_the_prompt_as_dpo_trainer_splits_them(tiny_causal_lm):
     _, tokenizer = load_causal_lm(str(tiny_causal_lm))
-    prompt_ids, response_ids = prompt_and_response_ids(tokenizer, "Hello", "Hi there", False)
-    # The template renders the prompt alone with a closing EOS: the response starts where they part.
+    prompt_ids, chosen_ids, rejected_ids = pair_ids(tokenizer, "Hello", "Hi there", "Red", False)
+    # The template renders the prompt alone with a closing EOS: the responses start where they differ.
     assert tokenizer.convert_ids_to_tokens(prompt_ids) == ["<|user|>", "hello"]
-    assert tokenizer.convert_ids_to_tokens(response_ids) == ["<|assistant|>", "hi", "there", "<eos>"]
+    assert tokenizer.convert_ids_to_tokens(chosen_ids) == ["<|assistant|>", "hi", "there", "<eos>"]
+    assert tokenizer.convert_ids_to_tokens(rejected_ids) == ["<|assistant|>", "red", "<eos>"]
 
 
 def test_the_implicit_reward_is_beta_times_the_response_log_ratio(models):
@@ -191,9 +192,7 @@ def test_the_response_ids_are_those_dpo_trainer_trains_on(chat_template, tiny_ca
     assert len(trainer.train_dataset) == len(PAIRS)
     for pair, tokenized in zip(PAIRS.itertuples(), trainer.train_dataset):
         assert tokenized["chosen_ids"] and tokenized["chosen_ids"][-1] == tokenizer.eos_token_id
-        prompt_ids, chosen_ids = prompt_and_response_ids(tokenizer, pair.prompt, pair.chosen, pair.conversational)
-        _, rejected_ids = prompt_and_response_ids(tokenizer, pair.prompt, pair.rejected, pair.conversational)
-        assert (prompt_ids, chosen_ids, rejected_ids) == (
+        assert pair_ids(tokenizer, pair.prompt, pair.chosen, pair.rejected, pair.conversational) == (
             tokenized["prompt_ids"],
             tokenized["chosen_ids"],
             tokenized["rejected_ids"],

@@ -5,7 +5,7 @@ summed over the response's tokens only. ``implicit_rewards`` scores pairs with i
 accuracy beside the reward model's on the same held-out pairs, with how far the two agree, each with a 95%
 interval resampled by prompt group. ``train_dpo_policy`` trains such a policy with TRL's ``DPOTrainer``.
 
-Prompts and responses are tokenized as TRL's DPOTrainer does: the response is what the prompt + response
+Prompts and responses are tokenized as TRL's DPOTrainer does: a response is what the prompt + response
 tokens add after the tokens they share with the prompt alone. Knows nothing of Dagster.
 """
 
@@ -95,26 +95,38 @@ def _tokens(tokenizer, text_or_messages, **chat) -> list[int]:
     return list(tokenizer(text_or_messages)["input_ids"])
 
 
-def prompt_and_response_ids(tokenizer, prompt: str, response: str, conversational: bool) -> tuple[list[int], list[int]]:
-    """The prompt's token ids and the response's, as DPOTrainer splits them: the response starts where the
-    tokenized prompt alone and the tokenized prompt + response part (some templates render a prompt
-    differently alone); a response without a template ends in EOS, as TRL adds it."""
+def _prompt_and_full_ids(tokenizer, prompt: str, response: str, conversational: bool) -> tuple[list[int], list[int]]:
+    """The tokenized prompt alone and the tokenized prompt + response, as TRL tokenizes them (a response
+    without a chat template ends in EOS, as TRL adds it)."""
     example = trl_example(tokenizer, prompt, response, conversational)
     if isinstance(example["prompt"], list):
         prompt_ids = _tokens(tokenizer, example["prompt"], add_generation_prompt=True)
-        full_ids = _tokens(tokenizer, example["prompt"] + example["completion"])
-    else:
-        completion = example["completion"]
-        if not completion.endswith(tokenizer.eos_token):
-            completion += tokenizer.eos_token
-        prompt_ids = _tokens(tokenizer, example["prompt"])
-        full_ids = _tokens(tokenizer, example["prompt"] + completion)
+        return prompt_ids, _tokens(tokenizer, example["prompt"] + example["completion"])
+    completion = example["completion"]
+    if not completion.endswith(tokenizer.eos_token):
+        completion += tokenizer.eos_token
+    return _tokens(tokenizer, example["prompt"]), _tokens(tokenizer, example["prompt"] + completion)
+
+
+def _shared_length(ids: list[int], other: list[int]) -> int:
     shared = 0
-    for a, b in zip(prompt_ids, full_ids):
+    for a, b in zip(ids, other):
         if a != b:
             break
         shared += 1
-    return full_ids[:shared], full_ids[shared:]
+    return shared
+
+
+def pair_ids(
+    tokenizer, prompt: str, chosen: str, rejected: str, conversational: bool
+) -> tuple[list[int], list[int], list[int]]:
+    """The prompt's token ids, the chosen response's and the rejected one's, as DPOTrainer splits them: the
+    responses start where the tokenized prompt alone and either tokenized prompt + response first differ
+    (some chat templates render a prompt differently alone)."""
+    prompt_ids, with_chosen = _prompt_and_full_ids(tokenizer, prompt, chosen, conversational)
+    _, with_rejected = _prompt_and_full_ids(tokenizer, prompt, rejected, conversational)
+    shared = min(_shared_length(prompt_ids, with_chosen), _shared_length(prompt_ids, with_rejected))
+    return prompt_ids[:shared], with_chosen[shared:], with_rejected[shared:]
 
 
 def response_logprobs(
@@ -147,11 +159,13 @@ def response_logprobs(
 def implicit_rewards(policy, reference, tokenizer, pairs: pd.DataFrame, beta: float, batch_size: int) -> pd.DataFrame:
     """``chosen_reward`` and ``rejected_reward`` of each pair (prompt, chosen, rejected, conversational) under
     DPO's implicit reward β·(log πθ − log πref) of the response tokens."""
-    sequences = [
-        prompt_and_response_ids(tokenizer, prompt, response, bool(conversational))
-        for side in ("chosen", "rejected")
-        for prompt, response, conversational in zip(pairs["prompt"], pairs[side], pairs["conversational"])
+    tokenized = [
+        pair_ids(tokenizer, prompt, chosen, rejected, bool(conversational))
+        for prompt, chosen, rejected, conversational in zip(
+            pairs["prompt"], pairs["chosen"], pairs["rejected"], pairs["conversational"]
+        )
     ]
+    sequences = [(p, c) for p, c, _ in tokenized] + [(p, r) for p, _, r in tokenized]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     ratio = response_logprobs(policy, sequences, pad, batch_size) - response_logprobs(
         reference, sequences, pad, batch_size
@@ -238,11 +252,8 @@ def train_dpo_policy(
     for prompt, chosen, rejected, conversational in zip(
         pairs["prompt"], pairs["chosen"], pairs["rejected"], pairs["conversational"]
     ):
-        lengths = [
-            sum(map(len, prompt_and_response_ids(tokenizer, prompt, response, bool(conversational))))
-            for response in (chosen, rejected)
-        ]
-        if max(lengths) > settings.max_length:
+        prompt_ids, chosen_ids, rejected_ids = pair_ids(tokenizer, prompt, chosen, rejected, bool(conversational))
+        if len(prompt_ids) + max(len(chosen_ids), len(rejected_ids)) > settings.max_length:
             too_long += 1
             continue
         chosen_side = trl_example(tokenizer, prompt, chosen, bool(conversational))
