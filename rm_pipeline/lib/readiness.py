@@ -45,9 +45,12 @@ def _check(name: str, value, threshold: str, passed: bool, reason: str) -> dict:
     return {"check": name, "value": value, "threshold": threshold, "passed": bool(passed), "reason": reason}
 
 
-def readiness(report: dict, overlap: dict, thresholds: ReadinessThresholds = ReadinessThresholds()) -> dict:
+def readiness(
+    report: dict, overlap: dict, thresholds: ReadinessThresholds = ReadinessThresholds(), dpo: dict | None = None
+) -> dict:
     """The verdict: ``optimize_against_reward``, every check (value, threshold, passed, reason) and a
-    recommendation between an explicit reward model and DPO on the same pairs."""
+    recommendation between an explicit reward model and DPO on the same pairs, citing ``dpo`` (a DPO policy
+    compared with the model on the held-out pairs, lib/dpo.py ``compare``) when given."""
     t = thresholds
     shared = overlap["shared_prompt_ids"] + overlap["shared_prompt_texts"]
     checks = [
@@ -119,22 +122,42 @@ def readiness(report: dict, overlap: dict, thresholds: ReadinessThresholds = Rea
         "checks": checks,
         "thresholds": asdict(t),
         "reasons": [f"{check['check']}: {check['reason']}" for check in checks if not check["passed"]],
-        "recommendation": recommendation(ready, checks, overlap["train_pairs"]),
+        "recommendation": recommendation(ready, checks, overlap["train_pairs"], dpo),
     }
 
 
-def recommendation(ready: bool, checks: list[dict], train_pairs: int) -> str:
-    """When an explicit reward model is worth it, and when DPO on the same pairs is the simpler choice."""
+def recommendation(ready: bool, checks: list[dict], train_pairs: int, dpo: dict | None = None) -> str:
+    """When an explicit reward model is worth it, and when DPO on the same pairs is the simpler choice; with
+    the measured DPO comparison (``dpo``) when there is one."""
+    measured = f" {dpo_comparison_sentence(dpo)}" if dpo else ""
     if ready:
         return (
             "An explicit reward model is worth it here: it ranks outputs it was never trained on, so it can "
             "score fresh samples online (PPO, GRPO), rerank best-of-N and filter data. If you only ever "
-            "optimise offline on these same pairs, DPO on them is still the simpler choice."
+            f"optimise offline on these same pairs, DPO on them is still the simpler choice.{measured}"
         )
     failed = ", ".join(check["check"] for check in checks if not check["passed"])
     return (
         f"DPO on the same {train_pairs} training pairs is the simpler choice for now: it "
         "optimises the policy on these preferences directly, with no reward model for the policy to exploit. "
         "An explicit reward model is worth it only when you need to score outputs the pairs do not cover "
-        f"(online RL, best-of-N, data filtering), and this one has not yet shown it can ({failed} failed)."
+        f"(online RL, best-of-N, data filtering), and this one has not yet shown it can ({failed} failed).{measured}"
+    )
+
+
+def dpo_comparison_sentence(dpo: dict) -> str:
+    """The DPO policy's implicit reward against the reward model, with 95% intervals."""
+
+    def shown(interval: dict, percent: bool = False) -> str:
+        scale, unit, digits = (100, "%", 0) if percent else (1, "", 2)
+        return (
+            f"{interval['estimate'] * scale:.{digits}f}{unit} "
+            f"[{interval['low'] * scale:.{digits}f}{unit}, {interval['high'] * scale:.{digits}f}{unit}]"
+        )
+
+    return (
+        f"DPO's implicit reward: {shown(dpo['implicit_accuracy'])} against the reward model's "
+        f"{shown(dpo['explicit_accuracy'])} on {dpo['n']} held-out pairs; they agree on "
+        f"{shown(dpo['agreement'], percent=True)} of them (Spearman's rho of their margins "
+        f"{shown(dpo['margin_spearman'])})."
     )

@@ -8,6 +8,7 @@ import dagster as dg
 import pandas as pd
 
 from rm_pipeline.config import config_class, settings_from_config
+from rm_pipeline.lib.dpo import COMPARISON_FILE as DPO_COMPARISON_FILE
 from rm_pipeline.lib.evaluation import read_leaderboard
 from rm_pipeline.lib.evaluation_inputs import file_pairs_to_score, responses_to_score, split_pairs_to_score
 from rm_pipeline.lib.markdown import inline_png, markdown_table
@@ -252,7 +253,7 @@ def evaluation_report(
     kinds={"json"},
     code_version="1",
     owners=OWNERS,
-    deps=["evaluation_report"],
+    deps=["evaluation_report", "dpo_comparison"],
     check_specs=[
         dg.AssetCheckSpec(
             "reward_model_ready",
@@ -274,8 +275,12 @@ def reward_readiness(
     if not (folder / REPORT_JSON).exists():
         raise dg.Failure(f"no evaluation report for {model_dir.name} in {folder}: materialise evaluation_report")
     document = json.loads((folder / REPORT_JSON).read_text())
+    dpo_file = folder / DPO_COMPARISON_FILE  # written by dpo_comparison when a DPO policy is configured
     verdict = readiness(
-        document["report"], split_overlap(preference_split), settings_from_config(ReadinessThresholds, config)
+        document["report"],
+        split_overlap(preference_split),
+        settings_from_config(ReadinessThresholds, config),
+        json.loads(dpo_file.read_text()) if dpo_file.exists() else None,
     )
     write_atomically(
         model_dir / READINESS_FILE,
