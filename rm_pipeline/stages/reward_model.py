@@ -50,7 +50,12 @@ def launch_command() -> list[str]:
 
 
 @dg.asset(
-    group_name=GROUP, kinds={"pytorch", "huggingface"}, code_version="2", owners=OWNERS, deps=["preference_split"]
+    group_name=GROUP,
+    kinds={"pytorch", "huggingface"},
+    code_version="2",
+    owners=OWNERS,
+    deps=["preference_split"],
+    pool="gpu_training",  # one training at a time per deployment (docker/dagster.yaml: concurrency.pools)
 )
 def reward_model(
     context: dg.AssetExecutionContext,
