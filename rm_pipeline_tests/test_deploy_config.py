@@ -2,11 +2,16 @@
 dagster.yaml and workspace.yaml through Dagster's own config schemas, and every name one file hands another
 (services, volumes, networks, variables, paths, build arguments) defined where it is used."""
 
+import functools
 import json
+import os
 import re
 import shlex
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 import tomllib
 from importlib import import_module
 from pathlib import Path
@@ -570,6 +575,84 @@ def test_a_local_run_takes_and_frees_a_pool_slot(tmp_path):
 
     overrides = {"concurrency": {"pools": {"default_limit": 1}}}
     with dg.instance_for_test(temp_dir=str(tmp_path), overrides=overrides) as instance:
+        assert dg.materialize([trains], instance=instance).success
+        info = instance.event_log_storage.get_concurrency_info("gpu_training")
+        assert (info.slot_count, info.claimed_slots, info.pending_steps) == (1, [], [])
+
+
+# ----------------------------------------------------------------------------------- on a real PostgreSQL
+
+
+def postgres_binary(name: str) -> str:
+    """A PostgreSQL server program: on PATH, else Debian's /usr/lib/postgresql/<version>/bin."""
+    found = shutil.which(name) or next(iter(sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))), None)
+    assert found, f"{name} not found: install PostgreSQL's server (Debian: apt-get install postgresql)"
+    return str(found)
+
+
+@pytest.fixture
+def postgres_server():
+    """A throwaway PostgreSQL server on a free local port, with password authentication as in compose. initdb
+    refuses to run as root: as root, the server runs as the `postgres` user."""
+    as_owner = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    folder = Path(tempfile.mkdtemp(prefix="rm-pipeline-pg-"))
+    if as_owner:
+        shutil.chown(folder, "postgres")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    password = "test-password"
+    (folder / "pw").write_text(password)
+    data = folder / "data"
+    run = functools.partial(subprocess.run, check=True, capture_output=True, text=True, timeout=120)
+    run([*as_owner, postgres_binary("initdb"), "-D", str(data), "-U", "dagster", "--auth=scram-sha-256",
+         f"--pwfile={folder / 'pw'}"])  # fmt: skip
+    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1"
+    run(
+        [*as_owner, postgres_binary("pg_ctl"), "-D", str(data), "-o", options, "-l", str(folder / "log"), "-w", "start"]
+    )
+    try:
+        yield {
+            "DAGSTER_POSTGRES_HOST": "127.0.0.1",
+            "DAGSTER_POSTGRES_PORT": str(port),
+            "DAGSTER_POSTGRES_USER": "dagster",
+            "DAGSTER_POSTGRES_PASSWORD": password,
+            "DAGSTER_POSTGRES_DB": "postgres",
+        }
+    finally:
+        run([*as_owner, postgres_binary("pg_ctl"), "-D", str(data), "-m", "immediate", "stop"])
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_the_instance_works_on_postgresql(postgres_server, tmp_path, monkeypatch):
+    """docker/dagster.yaml on a real PostgreSQL: the upgrade step of docker/README.md (`dagster instance
+    migrate`) runs, the instance comes up with the queued coordinator, DockerRunLauncher, run monitoring and a
+    pool limit of 1, and an asset in the pool runs, taking its slot and giving it back."""
+    for name, value in postgres_server.items():
+        monkeypatch.setenv(name, value)
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    storage_root = CONTRACT_VOLUMES["rm-pipeline-storage"]
+    (home / "dagster.yaml").write_text((DOCKER / "dagster.yaml").read_text().replace(storage_root, str(tmp_path)))
+    migrate = subprocess.run(
+        [str(Path(sys.executable).parent / "dagster"), "instance", "migrate"],
+        env={**os.environ, "DAGSTER_HOME": str(home)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert migrate.returncode == 0, migrate.stdout + migrate.stderr
+
+    @dg.asset(pool="gpu_training")
+    def trains() -> int:
+        return 1
+
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
+        assert type(instance.run_launcher).__name__ == "DockerRunLauncher"
+        assert instance.run_monitoring_enabled and instance.run_monitoring_max_resume_run_attempts == 2
+        assert instance.get_concurrency_config().pool_config.default_pool_limit == 1
         assert dg.materialize([trains], instance=instance).success
         info = instance.event_log_storage.get_concurrency_info("gpu_training")
         assert (info.slot_count, info.claimed_slots, info.pending_steps) == (1, [], [])
