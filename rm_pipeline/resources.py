@@ -33,7 +33,11 @@ class PipelineStorage(dg.ConfigurableResource):
     @contextmanager
     def yield_for_execution(self, context: dg.InitResourceContext):
         with hold_storage(self.root, run_id=context.run_id) as previous:
-            abandoned = fail_abandoned_run(context.instance, previous, self.root) if context.instance else None
+            # a run resumed after its process died (run monitoring) finds its own id: it goes on, not failed
+            resumed = previous.get("run_id") == context.run_id
+            abandoned = (
+                fail_abandoned_run(context.instance, previous, self.root) if context.instance and not resumed else None
+            )
             if abandoned is not None:
                 context.log.warning(f"run {abandoned.run_id} died holding {self.root}; reported it failed")
             yield self

@@ -62,6 +62,7 @@ def docker_container_kwargs(gpus: int, network: str | None) -> dict:
 
     kwargs: dict = {
         "environment": container_environment(),
+        "healthcheck": {"test": ["NONE"]},  # the image's check probes the code server, which training doesn't run
         "mounts": [
             Mount(target=volume.path, source=volume.name, type="volume", read_only=volume.read_only)
             for volume in SHARED_VOLUMES

@@ -36,7 +36,7 @@ def training_settings(config: RewardModelConfig, base_model: BaseModelResource) 
     code_version="2",
     owners=OWNERS,
     deps=["preference_split"],
-    pool="gpu_training",  # one training per slot of the pool (dagster.yaml), the GPUs being shared
+    pool="gpu_training",  # one training at a time per deployment (docker/dagster.yaml: concurrency.pools)
 )
 def reward_model(
     context: dg.AssetExecutionContext,
