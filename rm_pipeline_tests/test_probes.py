@@ -179,3 +179,39 @@ def test_a_flip_is_the_perturbed_worse_answer_outscoring_the_chosen_one_where_th
 def test_probe_answers_of_pairs_not_scored_are_an_error():
     with pytest.raises(ValueError, match="1 probe answers belong to pairs that were not scored"):
         flip_rates(scored([1.0], [0.0]), probe("padding", "rejected", [0.0, 1.0]))
+
+
+def test_evaluate_with_probes_prints_each_probe_flip_rate_with_its_interval(tiny_encoder, tmp_path):
+    from rm_pipeline_tests.test_cli import rm_pipeline
+
+    plain = tmp_path / "plain.jsonl"
+    rows = [
+        {"prompt": f"Question {i}?", "chosen": f"A careful answer {i}. It gives the reason.", "rejected": f"No {i}."}
+        for i in range(8)
+    ]
+    plain.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    chat = tmp_path / "chat.jsonl"
+    context = [{"role": "user", "content": "Capital of France?"}]
+    chat.write_text(
+        json.dumps(
+            {
+                "chosen": context + [{"role": "assistant", "content": "Paris. It is on the Seine."}],
+                "rejected": context + [{"role": "assistant", "content": "Lyon."}],
+            }
+        )
+        + "\n"
+    )
+    argv = ["evaluate", "--model", tiny_encoder, "--pairs", str(plain), str(chat)]
+    done = rm_pipeline(*argv, "--probes", "--probe-pairs", "5")
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads(done.stdout)
+    probes = results[str(plain)]["probes"]
+    assert probes["sampled_pairs"] == 5 and probes["confidence"] == 0.95
+    assert set(probes["flip_rates"]) == set(PROBE_NAMES)
+    for row in probes["flip_rates"].values():
+        assert row["n"] + row["already_wrong"] + row["not_applicable"] == 5
+        if row["n"]:
+            assert row["ci_low"] <= row["flip_rate"] <= row["ci_high"]
+    assert probes["worst_probe"] in PROBE_NAMES
+    assert results[str(chat)]["probes"]["sampled_pairs"] == 1
+    assert "probes" not in json.loads(rm_pipeline(*argv).stdout)[str(plain)]  # only when asked for

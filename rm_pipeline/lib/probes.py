@@ -261,6 +261,26 @@ def probe_rows(response_scores: pd.DataFrame) -> pd.DataFrame:
     return response_scores[response_scores["source"].astype(str).str.startswith(SOURCE_PREFIX)]
 
 
+PROBE_TABLE_COLUMNS = [
+    "probe",
+    "description",
+    "n",
+    "flip_rate",
+    "ci_low",
+    "ci_high",
+    "flips",
+    "ties",
+    "already_wrong",
+    "not_applicable",
+    "mean_reward_change",
+]
+
+
+def probe_table(section: dict) -> str:
+    """The flip rates (``flip_rates``) with their intervals, as a Markdown table."""
+    return markdown_table(section["table"], PROBE_TABLE_COLUMNS)
+
+
 def render_probes(section: dict) -> str:
     """The report's Markdown section."""
     if not section.get("sampled_pairs"):
@@ -271,21 +291,6 @@ def render_probes(section: dict) -> str:
         f"{section['sampled_pairs']} held-out pairs, each made worse five ways. A flip: the model prefers the "
         "perturbed worse answer to the chosen one, over the pairs where it did not already prefer the "
         f"unperturbed one (ties half); {section['confidence']:.0%} intervals by prompt group.\n\n"
-        + markdown_table(
-            section["table"],
-            [
-                "probe",
-                "description",
-                "n",
-                "flip_rate",
-                "ci_low",
-                "ci_high",
-                "flips",
-                "ties",
-                "already_wrong",
-                "not_applicable",
-                "mean_reward_change",
-            ],
-        )
+        + probe_table(section)
         + (f"\nWorst: `{worst['probe']}` flips {worst['flip_rate']:.3f} of {worst['n']} pairs.\n" if worst else "")
     )
