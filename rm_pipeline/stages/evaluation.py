@@ -82,7 +82,8 @@ def _progress_log(context, total: int, every: float = 0.1):
     return progress
 
 
-@dg.asset(group_name=GROUP, kinds={"pandas", "parquet"}, code_version="1", owners=OWNERS)
+# After training, like the rest of the evaluation: made in the run that evaluates a new model, from its split.
+@dg.asset(group_name=GROUP, kinds={"pandas", "parquet"}, code_version="1", owners=OWNERS, deps=["reward_model"])
 def shortcut_probes(
     context: dg.AssetExecutionContext, config: ProbeConfig, preference_split: pd.DataFrame
 ) -> dg.Output[pd.DataFrame]:
