@@ -258,7 +258,12 @@ def test_each_threshold_can_fail_its_check(thresholds, failing):
 
 
 def test_the_worst_shortcut_probe_fails_readiness_naming_the_probe_and_its_rate():
-    verdict = readiness(good_report(padding_flips=15), split_overlap(SPLIT), PERMISSIVE_ECE)
+    report = good_report(padding_flips=15)
+    section = render_markdown(report, {}, {}).split("## Shortcut probes")[1]
+    [padding] = [line for line in section.splitlines() if line.startswith("| padding ")]
+    assert [cell.strip() for cell in padding.split("|")[3:7]] == ["60", "0.25", "0.158", "0.372"]  # n, rate, interval
+    assert "Worst: `padding` flips 0.250 of 60 pairs." in section
+    verdict = readiness(report, split_overlap(SPLIT), PERMISSIVE_ECE)
     assert verdict["optimize_against_reward"] is False
     [reason] = verdict["reasons"]
     assert reason.startswith("shortcut_probe_flip_rate: worst probe `padding` (rejected answer padded with filler")

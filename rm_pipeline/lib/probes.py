@@ -290,7 +290,8 @@ def render_probes(section: dict) -> str:
         "## Shortcut probes\n\n"
         f"{section['sampled_pairs']} held-out pairs, each made worse five ways. A flip: the model prefers the "
         "perturbed worse answer to the chosen one, over the pairs where it did not already prefer the "
-        f"unperturbed one (ties half); {section['confidence']:.0%} intervals by prompt group.\n\n"
+        f"unperturbed one (ties half); {section['confidence']:.0%} intervals by a bootstrap over prompts where pairs "
+        "share one, Wilson's otherwise.\n\n"
         + probe_table(section)
         + (f"\nWorst: `{worst['probe']}` flips {worst['flip_rate']:.3f} of {worst['n']} pairs.\n" if worst else "")
     )

@@ -223,9 +223,12 @@ def evaluation_report(
     except ValueError as error:
         raise dg.Failure(str(error)) from None
     train_domains = preference_split.loc[preference_split["split"] == "train", "domain"].unique()
-    report = build_report(
-        reward_scores, response_scores, train_domains, leaderboard, settings_from_config(ReportSettings, config)
-    )
+    try:
+        report = build_report(
+            reward_scores, response_scores, train_domains, leaderboard, settings_from_config(ReportSettings, config)
+        )
+    except ValueError as error:  # probe answers of pairs no longer held out: shortcut_probes is stale
+        raise dg.Failure(f"{error}; materialise shortcut_probes and reward_scores again") from None
     temperature = report["calibration"].get("temperature_fit", {}).get("temperature")
     if temperature is not None:
         store_in_model_config(model_dir, {"reward_temperature": temperature})
