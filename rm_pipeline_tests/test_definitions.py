@@ -29,6 +29,7 @@ PRODUCT_ASSETS = {
 TABLES = PRODUCT_ASSETS - {"reward_model", "evaluation_report", "reward_readiness", "current_reward_model"} | {
     "annotation_quarantine",
     "response_scores",
+    "shortcut_probes",
 }
 GATES = {
     "raw_annotations_valid",
