@@ -83,6 +83,7 @@ FLATTERY = (
 HEADINGS = ("## Answer", "## Overview", "## Summary")
 
 # A sentence: from a non-space character to end punctuation followed by space, to a line break, or to the end.
+# An abbreviation ("U.S. states") ends one too: good enough to repeat a sentence or make bullets.
 SENTENCE = re.compile(r"\S.*?(?:[.!?]+(?=\s)|(?=\n)|\Z)", re.S)
 
 
