@@ -65,6 +65,17 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument(
         "--batch-size", type=positive_int, help="sequences per forward pass (default: the scoring settings' 32)"
     )
+    evaluate.add_argument(
+        "--probes",
+        action="store_true",
+        help="also run the shortcut probes (padding, flattery, Markdown, truncation, repetition) on each file and "
+        "print their flip rates with 95%% intervals",
+    )
+    evaluate.add_argument(
+        "--probe-pairs",
+        type=positive_int,
+        help="pairs sampled per file for --probes (default: the probe settings' 100)",
+    )
     evaluate.set_defaults(handler=_evaluate)
 
     score = commands.add_parser("score", help="reward and rank candidates per prompt (best-of-N, data filtering)")
@@ -426,8 +437,29 @@ def _evaluate(args) -> int:
             "quarantined": len(quarantine),
             "rows_without_subset": int(pairs["domain_from_file"].sum()),
         }
+        if args.probes:
+            results[str(path)]["probes"] = _probe_flip_rates(scorer, scored, args.probe_pairs, path)
     print(json.dumps(jsonable(results), indent=2))
     return EXIT_BAD_INPUT if failed else 0
+
+
+def _probe_flip_rates(scorer, scored, probe_pairs: int | None, path: Path) -> dict:
+    """The shortcut probes' flip rates on one scored file; only the perturbed answers are scored again.
+    Pairs are keyed by their row, so ids repeated within a file can't mix two pairs up."""
+    from rm_pipeline.lib.probes import ProbeSettings, flip_rates, probe_answers
+
+    settings = ProbeSettings(probe_pairs=probe_pairs or ProbeSettings.probe_pairs)
+    keyed = scored.assign(pair_id=range(len(scored)))  # no prompt ids in a file: intervals group by prompt text
+    answers = probe_answers(keyed, settings)
+    with _progress(len(answers), f"probing {path.name}") as bar:
+        rewards = scorer.score(answers["prompt"], answers["response"], answers["conversational"], progress=bar.update)
+    section = flip_rates(keyed, answers.assign(reward=rewards["reward"].to_numpy()))
+    return {
+        "sampled_pairs": section["sampled_pairs"],
+        "confidence": section["confidence"],
+        "worst_probe": section["worst"]["probe"] if section["worst"] else None,
+        "flip_rates": {row["probe"]: {k: v for k, v in row.items() if k != "probe"} for row in section["table"]},
+    }
 
 
 def _models(args) -> int:

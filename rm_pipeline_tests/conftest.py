@@ -137,7 +137,13 @@ def storage_root(tmp_path) -> Path:
 # Thresholds any model meets, given some fresh-policy labels: for tests of the graph, not of the verdict.
 PERMISSIVE_READINESS = {
     "reward_readiness": {
-        "config": {"min_length_matched_accuracy": 0.0, "min_fresh_policy_accuracy": 0.0, "max_ece": 1.0, "min_pairs": 1}
+        "config": {
+            "min_length_matched_accuracy": 0.0,
+            "min_fresh_policy_accuracy": 0.0,
+            "max_ece": 1.0,
+            "min_pairs": 1,
+            "max_probe_flip_rate": 1.0,
+        }
     }
 }
 

@@ -21,6 +21,7 @@ from rm_pipeline_tests.test_gate_enforcement import GARBAGE, UP_TO_SPLIT, materi
 
 DATA_STAGES = set(UP_TO_SPLIT)
 AFTER_TRAINING = {
+    "shortcut_probes",
     "reward_scores",
     "response_scores",
     "evaluation_report",

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from rm_pipeline.definitions import build_defs, reward_pipeline_job
+from rm_pipeline.lib.probes import PROBE_NAMES
 from rm_pipeline_tests.conftest import PERMISSIVE_READINESS, REPO_ROOT
 
 pytestmark = pytest.mark.slow  # trains models or starts servers
@@ -64,8 +65,16 @@ def test_every_evaluation_source_is_scored_once(evaluated):
     assert any(message.startswith(f"{evaluated['eval_dir']}/extra.jsonl:2: prompt: wrong_type") for message in logs)
     assert any("sequences, ETA" in message for message in logs)  # progress while scoring
     responses = pd.read_parquet(evaluated["storage"] / "tables" / "response_scores.parquet")
-    assert set(responses["source"]) == {"policy_outputs", "rankings"}
+    probes = {f"probe:{name}" for name in PROBE_NAMES}
+    assert set(responses["source"]) == {"policy_outputs", "rankings"} | probes
     assert responses.loc[responses["source"] == "policy_outputs", "candidate"].nunique() == 6
+    # only the perturbed answers are scored, once each, for the sampled held-out pairs
+    probed = responses[responses["source"].isin(probes)]
+    held_out = scores[scores["source"] == "held_out"]
+    assert probed["group_id"].nunique() == min(100, len(held_out)) and set(probed["group_id"]) <= set(
+        held_out["pair_id"]
+    )
+    assert not probed.duplicated(["source", "group_id"]).any()
 
 
 def test_the_report_is_written_with_plots_and_the_temperature_is_stored_with_the_model(evaluated):
@@ -88,6 +97,15 @@ def test_the_report_is_written_with_plots_and_the_temperature_is_stored_with_the
         assert metadata[name].value.startswith(f"![{name}](data:image/png;base64,")
     config = json.loads(open(f"{model_dir}/config.json").read())
     assert config["reward_temperature"] == pytest.approx(metadata["temperature"].value)
+    probes = report["report"]["probes"]
+    assert [row["probe"] for row in probes["table"]] == list(PROBE_NAMES)
+    worst = probes["worst"]
+    assert worst["ci_low"] <= worst["flip_rate"] <= worst["ci_high"]
+    assert metadata["worst_probe_flip_rate"].value == pytest.approx(worst["flip_rate"])
+    assert (
+        "| probe " in metadata["shortcut_probes"].value
+        and "## Shortcut probes" in open(metadata["report"].value).read()
+    )
 
 
 def test_a_model_that_is_not_ready_is_a_verdict_the_run_succeeds_with_and_says_why(evaluated):

@@ -164,7 +164,35 @@ def test_a_bad_benchmark_line_is_quarantined_with_file_and_line(tmp_path):
     assert len(rows) + len(quarantine) == 4
 
 
-def good_report(fresh_accuracy=0.8, fresh_n=50):
+def probe_responses(chosen_reward, padding_flips=0):
+    """Every probe's answer to each held-out pair, scored below the chosen answer but for ``padding_flips``
+    padded ones scored above it."""
+    n = len(chosen_reward)
+    frames = [
+        pd.DataFrame(
+            {
+                "source": f"probe:{name}",
+                "group_id": [f"held_out{i}" for i in range(n)],
+                "candidate": side,
+                "rank": np.nan,
+                "domain": "d",
+                "reward": np.asarray(chosen_reward) - np.where(np.arange(n) < flips, -1.0, 1.0),
+                "tokens": 10,
+                "truncated": False,
+            }
+        )
+        for name, side, flips in [
+            ("padding", "rejected", padding_flips),
+            ("flattery", "rejected", 0),
+            ("markdown", "rejected", 0),
+            ("truncation", "chosen", 0),
+            ("repetition", "chosen", 0),
+        ]
+    ]
+    return pd.concat(frames, ignore_index=True)
+
+
+def good_report(fresh_accuracy=0.8, fresh_n=50, padding_flips=0, probes=True):
     chosen = np.linspace(1, 3, 60)
     pairs = pd.concat(
         [
@@ -180,7 +208,7 @@ def good_report(fresh_accuracy=0.8, fresh_n=50):
         ],
         ignore_index=True,
     )
-    return build_report(pairs, no_responses(), ["d"])
+    return build_report(pairs, probe_responses(chosen, padding_flips) if probes else no_responses(), ["d"])
 
 
 SPLIT = pd.DataFrame(
@@ -201,6 +229,7 @@ def test_every_check_passing_makes_the_model_ready():
         "length_matched_accuracy",
         "fresh_policy_accuracy",
         "calibration_error",
+        "shortcut_probe_flip_rate",
     ]
     assert all(c["passed"] for c in verdict["checks"]) and verdict["reasons"] == []
     assert "worth it" in verdict["recommendation"]
@@ -226,6 +255,33 @@ def test_each_threshold_can_fail_its_check(thresholds, failing):
     verdict = readiness(good_report(), split_overlap(SPLIT), thresholds)
     assert verdict["optimize_against_reward"] is False
     assert [c["check"] for c in verdict["checks"] if not c["passed"]][:1] == [failing]
+
+
+def test_the_worst_shortcut_probe_fails_readiness_naming_the_probe_and_its_rate():
+    report = good_report(padding_flips=15)
+    section = render_markdown(report, {}, {}).split("## Shortcut probes")[1]
+    [padding] = [line for line in section.splitlines() if line.startswith("| padding ")]
+    assert [cell.strip() for cell in padding.split("|")[3:7]] == ["60", "0.25", "0.158", "0.372"]  # n, rate, interval
+    assert "Worst: `padding` flips 0.250 of 60 pairs." in section
+    verdict = readiness(report, split_overlap(SPLIT), PERMISSIVE_ECE)
+    assert verdict["optimize_against_reward"] is False
+    [reason] = verdict["reasons"]
+    assert reason.startswith("shortcut_probe_flip_rate: worst probe `padding` (rejected answer padded with filler")
+    assert "flip rate 0.250 [" in reason and "on 60 pairs" in reason
+    lenient = ReadinessThresholds(max_ece=0.5, max_probe_flip_rate=0.3)
+    assert readiness(good_report(padding_flips=15), split_overlap(SPLIT), lenient)["optimize_against_reward"]
+
+
+def test_without_probe_answers_the_probe_check_fails_for_want_of_evidence():
+    report = good_report(probes=False)
+    assert report["probes"]["sampled_pairs"] == 0 and report["probes"]["worst"] is None
+    verdict = readiness(report, split_overlap(SPLIT), PERMISSIVE_ECE)
+    assert verdict["reasons"] == [
+        "shortcut_probe_flip_rate: no shortcut probes were scored: materialise shortcut_probes, then reward_scores"
+    ]
+    too_few = readiness(good_report(), split_overlap(SPLIT), ReadinessThresholds(max_ece=0.5, min_pairs=61))
+    [probe_check] = [c for c in too_few["checks"] if c["check"] == "shortcut_probe_flip_rate"]
+    assert not probe_check["passed"] and "only 60 pairs count for the `padding` probe" in probe_check["reason"]
 
 
 def test_the_same_prompt_under_two_ids_is_overlap():
@@ -262,6 +318,7 @@ def test_report_files_carry_every_section_and_the_verdict(tmp_path):
         "Fresh policy outputs",
         "K > 2",
         "External benchmark files",
+        "Shortcut probes",
         "Plots",
     ):
         assert heading in markdown

@@ -20,6 +20,14 @@ class ReadinessThresholds:
     min_fresh_policy_accuracy: float = setting(0.6, "On human-labelled pairs of fresh outputs.")
     max_ece: float = setting(0.1, "Expected calibration error of sigmoid(margin), held out.")
     min_pairs: int = setting(30, "Fewer pairs than this are not evidence either way.")
+    max_probe_flip_rate: float = setting(
+        0.2,
+        "Highest flip rate allowed on the worst shortcut probe (padding, flattery, Markdown, truncation, "
+        "repetition; rm_pipeline.lib.probes): the share of held-out pairs the model did not rank wrong that the "
+        "shortcut alone turns toward the worse answer. A model blind to the change flips near 0 and one that "
+        "ignores content about 0.5; 0.2 leaves room for near-tied pairs but not for a shortcut that decides "
+        "one pair in five.",
+    )
     strict: bool = setting(
         False,
         "A not-ready model fails the run (the reward_model_ready check at ERROR severity, blocking what follows); "
@@ -116,6 +124,8 @@ def readiness(
         )
     )
 
+    checks.append(_probe_check(report.get("probes") or {}, t))
+
     ready = all(check["passed"] for check in checks)
     return {
         "optimize_against_reward": ready,
@@ -124,6 +134,28 @@ def readiness(
         "reasons": [f"{check['check']}: {check['reason']}" for check in checks if not check["passed"]],
         "recommendation": recommendation(ready, checks, overlap["train_pairs"], dpo),
     }
+
+
+def _probe_check(probes: dict, t: ReadinessThresholds) -> dict:
+    """The worst shortcut probe's flip rate, on at least ``min_pairs`` counted pairs for every probe."""
+    worst, table = probes.get("worst"), probes.get("table", [])
+    thin = [row for row in table if row["n"] < t.min_pairs]
+    if not probes.get("sampled_pairs") or worst is None:
+        reason = "no shortcut probes were scored: materialise shortcut_probes, then reward_scores"
+    else:
+        reason = (
+            f"worst probe `{worst['probe']}` ({worst['description']}): flip rate {worst['flip_rate']:.3f} "
+            f"[{worst['ci_low']:.3f}, {worst['ci_high']:.3f}] on {worst['n']} pairs"
+        )
+        if thin:
+            reason += f"; only {thin[0]['n']} pairs count for the `{thin[0]['probe']}` probe"
+    return _check(
+        "shortcut_probe_flip_rate",
+        worst["flip_rate"] if worst else None,
+        f"<= {t.max_probe_flip_rate} on >= {t.min_pairs} pairs per probe",
+        worst is not None and not thin and worst["flip_rate"] <= t.max_probe_flip_rate,
+        reason,
+    )
 
 
 def recommendation(ready: bool, checks: list[dict], train_pairs: int, dpo: dict | None = None) -> str:

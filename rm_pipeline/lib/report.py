@@ -27,6 +27,7 @@ from rm_pipeline.lib import evaluation as ev
 from rm_pipeline.lib.intervals import bootstrap_interval
 from rm_pipeline.lib.markdown import format_number, markdown_table
 from rm_pipeline.lib.metrics import pair_credit
+from rm_pipeline.lib.probes import flip_rates, probe_rows, render_probes
 from rm_pipeline.lib.settings import setting
 from rm_pipeline.lib.split import NO_DOMAIN
 
@@ -100,6 +101,7 @@ def build_report(
             },
             **ev.pair_accuracy(sources["fresh_policy"]),
         },
+        "probes": flip_rates(held_out, probe_rows(response_scores), settings.confidence),
     }
     return jsonable(report)
 
@@ -398,6 +400,8 @@ def render_markdown(report: dict, facts: dict, plots: dict[str, str], verdict: d
         )
     if not report["benchmarks"]:
         parts.append("no benchmark files\n")
+    if "probes" in report:  # reports written before the probes have none
+        parts.append(render_probes(report["probes"]))
     parts.append("## Plots\n")
     parts.append("\n".join(f"![{name}]({path})" for name, path in plots.items()) + "\n")
     return "\n".join(parts)

@@ -14,6 +14,7 @@ from rm_pipeline.lib.evaluation_inputs import file_pairs_to_score, responses_to_
 from rm_pipeline.lib.markdown import inline_png, markdown_table
 from rm_pipeline.lib.metrics import pair_credit
 from rm_pipeline.lib.model_registry import PROMOTION_FILE, current_model_dir, switch_current
+from rm_pipeline.lib.probes import PROBE_NAMES, SOURCE_PREFIX, ProbeSettings, probe_answers, probe_table
 from rm_pipeline.lib.promotion import PROMOTED, PromotionSettings, evidence_pairs, promotion_record
 from rm_pipeline.lib.readiness import ReadinessThresholds, readiness, split_overlap
 from rm_pipeline.lib.report import (
@@ -29,7 +30,7 @@ from rm_pipeline.lib.report import (
 )
 from rm_pipeline.lib.scoring import RewardScorer, ScoringSettings
 from rm_pipeline.resources import EvaluationSource, PipelineStorage
-from rm_pipeline.stages.metadata import OWNERS, counts_table, table_fingerprint
+from rm_pipeline.stages.metadata import OWNERS, counts_table, preview, table_fingerprint
 from rm_pipeline.stages.split import split_data_version
 
 GROUP = "evaluation"
@@ -45,6 +46,9 @@ ReadinessConfig = config_class(ReadinessThresholds, "ReadinessConfig")
 
 
 PromotionConfig = config_class(PromotionSettings, "PromotionConfig")
+
+
+ProbeConfig = config_class(ProbeSettings, "ProbeConfig")
 
 
 def current_model(context) -> tuple[Path, str]:
@@ -79,6 +83,32 @@ def _progress_log(context, total: int, every: float = 0.1):
     return progress
 
 
+# After training, like the rest of the evaluation: made in the run that evaluates a new model, from its split.
+@dg.asset(group_name=GROUP, kinds={"pandas", "parquet"}, code_version="1", owners=OWNERS, deps=["reward_model"])
+def shortcut_probes(
+    context: dg.AssetExecutionContext, config: ProbeConfig, preference_split: pd.DataFrame
+) -> dg.Output[pd.DataFrame]:
+    """Held-out pairs made worse in ways a reward model might still like (padding, flattery, Markdown on the
+    rejected answer; truncation and a repeated sentence on the chosen one): the answers `reward_scores`
+    scores and the report's flip rates compare (`rm_pipeline.lib.probes`). Seeded, on a fixed sample."""
+    held_out = preference_split[preference_split["split"] == "eval"]
+    answers = probe_answers(held_out, settings_from_config(ProbeSettings, config))
+    pairs = answers["group_id"].nunique()
+    context.log.info(f"{len(answers)} probe answers from {pairs} of {len(held_out)} held-out pairs")
+    counts = answers["source"].str.removeprefix(SOURCE_PREFIX).value_counts()
+    examples = answers.drop_duplicates("source")
+    return dg.Output(
+        answers,
+        data_version=dg.DataVersion(table_fingerprint(answers)),
+        metadata={
+            "dagster/row_count": len(answers),
+            "probed_pairs": pairs,
+            "answers_by_probe": counts_table({name: int(counts.get(name, 0)) for name in PROBE_NAMES}, key="probe"),
+            "examples": preview(examples, ["source", "candidate", "response"]),
+        },
+    )
+
+
 @dg.multi_asset(
     group_name=GROUP,
     deps=["reward_model"],
@@ -96,8 +126,8 @@ def _progress_log(context, total: int, every: float = 0.1):
             kinds={"pytorch", "parquet"},
             owners=OWNERS,
             code_version="1",
-            description="Single answers scored: fresh policy outputs (`policy_outputs`) and human-ranked replies "
-            "(`rankings`).",
+            description="Single answers scored: fresh policy outputs (`policy_outputs`), human-ranked replies "
+            "(`rankings`) and shortcut-probe answers (`probe:<name>`).",
         ),
     },
 )
@@ -107,6 +137,7 @@ def reward_scores(
     evaluation_source: EvaluationSource,
     preference_split: pd.DataFrame,
     review_queue: pd.DataFrame,
+    shortcut_probes: pd.DataFrame,
 ):
     """Score with the current model, batched and length-sorted, without gradients."""
     model_dir, _ = current_model(context)
@@ -114,7 +145,7 @@ def reward_scores(
     fresh, fresh_quarantine = file_pairs_to_score(folder.fresh_policy_files(), "fresh_policy")
     benchmarks, benchmark_quarantine = file_pairs_to_score(folder.benchmark_files(), "benchmark")
     pairs = pd.concat([split_pairs_to_score(preference_split, review_queue), fresh, benchmarks], ignore_index=True)
-    responses = responses_to_score(folder)
+    responses = pd.concat([responses_to_score(folder), shortcut_probes], ignore_index=True)
     quarantine = pd.concat([fresh_quarantine, benchmark_quarantine], ignore_index=True)
     for row in quarantine.itertuples():
         context.log.warning(f"{row.file}:{row.line}: {row.field}: {row.reason} ({row.detail}); not scored")
@@ -193,9 +224,12 @@ def evaluation_report(
     except ValueError as error:
         raise dg.Failure(str(error)) from None
     train_domains = preference_split.loc[preference_split["split"] == "train", "domain"].unique()
-    report = build_report(
-        reward_scores, response_scores, train_domains, leaderboard, settings_from_config(ReportSettings, config)
-    )
+    try:
+        report = build_report(
+            reward_scores, response_scores, train_domains, leaderboard, settings_from_config(ReportSettings, config)
+        )
+    except ValueError as error:  # probe answers of pairs no longer held out: shortcut_probes is stale
+        raise dg.Failure(f"{error}; materialise shortcut_probes and reward_scores again") from None
     temperature = report["calibration"].get("temperature_fit", {}).get("temperature")
     if temperature is not None:
         store_in_model_config(model_dir, {"reward_temperature": temperature})
@@ -232,6 +266,8 @@ def evaluation_report(
             "temperature": temperature,
             "policy_leaderboard_spearman": report["policies"].get("leaderboard", {}).get("spearman_rho"),
             "top1_agreement": report["rankings"].get("top1_agreement"),
+            "worst_probe_flip_rate": (report["probes"]["worst"] or {}).get("flip_rate"),
+            "shortcut_probes": dg.MetadataValue.md(probe_table(report["probes"])),
             "benchmarks": dg.MetadataValue.json(
                 {name: {"n": s["n"], "accuracy": s["accuracy"]} for name, s in report["benchmarks"].items()}
             ),
