@@ -129,7 +129,11 @@ def test_report_sections_count_every_source_apart():
     assert report["domains"]["spillover_domains"] == ["new"]
     assert report["disagreement"]["n"] == 2 and report["disagreement"]["accuracy"] == 0.5
     bench = report["benchmarks"]["bench.jsonl"]
-    assert bench["subsets"] == {"alpacaeval-easy": {"n": 1, "accuracy": 1.0}, "mystery": {"n": 1, "accuracy": 0.0}}
+    subsets = {
+        name: {k: v for k, v in row.items() if k != "accuracy_interval"} for name, row in bench["subsets"].items()
+    }
+    assert subsets == {"alpacaeval-easy": {"n": 1, "accuracy": 1.0}, "mystery": {"n": 1, "accuracy": 0.0}}
+    assert bench["subsets"]["mystery"]["accuracy_interval"]["high"] > 0.5  # one pair says little
     assert bench["rewardbench_sections"]["Chat"]["accuracy"] == 1.0
     assert report["fresh_policy"]["n"] == 1 and report["fresh_policy"]["files"]["labels.jsonl"]["accuracy"] == 1.0
     assert report["policies"] == {"n_policies": 0} and report["rankings"] == {"n_groups": 0}
@@ -342,7 +346,25 @@ def test_small_domains_fold_into_other_and_every_row_has_an_interval():
     assert rows["other (2 domains)"]["accuracy"] == 1.0
     assert report["domains"]["spillover_domains"] == ["wee"]  # spillover still sees the domains as they are
     for row in rows.values():
-        assert row["ci_low"] <= row["accuracy"] <= row["ci_high"]
-    interval = report["held_out"]["interval"]
+        assert row["accuracy_interval"]["low"] <= row["accuracy"] <= row["accuracy_interval"]["high"]
+    assert {row["domain"] for row in report["domains"]["all_domains"]} == {"big", "tiny", "wee"}  # JSON keeps each
+    interval = report["held_out"]["accuracy_interval"]
     assert interval["low"] < report["held_out"]["accuracy"] < interval["high"] and interval["groups"] == 33
-    assert "ci_low" in render_markdown(report, {}, {})
+    markdown = render_markdown(report, {}, {})
+    assert "| other (2 domains) |" in markdown and "| tiny " not in markdown
+    other = rows["other (2 domains)"]["accuracy_interval"]
+    assert f"1 [{other['low']:.3g}, 1]" in markdown  # the folded row's accuracy shown with its interval
+
+
+def test_the_domain_minimum_is_a_setting():
+    rng = np.random.default_rng(0)
+    big = scored("held_out", rng.normal(1, 1, 30), rng.normal(0, 1, 30), [5] * 30, [5] * 30, domain="big")
+    small = scored("held_out", [1.0] * 3, [0.0] * 3, [5] * 3, [5] * 3, domain="tiny")
+    pairs = pd.concat([big, small], ignore_index=True).assign(pair_id=lambda f: [f"h{i}" for i in range(len(f))])
+    folded = build_report(pairs, no_responses(), ["big"], settings=ReportSettings(min_domain_pairs=5))
+    kept = build_report(pairs, no_responses(), ["big"], settings=ReportSettings(min_domain_pairs=3))
+    assert [row["domain"] for row in folded["domains"]["table"]] == ["big", "other (1 domains)"]
+    assert [row["domain"] for row in kept["domains"]["table"]] == ["big", "tiny"] and not kept["domains"][
+        "folded_domains"
+    ]
+    assert "| tiny " in render_markdown(kept, {}, {})
