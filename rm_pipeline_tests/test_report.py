@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from rm_pipeline.lib import evaluation as ev
 from rm_pipeline.lib.aggregation import aggregate_votes, review_queue
 from rm_pipeline.lib.annotations import list_batch_files, read_annotations
 from rm_pipeline.lib.evaluation_inputs import (
@@ -368,3 +369,81 @@ def test_the_domain_minimum_is_a_setting():
         "folded_domains"
     ]
     assert "| tiny " in render_markdown(kept, {}, {})
+
+
+METRIC = __import__("re").compile(r"(accuracy|rho|tau|agreement|score|prefers_longer|preferred|preferred_hard)$")
+
+
+def metrics_without_interval(value, path="report") -> list[str]:
+    """Every accuracy, rate, correlation and score in a report that lacks ``<name>_interval`` beside it."""
+    missing = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if METRIC.search(key) and isinstance(item, (int, float)) and not isinstance(item, bool):
+                interval = value.get(f"{key}_interval")
+                if not (isinstance(interval, dict) and interval["low"] <= interval["high"]):
+                    missing.append(f"{path}.{key}")
+            missing += metrics_without_interval(item, f"{path}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            missing += metrics_without_interval(item, f"{path}[{index}]")
+    return missing
+
+
+def test_every_accuracy_and_correlation_in_the_report_has_an_interval(tmp_path):
+    from rm_pipeline_tests.test_rewardbench2 import GOOD_ROWS, write_jsonl
+    from rm_pipeline_tests.test_rewardbench2 import scored as rb2_scored
+
+    rng = np.random.default_rng(1)
+    n = 40
+    held = scored("held_out", rng.normal(1, 1, n), rng.normal(0, 1, n), rng.integers(5, 50, n), rng.integers(5, 50, n))
+    held["domain"] = ["big"] * 30 + ["small"] * 10
+    held["chosen_share"] = rng.choice([1.0, 0.75, 0.6], n)
+    held["n_votes"] = 3.0
+    queue = scored("disagreement", rng.normal(0, 1, 6), rng.normal(0, 1, 6), [5] * 6, [7] * 6)
+    rb1 = scored("benchmark", rng.normal(1, 1, 8), rng.normal(0, 1, 8), [5] * 8, [6] * 8, file="/x/rb1.jsonl")
+    rb1["domain"] = ["alpacaeval-easy"] * 4 + ["hep-go"] * 4
+    rb2_pairs, _ = ev.read_pair_file(write_jsonl(tmp_path / "rb2.jsonl", GOOD_ROWS))
+    rb2 = rb2_scored(rb2_pairs).assign(source="benchmark", prompt_id=None, n_votes=np.nan, chosen_share=np.nan)
+    fresh = scored("fresh_policy", rng.normal(1, 1, 5), rng.normal(0, 1, 5), [5] * 5, [5] * 5, file="/x/f/l.jsonl")
+    pairs = pd.concat([held, queue, rb1, rb2, fresh], ignore_index=True)
+    policies = pd.DataFrame(
+        {
+            "source": "policy_outputs",
+            "group_id": [str(i % 6) for i in range(24)],
+            "candidate": [f"policy{i // 6}" for i in range(24)],
+            "rank": np.nan,
+            "domain": "x",
+            "reward": rng.normal(0, 1, 24),
+            "tokens": rng.integers(5, 80, 24),
+            "truncated": False,
+        }
+    )
+    rankings = pd.DataFrame(
+        {
+            "source": "rankings",
+            "group_id": [f"g{i // 3}" for i in range(15)],
+            "candidate": [f"m{i}" for i in range(15)],
+            "rank": [i % 3 for i in range(15)],
+            "domain": "oasst",
+            "reward": rng.normal(0, 1, 15),
+            "tokens": 10,
+            "truncated": False,
+        }
+    )
+    board = pd.Series([10.0, 20.0, 30.0, 40.0], index=[f"policy{i}" for i in range(4)], name="winrate")
+    report = build_report(
+        pairs, pd.concat([policies, rankings], ignore_index=True), ["big"], board, ReportSettings(min_domain_pairs=15)
+    )
+    # every section is there to be checked
+    assert report["policies"]["leaderboard"]["spearman_rho"] is not None and report["rankings"]["n_groups"] == 5
+    assert "best_of_n" in report["benchmarks"]["rb2.jsonl"] and "rewardbench_score" in report["benchmarks"]["rb1.jsonl"]
+    assert report["domains"]["spillover"]["accuracy"] is not None and report["length"]["responses_spearman_rho"]
+    assert metrics_without_interval(report) == []
+    assert report["held_out"]["accuracy_interval"]["confidence"] == 0.95
+    narrower = build_report(pairs, no_responses(), ["big"], settings=ReportSettings(confidence=0.5))
+    assert narrower["held_out"]["accuracy_interval"]["confidence"] == 0.5  # the setting reaches the intervals
+    # a metric without an interval is caught
+    assert metrics_without_interval({"x": {"accuracy": 0.5}}) == ["report.x.accuracy"]
+    markdown = render_markdown(report, {}, {})
+    assert "over 4 policies (interval: a bootstrap over the 4 policies)" in markdown

@@ -140,11 +140,19 @@ def correlation_with_interval(x, y, groups=None, confidence: float = CONFIDENCE)
         return None
     points = np.arange(x.size, dtype=float)  # the statistic resamples indices, so x and y stay paired
 
-    def rho(drawn: np.ndarray) -> float:
-        drawn = drawn.astype(int)
-        return spearman(x[drawn], y[drawn])[0]
+    def rho(drawn: np.ndarray) -> float:  # spearman()'s rho without its p-value, at a fraction of the cost
+        x_ranks, y_ranks = _average_ranks(x[drawn.astype(int)]), _average_ranks(y[drawn.astype(int)])
+        if np.ptp(x_ranks) == 0 or np.ptp(y_ranks) == 0:
+            return math.nan
+        return float(np.corrcoef(x_ranks, y_ranks)[0, 1])
 
     return bootstrap_interval(points, groups, statistic=rho, confidence=confidence).as_dict()
+
+
+def _average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks, ties sharing their average rank (``scipy.stats.rankdata``'s default), from one sort."""
+    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    return (np.cumsum(counts) - (counts - 1) / 2)[inverse]
 
 
 # --------------------------------------------------------------------------- pair outcomes
@@ -761,28 +769,35 @@ def ties_score(rows: pd.DataFrame, confidence: float = CONFIDENCE) -> dict:
     with np.errstate(divide="ignore", invalid="ignore"):
         margin = np.nan_to_num(np.tanh(hard_gap / tied_spread - 1), nan=0.0)
 
-    def parts(drawn: np.ndarray) -> dict:
-        drawn = drawn.astype(int)
-        both = drawn[~np.isnan(hard_gap[drawn])]
-        ref, tied = ref_gap[drawn], tied_gap[drawn]
-        return {
-            "ref_accuracy": float(np.mean(ref[~np.isnan(ref)] > 0)) if (~np.isnan(ref)).any() else 0.0,
-            "tied_accuracy": float(np.mean(tied[~np.isnan(tied)] > 0)) if (~np.isnan(tied)).any() else 0.0,
-            "correctness_preferred": float(np.mean(tied_gap[both] > tied_spread[both])) if both.size else math.nan,
-            "correctness_preferred_hard": float(np.mean(hard_gap[both] > tied_spread[both])) if both.size else math.nan,
-            "margin_score": float(np.mean(margin[both])) if both.size else math.nan,
-        }
+    def mean(values: np.ndarray, empty: float) -> float:
+        return float(values.mean()) if values.size else empty
+
+    def rate_where_defined(gaps: np.ndarray) -> float:
+        defined = gaps[~np.isnan(gaps)]
+        return mean(defined > 0, 0.0)  # upstream: 0.0 without such rows
+
+    def both(drawn: np.ndarray) -> np.ndarray:  # prompts with a reference and a tied row
+        return drawn[~np.isnan(hard_gap[drawn])]
+
+    parts = {
+        "tied_accuracy": lambda drawn: rate_where_defined(tied_gap[drawn]),
+        "ref_accuracy": lambda drawn: rate_where_defined(ref_gap[drawn]),
+        "correctness_preferred": lambda drawn: mean(tied_gap[both(drawn)] > tied_spread[both(drawn)], math.nan),
+        "correctness_preferred_hard": lambda drawn: mean(hard_gap[both(drawn)] > tied_spread[both(drawn)], math.nan),
+        "margin_score": lambda drawn: mean(margin[both(drawn)], math.nan),
+    }
 
     def score(drawn: np.ndarray) -> float:
-        return float(sum(weight * parts(drawn)[name] for name, weight in TIES_WEIGHTS.items()))
+        return float(sum(weight * parts[name](drawn) for name, weight in TIES_WEIGHTS.items()))
 
-    everyone = np.arange(prompts.size, dtype=float)
-    return {
-        "score": score(everyone),
-        "score_interval": bootstrap_interval(everyone, statistic=score, confidence=confidence).as_dict(),
-        "prompts": int(prompts.size),
-        **parts(everyone),
-    }
+    everyone = np.arange(prompts.size)
+    result = {"score": score(everyone), "prompts": int(prompts.size)}
+    for name, statistic in {"score": score, **parts}.items():
+        result[name] = statistic(everyone)
+        result[f"{name}_interval"] = bootstrap_interval(
+            everyone.astype(float), statistic=lambda drawn, f=statistic: f(drawn.astype(int)), confidence=confidence
+        ).as_dict()
+    return result
 
 
 def best_of_n_summary(
