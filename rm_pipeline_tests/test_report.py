@@ -447,3 +447,8 @@ def test_every_accuracy_and_correlation_in_the_report_has_an_interval(tmp_path):
     assert metrics_without_interval({"x": {"accuracy": 0.5}}) == ["report.x.accuracy"]
     markdown = render_markdown(report, {}, {})
     assert "over 4 policies (interval: a bootstrap over the 4 policies)" in markdown
+    best = report["benchmarks"]["rb2.jsonl"]["best_of_n"]
+    score = best["rewardbench2_score_interval"]
+    assert f"RewardBench 2 score (mean over the subsets present) **{best['rewardbench2_score']:.3g} [" in markdown
+    assert f"{score['low']:.3g}, {score['high']:.3g}]**" in markdown
+    assert "Ties: score " in markdown and "| Focus " in markdown

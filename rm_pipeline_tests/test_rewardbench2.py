@@ -203,7 +203,7 @@ def test_evaluate_scores_a_rewardbench2_file_end_to_end(tiny_encoder, tmp_path):
     assert f"{path}:8: chosen: wrong_type" in done.stderr  # the bad row, by file, line and field
     result = json.loads(done.stdout)[str(path)]
     best = result["best_of_n"]
-    assert best["rows"] + result["quarantined"] == len(GOOD_ROWS) + 1
+    assert best["rows"] == result["rows"] and result["rows"] + result["quarantined"] == len(GOOD_ROWS) + 1
     assert set(best["subsets"]) == {"Focus", "Math", "Ties"}
     assert 0.0 <= best["accuracy"] <= 1.0 and best["accuracy_interval"]["n"] == len(GOOD_ROWS)
     assert "score" in best["subsets"]["Ties"]["ties_score"]

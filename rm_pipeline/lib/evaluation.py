@@ -635,8 +635,8 @@ def rewardbench_accuracy(
     subsets.insert(0, "section", [SUBSET_TO_SECTION.get(name) for name in subsets.index])
     subsets = subsets.reset_index()
     credit = pair_credit(pair_margins(frame), tie_tolerance)
-    names = names.to_numpy()
-    sections, score = _rewardbench_sections(credit, names)
+    names, codes = np.unique(names.to_numpy(), return_inverse=True)
+    sections, score = _rewardbench_sections(credit, codes, names)
     if not sections:
         empty = pd.DataFrame(
             columns=["section", "accuracy", "accuracy_interval", "n", "subsets_present", "subsets_expected"]
@@ -650,7 +650,7 @@ def rewardbench_accuracy(
 
     def drawn(index: np.ndarray) -> tuple[dict, float]:
         index = index.astype(int)
-        return _rewardbench_sections(credit[index], names[index])
+        return _rewardbench_sections(credit[index], codes[index], names)
 
     expected = {
         **{section: len(members) for section, members in REWARDBENCH_SECTIONS.items()},
@@ -675,27 +675,29 @@ def rewardbench_accuracy(
         "subsets": subsets,
         "sections": table,
         "score": score,
-        "score_interval": interval(lambda index: drawn(index)[1] or math.nan),
+        "score_interval": interval(lambda index: drawn(index)[1]),
     }
 
 
-def _rewardbench_sections(credit: np.ndarray, names: np.ndarray) -> tuple[dict[str, float], float | None]:
-    """RewardBench's section accuracies (in leaderboard order) and overall score from per-pair credit and
-    subset names: sections weight their subsets by EXAMPLE_COUNTS (Prior Sets: equally), the score weighs
-    sections 2, 2, 2, 2 and 1 for Prior Sets, over the sections present."""
+def _rewardbench_sections(credit: np.ndarray, codes: np.ndarray, names: np.ndarray) -> tuple[dict[str, float], float]:
+    """RewardBench's section accuracies (in leaderboard order) and overall score (NaN without a section) from
+    per-pair credit and subset codes into ``names``: sections weight their subsets by EXAMPLE_COUNTS (Prior
+    Sets: equally), the score weighs sections 2, 2, 2, 2 and 1 for Prior Sets, over the sections present."""
+    sums = np.bincount(codes, weights=credit, minlength=names.size)
+    counts = np.bincount(codes, minlength=names.size)
     weighted, weights = {}, {}
-    for name in dict.fromkeys(names):
-        section = SUBSET_TO_SECTION.get(name)
+    for code in np.flatnonzero(counts):
+        section = SUBSET_TO_SECTION.get(names[code])
         if section is None:
             continue
-        weight = REWARDBENCH_EXAMPLE_COUNTS.get(name, 1.0)  # Prior Sets have no example counts
-        weighted[section] = weighted.get(section, 0.0) + weight * credit[names == name].mean()
+        weight = REWARDBENCH_EXAMPLE_COUNTS.get(names[code], 1.0)  # Prior Sets have no example counts
+        weighted[section] = weighted.get(section, 0.0) + weight * sums[code] / counts[code]
         weights[section] = weights.get(section, 0.0) + weight
     sections = {
         section: weighted[section] / weights[section] for section in REWARDBENCH_SECTION_WEIGHTS if section in weights
     }
     if not sections:
-        return {}, None
+        return {}, math.nan
     score = float(np.average(list(sections.values()), weights=[REWARDBENCH_SECTION_WEIGHTS[s] for s in sections]))
     return sections, score
 

@@ -406,23 +406,59 @@ def render_markdown(report: dict, facts: dict, plots: dict[str, str], verdict: d
             f"{shown(summary, 'length_matched_accuracy')} on {summary['length_matched_n']} "
             f"pairs, ECE {format_number(summary['ece'])}"
             + (
-                f"; RewardBench-weighted score {format_number(summary['rewardbench_score'])} over the "
+                f"; RewardBench-weighted score {shown(summary, 'rewardbench_score')} over the "
                 f"{len(summary['rewardbench_sections'])} of 5 sections present"
                 if "rewardbench_score" in summary
                 else ""
             )
             + ".\n\n"
         )
-        parts.append(
-            markdown_table(
-                with_intervals([{"subset": k, **v} for k, v in summary["subsets"].items()]), ["subset", "n", "accuracy"]
+        if "best_of_n" in summary:
+            parts.append(_best_of_n_markdown(summary["best_of_n"]))
+        else:
+            parts.append(
+                markdown_table(
+                    with_intervals([{"subset": k, **v} for k, v in summary["subsets"].items()]),
+                    ["subset", "n", "accuracy"],
+                )
             )
-        )
     if not report["benchmarks"]:
         parts.append("no benchmark files\n")
     parts.append("## Plots\n")
     parts.append("\n".join(f"![{name}]({path})" for name, path in plots.items()) + "\n")
     return "\n".join(parts)
+
+
+def _best_of_n_markdown(best: dict) -> str:
+    """A RewardBench 2 file: best-of-N accuracy per subset, the Ties subset by its own score."""
+    rows = []
+    for name, subset in best["subsets"].items():
+        ties = subset.get("ties_score")
+        rows.append(
+            {
+                "subset": name,
+                "rows": subset["n"],
+                "best-of-N accuracy": shown(subset, "accuracy"),
+                "subset score": shown(ties, "score") if ties else shown(subset, "accuracy"),
+            }
+        )
+    lines = [
+        f"RewardBench 2 rows: {best['rows']}; a row is right when its chosen answer outscores every rejected one "
+        f"(best-of-N accuracy {shown(best, 'accuracy')}); RewardBench 2 score (mean over the subsets present) "
+        f"**{shown(best, 'rewardbench2_score')}**. The pair numbers above count every (chosen, rejected) pair.\n",
+        markdown_table(rows, ["subset", "rows", "best-of-N accuracy", "subset score"]),
+    ]
+    for name, subset in best["subsets"].items():
+        if "ties_score" in subset:
+            ties = subset["ties_score"]
+            lines.append(
+                f"\n{name}: score {shown(ties, 'score')} over {ties['prompts']} prompts = 0.30 tied accuracy "
+                f"{shown(ties, 'tied_accuracy')} + 0.30 reference accuracy {shown(ties, 'ref_accuracy')} + 0.20 "
+                f"correct-over-incorrect margin beats the spread of correct answers "
+                f"{shown(ties, 'correctness_preferred')} + 0.20 the same against the reference's margin too "
+                f"{shown(ties, 'correctness_preferred_hard')} + 0.01 margin term {shown(ties, 'margin_score')}.\n"
+            )
+    return "\n".join(lines)
 
 
 def _confidence(result: dict) -> str:
