@@ -138,6 +138,9 @@ BAD_ROWS = [
     row("14", "Focus", ["same"], ["other", "same"]),  # line 6: one identical pair quarantines the row
     row("15", "Focus", ["x"], ["y", "z"], prompt=""),  # line 7: no prompt: quarantined once for the row, not per pair
     row("16", "Focus", ["x"], ["y", 3]),  # line 8: an answer that is not text
+    row("17", "Focus", ["x"], ["y"], num_correct=[1]),  # line 9: a count that is not a number
+    {"prompt": "no id", "subset": "Focus", "chosen": ["x"], "rejected": ["y"]},  # line 10: no id: its line
+    {"prompt": "no id either", "subset": "Focus", "chosen": ["x"], "rejected": ["z"]},  # line 11
 ]
 
 
@@ -154,10 +157,12 @@ def test_bad_rewardbench2_rows_are_quarantined_once_with_line_field_and_reason(t
         (8, "rejected", "identical_candidates"),
         (9, "prompt", "missing_field"),
         (10, "rejected", "wrong_type"),
+        (11, "num_correct", "wrong_type"),
     }
     assert set(quarantine["file"]) == {str(path)}
     assert "num_correct is 2 but the row holds 1" in quarantine.set_index("line").loc[5, "detail"]
-    assert set(pairs["line"]) == {1, 2}  # no pair of a quarantined row is kept
+    assert set(pairs["line"]) == {1, 2, 12, 13}  # no pair of a quarantined row is kept
+    assert pairs.set_index("line").loc[[12, 13], "row_id"].tolist() == ["12", "13"]  # rows without an id
     assert pairs["line"].nunique() + len(quarantine) == len(GOOD_ROWS[:2] + BAD_ROWS)  # every row counted once
 
 

@@ -6,7 +6,12 @@ pairs frame has one row per pair with the columns
     pair_id, chosen_reward, rejected_reward, chosen_tokens, rejected_tokens, domain
 
 plus, when known, ``chosen_share`` and ``n_votes`` (agreement of the annotators) and ``subset``
-(RewardBench-format benchmark files).
+(RewardBench-format benchmark files). A RewardBench 2 row (several answers a side) is one pair per chosen
+and rejected answer, on the row's ``line`` with ``best_of_n`` True, scored back per row (``best_of_n_rows``).
+
+Intervals. Every accuracy, rate and correlation ``name`` comes with ``name_interval`` (``Interval.as_dict``):
+rates from ``intervals.rate_interval`` (a cluster bootstrap over prompts where pairs share one, Wilson
+otherwise), correlations and weighted scores from ``intervals.bootstrap_interval`` over prompts.
 
 Ties. A pair whose two rewards are within ``TIE_TOLERANCE`` of each other is a *tie*: the model
 expressed no preference. Every accuracy in this module counts a tie as half correct (``pair_credit``
@@ -976,7 +981,7 @@ def rewardbench2_pairs(records: pd.DataFrame, path: Path) -> tuple[pd.DataFrame,
         return None
     chosen, rejected = records["chosen"], records["rejected"]
     subset = records["subset"].astype(str).str.lower() if "subset" in records else pd.Series("", index=records.index)
-    row_id = records["id"] if "id" in records else records["line"]
+    row_id = records["id"].where(records["id"].notna(), records["line"]) if "id" in records else records["line"]
     problems = []
     for index, line in records["line"].items():
         c, r = chosen[index], rejected[index]
@@ -992,8 +997,13 @@ def rewardbench2_pairs(records: pd.DataFrame, path: Path) -> tuple[pd.DataFrame,
         else:
             for field, expected in (("num_correct", len(c)), ("total_completions", len(c) + len(r))):
                 value = records[field][index] if field in records else None
-                if value is not None and not pd.isna(value) and value != expected:
+                if value is None or (isinstance(value, float) and math.isnan(value)):
+                    continue
+                if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+                    problem = (field, "wrong_type", f"{field} must be a number, not {value!r}")
+                elif value != expected:
                     problem = (field, "bad_value", f"{field} is {value!r} but the row holds {expected}")
+                if problem:
                     break
         if problem is None and subset[index] == TIES_SUBSET and not TIES_ID.match(str(row_id[index])):
             problem = ("id", "bad_value", f"a Ties row's id must be ref:N or tied:N, not {row_id[index]!r}")
