@@ -86,6 +86,9 @@ def test_the_report_is_written_with_plots_and_the_temperature_is_stored_with_the
         interval = metadata[f"{name}_interval"].value  # in the UI too
         assert interval["low"] <= interval["high"] and interval["confidence"] == 0.95
     assert metadata["held_out_accuracy_interval"].value["estimate"] == metadata["held_out_accuracy"].value
+    shown = metadata["benchmarks"].value["rb2.jsonl"]
+    assert shown["rows"] == len(GOOD_ROWS) and shown["rewardbench2_score"] == best["rewardbench2_score"]
+    assert shown["rewardbench2_score_interval"] == best["rewardbench2_score_interval"]
     probe = [row["policy"] for row in report["report"]["length"]["length_probe"]]
     assert probe == ["alpaca-7b_concise", "alpaca-7b", "alpaca-7b_verbose"]
     assert report["report"]["policies"]["leaderboard"]["n_policies"] == 6

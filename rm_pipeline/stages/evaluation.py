@@ -240,10 +240,7 @@ def evaluation_report(
             "ece": calibration.get("ece"),
             "temperature": temperature,
             "benchmarks": dg.MetadataValue.json(
-                {
-                    name: {key: s[key] for key in ("n", "accuracy", "accuracy_interval", "best_of_n") if key in s}
-                    for name, s in report["benchmarks"].items()
-                }
+                {name: _benchmark_headline(summary) for name, summary in report["benchmarks"].items()}
             ),
             "by_domain": dg.MetadataValue.md(
                 markdown_table(
@@ -326,6 +323,21 @@ def reward_readiness(
             )
         ],
     )
+
+
+def _benchmark_headline(summary: dict) -> dict:
+    """A benchmark file's accuracy (and, for RewardBench 2, its best-of-N accuracy and score) with intervals."""
+    headline = {"n": summary["n"], "accuracy": summary["accuracy"], "accuracy_interval": summary["accuracy_interval"]}
+    best = summary.get("best_of_n")
+    if best:
+        headline.update(
+            rows=best["rows"],
+            best_of_n_accuracy=best["accuracy"],
+            best_of_n_accuracy_interval=best["accuracy_interval"],
+            rewardbench2_score=best["rewardbench2_score"],
+            rewardbench2_score_interval=best["rewardbench2_score_interval"],
+        )
+    return headline
 
 
 def _credit(scores: pd.DataFrame):
