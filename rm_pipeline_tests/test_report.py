@@ -452,3 +452,5 @@ def test_every_accuracy_and_correlation_in_the_report_has_an_interval(tmp_path):
     assert f"RewardBench 2 score (mean over the subsets present) **{best['rewardbench2_score']:.3g} [" in markdown
     assert f"{score['low']:.3g}, {score['high']:.3g}]**" in markdown
     assert "Ties: score " in markdown and "| Focus " in markdown
+    assert "best_of_n" not in report["benchmarks"]["rb1.jsonl"]  # pairs without the flag (NaN) are not RB2 rows
+    assert markdown.count("RewardBench 2 rows:") == 1

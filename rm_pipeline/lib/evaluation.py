@@ -707,6 +707,13 @@ def _rewardbench_sections(credit: np.ndarray, codes: np.ndarray, names: np.ndarr
     return sections, score
 
 
+def is_best_of_n(scored: pd.DataFrame) -> np.ndarray:
+    """Which scored pairs come from RewardBench 2 rows (a missing flag, as after a concat, is not one)."""
+    if "best_of_n" not in scored:
+        return np.zeros(len(scored), dtype=bool)
+    return scored["best_of_n"].map(lambda flag: flag is True or flag == 1.0).to_numpy(bool)
+
+
 def best_of_n_rows(scored: pd.DataFrame, tie_tolerance: float = TIE_TOLERANCE) -> pd.DataFrame:
     """One row per RewardBench 2 row of scored answer-list pairs (``best_of_n``, grouped by file and line):
     file, line, row_id, subset, prompt, chosen_n, worst_chosen, best_chosen, best_rejected and ``credit``,
@@ -715,7 +722,7 @@ def best_of_n_rows(scored: pd.DataFrame, tie_tolerance: float = TIE_TOLERANCE) -
     ``reroll_and_score_dataset`` does: 1 / (answers tied at the top) when the chosen one is among them, else 0
     (ties within ``tie_tolerance``). With several chosen answers (the Ties subset): 1 when the worst chosen
     beats the best rejected, else 0 (``_compute_prompt_stats``'s ``accurate``)."""
-    pairs = scored[scored["best_of_n"].astype(bool)]
+    pairs = scored[is_best_of_n(scored)]
     by_row = pairs.groupby(["file", "line"], sort=False)
     top = np.maximum(by_row["chosen_reward"].transform("max"), by_row["rejected_reward"].transform("max"))
     rows = (
@@ -1126,6 +1133,6 @@ def pair_file_summary(
         }
         summary["rewardbench_score"] = benchmark["score"]
         summary["rewardbench_score_interval"] = benchmark["score_interval"]
-    if "best_of_n" in scored and scored["best_of_n"].astype(bool).any():
+    if is_best_of_n(scored).any():
         summary["best_of_n"] = best_of_n_summary(scored, tie_tolerance, confidence)
     return summary
