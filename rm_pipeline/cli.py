@@ -59,8 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         required=True,
         nargs="+",
         type=Path,
-        help="pair files: RewardBench (prompt, chosen, rejected, subset), TRL standard or "
-        "conversational; JSONL, JSON, CSV or Parquet",
+        help="pair files: RewardBench (prompt, chosen, rejected, subset), RewardBench 2 (chosen and rejected as "
+        "lists of answers: best-of-N and Ties scores), TRL standard or conversational; JSONL, JSON, CSV or Parquet",
     )
     evaluate.add_argument(
         "--batch-size", type=positive_int, help="sequences per forward pass (default: the scoring settings' 32)"
@@ -432,10 +432,12 @@ def _evaluate(args) -> int:
             continue
         with _progress(2 * len(pairs), f"scoring {path.name}") as bar:
             scored = scorer.score_pairs(pairs, progress=bar.update)
+        rows = pairs.drop_duplicates("line")  # a RewardBench 2 row is several pairs
         results[str(path)] = {
             **pair_file_summary(scored),
+            "rows": len(rows),  # rows + quarantined = the file's rows
             "quarantined": len(quarantine),
-            "rows_without_subset": int(pairs["domain_from_file"].sum()),
+            "rows_without_subset": int(rows["domain_from_file"].sum()),
         }
         if args.probes:
             results[str(path)]["probes"] = _probe_flip_rates(scorer, scored, args.probe_pairs, path)

@@ -10,6 +10,8 @@ import pytest
 from rm_pipeline.definitions import build_defs, reward_pipeline_job
 from rm_pipeline.lib.probes import PROBE_NAMES
 from rm_pipeline_tests.conftest import PERMISSIVE_READINESS, REPO_ROOT
+from rm_pipeline_tests.test_report import metrics_without_interval
+from rm_pipeline_tests.test_rewardbench2 import GOOD_ROWS, write_jsonl
 
 pytestmark = pytest.mark.slow  # trains models or starts servers
 
@@ -19,7 +21,7 @@ QUICK_TRAINING = {"reward_model": {"config": {"batch_size": 16, "early_stopping_
 @pytest.fixture(scope="module")
 def evaluated(annotations_slice, tiny_encoder, tmp_path_factory):
     """The whole graph materialised once, with an evaluation folder that has human-labelled fresh-policy
-    pairs and a second benchmark file with one broken line."""
+    pairs, a second benchmark file with one broken line and a RewardBench 2 file."""
     root = tmp_path_factory.mktemp("evaluation")
     eval_dir = root / "eval"
     shutil.copytree(REPO_ROOT / "data" / "eval", eval_dir)
@@ -29,6 +31,7 @@ def evaluated(annotations_slice, tiny_encoder, tmp_path_factory):
     (eval_dir / "extra.jsonl").write_text(
         json.dumps({"prompt": "2+2?", "chosen": "4", "rejected": "5", "subset": "math"}) + "\n" + '{"prompt": 3}\n'
     )
+    write_jsonl(eval_dir / "rb2.jsonl", GOOD_ROWS)
     storage = root / "home"
     defs = build_defs(str(storage), str(annotations_slice), tiny_encoder, str(eval_dir))
     instance = dg.DagsterInstance.ephemeral()
@@ -51,7 +54,7 @@ def test_every_evaluation_source_is_scored_once(evaluated):
     counts = scores["source"].value_counts()
     assert counts["held_out"] == (split["split"] == "eval").sum()
     assert counts["fresh_policy"] == 5
-    assert counts["benchmark"] == 100 + 1  # alpacaeval-easy and the good line of extra.jsonl
+    assert counts["benchmark"] == 100 + 1 + 20  # alpacaeval-easy, the good line of extra.jsonl, rb2's answer pairs
     assert counts["disagreement"] > 0
     assert not scores.duplicated(["source", "file", "pair_id"]).any()
     assert scores[["chosen_reward", "rejected_reward"]].notna().all().all()
@@ -84,7 +87,17 @@ def test_the_report_is_written_with_plots_and_the_temperature_is_stored_with_the
     assert report["facts"]["model_path"] == model_dir
     assert report["facts"]["trained_on_split"] == report["facts"]["evaluated_split"]
     assert report["report"]["held_out"]["n"] == metadata["held_out_pairs"].value > 0
-    assert set(report["report"]["benchmarks"]) == {"alpacaeval-easy.jsonl", "extra.jsonl"}
+    assert set(report["report"]["benchmarks"]) == {"alpacaeval-easy.jsonl", "extra.jsonl", "rb2.jsonl"}
+    best = report["report"]["benchmarks"]["rb2.jsonl"]["best_of_n"]
+    assert best["rows"] == len(GOOD_ROWS) and "ties_score" in best["subsets"]["Ties"]
+    assert metrics_without_interval(report["report"]) == []  # every accuracy and correlation has an interval
+    for name in ("held_out_accuracy", "length_spearman", "longer_wins_accuracy", "policy_leaderboard_spearman"):
+        interval = metadata[f"{name}_interval"].value  # in the UI too
+        assert interval["low"] <= interval["high"] and interval["confidence"] == 0.95
+    assert metadata["held_out_accuracy_interval"].value["estimate"] == metadata["held_out_accuracy"].value
+    shown = metadata["benchmarks"].value["rb2.jsonl"]
+    assert shown["rows"] == len(GOOD_ROWS) and shown["rewardbench2_score"] == best["rewardbench2_score"]
+    assert shown["rewardbench2_score_interval"] == best["rewardbench2_score_interval"]
     probe = [row["policy"] for row in report["report"]["length"]["length_probe"]]
     assert probe == ["alpaca-7b_concise", "alpaca-7b", "alpaca-7b_verbose"]
     assert report["report"]["policies"]["leaderboard"]["n_policies"] == 6

@@ -24,6 +24,7 @@ from rm_pipeline.lib.report import (
     ReportSettings,
     build_report,
     store_in_model_config,
+    with_intervals,
     write_atomically,
     write_plots,
     write_report,
@@ -247,37 +248,47 @@ def evaluation_report(
         folder, {"facts": facts, "plots": {k: p.name for k, p in plots.items()}, "report": report}
     )
     held, length, calibration = report["held_out"], report["length"], report["calibration"]
+    # Each number shown in the UI with its interval beside it, as `<name>_interval`.
+    numbers = {
+        "held_out_accuracy": (held, "accuracy"),
+        "spillover_accuracy": (report["domains"]["spillover"] or {}, "accuracy"),
+        "disagreement_accuracy": (report["disagreement"], "accuracy"),
+        "length_spearman": (length, "spearman_rho"),
+        "longer_wins_accuracy": (length, "longer_wins_accuracy"),
+        "length_matched_accuracy": (length, "length_matched_accuracy"),
+        "policy_leaderboard_spearman": (report["policies"].get("leaderboard", {}), "spearman_rho"),
+        "top1_agreement": (report["rankings"], "top1_agreement"),
+    }
     return dg.MaterializeResult(
         metadata={
             "report": dg.MetadataValue.path(str(markdown_path)),
             "report_json": dg.MetadataValue.path(str(json_path)),
             "model_path": dg.MetadataValue.path(str(model_dir)),
-            "held_out_accuracy": held["accuracy"],
-            "held_out_accuracy_interval": dg.MetadataValue.json(held["interval"] or {}),
+            **{name: result.get(key) for name, (result, key) in numbers.items()},
+            **{
+                f"{name}_interval": dg.MetadataValue.json(result.get(f"{key}_interval") or {})
+                for name, (result, key) in numbers.items()
+            },
             "held_out_pairs": held["n"],
             "held_out_ties": held["ties"],
-            "spillover_accuracy": (report["domains"]["spillover"] or {}).get("accuracy"),
-            "disagreement_accuracy": report["disagreement"]["accuracy"],
-            "length_spearman": length["spearman_rho"],
-            "longer_wins_accuracy": length["longer_wins_accuracy"],
-            "length_matched_accuracy": length["length_matched_accuracy"],
             "length_matched_pairs": length["length_matched_n"],
             "ece": calibration.get("ece"),
             "temperature": temperature,
-            "policy_leaderboard_spearman": report["policies"].get("leaderboard", {}).get("spearman_rho"),
-            "top1_agreement": report["rankings"].get("top1_agreement"),
             "worst_probe_flip_rate": (report["probes"]["worst"] or {}).get("flip_rate"),
             "shortcut_probes": dg.MetadataValue.md(probe_table(report["probes"])),
             "benchmarks": dg.MetadataValue.json(
-                {name: {"n": s["n"], "accuracy": s["accuracy"]} for name, s in report["benchmarks"].items()}
+                {name: _benchmark_headline(summary) for name, summary in report["benchmarks"].items()}
             ),
             "by_domain": dg.MetadataValue.md(
                 markdown_table(
-                    report["domains"]["table"],
-                    ["domain", "n", "accuracy", "ci_low", "ci_high", "ties", "in_training"],
+                    with_intervals(report["domains"]["table"]), ["domain", "n", "accuracy", "ties", "in_training"]
                 )
             ),
-            "by_agreement": dg.MetadataValue.md(markdown_table(report["agreement"])),
+            "by_agreement": dg.MetadataValue.md(
+                markdown_table(
+                    with_intervals(report["agreement"]), ["agreement", "n", "accuracy", "ties", "mean_margin"]
+                )
+            ),
             "policies": dg.MetadataValue.md(markdown_table(report["policies"].get("summary", []))),
             **{name: dg.MetadataValue.md(inline_png(path, name)) for name, path in plots.items()},
         }
@@ -353,6 +364,21 @@ def reward_readiness(
             )
         ],
     )
+
+
+def _benchmark_headline(summary: dict) -> dict:
+    """A benchmark file's accuracy (and, for RewardBench 2, its best-of-N accuracy and score) with intervals."""
+    headline = {"n": summary["n"], "accuracy": summary["accuracy"], "accuracy_interval": summary["accuracy_interval"]}
+    best = summary.get("best_of_n")
+    if best:
+        headline.update(
+            rows=best["rows"],
+            best_of_n_accuracy=best["accuracy"],
+            best_of_n_accuracy_interval=best["accuracy_interval"],
+            rewardbench2_score=best["rewardbench2_score"],
+            rewardbench2_score_interval=best["rewardbench2_score_interval"],
+        )
+    return headline
 
 
 def _credit(scores: pd.DataFrame):
