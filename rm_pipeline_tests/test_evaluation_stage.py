@@ -113,7 +113,7 @@ def test_the_report_is_written_with_plots_and_the_temperature_is_stored_with_the
     probes = report["report"]["probes"]
     assert [row["probe"] for row in probes["table"]] == list(PROBE_NAMES)
     worst = probes["worst"]
-    assert worst["ci_low"] <= worst["flip_rate"] <= worst["ci_high"]
+    assert worst["flip_rate_interval"]["low"] <= worst["flip_rate"] <= worst["flip_rate_interval"]["high"]
     assert metadata["worst_probe_flip_rate"].value == pytest.approx(worst["flip_rate"])
     assert (
         "| probe " in metadata["shortcut_probes"].value

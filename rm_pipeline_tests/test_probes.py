@@ -167,7 +167,7 @@ def test_a_flip_is_the_perturbed_worse_answer_outscoring_the_chosen_one_where_th
     padding = table["padding"]
     assert (padding["n"], padding["flips"], padding["ties"], padding["already_wrong"]) == (4, 1, 1, 1)
     assert padding["flip_rate"] == pytest.approx(1.5 / 4)
-    assert padding["ci_low"] < padding["flip_rate"] < padding["ci_high"]
+    assert padding["flip_rate_interval"]["low"] < padding["flip_rate"] < padding["flip_rate_interval"]["high"]
     assert padding["mean_reward_change"] == pytest.approx(np.mean([1.5, 1.0, 0.5, -1.0, 1.0]))
     truncation = table["truncation"]
     assert (truncation["n"], truncation["flips"], truncation["already_wrong"]) == (5, 2, 0)
@@ -212,7 +212,7 @@ def test_evaluate_with_probes_prints_each_probe_flip_rate_with_its_interval(tiny
     for row in probes["flip_rates"].values():
         assert row["n"] + row["already_wrong"] + row["not_applicable"] == 5
         if row["n"]:
-            assert row["ci_low"] <= row["flip_rate"] <= row["ci_high"]
+            assert row["flip_rate_interval"]["low"] <= row["flip_rate"] <= row["flip_rate_interval"]["high"]
     assert probes["worst_probe"] in PROBE_NAMES
     assert results[str(chat)]["probes"]["sampled_pairs"] == 1
     assert "probes" not in json.loads(rm_pipeline(*argv).stdout)[str(plain)]  # only when asked for

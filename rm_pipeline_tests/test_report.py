@@ -266,13 +266,13 @@ def test_the_worst_shortcut_probe_fails_readiness_naming_the_probe_and_its_rate(
     report = good_report(padding_flips=15)
     section = render_markdown(report, {}, {}).split("## Shortcut probes")[1]
     [padding] = [line for line in section.splitlines() if line.startswith("| padding ")]
-    assert [cell.strip() for cell in padding.split("|")[3:7]] == ["60", "0.25", "0.158", "0.372"]  # n, rate, interval
+    assert [cell.strip() for cell in padding.split("|")[3:5]] == ["60", "0.25 [0.158, 0.372]"]  # n, rate [interval]
     assert "Worst: `padding` flips 0.250 of 60 pairs." in section
     verdict = readiness(report, split_overlap(SPLIT), PERMISSIVE_ECE)
     assert verdict["optimize_against_reward"] is False
     [reason] = verdict["reasons"]
     assert reason.startswith("shortcut_probe_flip_rate: worst probe `padding` (rejected answer padded with filler")
-    assert "flip rate 0.250 [" in reason and "on 60 pairs" in reason
+    assert "flip rate 0.25 [0.158, 0.372] on 60 pairs" in reason
     lenient = ReadinessThresholds(max_ece=0.5, max_probe_flip_rate=0.3)
     assert readiness(good_report(padding_flips=15), split_overlap(SPLIT), lenient)["optimize_against_reward"]
 

@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 
 from rm_pipeline.lib.intervals import rate_interval
-from rm_pipeline.lib.markdown import markdown_table
+from rm_pipeline.lib.markdown import markdown_table, with_intervals
 from rm_pipeline.lib.metrics import TIE_TOLERANCE, pair_credit
 from rm_pipeline.lib.settings import setting
 
@@ -207,7 +207,7 @@ def flip_rates(
     Raises ``ValueError`` for probe answers of pairs not among ``scored_pairs`` (probes of another split).
     Returns ``sampled_pairs`` (every sampled pair has a padding answer, so: the pairs probed), ``table``
     (one row per probe: probe, perturbs, description, n (pairs counted), flips, ties, not_applicable,
-    already_wrong, flip_rate, ci_low, ci_high, mean_reward_change (W' minus W)) and ``worst`` (the row with
+    already_wrong, flip_rate, flip_rate_interval, mean_reward_change (W' minus W)) and ``worst`` (the row with
     the highest flip rate, None without any)."""
     pairs = scored_pairs.drop_duplicates("pair_id").set_index("pair_id")
     groups = _prompt_groups(pairs)
@@ -237,13 +237,12 @@ def flip_rates(
             "not_applicable": sampled - len(answers),
             "already_wrong": int((~counted).sum()),
             "flip_rate": math.nan,
-            "ci_low": math.nan,
-            "ci_high": math.nan,
+            "flip_rate_interval": None,
             "mean_reward_change": float((perturbed - base).mean()) if len(answers) else math.nan,
         }
         if counted.any():
             interval = rate_interval(flips, groups.loc[ids[counted]].to_numpy(), confidence)
-            row.update(flip_rate=interval.estimate, ci_low=interval.low, ci_high=interval.high)
+            row.update(flip_rate=interval.estimate, flip_rate_interval=interval.as_dict())
         table.append(row)
     rated = [row for row in table if not math.isnan(row["flip_rate"])]
     worst = max(rated, key=lambda row: row["flip_rate"]) if rated else None
@@ -267,8 +266,6 @@ PROBE_TABLE_COLUMNS = [
     "description",
     "n",
     "flip_rate",
-    "ci_low",
-    "ci_high",
     "flips",
     "ties",
     "already_wrong",
@@ -279,7 +276,7 @@ PROBE_TABLE_COLUMNS = [
 
 def probe_table(section: dict) -> str:
     """The flip rates (``flip_rates``) with their intervals, as a Markdown table."""
-    return markdown_table(section["table"], PROBE_TABLE_COLUMNS)
+    return markdown_table(with_intervals(section["table"], ("flip_rate",)), PROBE_TABLE_COLUMNS)
 
 
 def render_probes(section: dict) -> str:

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 
 import pandas as pd
 
+from rm_pipeline.lib.markdown import shown
 from rm_pipeline.lib.settings import setting
 from rm_pipeline.lib.split import normalised_prompt
 
@@ -144,8 +145,8 @@ def _probe_check(probes: dict, t: ReadinessThresholds) -> dict:
         reason = "no shortcut probes were scored: materialise shortcut_probes, then reward_scores"
     else:
         reason = (
-            f"worst probe `{worst['probe']}` ({worst['description']}): flip rate {worst['flip_rate']:.3f} "
-            f"[{worst['ci_low']:.3f}, {worst['ci_high']:.3f}] on {worst['n']} pairs"
+            f"worst probe `{worst['probe']}` ({worst['description']}): flip rate {shown(worst, 'flip_rate')} "
+            f"on {worst['n']} pairs"
         )
         if thin:
             reason += f"; only {thin[0]['n']} pairs count for the `{thin[0]['probe']}` probe"

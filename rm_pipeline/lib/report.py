@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from rm_pipeline.lib import evaluation as ev
-from rm_pipeline.lib.markdown import format_number, markdown_table
+from rm_pipeline.lib.markdown import format_number, markdown_table, shown, with_intervals
 from rm_pipeline.lib.probes import flip_rates, probe_rows, render_probes
 from rm_pipeline.lib.settings import setting
 from rm_pipeline.lib.split import NO_DOMAIN
@@ -265,18 +265,6 @@ def write_plots(
 
 
 # --------------------------------------------------------------------------- Markdown
-
-
-def shown(result: dict, key: str) -> str:
-    """``result[key]`` with its interval (``result[key + '_interval']``): ``0.812 [0.75, 0.86]``."""
-    interval = result.get(f"{key}_interval")
-    value = format_number(result.get(key))
-    return f"{value} [{format_number(interval['low'])}, {format_number(interval['high'])}]" if interval else value
-
-
-def with_intervals(rows: list[dict], keys: tuple[str, ...] = ("accuracy",)) -> list[dict]:
-    """Table rows with each of ``keys`` shown with its interval, for ``markdown_table``."""
-    return [{**row, **{key: shown(row, key) for key in keys if key in row}} for row in rows]
 
 
 def _accuracy_line(result: dict) -> str:

@@ -11,7 +11,7 @@ from rm_pipeline.config import config_class, settings_from_config
 from rm_pipeline.lib.dpo import COMPARISON_FILE as DPO_COMPARISON_FILE
 from rm_pipeline.lib.evaluation import read_leaderboard
 from rm_pipeline.lib.evaluation_inputs import file_pairs_to_score, responses_to_score, split_pairs_to_score
-from rm_pipeline.lib.markdown import inline_png, markdown_table
+from rm_pipeline.lib.markdown import inline_png, markdown_table, with_intervals
 from rm_pipeline.lib.metrics import pair_credit
 from rm_pipeline.lib.model_registry import PROMOTION_FILE, current_model_dir, switch_current
 from rm_pipeline.lib.probes import PROBE_NAMES, SOURCE_PREFIX, ProbeSettings, probe_answers, probe_table
@@ -24,7 +24,6 @@ from rm_pipeline.lib.report import (
     ReportSettings,
     build_report,
     store_in_model_config,
-    with_intervals,
     write_atomically,
     write_plots,
     write_report,
