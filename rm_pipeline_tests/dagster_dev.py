@@ -141,3 +141,23 @@ def dagster_dev(folder: Path, annotations: Path, env: dict[str, str]) -> Iterato
         finally:
             stop_group(server)
     assert_port_free(port)
+
+
+@contextlib.contextmanager
+def dagster_daemon(env: dict[str, str], log_path: Path) -> Iterator[subprocess.Popen]:
+    """`dagster-daemon run` on this project's workspace (its sensors, run queue and run monitoring), with the
+    instance of `env`'s DAGSTER_HOME; on exit it is stopped with its code servers and run workers."""
+    command = [sys.executable, "-m", "dagster._daemon", "run", "-w", str(REPO_ROOT / "workspace.yaml")]
+    with open(log_path, "w") as log:
+        daemon = subprocess.Popen(
+            command,
+            cwd=REPO_ROOT,
+            env={**os.environ, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: stopped together
+        )
+        try:
+            yield daemon
+        finally:
+            stop_group(daemon)
