@@ -1,19 +1,26 @@
 """The Dagster instance on a real PostgreSQL server (dagster-postgres), as a deployment runs it: the pipeline's
 history survives a restart, and a run whose process is killed mid-training is marked failed and resumed."""
 
+import contextlib
+import itertools
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
+import uuid
 
 import dagster as dg
+import psutil
 import pytest
 
-from rm_pipeline_tests.dagster_dev import dagster_daemon
+from rm_pipeline.definitions import reward_pipeline_job
+from rm_pipeline_tests.dagster_dev import REPO_ROOT, dagster_daemon
 from rm_pipeline_tests.test_automation import AFTER_TRAINING, DATA_STAGES
 from rm_pipeline_tests.test_cli import rm_pipeline
+from rm_pipeline_tests.test_reward_model_stage import CHECKPOINTING
 
 pytestmark = pytest.mark.slow  # trains models and starts servers
 
@@ -125,3 +132,94 @@ def test_the_history_survives_a_restart_of_dagster_and_of_postgres(
         )
     }
     assert len(lineage["batches"]) == len(list(annotations_slice.iterdir()))
+
+
+def launch(job_args: list[str], env: dict[str, str], run_id: str) -> None:
+    """`dagster job launch`: the run is created in the instance and queued; the daemon's run queue hands it to
+    the run launcher, which starts a run worker in the code server."""
+    done = subprocess.run(
+        [sys.executable, "-m", "dagster", "job", "launch", "-w", str(REPO_ROOT / "workspace.yaml")]
+        + ["-j", reward_pipeline_job.name, "--run-id", run_id, "--config-json", json.dumps(CHECKPOINTING), *job_args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        cwd=REPO_ROOT,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def run_worker_of_training(daemon: subprocess.Popen, root) -> psutil.Process | None:
+    """Once training wrote a checkpoint: the run worker whose training child that is (the code server's
+    child, started for the run by the run launcher)."""
+    if not list((root / "models" / ".checkpoints").glob("*/checkpoint-*/trainer_state.json")):
+        return None
+    for process in psutil.Process(daemon.pid).children(recursive=True):  # only this test's processes
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if "rm_pipeline.stages.reward_model_worker" in " ".join(process.cmdline()):
+                chain = [process, *process.parents()]
+                return next(p for p, parent in itertools.pairwise(chain) if "grpc" in " ".join(parent.cmdline()))
+    return None
+
+
+def test_a_killed_run_worker_is_marked_failed_and_the_next_run_resumes_training(
+    postgres_server, annotations_slice, tiny_encoder, labelled_eval_dir, tmp_path
+):
+    """A run launched as the UI and automation launch them: queued in the instance, dequeued by the real
+    `dagster-daemon`, started by the DefaultRunLauncher as a run worker process of the code server. Its run
+    worker and training child are SIGKILLed once training has written a checkpoint (as when a machine or a
+    container dies, or the OOM killer strikes).
+
+    Who notices: the daemon's run monitoring (`run_monitoring: enabled`) checks every STARTED run, but it can
+    only ask the run launcher whether the worker is alive, and DefaultRunLauncher (the only local launcher)
+    doesn't support that (`supports_check_run_worker_health` is False, dagster/_core/launcher/base.py; only
+    the Docker, Kubernetes and ECS launchers answer), so for this run it only enforces timeouts. The code
+    server that started the worker does notice: every 0.5 s it looks for run workers that exited and reports
+    their runs failed ("Run execution process for <run> was terminated by signal 9 (SIGKILL)",
+    `DagsterApiServer._check_for_orphaned_runs`, dagster/_grpc/server.py). Then the next run resumes from the
+    checkpoint."""
+    dagster_home = postgres_instance(
+        tmp_path,
+        postgres_server.create_database("monitoring"),
+        run_coordinator={"module": "dagster", "class": "QueuedRunCoordinator", "config": {"max_concurrent_runs": 1}},
+        run_launcher={"module": "dagster", "class": "DefaultRunLauncher"},
+        run_monitoring={"enabled": True, "poll_interval_seconds": 1},
+    )
+    env = pipeline_env(tmp_path, dagster_home, annotations_slice, tiny_encoder, labelled_eval_dir)
+    root = tmp_path / "home"
+    killed_run, next_run = str(uuid.uuid4()), str(uuid.uuid4())
+    with (
+        dg.DagsterInstance.from_config(dagster_home) as instance,
+        dagster_daemon(env, tmp_path / "daemon.log") as daemon,
+    ):
+        launch([], env, killed_run)
+        worker = wait_until(lambda: run_worker_of_training(daemon, root), 300, "a checkpoint of the launched run")
+        victims = [worker, *worker.children(recursive=True)]
+        for process in victims:  # the run worker first: its death is what is noticed, not its child's
+            process.send_signal(signal.SIGKILL)
+        psutil.wait_procs(victims, timeout=10)
+        wait_until(
+            lambda: instance.get_run_by_id(killed_run).status == dg.DagsterRunStatus.FAILURE,
+            60,
+            f"run {killed_run} marked failed (see {tmp_path / 'daemon.log'})",
+        )
+        # who noticed: the code server that started the run worker, not the daemon's run monitoring
+        noticed = f"[DagsterApiServer] Run execution process for {killed_run} was terminated by signal 9 (SIGKILL)."
+        messages = [event.message for event in instance.all_logs(killed_run)]
+        assert any(message.startswith(noticed) for message in messages), messages[-5:]
+        assert not (root / "models" / "current").exists()  # nothing half-trained became current
+
+        launch(["-o", "reward_model"], env, next_run)  # the training alone, as a retrain tick requests it
+        status = wait_until(
+            lambda: (run := instance.get_run_by_id(next_run)) and run.is_finished and run.status,
+            300,
+            f"run {next_run} finished (see {tmp_path / 'daemon.log'})",
+        )
+        logs = [e.message for e in instance.all_logs(next_run)]
+        assert status == dg.DagsterRunStatus.SUCCESS, logs[-20:]
+        model = instance.get_latest_materialization_event(dg.AssetKey("reward_model"))
+    assert model.run_id == next_run
+    resumed_from = model.asset_materialization.metadata["resumed_from"].value
+    assert "/models/.checkpoints/" in resumed_from and "checkpoint-" in resumed_from
+    assert any("resuming from" in message and resumed_from in message for message in logs)
+    assert not list((root / "models" / ".checkpoints").glob("*/checkpoint-*"))  # removed once the model is saved
