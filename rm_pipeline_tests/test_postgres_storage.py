@@ -17,13 +17,14 @@ import psutil
 import pytest
 
 from rm_pipeline.definitions import reward_pipeline_job
-from rm_pipeline_tests.dagster_dev import REPO_ROOT, dagster_daemon
+from rm_pipeline_tests.dagster_dev import REPO_ROOT, code_server, dagster_daemon
 from rm_pipeline_tests.test_automation import AFTER_TRAINING, DATA_STAGES
 from rm_pipeline_tests.test_cli import rm_pipeline
 from rm_pipeline_tests.test_reward_model_stage import CHECKPOINTING
 
 pytestmark = pytest.mark.slow  # trains models and starts servers
 
+QUICK = {"epochs": 0.25}  # 8 steps of 8 pairs; a checkpoint every 2
 SENSORS = ("annotation_folder_sensor", "rm_pipeline_automation_sensor")
 
 
@@ -134,12 +135,13 @@ def test_the_history_survives_a_restart_of_dagster_and_of_postgres(
     assert len(lineage["batches"]) == len(list(annotations_slice.iterdir()))
 
 
-def launch(job_args: list[str], env: dict[str, str], run_id: str) -> None:
+def launch(workspace, env: dict[str, str], run_id: str, *selection: str) -> None:
     """`dagster job launch`: the run is created in the instance and queued; the daemon's run queue hands it to
-    the run launcher, which starts a run worker in the code server."""
+    the run launcher, which has the code server start a run worker for it."""
+    config = {"ops": {"reward_model": {"config": {**CHECKPOINTING["ops"]["reward_model"]["config"], **QUICK}}}}
     done = subprocess.run(
-        [sys.executable, "-m", "dagster", "job", "launch", "-w", str(REPO_ROOT / "workspace.yaml")]
-        + ["-j", reward_pipeline_job.name, "--run-id", run_id, "--config-json", json.dumps(CHECKPOINTING), *job_args],
+        [sys.executable, "-m", "dagster", "job", "launch", "-w", str(workspace), "-j", reward_pipeline_job.name]
+        + ["--run-id", run_id, "--config-json", json.dumps(config), *selection],
         capture_output=True,
         text=True,
         env={**os.environ, **env},
@@ -149,16 +151,16 @@ def launch(job_args: list[str], env: dict[str, str], run_id: str) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
 
 
-def run_worker_of_training(daemon: subprocess.Popen, root) -> psutil.Process | None:
+def run_worker_of_training(root) -> psutil.Process | None:
     """Once training wrote a checkpoint: the run worker whose training child that is (the code server's
     child, started for the run by the run launcher)."""
     if not list((root / "models" / ".checkpoints").glob("*/checkpoint-*/trainer_state.json")):
         return None
-    for process in psutil.Process(daemon.pid).children(recursive=True):  # only this test's processes
+    for process in psutil.Process().children(recursive=True):  # only what this test started
         with contextlib.suppress(psutil.NoSuchProcess):
             if "rm_pipeline.stages.reward_model_worker" in " ".join(process.cmdline()):
                 chain = [process, *process.parents()]
-                return next(p for p, parent in itertools.pairwise(chain) if "grpc" in " ".join(parent.cmdline()))
+                return next(p for p, parent in itertools.pairwise(chain) if "api grpc" in " ".join(parent.cmdline()))
     return None
 
 
@@ -181,7 +183,11 @@ def test_a_killed_run_worker_is_marked_failed_and_the_next_run_resumes_training(
     dagster_home = postgres_instance(
         tmp_path,
         postgres_server.create_database("monitoring"),
-        run_coordinator={"module": "dagster", "class": "QueuedRunCoordinator", "config": {"max_concurrent_runs": 1}},
+        run_coordinator={
+            "module": "dagster",
+            "class": "QueuedRunCoordinator",
+            "config": {"max_concurrent_runs": 1, "dequeue_interval_seconds": 1},
+        },
         run_launcher={"module": "dagster", "class": "DefaultRunLauncher"},
         run_monitoring={"enabled": True, "poll_interval_seconds": 1},
     )
@@ -190,10 +196,11 @@ def test_a_killed_run_worker_is_marked_failed_and_the_next_run_resumes_training(
     killed_run, next_run = str(uuid.uuid4()), str(uuid.uuid4())
     with (
         dg.DagsterInstance.from_config(dagster_home) as instance,
-        dagster_daemon(env, tmp_path / "daemon.log") as daemon,
+        code_server(env, tmp_path / "code_server.log") as workspace,
+        dagster_daemon(env, tmp_path / "daemon.log", workspace),
     ):
-        launch([], env, killed_run)
-        worker = wait_until(lambda: run_worker_of_training(daemon, root), 300, "a checkpoint of the launched run")
+        launch(workspace, env, killed_run)
+        worker = wait_until(lambda: run_worker_of_training(root), 300, "a checkpoint of the launched run", poll=0.2)
         victims = [worker, *worker.children(recursive=True)]
         for process in victims:  # the run worker first: its death is what is noticed, not its child's
             process.send_signal(signal.SIGKILL)
@@ -209,7 +216,7 @@ def test_a_killed_run_worker_is_marked_failed_and_the_next_run_resumes_training(
         assert any(message.startswith(noticed) for message in messages), messages[-5:]
         assert not (root / "models" / "current").exists()  # nothing half-trained became current
 
-        launch(["-o", "reward_model"], env, next_run)  # the training alone, as a retrain tick requests it
+        launch(workspace, env, next_run, "-o", "reward_model")  # the training alone, as a retrain tick requests it
         status = wait_until(
             lambda: (run := instance.get_run_by_id(next_run)) and run.is_finished and run.status,
             300,
