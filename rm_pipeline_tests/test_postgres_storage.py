@@ -14,15 +14,16 @@ import uuid
 
 import dagster as dg
 import psutil
+import psycopg2
 import pytest
 
 from rm_pipeline.definitions import reward_pipeline_job
+from rm_pipeline_tests import postgres_server as postgres_server_module
 from rm_pipeline_tests.dagster_dev import REPO_ROOT, code_server, dagster_daemon
+from rm_pipeline_tests.postgres_server import ROLE
 from rm_pipeline_tests.test_automation import AFTER_TRAINING, DATA_STAGES
 from rm_pipeline_tests.test_cli import rm_pipeline
 from rm_pipeline_tests.test_reward_model_stage import CHECKPOINTING
-
-pytestmark = pytest.mark.slow  # trains models and starts servers
 
 QUICK = {"epochs": 0.25}  # 8 steps of 8 pairs; a checkpoint every 2
 SENSORS = ("annotation_folder_sensor", "rm_pipeline_automation_sensor")
@@ -69,6 +70,24 @@ def sensor_cursors(instance: dg.DagsterInstance) -> dict[str, str]:
     }
 
 
+def test_without_postgresql_the_tests_fail_naming_the_package(monkeypatch):
+    monkeypatch.setattr(postgres_server_module, "BINARIES", "/nonexistent/postgresql/*/bin")
+    with pytest.raises(pytest.fail.Exception, match=r"install Debian's `postgresql` package \(`\.ci/run` installs it"):
+        postgres_server_module.server_binaries()
+
+
+@pytest.mark.slow  # starts servers
+def test_the_server_listens_on_127_0_0_1_only_and_wants_the_password(postgres_server):
+    connection = postgres_server.connect()
+    with connection, connection.cursor() as cursor:
+        cursor.execute("SHOW listen_addresses")
+        assert cursor.fetchone() == ("127.0.0.1",)
+    connection.close()
+    with pytest.raises(psycopg2.OperationalError, match="password authentication failed"):
+        psycopg2.connect(host="127.0.0.1", port=postgres_server.port, user=ROLE, password="wrong", dbname="postgres")
+
+
+@pytest.mark.slow  # starts servers, trains a model
 def test_the_history_survives_a_restart_of_dagster_and_of_postgres(
     postgres_server, annotations_slice, tiny_encoder, labelled_eval_dir, tmp_path
 ):
@@ -164,6 +183,7 @@ def run_worker_of_training(root) -> psutil.Process | None:
     return None
 
 
+@pytest.mark.slow  # starts servers, trains a model
 def test_a_killed_run_worker_is_marked_failed_and_the_next_run_resumes_training(
     postgres_server, annotations_slice, tiny_encoder, labelled_eval_dir, tmp_path
 ):
