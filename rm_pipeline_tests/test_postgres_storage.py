@@ -25,7 +25,8 @@ from rm_pipeline_tests.test_automation import AFTER_TRAINING, DATA_STAGES
 from rm_pipeline_tests.test_cli import rm_pipeline
 from rm_pipeline_tests.test_reward_model_stage import CHECKPOINTING
 
-QUICK = {"epochs": 0.25}  # 8 steps of 8 pairs; a checkpoint every 2
+# a checkpoint every 2 steps of 8 pairs; a quarter epoch: 8 steps
+TRAINING = {"ops": {"reward_model": {"config": {**CHECKPOINTING["ops"]["reward_model"]["config"], "epochs": 0.25}}}}
 SENSORS = ("annotation_folder_sensor", "rm_pipeline_automation_sensor")
 
 
@@ -157,10 +158,9 @@ def test_the_history_survives_a_restart_of_dagster_and_of_postgres(
 def launch(workspace, env: dict[str, str], run_id: str, *selection: str) -> None:
     """`dagster job launch`: the run is created in the instance and queued; the daemon's run queue hands it to
     the run launcher, which has the code server start a run worker for it."""
-    config = {"ops": {"reward_model": {"config": {**CHECKPOINTING["ops"]["reward_model"]["config"], **QUICK}}}}
     done = subprocess.run(
         [sys.executable, "-m", "dagster", "job", "launch", "-w", str(workspace), "-j", reward_pipeline_job.name]
-        + ["--run-id", run_id, "--config-json", json.dumps(config), *selection],
+        + ["--run-id", run_id, "--config-json", json.dumps(TRAINING), *selection],
         capture_output=True,
         text=True,
         env={**os.environ, **env},
@@ -183,14 +183,56 @@ def run_worker_of_training(root) -> psutil.Process | None:
     return None
 
 
+def kill_tree(process: psutil.Process) -> None:
+    """SIGKILL the process first, then everything it started (as when its machine or container dies)."""
+    victims = [process, *process.children(recursive=True)]
+    for victim in victims:
+        victim.send_signal(signal.SIGKILL)
+    psutil.wait_procs(victims, timeout=10)
+
+
+def assert_resumed_from_a_checkpoint(instance: dg.DagsterInstance, run_id: str, root) -> None:
+    model = instance.get_latest_materialization_event(dg.AssetKey("reward_model"))
+    assert model.run_id == run_id
+    resumed_from = model.asset_materialization.metadata["resumed_from"].value
+    assert "/models/.checkpoints/" in resumed_from and "checkpoint-" in resumed_from
+    logs = [event.message for event in instance.all_logs(run_id)]
+    assert any("resuming from" in message and resumed_from in message for message in logs)
+    assert not list((root / "models" / ".checkpoints").glob("*/checkpoint-*"))  # removed once the model is saved
+
+
+@contextlib.contextmanager
+def deployment(postgres_server, database: str, tmp_path, annotations, base_model, eval_dir):
+    """The instance in PostgreSQL with a run queue and run monitoring; a code server (`dagster api grpc`) and
+    the daemon, as a deployment runs them. Yields the instance, the workspace file and the environment."""
+    dagster_home = postgres_instance(
+        tmp_path,
+        postgres_server.create_database(database),
+        run_coordinator={
+            "module": "dagster",
+            "class": "QueuedRunCoordinator",
+            "config": {"max_concurrent_runs": 1, "dequeue_interval_seconds": 1},
+        },
+        run_launcher={"module": "dagster", "class": "DefaultRunLauncher"},
+        run_monitoring={"enabled": True, "poll_interval_seconds": 1},
+    )
+    env = pipeline_env(tmp_path, dagster_home, annotations, base_model, eval_dir)
+    with (
+        dg.DagsterInstance.from_config(dagster_home) as instance,
+        code_server(env, tmp_path / "code_server.log") as workspace,
+        dagster_daemon(env, tmp_path / "daemon.log", workspace),
+    ):
+        yield instance, workspace, env
+
+
 @pytest.mark.slow  # starts servers, trains a model
 def test_a_killed_run_worker_is_marked_failed_and_the_next_run_resumes_training(
     postgres_server, annotations_slice, tiny_encoder, labelled_eval_dir, tmp_path
 ):
     """A run launched as the UI and automation launch them: queued in the instance, dequeued by the real
     `dagster-daemon`, started by the DefaultRunLauncher as a run worker process of the code server. Its run
-    worker and training child are SIGKILLed once training has written a checkpoint (as when a machine or a
-    container dies, or the OOM killer strikes).
+    worker and training child are SIGKILLed once training has written a checkpoint (as when the OOM killer
+    or an operator kills it).
 
     Who notices: the daemon's run monitoring (`run_monitoring: enabled`) checks every STARTED run, but it can
     only ask the run launcher whether the worker is alive, and DefaultRunLauncher (the only local launcher)
@@ -200,31 +242,15 @@ def test_a_killed_run_worker_is_marked_failed_and_the_next_run_resumes_training(
     their runs failed ("Run execution process for <run> was terminated by signal 9 (SIGKILL)",
     `DagsterApiServer._check_for_orphaned_runs`, dagster/_grpc/server.py). Then the next run resumes from the
     checkpoint."""
-    dagster_home = postgres_instance(
-        tmp_path,
-        postgres_server.create_database("monitoring"),
-        run_coordinator={
-            "module": "dagster",
-            "class": "QueuedRunCoordinator",
-            "config": {"max_concurrent_runs": 1, "dequeue_interval_seconds": 1},
-        },
-        run_launcher={"module": "dagster", "class": "DefaultRunLauncher"},
-        run_monitoring={"enabled": True, "poll_interval_seconds": 1},
-    )
-    env = pipeline_env(tmp_path, dagster_home, annotations_slice, tiny_encoder, labelled_eval_dir)
     root = tmp_path / "home"
     killed_run, next_run = str(uuid.uuid4()), str(uuid.uuid4())
-    with (
-        dg.DagsterInstance.from_config(dagster_home) as instance,
-        code_server(env, tmp_path / "code_server.log") as workspace,
-        dagster_daemon(env, tmp_path / "daemon.log", workspace),
+    with deployment(postgres_server, "monitoring", tmp_path, annotations_slice, tiny_encoder, labelled_eval_dir) as (
+        instance,
+        workspace,
+        env,
     ):
         launch(workspace, env, killed_run)
-        worker = wait_until(lambda: run_worker_of_training(root), 300, "a checkpoint of the launched run", poll=0.2)
-        victims = [worker, *worker.children(recursive=True)]
-        for process in victims:  # the run worker first: its death is what is noticed, not its child's
-            process.send_signal(signal.SIGKILL)
-        psutil.wait_procs(victims, timeout=10)
+        kill_tree(wait_until(lambda: run_worker_of_training(root), 300, "a checkpoint of the launched run", poll=0.2))
         wait_until(
             lambda: instance.get_run_by_id(killed_run).status == dg.DagsterRunStatus.FAILURE,
             60,
@@ -242,11 +268,52 @@ def test_a_killed_run_worker_is_marked_failed_and_the_next_run_resumes_training(
             300,
             f"run {next_run} finished (see {tmp_path / 'daemon.log'})",
         )
-        logs = [e.message for e in instance.all_logs(next_run)]
-        assert status == dg.DagsterRunStatus.SUCCESS, logs[-20:]
-        model = instance.get_latest_materialization_event(dg.AssetKey("reward_model"))
-    assert model.run_id == next_run
-    resumed_from = model.asset_materialization.metadata["resumed_from"].value
-    assert "/models/.checkpoints/" in resumed_from and "checkpoint-" in resumed_from
-    assert any("resuming from" in message and resumed_from in message for message in logs)
-    assert not list((root / "models" / ".checkpoints").glob("*/checkpoint-*"))  # removed once the model is saved
+        assert status == dg.DagsterRunStatus.SUCCESS, [e.message for e in instance.all_logs(next_run)][-20:]
+        assert_resumed_from_a_checkpoint(instance, next_run, root)
+
+
+@pytest.mark.slow  # starts servers, trains a model
+def test_a_run_whose_code_server_died_too_is_reported_failed_by_the_next_run(
+    postgres_server, annotations_slice, tiny_encoder, labelled_eval_dir, tmp_path
+):
+    """The code server dies with its run worker (a user-code container restarted): nothing in Dagster notices.
+    The daemon's run monitoring keeps checking the STARTED run and can't tell it is dead (DefaultRunLauncher
+    has no worker health check); the run stays STARTED. The next run that takes the storage root reports it
+    failed (`fail_abandoned_run`, from the `.run.lock` the dead run left behind) and resumes training."""
+    root = tmp_path / "home"
+    killed_run = str(uuid.uuid4())
+    daemon_log = tmp_path / "daemon.log"
+    with deployment(postgres_server, "abandoned", tmp_path, annotations_slice, tiny_encoder, labelled_eval_dir) as (
+        instance,
+        workspace,
+        env,
+    ):
+        launch(workspace, env, killed_run)
+        worker = wait_until(lambda: run_worker_of_training(root), 300, "a checkpoint of the launched run", poll=0.2)
+        kill_tree(worker.parent())  # the code server, then its run worker and training child
+
+        def checks() -> int:
+            return daemon_log.read_text().count(f"Checking run {killed_run}")
+
+        seen = checks()
+        wait_until(lambda: checks() >= seen + 3, 60, f"three more checks of run monitoring (see {daemon_log})")
+        assert instance.get_run_by_id(killed_run).status == dg.DagsterRunStatus.STARTED  # checked, not noticed
+
+        done = subprocess.run(
+            [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "rm_pipeline.definitions"]
+            + ["--select", "reward_model", "--config-json", json.dumps(TRAINING)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **env},
+            cwd=REPO_ROOT,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert instance.get_run_by_id(killed_run).status == dg.DagsterRunStatus.FAILURE
+        [failure] = [
+            e.message for e in instance.all_logs(killed_run) if e.dagster_event and e.dagster_event.is_run_failure
+        ]
+        assert "ended without finishing it (killed or crashed); marked failed when the next run took" in failure
+        next_run = instance.get_latest_materialization_event(dg.AssetKey("reward_model")).run_id
+        assert instance.get_run_by_id(next_run).status == dg.DagsterRunStatus.SUCCESS
+        assert_resumed_from_a_checkpoint(instance, next_run, root)
