@@ -176,3 +176,12 @@ def small_dagster_dev(annotations_slice, tmp_path, tiny_encoder, labelled_eval_d
     }
     with dagster_dev(tmp_path, annotations, settings) as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL server (Debian's `postgresql` package) on 127.0.0.1, for the whole session."""
+    from rm_pipeline_tests.postgres_server import running_postgres
+
+    with running_postgres() as server:
+        yield server
