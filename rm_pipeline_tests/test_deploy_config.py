@@ -2,16 +2,12 @@
 dagster.yaml and workspace.yaml through Dagster's own config schemas, and every name one file hands another
 (services, volumes, networks, variables, paths, build arguments) defined where it is used."""
 
-import functools
 import json
 import os
 import re
 import shlex
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import tomllib
 from importlib import import_module
 from pathlib import Path
@@ -584,53 +580,20 @@ def test_a_local_run_takes_and_frees_a_pool_slot(tmp_path):
 # ----------------------------------------------------------------------------------- on a real PostgreSQL
 
 
-def postgres_binary(name: str) -> str:
-    """A PostgreSQL server program: on PATH, else Debian's /usr/lib/postgresql/<version>/bin."""
-    found = shutil.which(name) or next(iter(sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))), None)
-    assert found, f"{name} not found: install PostgreSQL's server (Debian: apt-get install postgresql)"
-    return str(found)
-
-
-@pytest.fixture
-def postgres_server():
-    """A throwaway PostgreSQL server on a free local port, with password authentication as in compose. initdb
-    refuses to run as root: as root, the server runs as the `postgres` user."""
-    as_owner = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    folder = Path(tempfile.mkdtemp(prefix="rm-pipeline-pg-"))
-    if as_owner:
-        shutil.chown(folder, "postgres")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    password = "test-password"
-    (folder / "pw").write_text(password)
-    data = folder / "data"
-    run = functools.partial(subprocess.run, check=True, capture_output=True, text=True, timeout=120)
-    run([*as_owner, postgres_binary("initdb"), "-D", str(data), "-U", "dagster", "--auth=scram-sha-256",
-         f"--pwfile={folder / 'pw'}"])  # fmt: skip
-    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1"
-    run(
-        [*as_owner, postgres_binary("pg_ctl"), "-D", str(data), "-o", options, "-l", str(folder / "log"), "-w", "start"]
-    )
-    try:
-        yield {
-            "DAGSTER_POSTGRES_HOST": "127.0.0.1",
-            "DAGSTER_POSTGRES_PORT": str(port),
-            "DAGSTER_POSTGRES_USER": "dagster",
-            "DAGSTER_POSTGRES_PASSWORD": password,
-            "DAGSTER_POSTGRES_DB": "postgres",
-        }
-    finally:
-        run([*as_owner, postgres_binary("pg_ctl"), "-D", str(data), "-m", "immediate", "stop"])
-        shutil.rmtree(folder, ignore_errors=True)
-
-
 @pytest.mark.slow
 def test_the_instance_works_on_postgresql(postgres_server, tmp_path, monkeypatch):
     """docker/dagster.yaml on a real PostgreSQL: the upgrade step of docker/README.md (`dagster instance
     migrate`) runs, the instance comes up with the queued coordinator, DockerRunLauncher, run monitoring and a
     pool limit of 1, and an asset in the pool runs, taking its slot and giving it back."""
-    for name, value in postgres_server.items():
+    database = postgres_server.create_database("deploy_config")
+    environment = {
+        "DAGSTER_POSTGRES_HOST": database["hostname"],
+        "DAGSTER_POSTGRES_PORT": str(database["port"]),
+        "DAGSTER_POSTGRES_USER": database["username"],
+        "DAGSTER_POSTGRES_PASSWORD": database["password"],
+        "DAGSTER_POSTGRES_DB": database["db_name"],
+    }
+    for name, value in environment.items():
         monkeypatch.setenv(name, value)
     home = tmp_path / "dagster_home"
     home.mkdir()
