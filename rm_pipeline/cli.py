@@ -59,11 +59,22 @@ def main(argv: list[str] | None = None) -> int:
         required=True,
         nargs="+",
         type=Path,
-        help="pair files: RewardBench (prompt, chosen, rejected, subset), TRL standard or "
-        "conversational; JSONL, JSON, CSV or Parquet",
+        help="pair files: RewardBench (prompt, chosen, rejected, subset), RewardBench 2 (chosen and rejected as "
+        "lists of answers: best-of-N and Ties scores), TRL standard or conversational; JSONL, JSON, CSV or Parquet",
     )
     evaluate.add_argument(
         "--batch-size", type=positive_int, help="sequences per forward pass (default: the scoring settings' 32)"
+    )
+    evaluate.add_argument(
+        "--probes",
+        action="store_true",
+        help="also run the shortcut probes (padding, flattery, Markdown, truncation, repetition) on each file and "
+        "print their flip rates with 95%% intervals",
+    )
+    evaluate.add_argument(
+        "--probe-pairs",
+        type=positive_int,
+        help="pairs sampled per file for --probes (default: the probe settings' 100)",
     )
     evaluate.set_defaults(handler=_evaluate)
 
@@ -100,6 +111,27 @@ def main(argv: list[str] | None = None) -> int:
     lineage.add_argument("--json", action="store_true", help="print one JSON object")
     lineage.set_defaults(handler=_lineage)
 
+    dpo = commands.add_parser(
+        "dpo-baseline",
+        help="train a DPO policy on the split's training pairs (or a pair file): the baseline whose implicit "
+        "reward the evaluation sets beside the reward model's",
+    )
+    dpo.add_argument(
+        "--base-model", required=True, help="local causal language model (or a locally cached id); also the reference"
+    )
+    dpo.add_argument("--home", help="storage root whose published split is read (default: $RM_PIPELINE_HOME)")
+    dpo.add_argument("--pairs", type=Path, help="a pair file to train on instead of the split's training pairs")
+    dpo.add_argument(
+        "--output",
+        type=Path,
+        help="policy folder (default: <storage root>/dpo-policies/dpo-<time>; models/ holds reward models)",
+    )
+    for name, kind in (("beta", float), ("learning-rate", float), ("epochs", float), ("max-steps", int)):
+        dpo.add_argument(f"--{name}", type=kind, help=_setting_help("DpoSettings", name.replace("-", "_")))
+    for name in ("batch-size", "max-length"):
+        dpo.add_argument(f"--{name}", type=positive_int, help=_setting_help("DpoSettings", name.replace("-", "_")))
+    dpo.set_defaults(handler=_dpo_baseline)
+
     ui = commands.add_parser("ui", help="open the Dagster UI on this project (dagster dev)")
     ui.add_argument("--home", help="storage root (default: $RM_PIPELINE_HOME or ./.rm_pipeline_home)")
     ui.add_argument("--port", type=int, default=3000)
@@ -113,6 +145,60 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"rm-pipeline {args.command}: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+
+
+def _setting_help(settings: str, name: str) -> str:
+    """A setting's help text and default, as declared in its dataclass (rm_pipeline.lib.dpo)."""
+    import dataclasses
+
+    from rm_pipeline.lib import dpo
+
+    field = next(f for f in dataclasses.fields(getattr(dpo, settings)) if f.name == name)
+    return f"{field.metadata['help']} (default: {field.default})"
+
+
+def _dpo_baseline(args) -> int:
+    import dataclasses
+
+    import pandas as pd
+
+    from rm_pipeline.lib.dpo import DpoSettings, train_dpo_policy
+    from rm_pipeline.lib.evaluation import read_pair_file
+    from rm_pipeline.lib.locations import default_home
+
+    overrides = {
+        name: getattr(args, name)
+        for name in ("beta", "learning_rate", "epochs", "max_steps", "batch_size", "max_length")
+        if getattr(args, name) is not None
+    }
+    for name in ("beta", "learning_rate", "epochs"):
+        if overrides.get(name, 1) <= 0:
+            raise InputError(f"--{name.replace('_', '-')} must be above 0, not {overrides[name]}")
+    settings = dataclasses.replace(DpoSettings(), **overrides)
+    root = Path(args.home).resolve() if args.home else default_home()
+    if args.pairs is not None:
+        pairs, quarantine = read_pair_file(args.pairs)
+        _print_quarantine(quarantine, "; not trained on")
+        source = {"pairs_file": str(args.pairs.resolve())}
+    else:
+        split_file = root / "tables" / "preference_split.parquet"
+        if not split_file.is_file():
+            raise InputError(
+                f"{split_file}: no published split under this storage root; run `rm-pipeline run` or give --pairs FILE"
+            )
+        split = pd.read_parquet(split_file)
+        pairs = split[split["split"] == "train"]
+        source = {"split_file": str(split_file)}
+    if pairs.empty:
+        raise InputError(f"{source.popitem()[1]}: no training pairs")
+    output = args.output or root / "dpo-policies" / time.strftime("dpo-%Y%m%d-%H%M%S", time.gmtime())
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise InputError(f"{output}: exists and is not an empty folder; give another --output")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the base model is local: nothing is downloaded
+    record = train_dpo_policy(pairs, args.base_model, output, settings, source)
+    print(json.dumps({"policy": str(output), **record}, indent=2, default=str))
+    print(f"\ncompare it with the reward model: RM_PIPELINE_DPO_POLICY={output} rm-pipeline run", file=sys.stderr)
+    return 0
 
 
 def _model_arguments(command) -> None:
@@ -141,9 +227,10 @@ def _model_dir(args) -> Path:
 def _input_errors() -> tuple[type[Exception], ...]:
     """What bad input raises: exit status 3 with its message, never a traceback."""
     from rm_pipeline.lib.annotations import AnnotationFileError
+    from rm_pipeline.lib.dpo import DpoInputError
     from rm_pipeline.lib.scoring import CandidateFileError
 
-    return InputError, AnnotationFileError, CandidateFileError
+    return InputError, AnnotationFileError, CandidateFileError, DpoInputError
 
 
 def _use_home(home: str | None) -> Path:
@@ -345,13 +432,36 @@ def _evaluate(args) -> int:
             continue
         with _progress(2 * len(pairs), f"scoring {path.name}") as bar:
             scored = scorer.score_pairs(pairs, progress=bar.update)
+        rows = pairs.drop_duplicates("line")  # a RewardBench 2 row is several pairs
         results[str(path)] = {
             **pair_file_summary(scored),
+            "rows": len(rows),  # rows + quarantined = the file's rows
             "quarantined": len(quarantine),
-            "rows_without_subset": int(pairs["domain_from_file"].sum()),
+            "rows_without_subset": int(rows["domain_from_file"].sum()),
         }
+        if args.probes:
+            results[str(path)]["probes"] = _probe_flip_rates(scorer, scored, args.probe_pairs, path)
     print(json.dumps(jsonable(results), indent=2))
     return EXIT_BAD_INPUT if failed else 0
+
+
+def _probe_flip_rates(scorer, scored, probe_pairs: int | None, path: Path) -> dict:
+    """The shortcut probes' flip rates on one scored file; only the perturbed answers are scored again.
+    Pairs are keyed by their row, so ids repeated within a file can't mix two pairs up."""
+    from rm_pipeline.lib.probes import ProbeSettings, flip_rates, probe_answers
+
+    settings = ProbeSettings(probe_pairs=probe_pairs or ProbeSettings.probe_pairs)
+    keyed = scored.assign(pair_id=range(len(scored)))  # no prompt ids in a file: intervals group by prompt text
+    answers = probe_answers(keyed, settings)
+    with _progress(len(answers), f"probing {path.name}") as bar:
+        rewards = scorer.score(answers["prompt"], answers["response"], answers["conversational"], progress=bar.update)
+    section = flip_rates(keyed, answers.assign(reward=rewards["reward"].to_numpy()))
+    return {
+        "sampled_pairs": section["sampled_pairs"],
+        "confidence": section["confidence"],
+        "worst_probe": section["worst"]["probe"] if section["worst"] else None,
+        "flip_rates": {row["probe"]: {k: v for k, v in row.items() if k != "probe"} for row in section["table"]},
+    }
 
 
 def _models(args) -> int:

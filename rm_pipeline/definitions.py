@@ -7,16 +7,18 @@ from rm_pipeline.lib.folder_fingerprint import FolderWatchSettings
 from rm_pipeline.resources import (
     AnnotationSource,
     BaseModelResource,
+    DpoPolicyResource,
     EvaluationSource,
     ParquetIOManager,
     PipelineStorage,
     QualityGates,
     ReviewSource,
 )
-from rm_pipeline.stages import aggregation, annotations, evaluation, pairs, reward_model, split
+from rm_pipeline.stages import aggregation, annotations, dpo, evaluation, pairs, reward_model, split
 from rm_pipeline.stages.automation import automate, automation_sensor
+from rm_pipeline.training_launcher import TrainingLauncherResource
 
-STAGES = [annotations, aggregation, pairs, split, reward_model, evaluation]
+STAGES = [annotations, aggregation, pairs, split, reward_model, evaluation, dpo]
 
 reward_pipeline_job = dg.define_asset_job(
     "reward_pipeline_job",
@@ -41,6 +43,9 @@ def build_resources(
         "evaluation_source": EvaluationSource(directory=evaluation_dir) if evaluation_dir else EvaluationSource(),
         "review_source": ReviewSource(directory=reviews_dir) if reviews_dir else ReviewSource(),
         "quality_gates": QualityGates(),
+        # where the training worker runs: $RM_PIPELINE_TRAINING_LAUNCHER (a child process unless set)
+        "training_launcher": TrainingLauncherResource.from_environment(),
+        "dpo_policy": DpoPolicyResource(),  # off unless $RM_PIPELINE_DPO_POLICY names a policy
     }
 
 

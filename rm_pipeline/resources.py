@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pandas as pd
 from pydantic import Field
 
 from rm_pipeline.guards import GATED_BY, blocking_checks, fail_abandoned_run, latest_table, published_table, settle_run
+from rm_pipeline.lib.dpo import DpoInputError, DpoSettings, read_policy_record
 from rm_pipeline.lib.evaluation_inputs import EvaluationFolder
 from rm_pipeline.lib.locations import (
     default_annotations_dir,
@@ -31,7 +33,11 @@ class PipelineStorage(dg.ConfigurableResource):
     @contextmanager
     def yield_for_execution(self, context: dg.InitResourceContext):
         with hold_storage(self.root, run_id=context.run_id) as previous:
-            abandoned = fail_abandoned_run(context.instance, previous, self.root) if context.instance else None
+            # a run resumed after its process died (run monitoring) finds its own id: it goes on, not failed
+            resumed = previous.get("run_id") == context.run_id
+            abandoned = (
+                fail_abandoned_run(context.instance, previous, self.root) if context.instance and not resumed else None
+            )
             if abandoned is not None:
                 context.log.warning(f"run {abandoned.run_id} died holding {self.root}; reported it failed")
             yield self
@@ -164,3 +170,37 @@ class QualityGates(dg.ConfigurableResource):
     max_quarantine_fraction: float = Field(
         default=0.2, description="A batch with a larger share of unreadable rows fails the raw_annotations gate."
     )
+
+
+class DpoPolicyResource(dg.ConfigurableResource):
+    """A DPO-trained policy and its reference, whose implicit reward `dpo_comparison` sets beside the reward
+    model's on the held-out pairs. No causal model is bundled: with no policy, the comparison is off."""
+
+    policy: str = Field(
+        default_factory=lambda: os.environ.get("RM_PIPELINE_DPO_POLICY", ""),
+        description="Local folder (or locally cached id) of the DPO policy; empty: no comparison "
+        "($RM_PIPELINE_DPO_POLICY). Never downloaded.",
+    )
+    reference: str = Field(
+        default_factory=lambda: os.environ.get("RM_PIPELINE_DPO_REFERENCE", ""),
+        description="Its reference model; empty: the one `rm-pipeline dpo-baseline` recorded beside the policy "
+        "($RM_PIPELINE_DPO_REFERENCE).",
+    )
+    beta: float | None = Field(
+        default=None, gt=0, description="β the policy was trained with; unset: the recorded one, else DPO's 0.1."
+    )
+    batch_size: int = Field(default=DpoSettings.batch_size, gt=0, description="Sequences per forward pass.")
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.policy)
+
+    def resolved(self) -> tuple[str, str, float]:
+        """Policy, reference and β, the last two from the policy's record where not given."""
+        record = read_policy_record(Path(self.policy)) if Path(self.policy).is_dir() else {}
+        reference = self.reference or record.get("reference", "")
+        if not reference:
+            raise DpoInputError(
+                f"no reference model for the DPO policy {self.policy}: set `reference` (none is recorded beside it)"
+            )
+        return self.policy, reference, self.beta or record.get("beta", DpoSettings.beta)

@@ -77,17 +77,44 @@ CHAT_TEMPLATE = "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] | lo
 def tiny_decoder(tmp_path_factory) -> Path:
     """A 2-layer Llama with a word-level tokenizer (no pad token) and a chat template, saved locally."""
     import torch
+    from transformers import LlamaForSequenceClassification
+
+    folder = tmp_path_factory.mktemp("tiny_decoder")
+    _decoder_tokenizer().save_pretrained(folder)
+    torch.manual_seed(0)
+    LlamaForSequenceClassification(_tiny_llama_config(num_labels=1)).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_causal_lm(tmp_path_factory) -> Path:
+    """The same 2-layer Llama and tokenizer as `tiny_decoder`, with a language-model head: a DPO base model."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    folder = tmp_path_factory.mktemp("tiny_causal_lm")
+    _decoder_tokenizer().save_pretrained(folder)
+    torch.manual_seed(0)
+    LlamaForCausalLM(_tiny_llama_config()).save_pretrained(folder)
+    return folder
+
+
+def _decoder_tokenizer():
+    """A word-level tokenizer over DECODER_WORDS (no pad token) with a chat template."""
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForSequenceClassification, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(DECODER_WORDS)}, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>", unk_token="<unk>")
     tokenizer.chat_template = CHAT_TEMPLATE
-    folder = tmp_path_factory.mktemp("tiny_decoder")
-    tokenizer.save_pretrained(folder)
-    torch.manual_seed(0)
-    config = LlamaConfig(
+    return tokenizer
+
+
+def _tiny_llama_config(**extra):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
         vocab_size=len(DECODER_WORDS),
         hidden_size=32,
         intermediate_size=64,
@@ -98,10 +125,8 @@ def tiny_decoder(tmp_path_factory) -> Path:
         eos_token_id=1,
         bos_token_id=None,
         pad_token_id=None,
-        num_labels=1,
+        **extra,
     )
-    LlamaForSequenceClassification(config).save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture
@@ -112,7 +137,13 @@ def storage_root(tmp_path) -> Path:
 # Thresholds any model meets, given some fresh-policy labels: for tests of the graph, not of the verdict.
 PERMISSIVE_READINESS = {
     "reward_readiness": {
-        "config": {"min_length_matched_accuracy": 0.0, "min_fresh_policy_accuracy": 0.0, "max_ece": 1.0, "min_pairs": 1}
+        "config": {
+            "min_length_matched_accuracy": 0.0,
+            "min_fresh_policy_accuracy": 0.0,
+            "max_ece": 1.0,
+            "min_pairs": 1,
+            "max_probe_flip_rate": 1.0,
+        }
     }
 }
 
@@ -145,3 +176,12 @@ def small_dagster_dev(annotations_slice, tmp_path, tiny_encoder, labelled_eval_d
     }
     with dagster_dev(tmp_path, annotations, settings) as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL server (Debian's `postgresql` package) on 127.0.0.1, for the whole session."""
+    from rm_pipeline_tests.postgres_server import running_postgres
+
+    with running_postgres() as server:
+        yield server

@@ -125,19 +125,56 @@ def dagster_dev(folder: Path, annotations: Path, env: dict[str, str]) -> Iterato
     }
     log_path = folder / "dagster_dev.log"
     command = [sys.executable, "-m", "dagster", "dev", "-w", str(REPO_ROOT / "workspace.yaml")]
+    with background([*command, "-h", HOST, "-p", str(port)], full_env, log_path):
+        running = DagsterDev(port, dagster_home, home, annotations, log_path)
+        wait_for(f"{running.url}/server_info", 180)
+        yield running
+    assert_port_free(port)
+
+
+@contextlib.contextmanager
+def background(command: list[str], env: dict[str, str], log_path: Path) -> Iterator[subprocess.Popen]:
+    """A server process in its own process group, logging to `log_path`; on exit it is stopped with every
+    process it started."""
     with open(log_path, "w") as log:
-        server = subprocess.Popen(
-            [*command, "-h", HOST, "-p", str(port)],
+        process = subprocess.Popen(
+            command,
             cwd=REPO_ROOT,
-            env=full_env,
+            env={**os.environ, **env},
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: stopped together
         )
         try:
-            running = DagsterDev(port, dagster_home, home, annotations, log_path)
-            wait_for(f"{running.url}/server_info", 180)
-            yield running
+            yield process
         finally:
-            stop_group(server)
-    assert_port_free(port)
+            stop_group(process)
+
+
+@contextlib.contextmanager
+def code_server(env: dict[str, str], log_path: Path, seconds: float = 180) -> Iterator[Path]:
+    """`dagster api grpc` serving the code location on 127.0.0.1, as a deployment's user-code server does: it
+    starts the run workers of launched runs. Yields a workspace file pointing at it."""
+    from dagster._grpc.client import DagsterGrpcClient
+
+    port = free_port()
+    command = [sys.executable, "-m", "dagster", "api", "grpc", "-h", HOST, "-p", str(port)]
+    with background([*command, "-m", "rm_pipeline.definitions", "--location-name", "rm_pipeline"], env, log_path):
+        client, deadline = DagsterGrpcClient(port=port, host=HOST), time.monotonic() + seconds
+        while True:
+            with contextlib.suppress(Exception):
+                client.ping("up")
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the code server did not answer within {seconds} s; see {log_path}")
+            time.sleep(0.5)
+        workspace = log_path.with_name("workspace.yaml")
+        workspace.write_text(
+            f"load_from:\n  - grpc_server:\n      host: {HOST}\n      port: {port}\n      location_name: rm_pipeline\n"
+        )
+        yield workspace
+
+
+def dagster_daemon(env: dict[str, str], log_path: Path, workspace: Path = REPO_ROOT / "workspace.yaml"):
+    """`dagster-daemon run` (sensors, run queue, run monitoring) on the instance of `env`'s DAGSTER_HOME."""
+    return background([sys.executable, "-m", "dagster._daemon", "run", "-w", str(workspace)], env, log_path)

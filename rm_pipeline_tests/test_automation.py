@@ -20,7 +20,15 @@ from rm_pipeline_tests.test_annotation_folder import SETTLED, Sensor
 from rm_pipeline_tests.test_gate_enforcement import GARBAGE, UP_TO_SPLIT, materialize
 
 DATA_STAGES = set(UP_TO_SPLIT)
-AFTER_TRAINING = {"reward_scores", "response_scores", "evaluation_report", "reward_readiness", "current_reward_model"}
+AFTER_TRAINING = {
+    "shortcut_probes",
+    "reward_scores",
+    "response_scores",
+    "evaluation_report",
+    "dpo_comparison",  # records "not configured" unless a DPO policy is set
+    "reward_readiness",
+    "current_reward_model",
+}
 HOUR = datetime.timedelta(hours=1)
 
 

@@ -29,6 +29,7 @@ PRODUCT_ASSETS = {
 TABLES = PRODUCT_ASSETS - {"reward_model", "evaluation_report", "reward_readiness", "current_reward_model"} | {
     "annotation_quarantine",
     "response_scores",
+    "shortcut_probes",
 }
 GATES = {
     "raw_annotations_valid",
@@ -56,9 +57,11 @@ def test_definitions_load_with_the_product_asset_names():
     assert upstream["aggregated_preferences"] == {"raw_annotations", "review_folder"}
     assert upstream["review_queue"] == {"aggregated_preferences"}
     assert upstream["preference_split"] == {"preference_pairs"}
-    assert upstream["reward_scores"] == {"reward_model", "preference_split", "review_queue"}
+    assert upstream["shortcut_probes"] == {"reward_model", "preference_split"}
+    assert upstream["reward_scores"] == {"reward_model", "preference_split", "review_queue", "shortcut_probes"}
     assert upstream["evaluation_report"] == {"reward_scores", "response_scores", "preference_split"}
-    assert upstream["reward_readiness"] == {"evaluation_report", "preference_split"}
+    assert upstream["dpo_comparison"] == {"reward_scores", "preference_split"}
+    assert upstream["reward_readiness"] == {"evaluation_report", "dpo_comparison", "preference_split"}
     assert upstream["current_reward_model"] == {"reward_scores", "evaluation_report", "reward_readiness"}
 
 

@@ -19,7 +19,8 @@ SNAPSHOT = Path(__file__).parent / "snapshots" / "definitions.json"
 
 
 def describe(defs: dg.Definitions) -> dict:
-    """Every asset (group, code version, deps, automation condition), check (blocking), sensor and schedule."""
+    """Every asset (group, code version, deps, automation condition, pools), check (blocking), sensor and
+    schedule."""
     graph = defs.resolve_asset_graph()
     assets = {}
     for key in sorted(graph.get_all_asset_keys(), key=lambda k: k.to_user_string()):
@@ -30,6 +31,7 @@ def describe(defs: dg.Definitions) -> dict:
             "code_version": node.code_version,
             "deps": sorted(parent.to_user_string() for parent in node.parent_keys),
             "automation_condition": condition.get_label() if condition else None,
+            **({"pools": sorted(node.pools)} if node.pools else {}),  # concurrency pools, where set
             "checks": {
                 check.name: {"blocking": graph.get_check_spec(check).blocking}
                 for check in sorted(node.check_keys, key=lambda c: c.name)

@@ -534,3 +534,13 @@ def test_pair_files_obey_the_same_pair_rules_as_training(tmp_path):
     pairs, quarantine = ev.read_pair_file(chats)
     assert pairs["line"].tolist() == [1]
     assert quarantine[["line", "field", "reason"]].values.tolist() == [[2, "rejected", "context_mismatch"]]
+
+
+def test_the_bootstrap_spearman_is_scipys():
+    rng = np.random.default_rng(3)
+    x, y = rng.integers(0, 5, 40).astype(float), rng.normal(size=40)  # ties in x, as token counts have
+    interval = ev.correlation_with_interval(x, y)
+    assert interval["estimate"] == pytest.approx(ev.spearman(x, y)[0])
+    assert ev._average_ranks(x) == pytest.approx(__import__("scipy").stats.rankdata(x))
+    assert interval["low"] < interval["estimate"] < interval["high"]
+    assert ev.correlation_with_interval([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]) is None  # undefined rho: no interval

@@ -8,7 +8,10 @@ import pandas as pd
 import pytest
 
 from rm_pipeline.definitions import build_defs, reward_pipeline_job
+from rm_pipeline.lib.probes import PROBE_NAMES
 from rm_pipeline_tests.conftest import PERMISSIVE_READINESS, REPO_ROOT
+from rm_pipeline_tests.test_report import metrics_without_interval
+from rm_pipeline_tests.test_rewardbench2 import GOOD_ROWS, write_jsonl
 
 pytestmark = pytest.mark.slow  # trains models or starts servers
 
@@ -18,7 +21,7 @@ QUICK_TRAINING = {"reward_model": {"config": {"batch_size": 16, "early_stopping_
 @pytest.fixture(scope="module")
 def evaluated(annotations_slice, tiny_encoder, tmp_path_factory):
     """The whole graph materialised once, with an evaluation folder that has human-labelled fresh-policy
-    pairs and a second benchmark file with one broken line."""
+    pairs, a second benchmark file with one broken line and a RewardBench 2 file."""
     root = tmp_path_factory.mktemp("evaluation")
     eval_dir = root / "eval"
     shutil.copytree(REPO_ROOT / "data" / "eval", eval_dir)
@@ -28,6 +31,7 @@ def evaluated(annotations_slice, tiny_encoder, tmp_path_factory):
     (eval_dir / "extra.jsonl").write_text(
         json.dumps({"prompt": "2+2?", "chosen": "4", "rejected": "5", "subset": "math"}) + "\n" + '{"prompt": 3}\n'
     )
+    write_jsonl(eval_dir / "rb2.jsonl", GOOD_ROWS)
     storage = root / "home"
     defs = build_defs(str(storage), str(annotations_slice), tiny_encoder, str(eval_dir))
     instance = dg.DagsterInstance.ephemeral()
@@ -50,7 +54,7 @@ def test_every_evaluation_source_is_scored_once(evaluated):
     counts = scores["source"].value_counts()
     assert counts["held_out"] == (split["split"] == "eval").sum()
     assert counts["fresh_policy"] == 5
-    assert counts["benchmark"] == 100 + 1  # alpacaeval-easy and the good line of extra.jsonl
+    assert counts["benchmark"] == 100 + 1 + 20  # alpacaeval-easy, the good line of extra.jsonl, rb2's answer pairs
     assert counts["disagreement"] > 0
     assert not scores.duplicated(["source", "file", "pair_id"]).any()
     assert scores[["chosen_reward", "rejected_reward"]].notna().all().all()
@@ -64,8 +68,16 @@ def test_every_evaluation_source_is_scored_once(evaluated):
     assert any(message.startswith(f"{evaluated['eval_dir']}/extra.jsonl:2: prompt: wrong_type") for message in logs)
     assert any("sequences, ETA" in message for message in logs)  # progress while scoring
     responses = pd.read_parquet(evaluated["storage"] / "tables" / "response_scores.parquet")
-    assert set(responses["source"]) == {"policy_outputs", "rankings"}
+    probes = {f"probe:{name}" for name in PROBE_NAMES}
+    assert set(responses["source"]) == {"policy_outputs", "rankings"} | probes
     assert responses.loc[responses["source"] == "policy_outputs", "candidate"].nunique() == 6
+    # only the perturbed answers are scored, once each, for the sampled held-out pairs
+    probed = responses[responses["source"].isin(probes)]
+    held_out = scores[scores["source"] == "held_out"]
+    assert probed["group_id"].nunique() == min(100, len(held_out)) and set(probed["group_id"]) <= set(
+        held_out["pair_id"]
+    )
+    assert not probed.duplicated(["source", "group_id"]).any()
 
 
 def test_the_report_is_written_with_plots_and_the_temperature_is_stored_with_the_model(evaluated):
@@ -75,7 +87,17 @@ def test_the_report_is_written_with_plots_and_the_temperature_is_stored_with_the
     assert report["facts"]["model_path"] == model_dir
     assert report["facts"]["trained_on_split"] == report["facts"]["evaluated_split"]
     assert report["report"]["held_out"]["n"] == metadata["held_out_pairs"].value > 0
-    assert set(report["report"]["benchmarks"]) == {"alpacaeval-easy.jsonl", "extra.jsonl"}
+    assert set(report["report"]["benchmarks"]) == {"alpacaeval-easy.jsonl", "extra.jsonl", "rb2.jsonl"}
+    best = report["report"]["benchmarks"]["rb2.jsonl"]["best_of_n"]
+    assert best["rows"] == len(GOOD_ROWS) and "ties_score" in best["subsets"]["Ties"]
+    assert metrics_without_interval(report["report"]) == []  # every accuracy and correlation has an interval
+    for name in ("held_out_accuracy", "length_spearman", "longer_wins_accuracy", "policy_leaderboard_spearman"):
+        interval = metadata[f"{name}_interval"].value  # in the UI too
+        assert interval["low"] <= interval["high"] and interval["confidence"] == 0.95
+    assert metadata["held_out_accuracy_interval"].value["estimate"] == metadata["held_out_accuracy"].value
+    shown = metadata["benchmarks"].value["rb2.jsonl"]
+    assert shown["rows"] == len(GOOD_ROWS) and shown["rewardbench2_score"] == best["rewardbench2_score"]
+    assert shown["rewardbench2_score_interval"] == best["rewardbench2_score_interval"]
     probe = [row["policy"] for row in report["report"]["length"]["length_probe"]]
     assert probe == ["alpaca-7b_concise", "alpaca-7b", "alpaca-7b_verbose"]
     assert report["report"]["policies"]["leaderboard"]["n_policies"] == 6
@@ -88,6 +110,15 @@ def test_the_report_is_written_with_plots_and_the_temperature_is_stored_with_the
         assert metadata[name].value.startswith(f"![{name}](data:image/png;base64,")
     config = json.loads(open(f"{model_dir}/config.json").read())
     assert config["reward_temperature"] == pytest.approx(metadata["temperature"].value)
+    probes = report["report"]["probes"]
+    assert [row["probe"] for row in probes["table"]] == list(PROBE_NAMES)
+    worst = probes["worst"]
+    assert worst["flip_rate_interval"]["low"] <= worst["flip_rate"] <= worst["flip_rate_interval"]["high"]
+    assert metadata["worst_probe_flip_rate"].value == pytest.approx(worst["flip_rate"])
+    assert (
+        "| probe " in metadata["shortcut_probes"].value
+        and "## Shortcut probes" in open(metadata["report"].value).read()
+    )
 
 
 def test_a_model_that_is_not_ready_is_a_verdict_the_run_succeeds_with_and_says_why(evaluated):

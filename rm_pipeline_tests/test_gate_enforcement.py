@@ -14,6 +14,7 @@ import pytest
 
 from rm_pipeline.definitions import build_defs
 from rm_pipeline.lib.storage_lock import LOCK_FILE, hold_storage
+from rm_pipeline.resources import PipelineStorage
 
 UP_TO_SPLIT = [
     "raw_annotations",
@@ -238,3 +239,28 @@ def test_the_next_run_reports_a_killed_run_failed(annotations_slice, bad_annotat
     assert instance.get_run_by_id(killed_run).status == dg.DagsterRunStatus.FAILURE
     failure = [e for e in instance.all_logs(killed_run) if e.dagster_event and e.dagster_event.is_run_failure]
     assert f"(pid {killed.pid}) ended without finishing it (killed or crashed)" in failure[-1].message
+
+
+def test_a_resumed_run_takes_back_its_own_storage_root(tmp_path):
+    """Run monitoring resumes a run whose container or pod died (docker/dagster.yaml): the resumed run finds
+    its own id in the lock its dead process left, and must go on, not report itself failed."""
+    home = tmp_path / "home"
+    home.mkdir()
+    run_id = "0b0e4a52-5a4e-4d8e-9a57-3c0f0e1d2a11"
+    (home / LOCK_FILE).write_text(json.dumps({"run_id": run_id, "pid": 999999, "since": "before the crash"}))
+
+    @dg.asset
+    def uses_storage(storage: PipelineStorage) -> None:
+        storage.directory("models")
+
+    (tmp_path / "dagster").mkdir()
+    with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:
+        defs = dg.Definitions(
+            assets=[uses_storage],
+            jobs=[dg.define_asset_job("resumed", [uses_storage])],
+            resources={"storage": PipelineStorage(root=str(home))},
+        )
+        result = defs.resolve_job_def("resumed").execute_in_process(instance=instance, run_id=run_id)
+        assert result.success
+        assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.SUCCESS
+        assert not [e for e in instance.all_logs(run_id) if e.dagster_event and e.dagster_event.is_run_failure]

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from rm_pipeline.lib import evaluation as ev
 from rm_pipeline.lib.aggregation import aggregate_votes, review_queue
 from rm_pipeline.lib.annotations import list_batch_files, read_annotations
 from rm_pipeline.lib.evaluation_inputs import (
@@ -129,7 +130,11 @@ def test_report_sections_count_every_source_apart():
     assert report["domains"]["spillover_domains"] == ["new"]
     assert report["disagreement"]["n"] == 2 and report["disagreement"]["accuracy"] == 0.5
     bench = report["benchmarks"]["bench.jsonl"]
-    assert bench["subsets"] == {"alpacaeval-easy": {"n": 1, "accuracy": 1.0}, "mystery": {"n": 1, "accuracy": 0.0}}
+    subsets = {
+        name: {k: v for k, v in row.items() if k != "accuracy_interval"} for name, row in bench["subsets"].items()
+    }
+    assert subsets == {"alpacaeval-easy": {"n": 1, "accuracy": 1.0}, "mystery": {"n": 1, "accuracy": 0.0}}
+    assert bench["subsets"]["mystery"]["accuracy_interval"]["high"] > 0.5  # one pair says little
     assert bench["rewardbench_sections"]["Chat"]["accuracy"] == 1.0
     assert report["fresh_policy"]["n"] == 1 and report["fresh_policy"]["files"]["labels.jsonl"]["accuracy"] == 1.0
     assert report["policies"] == {"n_policies": 0} and report["rankings"] == {"n_groups": 0}
@@ -164,7 +169,35 @@ def test_a_bad_benchmark_line_is_quarantined_with_file_and_line(tmp_path):
     assert len(rows) + len(quarantine) == 4
 
 
-def good_report(fresh_accuracy=0.8, fresh_n=50):
+def probe_responses(chosen_reward, padding_flips=0):
+    """Every probe's answer to each held-out pair, scored below the chosen answer but for ``padding_flips``
+    padded ones scored above it."""
+    n = len(chosen_reward)
+    frames = [
+        pd.DataFrame(
+            {
+                "source": f"probe:{name}",
+                "group_id": [f"held_out{i}" for i in range(n)],
+                "candidate": side,
+                "rank": np.nan,
+                "domain": "d",
+                "reward": np.asarray(chosen_reward) - np.where(np.arange(n) < flips, -1.0, 1.0),
+                "tokens": 10,
+                "truncated": False,
+            }
+        )
+        for name, side, flips in [
+            ("padding", "rejected", padding_flips),
+            ("flattery", "rejected", 0),
+            ("markdown", "rejected", 0),
+            ("truncation", "chosen", 0),
+            ("repetition", "chosen", 0),
+        ]
+    ]
+    return pd.concat(frames, ignore_index=True)
+
+
+def good_report(fresh_accuracy=0.8, fresh_n=50, padding_flips=0, probes=True):
     chosen = np.linspace(1, 3, 60)
     pairs = pd.concat(
         [
@@ -180,7 +213,7 @@ def good_report(fresh_accuracy=0.8, fresh_n=50):
         ],
         ignore_index=True,
     )
-    return build_report(pairs, no_responses(), ["d"])
+    return build_report(pairs, probe_responses(chosen, padding_flips) if probes else no_responses(), ["d"])
 
 
 SPLIT = pd.DataFrame(
@@ -201,6 +234,7 @@ def test_every_check_passing_makes_the_model_ready():
         "length_matched_accuracy",
         "fresh_policy_accuracy",
         "calibration_error",
+        "shortcut_probe_flip_rate",
     ]
     assert all(c["passed"] for c in verdict["checks"]) and verdict["reasons"] == []
     assert "worth it" in verdict["recommendation"]
@@ -226,6 +260,33 @@ def test_each_threshold_can_fail_its_check(thresholds, failing):
     verdict = readiness(good_report(), split_overlap(SPLIT), thresholds)
     assert verdict["optimize_against_reward"] is False
     assert [c["check"] for c in verdict["checks"] if not c["passed"]][:1] == [failing]
+
+
+def test_the_worst_shortcut_probe_fails_readiness_naming_the_probe_and_its_rate():
+    report = good_report(padding_flips=15)
+    section = render_markdown(report, {}, {}).split("## Shortcut probes")[1]
+    [padding] = [line for line in section.splitlines() if line.startswith("| padding ")]
+    assert [cell.strip() for cell in padding.split("|")[3:5]] == ["60", "0.25 [0.158, 0.372]"]  # n, rate [interval]
+    assert "Worst: `padding` flips 0.250 of 60 pairs." in section
+    verdict = readiness(report, split_overlap(SPLIT), PERMISSIVE_ECE)
+    assert verdict["optimize_against_reward"] is False
+    [reason] = verdict["reasons"]
+    assert reason.startswith("shortcut_probe_flip_rate: worst probe `padding` (rejected answer padded with filler")
+    assert "flip rate 0.25 [0.158, 0.372] on 60 pairs" in reason
+    lenient = ReadinessThresholds(max_ece=0.5, max_probe_flip_rate=0.3)
+    assert readiness(good_report(padding_flips=15), split_overlap(SPLIT), lenient)["optimize_against_reward"]
+
+
+def test_without_probe_answers_the_probe_check_fails_for_want_of_evidence():
+    report = good_report(probes=False)
+    assert report["probes"]["sampled_pairs"] == 0 and report["probes"]["worst"] is None
+    verdict = readiness(report, split_overlap(SPLIT), PERMISSIVE_ECE)
+    assert verdict["reasons"] == [
+        "shortcut_probe_flip_rate: no shortcut probes were scored: materialise shortcut_probes, then reward_scores"
+    ]
+    too_few = readiness(good_report(), split_overlap(SPLIT), ReadinessThresholds(max_ece=0.5, min_pairs=61))
+    [probe_check] = [c for c in too_few["checks"] if c["check"] == "shortcut_probe_flip_rate"]
+    assert not probe_check["passed"] and "only 60 pairs count for the `padding` probe" in probe_check["reason"]
 
 
 def test_the_same_prompt_under_two_ids_is_overlap():
@@ -262,6 +323,7 @@ def test_report_files_carry_every_section_and_the_verdict(tmp_path):
         "Fresh policy outputs",
         "K > 2",
         "External benchmark files",
+        "Shortcut probes",
         "Plots",
     ):
         assert heading in markdown
@@ -342,7 +404,110 @@ def test_small_domains_fold_into_other_and_every_row_has_an_interval():
     assert rows["other (2 domains)"]["accuracy"] == 1.0
     assert report["domains"]["spillover_domains"] == ["wee"]  # spillover still sees the domains as they are
     for row in rows.values():
-        assert row["ci_low"] <= row["accuracy"] <= row["ci_high"]
-    interval = report["held_out"]["interval"]
+        assert row["accuracy_interval"]["low"] <= row["accuracy"] <= row["accuracy_interval"]["high"]
+    assert {row["domain"] for row in report["domains"]["all_domains"]} == {"big", "tiny", "wee"}  # JSON keeps each
+    interval = report["held_out"]["accuracy_interval"]
     assert interval["low"] < report["held_out"]["accuracy"] < interval["high"] and interval["groups"] == 33
-    assert "ci_low" in render_markdown(report, {}, {})
+    markdown = render_markdown(report, {}, {})
+    assert "| other (2 domains) |" in markdown and "| tiny " not in markdown
+    other = rows["other (2 domains)"]["accuracy_interval"]
+    assert f"1 [{other['low']:.3g}, 1]" in markdown  # the folded row's accuracy shown with its interval
+
+
+def test_the_domain_minimum_is_a_setting():
+    rng = np.random.default_rng(0)
+    big = scored("held_out", rng.normal(1, 1, 30), rng.normal(0, 1, 30), [5] * 30, [5] * 30, domain="big")
+    small = scored("held_out", [1.0] * 3, [0.0] * 3, [5] * 3, [5] * 3, domain="tiny")
+    pairs = pd.concat([big, small], ignore_index=True).assign(pair_id=lambda f: [f"h{i}" for i in range(len(f))])
+    folded = build_report(pairs, no_responses(), ["big"], settings=ReportSettings(min_domain_pairs=5))
+    kept = build_report(pairs, no_responses(), ["big"], settings=ReportSettings(min_domain_pairs=3))
+    assert [row["domain"] for row in folded["domains"]["table"]] == ["big", "other (1 domains)"]
+    assert [row["domain"] for row in kept["domains"]["table"]] == ["big", "tiny"] and not kept["domains"][
+        "folded_domains"
+    ]
+    assert "| tiny " in render_markdown(kept, {}, {})
+
+
+METRIC = __import__("re").compile(r"(accuracy|rho|tau|agreement|score|prefers_longer|preferred|preferred_hard)$")
+
+
+def metrics_without_interval(value, path="report") -> list[str]:
+    """Every accuracy, rate, correlation and score in a report that lacks ``<name>_interval`` beside it."""
+    missing = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if METRIC.search(key) and isinstance(item, (int, float)) and not isinstance(item, bool):
+                interval = value.get(f"{key}_interval")
+                if not (isinstance(interval, dict) and interval["low"] <= interval["high"]):
+                    missing.append(f"{path}.{key}")
+            missing += metrics_without_interval(item, f"{path}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            missing += metrics_without_interval(item, f"{path}[{index}]")
+    return missing
+
+
+def test_every_accuracy_and_correlation_in_the_report_has_an_interval(tmp_path):
+    from rm_pipeline_tests.test_rewardbench2 import GOOD_ROWS, write_jsonl
+    from rm_pipeline_tests.test_rewardbench2 import scored as rb2_scored
+
+    rng = np.random.default_rng(1)
+    n = 40
+    held = scored("held_out", rng.normal(1, 1, n), rng.normal(0, 1, n), rng.integers(5, 50, n), rng.integers(5, 50, n))
+    held["domain"] = ["big"] * 30 + ["small"] * 10
+    held["chosen_share"] = rng.choice([1.0, 0.75, 0.6], n)
+    held["n_votes"] = 3.0
+    queue = scored("disagreement", rng.normal(0, 1, 6), rng.normal(0, 1, 6), [5] * 6, [7] * 6)
+    rb1 = scored("benchmark", rng.normal(1, 1, 8), rng.normal(0, 1, 8), [5] * 8, [6] * 8, file="/x/rb1.jsonl")
+    rb1["domain"] = ["alpacaeval-easy"] * 4 + ["hep-go"] * 4
+    rb2_pairs, _ = ev.read_pair_file(write_jsonl(tmp_path / "rb2.jsonl", GOOD_ROWS))
+    rb2 = rb2_scored(rb2_pairs).assign(source="benchmark", prompt_id=None, n_votes=np.nan, chosen_share=np.nan)
+    fresh = scored("fresh_policy", rng.normal(1, 1, 5), rng.normal(0, 1, 5), [5] * 5, [5] * 5, file="/x/f/l.jsonl")
+    pairs = pd.concat([held, queue, rb1, rb2, fresh], ignore_index=True)
+    policies = pd.DataFrame(
+        {
+            "source": "policy_outputs",
+            "group_id": [str(i % 6) for i in range(24)],
+            "candidate": [f"policy{i // 6}" for i in range(24)],
+            "rank": np.nan,
+            "domain": "x",
+            "reward": rng.normal(0, 1, 24),
+            "tokens": rng.integers(5, 80, 24),
+            "truncated": False,
+        }
+    )
+    rankings = pd.DataFrame(
+        {
+            "source": "rankings",
+            "group_id": [f"g{i // 3}" for i in range(15)],
+            "candidate": [f"m{i}" for i in range(15)],
+            "rank": [i % 3 for i in range(15)],
+            "domain": "oasst",
+            "reward": rng.normal(0, 1, 15),
+            "tokens": 10,
+            "truncated": False,
+        }
+    )
+    board = pd.Series([10.0, 20.0, 30.0, 40.0], index=[f"policy{i}" for i in range(4)], name="winrate")
+    report = build_report(
+        pairs, pd.concat([policies, rankings], ignore_index=True), ["big"], board, ReportSettings(min_domain_pairs=15)
+    )
+    # every section is there to be checked
+    assert report["policies"]["leaderboard"]["spearman_rho"] is not None and report["rankings"]["n_groups"] == 5
+    assert "best_of_n" in report["benchmarks"]["rb2.jsonl"] and "rewardbench_score" in report["benchmarks"]["rb1.jsonl"]
+    assert report["domains"]["spillover"]["accuracy"] is not None and report["length"]["responses_spearman_rho"]
+    assert metrics_without_interval(report) == []
+    assert report["held_out"]["accuracy_interval"]["confidence"] == 0.95
+    narrower = build_report(pairs, no_responses(), ["big"], settings=ReportSettings(confidence=0.5))
+    assert narrower["held_out"]["accuracy_interval"]["confidence"] == 0.5  # the setting reaches the intervals
+    # a metric without an interval is caught
+    assert metrics_without_interval({"x": {"accuracy": 0.5}}) == ["report.x.accuracy"]
+    markdown = render_markdown(report, {}, {})
+    assert "over 4 policies (interval: a bootstrap over the 4 policies)" in markdown
+    best = report["benchmarks"]["rb2.jsonl"]["best_of_n"]
+    score = best["rewardbench2_score_interval"]
+    assert f"RewardBench 2 score (mean over the subsets present) **{best['rewardbench2_score']:.3g} [" in markdown
+    assert f"{score['low']:.3g}, {score['high']:.3g}]**" in markdown
+    assert "Ties: score " in markdown and "| Focus " in markdown
+    assert "best_of_n" not in report["benchmarks"]["rb1.jsonl"]  # pairs without the flag (NaN) are not RB2 rows
+    assert markdown.count("RewardBench 2 rows:") == 1

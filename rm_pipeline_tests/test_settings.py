@@ -10,6 +10,7 @@ import pytest
 from rm_pipeline.config import config_class, settings_from_config
 from rm_pipeline.lib.aggregation import AggregationSettings, ReviewThresholds
 from rm_pipeline.lib.pairs import PairSettings
+from rm_pipeline.lib.probes import ProbeSettings
 from rm_pipeline.lib.readiness import ReadinessThresholds
 from rm_pipeline.lib.report import ReportSettings
 from rm_pipeline.lib.reward_training import TrainingSettings
@@ -30,6 +31,7 @@ STAGE_CONFIGS = [
     (evaluation.ReadinessConfig, ReadinessThresholds, set()),
     (evaluation.ScoringConfig, ScoringSettings, set()),
     (evaluation.EvaluationReportConfig, ReportSettings, set()),
+    (evaluation.ProbeConfig, ProbeSettings, set()),
 ]
 
 

@@ -145,12 +145,22 @@ def read_batch_bytes(
     )
 
 
-def read_annotations(paths: list[Path | str]) -> IngestResult:
-    """Read batch files (JSONL, JSON list, CSV, Parquet; canonical votes or TRL pairs) into votes."""
+def read_annotations(paths: list[Path | str], rows_to_pairs: Callable | None = None) -> IngestResult:
+    """Read batch files (JSONL, JSON list, CSV, Parquet; canonical votes or TRL pairs) into votes.
+
+    ``rows_to_pairs(records, path)``: for a format whose rows hold several pairs (evaluation's RewardBench 2
+    files), the pair records, each on its row's line, the rows it refused and the format's name; None for a
+    file it does not read. ``rows_read`` still counts the file's rows."""
     frames, quarantines, batches = [], [], []
     for path in map(Path, paths):
         records, quarantine, data = read_records(path)
+        rows_read = len(records) + len(quarantine)
+        expanded = rows_to_pairs(records, path) if rows_to_pairs else None
+        if expanded is not None:
+            records, refused, row_format = expanded
+            quarantine = pd.concat([quarantine, refused], ignore_index=True)
         votes, fmt = _to_canonical(records, path)
+        fmt = row_format if expanded is not None else fmt
         votes, rejected = _validate_fields(votes, sides=("chosen", "rejected") if fmt == "conversational_pairs" else ())
         if fmt != "votes":  # name the file's own fields, not the canonical ones they became
             rejected["field"] = rejected["field"].replace(_pair_field_names(records.columns))
@@ -163,7 +173,7 @@ def read_annotations(paths: list[Path | str]) -> IngestResult:
                 "batch": path.stem,
                 "file": str(path),
                 "format": fmt,
-                "rows_read": len(records) + len(quarantine),
+                "rows_read": rows_read,
                 "sha256": hashlib.sha256(data).hexdigest(),
                 "bytes": len(data),
                 "columns": ",".join(map(str, records.columns)),

@@ -19,6 +19,9 @@ from rm_pipeline.lib.pairs import build_pairs, tie_pairs
 SCORE_COLUMNS = [
     "source",
     "file",
+    "line",
+    "row_id",
+    "best_of_n",
     "pair_id",
     "prompt_id",
     "domain",
@@ -68,7 +71,7 @@ def split_pairs_to_score(split: pd.DataFrame, queue: pd.DataFrame) -> pd.DataFra
     disputed = disputed[~disputed["pair_id"].isin(split["pair_id"])]
     return pd.concat(
         [held_out, disputed.assign(source="disagreement", file=None, in_review_queue=True)], ignore_index=True
-    )[SCORE_COLUMNS]
+    ).assign(line=None, row_id=None, best_of_n=False)[SCORE_COLUMNS]
 
 
 def file_pairs_to_score(files: list[Path], source: str) -> tuple[pd.DataFrame, pd.DataFrame]:

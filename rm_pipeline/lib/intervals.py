@@ -77,7 +77,8 @@ def bootstrap_interval(
             ]
         )
     tail = (1.0 - confidence) / 2 * 100
-    low, high = np.percentile(draws, [tail, 100 - tail])
+    # a statistic undefined on some resamples (a correlation of a constant draw) is left out of those
+    low, high = np.nanpercentile(draws, [tail, 100 - tail])
     return Interval(float(statistic(values)), float(low), float(high), confidence, len(values), n_groups)
 
 

@@ -30,3 +30,15 @@ def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
 def inline_png(path: Path, title: str) -> str:
     """The image itself as Markdown, so the UI shows it without access to the storage root."""
     return f"![{title}](data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()})"
+
+
+def shown(result: dict, key: str) -> str:
+    """``result[key]`` with its interval (``result[key + '_interval']``): ``0.812 [0.75, 0.86]``."""
+    interval = result.get(f"{key}_interval")
+    value = format_number(result.get(key))
+    return f"{value} [{format_number(interval['low'])}, {format_number(interval['high'])}]" if interval else value
+
+
+def with_intervals(rows: list[dict], keys: tuple[str, ...] = ("accuracy",)) -> list[dict]:
+    """Table rows with each of ``keys`` shown with its interval, for ``markdown_table``."""
+    return [{**row, **{key: shown(row, key) for key in keys if key in row}} for row in rows]

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 
 import pandas as pd
 
+from rm_pipeline.lib.markdown import shown
 from rm_pipeline.lib.settings import setting
 from rm_pipeline.lib.split import normalised_prompt
 
@@ -20,6 +21,14 @@ class ReadinessThresholds:
     min_fresh_policy_accuracy: float = setting(0.6, "On human-labelled pairs of fresh outputs.")
     max_ece: float = setting(0.1, "Expected calibration error of sigmoid(margin), held out.")
     min_pairs: int = setting(30, "Fewer pairs than this are not evidence either way.")
+    max_probe_flip_rate: float = setting(
+        0.2,
+        "Highest flip rate allowed on the worst shortcut probe (padding, flattery, Markdown, truncation, "
+        "repetition; rm_pipeline.lib.probes): the share of held-out pairs the model did not rank wrong that the "
+        "shortcut alone turns toward the worse answer. A model blind to the change flips near 0 and one that "
+        "ignores content about 0.5; 0.2 leaves room for near-tied pairs but not for a shortcut that decides "
+        "one pair in five.",
+    )
     strict: bool = setting(
         False,
         "A not-ready model fails the run (the reward_model_ready check at ERROR severity, blocking what follows); "
@@ -45,9 +54,12 @@ def _check(name: str, value, threshold: str, passed: bool, reason: str) -> dict:
     return {"check": name, "value": value, "threshold": threshold, "passed": bool(passed), "reason": reason}
 
 
-def readiness(report: dict, overlap: dict, thresholds: ReadinessThresholds = ReadinessThresholds()) -> dict:
+def readiness(
+    report: dict, overlap: dict, thresholds: ReadinessThresholds = ReadinessThresholds(), dpo: dict | None = None
+) -> dict:
     """The verdict: ``optimize_against_reward``, every check (value, threshold, passed, reason) and a
-    recommendation between an explicit reward model and DPO on the same pairs."""
+    recommendation between an explicit reward model and DPO on the same pairs, citing ``dpo`` (a DPO policy
+    compared with the model on the held-out pairs, lib/dpo.py ``compare``) when given."""
     t = thresholds
     shared = overlap["shared_prompt_ids"] + overlap["shared_prompt_texts"]
     checks = [
@@ -113,28 +125,72 @@ def readiness(report: dict, overlap: dict, thresholds: ReadinessThresholds = Rea
         )
     )
 
+    checks.append(_probe_check(report.get("probes") or {}, t))
+
     ready = all(check["passed"] for check in checks)
     return {
         "optimize_against_reward": ready,
         "checks": checks,
         "thresholds": asdict(t),
         "reasons": [f"{check['check']}: {check['reason']}" for check in checks if not check["passed"]],
-        "recommendation": recommendation(ready, checks, overlap["train_pairs"]),
+        "recommendation": recommendation(ready, checks, overlap["train_pairs"], dpo),
     }
 
 
-def recommendation(ready: bool, checks: list[dict], train_pairs: int) -> str:
-    """When an explicit reward model is worth it, and when DPO on the same pairs is the simpler choice."""
+def _probe_check(probes: dict, t: ReadinessThresholds) -> dict:
+    """The worst shortcut probe's flip rate, on at least ``min_pairs`` counted pairs for every probe."""
+    worst, table = probes.get("worst"), probes.get("table", [])
+    thin = [row for row in table if row["n"] < t.min_pairs]
+    if not probes.get("sampled_pairs") or worst is None:
+        reason = "no shortcut probes were scored: materialise shortcut_probes, then reward_scores"
+    else:
+        reason = (
+            f"worst probe `{worst['probe']}` ({worst['description']}): flip rate {shown(worst, 'flip_rate')} "
+            f"on {worst['n']} pairs"
+        )
+        if thin:
+            reason += f"; only {thin[0]['n']} pairs count for the `{thin[0]['probe']}` probe"
+    return _check(
+        "shortcut_probe_flip_rate",
+        worst["flip_rate"] if worst else None,
+        f"<= {t.max_probe_flip_rate} on >= {t.min_pairs} pairs per probe",
+        worst is not None and not thin and worst["flip_rate"] <= t.max_probe_flip_rate,
+        reason,
+    )
+
+
+def recommendation(ready: bool, checks: list[dict], train_pairs: int, dpo: dict | None = None) -> str:
+    """When an explicit reward model is worth it, and when DPO on the same pairs is the simpler choice; with
+    the measured DPO comparison (``dpo``) when there is one."""
+    measured = f" {dpo_comparison_sentence(dpo)}" if dpo else ""
     if ready:
         return (
             "An explicit reward model is worth it here: it ranks outputs it was never trained on, so it can "
             "score fresh samples online (PPO, GRPO), rerank best-of-N and filter data. If you only ever "
-            "optimise offline on these same pairs, DPO on them is still the simpler choice."
+            f"optimise offline on these same pairs, DPO on them is still the simpler choice.{measured}"
         )
     failed = ", ".join(check["check"] for check in checks if not check["passed"])
     return (
         f"DPO on the same {train_pairs} training pairs is the simpler choice for now: it "
         "optimises the policy on these preferences directly, with no reward model for the policy to exploit. "
         "An explicit reward model is worth it only when you need to score outputs the pairs do not cover "
-        f"(online RL, best-of-N, data filtering), and this one has not yet shown it can ({failed} failed)."
+        f"(online RL, best-of-N, data filtering), and this one has not yet shown it can ({failed} failed).{measured}"
+    )
+
+
+def dpo_comparison_sentence(dpo: dict) -> str:
+    """The DPO policy's implicit reward against the reward model, with 95% intervals."""
+
+    def shown(interval: dict, percent: bool = False) -> str:
+        scale, unit, digits = (100, "%", 0) if percent else (1, "", 2)
+        return (
+            f"{interval['estimate'] * scale:.{digits}f}{unit} "
+            f"[{interval['low'] * scale:.{digits}f}{unit}, {interval['high'] * scale:.{digits}f}{unit}]"
+        )
+
+    return (
+        f"DPO's implicit reward: {shown(dpo['implicit_accuracy'])} against the reward model's "
+        f"{shown(dpo['explicit_accuracy'])} on {dpo['n']} held-out pairs; they agree on "
+        f"{shown(dpo['agreement'], percent=True)} of them (Spearman's rho of their margins "
+        f"{shown(dpo['margin_spearman'])})."
     )

@@ -25,9 +25,8 @@ import pandas as pd
 
 from rm_pipeline.lib import evaluation as ev
 from rm_pipeline.lib.evaluation_inputs import HELD_OUT_TIE
-from rm_pipeline.lib.intervals import bootstrap_interval
-from rm_pipeline.lib.markdown import format_number, markdown_table
-from rm_pipeline.lib.metrics import pair_credit
+from rm_pipeline.lib.markdown import format_number, markdown_table, shown, with_intervals
+from rm_pipeline.lib.probes import flip_rates, probe_rows, render_probes
 from rm_pipeline.lib.settings import setting
 from rm_pipeline.lib.split import NO_DOMAIN
 
@@ -50,8 +49,14 @@ class ReportSettings:
     )
     calibration_bins: int = setting(10, "Bins of the reliability diagram and of the expected calibration error.")
     high_agreement: float = setting(ev.HIGH_AGREEMENT, "Chosen share from which annotators count as agreeing.")
-    min_domain_pairs: int = setting(20, "Held-out domains with fewer pairs are folded into one `other` row.")
-    confidence: float = setting(0.95, "Confidence of the bootstrap intervals (resampling whole prompt groups).")
+    min_domain_pairs: int = setting(
+        20, "Held-out domains with fewer pairs are folded into one `other` row of the tables (the JSON keeps each)."
+    )
+    confidence: float = setting(
+        0.95,
+        "Confidence of every interval (rates: a bootstrap over prompt groups where pairs share prompts, Wilson "
+        "otherwise; correlations: a bootstrap over prompt groups, or over policies for the leaderboard).",
+    )
     length_match_tolerance: float = setting(
         ev.LENGTH_MATCH_TOLERANCE, "Relative length difference under which two answers are length-matched."
     )
@@ -64,44 +69,49 @@ def build_report(
     leaderboard: pd.Series | None = None,
     settings: ReportSettings = ReportSettings(),
 ) -> dict:
-    """Every section of the evaluation report as plain JSON-able values (NaN becomes None)."""
+    """Every section of the evaluation report as plain JSON-able values (NaN becomes None). Every accuracy,
+    rate and correlation ``name`` has its interval beside it as ``name_interval`` (``Interval.as_dict``)."""
     sources = {name: pair_scores[pair_scores["source"] == name] for name in PAIR_SOURCES}
     held_out = sources["held_out"]
     split_pairs = pd.concat([held_out, sources["disagreement"]])
     disagreement = split_pairs[split_pairs["in_review_queue"].astype(bool)]
     policies = response_scores[response_scores["source"] == "policy_outputs"].rename(columns={"candidate": "policy"})
     rankings = response_scores[response_scores["source"] == "rankings"]
+    confidence = settings.confidence
     report = {
         "held_out": {
-            **ev.pair_accuracy(held_out),
-            "interval": accuracy_interval(held_out, settings.confidence),
+            **ev.pair_accuracy(held_out, confidence=confidence),
             "truncated": int(held_out["truncated"].sum()),
             "prompts": int(held_out["prompt_id"].nunique()),
         },
         "held_out_tie_pairs": ev.tie_pair_margins(pair_scores[pair_scores["source"] == HELD_OUT_TIE]),
         "domains": _domains(held_out, train_domains, settings),
-        "disagreement": ev.pair_accuracy(disagreement),
-        "agreement": _records(ev.by_agreement(split_pairs, settings.high_agreement)),
+        "disagreement": ev.pair_accuracy(disagreement, confidence=confidence),
+        "agreement": _records(ev.by_agreement(split_pairs, settings.high_agreement, confidence=confidence)),
         "length": {
             **ev.length_audit(
-                held_out, policies[["reward", "tokens"]] if len(policies) else None, settings.length_match_tolerance
+                held_out,
+                policies[["reward", "tokens", "group_id"]] if len(policies) else None,
+                settings.length_match_tolerance,
+                confidence=confidence,
             ),
             "length_probe": _length_probe(policies),
         },
         "calibration": _calibration(held_out, settings.calibration_bins),
-        "policies": _policies(policies, leaderboard),
-        "rankings": _rankings(rankings),
+        "policies": _policies(policies, leaderboard, confidence),
+        "rankings": _rankings(rankings, confidence),
         "benchmarks": {
-            Path(file).name: ev.pair_file_summary(pairs, settings.calibration_bins)
+            Path(file).name: ev.pair_file_summary(pairs, settings.calibration_bins, confidence=confidence)
             for file, pairs in sources["benchmark"].groupby("file", sort=True)
         },
         "fresh_policy": {
             "files": {
-                Path(file).name: ev.pair_file_summary(pairs, settings.calibration_bins)
+                Path(file).name: ev.pair_file_summary(pairs, settings.calibration_bins, confidence=confidence)
                 for file, pairs in sources["fresh_policy"].groupby("file", sort=True)
             },
-            **ev.pair_accuracy(sources["fresh_policy"]),
+            **ev.pair_accuracy(sources["fresh_policy"], confidence=confidence),
         },
+        "probes": flip_rates(held_out, probe_rows(response_scores), settings.confidence),
     }
     return jsonable(report)
 
@@ -113,33 +123,27 @@ def _records(table: pd.DataFrame) -> list[dict]:
 OTHER_DOMAINS = "other"
 
 
-def accuracy_interval(pairs: pd.DataFrame, confidence: float) -> dict | None:
-    """Pair accuracy (ties half) with its bootstrap interval over prompt groups; None without pairs."""
-    if not len(pairs):
-        return None
-    groups = pairs["prompt_group"] if "prompt_group" in pairs else pairs["prompt_id"]
-    return bootstrap_interval(
-        pair_credit(ev.pair_margins(pairs)), groups.astype(str).to_numpy(), confidence=confidence
-    ).as_dict()
-
-
 def _domains(held_out: pd.DataFrame, train_domains, settings: ReportSettings) -> dict:
-    """Accuracy per domain with its interval; domains under `min_domain_pairs` pairs share one `other` row
-    (an interval on a handful of pairs says nothing); spillover is computed on the domains as they are."""
-    result = ev.by_domain(held_out, train_domains)
-    table = result["table"]
-    small = list(table.index[table["n"] < settings.min_domain_pairs])
-    labels = held_out["domain"].fillna(NO_DOMAIN).astype(str).to_numpy()
-    rows = [(row, labels == row["domain"]) for row in _records(table.drop(index=small))]
+    """Accuracy per domain with its interval. ``table`` (what the Markdown and the UI show): domains under
+    ``min_domain_pairs`` pairs share one `other` row, as an interval on a handful of pairs says nothing;
+    ``all_domains``: every domain on its own. Spillover is computed on the domains as they are."""
+    result = ev.by_domain(held_out, train_domains, confidence=settings.confidence)
+    every = _records(result["table"])
+    small = [row["domain"] for row in every if row["n"] < settings.min_domain_pairs]
+    table = [row for row in every if row["domain"] not in small]
     if small:
-        folded = np.isin(labels, small)
-        other = {"domain": f"{OTHER_DOMAINS} ({len(small)} domains)", **ev.pair_accuracy(held_out[folded])}
-        rows.append(({**other, "in_training": None}, folded))
-    for row, members in rows:
-        interval = accuracy_interval(held_out[members], settings.confidence)
-        row["ci_low"], row["ci_high"] = (interval["low"], interval["high"]) if interval else (None, None)
+        folded = np.isin(held_out["domain"].fillna(NO_DOMAIN).astype(str).to_numpy(), small)
+        other = ev.pair_accuracy(held_out[folded], confidence=settings.confidence)
+        table.append(
+            {
+                "domain": f"{OTHER_DOMAINS} ({len(small)} domains)",
+                **{k: other[k] for k in ev.ACCURACY_COLUMNS},
+                "in_training": None,
+            }
+        )
     return {
-        "table": [row for row, _ in rows],
+        "table": table,
+        "all_domains": every,
         "folded_domains": sorted(small),
         "spillover_domains": result["spillover_domains"],
         "spillover": result["spillover"],
@@ -164,21 +168,24 @@ def _calibration(held_out: pd.DataFrame, bins: int) -> dict:
     }
 
 
-def _policies(policies: pd.DataFrame, leaderboard: pd.Series | None) -> dict:
+def _policies(policies: pd.DataFrame, leaderboard: pd.Series | None, confidence: float) -> dict:
     if not len(policies):
         return {"n_policies": 0}
     summary = ev.policy_reward_summary(policies).sort_values("mean_reward", ascending=False)
     summary["truncated"] = policies.groupby("policy")["truncated"].sum().reindex(summary.index).astype(int)
     result = {"n_policies": len(summary), "summary": _records(summary)}
     if leaderboard is not None:
-        result["leaderboard"] = {"column": leaderboard.name, **ev.policy_ranking(summary["mean_reward"], leaderboard)}
+        result["leaderboard"] = {
+            "column": leaderboard.name,
+            **ev.policy_ranking(summary["mean_reward"], leaderboard, confidence),
+        }
     return result
 
 
-def _rankings(rankings: pd.DataFrame) -> dict:
+def _rankings(rankings: pd.DataFrame, confidence: float) -> dict:
     if not len(rankings):
         return {"n_groups": 0}
-    result = ev.ranking_agreement(rankings.rename(columns={"candidate": "message_id"}))
+    result = ev.ranking_agreement(rankings.rename(columns={"candidate": "message_id"}), confidence=confidence)
     return {k: v for k, v in result.items() if k != "per_group"}
 
 
@@ -266,7 +273,7 @@ def _accuracy_line(result: dict) -> str:
     if not result.get("n"):
         return "no pairs"
     return (
-        f"accuracy **{format_number(result['accuracy'])}** on {result['n']} pairs ({result['correct']} right, "
+        f"accuracy **{shown(result, 'accuracy')}** on {result['n']} pairs ({result['correct']} right, "
         f"{result['wrong']} wrong, {result['ties']} ties counted half), "
         f"mean margin {format_number(result['mean_margin'])}"
     )
@@ -290,8 +297,9 @@ def render_markdown(report: dict, facts: dict, plots: dict[str, str], verdict: d
     )
     domains = report["domains"]
     parts.append("## By domain\n")
-    columns = ["domain", "n", "accuracy", "ci_low", "ci_high", "ties", "mean_margin", "in_training"]
-    parts.append(markdown_table(domains["table"], columns))
+    columns = ["domain", "n", "accuracy", "ties", "mean_margin", "in_training"]
+    parts.append(markdown_table(with_intervals(domains["table"]), columns))
+    parts.append(f"\nAccuracy [{_confidence(held)} interval]. Domains with too few pairs share the `other` row.\n")
     if domains["spillover_domains"]:
         parts.append(
             f"\nSpillover (domains absent from training: {', '.join(domains['spillover_domains'])}): "
@@ -304,24 +312,25 @@ def render_markdown(report: dict, facts: dict, plots: dict[str, str], verdict: d
         f"Review-queue comparisons kept out of training, against their aggregated label: "
         f"{_accuracy_line(report['disagreement'])}.\n\n"
     )
-    parts.append(markdown_table(report["agreement"], ["agreement", "n", "accuracy", "ties", "mean_margin"]))
+    parts.append(
+        markdown_table(with_intervals(report["agreement"]), ["agreement", "n", "accuracy", "ties", "mean_margin"])
+    )
     parts.append("## Length bias\n")
     parts.append(
-        f"- Spearman correlation of reward with response length: {format_number(length.get('spearman_rho'))} over "
+        f"- Spearman correlation of reward with response length: {shown(length, 'spearman_rho')} over "
         f"{length.get('spearman_n')} held-out answers"
         + (
-            f", {format_number(length.get('responses_spearman_rho'))} over {length.get('responses_spearman_n')} "
-            "policy outputs"
+            f", {shown(length, 'responses_spearman_rho')} over {length.get('responses_spearman_n')} policy outputs"
             if "responses_spearman_rho" in length
             else ""
         )
         + "\n"
         f'- "The longer answer wins" on the same pairs: accuracy '
-        f"{format_number(length.get('longer_wins_accuracy'))}\n"
-        f"- The model prefers the longer answer in {format_number(length.get('model_prefers_longer'))} of "
+        f"{shown(length, 'longer_wins_accuracy')}\n"
+        f"- The model prefers the longer answer in {shown(length, 'model_prefers_longer')} of "
         f"{length.get('length_differs_n')} pairs whose lengths differ\n"
         f"- Length-matched pairs (within 10% in tokens): accuracy "
-        f"{format_number(length.get('length_matched_accuracy'))} "
+        f"{shown(length, 'length_matched_accuracy')} "
         f"on {length.get('length_matched_n')} pairs\n"
     )
     if length["length_probe"]:
@@ -355,7 +364,8 @@ def render_markdown(report: dict, facts: dict, plots: dict[str, str], verdict: d
         if board:
             parts.append(
                 f"\nSpearman correlation of mean reward with the leaderboard's `{board['column']}`: "
-                f"{format_number(board['spearman_rho'])} over {board['n_policies']} policies"
+                f"{shown(board, 'spearman_rho')} over {board['n_policies']} policies (interval: "
+                f"{board['interval_over']})"
                 + (f" (not on the leaderboard: {', '.join(board['missing'])})" if board["missing"] else "")
                 + ".\n"
             )
@@ -366,9 +376,9 @@ def render_markdown(report: dict, facts: dict, plots: dict[str, str], verdict: d
     if rankings.get("n_groups"):
         parts.append(
             f"{rankings['n_groups']} groups, {rankings['n_replies']} replies: top-1 agreement "
-            f"**{format_number(rankings['top1_agreement'])}** (chance "
+            f"**{shown(rankings, 'top1_agreement')}** (chance "
             f"{format_number(rankings['top1_chance'])}), mean "
-            f"Kendall's tau {format_number(rankings['mean_kendall_tau'])} ({rankings['tau_undefined']} groups "
+            f"Kendall's tau {shown(rankings, 'mean_kendall_tau')} ({rankings['tau_undefined']} groups "
             f"with constant rewards left out).\n"
         )
     else:
@@ -384,25 +394,70 @@ def render_markdown(report: dict, facts: dict, plots: dict[str, str], verdict: d
     for name, summary in report["benchmarks"].items():
         parts.append(
             f"### {name}\n{_accuracy_line(summary)}; longer wins "
-            f"{format_number(summary['longer_wins_accuracy'])}, length-matched "
-            f"{format_number(summary['length_matched_accuracy'])} on {summary['length_matched_n']} "
+            f"{shown(summary, 'longer_wins_accuracy')}, length-matched "
+            f"{shown(summary, 'length_matched_accuracy')} on {summary['length_matched_n']} "
             f"pairs, ECE {format_number(summary['ece'])}"
             + (
-                f"; RewardBench-weighted score {format_number(summary['rewardbench_score'])} over the "
+                f"; RewardBench-weighted score {shown(summary, 'rewardbench_score')} over the "
                 f"{len(summary['rewardbench_sections'])} of 5 sections present"
                 if "rewardbench_score" in summary
                 else ""
             )
             + ".\n\n"
         )
-        parts.append(
-            markdown_table([{"subset": k, **v} for k, v in summary["subsets"].items()], ["subset", "n", "accuracy"])
-        )
+        if "best_of_n" in summary:
+            parts.append(_best_of_n_markdown(summary["best_of_n"]))
+        else:
+            parts.append(
+                markdown_table(
+                    with_intervals([{"subset": k, **v} for k, v in summary["subsets"].items()]),
+                    ["subset", "n", "accuracy"],
+                )
+            )
     if not report["benchmarks"]:
         parts.append("no benchmark files\n")
+    if "probes" in report:  # reports written before the probes have none
+        parts.append(render_probes(report["probes"]))
     parts.append("## Plots\n")
     parts.append("\n".join(f"![{name}]({path})" for name, path in plots.items()) + "\n")
     return "\n".join(parts)
+
+
+def _best_of_n_markdown(best: dict) -> str:
+    """A RewardBench 2 file: best-of-N accuracy per subset, the Ties subset by its own score."""
+    rows = []
+    for name, subset in best["subsets"].items():
+        ties = subset.get("ties_score")
+        rows.append(
+            {
+                "subset": name,
+                "rows": subset["n"],
+                "best-of-N accuracy": shown(subset, "accuracy"),
+                "subset score": shown(ties, "score") if ties else shown(subset, "accuracy"),
+            }
+        )
+    lines = [
+        f"RewardBench 2 rows: {best['rows']}; a row is right when its chosen answer outscores every rejected one "
+        f"(best-of-N accuracy {shown(best, 'accuracy')}); RewardBench 2 score (mean over the subsets present) "
+        f"**{shown(best, 'rewardbench2_score')}**. The pair numbers above count every (chosen, rejected) pair.\n",
+        markdown_table(rows, ["subset", "rows", "best-of-N accuracy", "subset score"]),
+    ]
+    for name, subset in best["subsets"].items():
+        if "ties_score" in subset:
+            ties = subset["ties_score"]
+            lines.append(
+                f"\n{name}: score {shown(ties, 'score')} over {ties['prompts']} prompts = 0.30 tied accuracy "
+                f"{shown(ties, 'tied_accuracy')} + 0.30 reference accuracy {shown(ties, 'ref_accuracy')} + 0.20 "
+                f"correct-over-incorrect margin beats the spread of correct answers "
+                f"{shown(ties, 'correctness_preferred')} + 0.20 the same against the reference's margin too "
+                f"{shown(ties, 'correctness_preferred_hard')} + 0.01 margin term {shown(ties, 'margin_score')}.\n"
+            )
+    return "\n".join(lines)
+
+
+def _confidence(result: dict) -> str:
+    interval = result.get("accuracy_interval")
+    return f"{interval['confidence']:.0%}" if interval else "95%"
 
 
 def render_verdict(verdict: dict) -> str:

@@ -8,11 +8,13 @@ import dagster as dg
 import pandas as pd
 
 from rm_pipeline.config import config_class, settings_from_config
+from rm_pipeline.lib.dpo import COMPARISON_FILE as DPO_COMPARISON_FILE
 from rm_pipeline.lib.evaluation import read_leaderboard
 from rm_pipeline.lib.evaluation_inputs import file_pairs_to_score, responses_to_score, split_pairs_to_score
-from rm_pipeline.lib.markdown import inline_png, markdown_table
+from rm_pipeline.lib.markdown import inline_png, markdown_table, with_intervals
 from rm_pipeline.lib.metrics import pair_credit
 from rm_pipeline.lib.model_registry import PROMOTION_FILE, current_model_dir, switch_current
+from rm_pipeline.lib.probes import PROBE_NAMES, SOURCE_PREFIX, ProbeSettings, probe_answers, probe_table
 from rm_pipeline.lib.promotion import PROMOTED, PromotionSettings, evidence_pairs, promotion_record
 from rm_pipeline.lib.readiness import ReadinessThresholds, readiness, split_overlap
 from rm_pipeline.lib.report import (
@@ -28,7 +30,7 @@ from rm_pipeline.lib.report import (
 )
 from rm_pipeline.lib.scoring import RewardScorer, ScoringSettings
 from rm_pipeline.resources import EvaluationSource, PipelineStorage
-from rm_pipeline.stages.metadata import OWNERS, counts_table, table_fingerprint
+from rm_pipeline.stages.metadata import OWNERS, counts_table, preview, table_fingerprint
 from rm_pipeline.stages.split import split_data_version
 
 GROUP = "evaluation"
@@ -44,6 +46,9 @@ ReadinessConfig = config_class(ReadinessThresholds, "ReadinessConfig")
 
 
 PromotionConfig = config_class(PromotionSettings, "PromotionConfig")
+
+
+ProbeConfig = config_class(ProbeSettings, "ProbeConfig")
 
 
 def current_model(context) -> tuple[Path, str]:
@@ -78,6 +83,32 @@ def _progress_log(context, total: int, every: float = 0.1):
     return progress
 
 
+# After training, like the rest of the evaluation: made in the run that evaluates a new model, from its split.
+@dg.asset(group_name=GROUP, kinds={"pandas", "parquet"}, code_version="1", owners=OWNERS, deps=["reward_model"])
+def shortcut_probes(
+    context: dg.AssetExecutionContext, config: ProbeConfig, preference_split: pd.DataFrame
+) -> dg.Output[pd.DataFrame]:
+    """Held-out pairs made worse in ways a reward model might still like (padding, flattery, Markdown on the
+    rejected answer; truncation and a repeated sentence on the chosen one): the answers `reward_scores`
+    scores and the report's flip rates compare (`rm_pipeline.lib.probes`). Seeded, on a fixed sample."""
+    held_out = preference_split[preference_split["split"] == "eval"]
+    answers = probe_answers(held_out, settings_from_config(ProbeSettings, config))
+    pairs = answers["group_id"].nunique()
+    context.log.info(f"{len(answers)} probe answers from {pairs} of {len(held_out)} held-out pairs")
+    counts = answers["source"].str.removeprefix(SOURCE_PREFIX).value_counts()
+    examples = answers.drop_duplicates("source")
+    return dg.Output(
+        answers,
+        data_version=dg.DataVersion(table_fingerprint(answers)),
+        metadata={
+            "dagster/row_count": len(answers),
+            "probed_pairs": pairs,
+            "answers_by_probe": counts_table({name: int(counts.get(name, 0)) for name in PROBE_NAMES}, key="probe"),
+            "examples": preview(examples, ["source", "candidate", "response"]),
+        },
+    )
+
+
 @dg.multi_asset(
     group_name=GROUP,
     deps=["reward_model"],
@@ -95,8 +126,8 @@ def _progress_log(context, total: int, every: float = 0.1):
             kinds={"pytorch", "parquet"},
             owners=OWNERS,
             code_version="1",
-            description="Single answers scored: fresh policy outputs (`policy_outputs`) and human-ranked replies "
-            "(`rankings`).",
+            description="Single answers scored: fresh policy outputs (`policy_outputs`), human-ranked replies "
+            "(`rankings`) and shortcut-probe answers (`probe:<name>`).",
         ),
     },
 )
@@ -106,6 +137,7 @@ def reward_scores(
     evaluation_source: EvaluationSource,
     preference_split: pd.DataFrame,
     review_queue: pd.DataFrame,
+    shortcut_probes: pd.DataFrame,
 ):
     """Score with the current model, batched and length-sorted, without gradients."""
     model_dir, _ = current_model(context)
@@ -113,7 +145,7 @@ def reward_scores(
     fresh, fresh_quarantine = file_pairs_to_score(folder.fresh_policy_files(), "fresh_policy")
     benchmarks, benchmark_quarantine = file_pairs_to_score(folder.benchmark_files(), "benchmark")
     pairs = pd.concat([split_pairs_to_score(preference_split, review_queue), fresh, benchmarks], ignore_index=True)
-    responses = responses_to_score(folder)
+    responses = pd.concat([responses_to_score(folder), shortcut_probes], ignore_index=True)
     quarantine = pd.concat([fresh_quarantine, benchmark_quarantine], ignore_index=True)
     for row in quarantine.itertuples():
         context.log.warning(f"{row.file}:{row.line}: {row.field}: {row.reason} ({row.detail}); not scored")
@@ -192,9 +224,12 @@ def evaluation_report(
     except ValueError as error:
         raise dg.Failure(str(error)) from None
     train_domains = preference_split.loc[preference_split["split"] == "train", "domain"].unique()
-    report = build_report(
-        reward_scores, response_scores, train_domains, leaderboard, settings_from_config(ReportSettings, config)
-    )
+    try:
+        report = build_report(
+            reward_scores, response_scores, train_domains, leaderboard, settings_from_config(ReportSettings, config)
+        )
+    except ValueError as error:  # probe answers of pairs no longer held out: shortcut_probes is stale
+        raise dg.Failure(f"{error}; materialise shortcut_probes and reward_scores again") from None
     temperature = report["calibration"].get("temperature_fit", {}).get("temperature")
     if temperature is not None:
         store_in_model_config(model_dir, {"reward_temperature": temperature})
@@ -212,36 +247,48 @@ def evaluation_report(
         folder, {"facts": facts, "plots": {k: p.name for k, p in plots.items()}, "report": report}
     )
     held, length, calibration = report["held_out"], report["length"], report["calibration"]
+    # Each number shown in the UI with its interval beside it, as `<name>_interval`.
+    numbers = {
+        "held_out_accuracy": (held, "accuracy"),
+        "spillover_accuracy": (report["domains"]["spillover"] or {}, "accuracy"),
+        "disagreement_accuracy": (report["disagreement"], "accuracy"),
+        "length_spearman": (length, "spearman_rho"),
+        "longer_wins_accuracy": (length, "longer_wins_accuracy"),
+        "length_matched_accuracy": (length, "length_matched_accuracy"),
+        "policy_leaderboard_spearman": (report["policies"].get("leaderboard", {}), "spearman_rho"),
+        "top1_agreement": (report["rankings"], "top1_agreement"),
+    }
     return dg.MaterializeResult(
         metadata={
             "report": dg.MetadataValue.path(str(markdown_path)),
             "report_json": dg.MetadataValue.path(str(json_path)),
             "model_path": dg.MetadataValue.path(str(model_dir)),
-            "held_out_accuracy": held["accuracy"],
-            "held_out_accuracy_interval": dg.MetadataValue.json(held["interval"] or {}),
+            **{name: result.get(key) for name, (result, key) in numbers.items()},
+            **{
+                f"{name}_interval": dg.MetadataValue.json(result.get(f"{key}_interval") or {})
+                for name, (result, key) in numbers.items()
+            },
             "held_out_pairs": held["n"],
             "held_out_ties": held["ties"],
             "held_out_tie_pairs": dg.MetadataValue.json(report["held_out_tie_pairs"]),  # tie_handling soft
-            "spillover_accuracy": (report["domains"]["spillover"] or {}).get("accuracy"),
-            "disagreement_accuracy": report["disagreement"]["accuracy"],
-            "length_spearman": length["spearman_rho"],
-            "longer_wins_accuracy": length["longer_wins_accuracy"],
-            "length_matched_accuracy": length["length_matched_accuracy"],
             "length_matched_pairs": length["length_matched_n"],
             "ece": calibration.get("ece"),
             "temperature": temperature,
-            "policy_leaderboard_spearman": report["policies"].get("leaderboard", {}).get("spearman_rho"),
-            "top1_agreement": report["rankings"].get("top1_agreement"),
+            "worst_probe_flip_rate": (report["probes"]["worst"] or {}).get("flip_rate"),
+            "shortcut_probes": dg.MetadataValue.md(probe_table(report["probes"])),
             "benchmarks": dg.MetadataValue.json(
-                {name: {"n": s["n"], "accuracy": s["accuracy"]} for name, s in report["benchmarks"].items()}
+                {name: _benchmark_headline(summary) for name, summary in report["benchmarks"].items()}
             ),
             "by_domain": dg.MetadataValue.md(
                 markdown_table(
-                    report["domains"]["table"],
-                    ["domain", "n", "accuracy", "ci_low", "ci_high", "ties", "in_training"],
+                    with_intervals(report["domains"]["table"]), ["domain", "n", "accuracy", "ties", "in_training"]
                 )
             ),
-            "by_agreement": dg.MetadataValue.md(markdown_table(report["agreement"])),
+            "by_agreement": dg.MetadataValue.md(
+                markdown_table(
+                    with_intervals(report["agreement"]), ["agreement", "n", "accuracy", "ties", "mean_margin"]
+                )
+            ),
             "policies": dg.MetadataValue.md(markdown_table(report["policies"].get("summary", []))),
             **{name: dg.MetadataValue.md(inline_png(path, name)) for name, path in plots.items()},
         }
@@ -253,7 +300,7 @@ def evaluation_report(
     kinds={"json"},
     code_version="1",
     owners=OWNERS,
-    deps=["evaluation_report"],
+    deps=["evaluation_report", "dpo_comparison"],
     check_specs=[
         dg.AssetCheckSpec(
             "reward_model_ready",
@@ -275,8 +322,12 @@ def reward_readiness(
     if not (folder / REPORT_JSON).exists():
         raise dg.Failure(f"no evaluation report for {model_dir.name} in {folder}: materialise evaluation_report")
     document = json.loads((folder / REPORT_JSON).read_text())
+    dpo_file = folder / DPO_COMPARISON_FILE  # written by dpo_comparison when a DPO policy is configured
     verdict = readiness(
-        document["report"], split_overlap(preference_split), settings_from_config(ReadinessThresholds, config)
+        document["report"],
+        split_overlap(preference_split),
+        settings_from_config(ReadinessThresholds, config),
+        json.loads(dpo_file.read_text()) if dpo_file.exists() else None,
     )
     write_atomically(
         model_dir / READINESS_FILE,
@@ -313,6 +364,21 @@ def reward_readiness(
             )
         ],
     )
+
+
+def _benchmark_headline(summary: dict) -> dict:
+    """A benchmark file's accuracy (and, for RewardBench 2, its best-of-N accuracy and score) with intervals."""
+    headline = {"n": summary["n"], "accuracy": summary["accuracy"], "accuracy_interval": summary["accuracy_interval"]}
+    best = summary.get("best_of_n")
+    if best:
+        headline.update(
+            rows=best["rows"],
+            best_of_n_accuracy=best["accuracy"],
+            best_of_n_accuracy_interval=best["accuracy_interval"],
+            rewardbench2_score=best["rewardbench2_score"],
+            rewardbench2_score_interval=best["rewardbench2_score_interval"],
+        )
+    return headline
 
 
 def _credit(scores: pd.DataFrame):

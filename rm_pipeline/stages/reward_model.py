@@ -1,6 +1,5 @@
-"""Stage 5: the reward model, trained by TRL's RewardTrainer in a child process."""
+"""Stage 5: the reward model, trained by TRL's RewardTrainer in a child process or a GPU container."""
 
-import sys
 from dataclasses import asdict
 
 import dagster as dg
@@ -13,6 +12,7 @@ from rm_pipeline.lineage_reader import training_facts
 from rm_pipeline.resources import BaseModelResource, PipelineStorage
 from rm_pipeline.stages.metadata import OWNERS
 from rm_pipeline.stages.split import split_data_version
+from rm_pipeline.training_launcher import TrainingLauncherResource
 
 GROUP = "training"
 
@@ -30,33 +30,20 @@ def training_settings(config: RewardModelConfig, base_model: BaseModelResource) 
     )
 
 
-def launch_command() -> list[str]:
-    """accelerate (DDP) when several GPUs are visible; else a plain child process."""
-    import torch
-
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if gpus > 1:
-        return [
-            sys.executable,
-            "-m",
-            "accelerate.commands.launch",
-            "--multi_gpu",
-            "--num_processes",
-            str(gpus),
-            "-m",
-            "rm_pipeline.stages.reward_model_worker",
-        ]
-    return [sys.executable, "-m", "rm_pipeline.stages.reward_model_worker"]
-
-
 @dg.asset(
-    group_name=GROUP, kinds={"pytorch", "huggingface"}, code_version="2", owners=OWNERS, deps=["preference_split"]
+    group_name=GROUP,
+    kinds={"pytorch", "huggingface"},
+    code_version="2",
+    owners=OWNERS,
+    deps=["preference_split"],
+    pool="gpu_training",  # one training at a time per deployment (docker/dagster.yaml: concurrency.pools)
 )
 def reward_model(
     context: dg.AssetExecutionContext,
     config: RewardModelConfig,
     storage: PipelineStorage,
     base_model: BaseModelResource,
+    training_launcher: TrainingLauncherResource,
 ) -> dg.MaterializeResult:
     """A one-unit score head on the base checkpoint, fitted by TRL's RewardTrainer with the `loss` setting's
     loss (Bradley-Terry by default) on each pair's target preference (a tie pair: 0.5); a Hugging Face model
@@ -73,10 +60,8 @@ def reward_model(
         context.instance, context.asset_key, context.assets_def.code_versions_by_key.get(context.asset_key)
     )
     context.log.info(f"training {run_name} on {len(split)} pairs from batches {batches}")
-    client = dg.PipesSubprocessClient(env={"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"})
-    invocation = client.run(
-        context=context,
-        command=launch_command(),
+    invocation = training_launcher.launch(
+        context,
         extras={
             "split_path": str(split_path),
             "settings": asdict(settings),
@@ -86,5 +71,6 @@ def reward_model(
             "annotation_batches": batches,
             "lineage": lineage,
         },
+        storage_root=storage.root,
     )
     return invocation.get_materialize_result()

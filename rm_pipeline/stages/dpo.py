@@ -1,0 +1,133 @@
+"""Stage 6, optional: DPO's implicit reward beside the explicit reward model, on the same held-out pairs.
+
+Off unless `DpoPolicyResource.policy` is set (no causal model is bundled): the asset then only records that
+it is not configured, reading no model, so the main job stays as fast as without it.
+"""
+
+import json
+
+import dagster as dg
+import pandas as pd
+
+from rm_pipeline.lib.dpo import (
+    COMPARISON_FILE,
+    DISAGREEMENTS_FILE,
+    DpoInputError,
+    best_device,
+    compare,
+    implicit_rewards,
+    load_causal_lm,
+)
+from rm_pipeline.lib.markdown import markdown_table
+from rm_pipeline.lib.report import write_atomically
+from rm_pipeline.resources import DpoPolicyResource, PipelineStorage
+from rm_pipeline.stages.evaluation import GROUP, current_model, report_folder
+from rm_pipeline.stages.metadata import OWNERS
+
+DISAGREEMENT_COLUMNS = [
+    "pair_id",
+    "prompt_id",
+    "prompt_group",
+    "domain",
+    "prompt",
+    "chosen",
+    "rejected",
+    "explicit_margin",
+    "implicit_margin",
+    "explicit_picks",
+    "implicit_picks",
+]
+SHOWN_DISAGREEMENTS = 10
+
+
+def _shown(interval: dict) -> str:
+    return f"{interval['estimate']:.3f} [{interval['low']:.3f}, {interval['high']:.3f}]"
+
+
+@dg.asset(group_name=GROUP, kinds={"pytorch", "json"}, code_version="1", owners=OWNERS)
+def dpo_comparison(
+    context: dg.AssetExecutionContext,
+    storage: PipelineStorage,
+    dpo_policy: DpoPolicyResource,
+    reward_scores: pd.DataFrame,
+    preference_split: pd.DataFrame,
+) -> dg.MaterializeResult:
+    """The held-out pairs scored by a DPO policy's implicit reward β·Σ(log πθ − log πref) over the response
+    tokens, beside the reward model's scores: each one's accuracy, how often they pick the same answer and
+    Spearman's ρ of their margins, with 95% intervals by prompt group; `dpo_comparison.json` and the pairs they
+    disagree on (`dpo_disagreements.csv`) under `reports/<model>/`, cited by the readiness recommendation."""
+    model_dir, _ = current_model(context)
+    folder = report_folder(storage, model_dir)
+    if not dpo_policy.configured:
+        for name in (COMPARISON_FILE, DISAGREEMENTS_FILE):  # a comparison left from an earlier run is not cited
+            (folder / name).unlink(missing_ok=True)
+        return dg.MaterializeResult(
+            metadata={
+                "status": "not configured",
+                "how": "set the dpo_policy resource's `policy` ($RM_PIPELINE_DPO_POLICY), e.g. to a policy trained "
+                "by `rm-pipeline dpo-baseline`",
+            }
+        )
+    held_out = reward_scores[reward_scores["source"] == "held_out"].merge(
+        preference_split[["pair_id", "prompt_group"]], on="pair_id", how="left"
+    )
+    if held_out.empty:
+        raise dg.Failure("no held-out pairs were scored: nothing to compare the DPO policy with")
+    try:
+        policy_path, reference_path, beta = dpo_policy.resolved()
+        policy, tokenizer = load_causal_lm(policy_path, best_device())
+        reference, _ = load_causal_lm(reference_path, best_device())
+    except DpoInputError as error:
+        raise dg.Failure(f"the DPO comparison can't run: {error}") from None
+    context.log.info(f"scoring {len(held_out)} held-out pairs with {policy_path} against {reference_path} (β={beta})")
+    implicit = implicit_rewards(policy, reference, tokenizer, held_out, beta, dpo_policy.batch_size)
+    pairs = held_out.assign(
+        explicit_chosen=held_out["chosen_reward"],
+        explicit_rejected=held_out["rejected_reward"],
+        implicit_chosen=implicit["chosen_reward"],
+        implicit_rejected=implicit["rejected_reward"],
+    )
+    summary, disagreements = compare(pairs, pairs["prompt_group"].fillna(pairs["prompt_id"]))
+    document = {
+        "status": "compared",
+        "policy": policy_path,
+        "reference": reference_path,
+        "beta": beta,
+        "reward_model": model_dir.name,
+        **summary,
+    }
+    write_atomically(folder / COMPARISON_FILE, json.dumps(document, indent=2))
+    write_atomically(folder / DISAGREEMENTS_FILE, disagreements[DISAGREEMENT_COLUMNS].to_csv(index=False))
+    shown = disagreements.head(SHOWN_DISAGREEMENTS)
+    shown = shown.assign(**{c: shown[c].astype(str).str.slice(0, 80) for c in ("prompt", "chosen", "rejected")})
+    return dg.MaterializeResult(
+        metadata={
+            "status": "compared",
+            "held_out_pairs": summary["n"],
+            "prompt_groups": summary["groups"],
+            "implicit_accuracy": summary["implicit_accuracy"]["estimate"],
+            "explicit_accuracy": summary["explicit_accuracy"]["estimate"],
+            "agreement": summary["agreement"]["estimate"],
+            "margin_spearman": summary["margin_spearman"]["estimate"],
+            "intervals": dg.MetadataValue.md(
+                markdown_table(
+                    [
+                        {"measure": name, "estimate [95% interval]": _shown(summary[name])}
+                        for name in ("implicit_accuracy", "explicit_accuracy", "agreement", "margin_spearman")
+                    ]
+                )
+            ),
+            "disagreements": summary["disagreements"],
+            "largest_disagreements": dg.MetadataValue.md(
+                markdown_table(
+                    shown.to_dict("records"),
+                    ["pair_id", "prompt", "chosen", "rejected", "explicit_margin", "implicit_margin"],
+                )
+            ),
+            "beta": beta,
+            "policy": policy_path,
+            "reference": reference_path,
+            "comparison_file": dg.MetadataValue.path(str(folder / COMPARISON_FILE)),
+            "disagreements_file": dg.MetadataValue.path(str(folder / DISAGREEMENTS_FILE)),
+        }
+    )

@@ -1,0 +1,149 @@
+"""Where the training worker runs, as a Dagster resource swapped per environment: a child process here, a
+Docker container or a Kubernetes pod on a GPU. The worker and its Pipes messages (logs, metrics, the
+materialisation) are the same whichever starts it. dagster-docker / dagster-k8s (the `deploy` extra) are
+imported only by the launcher that uses them."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from typing import ClassVar
+
+import dagster as dg
+from pydantic import Field
+
+from rm_pipeline.lib.training_launch import (
+    WORKER_ENVIRONMENT,
+    check_storage_root,
+    docker_container_kwargs,
+    k8s_pod_spec,
+    worker_command,
+)
+
+LAUNCHER_VARIABLE = "RM_PIPELINE_TRAINING_LAUNCHER"
+IMAGE_VARIABLE = "RM_PIPELINE_TRAINING_IMAGE"
+GPUS_VARIABLE = "RM_PIPELINE_TRAINING_GPUS"
+NETWORK_VARIABLE = "RM_PIPELINE_TRAINING_NETWORK"
+NAMESPACE_VARIABLE = "RM_PIPELINE_K8S_NAMESPACE"
+
+
+class TrainingLauncherResource(dg.ConfigurableResource):
+    """Starts the training worker (`python -m rm_pipeline.stages.reward_model_worker`) through Dagster Pipes;
+    $RM_PIPELINE_TRAINING_LAUNCHER picks which launcher (`from_environment`)."""
+
+    VARIABLES: ClassVar[dict[str, str]] = {}  # field -> the environment variable that sets it
+
+    def launch(
+        self, context: dg.AssetExecutionContext, extras: dict, storage_root: str
+    ) -> dg.PipesClientCompletedInvocation:
+        """Run the worker to completion with `extras`; paths in them lie under `storage_root`."""
+        raise NotImplementedError
+
+    @staticmethod
+    def from_environment(environ: Mapping[str, str] = os.environ) -> TrainingLauncherResource:
+        """The launcher $RM_PIPELINE_TRAINING_LAUNCHER names (default subprocess), its settings from the
+        environment variables of the deployment contract, each left at its default when unset."""
+        name = environ.get(LAUNCHER_VARIABLE, "").strip() or "subprocess"
+        if name not in LAUNCHERS:
+            raise ValueError(f"${LAUNCHER_VARIABLE} must be one of {', '.join(LAUNCHERS)}; got {name!r}")
+        launcher = LAUNCHERS[name]
+        values = {
+            field: environ[variable].strip()
+            for field, variable in launcher.VARIABLES.items()
+            if environ.get(variable, "").strip()
+        }
+        if "gpus" in values:
+            values["gpus"] = _gpus(values["gpus"])
+        return launcher(**values)
+
+
+def _gpus(value: str) -> int:
+    if not value.isdigit():
+        raise ValueError(f"${GPUS_VARIABLE} must be a whole number of GPUs, 0 or more; got {value!r}")
+    return int(value)
+
+
+def visible_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+class SubprocessTrainingLauncher(TrainingLauncherResource):
+    """A child process of the run on this machine, under accelerate when it sees several GPUs."""
+
+    def launch(self, context, extras, storage_root):
+        client = dg.PipesSubprocessClient(env=WORKER_ENVIRONMENT)
+        return client.run(context=context, command=worker_command(sys.executable, visible_gpus()), extras=extras)
+
+
+class ContainerTrainingLauncher(TrainingLauncherResource):
+    """What the Docker and Kubernetes launchers share: the image and the GPUs it gets."""
+
+    image: str = Field(
+        default="rm-pipeline-user-code:latest",
+        description=f"Image of the training container; the pipeline installed in it (${IMAGE_VARIABLE}).",
+    )
+    gpus: int = Field(
+        default=1,
+        ge=0,
+        description=f"NVIDIA GPUs the training container gets; more than one trains under accelerate (DDP), "
+        f"0 trains on its CPUs (${GPUS_VARIABLE}).",
+    )
+
+    def command(self) -> list[str]:
+        return worker_command("python", self.gpus)
+
+
+class DockerTrainingLauncher(ContainerTrainingLauncher):
+    """A container on the Docker engine the run talks to, with the shared volumes mounted."""
+
+    VARIABLES: ClassVar[dict[str, str]] = {"image": IMAGE_VARIABLE, "gpus": GPUS_VARIABLE, "network": NETWORK_VARIABLE}
+
+    network: str = Field(
+        default="",
+        description=f"Docker network of the training container; empty: Docker's default (${NETWORK_VARIABLE}).",
+    )
+
+    def launch(self, context, extras, storage_root):
+        check_storage_root(storage_root)
+        from dagster_docker import PipesDockerClient
+
+        return PipesDockerClient().run(
+            context=context,
+            image=self.image,
+            command=self.command(),
+            extras=extras,
+            container_kwargs=docker_container_kwargs(self.gpus, self.network or None),
+        )
+
+
+class K8sTrainingLauncher(ContainerTrainingLauncher):
+    """A pod in the cluster the run is in (or the kubeconfig's), with the shared PVCs mounted."""
+
+    VARIABLES: ClassVar[dict[str, str]] = {
+        "image": IMAGE_VARIABLE,
+        "gpus": GPUS_VARIABLE,
+        "namespace": NAMESPACE_VARIABLE,
+    }
+
+    namespace: str = Field(default="dagster", description=f"Namespace of the training pod (${NAMESPACE_VARIABLE}).")
+
+    def launch(self, context, extras, storage_root):
+        check_storage_root(storage_root)
+        from dagster_k8s import PipesK8sClient
+
+        return PipesK8sClient().run(
+            context=context,
+            extras=extras,
+            namespace=self.namespace,
+            base_pod_spec=k8s_pod_spec(self.image, self.command(), self.gpus),
+        )
+
+
+LAUNCHERS: dict[str, type[TrainingLauncherResource]] = {
+    "subprocess": SubprocessTrainingLauncher,
+    "docker": DockerTrainingLauncher,
+    "k8s": K8sTrainingLauncher,
+}
