@@ -2,6 +2,7 @@
 
 import base64
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -238,6 +239,10 @@ def test_every_check_passing_makes_the_model_ready():
     ]
     assert all(c["passed"] for c in verdict["checks"]) and verdict["reasons"] == []
     assert "worth it" in verdict["recommendation"]
+    # every accuracy a check reports carries its interval, as in the rest of the report
+    reasons = {c["check"]: c["reason"] for c in verdict["checks"]}
+    for check in ("length_matched_accuracy", "fresh_policy_accuracy", "shortcut_probe_flip_rate"):
+        assert re.search(r"[\d.]+ \[[\d.]+, [\d.]+\]", reasons[check]), reasons[check]
 
 
 def test_missing_fresh_policy_labels_mean_not_ready_saying_why():

@@ -85,7 +85,8 @@ def readiness(
             n >= t.min_pairs and accuracy is not None and accuracy >= t.min_length_matched_accuracy,
             f"only {n} held-out pairs have lengths within 10% of each other"
             if n < t.min_pairs
-            else f"{accuracy:.3f} on {n} length-matched pairs, where length cannot explain a win",
+            else f"{shown(length, 'length_matched_accuracy')} on {n} length-matched pairs, where length cannot "
+            "explain a win",
         )
     )
 
@@ -100,7 +101,7 @@ def readiness(
     elif n < t.min_pairs:
         reason = f"only {n} human-labelled pairs of fresh policy outputs"
     else:
-        reason = f"{accuracy:.3f} on {n} human-labelled pairs of outputs the model never saw in training"
+        reason = f"{shown(fresh, 'accuracy')} on {n} human-labelled pairs of outputs the model never saw in training"
     checks.append(
         _check(
             "fresh_policy_accuracy",
