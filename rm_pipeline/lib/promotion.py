@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
-from rm_pipeline.lib.intervals import bootstrap_interval, paired_difference
+from rm_pipeline.lib.intervals import paired_difference, rate_interval
 from rm_pipeline.lib.settings import setting
 from rm_pipeline.lib.split import normalised_prompt, prompt_groups
 
@@ -55,10 +55,10 @@ def decide(candidate_credit, current_credit, groups, settings: PromotionSettings
         if current_credit is None:
             return Decision(PROMOTED, "the first model (no pairs to evaluate it on)", None, None, None)
         return Decision(NOT_PROMOTED, "no evaluation pairs to compare it with the current model on", None, None, None)
-    candidate = bootstrap_interval(candidate_credit, groups, **bootstrap)
+    candidate = rate_interval(candidate_credit, groups, **bootstrap)
     if current_credit is None:
         return Decision(PROMOTED, "the first model: there is no current model", candidate.as_dict(), None, None)
-    current = bootstrap_interval(current_credit, groups, **bootstrap)
+    current = rate_interval(current_credit, groups, **bootstrap)
     difference = paired_difference(candidate_credit, current_credit, groups, **bootstrap)
     described = (
         f"accuracy {candidate.estimate:.3f} against {current.estimate:.3f}: difference {difference.estimate:+.3f}, "
@@ -92,7 +92,7 @@ def promotion_record(
     def held_out(credit) -> dict | None:
         if credit is None or not held.any():
             return None
-        interval = bootstrap_interval(
+        interval = rate_interval(
             np.asarray(credit, dtype=float)[held],
             groups[held],
             confidence=settings.confidence,
