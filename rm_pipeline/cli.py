@@ -62,9 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         help="pair files: RewardBench (prompt, chosen, rejected, subset), RewardBench 2 (chosen and rejected as "
         "lists of answers: best-of-N and Ties scores), TRL standard or conversational; JSONL, JSON, CSV or Parquet",
     )
-    evaluate.add_argument(
-        "--batch-size", type=positive_int, help="sequences per forward pass (default: the scoring settings' 32)"
-    )
+    _scoring_arguments(evaluate)
     evaluate.add_argument(
         "--probes",
         action="store_true",
@@ -87,9 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         help='JSONL: {"prompt": text or messages, "candidates": [text, ...], ...} per line',
     )
     score.add_argument("--output", type=Path, help="JSONL written here (default: stdout)")
-    score.add_argument(
-        "--batch-size", type=positive_int, help="sequences per forward pass (default: the scoring settings' 32)"
-    )
+    _scoring_arguments(score)
     score.set_defaults(handler=_score)
 
     validate = commands.add_parser("validate", help="ingest, aggregate and validate files; print counts as JSON")
@@ -206,6 +202,19 @@ def _model_arguments(command) -> None:
         "--model", type=Path, help="a trained reward model directory (default: <storage root>/models/current)"
     )
     command.add_argument("--home", help="storage root whose current model is used without --model")
+
+
+def _scoring_arguments(command) -> None:
+    import typing
+
+    from rm_pipeline.lib.precision import SCORING_PRECISION_HELP, Precision
+
+    command.add_argument(
+        "--batch-size", type=positive_int, help="sequences per forward pass (default: the scoring settings' 32)"
+    )
+    command.add_argument(
+        "--precision", choices=typing.get_args(Precision), help=f"{SCORING_PRECISION_HELP} (default: auto)"
+    )
 
 
 def _model_dir(args) -> Path:
@@ -412,7 +421,7 @@ def _evaluate(args) -> int:
     from rm_pipeline.lib.evaluation import pair_file_summary, read_pair_file
     from rm_pipeline.lib.report import jsonable
 
-    scorer = _load_scorer(_model_dir(args), args.batch_size)
+    scorer = _load_scorer(_model_dir(args), args.batch_size, args.precision)
     results, failed = {}, False
     for path in args.pairs:  # a bad file is named and skipped: the others' results still count
         try:
@@ -487,7 +496,7 @@ def _score(args) -> int:
     model = _model_dir(args)
     with _atomic_output(args.output) as output:  # an output that can't be written fails before any scoring
         records = read_candidates(args.input)
-        scorer = _load_scorer(model, args.batch_size)
+        scorer = _load_scorer(model, args.batch_size, args.precision)
         with _progress(sum(len(record["candidates"]) for record in records), "scoring candidates") as bar:
             ranked = rank_candidates(scorer, records, progress=bar.update)
         for record in ranked:
@@ -519,8 +528,8 @@ def _atomic_output(path: Path | None):
         partial.unlink(missing_ok=True)
 
 
-def _load_scorer(model: Path, batch_size: int | None):
-    from rm_pipeline.lib.scoring import SCORING_BATCH_SIZE, RewardScorer
+def _load_scorer(model: Path, batch_size: int | None, precision: str | None):
+    from rm_pipeline.lib.scoring import RewardScorer, ScoringSettings
 
     config = model / "config.json"
     try:
@@ -532,7 +541,9 @@ def _load_scorer(model: Path, batch_size: int | None):
     if not isinstance(settings, dict):
         raise InputError(f"{config}: not a model configuration (a JSON object)")
     try:
-        scorer = RewardScorer.load(model, batch_size or SCORING_BATCH_SIZE)
+        scorer = RewardScorer.load(
+            model, batch_size or ScoringSettings.batch_size, precision=precision or ScoringSettings.precision
+        )
     except (OSError, ValueError, KeyError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise InputError(f"{model}: can't be loaded as a reward model ({first_line})") from None

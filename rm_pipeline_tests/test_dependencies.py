@@ -29,6 +29,21 @@ def test_a_float_warmup_below_one_is_a_share_of_the_steps():
     assert args.get_warmup_steps(200) == 20
 
 
+def test_torch_tells_whether_the_cpu_multiplies_bf16_natively():
+    """`native_bf16` reads torch.cpu's private probes of AMX and AVX-512 BF16; they must exist and agree with the
+    CPU's own flags where Linux lists them."""
+    from pathlib import Path
+
+    import torch
+
+    amx, avx512_bf16 = torch.cpu._is_amx_tile_supported(), torch.cpu._is_avx512_bf16_supported()
+    assert isinstance(amx, bool) and isinstance(avx512_bf16, bool)
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        flags = set(next(line for line in cpuinfo.read_text().splitlines() if line.startswith("flags")).split())
+        assert amx == ("amx_tile" in flags) and avx512_bf16 == ("avx512_bf16" in flags)
+
+
 def test_trl_trains_on_pre_tokenized_pairs_as_given(tiny_encoder, tmp_path):
     """TRL (0.29 on) takes `chosen_ids`/`rejected_ids` as they are: no EOS appended, which a BERT tokenizer
     hasn't got, and no re-tokenization, so the length rule and training see the same tokens."""

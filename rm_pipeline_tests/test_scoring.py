@@ -1,11 +1,14 @@
 """Scoring with a saved reward model: pairs, long inputs, best-of-N candidates, and the CLI around them."""
 
+import dataclasses
 import json
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
+from rm_pipeline.lib.precision import native_bf16, scores_in_bf16
 from rm_pipeline.lib.scoring import (
     CandidateFileError,
     RewardScorer,
@@ -28,14 +31,19 @@ PAIRS = pd.DataFrame(
 
 
 @pytest.fixture(scope="module")
-def scorer(tiny_encoder):
-    return RewardScorer.load(tiny_encoder, batch_size=2)
+def scorer(tiny_encoder):  # fp32: batching must not change rewards beyond float noise
+    return RewardScorer.load(tiny_encoder, batch_size=2, precision="fp32")
+
+
+def forgetful(scorer: RewardScorer) -> RewardScorer:
+    """The same model, remembering nothing scored: each call below really scores."""
+    return dataclasses.replace(scorer, scored={})
 
 
 def test_pairs_score_like_their_sides_scored_alone(scorer):
-    result = scorer.score_pairs(PAIRS)
+    result = forgetful(scorer).score_pairs(PAIRS)
     for side in ("chosen", "rejected"):
-        alone = scorer.score(PAIRS["prompt"], PAIRS[side], PAIRS["conversational"])
+        alone = forgetful(scorer).score(PAIRS["prompt"], PAIRS[side], PAIRS["conversational"])
         np.testing.assert_allclose(result[f"{side}_reward"], alone["reward"], atol=1e-5)
         tokens = [len(scorer.tokenizer(text, add_special_tokens=False)["input_ids"]) for text in PAIRS[side]]
         assert list(result[f"{side}_tokens"]) == tokens  # the response's own length, not the prompt's
@@ -64,8 +72,49 @@ def test_a_sequence_longer_than_the_model_reads_loses_its_oldest_context(scorer)
     [ids] = encode(scorer.tokenizer, [long_prompt], ["the answer"], [False])
     cut = fit_to_length(ids, scorer.max_length)
     assert len(cut) == scorer.max_length == 512 and cut[0] == ids[0] and cut[-8:] == ids[-8:]
-    [expected] = score_ids(scorer.model, [cut], scorer.tokenizer.pad_token_id)
+    [expected] = score_ids(scorer.model, [cut], scorer.tokenizer.pad_token_id, bf16=scorer.bf16)
     assert result["reward"][0] == pytest.approx(expected, abs=1e-5)
+
+
+def test_nothing_is_scored_twice(scorer):
+    scorer = forgetful(scorer)
+    rows_scored = []
+    hook = scorer.model.register_forward_pre_hook(
+        lambda module, args, kwargs: rows_scored.append(len(kwargs["input_ids"])), with_kwargs=True
+    )
+    try:
+        first = scorer.score_pairs(PAIRS)  # 6 sequences, all new
+        again = scorer.score(  # 2 seen in the pairs, 1 repeated within the call, 1 new
+            ["2+2?", "2+2?", "Name a colour.", "2+2?"], ["4", "4", "no", "four"], [False] * 4
+        )
+    finally:
+        hook.remove()
+    assert sum(rows_scored) == 6 + 1
+    assert again["reward"][0] == again["reward"][1] == first["chosen_reward"][0]
+    assert again["reward"][2] == first["rejected_reward"][2]
+    fresh = forgetful(scorer).score(["2+2?"], ["four"], [False])
+    assert again["reward"][3] == pytest.approx(fresh["reward"][0], abs=1e-5)
+    assert list(again["tokens"]) == [1, 1, 1, 1]
+
+
+def test_auto_precision_is_bf16_only_on_a_cpu_that_multiplies_bf16_natively():
+    assert scores_in_bf16("auto", "cpu") is native_bf16("cpu")
+    assert scores_in_bf16("auto", "cuda") is False  # fp32 on a GPU: what TRL computes from the directory
+    assert scores_in_bf16("fp32", "cpu") is False and scores_in_bf16("bf16", "cpu") is True
+
+
+def test_bf16_scoring_stays_close_to_fp32_and_its_rewards_are_not_rounded(tiny_encoder, scorer):
+    bf16 = RewardScorer.load(tiny_encoder, batch_size=2, precision="bf16")
+    assert bf16.bf16
+    texts = [f"answer number {i} with some words" for i in range(12)]
+    exact = forgetful(scorer).score(["Say something."] * 12, texts, [False] * 12)["reward"].to_numpy()
+    rounded = bf16.score(["Say something."] * 12, texts, [False] * 12)["reward"].to_numpy()
+    np.testing.assert_allclose(rounded, exact, atol=0.02 * np.abs(exact).max() + 1e-4)
+    # the head computes in fp32: a reward is no bf16 number (those have 8 significant bits), so nearby answers
+    # don't collapse into ties
+    as_bf16 = torch.tensor(rounded, dtype=torch.float32).bfloat16().double().numpy()
+    assert (as_bf16 != rounded).sum() >= 10
+    assert len(set(rounded.tolist())) == 12
 
 
 def test_candidates_are_ranked_best_first(scorer):
@@ -78,7 +127,7 @@ def test_candidates_are_ranked_best_first(scorer):
     rewards = ranked[0]["rewards"]
     assert sorted(ranked[0]["ranking"]) == [0, 1, 2]
     assert [rewards[i] for i in ranked[0]["ranking"]] == sorted(rewards, reverse=True)
-    alone = scorer.score(["2+2?"] * 3, records[0]["candidates"], [False] * 3)["reward"]
+    alone = forgetful(scorer).score(["2+2?"] * 3, records[0]["candidates"], [False] * 3)["reward"]
     np.testing.assert_allclose(rewards, alone, atol=1e-5)
     assert ranked[1]["ranking"] == [0] and len(ranked[1]["rewards"]) == 1
 

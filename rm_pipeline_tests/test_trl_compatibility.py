@@ -196,7 +196,7 @@ def test_grpo_loads_our_directory_as_its_reward_model(decoder_run, published_dec
 def test_grpo_rewards_are_the_ones_our_scorer_gives(decoder_run, published_decoder):
     [(prompts, completions, rewards)] = decoder_run["scored"]
     assert rewards.shape == (4, 1)  # 2 prompts x 2 generations, one reward function
-    scorer = RewardScorer.load(published_decoder)
+    scorer = RewardScorer.load(published_decoder, precision="fp32")  # TRL scores the directory in fp32 on a CPU
     ours = scorer.score([json.dumps(p) for p in prompts], [c[-1]["content"] for c in completions], [True] * 4)
     assert not ours["truncated"].any()
     assert np.ptp(ours["reward"].to_numpy()) > 1e-4  # distinct rewards: matching them row by row means something

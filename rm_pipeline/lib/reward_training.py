@@ -24,6 +24,14 @@ from rm_pipeline.lib.lineage import LINEAGE_FILE
 from rm_pipeline.lib.markdown import markdown_table
 from rm_pipeline.lib.metrics import pair_credit, peak_memory_mb
 from rm_pipeline.lib.pairs import PREFERRED, tie_pairs
+from rm_pipeline.lib.precision import (
+    PRECISION_HELP,
+    Precision,
+    head_in_fp32,
+    head_module_name,
+    native_bf16,
+    uses_bf16,
+)
 from rm_pipeline.lib.settings import check_choices, setting
 from rm_pipeline.lib.tokenization import DEFAULT_MAX_LENGTH, encode, load_tokenizer
 
@@ -54,6 +62,7 @@ class TrainingSettings:
     seed: int = setting(0, "Seed of the score head's initialisation and of the data order.")
     group_by_length: bool = setting(True, "Batches of similar lengths: less padding, same result.")
     gradient_checkpointing: bool = setting(False, "Trade compute for memory (large models only).")
+    precision: Precision = setting("auto", PRECISION_HELP)
     # the loss
     loss: Loss = setting(
         "bradley_terry",
@@ -156,14 +165,21 @@ def hardware() -> dict:
             "device": "cuda",
             "device_name": torch.cuda.get_device_name(0),
             "gpus": torch.cuda.device_count(),
-            "bf16": torch.cuda.is_bf16_supported(),
+            "bf16": native_bf16("cuda"),
         }
-    return {"device": "cpu", "device_name": "cpu", "gpus": 0, "bf16": False, "threads": torch.get_num_threads()}
+    return {
+        "device": "cpu",
+        "device_name": "cpu",
+        "gpus": 0,
+        "bf16": native_bf16("cpu"),
+        "threads": torch.get_num_threads(),
+    }
 
 
 def load_model(settings: TrainingSettings, dtype=None):
-    """A one-unit score head on the base checkpoint; pad token known to the model config. fp32 unless told
-    otherwise: transformers 5 would keep a bf16/fp16 checkpoint's dtype, and AdamW needs fp32 master weights."""
+    """A one-unit score head on the base checkpoint, computing in fp32 even under autocast; pad token known to the
+    model config. fp32 unless told otherwise: transformers 5 would keep a bf16/fp16 checkpoint's dtype, and AdamW
+    needs fp32 master weights."""
     import torch
     from transformers import AutoModelForSequenceClassification
 
@@ -177,6 +193,7 @@ def load_model(settings: TrainingSettings, dtype=None):
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:  # a pad token was added
         model.resize_token_embeddings(len(tokenizer))
     model.config.pad_token_id = tokenizer.pad_token_id
+    head_in_fp32(model)
     return model, tokenizer
 
 
@@ -189,13 +206,6 @@ def transformer_layers(model):
         if isinstance(module, nn.ModuleList) and len(module) == count:
             return module
     raise ValueError(f"can't find the {count} transformer layers of {type(model).__name__}")
-
-
-def head_module_name(model) -> str:
-    for name in ("score", "classifier"):
-        if hasattr(model, name):
-            return name
-    raise ValueError(f"{type(model).__name__} has no `score` or `classifier` head")
 
 
 def freeze_all_but_last(model, n_layers: int) -> None:
@@ -234,7 +244,7 @@ def reward_config(settings: TrainingSettings, checkpoint_dir: Path, has_eval: bo
     return RewardConfig(
         output_dir=str(checkpoint_dir),
         use_cpu=device["device"] == "cpu",
-        bf16=device["bf16"],
+        bf16=uses_bf16(settings.precision, device["device"]),
         max_length=None,  # the pair stage already dropped (and counted) longer pairs
         per_device_train_batch_size=settings.batch_size,
         per_device_eval_batch_size=settings.batch_size * 2,
@@ -397,9 +407,12 @@ def training_data(
             },
         )
     eval_data = pair_dataset(evaluation, tokenizer, settings) if len(evaluation) else None
-    # Early stopping evaluates often: a fixed sample keeps that cheap; the full split is scored at the end.
+    # Early stopping evaluates often: a fixed sample keeps that cheap, sorted by length so that its batches carry
+    # little padding (Trainer evaluates in order); the full split is scored at the end.
     stopping = (
-        eval_data.shuffle(seed=settings.seed).select(range(min(settings.early_stopping_eval_pairs, len(eval_data))))
+        eval_data.shuffle(seed=settings.seed)
+        .select(range(min(settings.early_stopping_eval_pairs, len(eval_data))))
+        .sort("length")
         if eval_data is not None
         else None
     )
@@ -471,6 +484,7 @@ def training_metrics(
         "epochs": float(output.metrics.get("epoch", settings.epochs)),
         "train_loss": float(output.training_loss),
         "train_seconds": round(train_seconds, 1),
+        "precision": "bf16" if trainer.args.bf16 else "fp32",
         # our own count, not Trainer's train_samples_per_second: before transformers 5.2x that counted a resumed
         # run's skipped steps too
         "pairs_per_second": round(len(data.train) * settings.epochs * share_run / runtime, 2),
@@ -482,11 +496,14 @@ def training_metrics(
 
 def reward_statistics(model, dataset, tokenizer) -> dict:
     """Mean and std of rewards on the eval split (stored in the config so users can normalise), and the
-    accuracy of the model as saved, by the evaluation's pair credit over preferred pairs (ties left out)."""
-    from rm_pipeline.lib.scoring import score_ids
+    accuracy of the model as saved, by the evaluation's pair credit over preferred pairs (ties left out). Scored
+    in the precision the evaluation stage scores in by default."""
+    from rm_pipeline.lib.precision import scores_in_bf16
+    from rm_pipeline.lib.scoring import ScoringSettings, score_ids
 
     sequences = list(dataset["chosen_ids"]) + list(dataset["rejected_ids"])
-    rewards = score_ids(model, sequences, tokenizer.pad_token_id, batch_size=64)
+    bf16 = scores_in_bf16(ScoringSettings.precision, next(model.parameters()).device.type)
+    rewards = score_ids(model, sequences, tokenizer.pad_token_id, batch_size=64, bf16=bf16)
     half = len(rewards) // 2
     difference = rewards[:half] - rewards[half:]
     preferred = np.asarray(dataset["preference"]) == PREFERRED

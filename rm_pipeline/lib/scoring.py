@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -15,13 +15,18 @@ import pandas as pd
 import torch
 
 from rm_pipeline.lib.annotations import MAX_JSON_DEPTH, is_message_list, json_depth_exceeds
-from rm_pipeline.lib.settings import setting
+from rm_pipeline.lib.precision import SCORING_PRECISION_HELP, Precision, autocast, head_in_fp32, scores_in_bf16
+from rm_pipeline.lib.settings import check_choices, setting
 from rm_pipeline.lib.tokenization import encode, load_tokenizer
 
 
 @dataclass(frozen=True)
 class ScoringSettings:
     batch_size: int = setting(32, "Sequences per forward pass (sorted by length, no gradient).")
+    precision: Precision = setting("auto", SCORING_PRECISION_HELP)
+
+    def __post_init__(self):
+        check_choices(self)
 
 
 SCORING_BATCH_SIZE = ScoringSettings.batch_size
@@ -38,7 +43,7 @@ def pad_right(sequences: list[list[int]], pad_token_id: int) -> tuple[torch.Tens
     return input_ids, attention_mask
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def score_ids(
     model,
     sequences: list[list[int]],
@@ -46,8 +51,10 @@ def score_ids(
     batch_size: int = SCORING_BATCH_SIZE,
     sort_by_length: bool = True,
     progress: Callable[[int], None] | None = None,
+    bf16: bool = False,
 ) -> np.ndarray:
-    """One reward per token sequence. Sorting by length keeps padding, and so wasted work, small."""
+    """One reward per token sequence. Sorting by length keeps padding, and so wasted work, small. `bf16`: under
+    bf16 autocast (with the model's head `head_in_fp32`)."""
     model.eval()
     device = next(model.parameters()).device
     order = np.argsort([len(ids) for ids in sequences], kind="stable") if sort_by_length else np.arange(len(sequences))
@@ -55,7 +62,8 @@ def score_ids(
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
         input_ids, attention_mask = pad_right([sequences[i] for i in chunk], pad_token_id)
-        logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
+        with autocast(device.type, bf16):
+            logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
         rewards[chunk] = logits[:, 0].float().cpu().numpy()
         if progress:
             progress(len(chunk))
@@ -83,20 +91,30 @@ class RewardScorer:
     tokenizer: object
     max_length: int
     batch_size: int = SCORING_BATCH_SIZE
+    bf16: bool = False  # bf16 autocast, with the score head in fp32
+    # (prompt, response, conversational) -> (reward, response tokens, truncated): nothing is scored twice
+    scored: dict = field(default_factory=dict, repr=False)
 
     @classmethod
     def load(
-        cls, model_dir: str | Path, batch_size: int = SCORING_BATCH_SIZE, trust_remote_code: bool = False
+        cls,
+        model_dir: str | Path,
+        batch_size: int = SCORING_BATCH_SIZE,
+        trust_remote_code: bool = False,
+        precision: Precision = ScoringSettings.precision,
     ) -> RewardScorer:
-        """A saved model directory on the GPU when there is one, else the CPU, in the dtype it was saved in: the
-        rewards TRL's trainers compute from the same directory (bf16 would round them into ties near 1.0)."""
+        """A saved model directory on the GPU when there is one, else the CPU, with its weights in the dtype they
+        were saved in (casting them to bf16 would round rewards into ties near 1.0); `precision` as in
+        `ScoringSettings`."""
         from transformers import AutoModelForSequenceClassification
 
+        device = "cuda" if torch.cuda.is_available() else "cpu"
         model = AutoModelForSequenceClassification.from_pretrained(
             str(model_dir), dtype="auto", trust_remote_code=trust_remote_code
-        ).to("cuda" if torch.cuda.is_available() else "cpu")
+        ).to(device)
+        head_in_fp32(model)
         tokenizer = load_tokenizer(str(model_dir), trust_remote_code)
-        return cls(model, tokenizer, position_limit(model, tokenizer), batch_size)
+        return cls(model, tokenizer, position_limit(model, tokenizer), batch_size, scores_in_bf16(precision, device))
 
     def score(
         self,
@@ -107,24 +125,30 @@ class RewardScorer:
         progress: Callable[[int], None] | None = None,
     ) -> pd.DataFrame:
         """One row per (prompt, response): ``reward``, ``tokens`` (the response's own length in tokens)
-        and ``truncated`` (the sequence was longer than the model reads and lost its oldest context)."""
-        responses = [str(response) for response in responses]
-        if not responses:
-            return pd.DataFrame(
-                {"reward": np.empty(0), "tokens": np.empty(0, dtype="int64"), "truncated": np.empty(0, dtype=bool)}
+        and ``truncated`` (the sequence was longer than the model reads and lost its oldest context).
+        A (prompt, response) this scorer has scored before, in this call or an earlier one, is not scored again."""
+        keys = [
+            (prompt, str(response), bool(chat)) for prompt, response, chat in zip(prompts, responses, conversational)
+        ]
+        new = [key for key in dict.fromkeys(keys) if key not in self.scored]
+        if progress and len(keys) > len(new):
+            progress(len(keys) - len(new))
+        if new:
+            new_prompts, new_responses, new_chat = zip(*new)
+            sequences = encode(self.tokenizer, new_prompts, new_responses, new_chat)
+            truncated = [len(ids) > self.max_length for ids in sequences]
+            sequences = [fit_to_length(ids, self.max_length) for ids in sequences]
+            rewards = score_ids(
+                self.model, sequences, self.tokenizer.pad_token_id, self.batch_size, sort_by_length, progress, self.bf16
             )
-        sequences = encode(self.tokenizer, prompts, responses, conversational)
-        truncated = np.fromiter((len(ids) > self.max_length for ids in sequences), dtype=bool, count=len(sequences))
-        sequences = [fit_to_length(ids, self.max_length) for ids in sequences]
-        rewards = score_ids(
-            self.model, sequences, self.tokenizer.pad_token_id, self.batch_size, sort_by_length, progress
-        )
-        lengths = self.tokenizer(responses, add_special_tokens=False, verbose=False)["input_ids"]
+            lengths = self.tokenizer(list(new_responses), add_special_tokens=False, verbose=False)["input_ids"]
+            self.scored.update(zip(new, zip(rewards.tolist(), map(len, lengths), truncated)))
+        known = [self.scored[key] for key in keys]
         return pd.DataFrame(
             {
-                "reward": rewards,
-                "tokens": np.fromiter(map(len, lengths), dtype="int64", count=len(lengths)),
-                "truncated": truncated,
+                "reward": np.fromiter((reward for reward, _, _ in known), dtype=np.float64, count=len(known)),
+                "tokens": np.fromiter((tokens for _, tokens, _ in known), dtype="int64", count=len(known)),
+                "truncated": np.fromiter((cut for _, _, cut in known), dtype=bool, count=len(known)),
             }
         )
 
@@ -248,7 +272,9 @@ def rank_candidates(
 # ---------------------------------------------------------------- TRL online trainers
 
 
-def trl_reward_function(model_dir: str | Path, batch_size: int = SCORING_BATCH_SIZE) -> Callable[..., list[float]]:
+def trl_reward_function(
+    model_dir: str | Path, batch_size: int = SCORING_BATCH_SIZE, precision: Precision = ScoringSettings.precision
+) -> Callable[..., list[float]]:
     """Our model as a reward function for TRL's GRPO/RLOO trainers (``reward_funcs=[...]``).
 
     TRL can load a reward model directory itself, but it scores ``prompt + completion`` as one text
@@ -256,7 +282,7 @@ def trl_reward_function(model_dir: str | Path, batch_size: int = SCORING_BATCH_S
     function scores exactly as training and evaluation do, for encoders and decoders alike. Prompts
     are text or message lists; completions are text or message lists ending in the reply.
     """
-    scorer = RewardScorer.load(model_dir, batch_size)
+    scorer = RewardScorer.load(model_dir, batch_size, precision=precision)
 
     def reward(prompts: list, completions: list, **_) -> list[float]:
         chat = [isinstance(prompt, list) for prompt in prompts]
@@ -264,7 +290,9 @@ def trl_reward_function(model_dir: str | Path, batch_size: int = SCORING_BATCH_S
             json.dumps(prompt, ensure_ascii=False) if is_chat else prompt for prompt, is_chat in zip(prompts, chat)
         ]
         replies = [_candidate_text(c[-1] if isinstance(c, list) else c) for c in completions]
-        return scorer.score(texts, replies, chat)["reward"].tolist()
+        rewards = scorer.score(texts, replies, chat)["reward"].tolist()
+        scorer.scored.clear()  # an RL run scores new completions at every step: remembering them would only grow
+        return rewards
 
     reward.__name__ = Path(model_dir).name  # TRL logs rewards under the function's name
     return reward

@@ -150,7 +150,7 @@ def reward_scores(
     for row in quarantine.itertuples():
         context.log.warning(f"{row.file}:{row.line}: {row.field}: {row.reason} ({row.detail}); not scored")
 
-    scorer = RewardScorer.load(model_dir, config.batch_size)
+    scorer = RewardScorer.load(model_dir, config.batch_size, precision=config.precision)
     sequences = 2 * len(pairs) + len(responses)
     progress = _progress_log(context, sequences)
     started = time.perf_counter()
