@@ -4,6 +4,7 @@ of the shipped docker/dagster.yaml (DockerRunLauncher) resuming a run whose cont
 No image is pulled: the base image is a local debootstrap (rm_pipeline_tests/docker_image.py). Without a Docker
 daemon these tests fail, naming what to install (`.ci/run` installs and starts it)."""
 
+import contextlib
 import json
 import os
 import re
@@ -77,11 +78,18 @@ def deployment_image(tmp_path_factory):
 
 @pytest.fixture
 def test_containers():
-    """A label value for the containers a test starts; they are removed after it, and their logs kept."""
+    """A label value for the containers a test starts (or has the daemon start); they are removed after it."""
     client, value = docker_client(), uuid.uuid4().hex
     yield value
-    for container in client.containers.list(all=True, filters={"label": f"{LABEL}={value}"}):
-        container.remove(force=True)
+    for _ in range(2):  # again: the daemon may have started a run container while the first pass removed it
+        for container in client.containers.list(all=True, filters={"label": f"{LABEL}={value}"}):
+            with contextlib.suppress(docker.errors.NotFound):
+                container.remove(force=True)
+
+
+def pinned_versions(lines: list[str]) -> dict[str, str]:
+    """name -> version of the `name==version` lines (pip freeze, constraints.txt)."""
+    return {canonicalize_name(name): version for name, version in (line.split("==") for line in lines if "==" in line)}
 
 
 def run_in_image(client, image: str, *command: str) -> str:
@@ -97,36 +105,29 @@ def test_the_image_holds_the_package_and_the_tested_versions_and_runs_as_its_use
     assert config["Cmd"][:3] == ["dagster", "code-server", "start"]
     assert {key: dict(v.split("=", 1) for v in config["Env"]).get(key) for key in CONTRACT_ENV} == CONTRACT_ENV
     probe = (
-        "import json, os, dagster, dagster_docker, dagster_k8s, dagster_postgres, rm_pipeline, torch;"
-        "print(json.dumps({'uid': os.getuid(), 'dagster': dagster.__version__, 'torch': torch.__version__,"
-        "'package': rm_pipeline.__file__, 'cuda': torch.cuda.is_available()}))"
+        "import json, os, dagster_docker, dagster_k8s, dagster_postgres, rm_pipeline, torch;"
+        "print(json.dumps({'uid': os.getuid(), 'torch': torch.__version__, 'package': rm_pipeline.__file__,"
+        "'cuda': torch.cuda.is_available()}))"
     )
-    found = json.loads(run_in_image(client, deployment_image, "python", "-c", probe))
-    assert found == {
+    assert json.loads(run_in_image(client, deployment_image, "python", "-c", probe)) == {
         "uid": APP_UID,
-        "dagster": "1.13.27",
-        "torch": f"{dockerfile_args()['TORCH_VERSION']}+cpu",  # the CPU build: no GPU on this machine
-        "package": "/opt/rm-pipeline/rm_pipeline/__init__.py",
+        "torch": f"{dockerfile_args()['TORCH_VERSION']}+cpu",  # the default TORCH_INDEX_URL's CPU build
+        "package": "/opt/rm-pipeline/rm_pipeline/__init__.py",  # installed in place, next to its data/
         "cuda": False,
     }
     shipped = run_in_image(client, deployment_image, "cat", f"{CONTRACT_ENV['DAGSTER_HOME']}/dagster.yaml")
     assert shipped == (DOCKER / "dagster.yaml").read_text()
-    # every package the image holds at the version the tests passed with; the data folders are the user's
+    # every package in the image at the version the tests passed with (torch aside); the data folders are the user's
     listing = run_in_image(
         client, deployment_image, "sh", "-c", "pip freeze --exclude-editable; stat -c '%u %n' /data/*"
-    )
-    installed = dict(line.split("==") for line in listing.splitlines() if "==" in line)
-    installed = {canonicalize_name(name): version for name, version in installed.items()}
-    constraints = dict(
-        line.split("==") for line in (DOCKER / "constraints.txt").read_text().splitlines() if "==" in line
-    )
-    constraints = {canonicalize_name(name): version for name, version in constraints.items()}
-    assert {"dagster-postgres", "dagster-docker", "dagster-k8s", "trl"} <= installed.keys()
-    assert {name: installed[name] for name in installed if name != "torch"} == {
-        name: constraints.get(name) for name in installed if name != "torch"
-    }
+    ).splitlines()
+    installed = pinned_versions(listing)
+    installed.pop("torch")
+    assert {"dagster", "dagster-postgres", "dagster-docker", "dagster-k8s", "trl"} <= installed.keys()
+    constraints = pinned_versions((DOCKER / "constraints.txt").read_text().splitlines())
+    assert installed == {name: constraints.get(name) for name in installed}
     for path in CONTRACT_VOLUMES.values():
-        assert f"{APP_UID} {path}" in listing.splitlines()
+        assert f"{APP_UID} {path}" in listing
 
 
 @pytest.mark.slow  # builds the image, starts a container
@@ -197,16 +198,16 @@ def container_logs(client, labels: dict[str, str]) -> str:
 
 @pytest.mark.slow  # builds the image, starts containers and servers, trains a model
 def test_run_monitoring_resumes_a_run_whose_container_was_killed_mid_training(
-    deployment_image, test_containers, postgres_server, annotations_slice, tiny_encoder, tmp_path
+    deployment_image, test_containers, postgres_server, annotations_slice, tiny_encoder, labelled_eval_dir, tmp_path
 ):
     """The deployment as compose runs it, on a real Docker engine: the image's code server and `dagster-daemon`
     in containers of the image, the instance of docker/dagster.yaml (DockerRunLauncher, run monitoring with
-    resume) on a real PostgreSQL. A run of the data stages and a small training goes through the run queue into
-    a run container; once training wrote a checkpoint the container is SIGKILLed (`docker kill`, as when the
-    OOM killer or a host problem ends it). The daemon's run monitoring asks the launcher about the run's
-    container, finds it exited, and resumes the run in a new container, which finishes the training from the
-    checkpoint. (Run monitoring checks workers only through launchers that can: DefaultRunLauncher can't, see
-    test_postgres_storage.py.)"""
+    resume) on a real PostgreSQL. A run of the whole pipeline (small data, a small training) goes through the
+    run queue into a run container; once training wrote a checkpoint the container is SIGKILLed (`docker kill`,
+    as when the OOM killer or a host problem ends it). The daemon's run monitoring asks the launcher about the
+    run's container, finds it exited, and resumes the run in a new container, which finishes the training from
+    the checkpoint. (Run monitoring checks workers only through launchers that can: DefaultRunLauncher can't,
+    see test_postgres_storage.py.)"""
     client = docker_client()
     socket_group = str(os.stat(DOCKER_SOCKET).st_gid)
     labels = {LABEL: test_containers}
@@ -217,6 +218,8 @@ def test_run_monitoring_resumes_a_run_whose_container_was_killed_mid_training(
         CONTRACT_VOLUMES["rm-pipeline-reviews"]: owned_by_the_image_user(tmp_path / "reviews"),
         DOCKER_SOCKET: DOCKER_SOCKET,
         BASE_MODEL: owned_by_the_image_user(tmp_path / "base_model", tiny_encoder),
+        # five labelled pairs instead of the bundled evaluation files: the stages after training score quickly
+        CONTRACT_ENV["RM_PIPELINE_EVAL"]: owned_by_the_image_user(tmp_path / "eval", labelled_eval_dir),
     }
     db = postgres_server.create_database("docker_monitoring")
     env = deployment_env(db)
@@ -249,7 +252,7 @@ def test_run_monitoring_resumes_a_run_whose_container_was_killed_mid_training(
     run_id = str(uuid.uuid4())
     launch = code_server.exec_run(
         ["dagster", "job", "launch", "-w", f"{dagster_home}/workspace.yaml", "-j", "reward_pipeline_job"]
-        + ["--run-id", run_id, "--config-json", json.dumps(TRAINING), "-o", "*reward_model"]
+        + ["--run-id", run_id, "--config-json", json.dumps(TRAINING)]
     )
     assert launch.exit_code == 0, launch.output.decode()[-3000:]
     daemon_command = compose()["services"][DAEMON]["command"]
