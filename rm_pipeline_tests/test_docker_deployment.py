@@ -60,14 +60,18 @@ def deployment_image(tmp_path_factory):
     requires = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
     download_wheels(wheels, dockerfile_args()["TORCH_VERSION"], requires)
     log = folder / "build.log"
+    base = base_image(client)
     with package_index(wheels) as index:
-        arguments = {"BASE_IMAGE": base_image(client), "TORCH_INDEX_URL": index, "PIP_INDEX_URL": index}
+        arguments = {"BASE_IMAGE": base, "TORCH_INDEX_URL": index, "PIP_INDEX_URL": index}
         seconds = build_image(client, IMAGE, arguments, log)
     shutil.rmtree(wheels)
     print(f"\n{IMAGE} built in {seconds:.0f} s (log: {log})")
     yield IMAGE
     client.images.remove(IMAGE, force=True)
-    for image_id in reversed(IMAGE_ID.findall(log.read_text())):  # the build stage and the cached steps
+    # the build stage and its steps, kept by the classic builder as its cache; the last first (its removal
+    # removes the untagged steps under it); the base stays for the next session
+    base_id = client.images.get(base).short_id.removeprefix("sha256:")
+    for image_id in reversed([found for found in IMAGE_ID.findall(log.read_text()) if found != base_id]):
         try:
             client.images.remove(image_id)
         except docker.errors.NotFound:
