@@ -17,9 +17,10 @@ import docker.errors
 import pytest
 import yaml
 from dagster_docker.docker_run_launcher import DOCKER_CONTAINER_ID_TAG
+from dagster_graphql import DagsterGraphQLClient
 from packaging.utils import canonicalize_name
 
-from rm_pipeline_tests.dagster_dev import HOST, free_port
+from rm_pipeline_tests.dagster_dev import HOST, free_port, wait_for
 from rm_pipeline_tests.docker_image import base_image, build_image, docker_client, download_wheels, package_index
 from rm_pipeline_tests.test_deploy_config import (
     CONTRACT_ENV,
@@ -29,6 +30,7 @@ from rm_pipeline_tests.test_deploy_config import (
     DOCKER_SOCKET,
     REPO_ROOT,
     USER_CODE,
+    WEBSERVER,
     compose,
     dockerfile_args,
     filled_in_env,
@@ -204,14 +206,14 @@ def container_logs(client, labels: dict[str, str]) -> str:
 def test_run_monitoring_resumes_a_run_whose_container_was_killed_mid_training(
     deployment_image, test_containers, postgres_server, annotations_slice, tiny_encoder, labelled_eval_dir, tmp_path
 ):
-    """The deployment as compose runs it, on a real Docker engine: the image's code server and `dagster-daemon`
-    in containers of the image, the instance of docker/dagster.yaml (DockerRunLauncher, run monitoring with
-    resume) on a real PostgreSQL. A run of the whole pipeline (small data, a small training) goes through the
-    run queue into a run container; once training wrote a checkpoint the container is SIGKILLed (`docker kill`,
-    as when the OOM killer or a host problem ends it). The daemon's run monitoring asks the launcher about the
-    run's container, finds it exited, and resumes the run in a new container, which finishes the training from
-    the checkpoint. (Run monitoring checks workers only through launchers that can: DefaultRunLauncher can't,
-    see test_postgres_storage.py.)"""
+    """The deployment as compose runs it, on a real Docker engine: the image's code server, `dagster-daemon` and
+    webserver in containers of the image, the instance of docker/dagster.yaml (DockerRunLauncher, run monitoring
+    with resume) on a real PostgreSQL. A run of the whole pipeline (small data, a small training) goes through
+    the run queue into a run container; once training wrote a checkpoint the container is SIGKILLed (`docker
+    kill`, as when the OOM killer or a host problem ends it). The daemon's run monitoring asks the launcher
+    about the run's container, finds it exited, and resumes the run in a new container, which finishes the
+    training from the checkpoint; the webserver shows the run succeeded. (Run monitoring checks workers only
+    through launchers that can: DefaultRunLauncher can't, see test_postgres_storage.py.)"""
     client = docker_client()
     socket_group = str(os.stat(DOCKER_SOCKET).st_gid)
     labels = {LABEL: test_containers}
@@ -259,8 +261,15 @@ def test_run_monitoring_resumes_a_run_whose_container_was_killed_mid_training(
         + ["--run-id", run_id, "--config-json", json.dumps(TRAINING)]
     )
     assert launch.exit_code == 0, launch.output.decode()[-3000:]
-    daemon_command = compose()["services"][DAEMON]["command"]
-    client.containers.run(deployment_image, daemon_command, environment=env, group_add=[socket_group], **common)
+    services = compose()["services"]
+    client.containers.run(
+        deployment_image, services[DAEMON]["command"], environment=env, group_add=[socket_group], **common
+    )
+    webserver_port = free_port()
+    webserver_command = services[WEBSERVER]["command"]
+    webserver_command[webserver_command.index("-h") + 1] = HOST
+    webserver_command[webserver_command.index("-p") + 1] = str(webserver_port)
+    client.containers.run(deployment_image, webserver_command, environment=env, group_add=[socket_group], **common)
 
     with dg.DagsterInstance.from_config(postgres_instance(tmp_path, db)) as instance:
 
@@ -293,3 +302,7 @@ def test_run_monitoring_resumes_a_run_whose_container_was_killed_mid_training(
         assert second != first.id and client.containers.get(second).attrs["State"]["ExitCode"] == 0
         assert_resumed_from_a_checkpoint(instance, run_id, root)
         assert (root / "models" / "current").exists()
+
+    # the webserver container shows it, from PostgreSQL
+    wait_for(f"http://{HOST}:{webserver_port}/server_info", 120)
+    assert DagsterGraphQLClient(HOST, port_number=webserver_port).get_run_status(run_id) == dg.DagsterRunStatus.SUCCESS
