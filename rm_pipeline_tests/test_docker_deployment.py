@@ -43,7 +43,6 @@ from rm_pipeline_tests.test_postgres_storage import (
     wait_until,
 )
 
-IMAGE = "rm-pipeline-user-code:test"
 APP_UID = int(dockerfile_args()["APP_UID"])
 LABEL = "rm-pipeline-test"  # on every container a test starts (or has started), to remove them after it
 BASE_MODEL = "/data/base_model"  # where the run containers see the test's tiny encoder
@@ -56,6 +55,7 @@ def deployment_image(tmp_path_factory):
     """docker/Dockerfile built once per session on a local bookworm base, pip installing from a local index of
     the wheels the Dockerfile asks for; removed (with its build stage) at the end."""
     client = docker_client()
+    image = f"rm-pipeline-user-code:test-{uuid.uuid4().hex[:12]}"  # sessions sharing a daemon don't clash
     folder = tmp_path_factory.mktemp("image")
     wheels = folder / "wheels"
     wheels.mkdir()
@@ -65,11 +65,11 @@ def deployment_image(tmp_path_factory):
     base = base_image(client)
     with package_index(wheels) as index:
         arguments = {"BASE_IMAGE": base, "TORCH_INDEX_URL": index, "PIP_INDEX_URL": index}
-        seconds = build_image(client, IMAGE, arguments, log)
+        seconds = build_image(client, image, arguments, log)
     shutil.rmtree(wheels)
-    print(f"\n{IMAGE} built in {seconds:.0f} s (log: {log})")
-    yield IMAGE
-    client.images.remove(IMAGE, force=True)
+    print(f"\n{image} built in {seconds:.0f} s (log: {log})")
+    yield image
+    client.images.remove(image, force=True)
     # the build stage and its steps, kept by the classic builder as its cache; the last first (its removal
     # removes the untagged steps under it); the base stays for the next session
     base_id = client.images.get(base).short_id.removeprefix("sha256:")
