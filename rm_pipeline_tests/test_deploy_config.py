@@ -358,19 +358,24 @@ def test_a_broken_workspace_yaml_fails(tmp_path):
 # -------------------------------------------------------------------------------------------------- Dockerfile
 
 
-def dockerfile_stages() -> list[list[tuple[str, str]]]:
-    """The Dockerfile as stages of (INSTRUCTION, arguments), continuation lines joined, comments dropped."""
+def dockerfile_parts() -> list[list[tuple[str, str]]]:
+    """The Dockerfile as (INSTRUCTION, arguments) lists, continuation lines joined, comments dropped: what comes
+    before the first FROM (global ARGs), then one list per stage."""
     text = re.sub(r"\\\n", " ", (DOCKER / "Dockerfile").read_text())
-    stages, preamble = [], []
+    parts: list[list[tuple[str, str]]] = [[]]
     for line in text.splitlines():
         line = line.strip()
         if not line or line.startswith("#"):
             continue
         instruction, _, arguments = line.partition(" ")
         if instruction.upper() == "FROM":
-            stages.append([])
-        (stages[-1] if stages else preamble).append((instruction.upper(), " ".join(arguments.split())))
-    return stages
+            parts.append([])
+        parts[-1].append((instruction.upper(), " ".join(arguments.split())))
+    return parts
+
+
+def dockerfile_stages() -> list[list[tuple[str, str]]]:
+    return dockerfile_parts()[1:]
 
 
 def final_stage() -> list[tuple[str, str]]:
@@ -386,7 +391,7 @@ def dockerfile_instructions(stage: list[tuple[str, str]]) -> dict[str, list[str]
 
 def dockerfile_args() -> dict[str, str | None]:
     args = {}
-    for stage in dockerfile_stages():
+    for stage in dockerfile_parts():
         for arguments in dockerfile_instructions(stage).get("ARG", []):
             name, _, default = arguments.partition("=")
             args[name] = default or None
@@ -409,12 +414,13 @@ def readme_build_args() -> dict[str, str]:
 
 
 def test_the_base_images_are_the_python_the_project_requires():
+    # both stages on the one base: the venv built in the first runs on the second's Python
+    assert [stage[0][1].split()[0] for stage in dockerfile_stages()] == ["${BASE_IMAGE}", "${BASE_IMAGE}"]
+    image = dockerfile_args()["BASE_IMAGE"]
+    match = re.fullmatch(r"python:(\d+\.\d+)-slim-bookworm", image)
+    assert match, f"unexpected base image {image}"
     requires = SpecifierSet(PYPROJECT["project"]["requires-python"])
-    for stage in dockerfile_stages():
-        image = stage[0][1].split()[0]
-        match = re.fullmatch(r"python:(\d+\.\d+)-slim-bookworm", image)
-        assert match, f"unexpected base image {image}"
-        assert requires.contains(f"{match[1]}.0"), f"{image} is outside requires-python {requires}"
+    assert requires.contains(f"{match[1]}.0"), f"{image} is outside requires-python {requires}"
 
 
 def test_the_build_arguments_are_the_ones_the_readme_documents():
