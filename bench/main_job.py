@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-TRAINING_FACTS = ("train_seconds", "pairs_per_second", "steps", "duration_seconds")
+TRAINING_FACTS = ("train_seconds", "pairs_per_second", "steps", "duration_seconds", "precision")
 
 
 def run_main_job(code: Path | None, home: Path) -> dict:
@@ -59,7 +59,7 @@ def read_run(home: Path) -> dict:
     return {
         "run_seconds": round(stats.end_time - stats.start_time, 1),
         "steps": steps,
-        "training": {key: training[key] for key in TRAINING_FACTS},
+        "training": {key: training.get(key) for key in TRAINING_FACTS},
         "held_out": report["held_out"]["accuracy_interval"],
         "benchmarks": {name: summary["accuracy_interval"] for name, summary in report["benchmarks"].items()},
     }

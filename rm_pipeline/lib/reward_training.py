@@ -27,6 +27,7 @@ from rm_pipeline.lib.pairs import PREFERRED, tie_pairs
 from rm_pipeline.lib.precision import (
     PRECISION_HELP,
     Precision,
+    attention_in_fp32,
     head_in_fp32,
     head_module_name,
     native_bf16,
@@ -391,6 +392,8 @@ def prepare_model(settings: TrainingSettings):
     model, tokenizer = load_model(settings)  # fp32 master weights; bf16 on GPU is autocast by the Trainer
     if settings.train_last_n_layers is not None and not settings.lora_rank:
         freeze_all_but_last(model, settings.train_last_n_layers)
+    if hardware()["device"] == "cpu" and uses_bf16(settings.precision, "cpu"):
+        attention_in_fp32(model)
     return model, tokenizer, lora_config(model, settings) if settings.lora_rank else None
 
 
