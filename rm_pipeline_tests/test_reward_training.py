@@ -6,6 +6,7 @@ word-level tokenizer and a 2-layer Llama, both saved to a temporary directory.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -192,10 +193,13 @@ def test_train_reward_model_publishes_a_loadable_model(tiny_encoder, tmp_path):
 
     scorer = RewardScorer.load(target)
     assert scorer.model.config.num_labels == 1
-    chosen, rejected = (
-        scorer.score(evaluation["prompt"], evaluation[side], evaluation["conversational"])["reward"].to_numpy()
-        for side in ("chosen", "rejected")
-    )
+    # training's scores of the eval split are read back, not scored again, and are what scoring them gives
+    assert len(scorer.scored) == 2 * len(evaluation)
+    recalled = scorer.score_pairs(evaluation)
+    rescored = dataclasses.replace(scorer, scored={}).score_pairs(evaluation)
+    for side in ("chosen_reward", "rejected_reward", "chosen_tokens", "truncated"):
+        np.testing.assert_allclose(recalled[side].to_numpy(float), rescored[side].to_numpy(float), atol=1e-6)
+    chosen, rejected = rescored["chosen_reward"].to_numpy(), rescored["rejected_reward"].to_numpy()
     assert (chosen - rejected).min() > 0.1  # it learnt that `excellent` beats `terrible`
     # the statistics in the config describe the model as published
     both = np.concatenate([chosen, rejected])
@@ -469,4 +473,5 @@ def test_training_accuracy_counts_a_tie_as_half_right_like_the_evaluation(tiny_e
         model, tokenizer, peft_config, data, settings, tmp_path / "checkpoints", _progress_callback(lambda *_: None)
     )
     assert trainer.evaluate()["eval_accuracy"] == pytest.approx(0.5)
-    assert reward_statistics(model, data.evaluation, tokenizer)["eval_accuracy"] == pytest.approx(0.5)
+    scored = RewardScorer.of(model, tokenizer).score_pairs(learnable_pairs(8, start=100))
+    assert reward_statistics(scored)["eval_accuracy"] == pytest.approx(0.5)

@@ -497,19 +497,13 @@ def training_metrics(
     }
 
 
-def reward_statistics(model, dataset, tokenizer) -> dict:
+def reward_statistics(scored: pd.DataFrame) -> dict:
     """Mean and std of rewards on the eval split (stored in the config so users can normalise), and the
-    accuracy of the model as saved, by the evaluation's pair credit over preferred pairs (ties left out). Scored
-    in the precision the evaluation stage scores in by default."""
-    from rm_pipeline.lib.precision import scores_in_bf16
-    from rm_pipeline.lib.scoring import ScoringSettings, score_ids
-
-    sequences = list(dataset["chosen_ids"]) + list(dataset["rejected_ids"])
-    bf16 = scores_in_bf16(ScoringSettings.precision, next(model.parameters()).device.type)
-    rewards = score_ids(model, sequences, tokenizer.pad_token_id, batch_size=64, bf16=bf16)
-    half = len(rewards) // 2
-    difference = rewards[:half] - rewards[half:]
-    preferred = np.asarray(dataset["preference"]) == PREFERRED
+    accuracy of the model as saved, by the evaluation's pair credit over preferred pairs (ties left out), from
+    `RewardScorer.score_pairs` of the split."""
+    rewards = np.concatenate([scored["chosen_reward"].to_numpy(), scored["rejected_reward"].to_numpy()])
+    difference = (scored["chosen_reward"] - scored["rejected_reward"]).to_numpy()
+    preferred = preferences(scored) == PREFERRED
     return {
         "reward_mean": float(rewards.mean()),
         "reward_std": float(rewards.std()),
@@ -545,18 +539,24 @@ def train_reward_model(
     if not trainer.is_world_process_zero():  # under DDP, one process scores and publishes
         return TrainingResult(models_dir, {}, progress.history)
 
+    from rm_pipeline.lib.scoring import SCORED_FILE, RewardScorer
+
     model = final_model(trainer, merge_lora=peft_config is not None)
     metrics = training_metrics(trainer, output, train_seconds, resumed_from, data, progress.first_step or 0, settings)
-    metrics.update(reward_statistics(model, data.evaluation if data.evaluation is not None else data.train, tokenizer))
+    scorer = RewardScorer.of(model, tokenizer)  # in the precision the evaluation stage scores in by default
+    metrics.update(reward_statistics(scorer.score_pairs(evaluation if len(evaluation) else train)))
     model.config.reward_mean, model.config.reward_std = metrics["reward_mean"], metrics["reward_std"]
     metrics["duration_seconds"] = round(time.monotonic() - started, 1)
 
     # Every training publishes a new directory: retraining the same data keeps the earlier model.
     published = f"{run_name}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}"
     facts = {"run_name": published, **(card_facts or {})}
-    target = publish(
-        models_dir, published, lambda tmp: _save(tmp, model, tokenizer, settings, metrics, progress.history, facts)
-    )
+
+    def save(directory: Path) -> None:
+        _save(directory, model, tokenizer, settings, metrics, progress.history, facts)
+        scorer.remember(directory / SCORED_FILE)
+
+    target = publish(models_dir, published, save)
     remove_checkpoints(checkpoint_dir)
     return TrainingResult(target, metrics, progress.history)
 

@@ -30,6 +30,10 @@ class ScoringSettings:
 
 
 SCORING_BATCH_SIZE = ScoringSettings.batch_size
+# Answers of the eval split as training scored them with the finished model, saved beside it: the evaluation
+# stage scores the same answers with the same model, and reads them instead.
+SCORED_FILE = "scored_answers.parquet"
+SCORED_COLUMNS = ["prompt", "response", "conversational", "reward", "tokens", "truncated"]
 
 
 def pad_right(sequences: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,8 +117,32 @@ class RewardScorer:
             str(model_dir), dtype="auto", trust_remote_code=trust_remote_code
         ).to(device)
         head_in_fp32(model)
-        tokenizer = load_tokenizer(str(model_dir), trust_remote_code)
+        scorer = cls.of(model, load_tokenizer(str(model_dir), trust_remote_code), batch_size, precision)
+        scorer.recall(Path(model_dir) / SCORED_FILE)
+        return scorer
+
+    @classmethod
+    def of(
+        cls, model, tokenizer, batch_size: int = SCORING_BATCH_SIZE, precision: Precision = ScoringSettings.precision
+    ) -> RewardScorer:
+        """A scorer around a model in memory (its head `head_in_fp32`), e.g. the one training just finished."""
+        device = next(model.parameters()).device.type
         return cls(model, tokenizer, position_limit(model, tokenizer), batch_size, scores_in_bf16(precision, device))
+
+    def remember(self, path: Path) -> None:
+        """Save what was scored (with the precision it was scored in), for `recall` by a later scorer of this model."""
+        rows = [(*key, *value) for key, value in self.scored.items()]
+        pd.DataFrame(rows, columns=SCORED_COLUMNS).assign(bf16=self.bf16).to_parquet(path, index=False)
+
+    def recall(self, path: Path) -> None:
+        """What `remember` saved, when it was scored in this scorer's precision: it is not scored again."""
+        if not path.exists():
+            return
+        table = pd.read_parquet(path)
+        table = table[table["bf16"] == self.bf16]
+        keys = zip(table["prompt"], table["response"], table["conversational"].astype(bool))
+        values = zip(table["reward"].astype(float), table["tokens"].astype(int), table["truncated"].astype(bool))
+        self.scored.update(zip(keys, values))
 
     def score(
         self,
