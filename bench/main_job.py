@@ -1,12 +1,12 @@
 """The main job (Quickstart command 1, `rm-pipeline run`) timed stage by stage, with the accuracy it reached.
 
-Runs `rm-pipeline run` on a new storage root in a child process (optionally the code of another checkout,
-`--code DIR`, with this environment's packages: how "before" and "after" are measured one after the other on
+Runs `rm-pipeline run` on a new storage root in a child process (optionally with another environment's Python,
+`--python`, where another checkout is installed: how "before" and "after" are measured one after the other on
 the same machine), then reads the run's Dagster instance for each step's seconds and the report for the
 held-out and benchmark accuracies with their 95% intervals. Prints one table and, with `--out`, writes JSON.
 
     python bench/main_job.py --out /tmp/after.json
-    python bench/main_job.py --code /work/before --out /tmp/before.json
+    python bench/main_job.py --python /tmp/before-venv/bin/python --out /tmp/before.json
     python bench/main_job.py --compare /tmp/before.json /tmp/after.json
 """
 
@@ -25,14 +25,13 @@ from pathlib import Path
 TRAINING_FACTS = ("train_seconds", "pairs_per_second", "steps", "duration_seconds", "precision")
 
 
-def run_main_job(code: Path | None, home: Path) -> dict:
+def run_main_job(python: str, home: Path) -> dict:
     env = dict(os.environ, RM_PIPELINE_HOME=str(home), DAGSTER_HOME=str(home / "dagster"))
-    if code is not None:  # that checkout's rm_pipeline first on the path, this environment's packages
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(code.resolve()), env.get("PYTHONPATH")]))
-    command = [sys.executable, "-c", "import sys; from rm_pipeline.cli import main; sys.exit(main())", "run"]
+    command = [python, "-m", "rm_pipeline.cli", "run"]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
-    finished = subprocess.run(command, env=env, capture_output=True, text=True)
+    # run from the storage root's folder: a checkout as the working directory would shadow the installed code
+    finished = subprocess.run(command, env=env, capture_output=True, text=True, cwd=home.parent)
     wall = time.monotonic() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if finished.returncode != 0:
@@ -98,7 +97,7 @@ def compare(before: dict, after: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--code", type=Path, help="a checkout whose rm_pipeline runs (default: the installed one)")
+    parser.add_argument("--python", default=sys.executable, help="the Python that runs the job (default: this one)")
     parser.add_argument("--home", type=Path, help="storage root (default: a new temporary folder)")
     parser.add_argument("--out", type=Path, help="write the result as JSON")
     parser.add_argument("--compare", nargs=2, type=Path, metavar=("BEFORE", "AFTER"), help="compare two results")
@@ -108,7 +107,13 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory(prefix="main-job-") as scratch:
         home = args.home or Path(scratch) / "home"
-        result = {"code": str(args.code or "installed"), **run_main_job(args.code, home)}
+        code = subprocess.run(
+            [args.python, "-c", "import rm_pipeline; print(rm_pipeline.__file__)"],
+            capture_output=True,
+            text=True,
+            cwd=scratch,
+        ).stdout.strip()
+        result = {"code": code, **run_main_job(args.python, home)}
     show(result)
     if args.out:
         args.out.write_text(json.dumps(result, indent=2))
