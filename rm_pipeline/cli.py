@@ -19,7 +19,9 @@ EXIT_NOT_READY = 4
 READINESS_CHECK = "reward_model_ready"
 # Metadata too long for a one-line summary (tables and plots are left out too): for the UI.
 LEFT_OUT_OF_SUMMARY = ("path", "base_model", "settings", "recommendation")
-UI_STOP_SECONDS = 60  # dagster dev waits up to this long for its webserver and daemon, then kills them
+# dagster dev waits up to 60 s for its webserver, then up to 60 s for its daemon, before killing each: give it
+# all of that and a margin before killing its whole group
+UI_STOP_SECONDS = 150
 
 
 class InputError(Exception):

@@ -191,6 +191,17 @@ def kill_tree(process: psutil.Process) -> None:
     psutil.wait_procs(victims, timeout=10)
 
 
+def run_errors(instance: dg.DagsterInstance, run_id: str) -> str:
+    """A failed run's last messages and its steps' errors, whole (pytest would cut a list of them short)."""
+    events = instance.all_logs(run_id)
+    errors = [
+        event.dagster_event.step_failure_data.error.to_string()
+        for event in events
+        if event.dagster_event and event.dagster_event.is_step_failure
+    ]
+    return "\n".join([event.message for event in events][-20:] + errors)
+
+
 def assert_resumed_from_a_checkpoint(instance: dg.DagsterInstance, run_id: str, root) -> None:
     model = instance.get_latest_materialization_event(dg.AssetKey("reward_model"))
     assert model.run_id == run_id
@@ -268,7 +279,7 @@ def test_a_killed_run_worker_is_marked_failed_and_the_next_run_resumes_training(
             300,
             f"run {next_run} finished (see {tmp_path / 'daemon.log'})",
         )
-        assert status == dg.DagsterRunStatus.SUCCESS, [e.message for e in instance.all_logs(next_run)][-20:]
+        assert status == dg.DagsterRunStatus.SUCCESS, run_errors(instance, next_run)
         assert_resumed_from_a_checkpoint(instance, next_run, root)
 
 

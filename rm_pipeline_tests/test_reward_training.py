@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -254,6 +255,12 @@ def test_training_resumes_from_the_last_checkpoint_after_a_crash(tiny_encoder, t
     assert (models_dir / "current").resolve() == (models_dir / "previous").resolve()
     checkpoints = sorted(p.name for p in (models_dir / ".checkpoints" / run_name).glob("checkpoint-*"))
     assert checkpoints == ["checkpoint-2"]  # step 4 crashed while logging, before its save
+    # and a newer checkpoint cut short, as a process SIGKILLed while saving leaves one (Trainer writes in place,
+    # trainer_state.json last): resuming must not pick it
+    cut_short = models_dir / ".checkpoints" / run_name / "checkpoint-4"
+    shutil.copytree(cut_short.with_name("checkpoint-2"), cut_short)
+    (cut_short / "trainer_state.json").unlink()
+    (cut_short / "model.safetensors").write_bytes((cut_short / "model.safetensors").read_bytes()[:100])
 
     reports = []
     result = train_reward_model(
@@ -261,6 +268,7 @@ def test_training_resumes_from_the_last_checkpoint_after_a_crash(tiny_encoder, t
     )
     logs = [payload["message"] for kind, payload in reports if kind == "log"]
     assert any("resuming from" in message and "checkpoint-2" in message for message in logs)
+    assert any(message.startswith(f"{cut_short}: cut short while being saved") for message in logs), logs
     assert result.metrics["resumed_from"].endswith("checkpoint-2")
     assert result.metrics["steps"] == max_steps
     progress_steps = [payload["step"] for kind, payload in reports if kind == "progress"]

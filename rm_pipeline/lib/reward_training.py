@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -443,13 +444,37 @@ def build_trainer(
     )
 
 
+def last_complete_checkpoint(checkpoint_dir: Path, report: Report) -> str | None:
+    """The newest checkpoint written to the end, or None. Trainer writes a checkpoint's files in place and
+    trainer_state.json last, so a process killed while saving leaves a newer folder without that file (or with
+    it cut short), which transformers' `get_last_checkpoint` would pick and fail to resume from. Such folders
+    are removed, each with a log line."""
+    from transformers.trainer import TRAINER_STATE_NAME
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    def step(folder: Path) -> int:
+        return int(folder.name.removeprefix(f"{PREFIX_CHECKPOINT_DIR}-"))
+
+    named = re.compile(rf"{PREFIX_CHECKPOINT_DIR}-\d+")
+    folders = [f for f in checkpoint_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if f.is_dir() and named.fullmatch(f.name)]
+    for folder in sorted(folders, key=step, reverse=True):
+        try:
+            json.loads((folder / TRAINER_STATE_NAME).read_text(encoding="utf-8"))
+            return str(folder)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            report(
+                "log", {"message": f"{folder}: cut short while being saved (no complete {TRAINER_STATE_NAME}), removed"}
+            )
+            shutil.rmtree(folder)
+    return None
+
+
 def fit(trainer, checkpoint_dir: Path, report: Report):
-    """Train, resuming from the last checkpoint in `checkpoint_dir` if there is one; returns
+    """Train, resuming from the last complete checkpoint in `checkpoint_dir` if there is one; returns
     (TRL's train output, seconds spent, the checkpoint resumed from)."""
     import torch
-    from transformers.trainer_utils import get_last_checkpoint
 
-    resume_from = get_last_checkpoint(str(checkpoint_dir)) if checkpoint_dir.is_dir() else None
+    resume_from = last_complete_checkpoint(checkpoint_dir, report)
     if resume_from:
         report("log", {"message": f"resuming from {resume_from}"})
     if torch.cuda.is_available():
