@@ -8,6 +8,7 @@ held-out and benchmark accuracies with their 95% intervals. Prints one table and
     python bench/main_job.py --out /tmp/after.json
     python bench/main_job.py --python /tmp/before-venv/bin/python --out /tmp/before.json
     python bench/main_job.py --compare /tmp/before.json /tmp/after.json
+    python bench/main_job.py --config fp32.yaml --out /tmp/after-fp32.json   # `rm-pipeline run --config`
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ from pathlib import Path
 TRAINING_FACTS = ("train_seconds", "pairs_per_second", "steps", "duration_seconds", "precision")
 
 
-def run_main_job(python: str, home: Path) -> dict:
+def run_main_job(python: str, home: Path, config: Path | None = None) -> dict:
     env = dict(os.environ, RM_PIPELINE_HOME=str(home), DAGSTER_HOME=str(home / "dagster"))
-    command = [python, "-m", "rm_pipeline.cli", "run"]
+    command = [python, "-m", "rm_pipeline.cli", "run", *(["--config", str(config.resolve())] if config else [])]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
     # run from the storage root's folder: a checkout as the working directory would shadow the installed code
@@ -99,6 +100,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--python", default=sys.executable, help="the Python that runs the job (default: this one)")
     parser.add_argument("--home", type=Path, help="storage root (default: a new temporary folder)")
+    parser.add_argument("--config", type=Path, help="run config for the job (`rm-pipeline run --config`)")
     parser.add_argument("--out", type=Path, help="write the result as JSON")
     parser.add_argument("--compare", nargs=2, type=Path, metavar=("BEFORE", "AFTER"), help="compare two results")
     args = parser.parse_args()
@@ -113,7 +115,8 @@ def main() -> None:
             text=True,
             cwd=scratch,
         ).stdout.strip()
-        result = {"code": code, **run_main_job(args.python, home)}
+        config = args.config.read_text() if args.config else None
+        result = {"code": code, "config": config, **run_main_job(args.python, home, args.config)}
     show(result)
     if args.out:
         args.out.write_text(json.dumps(result, indent=2))

@@ -48,6 +48,12 @@ def main(argv: list[str] | None = None) -> int:
         "--reviews", help="folder of reviewed review-queue files (default: $RM_PIPELINE_REVIEWS or data/reviews)"
     )
     run.add_argument(
+        "--config",
+        type=Path,
+        help="run config, YAML or JSON, as the UI's launchpad takes it: the settings of each stage, e.g. "
+        "`ops: {reward_model: {config: {epochs: 2}}}` (default: every stage's defaults)",
+    )
+    run.add_argument(
         "--require-ready",
         action="store_true",
         help=f"exit with status {EXIT_NOT_READY} when the model is not ready for optimisation",
@@ -270,6 +276,7 @@ def _run(args) -> int:
 
     defs = build_defs(str(home), args.annotations, args.base_model, args.eval_dir, reviews_dir=args.reviews)
     job = defs.resolve_job_def(reward_pipeline_job.name)
+    run_config = _run_config(job, args.config) if args.config else None
     run_id = str(uuid.uuid4())  # known before the run starts, so the lock names it from the first moment
     try:
         with hold_storage(home, run_id=run_id) as previous, dg.DagsterInstance.get() as instance:
@@ -279,7 +286,9 @@ def _run(args) -> int:
                     f"run {abandoned.run_id} was still marked {abandoned.status.value}, but its process is gone: "
                     f"reported it failed"
                 )
-            result = job.execute_in_process(instance=instance, raise_on_error=False, run_id=run_id)
+            result = job.execute_in_process(
+                run_config=run_config, instance=instance, raise_on_error=False, run_id=run_id
+            )
     except StorageInUse as error:
         print(f"rm-pipeline run: {error}", file=sys.stderr)
         return 1
@@ -639,6 +648,27 @@ def _ui(args) -> int:
         _kill_group(server.pid)  # anything still running once dagster dev is gone
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def _run_config(job, path: Path) -> dict:
+    """The run config in `path`, checked against the job's config schema before anything runs."""
+    import dagster as dg
+    import yaml
+
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as error:
+        raise InputError(f"{path}: can't be read ({error})") from None
+    except yaml.YAMLError as error:
+        raise InputError(f"{path}: not YAML or JSON ({' '.join(str(error).split())})") from None
+    if not isinstance(config, dict):
+        raise InputError(f"{path}: not a run config (a mapping such as `ops: {{...}}`)")
+    try:
+        dg.validate_run_config(job, config)
+    except dg.DagsterInvalidConfigError as error:
+        problems = "; ".join(problem.message for problem in error.errors)
+        raise InputError(f"{path}: not a valid run config for {job.name}: {problems}") from None
+    return config
 
 
 def _kill_group(group: int) -> None:

@@ -103,6 +103,38 @@ CASES = {
         3,
         "pairs.jsonl: no usable pairs (all 1 rows quarantined)",
     ),
+    # run: the run config is checked before anything runs
+    "run: missing config": (
+        ["run", "--home", "{tmp}/home", "--config", "{tmp}/missing.yaml"],
+        {},
+        3,
+        "missing.yaml: can't be read",
+    ),
+    "run: config not YAML": (
+        ["run", "--home", "{tmp}/home", "--config", "{tmp}/run.yaml"],
+        {"run.yaml": "ops: [\n"},
+        3,
+        "run.yaml: not YAML or JSON (",
+    ),
+    "run: config not a mapping": (
+        ["run", "--home", "{tmp}/home", "--config", "{tmp}/run.yaml"],
+        {"run.yaml": "- ops\n"},
+        3,
+        "run.yaml: not a run config (a mapping",
+    ),
+    "run: a misspelt setting": (
+        ["run", "--home", "{tmp}/home", "--config", "{tmp}/run.yaml"],
+        {"run.yaml": "ops:\n  reward_model:\n    config:\n      epoch: 2\n"},
+        3,
+        'run.yaml: not a valid run config for reward_pipeline_job: Received unexpected config entry "epoch" at path '
+        "root:ops:reward_model:config",
+    ),
+    "run: a setting of the wrong type": (
+        ["run", "--home", "{tmp}/home", "--config", "{tmp}/run.yaml"],
+        {"run.yaml": "ops:\n  reward_model:\n    config:\n      epochs: two\n"},
+        3,
+        'Invalid scalar at path root:ops:reward_model:config:epochs. Value "two"',
+    ),
     # validate
     "validate: missing file": (["validate", "{tmp}/missing.jsonl"], {}, 3, "missing.jsonl: can't be read"),
     "validate: header-only CSV": (

@@ -78,10 +78,12 @@ def test_validate_names_a_file_that_is_not_a_table(tmp_path):
 
 @pytest.mark.slow
 def test_run_materialises_the_graph_and_prints_each_stage(annotations_slice, tmp_path, tiny_encoder):
-    home = tmp_path / "home"
+    home, config = tmp_path / "home", tmp_path / "run_config.yaml"
+    config.write_text("ops:\n  reward_model:\n    config:\n      seed: 7\n      precision: fp32\n")
     done = rm_pipeline(
-        "run", "--home", str(home), "--annotations", str(annotations_slice), "--base-model", tiny_encoder
-    )
+        "run", "--home", str(home), "--annotations", str(annotations_slice), "--base-model", tiny_encoder,
+        "--config", str(config),
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]  # not ready is a result, not a crash
     assert "(succeeded); storage:" in done.stdout
     assert "Traceback" not in done.stderr and "Stack Trace" not in done.stderr
@@ -115,6 +117,8 @@ def test_run_materialises_the_graph_and_prints_each_stage(annotations_slice, tmp
     assert f"model:     {model}" in verdict
     assert f"report:    {home}/reports/{model.name}/evaluation_report.md" in verdict
     assert f"readiness: {model}/readiness.json" in verdict and (model / "readiness.json").exists()
+    settings = json.loads((model / "training_settings.json").read_text())
+    assert (settings["seed"], settings["precision"]) == (7, "fp32")  # --config's, not the defaults
 
 
 @pytest.mark.slow
