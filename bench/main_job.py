@@ -9,6 +9,7 @@ held-out and benchmark accuracies with their 95% intervals. Prints one table and
     python bench/main_job.py --python /tmp/before-venv/bin/python --out /tmp/before.json
     python bench/main_job.py --compare /tmp/before.json /tmp/after.json
     python bench/main_job.py --config fp32.yaml --out /tmp/after-fp32.json   # `rm-pipeline run --config`
+    python bench/main_job.py --avx2-only --out /tmp/after-avx2.json          # as on a CPU without AMX/AVX-512
 """
 
 from __future__ import annotations
@@ -26,8 +27,18 @@ from pathlib import Path
 TRAINING_FACTS = ("train_seconds", "pairs_per_second", "steps", "duration_seconds", "precision")
 
 
-def run_main_job(python: str, home: Path, config: Path | None = None) -> dict:
-    env = dict(os.environ, RM_PIPELINE_HOME=str(home), DAGSTER_HOME=str(home / "dagster"))
+AVX2_ONLY = {  # kernels held to AVX2; bench/avx2_only/sitecustomize.py hides AMX and AVX-512 BF16 from torch's probes
+    "ATEN_CPU_CAPABILITY": "avx2",
+    "ONEDNN_MAX_CPU_ISA": "AVX2",
+    "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+    "PYTHONPATH": str(Path(__file__).resolve().parent / "avx2_only"),
+}
+
+
+def run_main_job(python: str, home: Path, config: Path | None = None, avx2_only: bool = False) -> dict:
+    env = dict(
+        os.environ, RM_PIPELINE_HOME=str(home), DAGSTER_HOME=str(home / "dagster"), **(AVX2_ONLY if avx2_only else {})
+    )
     command = [python, "-m", "rm_pipeline.cli", "run", *(["--config", str(config.resolve())] if config else [])]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
@@ -101,6 +112,11 @@ def main() -> None:
     parser.add_argument("--python", default=sys.executable, help="the Python that runs the job (default: this one)")
     parser.add_argument("--home", type=Path, help="storage root (default: a new temporary folder)")
     parser.add_argument("--config", type=Path, help="run config for the job (`rm-pipeline run --config`)")
+    parser.add_argument(
+        "--avx2-only",
+        action="store_true",
+        help="emulate a CPU without AMX or AVX-512 (bench/avx2_only/sitecustomize.py)",
+    )
     parser.add_argument("--out", type=Path, help="write the result as JSON")
     parser.add_argument("--compare", nargs=2, type=Path, metavar=("BEFORE", "AFTER"), help="compare two results")
     args = parser.parse_args()
@@ -116,7 +132,12 @@ def main() -> None:
             cwd=scratch,
         ).stdout.strip()
         config = args.config.read_text() if args.config else None
-        result = {"code": code, "config": config, **run_main_job(args.python, home, args.config)}
+        result = {
+            "code": code,
+            "config": config,
+            "avx2_only": args.avx2_only,
+            **run_main_job(args.python, home, args.config, args.avx2_only),
+        }
     show(result)
     if args.out:
         args.out.write_text(json.dumps(result, indent=2))

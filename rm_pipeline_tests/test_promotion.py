@@ -299,6 +299,7 @@ def test_a_first_model_is_promoted_and_a_worse_retrained_one_is_not(tmp_path, ti
                 "early_stopping_patience": None,
             }
         },
+        "reward_scores": {"config": {"precision": "fp32"}},  # whatever the CPU: the current model is scored alike
     }
 
     def run(annotations: Path, instance):
@@ -343,6 +344,7 @@ def test_a_first_model_is_promoted_and_a_worse_retrained_one_is_not(tmp_path, ti
     assert candidate != first_model and (candidate / "model.safetensors").exists()  # kept on disk
     record = json.loads((candidate / "promotion.json").read_text())
     assert record["status"] == NOT_PROMOTED and record["current_model"] == first_model.name
+    assert record["scored_in"] == "fp32"  # the current model scored as reward_scores scored the candidate
     assert record["difference"]["high"] < -record["margin"]
     assert record["candidate"]["estimate"] < 0.2 < 0.9 < record["current"]["estimate"]
     assert record["candidate"]["n"] == record["current"]["n"] == record["pairs"]  # the same pairs for both

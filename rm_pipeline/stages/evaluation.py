@@ -14,6 +14,7 @@ from rm_pipeline.lib.evaluation_inputs import file_pairs_to_score, responses_to_
 from rm_pipeline.lib.markdown import inline_png, markdown_table, with_intervals
 from rm_pipeline.lib.metrics import pair_credit
 from rm_pipeline.lib.model_registry import PROMOTION_FILE, current_model_dir, switch_current
+from rm_pipeline.lib.precision import Precision
 from rm_pipeline.lib.probes import PROBE_NAMES, SOURCE_PREFIX, ProbeSettings, probe_answers, probe_table
 from rm_pipeline.lib.promotion import PROMOTED, PromotionSettings, evidence_pairs, promotion_record
 from rm_pipeline.lib.readiness import ReadinessThresholds, readiness, split_overlap
@@ -62,6 +63,14 @@ def current_model(context) -> tuple[Path, str]:
     if not path.is_dir():
         raise dg.Failure(f"the last trained model {path} no longer exists: materialise reward_model again")
     return path, metadata["data_version"].value if "data_version" in metadata else ""
+
+
+def scored_in(context) -> Precision:
+    """The precision the last reward_scores materialisation scored in: another model compared with its scores
+    is scored the same way."""
+    event = context.instance.get_latest_materialization_event(dg.AssetKey("reward_scores"))
+    metadata = event.asset_materialization.metadata if event else {}
+    return metadata["precision"].value if "precision" in metadata else ScoringSettings.precision
 
 
 def report_folder(storage: PipelineStorage, model_dir: Path) -> Path:
@@ -165,7 +174,11 @@ def reward_scores(
     context.log.info(
         f"scored {len(pair_scores)} pairs and {len(response_scores)} answers with {model_dir.name} in {seconds:.1f} s"
     )
-    common = {"model_path": dg.MetadataValue.path(str(model_dir)), "sequences_per_s": round(sequences / seconds, 1)}
+    common = {
+        "model_path": dg.MetadataValue.path(str(model_dir)),
+        "sequences_per_s": round(sequences / seconds, 1),
+        "precision": "bf16" if scorer.bf16 else "fp32",  # as `precision` resolved on this machine
+    }
     yield dg.Output(
         pair_scores,
         output_name="reward_scores",
@@ -427,13 +440,14 @@ def current_reward_model(
     current_dir = current_model_dir(models_dir)
     evidence = evidence_pairs(reward_scores)
     candidate_credit = _credit(evidence)
+    precision = scored_in(context)
     if current_dir is None:
         current_credit = None
     elif current_dir == candidate_dir.resolve():  # evaluated again: it is compared with itself
         current_credit = candidate_credit
     else:
-        context.log.info(f"scoring the current model {current_dir.name} on {len(evidence)} evaluation pairs")
-        current_credit = _credit(RewardScorer.load(current_dir).score_pairs(evidence))
+        context.log.info(f"scoring the current model {current_dir.name} on {len(evidence)} pairs in {precision}")
+        current_credit = _credit(RewardScorer.load(current_dir, precision=precision).score_pairs(evidence))
     record = promotion_record(
         evidence, candidate_credit, current_credit, settings_from_config(PromotionSettings, config)
     )
@@ -449,6 +463,7 @@ def current_reward_model(
         }
         if verdict
         else None,
+        scored_in=precision,
         decided_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     )
     write_atomically(candidate_dir / PROMOTION_FILE, json.dumps(record, indent=2, default=str))
