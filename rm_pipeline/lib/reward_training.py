@@ -452,12 +452,12 @@ def last_complete_checkpoint(checkpoint_dir: Path, report: Report) -> str | None
     from transformers.trainer import TRAINER_STATE_NAME
     from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-    def step(folder: Path) -> int:
-        return int(folder.name.removeprefix(f"{PREFIX_CHECKPOINT_DIR}-"))
-
-    named = re.compile(rf"{PREFIX_CHECKPOINT_DIR}-\d+")
-    folders = [f for f in checkpoint_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if f.is_dir() and named.fullmatch(f.name)]
-    for folder in sorted(folders, key=step, reverse=True):
+    steps = {
+        folder: int(match[1])
+        for folder in checkpoint_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*")
+        if folder.is_dir() and (match := re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)", folder.name))
+    }
+    for folder in sorted(steps, key=steps.get, reverse=True):
         try:
             json.loads((folder / TRAINER_STATE_NAME).read_text(encoding="utf-8"))
             return str(folder)
