@@ -271,7 +271,7 @@ def _run(args) -> int:
     import dagster as dg
 
     from rm_pipeline.definitions import build_defs, reward_pipeline_job
-    from rm_pipeline.guards import fail_abandoned_run, gate_not_passed
+    from rm_pipeline.publishing import fail_abandoned_run, gate_not_passed
     from rm_pipeline.lib.storage_lock import StorageInUse, hold_storage
 
     defs = build_defs(str(home), args.annotations, args.base_model, args.eval_dir, reviews_dir=args.reviews)
@@ -333,7 +333,7 @@ def _run(args) -> int:
 
 def _cause(error) -> str:
     """The first line of what went wrong: the gate that did not pass, or the error inside Dagster's wrapper."""
-    from rm_pipeline.guards import gate_not_passed
+    from rm_pipeline.publishing import gate_not_passed
 
     error = gate_not_passed(error) or error
     while error.cls_name == "DagsterExecutionStepExecutionError" and error.cause is not None:

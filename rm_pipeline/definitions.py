@@ -2,23 +2,35 @@
 
 import dagster as dg
 
+from rm_pipeline.automation import automate, automation_sensor
+from rm_pipeline.io_managers import AssetValueIOManager, ParquetIOManager
 from rm_pipeline.lib.automation import AutomationSettings
 from rm_pipeline.lib.folder_fingerprint import FolderWatchSettings
+from rm_pipeline.publishing import BLOCKING_CHECKS, blocking_checks_by_asset
 from rm_pipeline.resources import (
     AnnotationSource,
     BaseModelResource,
     DpoPolicyResource,
     EvaluationSource,
-    ParquetIOManager,
     PipelineStorage,
     QualityGates,
     ReviewSource,
 )
-from rm_pipeline.stages import aggregation, annotations, dpo, evaluation, pairs, reward_model, split
-from rm_pipeline.stages.automation import automate, automation_sensor
+from rm_pipeline.stages import (
+    aggregation,
+    annotations,
+    dpo,
+    pairs,
+    promotion,
+    readiness,
+    report,
+    reward_model,
+    scoring,
+    split,
+)
 from rm_pipeline.training_launcher import TrainingLauncherResource
 
-STAGES = [annotations, aggregation, pairs, split, reward_model, evaluation, dpo]
+STAGES = [annotations, aggregation, pairs, split, reward_model, scoring, report, dpo, readiness, promotion]
 
 reward_pipeline_job = dg.define_asset_job(
     "reward_pipeline_job",
@@ -38,6 +50,7 @@ def build_resources(
     return {
         "storage": storage,
         "io_manager": ParquetIOManager(storage=storage),
+        "value_io_manager": AssetValueIOManager(storage=storage),
         "annotation_source": AnnotationSource(directory=annotations_dir) if annotations_dir else AnnotationSource(),
         "base_model": BaseModelResource(name_or_path=base_model) if base_model else BaseModelResource(),
         "evaluation_source": EvaluationSource(directory=evaluation_dir) if evaluation_dir else EvaluationSource(),
@@ -61,9 +74,11 @@ def build_defs(
     """The code location; `folder_watch` defaults to FolderWatchSettings with $RM_PIPELINE_SENSOR_INTERVAL,
     `automation` to AutomationSettings with $RM_PIPELINE_RETRAIN_CRON and $RM_PIPELINE_RETRAIN_TIMEZONE."""
     folder_watch = folder_watch or FolderWatchSettings.from_environment()
+    assets = dg.load_assets_from_modules(STAGES, include_specs=True)  # specs: the annotation_folder source
+    checks = dg.load_asset_checks_from_modules(STAGES)
     defs = dg.Definitions(
-        assets=dg.load_assets_from_modules(STAGES, include_specs=True),  # specs: the annotation_folder source
-        asset_checks=dg.load_asset_checks_from_modules(STAGES),
+        assets=assets,
+        asset_checks=checks,
         jobs=[reward_pipeline_job],
         sensors=[
             annotations.build_annotation_folder_sensor(folder_watch),
@@ -74,7 +89,17 @@ def build_defs(
         # Stages run one after another on one machine; a process per step only adds start-up time.
         executor=dg.in_process_executor,
     )
+    defs = stamp_blocking_checks(defs, blocking_checks_by_asset([*assets, *checks]))
     return automate(defs, automation or AutomationSettings.from_environment())
+
+
+def stamp_blocking_checks(defs: dg.Definitions, by_asset: dict[dg.AssetKey, list[str]]) -> dg.Definitions:
+    """Each gated asset's blocking check names in its definition metadata: the IO manager publishes its table only
+    once they pass."""
+    return defs.map_resolved_asset_specs(
+        func=lambda spec: spec.merge_attributes(metadata={BLOCKING_CHECKS: by_asset[spec.key]}),
+        selection=dg.AssetSelection.assets(*by_asset),
+    )
 
 
 defs = build_defs()

@@ -9,12 +9,9 @@ import datetime
 from pathlib import Path
 
 import dagster as dg
-from dagster._core.definitions.data_version import (
-    CODE_VERSION_TAG,
-    DATA_VERSION_TAG,
-    get_input_event_pointer_tag,
-)
 
+from rm_pipeline.asset_outputs import DATA_VERSION_TAG, ROW_COUNT
+from rm_pipeline.lib.asset_values import MODEL_PATH
 from rm_pipeline.lib.lineage import PARENT
 
 # What each stage's block shows besides its versions: metadata entries, as named there.
@@ -28,7 +25,6 @@ COUNTS = {
     "raw_annotations": ("rows_read", "dagster/row_count", "quarantined", "annotators"),
     "annotation_folder": ("batch_count", "rows"),
 }
-ROW_COUNT = "dagster/row_count"
 SEARCHED = 1000  # materialisations of an asset searched for one of a given model
 
 
@@ -40,6 +36,7 @@ def stage_facts(record: dg.EventLogRecord) -> dict:
     """One stage's block: run, time, versions and its key counts."""
     asset = record.asset_key.to_user_string()
     tags = record.event_log_entry.tags or {}
+    provenance = dg.DataProvenance.from_tags(tags)
     metadata = record.asset_materialization.metadata
     counts = {
         ("rows" if name == ROW_COUNT else name): metadata[name].value
@@ -51,7 +48,7 @@ def stage_facts(record: dg.EventLogRecord) -> dict:
         "run_id": record.run_id or None,
         "time": datetime.datetime.fromtimestamp(record.timestamp, datetime.UTC).isoformat(timespec="seconds"),
         "data_version": tags.get(DATA_VERSION_TAG),
-        "code_version": tags.get(CODE_VERSION_TAG),
+        "code_version": provenance.code_version if provenance else None,
         "counts": counts,
         "storage_id": record.storage_id,
     }
@@ -99,7 +96,7 @@ def model_lineage(instance: dg.DagsterInstance, model_dir: Path) -> dict:
     model = _of_model(instance, "reward_model", model_dir)
     if model is None:
         raise LineageNotFoundError(f"{model_dir}: no reward_model materialisation in this instance trained it")
-    facts = {"model_path": str(model_dir), **upstream_facts(instance, model)}
+    facts = {MODEL_PATH: str(model_dir), **upstream_facts(instance, model)}
     for asset in ("evaluation_report", "reward_readiness"):
         evaluation = _of_model(instance, asset, model_dir)
         if evaluation is not None:
@@ -111,7 +108,7 @@ def _of_model(instance: dg.DagsterInstance, asset: str, model_dir: Path) -> dg.E
     """The latest materialisation of `asset` whose `model_path` is the model."""
     records = instance.fetch_materializations(dg.AssetKey(asset), limit=SEARCHED).records
     for record in records:
-        path = record.asset_materialization.metadata.get("model_path")
+        path = record.asset_materialization.metadata.get(MODEL_PATH)
         if path is not None and Path(path.value).resolve() == model_dir:
             return record
     return None
@@ -123,10 +120,11 @@ def _parent(instance: dg.DagsterInstance, record: dg.EventLogRecord, parent: str
     if parent is None:
         return None
     key = dg.AssetKey(parent)
-    pointer = (record.event_log_entry.tags or {}).get(get_input_event_pointer_tag(key))
-    if pointer is None or not pointer.isdigit():
+    provenance = dg.DataProvenance.from_tags(record.event_log_entry.tags or {})
+    pointer = provenance.input_storage_ids.get(key) if provenance else None
+    if pointer is None:
         return None
-    found = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=key, storage_ids=[int(pointer)]), 1)
+    found = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=key, storage_ids=[pointer]), 1)
     return found.records[0] if found.records else None
 
 

@@ -7,10 +7,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
-import pandas as pd
 from pydantic import Field
 
-from rm_pipeline.guards import GATED_BY, blocking_checks, fail_abandoned_run, latest_table, published_table, settle_run
 from rm_pipeline.lib.dpo import DpoInputError, DpoSettings, read_policy_record
 from rm_pipeline.lib.evaluation_inputs import EvaluationFolder
 from rm_pipeline.lib.locations import (
@@ -22,6 +20,7 @@ from rm_pipeline.lib.locations import (
 )
 from rm_pipeline.lib.storage_lock import hold_storage
 from rm_pipeline.lib.tokenization import DEFAULT_MAX_LENGTH, load_tokenizer, token_lengths
+from rm_pipeline.publishing import fail_abandoned_run
 
 
 class PipelineStorage(dg.ConfigurableResource):
@@ -60,51 +59,14 @@ class PipelineStorage(dg.ConfigurableResource):
         """Where a table that failed a gate is kept for inspection."""
         return self.path("tables", "failed", *key.path[:-1], f"{key.path[-1]}-{run_id}.parquet")
 
+    def report_folder(self, model_name: str) -> Path:
+        """Where the evaluation of a model is written: `reports/<model>/`."""
+        return self.directory("reports", model_name)
+
     def directory(self, *parts: str) -> Path:
         target = Path(self.root).joinpath(*parts)
         target.mkdir(parents=True, exist_ok=True)
         return target
-
-
-class ParquetIOManager(dg.ConfigurableIOManager):
-    """Every table asset as `<root>/tables/<asset>.parquet`: readable by any tool, no pickles. A table with
-    blocking checks is published there only once they pass (rm_pipeline.guards); inputs are read only from
-    there, so no stage consumes a table that failed its gate or never went through it."""
-
-    storage: PipelineStorage
-
-    def handle_output(self, context: dg.OutputContext, table: pd.DataFrame) -> None:
-        if not isinstance(table, pd.DataFrame):
-            raise TypeError(f"{context.asset_key.to_user_string()} must be a DataFrame, got {type(table).__name__}")
-        key = context.asset_key
-        gates = blocking_checks(key)
-        path = self.storage.pending_table(key, context.run_id) if gates else self.storage.table(*key.path)
-        partial = path.with_suffix(".parquet.partial")
-        table.to_parquet(partial, index=False)
-        partial.replace(path)  # readers never see a half-written table
-        context.add_output_metadata(
-            {"path": dg.MetadataValue.path(str(self.storage.table(*key.path))), **({GATED_BY: gates} if gates else {})}
-        )
-
-    def load_input(self, context: dg.InputContext) -> pd.DataFrame:
-        key = context.upstream_output.asset_key
-        checks = context.step_context.assets_def.check_keys if context.step_context.assets_def else set()
-        if any(check.asset_key == key for check in checks):  # a check looks at what was just written
-            path = latest_table(context.instance, self.storage, key)
-            if not path.exists():
-                raise FileNotFoundError(f"{path} does not exist: materialise {key.to_user_string()} first")
-        else:
-            path = published_table(context.instance, self.storage, key)
-        return pd.read_parquet(path)
-
-    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
-        if context.instance is not None and context.run_id:
-            for result in settle_run(context.instance, self.storage, context.run_id):
-                if not result.passed:
-                    context.log.warning(
-                        f"{result.asset.to_user_string()} not published: gate "
-                        f"{', '.join(result.failed + result.not_evaluated)} did not pass"
-                    )
 
 
 class AnnotationSource(dg.ConfigurableResource):

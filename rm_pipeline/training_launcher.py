@@ -29,7 +29,7 @@ NAMESPACE_VARIABLE = "RM_PIPELINE_K8S_NAMESPACE"
 
 
 class TrainingLauncherResource(dg.ConfigurableResource):
-    """Starts the training worker (`python -m rm_pipeline.stages.reward_model_worker`) through Dagster Pipes;
+    """Starts the training worker (`python -m rm_pipeline.training_worker`) through Dagster Pipes;
     $RM_PIPELINE_TRAINING_LAUNCHER picks which launcher (`from_environment`)."""
 
     VARIABLES: ClassVar[dict[str, str]] = {}  # field -> the environment variable that sets it

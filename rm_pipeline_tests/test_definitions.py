@@ -59,10 +59,12 @@ def test_definitions_load_with_the_product_asset_names():
     assert upstream["preference_split"] == {"preference_pairs"}
     assert upstream["shortcut_probes"] == {"reward_model", "preference_split"}
     assert upstream["reward_scores"] == {"reward_model", "preference_split", "review_queue", "shortcut_probes"}
-    assert upstream["evaluation_report"] == {"reward_scores", "response_scores", "preference_split"}
-    assert upstream["dpo_comparison"] == {"reward_scores", "preference_split"}
-    assert upstream["reward_readiness"] == {"evaluation_report", "dpo_comparison", "preference_split"}
-    assert upstream["current_reward_model"] == {"reward_scores", "evaluation_report", "reward_readiness"}
+    # the model flows as an input: every stage after training takes the reward_model value
+    assert upstream["reward_model"] == {"preference_split"}
+    assert upstream["evaluation_report"] == {"reward_model", "reward_scores", "response_scores", "preference_split"}
+    assert upstream["dpo_comparison"] == {"reward_model", "reward_scores", "preference_split"}
+    assert upstream["reward_readiness"] == {"reward_model", "evaluation_report", "dpo_comparison", "preference_split"}
+    assert upstream["current_reward_model"] == {"reward_model", "reward_scores", "evaluation_report", "reward_readiness"}
 
 
 def test_the_annotation_folder_sensor_runs_by_default_at_the_configured_interval():

@@ -32,7 +32,7 @@ def test_peak_memory_grows_by_what_the_process_allocates():
 def test_the_training_child_imports_no_dagster():
     # The child process needs dagster_pipes only; all of Dagster costs seconds and memory in every run.
     script = (
-        "import sys, rm_pipeline.stages.reward_model_worker; "
+        "import sys, rm_pipeline.training_worker; "
         "print(sorted(name for name in sys.modules if name == 'dagster' or name.startswith('dagster.')))"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=REPO_ROOT)

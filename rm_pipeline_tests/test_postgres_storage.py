@@ -177,7 +177,7 @@ def run_worker_of_training(root) -> psutil.Process | None:
         return None
     for process in psutil.Process().children(recursive=True):  # only what this test started
         with contextlib.suppress(psutil.NoSuchProcess):
-            if "rm_pipeline.stages.reward_model_worker" in " ".join(process.cmdline()):
+            if "rm_pipeline.training_worker" in " ".join(process.cmdline()):
                 chain = [process, *process.parents()]
                 return next(p for p, parent in itertools.pairwise(chain) if "api grpc" in " ".join(parent.cmdline()))
     return None

@@ -25,7 +25,7 @@ def _kill_trainer_after_first_checkpoint(storage_root, stop: threading.Event, ki
     while not stop.is_set():
         if list((storage_root / "models" / ".checkpoints").glob("*/checkpoint-*/trainer_state.json")):
             for child in psutil.Process().children(recursive=True):
-                if "reward_model_worker" in " ".join(child.cmdline()):
+                if "rm_pipeline.training_worker" in " ".join(child.cmdline()):
                     child.send_signal(signal.SIGKILL)
                     killed.append(child.pid)
             return

@@ -15,6 +15,7 @@ from rm_pipeline.lib.reward_training import FACTS_FILE
 
 CURRENT = "current"
 PROMOTION_FILE = "promotion.json"
+CALIBRATION_FILE = "calibration.json"  # the temperature evaluation fitted: rewards / T are calibrated
 
 
 def switch_current(models_dir: Path, name: str) -> Path:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-WORKER_MODULE = "rm_pipeline.stages.reward_model_worker"
+WORKER_MODULE = "rm_pipeline.training_worker"
 # The child process neither forks tokenizer threads nor reaches the Hub (the base model is local).
 WORKER_ENVIRONMENT = {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
 

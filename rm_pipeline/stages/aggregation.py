@@ -3,6 +3,15 @@
 import dagster as dg
 import pandas as pd
 
+from rm_pipeline.asset_outputs import (
+    OWNERS,
+    counts_table,
+    gate_result,
+    histogram,
+    preview,
+    records_table,
+    table_output,
+)
 from rm_pipeline.config import config_class
 from rm_pipeline.lib import gates
 from rm_pipeline.lib.aggregation import AggregationSettings, ReviewThresholds, aggregate_votes, neutralise_formulas
@@ -12,15 +21,6 @@ from rm_pipeline.lib.markdown import markdown_table
 from rm_pipeline.lib.reviews import FILE_COLUMNS, apply_reviews, read_reviews, review_files
 from rm_pipeline.resources import PipelineStorage, ReviewSource
 from rm_pipeline.stages.annotations import folder_sensor_options, folder_tick
-from rm_pipeline.stages.metadata import (
-    OWNERS,
-    counts_table,
-    gate_result,
-    histogram,
-    preview,
-    records_table,
-    table_fingerprint,
-)
 
 GROUP = "aggregation"
 QUARANTINE_SHOWN = 100  # quarantined review rows listed in the metadata (all are logged)
@@ -73,11 +73,9 @@ def aggregated_preferences(
         f"{counts['rows_read']} read, {counts['applied']} applied, {counts['quarantined']} quarantined, "
         f"{counts['blank']} undecided"
     )
-    return dg.Output(
+    return table_output(
         comparisons,
-        data_version=dg.DataVersion(table_fingerprint(comparisons)),
         metadata={
-            "dagster/row_count": len(comparisons),
             "method": config.method,
             "winners": dg.MetadataValue.json({k: int(v) for k, v in comparisons["winner"].value_counts().items()}),
             "ties_counted": int(comparisons["ties"].sum()),
@@ -121,11 +119,9 @@ def review_queue(
     neutralise_formulas(queue).to_csv(export, index=False, lineterminator="\r\n")
     reasons = queue["review_reasons"].str.split(",").explode().value_counts()
     context.log.info(f"{len(queue)} of {len(aggregated_preferences)} comparisons routed to review: {export}")
-    return dg.Output(
+    return table_output(
         queue,
-        data_version=dg.DataVersion(table_fingerprint(queue)),
         metadata={
-            "dagster/row_count": len(queue),
             "export": dg.MetadataValue.path(str(export)),
             "share_of_comparisons": round(len(queue) / max(len(aggregated_preferences), 1), 4),
             "reasons": dg.MetadataValue.json({k: int(v) for k, v in reasons.items()}),

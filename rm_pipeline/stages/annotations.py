@@ -9,14 +9,21 @@ import json
 
 import dagster as dg
 
+from rm_pipeline.asset_outputs import (
+    DATA_VERSION_TAG,
+    OWNERS,
+    counts_table,
+    gate_result,
+    preview,
+    records_table,
+    table_output,
+)
 from rm_pipeline.lib import gates
 from rm_pipeline.lib.annotations import list_batch_files, read_annotations
 from rm_pipeline.lib.folder_fingerprint import FolderFingerprint, FolderWatchSettings, fingerprint_folder
 from rm_pipeline.resources import AnnotationSource, QualityGates
-from rm_pipeline.stages.metadata import OWNERS, counts_table, gate_result, preview, records_table, table_fingerprint
 
 GROUP = "annotations"
-DATA_VERSION_TAG = "dagster/data_version"  # how a reported event carries its data version (no argument for it)
 # raw_annotations' batches table: one row per batch file (its long list of `columns` left out)
 BATCH_COLUMNS = ["batch", "file", "format", "sha256", "bytes", "rows_read", "kept", "quarantined"]
 
@@ -61,12 +68,10 @@ def annotation_batches(context: dg.AssetExecutionContext, annotation_source: Ann
         f"{result.rows_read} rows read from {len(files)} batches: {len(votes)} votes kept, "
         f"{len(quarantine)} quarantined {reasons}"
     )
-    yield dg.Output(
+    yield table_output(
         votes,
-        "raw_annotations",
-        data_version=dg.DataVersion(table_fingerprint(votes)),
+        output_name="raw_annotations",
         metadata={
-            "dagster/row_count": len(votes),
             "rows_read": result.rows_read,
             "quarantined": len(quarantine),
             "batches": records_table(result.batches.to_dict("records"), BATCH_COLUMNS),
@@ -75,12 +80,10 @@ def annotation_batches(context: dg.AssetExecutionContext, annotation_source: Ann
             "preview": preview(votes, ["item_id", "annotator_id", "vote", "strength", "domain", "batch"]),
         },
     )
-    yield dg.Output(
+    yield table_output(
         quarantine,
-        "annotation_quarantine",
-        data_version=dg.DataVersion(table_fingerprint(quarantine)),
+        output_name="annotation_quarantine",
         metadata={
-            "dagster/row_count": len(quarantine),
             "reasons": counts_table(reasons),
             "preview": preview(quarantine, ["file", "line", "field", "reason", "detail"]),
         },

@@ -9,6 +9,9 @@ import json
 import dagster as dg
 import pandas as pd
 
+from rm_pipeline.asset_outputs import EVALUATION_GROUP as GROUP
+from rm_pipeline.asset_outputs import OWNERS
+from rm_pipeline.lib.asset_values import PublishedModel
 from rm_pipeline.lib.dpo import (
     COMPARISON_FILE,
     DISAGREEMENTS_FILE,
@@ -21,8 +24,6 @@ from rm_pipeline.lib.dpo import (
 from rm_pipeline.lib.markdown import markdown_table
 from rm_pipeline.lib.report import write_atomically
 from rm_pipeline.resources import DpoPolicyResource, PipelineStorage
-from rm_pipeline.stages.evaluation import GROUP, current_model, report_folder
-from rm_pipeline.stages.metadata import OWNERS
 
 DISAGREEMENT_COLUMNS = [
     "pair_id",
@@ -44,30 +45,33 @@ def _shown(interval: dict) -> str:
     return f"{interval['estimate']:.3f} [{interval['low']:.3f}, {interval['high']:.3f}]"
 
 
-@dg.asset(group_name=GROUP, kinds={"pytorch", "json"}, code_version="1", owners=OWNERS)
+@dg.asset(
+    group_name=GROUP, kinds={"pytorch", "json"}, code_version="2", owners=OWNERS, io_manager_key="value_io_manager"
+)
 def dpo_comparison(
     context: dg.AssetExecutionContext,
     storage: PipelineStorage,
     dpo_policy: DpoPolicyResource,
+    reward_model: PublishedModel,
     reward_scores: pd.DataFrame,
     preference_split: pd.DataFrame,
-) -> dg.MaterializeResult:
+) -> dg.Output[dict]:
     """The held-out pairs scored by a DPO policy's implicit reward β·Σ(log πθ − log πref) over the response
-    tokens, beside the reward model's scores: each one's accuracy, how often they pick the same answer and
-    Spearman's ρ of their margins, with 95% intervals by prompt group; `dpo_comparison.json` and the pairs they
-    disagree on (`dpo_disagreements.csv`) under `reports/<model>/`, cited by the readiness recommendation."""
-    model_dir, _ = current_model(context)
-    folder = report_folder(storage, model_dir)
+        tokens, beside the reward model's scores: each one's accuracy, how often they pick the same answer and
+        Spearman's ρ of their margins, with 95% intervals by prompt group; `dpo_comparison.json` and the pairs they
+        disagree on (`dpo_disagreements.csv`) under `reports/<model>/`, cited by the readiness recommendation. Its
+    value is the comparison (`status` "compared" or "not configured")."""
+    model_dir = reward_model.directory
+    folder = storage.report_folder(model_dir.name)
     if not dpo_policy.configured:
         for name in (COMPARISON_FILE, DISAGREEMENTS_FILE):  # a comparison left from an earlier run is not cited
             (folder / name).unlink(missing_ok=True)
-        return dg.MaterializeResult(
-            metadata={
-                "status": "not configured",
-                "how": "set the dpo_policy resource's `policy` ($RM_PIPELINE_DPO_POLICY), e.g. to a policy trained "
-                "by `rm-pipeline dpo-baseline`",
-            }
-        )
+        off = {
+            "status": "not configured",
+            "how": "set the dpo_policy resource's `policy` ($RM_PIPELINE_DPO_POLICY), e.g. to a policy trained "
+            "by `rm-pipeline dpo-baseline`",
+        }
+        return dg.Output(off, metadata=off)
     held_out = reward_scores[reward_scores["source"] == "held_out"].merge(
         preference_split[["pair_id", "prompt_group"]], on="pair_id", how="left"
     )
@@ -100,7 +104,8 @@ def dpo_comparison(
     write_atomically(folder / DISAGREEMENTS_FILE, disagreements[DISAGREEMENT_COLUMNS].to_csv(index=False))
     shown = disagreements.head(SHOWN_DISAGREEMENTS)
     shown = shown.assign(**{c: shown[c].astype(str).str.slice(0, 80) for c in ("prompt", "chosen", "rejected")})
-    return dg.MaterializeResult(
+    return dg.Output(
+        document,
         metadata={
             "status": "compared",
             "held_out_pairs": summary["n"],
@@ -129,5 +134,5 @@ def dpo_comparison(
             "reference": reference_path,
             "comparison_file": dg.MetadataValue.path(str(folder / COMPARISON_FILE)),
             "disagreements_file": dg.MetadataValue.path(str(folder / DISAGREEMENTS_FILE)),
-        }
+        },
     )

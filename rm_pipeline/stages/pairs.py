@@ -3,11 +3,11 @@
 import dagster as dg
 import pandas as pd
 
+from rm_pipeline.asset_outputs import OWNERS, counts_table, gate_result, histogram, preview, table_output
 from rm_pipeline.config import config_class
 from rm_pipeline.lib import gates
 from rm_pipeline.lib.pairs import PairSettings, build_pairs, rejection_counts, tie_pairs
 from rm_pipeline.resources import BaseModelResource
-from rm_pipeline.stages.metadata import OWNERS, counts_table, gate_result, histogram, preview, table_fingerprint
 
 GROUP = "pairs"
 
@@ -53,12 +53,10 @@ def pair_validation(
         f"{len(aggregated_preferences)} comparisons -> {len(kept)} pairs kept ({ties} tie pairs), "
         f"{len(rejected)} rejected {reasons}"
     )
-    yield dg.Output(
+    yield table_output(
         kept,
-        "preference_pairs",
-        data_version=dg.DataVersion(table_fingerprint(kept)),
+        output_name="preference_pairs",
         metadata={
-            "dagster/row_count": len(kept),
             "comparisons_in": len(aggregated_preferences),
             "tie_pairs": ties,  # kept with preference 0.5 (tie_handling soft)
             "tie_handling": config.tie_handling,
@@ -69,12 +67,10 @@ def pair_validation(
             "preview": preview(kept, ["pair_id", "prompt", "chosen", "rejected", "domain"]),
         },
     )
-    yield dg.Output(
+    yield table_output(
         rejected,
-        "rejected_pairs",
-        data_version=dg.DataVersion(table_fingerprint(rejected)),
+        output_name="rejected_pairs",
         metadata={
-            "dagster/row_count": len(rejected),
             "reasons": counts_table(reasons),
             "preview": preview(rejected, ["item_id", "reason", "detail"]),
         },

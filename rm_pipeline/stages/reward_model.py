@@ -5,12 +5,12 @@ from dataclasses import asdict
 import dagster as dg
 import pandas as pd
 
+from rm_pipeline.asset_outputs import OWNERS
 from rm_pipeline.config import config_class, settings_from_config
-from rm_pipeline.guards import published_table
+from rm_pipeline.lib.asset_values import MODEL_PATH, PublishedModel
 from rm_pipeline.lib.reward_training import TrainingSettings
 from rm_pipeline.lineage_reader import training_facts
 from rm_pipeline.resources import BaseModelResource, PipelineStorage
-from rm_pipeline.stages.metadata import OWNERS
 from rm_pipeline.stages.split import split_data_version
 from rm_pipeline.training_launcher import TrainingLauncherResource
 
@@ -33,9 +33,9 @@ def training_settings(config: RewardModelConfig, base_model: BaseModelResource) 
 @dg.asset(
     group_name=GROUP,
     kinds={"pytorch", "huggingface"},
-    code_version="2",
+    code_version="3",
     owners=OWNERS,
-    deps=["preference_split"],
+    io_manager_key="value_io_manager",
     pool="gpu_training",  # one training at a time per deployment (docker/dagster.yaml: concurrency.pools)
 )
 def reward_model(
@@ -44,22 +44,24 @@ def reward_model(
     storage: PipelineStorage,
     base_model: BaseModelResource,
     training_launcher: TrainingLauncherResource,
-) -> dg.MaterializeResult:
+    preference_split: pd.DataFrame,
+) -> dg.Output[PublishedModel]:
     """A one-unit score head on the base checkpoint, fitted by TRL's RewardTrainer with the `loss` setting's
     loss (Bradley-Terry by default) on each pair's target preference (a tie pair: 0.5); a Hugging Face model
-    directory at `models/rm-<data version>-<settings>-<time>`, also reachable as `models/current`.
-    Re-materialising after a crash resumes from the last checkpoint."""
-    split_path = published_table(context.instance, storage, "preference_split")
-    split = pd.read_parquet(split_path)
+    directory at `models/rm-<data version>-<settings>-<time>`, never rewritten once published. Its value is a
+    pointer to that directory. Re-materialising after a crash resumes from the last checkpoint."""
     settings = training_settings(config, base_model)
-    data_version = split_data_version(split)
+    data_version = split_data_version(preference_split)
     run_name = f"rm-{data_version}-{settings.fingerprint()}"
-    batches = sorted(set(",".join(split["batches"]).split(",")))
+    batches = sorted(set(",".join(preference_split["batches"]).split(",")))
     # what the card and lineage.json record: the stages below the split, the batch and review files, code versions
     lineage = training_facts(
         context.instance, context.asset_key, context.assets_def.code_versions_by_key.get(context.asset_key)
     )
-    context.log.info(f"training {run_name} on {len(split)} pairs from batches {batches}")
+    # the worker (maybe in a container) reads the split it is given from under the storage root
+    split_path = storage.path("training-inputs", f"{run_name}.parquet")
+    preference_split.to_parquet(split_path, index=False)
+    context.log.info(f"training {run_name} on {len(preference_split)} pairs from batches {batches}")
     invocation = training_launcher.launch(
         context,
         extras={
@@ -73,4 +75,12 @@ def reward_model(
         },
         storage_root=storage.root,
     )
-    return invocation.get_materialize_result()
+    split_path.unlink(missing_ok=True)
+    reported = invocation.get_materialize_result()
+    metadata = reported.metadata or {}
+    model = PublishedModel(
+        path=str(metadata[MODEL_PATH].value),
+        split_data_version=data_version,
+        precision=str(metadata["precision"].value),
+    )
+    return dg.Output(model, metadata=metadata, data_version=reported.data_version)

@@ -3,11 +3,11 @@
 import dagster as dg
 import pandas as pd
 
+from rm_pipeline.asset_outputs import OWNERS, gate_result, table_fingerprint, table_output
 from rm_pipeline.config import config_class
 from rm_pipeline.lib import gates
 from rm_pipeline.lib.pairs import tie_pairs
 from rm_pipeline.lib.split import NO_DOMAIN, SplitSettings, split_by_group
-from rm_pipeline.stages.metadata import OWNERS, gate_result, table_fingerprint
 
 GROUP = "split"
 
@@ -38,11 +38,10 @@ def preference_split(
     )
     version = split_data_version(split)
     context.log.info(f"split {len(split)} pairs: {sizes.to_dict()} (data version {version})")
-    return dg.Output(
+    return table_output(
         split,
-        data_version=dg.DataVersion(version),
+        data_version=version,
         metadata={
-            "dagster/row_count": len(split),
             "data_version": version,
             "train_pairs": int(sizes.get("train", 0)),
             "eval_pairs": int(sizes.get("eval", 0)),

@@ -1,5 +1,4 @@
-"""What keeps a run from consuming what it must not: the gates of stored tables, and runs left behind by a
-process that died.
+"""Publishing gated tables, and reporting runs left behind by a process that died.
 
 A table whose asset has blocking checks is written to `tables/.pending/<asset>-<run id>.parquet`. Once every
 blocking check of that materialisation has passed it is published as `tables/<asset>.parquet`; a table that
@@ -9,13 +8,13 @@ published tables, and only while the asset's latest materialisation has passed i
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
 
 import dagster as dg
-from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
-GATED_BY = "gated_by"  # materialisation metadata: the blocking checks its table waits for
+# An asset's definition metadata: the names of its blocking checks (stamped by `build_defs`), which its table waits for.
+BLOCKING_CHECKS = "rm_pipeline/blocking_checks"
+GATED_BY = "gated_by"  # materialisation metadata: the blocking checks this materialisation's table waits for
 
 
 class GateNotPassedError(Exception):
@@ -41,20 +40,15 @@ class Verdict:
         return not self.failed and not self.not_evaluated
 
 
-@cache
-def _project_asset_graph():
-    from rm_pipeline.definitions import defs
-
-    return defs.resolve_asset_graph()
-
-
-def blocking_checks(key: dg.AssetKey) -> list[str]:
-    """Names of the asset's blocking checks in the project: all of them, whichever a run selects (a job's own
-    graph leaves out the checks it doesn't run)."""
-    graph = _project_asset_graph()
-    if not graph.has(key):
-        return []
-    return sorted(check.name for check in graph.get(key).check_keys if graph.get_check_spec(check).blocking)
+def blocking_checks_by_asset(definitions) -> dict[dg.AssetKey, list[str]]:
+    """Each asset's blocking check names, from its assets and asset checks definitions (all of them, whichever
+    checks a run selects)."""
+    found: dict[dg.AssetKey, list[str]] = {}
+    for definition in definitions:
+        for spec in getattr(definition, "check_specs", ()):
+            if spec.blocking:
+                found.setdefault(spec.asset_key, []).append(spec.name)
+    return {key: sorted(names) for key, names in found.items()}
 
 
 def verdict(instance: dg.DagsterInstance, key: dg.AssetKey) -> Verdict:
@@ -70,7 +64,7 @@ def verdict(instance: dg.DagsterInstance, key: dg.AssetKey) -> Verdict:
         target = evaluation.target_materialization_data if evaluation else None
         if target is None or target.run_id != event.run_id:
             result.not_evaluated.append(name)
-        elif record.status != AssetCheckExecutionRecordStatus.SUCCEEDED:
+        elif not evaluation.passed:
             result.failed.append(name)
     return result
 

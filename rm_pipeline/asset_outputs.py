@@ -1,4 +1,5 @@
-"""Asset metadata people read in the UI: counts, tables of reasons, histograms, previews."""
+"""What a stage hands Dagster: table outputs with their data version and row count, and the metadata people read
+in the UI (counts, tables of reasons, histograms, previews)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,13 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
+from rm_pipeline.lib.asset_values import EvaluationReport, PublishedModel
 from rm_pipeline.lib.markdown import markdown_table
 
 OWNERS = ["team:rm-pipeline"]
+ROW_COUNT = "dagster/row_count"  # the row count Dagster shows for a table asset
+DATA_VERSION_TAG = "dagster/data_version"  # the tag an event carries its data version under (no public name)
+EVALUATION_GROUP = "evaluation"  # the stages that judge a trained model
 PREVIEW_ROWS = 10
 PREVIEW_CHARS = 80
 
@@ -63,6 +68,18 @@ def preview(table: pd.DataFrame, columns: list[str]) -> dg.MetadataValue:
     return dg.MetadataValue.md(markdown_table(head.to_dict("records"), columns))
 
 
+def table_output(
+    table: pd.DataFrame, metadata: dict, output_name: str = "result", data_version: str | None = None
+) -> dg.Output[pd.DataFrame]:
+    """A table asset's output: its data version (the content hash unless given) and row count beside `metadata`."""
+    return dg.Output(
+        table,
+        output_name,
+        data_version=dg.DataVersion(data_version or table_fingerprint(table)),
+        metadata={ROW_COUNT: len(table), **metadata},
+    )
+
+
 def table_fingerprint(table: pd.DataFrame) -> str:
     """A content hash: the asset's data version, so lineage says which data a model saw."""
     try:
@@ -83,3 +100,13 @@ def gate_result(gate) -> dg.AssetCheckResult:
             "failures": dg.MetadataValue.md("\n".join(f"- {f}" for f in gate.failures) or "none"),
         },
     )
+
+
+def report_of(reward_model: PublishedModel, evaluation_report: EvaluationReport) -> dict:
+    """The report's document, after making sure it is the report of `reward_model`."""
+    if evaluation_report.model_path != reward_model.path:
+        raise dg.Failure(
+            f"the evaluation report is of {evaluation_report.model_path}, not of {reward_model.path}: "
+            "materialise evaluation_report again"
+        )
+    return evaluation_report.document()

@@ -14,15 +14,14 @@ Each condition is labelled, so the UI's automation view shows which part held a 
 """
 
 import dagster as dg
-from dagster._utils.schedules import is_valid_cron_schedule
 
-from rm_pipeline.guards import verdict
+from rm_pipeline.lib.asset_values import DATA_VERSION
 from rm_pipeline.lib.automation import CRON_VARIABLE, AutomationSettings
+from rm_pipeline.publishing import verdict
 
 TRAINING = dg.AssetSelection.assets("reward_model")
 AFTER_TRAINING = TRAINING.downstream(include_self=False)
 DATA_STAGES = dg.AssetSelection.all().materializable() - TRAINING.downstream()
-SPLIT_VERSION = "data_version"  # metadata of preference_split, and of reward_model: the split it was trained on
 IN_PROGRESS = [
     dg.DagsterRunStatus.QUEUED,
     dg.DagsterRunStatus.NOT_STARTED,
@@ -101,7 +100,7 @@ class SplitChangedSinceModel(dg.AutomationCondition):
 
 def _recorded_version(event) -> str | None:
     metadata = event.asset_materialization.metadata if event and event.asset_materialization else {}
-    return metadata[SPLIT_VERSION].value if SPLIT_VERSION in metadata else None
+    return metadata[DATA_VERSION].value if DATA_VERSION in metadata else None
 
 
 def data_stage_condition() -> dg.AutomationCondition:
@@ -121,9 +120,17 @@ def data_stage_condition() -> dg.AutomationCondition:
     ).with_label("data stage: follows a new version upstream")
 
 
+def check_cron(cron: str) -> None:
+    """Raise ValueError naming the setting unless `cron` is a schedule Dagster accepts (its own check, through the
+    public schedule definition)."""
+    try:
+        dg.ScheduleDefinition(name="retrain_cron_check", cron_schedule=cron, target=TRAINING)
+    except dg.DagsterInvalidDefinitionError:
+        raise ValueError(f"invalid retraining cron schedule {cron!r} (${CRON_VARIABLE})") from None
+
+
 def retrain_condition(settings: AutomationSettings) -> dg.AutomationCondition:
-    if not is_valid_cron_schedule(settings.retrain_cron):
-        raise ValueError(f"invalid retraining cron schedule {settings.retrain_cron!r} (${CRON_VARIABLE})")
+    check_cron(settings.retrain_cron)
     tick = dg.AutomationCondition.cron_tick_passed(settings.retrain_cron, settings.timezone)
     return (
         (tick & SplitChangedSinceModel()).with_label("split changed at the cron tick").since_last_handled()

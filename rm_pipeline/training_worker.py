@@ -1,4 +1,4 @@
-"""The training child process: `python -m rm_pipeline.stages.reward_model_worker`, launched by the
+"""The training child process: `python -m rm_pipeline.training_worker`, launched by the
 reward_model asset through Dagster Pipes (or `accelerate launch` with several GPUs). Its logs and
 metrics stream into the Dagster run; its memory goes back to the system when it exits."""
 
