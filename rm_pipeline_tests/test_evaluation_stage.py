@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import dagster as dg
 import pandas as pd
@@ -108,8 +109,9 @@ def test_the_report_is_written_with_plots_and_the_temperature_is_stored_with_the
     assert "alpaca-7b_verbose" in metadata["policies"].value
     for name in ("reliability_diagram", "reward_histograms", "reward_vs_length"):
         assert metadata[name].value.startswith(f"![{name}](data:image/png;base64,")
-    config = json.loads(open(f"{model_dir}/config.json").read())
-    assert config["reward_temperature"] == pytest.approx(metadata["temperature"].value)
+    calibration = json.loads(open(f"{model_dir}/calibration.json").read())  # a sidecar: config.json stays as trained
+    assert calibration["reward_temperature"] == pytest.approx(metadata["temperature"].value)
+    assert "reward_temperature" not in json.loads(open(f"{model_dir}/config.json").read())
     probes = report["report"]["probes"]
     assert [row["probe"] for row in probes["table"]] == list(PROBE_NAMES)
     worst = probes["worst"]
@@ -119,6 +121,21 @@ def test_the_report_is_written_with_plots_and_the_temperature_is_stored_with_the
         "| probe " in metadata["shortcut_probes"].value
         and "## Shortcut probes" in open(metadata["report"].value).read()
     )
+
+
+def test_the_model_flows_as_a_value_and_its_published_directory_is_never_rewritten(evaluated):
+    storage = evaluated["storage"]
+    trained = materialization(evaluated["result"], "reward_model")
+    model_dir = Path(trained["model_path"].value)
+    pointer = json.loads((storage / "values" / "reward_model.json").read_text())
+    assert pointer["type"] == "PublishedModel" and pointer["value"]["path"] == str(model_dir)
+    assert pointer["value"]["split_data_version"] == trained["data_version"].value
+    scores = pd.read_parquet(storage / "tables" / "reward_scores.parquet")
+    assert set(scores["scored_by"]) == {model_dir.name}  # each score row names the model that made it
+    # once reward_model is materialised, only each evaluation asset's own sidecar is written into the model directory
+    published_at = evaluated["instance"].get_latest_materialization_event(dg.AssetKey("reward_model")).timestamp
+    written_after = {path.name for path in model_dir.rglob("*") if path.stat().st_mtime > published_at}
+    assert written_after == {"calibration.json", "readiness.json", "promotion.json"}
 
 
 def test_a_model_that_is_not_ready_is_a_verdict_the_run_succeeds_with_and_says_why(evaluated):
