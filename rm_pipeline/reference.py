@@ -36,7 +36,15 @@ stages do with them: [assets and settings](assets-and-settings.md).
 @contextmanager
 def default_environment() -> Iterator[None]:
     """The process environment without rm_pipeline's variables, so the reference shows the defaults."""
-    saved = {name: value for name, value in os.environ.items() if name.startswith(ENVIRONMENT_PREFIX)}
+    try:
+        from rm_pipeline.lib.environment import VARIABLES
+
+        declared = {variable.name for variable in VARIABLES}
+    except ImportError:
+        declared = set()
+    saved = {
+        name: value for name, value in os.environ.items() if name.startswith(ENVIRONMENT_PREFIX) or name in declared
+    }
     for name in saved:
         del os.environ[name]
     try:
@@ -62,7 +70,11 @@ def render() -> str:
 
 
 def _cell(text: object) -> str:
-    return " ".join(str(text).split()).replace("|", "\\|")
+    """One table cell: on one line, pipes escaped, `<placeholders>` outside code spans kept visible."""
+    pieces = " ".join(str(text).split()).replace("|", "\\|").split("`")
+    return "`".join(
+        piece if index % 2 else piece.replace("<", "&lt;").replace(">", "&gt;") for index, piece in enumerate(pieces)
+    )
 
 
 def _type_name(config_type) -> str:
@@ -140,7 +152,7 @@ def _resources_section(defs) -> str:
                 for name, info in cls.model_fields.items()
                 if not (isinstance(info.annotation, type) and issubclass(info.annotation, dg.ConfigurableResource))
             }
-            doc = " ".join((cls.__doc__ or "").split())
+            doc = _cell(cls.__doc__ or "")
             lines += [f"`{cls.__name__}`: {doc}", ""]
             if not fields:
                 lines += ["No settings.", ""]
@@ -196,7 +208,7 @@ def _environment_section() -> str:
         "|---|---|---|",
     ]
     for variable in sorted(VARIABLES, key=lambda variable: variable.name):
-        default = f"`{variable.default}`" if variable.default else "unset"
+        default = f"`{variable.default}`" if variable.default else "–"  # the meaning says what the code picks
         lines.append(f"| `{variable.name}` | {default} | {_cell(variable.meaning)} |")
     return "\n".join(lines + [""])
 
