@@ -3,6 +3,7 @@ anchor resolves, every documented `rm-pipeline` command and option exists, every
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import os
@@ -94,16 +95,22 @@ def _help(argv: list[str]) -> str:
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
-        if hasattr(cli, "build_parser"):
-            cli.build_parser().parse_args([*argv, "--help"])
-        else:
-            cli.main([*argv, "--help"])
+        cli.main([*argv, "--help"])
     return out.getvalue()
 
 
 @cache
 def _commands() -> dict[str, frozenset[str]]:
-    """Each subcommand and the options it accepts."""
+    """Each subcommand and the options it accepts: from `build_parser()` where it exists, else from --help."""
+    from rm_pipeline import cli
+
+    if hasattr(cli, "build_parser"):
+        for action in cli.build_parser()._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                return {
+                    name: frozenset(option for each in sub._actions for option in each.option_strings)
+                    for name, sub in action.choices.items()
+                }
     listing = re.search(r"\{([\w,-]+)\}", _help([]))
     assert listing, "rm-pipeline --help lists no subcommands"
     return {name: frozenset(OPTION.findall(_help([name]))) for name in listing.group(1).split(",")}
