@@ -3,11 +3,13 @@
 import json
 import shutil
 from dataclasses import fields
+from pathlib import Path
 
 import dagster as dg
 import pandas as pd
 import pytest
 
+import rm_pipeline.stages
 from rm_pipeline.definitions import build_defs, defs, reward_pipeline_job
 from rm_pipeline.lib.folder_fingerprint import FolderWatchSettings
 from rm_pipeline.lib.reward_training import TrainingSettings
@@ -64,7 +66,12 @@ def test_definitions_load_with_the_product_asset_names():
     assert upstream["evaluation_report"] == {"reward_model", "reward_scores", "response_scores", "preference_split"}
     assert upstream["dpo_comparison"] == {"reward_model", "reward_scores", "preference_split"}
     assert upstream["reward_readiness"] == {"reward_model", "evaluation_report", "dpo_comparison", "preference_split"}
-    assert upstream["current_reward_model"] == {"reward_model", "reward_scores", "evaluation_report", "reward_readiness"}
+    assert upstream["current_reward_model"] == {
+        "reward_model",
+        "reward_scores",
+        "evaluation_report",
+        "reward_readiness",
+    }
 
 
 def test_the_annotation_folder_sensor_runs_by_default_at_the_configured_interval():
@@ -256,3 +263,14 @@ def test_assets_called_directly(asset, annotations_slice, tmp_path):
         pairs, _ = build_pairs(comparisons, include_disputed=True)
         out = split.preference_split(dg.build_asset_context(), split.SplitConfig(eval_fraction=0.3), pairs).value
         assert out.groupby("prompt_id")["split"].nunique().max() == 1
+
+
+def test_no_stage_finds_its_input_by_reading_another_assets_events():
+    """Data flows between assets as inputs and outputs: a stage never looks up another asset's latest event or
+    reads a published table behind the IO manager's back."""
+    stages = Path(rm_pipeline.stages.__file__).parent
+    lookups = ("get_latest_materialization_event", "fetch_materializations", "published_table", "latest_table")
+    found = [
+        f"{path.name}: {name}" for path in sorted(stages.glob("*.py")) for name in lookups if name in path.read_text()
+    ]
+    assert not found, found
