@@ -271,8 +271,8 @@ def _run(args) -> int:
     import dagster as dg
 
     from rm_pipeline.definitions import build_defs, reward_pipeline_job
-    from rm_pipeline.publishing import fail_abandoned_run, gate_not_passed
     from rm_pipeline.lib.storage_lock import StorageInUse, hold_storage
+    from rm_pipeline.publishing import fail_abandoned_run, gate_not_passed
 
     defs = build_defs(str(home), args.annotations, args.base_model, args.eval_dir, reviews_dir=args.reviews)
     job = defs.resolve_job_def(reward_pipeline_job.name)
