@@ -39,6 +39,7 @@ DISAGREEMENT_COLUMNS = [
     "implicit_picks",
 ]
 SHOWN_DISAGREEMENTS = 10
+MEASURES = ("implicit_accuracy", "explicit_accuracy", "agreement", "margin_spearman")
 
 
 def _shown(interval: dict) -> str:
@@ -57,9 +58,9 @@ def dpo_comparison(
     preference_split: pd.DataFrame,
 ) -> dg.Output[dict]:
     """The held-out pairs scored by a DPO policy's implicit reward β·Σ(log πθ − log πref) over the response
-        tokens, beside the reward model's scores: each one's accuracy, how often they pick the same answer and
-        Spearman's ρ of their margins, with 95% intervals by prompt group; `dpo_comparison.json` and the pairs they
-        disagree on (`dpo_disagreements.csv`) under `reports/<model>/`, cited by the readiness recommendation. Its
+    tokens, beside the reward model's scores: each one's accuracy, how often they pick the same answer and
+    Spearman's ρ of their margins, with 95% intervals by prompt group; `dpo_comparison.json` and the pairs they
+    disagree on (`dpo_disagreements.csv`) under `reports/<model>/`, cited by the readiness recommendation. Its
     value is the comparison (`status` "compared" or "not configured")."""
     model_dir = reward_model.directory
     folder = storage.report_folder(model_dir.name)
@@ -102,37 +103,31 @@ def dpo_comparison(
     }
     write_atomically(folder / COMPARISON_FILE, json.dumps(document, indent=2))
     write_atomically(folder / DISAGREEMENTS_FILE, disagreements[DISAGREEMENT_COLUMNS].to_csv(index=False))
+    return dg.Output(document, metadata=_comparison_metadata(document, disagreements, folder))
+
+
+def _comparison_metadata(document: dict, disagreements: pd.DataFrame, folder) -> dict:
+    """The comparison as the UI shows it: estimates, intervals and the largest disagreements."""
     shown = disagreements.head(SHOWN_DISAGREEMENTS)
     shown = shown.assign(**{c: shown[c].astype(str).str.slice(0, 80) for c in ("prompt", "chosen", "rejected")})
-    return dg.Output(
-        document,
-        metadata={
-            "status": "compared",
-            "held_out_pairs": summary["n"],
-            "prompt_groups": summary["groups"],
-            "implicit_accuracy": summary["implicit_accuracy"]["estimate"],
-            "explicit_accuracy": summary["explicit_accuracy"]["estimate"],
-            "agreement": summary["agreement"]["estimate"],
-            "margin_spearman": summary["margin_spearman"]["estimate"],
-            "intervals": dg.MetadataValue.md(
-                markdown_table(
-                    [
-                        {"measure": name, "estimate [95% interval]": _shown(summary[name])}
-                        for name in ("implicit_accuracy", "explicit_accuracy", "agreement", "margin_spearman")
-                    ]
-                )
-            ),
-            "disagreements": summary["disagreements"],
-            "largest_disagreements": dg.MetadataValue.md(
-                markdown_table(
-                    shown.to_dict("records"),
-                    ["pair_id", "prompt", "chosen", "rejected", "explicit_margin", "implicit_margin"],
-                )
-            ),
-            "beta": beta,
-            "policy": policy_path,
-            "reference": reference_path,
-            "comparison_file": dg.MetadataValue.path(str(folder / COMPARISON_FILE)),
-            "disagreements_file": dg.MetadataValue.path(str(folder / DISAGREEMENTS_FILE)),
-        },
-    )
+    return {
+        "status": "compared",
+        "held_out_pairs": document["n"],
+        "prompt_groups": document["groups"],
+        **{name: document[name]["estimate"] for name in MEASURES},
+        "intervals": dg.MetadataValue.md(
+            markdown_table([{"measure": name, "estimate [95% interval]": _shown(document[name])} for name in MEASURES])
+        ),
+        "disagreements": document["disagreements"],
+        "largest_disagreements": dg.MetadataValue.md(
+            markdown_table(
+                shown.to_dict("records"),
+                ["pair_id", "prompt", "chosen", "rejected", "explicit_margin", "implicit_margin"],
+            )
+        ),
+        "beta": document["beta"],
+        "policy": document["policy"],
+        "reference": document["reference"],
+        "comparison_file": dg.MetadataValue.path(str(folder / COMPARISON_FILE)),
+        "disagreements_file": dg.MetadataValue.path(str(folder / DISAGREEMENTS_FILE)),
+    }

@@ -85,8 +85,21 @@ def evaluation_report(
     json_path, markdown_path = write_report(
         folder, {"facts": facts, "plots": {k: p.name for k, p in plots.items()}, "report": report}
     )
+    report_value = EvaluationReport(str(model_dir), str(json_path), str(markdown_path), precision)
+    metadata = {
+        "report": dg.MetadataValue.path(str(markdown_path)),
+        "report_json": dg.MetadataValue.path(str(json_path)),
+        MODEL_PATH: dg.MetadataValue.path(str(model_dir)),
+        "temperature": temperature,
+        **_report_metadata(report),
+        **{name: dg.MetadataValue.md(inline_png(path, name)) for name, path in plots.items()},
+    }
+    return dg.Output(report_value, metadata=metadata)
+
+
+def _report_metadata(report: dict) -> dict:
+    """The report's headline numbers as the UI shows them, each beside its interval (`<name>_interval`)."""
     held, length, calibration = report["held_out"], report["length"], report["calibration"]
-    # Each number shown in the UI with its interval beside it, as `<name>_interval`.
     numbers = {
         "held_out_accuracy": (held, "accuracy"),
         "spillover_accuracy": (report["domains"]["spillover"] or {}, "accuracy"),
@@ -97,43 +110,32 @@ def evaluation_report(
         "policy_leaderboard_spearman": (report["policies"].get("leaderboard", {}), "spearman_rho"),
         "top1_agreement": (report["rankings"], "top1_agreement"),
     }
-    report_value = EvaluationReport(str(model_dir), str(json_path), str(markdown_path), precision)
-    return dg.Output(
-        report_value,
-        metadata={
-            "report": dg.MetadataValue.path(str(markdown_path)),
-            "report_json": dg.MetadataValue.path(str(json_path)),
-            MODEL_PATH: dg.MetadataValue.path(str(model_dir)),
-            **{name: result.get(key) for name, (result, key) in numbers.items()},
-            **{
-                f"{name}_interval": dg.MetadataValue.json(result.get(f"{key}_interval") or {})
-                for name, (result, key) in numbers.items()
-            },
-            "held_out_pairs": held["n"],
-            "held_out_ties": held["ties"],
-            "held_out_tie_pairs": dg.MetadataValue.json(report["held_out_tie_pairs"]),  # tie_handling soft
-            "length_matched_pairs": length["length_matched_n"],
-            "ece": calibration.get("ece"),
-            "temperature": temperature,
-            "worst_probe_flip_rate": (report["probes"]["worst"] or {}).get("flip_rate"),
-            "shortcut_probes": dg.MetadataValue.md(probe_table(report["probes"])),
-            "benchmarks": dg.MetadataValue.json(
-                {name: _benchmark_headline(summary) for name, summary in report["benchmarks"].items()}
-            ),
-            "by_domain": dg.MetadataValue.md(
-                markdown_table(
-                    with_intervals(report["domains"]["table"]), ["domain", "n", "accuracy", "ties", "in_training"]
-                )
-            ),
-            "by_agreement": dg.MetadataValue.md(
-                markdown_table(
-                    with_intervals(report["agreement"]), ["agreement", "n", "accuracy", "ties", "mean_margin"]
-                )
-            ),
-            "policies": dg.MetadataValue.md(markdown_table(report["policies"].get("summary", []))),
-            **{name: dg.MetadataValue.md(inline_png(path, name)) for name, path in plots.items()},
+    return {
+        **{name: result.get(key) for name, (result, key) in numbers.items()},
+        **{
+            f"{name}_interval": dg.MetadataValue.json(result.get(f"{key}_interval") or {})
+            for name, (result, key) in numbers.items()
         },
-    )
+        "held_out_pairs": held["n"],
+        "held_out_ties": held["ties"],
+        "held_out_tie_pairs": dg.MetadataValue.json(report["held_out_tie_pairs"]),  # tie_handling soft
+        "length_matched_pairs": length["length_matched_n"],
+        "ece": calibration.get("ece"),
+        "worst_probe_flip_rate": (report["probes"]["worst"] or {}).get("flip_rate"),
+        "shortcut_probes": dg.MetadataValue.md(probe_table(report["probes"])),
+        "benchmarks": dg.MetadataValue.json(
+            {name: _benchmark_headline(summary) for name, summary in report["benchmarks"].items()}
+        ),
+        "by_domain": dg.MetadataValue.md(
+            markdown_table(
+                with_intervals(report["domains"]["table"]), ["domain", "n", "accuracy", "ties", "in_training"]
+            )
+        ),
+        "by_agreement": dg.MetadataValue.md(
+            markdown_table(with_intervals(report["agreement"]), ["agreement", "n", "accuracy", "ties", "mean_margin"])
+        ),
+        "policies": dg.MetadataValue.md(markdown_table(report["policies"].get("summary", []))),
+    }
 
 
 def _benchmark_headline(summary: dict) -> dict:
