@@ -32,9 +32,9 @@ sys.path.insert(0, str(REPO))
 
 import dagster as dg  # noqa: E402
 
+from rm_pipeline.folder_sensors import build_annotation_folder_sensor  # noqa: E402
 from rm_pipeline.lib.folder_fingerprint import FolderWatchSettings, fingerprint_folder  # noqa: E402
 from rm_pipeline.resources import AnnotationSource  # noqa: E402
-from rm_pipeline.stages.annotations import build_annotation_folder_sensor  # noqa: E402
 
 TARGET_SECONDS = 0.5
 

@@ -3,6 +3,7 @@
 import dagster as dg
 
 from rm_pipeline.automation import automate, automation_sensor
+from rm_pipeline.folder_sensors import build_annotation_folder_sensor, build_review_folder_sensor
 from rm_pipeline.io_managers import AssetValueIOManager, ParquetIOManager
 from rm_pipeline.lib.automation import AutomationSettings
 from rm_pipeline.lib.folder_fingerprint import FolderWatchSettings
@@ -81,8 +82,8 @@ def build_defs(
         asset_checks=checks,
         jobs=[reward_pipeline_job],
         sensors=[
-            annotations.build_annotation_folder_sensor(folder_watch),
-            aggregation.build_review_folder_sensor(folder_watch),
+            build_annotation_folder_sensor(folder_watch),
+            build_review_folder_sensor(folder_watch),
             automation_sensor,
         ],
         resources=build_resources(storage_root, annotations_dir, base_model, evaluation_dir, reviews_dir),

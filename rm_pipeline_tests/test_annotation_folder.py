@@ -12,6 +12,7 @@ import pytest
 from dagster._core.definitions.data_version import StaleStatus
 from dagster._utils.test.data_versions import get_stale_status_resolver  # what the UI's "stale" badge uses
 
+from rm_pipeline.folder_sensors import build_annotation_folder_sensor
 from rm_pipeline.lib.annotations import AnnotationFileError, read_annotations
 from rm_pipeline.lib.folder_fingerprint import (
     INTERVAL_VARIABLE,
@@ -20,7 +21,7 @@ from rm_pipeline.lib.folder_fingerprint import (
     fingerprint_folder,
 )
 from rm_pipeline.resources import AnnotationSource
-from rm_pipeline.stages.annotations import annotation_batches, annotation_folder, build_annotation_folder_sensor
+from rm_pipeline.stages.annotations import annotation_batches, annotation_folder
 from rm_pipeline_tests.test_annotations import vote, write_jsonl
 
 SETTLED = FolderWatchSettings(settle_seconds=0)  # files written by a test are complete at once

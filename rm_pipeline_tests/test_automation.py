@@ -13,9 +13,9 @@ from dagster._core.test_utils import create_run_for_test
 
 from rm_pipeline.automation import automation_sensor
 from rm_pipeline.definitions import build_defs
+from rm_pipeline.folder_sensors import build_review_folder_sensor
 from rm_pipeline.lib.automation import CRON_VARIABLE, TIMEZONE_VARIABLE, AutomationSettings
 from rm_pipeline.resources import ReviewSource
-from rm_pipeline.stages.aggregation import build_review_folder_sensor
 from rm_pipeline_tests.test_annotation_folder import SETTLED, Sensor
 from rm_pipeline_tests.test_gate_enforcement import GARBAGE, UP_TO_SPLIT, materialize
 

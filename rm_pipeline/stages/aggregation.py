@@ -16,11 +16,9 @@ from rm_pipeline.config import config_class
 from rm_pipeline.lib import gates
 from rm_pipeline.lib.aggregation import AggregationSettings, ReviewThresholds, aggregate_votes, neutralise_formulas
 from rm_pipeline.lib.aggregation import review_queue as select_review_queue
-from rm_pipeline.lib.folder_fingerprint import FolderWatchSettings
 from rm_pipeline.lib.markdown import markdown_table
 from rm_pipeline.lib.reviews import FILE_COLUMNS, apply_reviews, read_reviews, review_files
 from rm_pipeline.resources import PipelineStorage, ReviewSource
-from rm_pipeline.stages.annotations import folder_sensor_options, folder_tick
 
 GROUP = "aggregation"
 QUARANTINE_SHOWN = 100  # quarantined review rows listed in the metadata (all are logged)
@@ -37,16 +35,6 @@ review_folder = dg.AssetSpec(
     kinds={"file"},
     owners=OWNERS,
 )
-
-
-def build_review_folder_sensor(settings: FolderWatchSettings) -> dg.SensorDefinition:
-    """New, changed or removed review files are a new version of review_folder: the data stages run again."""
-
-    @dg.sensor(**folder_sensor_options(review_folder, settings))
-    def review_folder_sensor(context: dg.SensorEvaluationContext, review_source: ReviewSource):
-        return folder_tick(context, review_folder, review_source.directory, settings)
-
-    return review_folder_sensor
 
 
 @dg.asset(group_name=GROUP, kinds={"pandas", "parquet"}, code_version="2", owners=OWNERS, deps=[review_folder])

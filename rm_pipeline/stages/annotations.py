@@ -5,12 +5,9 @@ data version is a fingerprint of the batch files, so a new, changed or removed b
 `raw_annotations` stale.
 """
 
-import json
-
 import dagster as dg
 
 from rm_pipeline.asset_outputs import (
-    DATA_VERSION_TAG,
     OWNERS,
     counts_table,
     gate_result,
@@ -20,7 +17,6 @@ from rm_pipeline.asset_outputs import (
 )
 from rm_pipeline.lib import gates
 from rm_pipeline.lib.annotations import list_batch_files, read_annotations
-from rm_pipeline.lib.folder_fingerprint import FolderFingerprint, FolderWatchSettings, fingerprint_folder
 from rm_pipeline.resources import AnnotationSource, QualityGates
 
 GROUP = "annotations"
@@ -100,69 +96,4 @@ def annotation_batches(context: dg.AssetExecutionContext, annotation_source: Ann
 def raw_annotations_valid(raw_annotations, annotation_quarantine, quality_gates: QualityGates):
     return gate_result(
         gates.raw_annotations_gate(raw_annotations, annotation_quarantine, quality_gates.max_quarantine_fraction)
-    )
-
-
-def folder_sensor_options(folder: dg.AssetSpec, settings: FolderWatchSettings) -> dict:
-    """`dg.sensor` arguments of a sensor watching the external asset `folder` every `settings.interval_seconds`."""
-    return {
-        "name": f"{folder.key.to_user_string()}_sensor",
-        "minimum_interval_seconds": settings.interval_seconds,
-        "default_status": dg.DefaultSensorStatus.RUNNING,
-        "description": f"Reports a new version of {folder.key.to_user_string()} (a materialization with its data "
-        "version) when a file is added, changed or removed, listing every file (sha256, rows) and the changes. "
-        "Files are hashed again only when their size or modification time changed; one still being written "
-        "waits for the next tick.",
-    }
-
-
-def folder_tick(
-    context: dg.SensorEvaluationContext, folder: dg.AssetSpec, directory: str, settings: FolderWatchSettings
-):
-    """One tick of a folder sensor: a new version of `folder` when its files changed, else a skip."""
-    last = json.loads(context.cursor) if context.cursor else {}
-    look = fingerprint_folder(directory, last.get("files"), settings.settle_seconds)
-    if look.pending:
-        context.log.info(f"still being written, left for the next tick: {', '.join(look.pending)}")
-    cursor = json.dumps({"version": look.version, "files": look.state}, sort_keys=True)
-    if look.version != last.get("version"):
-        return dg.SensorResult(asset_events=[folder_version(directory, look, folder.key)], cursor=cursor)
-    skip = dg.SkipReason(f"{folder.key.to_user_string()} unchanged")
-    # A file touched but not changed: same version, but remember its new mtime so it isn't hashed again.
-    return skip if look.state == last.get("files") else dg.SensorResult(skip_reason=skip, cursor=cursor)
-
-
-def build_annotation_folder_sensor(settings: FolderWatchSettings) -> dg.SensorDefinition:
-    @dg.sensor(**folder_sensor_options(annotation_folder, settings))
-    def annotation_folder_sensor(context: dg.SensorEvaluationContext, annotation_source: AnnotationSource):
-        return folder_tick(context, annotation_folder, annotation_source.directory, settings)
-
-    return annotation_folder_sensor
-
-
-def folder_version(
-    directory: str, look: FolderFingerprint, key: dg.AssetKey = annotation_folder.key
-) -> dg.AssetMaterialization:
-    """The folder's new data version, every batch in it, and what changed since the last version.
-
-    Reported as a materialization of the external asset (vendors materialise it by writing files), not an
-    observation: Dagster reads the current data version of an asset that has no observe function from its
-    latest materialization only, so only that makes raw_annotations stale.
-    """
-    batches = [
-        {"file": name, "sha256": entry["sha256"], "rows": entry["rows"], "bytes": entry["size"]}
-        for name, entry in sorted(look.state.items())
-    ]
-    return dg.AssetMaterialization(
-        asset_key=key,
-        tags={DATA_VERSION_TAG: look.version},
-        metadata={
-            "directory": dg.MetadataValue.path(directory),
-            "batches": records_table(batches, ["file", "sha256", "rows", "bytes"]),
-            "batch_count": len(batches),
-            "rows": sum(entry["rows"] or 0 for entry in look.state.values()),
-            "added": dg.MetadataValue.json(look.added),
-            "changed": dg.MetadataValue.json(look.changed),
-            "removed": dg.MetadataValue.json(look.removed),
-        },
     )
