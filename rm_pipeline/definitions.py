@@ -2,8 +2,7 @@
 
 import dagster as dg
 
-from rm_pipeline.lib.automation import AutomationSettings
-from rm_pipeline.lib.folder_fingerprint import FolderWatchSettings
+from rm_pipeline.lib.automation import AutomationSettings, FolderWatchSettings
 from rm_pipeline.resources import (
     AnnotationSource,
     BaseModelResource,

@@ -12,7 +12,7 @@ from pydantic import Field
 
 from rm_pipeline.guards import GATED_BY, blocking_checks, fail_abandoned_run, latest_table, published_table, settle_run
 from rm_pipeline.lib.dpo import DpoInputError, DpoSettings, read_policy_record
-from rm_pipeline.lib.evaluation_inputs import EvaluationFolder
+from rm_pipeline.lib.evaluation.inputs import EvaluationFolder
 from rm_pipeline.lib.locations import (
     default_annotations_dir,
     default_base_model_name,

@@ -19,13 +19,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from rm_pipeline.lib.intervals import bootstrap_interval, rate_interval
-from rm_pipeline.lib.metrics import pair_credit
+from rm_pipeline.lib.evaluation.accuracy import pair_credit
+from rm_pipeline.lib.evaluation.statistics import bootstrap_interval, rate_interval
+from rm_pipeline.lib.model_files import POLICY_FILE
 from rm_pipeline.lib.scoring import pad_right
 from rm_pipeline.lib.settings import setting
 from rm_pipeline.lib.tokenization import prompt_messages, prompt_text
 
-POLICY_FILE = "dpo_policy.json"  # beside a policy trained by dpo-baseline: its reference, β and data
 COMPARISON_FILE = "dpo_comparison.json"  # beside the evaluation report
 DISAGREEMENTS_FILE = "dpo_disagreements.csv"
 

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
-from rm_pipeline.lib.intervals import paired_difference, rate_interval
+from rm_pipeline.lib.evaluation.statistics import paired_difference, rate_interval
 from rm_pipeline.lib.settings import setting
 from rm_pipeline.lib.split import normalised_prompt, prompt_groups
 

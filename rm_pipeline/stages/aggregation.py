@@ -7,20 +7,13 @@ from rm_pipeline.config import config_class
 from rm_pipeline.lib import gates
 from rm_pipeline.lib.aggregation import AggregationSettings, ReviewThresholds, aggregate_votes, neutralise_formulas
 from rm_pipeline.lib.aggregation import review_queue as select_review_queue
-from rm_pipeline.lib.folder_fingerprint import FolderWatchSettings
+from rm_pipeline.lib.automation import FolderWatchSettings
+from rm_pipeline.lib.fingerprints import table_fingerprint
 from rm_pipeline.lib.markdown import markdown_table
 from rm_pipeline.lib.reviews import FILE_COLUMNS, apply_reviews, read_reviews, review_files
 from rm_pipeline.resources import PipelineStorage, ReviewSource
 from rm_pipeline.stages.annotations import folder_sensor_options, folder_tick
-from rm_pipeline.stages.metadata import (
-    OWNERS,
-    counts_table,
-    gate_result,
-    histogram,
-    preview,
-    records_table,
-    table_fingerprint,
-)
+from rm_pipeline.stages.metadata import OWNERS, counts_table, gate_result, histogram, preview, records_table
 
 GROUP = "aggregation"
 QUARANTINE_SHOWN = 100  # quarantined review rows listed in the metadata (all are logged)

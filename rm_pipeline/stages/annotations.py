@@ -10,10 +10,12 @@ import json
 import dagster as dg
 
 from rm_pipeline.lib import gates
-from rm_pipeline.lib.annotations import list_batch_files, read_annotations
-from rm_pipeline.lib.folder_fingerprint import FolderFingerprint, FolderWatchSettings, fingerprint_folder
+from rm_pipeline.lib.annotations import read_annotations
+from rm_pipeline.lib.automation import FolderWatchSettings
+from rm_pipeline.lib.fingerprints import FolderFingerprint, fingerprint_folder, table_fingerprint
+from rm_pipeline.lib.table_files import list_batch_files
 from rm_pipeline.resources import AnnotationSource, QualityGates
-from rm_pipeline.stages.metadata import OWNERS, counts_table, gate_result, preview, records_table, table_fingerprint
+from rm_pipeline.stages.metadata import OWNERS, counts_table, gate_result, preview, records_table
 
 GROUP = "annotations"
 DATA_VERSION_TAG = "dagster/data_version"  # how a reported event carries its data version (no argument for it)

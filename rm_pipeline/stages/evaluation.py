@@ -9,30 +9,28 @@ import pandas as pd
 
 from rm_pipeline.config import config_class, settings_from_config
 from rm_pipeline.lib.dpo import COMPARISON_FILE as DPO_COMPARISON_FILE
-from rm_pipeline.lib.evaluation import read_leaderboard
-from rm_pipeline.lib.evaluation_inputs import file_pairs_to_score, responses_to_score, split_pairs_to_score
-from rm_pipeline.lib.markdown import inline_png, markdown_table, with_intervals
-from rm_pipeline.lib.metrics import pair_credit
-from rm_pipeline.lib.model_registry import PROMOTION_FILE, current_model_dir, switch_current
-from rm_pipeline.lib.precision import Precision
-from rm_pipeline.lib.probes import PROBE_NAMES, SOURCE_PREFIX, ProbeSettings, probe_answers, probe_table
-from rm_pipeline.lib.promotion import PROMOTED, PromotionSettings, evidence_pairs, promotion_record
-from rm_pipeline.lib.readiness import ReadinessThresholds, readiness, split_overlap
-from rm_pipeline.lib.report import (
-    READINESS_FILE,
+from rm_pipeline.lib.evaluation.accuracy import pair_credit
+from rm_pipeline.lib.evaluation.inputs import file_pairs_to_score, responses_to_score, split_pairs_to_score
+from rm_pipeline.lib.evaluation.policies import read_leaderboard
+from rm_pipeline.lib.evaluation.probes import PROBE_NAMES, SOURCE_PREFIX, ProbeSettings, probe_answers, probe_table
+from rm_pipeline.lib.evaluation.readiness import ReadinessThresholds, readiness, split_overlap
+from rm_pipeline.lib.evaluation.report import (
     REPORT_JSON,
     REPORT_MARKDOWN,
     ReportSettings,
     build_report,
-    store_in_model_config,
-    write_atomically,
     write_plots,
     write_report,
 )
+from rm_pipeline.lib.fingerprints import split_data_version, table_fingerprint
+from rm_pipeline.lib.markdown import inline_png, markdown_table, with_intervals
+from rm_pipeline.lib.model_files import PROMOTION_FILE, READINESS_FILE, store_in_model_config, write_atomically
+from rm_pipeline.lib.model_registry import current_model_dir, switch_current
+from rm_pipeline.lib.precision import Precision
+from rm_pipeline.lib.promotion import PROMOTED, PromotionSettings, evidence_pairs, promotion_record
 from rm_pipeline.lib.scoring import RewardScorer, ScoringSettings
 from rm_pipeline.resources import EvaluationSource, PipelineStorage
-from rm_pipeline.stages.metadata import OWNERS, counts_table, preview, table_fingerprint
-from rm_pipeline.stages.split import split_data_version
+from rm_pipeline.stages.metadata import OWNERS, counts_table, preview
 
 GROUP = "evaluation"
 
@@ -99,7 +97,7 @@ def shortcut_probes(
 ) -> dg.Output[pd.DataFrame]:
     """Held-out pairs made worse in ways a reward model might still like (padding, flattery, Markdown on the
     rejected answer; truncation and a repeated sentence on the chosen one): the answers `reward_scores`
-    scores and the report's flip rates compare (`rm_pipeline.lib.probes`). Seeded, on a fixed sample."""
+    scores and the report's flip rates compare (`rm_pipeline.lib.evaluation.probes`). Seeded, on a fixed sample."""
     held_out = preference_split[preference_split["split"] == "eval"]
     answers = probe_answers(held_out, settings_from_config(ProbeSettings, config))
     pairs = answers["group_id"].nunique()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-
 import dagster as dg
 import numpy as np
 import pandas as pd
@@ -61,15 +59,6 @@ def preview(table: pd.DataFrame, columns: list[str]) -> dg.MetadataValue:
         if head[column].dtype == object or pd.api.types.is_string_dtype(head[column].dtype):
             head[column] = head[column].astype(str).str.slice(0, PREVIEW_CHARS).str.replace("\n", " ")
     return dg.MetadataValue.md(markdown_table(head.to_dict("records"), columns))
-
-
-def table_fingerprint(table: pd.DataFrame) -> str:
-    """A content hash: the asset's data version, so lineage says which data a model saw."""
-    try:
-        hashed = pd.util.hash_pandas_object(table, index=False).to_numpy()
-    except TypeError:  # cells holding lists or dicts (chat messages): hash their text
-        hashed = pd.util.hash_pandas_object(table.astype(str), index=False).to_numpy()
-    return hashlib.sha256(hashed.tobytes() + ",".join(table.columns).encode()).hexdigest()[:16]
 
 
 def gate_result(gate) -> dg.AssetCheckResult:

@@ -5,9 +5,10 @@ import pandas as pd
 
 from rm_pipeline.config import config_class
 from rm_pipeline.lib import gates
+from rm_pipeline.lib.fingerprints import table_fingerprint
 from rm_pipeline.lib.pairs import PairSettings, build_pairs, rejection_counts, tie_pairs
 from rm_pipeline.resources import BaseModelResource
-from rm_pipeline.stages.metadata import OWNERS, counts_table, gate_result, histogram, preview, table_fingerprint
+from rm_pipeline.stages.metadata import OWNERS, counts_table, gate_result, histogram, preview
 
 GROUP = "pairs"
 

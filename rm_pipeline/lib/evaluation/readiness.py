@@ -24,7 +24,7 @@ class ReadinessThresholds:
     max_probe_flip_rate: float = setting(
         0.2,
         "Highest flip rate allowed on the worst shortcut probe (padding, flattery, Markdown, truncation, "
-        "repetition; rm_pipeline.lib.probes): the share of held-out pairs the model did not rank wrong that the "
+        "repetition; rm_pipeline.lib.evaluation.probes): the share of held-out pairs the model did not rank wrong that the "
         "shortcut alone turns toward the worse answer. A model blind to the change flips near 0 and one that "
         "ignores content about 0.5; 0.2 leaves room for near-tied pairs but not for a shortcut that decides "
         "one pair in five.",

@@ -40,9 +40,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from rm_pipeline.lib.intervals import rate_interval
+from rm_pipeline.lib.evaluation.accuracy import TIE_TOLERANCE, pair_credit
+from rm_pipeline.lib.evaluation.statistics import rate_interval
 from rm_pipeline.lib.markdown import markdown_table, with_intervals
-from rm_pipeline.lib.metrics import TIE_TOLERANCE, pair_credit
 from rm_pipeline.lib.settings import setting
 
 SOURCE_PREFIX = "probe:"

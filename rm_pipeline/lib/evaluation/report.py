@@ -1,6 +1,6 @@
 """The evaluation report: the numbers that come out of the scored evidence, its plots, its Markdown and its files.
 
-Scored pairs (``reward_scores``, rows from ``rm_pipeline.lib.evaluation_inputs``) have one row per pair with a
+Scored pairs (``reward_scores``, rows from ``rm_pipeline.lib.evaluation.inputs``) have one row per pair with a
 ``source``:
 
     held_out      the eval side of the grouped split
@@ -23,10 +23,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from rm_pipeline.lib import evaluation as ev
-from rm_pipeline.lib.evaluation_inputs import HELD_OUT_TIE
+from rm_pipeline.lib.evaluation.accuracy import ACCURACY_COLUMNS, pair_accuracy, pair_margins, tie_pair_margins
+from rm_pipeline.lib.evaluation.calibration import calibration, fit_temperature
+from rm_pipeline.lib.evaluation.inputs import HELD_OUT_TIE
+from rm_pipeline.lib.evaluation.length_bias import LENGTH_MATCH_TOLERANCE, length_audit, stacked_responses
+from rm_pipeline.lib.evaluation.pair_files import pair_file_summary
+from rm_pipeline.lib.evaluation.policies import policy_ranking, policy_reward_summary
+from rm_pipeline.lib.evaluation.probes import flip_rates, probe_rows, render_probes
+from rm_pipeline.lib.evaluation.rankings import ranking_agreement
+from rm_pipeline.lib.evaluation.slices import HIGH_AGREEMENT, by_agreement, by_domain
 from rm_pipeline.lib.markdown import format_number, markdown_table, shown, with_intervals
-from rm_pipeline.lib.probes import flip_rates, probe_rows, render_probes
+from rm_pipeline.lib.model_files import write_atomically
 from rm_pipeline.lib.settings import setting
 from rm_pipeline.lib.split import NO_DOMAIN
 
@@ -48,7 +55,7 @@ class ReportSettings:
         "length_controlled_winrate", "Column the policies' mean reward is rank-correlated with."
     )
     calibration_bins: int = setting(10, "Bins of the reliability diagram and of the expected calibration error.")
-    high_agreement: float = setting(ev.HIGH_AGREEMENT, "Chosen share from which annotators count as agreeing.")
+    high_agreement: float = setting(HIGH_AGREEMENT, "Chosen share from which annotators count as agreeing.")
     min_domain_pairs: int = setting(
         20, "Held-out domains with fewer pairs are folded into one `other` row of the tables (the JSON keeps each)."
     )
@@ -58,7 +65,7 @@ class ReportSettings:
         "otherwise; correlations: a bootstrap over prompt groups, or over policies for the leaderboard).",
     )
     length_match_tolerance: float = setting(
-        ev.LENGTH_MATCH_TOLERANCE, "Relative length difference under which two answers are length-matched."
+        LENGTH_MATCH_TOLERANCE, "Relative length difference under which two answers are length-matched."
     )
 
 
@@ -80,16 +87,16 @@ def build_report(
     confidence = settings.confidence
     report = {
         "held_out": {
-            **ev.pair_accuracy(held_out, confidence=confidence),
+            **pair_accuracy(held_out, confidence=confidence),
             "truncated": int(held_out["truncated"].sum()),
             "prompts": int(held_out["prompt_id"].nunique()),
         },
-        "held_out_tie_pairs": ev.tie_pair_margins(pair_scores[pair_scores["source"] == HELD_OUT_TIE]),
+        "held_out_tie_pairs": tie_pair_margins(pair_scores[pair_scores["source"] == HELD_OUT_TIE]),
         "domains": _domains(held_out, train_domains, settings),
-        "disagreement": ev.pair_accuracy(disagreement, confidence=confidence),
-        "agreement": _records(ev.by_agreement(split_pairs, settings.high_agreement, confidence=confidence)),
+        "disagreement": pair_accuracy(disagreement, confidence=confidence),
+        "agreement": _records(by_agreement(split_pairs, settings.high_agreement, confidence=confidence)),
         "length": {
-            **ev.length_audit(
+            **length_audit(
                 held_out,
                 policies[["reward", "tokens", "group_id"]] if len(policies) else None,
                 settings.length_match_tolerance,
@@ -101,15 +108,15 @@ def build_report(
         "policies": _policies(policies, leaderboard, confidence),
         "rankings": _rankings(rankings, confidence),
         "benchmarks": {
-            Path(file).name: ev.pair_file_summary(pairs, settings.calibration_bins, confidence=confidence)
+            Path(file).name: pair_file_summary(pairs, settings.calibration_bins, confidence=confidence)
             for file, pairs in sources["benchmark"].groupby("file", sort=True)
         },
         "fresh_policy": {
             "files": {
-                Path(file).name: ev.pair_file_summary(pairs, settings.calibration_bins, confidence=confidence)
+                Path(file).name: pair_file_summary(pairs, settings.calibration_bins, confidence=confidence)
                 for file, pairs in sources["fresh_policy"].groupby("file", sort=True)
             },
-            **ev.pair_accuracy(sources["fresh_policy"], confidence=confidence),
+            **pair_accuracy(sources["fresh_policy"], confidence=confidence),
         },
         "probes": flip_rates(held_out, probe_rows(response_scores), settings.confidence),
     }
@@ -127,17 +134,17 @@ def _domains(held_out: pd.DataFrame, train_domains, settings: ReportSettings) ->
     """Accuracy per domain with its interval. ``table`` (what the Markdown and the UI show): domains under
     ``min_domain_pairs`` pairs share one `other` row, as an interval on a handful of pairs says nothing;
     ``all_domains``: every domain on its own. Spillover is computed on the domains as they are."""
-    result = ev.by_domain(held_out, train_domains, confidence=settings.confidence)
+    result = by_domain(held_out, train_domains, confidence=settings.confidence)
     every = _records(result["table"])
     small = [row["domain"] for row in every if row["n"] < settings.min_domain_pairs]
     table = [row for row in every if row["domain"] not in small]
     if small:
         folded = np.isin(held_out["domain"].fillna(NO_DOMAIN).astype(str).to_numpy(), small)
-        other = ev.pair_accuracy(held_out[folded], confidence=settings.confidence)
+        other = pair_accuracy(held_out[folded], confidence=settings.confidence)
         table.append(
             {
                 "domain": f"{OTHER_DOMAINS} ({len(small)} domains)",
-                **{k: other[k] for k in ev.ACCURACY_COLUMNS},
+                **{k: other[k] for k in ACCURACY_COLUMNS},
                 "in_training": None,
             }
         )
@@ -152,32 +159,32 @@ def _domains(held_out: pd.DataFrame, train_domains, settings: ReportSettings) ->
 
 def _length_probe(policies: pd.DataFrame) -> list[dict]:
     """Mean reward of one policy told to be concise, left alone, and told to be verbose."""
-    summary = ev.policy_reward_summary(policies) if len(policies) else pd.DataFrame()
+    summary = policy_reward_summary(policies) if len(policies) else pd.DataFrame()
     return [{"policy": name, **summary.loc[name].to_dict()} for name in LENGTH_PROBE if name in summary.index]
 
 
 def _calibration(held_out: pd.DataFrame, bins: int) -> dict:
     if not len(held_out):
         return {"n": 0}
-    margins = ev.pair_margins(held_out)
-    result = ev.calibration(margins, bins=bins)
+    margins = pair_margins(held_out)
+    result = calibration(margins, bins=bins)
     return {
         **{k: v for k, v in result.items() if k != "table"},
         "reliability": result["table"].to_dict("records"),
-        "temperature_fit": ev.fit_temperature(margins, bins=bins),
+        "temperature_fit": fit_temperature(margins, bins=bins),
     }
 
 
 def _policies(policies: pd.DataFrame, leaderboard: pd.Series | None, confidence: float) -> dict:
     if not len(policies):
         return {"n_policies": 0}
-    summary = ev.policy_reward_summary(policies).sort_values("mean_reward", ascending=False)
+    summary = policy_reward_summary(policies).sort_values("mean_reward", ascending=False)
     summary["truncated"] = policies.groupby("policy")["truncated"].sum().reindex(summary.index).astype(int)
     result = {"n_policies": len(summary), "summary": _records(summary)}
     if leaderboard is not None:
         result["leaderboard"] = {
             "column": leaderboard.name,
-            **ev.policy_ranking(summary["mean_reward"], leaderboard, confidence),
+            **policy_ranking(summary["mean_reward"], leaderboard, confidence),
         }
     return result
 
@@ -185,7 +192,7 @@ def _policies(policies: pd.DataFrame, leaderboard: pd.Series | None, confidence:
 def _rankings(rankings: pd.DataFrame, confidence: float) -> dict:
     if not len(rankings):
         return {"n_groups": 0}
-    result = ev.ranking_agreement(rankings.rename(columns={"candidate": "message_id"}), confidence=confidence)
+    result = ranking_agreement(rankings.rename(columns={"candidate": "message_id"}), confidence=confidence)
     return {k: v for k, v in result.items() if k != "per_group"}
 
 
@@ -250,7 +257,7 @@ def write_plots(
     save("reward_histograms", figure)
 
     figure, axis = plt.subplots(figsize=(5, 3.2))
-    answers = ev.stacked_responses(held_out) if len(held_out) else pd.DataFrame(columns=["reward", "tokens"])
+    answers = stacked_responses(held_out) if len(held_out) else pd.DataFrame(columns=["reward", "tokens"])
     axis.scatter(answers["tokens"], answers["reward"], s=6, alpha=0.4, label="held-out answers")
     policies = response_scores[response_scores["source"] == "policy_outputs"]
     if len(policies):
@@ -476,14 +483,7 @@ def render_verdict(verdict: dict) -> str:
 # --------------------------------------------------------------------------- files
 
 
-REPORT_JSON, REPORT_MARKDOWN, READINESS_FILE = "evaluation_report.json", "evaluation_report.md", "readiness.json"
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Readers see the old file or the new one, never half of one."""
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(text, encoding="utf-8")
-    partial.replace(path)
+REPORT_JSON, REPORT_MARKDOWN = "evaluation_report.json", "evaluation_report.md"
 
 
 def write_report(folder: Path, document: dict) -> tuple[Path, Path]:
@@ -495,11 +495,3 @@ def write_report(folder: Path, document: dict) -> tuple[Path, Path]:
         render_markdown(document["report"], document["facts"], document["plots"], document.get("readiness")),
     )
     return json_path, markdown_path
-
-
-def store_in_model_config(model_dir: Path, values: dict) -> None:
-    """Add values (e.g. the fitted ``reward_temperature``) to a published model's config.json."""
-    path = model_dir / "config.json"
-    config = json.loads(path.read_text())
-    config.update(values)
-    write_atomically(path, json.dumps(config, indent=2, sort_keys=True) + "\n")
