@@ -36,6 +36,8 @@ def positive_int(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from rm_pipeline.lib.evaluation.statistics import CONFIDENCE
+
     parser = argparse.ArgumentParser(prog="rm-pipeline", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -75,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         "--probes",
         action="store_true",
         help="also run the shortcut probes (padding, flattery, Markdown, truncation, repetition) on each file and "
-        "print their flip rates with 95%% intervals",
+        f"print their flip rates with {CONFIDENCE:.0%}% intervals",
     )
     evaluate.add_argument(
         "--probe-pairs",

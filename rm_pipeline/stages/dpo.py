@@ -18,6 +18,7 @@ from rm_pipeline.lib.dpo import (
     implicit_rewards,
     load_causal_lm,
 )
+from rm_pipeline.lib.evaluation.statistics import CONFIDENCE
 from rm_pipeline.lib.markdown import markdown_table
 from rm_pipeline.lib.model_files import write_atomically
 from rm_pipeline.resources import DpoPolicyResource, PipelineStorage
@@ -112,7 +113,7 @@ def dpo_comparison(
             "intervals": dg.MetadataValue.md(
                 markdown_table(
                     [
-                        {"measure": name, "estimate [95% interval]": _shown(summary[name])}
+                        {"measure": name, f"estimate [{CONFIDENCE:.0%} interval]": _shown(summary[name])}
                         for name in ("implicit_accuracy", "explicit_accuracy", "agreement", "margin_spearman")
                     ]
                 )

@@ -24,8 +24,8 @@ class ReadinessThresholds:
     max_probe_flip_rate: float = setting(
         0.2,
         "Highest flip rate allowed on the worst shortcut probe (padding, flattery, Markdown, truncation, "
-        "repetition; rm_pipeline.lib.evaluation.probes): the share of held-out pairs the model did not rank wrong that the "
-        "shortcut alone turns toward the worse answer. A model blind to the change flips near 0 and one that "
+        "repetition; rm_pipeline.lib.evaluation.probes): the share of held-out pairs the model did not rank wrong "
+        "that the shortcut alone turns toward the worse answer. A model blind to the change flips near 0 and one that "
         "ignores content about 0.5; 0.2 leaves room for near-tied pairs but not for a shortcut that decides "
         "one pair in five.",
     )
@@ -180,7 +180,7 @@ def recommendation(ready: bool, checks: list[dict], train_pairs: int, dpo: dict 
 
 
 def dpo_comparison_sentence(dpo: dict) -> str:
-    """The DPO policy's implicit reward against the reward model, with 95% intervals."""
+    """The DPO policy's implicit reward against the reward model, with its intervals."""
 
     def shown(interval: dict, percent: bool = False) -> str:
         scale, unit, digits = (100, "%", 0) if percent else (1, "", 2)

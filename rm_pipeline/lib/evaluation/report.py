@@ -32,6 +32,7 @@ from rm_pipeline.lib.evaluation.policies import policy_ranking, policy_reward_su
 from rm_pipeline.lib.evaluation.probes import flip_rates, probe_rows, render_probes
 from rm_pipeline.lib.evaluation.rankings import ranking_agreement
 from rm_pipeline.lib.evaluation.slices import HIGH_AGREEMENT, by_agreement, by_domain
+from rm_pipeline.lib.evaluation.statistics import CONFIDENCE
 from rm_pipeline.lib.markdown import format_number, markdown_table, shown, with_intervals
 from rm_pipeline.lib.model_files import write_atomically
 from rm_pipeline.lib.settings import setting
@@ -60,7 +61,7 @@ class ReportSettings:
         20, "Held-out domains with fewer pairs are folded into one `other` row of the tables (the JSON keeps each)."
     )
     confidence: float = setting(
-        0.95,
+        CONFIDENCE,
         "Confidence of every interval (rates: a bootstrap over prompt groups where pairs share prompts, Wilson "
         "otherwise; correlations: a bootstrap over prompt groups, or over policies for the leaderboard).",
     )
@@ -464,7 +465,7 @@ def _best_of_n_markdown(best: dict) -> str:
 
 def _confidence(result: dict) -> str:
     interval = result.get("accuracy_interval")
-    return f"{interval['confidence']:.0%}" if interval else "95%"
+    return f"{interval['confidence']:.0%}" if interval else f"{CONFIDENCE:.0%}"
 
 
 def render_verdict(verdict: dict) -> str:
