@@ -18,7 +18,8 @@ from rm_pipeline.lib.evaluation.inputs import (
 )
 from rm_pipeline.lib.evaluation.pair_files import read_pair_file
 from rm_pipeline.lib.evaluation.readiness import ReadinessThresholds, readiness, split_overlap
-from rm_pipeline.lib.evaluation.report import ReportSettings, build_report, render_markdown, write_plots, write_report
+from rm_pipeline.lib.evaluation.report import ReportSettings, build_report, write_plots, write_report
+from rm_pipeline.lib.evaluation.report_markdown import render_markdown
 from rm_pipeline.lib.markdown import inline_png, markdown_table
 from rm_pipeline.lib.pairs import build_pairs
 from rm_pipeline.lib.split import split_by_group
