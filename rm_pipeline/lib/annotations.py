@@ -26,20 +26,10 @@ from rm_pipeline.lib.table_files import (
 )
 
 VOTE_LABELS = ("a", "b", "tie", "abstain")
-
-
 IDENTIFIER_FIELDS = ("item_id", "annotator_id")
-
-
 TEXT_FIELDS = ("response_a", "response_b")
-
-
 OPTIONAL_TEXT_FIELDS = ("domain", "source", "batch")
-
-
 CONTEXT_FIELDS = ("context_a", "context_b")
-
-
 VOTE_COLUMNS = [
     "item_id",
     "source_item_id",
@@ -60,8 +50,6 @@ VOTE_COLUMNS = [
     "line",
     "orientation_flipped",
 ]
-
-
 MESSAGE_ROLES = ("system", "user", "assistant", "tool")
 
 

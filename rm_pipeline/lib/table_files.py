@@ -23,23 +23,11 @@ import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
 SUPPORTED_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
-
-
 QUARANTINE_COLUMNS = ["file", "line", "field", "reason", "detail", "raw"]
-
-
 RAW_TEXT_LIMIT = 4000  # enough to recognise and repair a row; the file itself stays untouched
-
-
 MAX_JSON_DEPTH = 64  # deeper rows are quarantined before any parser sees them (pyarrow segfaults on 10,000)
-
-
 SETTLE_SECONDS = 2.0  # a batch file modified more recently than this may still be being written
-
-
 READ_ATTEMPTS = 3  # reads of a file that keeps changing under the reader before it is refused
-
-
 UTF8_BOM = b"\xef\xbb\xbf"
 
 
@@ -308,8 +296,6 @@ def _json_list_elements(text: str) -> list[str]:
 
 
 _TOO_DEEP = f"nested deeper than {MAX_JSON_DEPTH} levels"
-
-
 _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 
 

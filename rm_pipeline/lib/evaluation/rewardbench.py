@@ -34,8 +34,6 @@ REWARDBENCH_SECTIONS: dict[str, tuple[str, ...]] = {
     ),
     "Reasoning": ("math-prm", "hep-cpp", "hep-go", "hep-java", "hep-js", "hep-python", "hep-rust"),
 }
-
-
 REWARDBENCH_EXAMPLE_COUNTS: dict[str, int] = {
     "alpacaeval-easy": 100,
     "alpacaeval-length": 95,
@@ -70,11 +68,7 @@ REWARDBENCH_EXAMPLE_COUNTS: dict[str, int] = {
 # mtbench_human are prior sets too but are left out of that mean upstream; here they get per-subset
 # accuracy only.
 PRIOR_SETS_SECTION = "Prior Sets"
-
-
 REWARDBENCH_PRIOR_SETS: tuple[str, ...] = ("anthropic_helpful", "anthropic_hhh", "shp", "summarize")
-
-
 REWARDBENCH_SECTION_WEIGHTS: dict[str, float] = {
     "Chat": 2.0,
     "Chat Hard": 2.0,
@@ -82,8 +76,6 @@ REWARDBENCH_SECTION_WEIGHTS: dict[str, float] = {
     "Reasoning": 2.0,
     PRIOR_SETS_SECTION: 1.0,
 }
-
-
 SUBSET_TO_SECTION: dict[str, str] = {
     **{subset: section for section, subsets in REWARDBENCH_SECTIONS.items() for subset in subsets},
     **{subset: PRIOR_SETS_SECTION for subset in REWARDBENCH_PRIOR_SETS},

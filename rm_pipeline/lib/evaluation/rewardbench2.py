@@ -17,6 +17,12 @@ from rm_pipeline.lib.evaluation.accuracy import TIE_TOLERANCE
 from rm_pipeline.lib.evaluation.statistics import CONFIDENCE, bootstrap_interval, rate_with_interval
 from rm_pipeline.lib.table_files import QUARANTINE_COLUMNS, rows_as_json
 
+REWARDBENCH2_FORMAT = "rewardbench2"
+REWARDBENCH2_MARKERS = ("num_correct", "total_completions")
+TIES_SUBSET = "ties"  # compared case-insensitively, as RewardBench 2's scripts/run_v2.py does
+TIES_ID = re.compile(r"^(ref|tied):\d+$")
+PAIR_SUFFIX = "#"  # an answer-list row's pairs have ids <row id>#<chosen>.<rejected>
+
 
 def is_best_of_n(scored: pd.DataFrame) -> np.ndarray:
     """Which scored pairs come from RewardBench 2 rows (a missing flag, as after a concat, is not one)."""
@@ -169,21 +175,6 @@ def best_of_n_summary(
         if len(rows)
         else None,
     }
-
-
-REWARDBENCH2_FORMAT = "rewardbench2"
-
-
-REWARDBENCH2_MARKERS = ("num_correct", "total_completions")
-
-
-TIES_SUBSET = "ties"  # compared case-insensitively, as RewardBench 2's scripts/run_v2.py does
-
-
-TIES_ID = re.compile(r"^(ref|tied):\d+$")
-
-
-PAIR_SUFFIX = "#"  # an answer-list row's pairs have ids <row id>#<chosen>.<rejected>
 
 
 def _is_answer_list(value) -> bool:

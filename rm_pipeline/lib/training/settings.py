@@ -16,8 +16,6 @@ from rm_pipeline.lib.settings import check_choices, setting
 from rm_pipeline.lib.tokenization import DEFAULT_MAX_LENGTH
 
 Report = Callable[[str, dict], None]  # (kind: "log" | "progress", payload)
-
-
 Loss = Literal["bradley_terry", "mse"]
 
 
