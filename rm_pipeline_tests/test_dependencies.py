@@ -49,23 +49,12 @@ def test_trl_keeps_the_batch_metrics_our_trainer_rewrites(tiny_encoder, tmp_path
     metric to which TRL's `compute_loss` appends the batch's accuracy and which `log` averages. Our trainer
     replaces that last value with its pair credit and drops the NaNs of tie-only batches before TRL logs."""
     from datasets import Dataset
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    from trl import RewardConfig
 
     from rm_pipeline.lib.training.trainer import logged_metrics, pair_credit_trainer_class, preference_collator
 
-    tokenizer = AutoTokenizer.from_pretrained(tiny_encoder)
-    model = AutoModelForSequenceClassification.from_pretrained(tiny_encoder, num_labels=1)
-    chosen, rejected = tokenizer(["a good answer"])["input_ids"][0], tokenizer(["bad"])["input_ids"][0]
+    tokenizer, model, chosen, rejected = _tiny_model_and_pair(tiny_encoder)
     dataset = Dataset.from_dict({"chosen_ids": [chosen] * 4, "rejected_ids": [rejected] * 4, "preference": [1.0] * 4})
-    args = RewardConfig(
-        output_dir=str(tmp_path),
-        use_cpu=True,
-        report_to=[],
-        max_length=None,
-        per_device_train_batch_size=2,
-        max_steps=1,
-    )
+    args = _one_step(tmp_path)
     trainer = pair_credit_trainer_class()(
         model=model,
         args=args,
@@ -87,26 +76,39 @@ def test_trl_trains_on_pre_tokenized_pairs_as_given(tiny_encoder, tmp_path):
     """TRL (0.29 on) takes `chosen_ids`/`rejected_ids` as they are: no EOS appended, which a BERT tokenizer
     hasn't got, and no re-tokenization, so the length rule and training see the same tokens."""
     from datasets import Dataset
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    from trl import RewardConfig, RewardTrainer
+    from trl import RewardTrainer
 
-    tokenizer = AutoTokenizer.from_pretrained(tiny_encoder)
-    model = AutoModelForSequenceClassification.from_pretrained(tiny_encoder, num_labels=1)
-    chosen, rejected = tokenizer(["a good answer"])["input_ids"][0], tokenizer(["bad"])["input_ids"][0]
+    tokenizer, model, chosen, rejected = _tiny_model_and_pair(tiny_encoder)
     dataset = Dataset.from_dict({"chosen_ids": [chosen] * 4, "rejected_ids": [rejected] * 4, "margin": [0.5] * 4})
     trainer = RewardTrainer(
         model=model,
         processing_class=tokenizer,
         train_dataset=dataset,
-        args=RewardConfig(
-            output_dir=str(tmp_path),
-            use_cpu=True,
-            report_to=[],
-            max_length=None,
-            per_device_train_batch_size=2,
-            max_steps=1,
-        ),
+        args=_one_step(tmp_path),
     )
     assert trainer.train_dataset[0]["chosen_ids"] == chosen
     assert trainer.train_dataset[0]["rejected_ids"] == rejected
     assert trainer.train().global_step == 1
+
+
+def _tiny_model_and_pair(tiny_encoder):
+    """The tiny encoder with its tokenizer, and the token ids of one chosen and one rejected answer."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_encoder)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_encoder, num_labels=1)
+    return tokenizer, model, tokenizer(["a good answer"])["input_ids"][0], tokenizer(["bad"])["input_ids"][0]
+
+
+def _one_step(output_dir):
+    """One training step of two pairs on the CPU, no reporting."""
+    from trl import RewardConfig
+
+    return RewardConfig(
+        output_dir=str(output_dir),
+        use_cpu=True,
+        report_to=[],
+        max_length=None,
+        per_device_train_batch_size=2,
+        max_steps=1,
+    )
