@@ -23,9 +23,10 @@ import pandas as pd
 import torch
 
 from rm_pipeline.lib.precision import autocast
-from rm_pipeline.lib.reward_training import TrainingSettings, load_model
 from rm_pipeline.lib.scoring import fit_to_length, pad_right
 from rm_pipeline.lib.tokenization import default_base_model, encode
+from rm_pipeline.lib.training.model import load_model
+from rm_pipeline.lib.training.settings import TrainingSettings
 
 
 def batches(split: pd.DataFrame, tokenizer, size: int, count: int, max_length: int) -> list[tuple]:

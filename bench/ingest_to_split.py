@@ -264,7 +264,7 @@ def run_pipeline(method: str, seed: int, profile: str | None) -> dict:
     t0 = time.perf_counter()
     from rm_pipeline.lib.aggregation import aggregate_votes, review_queue
     from rm_pipeline.lib.annotations import read_annotations
-    from rm_pipeline.lib.metrics import peak_memory_mb
+    from rm_pipeline.lib.hardware import peak_memory_mb
     from rm_pipeline.lib.pairs import build_pairs
     from rm_pipeline.lib.split import split_by_group
 

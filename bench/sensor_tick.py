@@ -4,7 +4,7 @@
 Writes N JSONL batch files holding V small votes in all to a temporary folder (mtimes set a minute in
 the past, so they count as settled), then times with time.perf_counter:
 
-- `fingerprint_folder` (rm_pipeline.lib.folder_fingerprint): a first look (every file hashed and its rows
+- `fingerprint_folder` (rm_pipeline.lib.fingerprints): a first look (every file hashed and its rows
   counted) and a look at the unchanged folder with the first look's state (each file `stat`-ed, none read);
 - `annotation_folder_sensor` through `dg.build_sensor_context` on `dg.instance_for_test()`: the first tick
   (no cursor: a new version with its metadata) and a tick with nothing changed (a SkipReason), the cursor
@@ -33,7 +33,8 @@ sys.path.insert(0, str(REPO))
 import dagster as dg  # noqa: E402
 
 from rm_pipeline.folder_sensors import build_annotation_folder_sensor  # noqa: E402
-from rm_pipeline.lib.folder_fingerprint import FolderWatchSettings, fingerprint_folder  # noqa: E402
+from rm_pipeline.lib.automation import FolderWatchSettings  # noqa: E402
+from rm_pipeline.lib.fingerprints import fingerprint_folder  # noqa: E402
 from rm_pipeline.resources import AnnotationSource  # noqa: E402
 
 TARGET_SECONDS = 0.5

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from rm_pipeline.lib.reward_training import TrainingSettings, train_reward_model
+from rm_pipeline.lib.training.run import train_reward_model
+from rm_pipeline.lib.training.settings import TrainingSettings
 
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 

@@ -19,10 +19,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from rm_pipeline.lib.metrics import pair_credit
-from rm_pipeline.lib.reward_training import TrainingSettings, load_model, pair_dataset, train_reward_model
+from rm_pipeline.lib.evaluation.accuracy import pair_credit
 from rm_pipeline.lib.scoring import score_ids
 from rm_pipeline.lib.tokenization import default_base_model
+from rm_pipeline.lib.training.data import pair_dataset
+from rm_pipeline.lib.training.model import load_model
+from rm_pipeline.lib.training.run import train_reward_model
+from rm_pipeline.lib.training.settings import TrainingSettings
 
 
 def plain_trl(train: pd.DataFrame, evaluation: pd.DataFrame, settings: TrainingSettings, workdir: Path) -> dict:

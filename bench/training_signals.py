@@ -32,17 +32,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from rm_pipeline.lib import evaluation as ev
 from rm_pipeline.lib.aggregation import aggregate_votes, review_queue
-from rm_pipeline.lib.annotations import list_batch_files, read_annotations
-from rm_pipeline.lib.evaluation_inputs import EvaluationFolder
-from rm_pipeline.lib.intervals import paired_difference, rate_interval
-from rm_pipeline.lib.metrics import pair_credit
+from rm_pipeline.lib.annotations import read_annotations
+from rm_pipeline.lib.evaluation.accuracy import pair_credit, pair_margins, tie_pair_margins
+from rm_pipeline.lib.evaluation.calibration import calibration
+from rm_pipeline.lib.evaluation.inputs import EvaluationFolder
+from rm_pipeline.lib.evaluation.pair_files import read_pair_file
+from rm_pipeline.lib.evaluation.statistics import paired_difference, rate_interval
 from rm_pipeline.lib.pairs import build_pairs, tie_pairs
-from rm_pipeline.lib.reward_training import TrainingSettings, train_reward_model
 from rm_pipeline.lib.scoring import RewardScorer
 from rm_pipeline.lib.split import split_by_group
+from rm_pipeline.lib.table_files import list_batch_files
 from rm_pipeline.lib.tokenization import DEFAULT_MAX_LENGTH, default_base_model, load_tokenizer, token_lengths
+from rm_pipeline.lib.training.run import train_reward_model
+from rm_pipeline.lib.training.settings import TrainingSettings
 
 REPO = Path(__file__).resolve().parents[1]
 BASELINE = "drop+bradley_terry"
@@ -89,19 +92,19 @@ def measure(model_dir: Path, held_out: pd.DataFrame, benchmark: pd.DataFrame, ba
     scored = scorer.score_pairs(held_out)
     ties = tie_pairs(scored)
     preferred = scored[~ties].sort_values("pair_id", kind="stable")
-    margins = ev.pair_margins(preferred)
+    margins = pair_margins(preferred)
     credit = pair_credit(margins)
     groups = preferred["prompt_group"].astype(str).to_numpy()
     bench_scored = scorer.score_pairs(benchmark)
-    bench_credit = pair_credit(ev.pair_margins(bench_scored))
+    bench_credit = pair_credit(pair_margins(bench_scored))
     result = {
         "held_out_pairs": len(preferred),
         "held_out_accuracy": rate_interval(credit, groups).as_dict(),
-        "ece": ev.calibration(margins)["ece"],
+        "ece": calibration(margins)["ece"],
         "mean_abs_margin": float(np.abs(margins).mean()),
         "benchmark_pairs": len(bench_scored),
         "benchmark_accuracy": rate_interval(bench_credit, bench_scored["prompt"].astype(str).to_numpy()).as_dict(),
-        "held_out_ties": ev.tie_pair_margins(scored[ties]),
+        "held_out_ties": tie_pair_margins(scored[ties]),
         "credit": credit.tolist(),
         "pair_ids": preferred["pair_id"].astype(str).tolist(),
     }
@@ -162,7 +165,7 @@ def main(argv=None) -> int:
             soft = subsample_train(split["soft"], args.train_pairs, args.seed)
             split = {"soft": soft, "drop": soft[~tie_pairs(soft)]}
         files = EvaluationFolder(args.benchmarks, args.benchmarks / "alpaca-eval").benchmark_files()
-        benchmark = pd.concat([ev.read_pair_file(path)[0] for path in files], ignore_index=True)
+        benchmark = pd.concat([read_pair_file(path)[0] for path in files], ignore_index=True)
         baseline_credit = None
         for name in variants:
             saved = args.out / f"{name}.json"

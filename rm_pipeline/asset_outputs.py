@@ -3,13 +3,12 @@ in the UI (counts, tables of reasons, histograms, previews)."""
 
 from __future__ import annotations
 
-import hashlib
-
 import dagster as dg
 import numpy as np
 import pandas as pd
 
 from rm_pipeline.lib.asset_values import EvaluationReport, PublishedModel
+from rm_pipeline.lib.fingerprints import table_fingerprint
 from rm_pipeline.lib.markdown import markdown_table
 
 OWNERS = ["team:rm-pipeline"]
@@ -78,15 +77,6 @@ def table_output(
         data_version=dg.DataVersion(data_version or table_fingerprint(table)),
         metadata={ROW_COUNT: len(table), **metadata},
     )
-
-
-def table_fingerprint(table: pd.DataFrame) -> str:
-    """A content hash: the asset's data version, so lineage says which data a model saw."""
-    try:
-        hashed = pd.util.hash_pandas_object(table, index=False).to_numpy()
-    except TypeError:  # cells holding lists or dicts (chat messages): hash their text
-        hashed = pd.util.hash_pandas_object(table.astype(str), index=False).to_numpy()
-    return hashlib.sha256(hashed.tobytes() + ",".join(table.columns).encode()).hexdigest()[:16]
 
 
 def gate_result(gate) -> dg.AssetCheckResult:

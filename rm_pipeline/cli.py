@@ -36,6 +36,8 @@ def positive_int(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from rm_pipeline.lib.evaluation.statistics import CONFIDENCE
+
     parser = argparse.ArgumentParser(prog="rm-pipeline", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -75,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         "--probes",
         action="store_true",
         help="also run the shortcut probes (padding, flattery, Markdown, truncation, repetition) on each file and "
-        "print their flip rates with 95%% intervals",
+        f"print their flip rates with {CONFIDENCE:.0%}% intervals",
     )
     evaluate.add_argument(
         "--probe-pairs",
@@ -167,7 +169,7 @@ def _dpo_baseline(args) -> int:
     import pandas as pd
 
     from rm_pipeline.lib.dpo import DpoSettings, train_dpo_policy
-    from rm_pipeline.lib.evaluation import read_pair_file
+    from rm_pipeline.lib.evaluation.pair_files import read_pair_file
     from rm_pipeline.lib.locations import default_home
 
     overrides = {
@@ -243,9 +245,9 @@ def _model_dir(args) -> Path:
 
 def _input_errors() -> tuple[type[Exception], ...]:
     """What bad input raises: exit status 3 with its message, never a traceback."""
-    from rm_pipeline.lib.annotations import AnnotationFileError
     from rm_pipeline.lib.dpo import DpoInputError
     from rm_pipeline.lib.scoring import CandidateFileError
+    from rm_pipeline.lib.table_files import AnnotationFileError
 
     return InputError, AnnotationFileError, CandidateFileError, DpoInputError
 
@@ -428,9 +430,9 @@ def _validate(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from rm_pipeline.lib.annotations import AnnotationFileError
-    from rm_pipeline.lib.evaluation import pair_file_summary, read_pair_file
-    from rm_pipeline.lib.report import jsonable
+    from rm_pipeline.lib.evaluation.pair_files import pair_file_summary, read_pair_file
+    from rm_pipeline.lib.evaluation.report import jsonable
+    from rm_pipeline.lib.table_files import AnnotationFileError
 
     scorer = _load_scorer(_model_dir(args), args.batch_size, args.precision)
     results, failed = {}, False
@@ -468,7 +470,7 @@ def _evaluate(args) -> int:
 def _probe_flip_rates(scorer, scored, probe_pairs: int | None, path: Path) -> dict:
     """The shortcut probes' flip rates on one scored file; only the perturbed answers are scored again.
     Pairs are keyed by their row, so ids repeated within a file can't mix two pairs up."""
-    from rm_pipeline.lib.probes import ProbeSettings, flip_rates, probe_answers
+    from rm_pipeline.lib.evaluation.probes import ProbeSettings, flip_rates, probe_answers
 
     settings = ProbeSettings(probe_pairs=probe_pairs or ProbeSettings.probe_pairs)
     keyed = scored.assign(pair_id=range(len(scored)))  # no prompt ids in a file: intervals group by prompt text
@@ -565,7 +567,7 @@ def _load_scorer(model: Path, batch_size: int | None, precision: str | None):
 def _warn_unless_ready(model: Path) -> None:
     """Say on stderr when the model's readiness verdict (written by reward_readiness) is missing or not ready;
     scoring goes on: the verdict is about optimising against the model, not about using its scores."""
-    from rm_pipeline.lib.report import READINESS_FILE
+    from rm_pipeline.lib.model_files import READINESS_FILE
 
     path = model / READINESS_FILE
     try:
@@ -600,7 +602,8 @@ def _lineage(args) -> int:
     _use_home(args.home)
     import dagster as dg
 
-    from rm_pipeline.lib.lineage import LINEAGE_FILE, lineage_report, render
+    from rm_pipeline.lib.lineage import lineage_report, render
+    from rm_pipeline.lib.model_files import LINEAGE_FILE
     from rm_pipeline.lineage_reader import LineageNotFoundError, model_lineage
 
     model = _model_dir(args)

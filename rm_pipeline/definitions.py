@@ -5,8 +5,7 @@ import dagster as dg
 from rm_pipeline.automation import automate, automation_sensor
 from rm_pipeline.folder_sensors import build_annotation_folder_sensor, build_review_folder_sensor
 from rm_pipeline.io_managers import AssetValueIOManager, ParquetIOManager
-from rm_pipeline.lib.automation import AutomationSettings
-from rm_pipeline.lib.folder_fingerprint import FolderWatchSettings
+from rm_pipeline.lib.automation import AutomationSettings, FolderWatchSettings
 from rm_pipeline.publishing import BLOCKING_CHECKS, blocking_checks_by_asset
 from rm_pipeline.resources import (
     AnnotationSource,

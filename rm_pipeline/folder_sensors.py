@@ -6,7 +6,8 @@ import json
 import dagster as dg
 
 from rm_pipeline.asset_outputs import DATA_VERSION_TAG, records_table
-from rm_pipeline.lib.folder_fingerprint import FolderFingerprint, FolderWatchSettings, fingerprint_folder
+from rm_pipeline.lib.automation import FolderWatchSettings
+from rm_pipeline.lib.fingerprints import FolderFingerprint, fingerprint_folder
 from rm_pipeline.resources import AnnotationSource, ReviewSource
 from rm_pipeline.stages.aggregation import review_folder
 from rm_pipeline.stages.annotations import annotation_folder

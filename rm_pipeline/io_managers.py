@@ -6,7 +6,7 @@ import dagster as dg
 import pandas as pd
 
 from rm_pipeline.lib.asset_values import from_json, to_json
-from rm_pipeline.lib.report import write_atomically
+from rm_pipeline.lib.model_files import write_atomically
 from rm_pipeline.publishing import BLOCKING_CHECKS, GATED_BY, latest_table, published_table, settle_run
 from rm_pipeline.resources import PipelineStorage
 

@@ -10,7 +10,7 @@ import dagster as dg
 from pydantic import Field
 
 from rm_pipeline.lib.dpo import DpoInputError, DpoSettings, read_policy_record
-from rm_pipeline.lib.evaluation_inputs import EvaluationFolder
+from rm_pipeline.lib.evaluation.inputs import EvaluationFolder
 from rm_pipeline.lib.locations import (
     default_annotations_dir,
     default_base_model_name,

@@ -13,7 +13,7 @@ from typing import ClassVar
 import dagster as dg
 from pydantic import Field
 
-from rm_pipeline.lib.training_launch import (
+from rm_pipeline.lib.training.launch import (
     WORKER_ENVIRONMENT,
     check_storage_root,
     docker_container_kwargs,

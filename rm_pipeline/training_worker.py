@@ -8,9 +8,10 @@ from pathlib import Path
 import pandas as pd
 from dagster_pipes import open_dagster_pipes
 
-from rm_pipeline.lib.lineage import LINEAGE_FILE
 from rm_pipeline.lib.markdown import inline_png
-from rm_pipeline.lib.reward_training import TrainingSettings, train_reward_model
+from rm_pipeline.lib.model_files import LINEAGE_FILE, TRAINING_CURVES_FILE
+from rm_pipeline.lib.training.run import train_reward_model
+from rm_pipeline.lib.training.settings import TrainingSettings
 
 SUMMARY_KEYS = ("step", "loss", "accuracy", "eval_accuracy", "eval_loss", "eta_s")
 
@@ -49,7 +50,7 @@ def run(pipes) -> None:
                 "settings": {"raw_value": extras["settings"], "type": "json"},  # every TrainingSettings field
                 "model_path": {"raw_value": str(result.model_dir), "type": "path"},
                 "training_curves": {
-                    "raw_value": inline_png(result.model_dir / "training_curves.png", "training curves"),
+                    "raw_value": inline_png(result.model_dir / TRAINING_CURVES_FILE, "training curves"),
                     "type": "md",
                 },
                 "data_version": extras["data_version"],

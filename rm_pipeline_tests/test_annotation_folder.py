@@ -13,13 +13,10 @@ from dagster._core.definitions.data_version import StaleStatus
 from dagster._utils.test.data_versions import get_stale_status_resolver  # what the UI's "stale" badge uses
 
 from rm_pipeline.folder_sensors import build_annotation_folder_sensor
-from rm_pipeline.lib.annotations import AnnotationFileError, read_annotations
-from rm_pipeline.lib.folder_fingerprint import (
-    INTERVAL_VARIABLE,
-    FolderWatchSettings,
-    digest_batch_file,
-    fingerprint_folder,
-)
+from rm_pipeline.lib.annotations import read_annotations
+from rm_pipeline.lib.automation import INTERVAL_VARIABLE, FolderWatchSettings
+from rm_pipeline.lib.fingerprints import digest_batch_file, fingerprint_folder
+from rm_pipeline.lib.table_files import AnnotationFileError
 from rm_pipeline.resources import AnnotationSource
 from rm_pipeline.stages.annotations import annotation_batches, annotation_folder
 from rm_pipeline_tests.test_annotations import vote, write_jsonl

@@ -13,13 +13,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rm_pipeline.lib.annotations import (
+from rm_pipeline.lib.annotations import VOTE_COLUMNS, read_annotations
+from rm_pipeline.lib.table_files import (
     QUARANTINE_COLUMNS,
-    VOTE_COLUMNS,
     AnnotationFileError,
     batch_files,
     list_batch_files,
-    read_annotations,
     read_batch_bytes,
 )
 

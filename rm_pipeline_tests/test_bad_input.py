@@ -16,15 +16,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rm_pipeline.lib.annotations import (
-    MAX_JSON_DEPTH,
-    QUARANTINE_COLUMNS,
-    VOTE_COLUMNS,
-    AnnotationFileError,
-    json_depth_exceeds,
-    read_annotations,
-)
+from rm_pipeline.lib.annotations import VOTE_COLUMNS, read_annotations
 from rm_pipeline.lib.gates import raw_annotations_gate
+from rm_pipeline.lib.table_files import MAX_JSON_DEPTH, QUARANTINE_COLUMNS, AnnotationFileError, json_depth_exceeds
 from rm_pipeline_tests.test_annotations import vote
 
 BOM = b"\xef\xbb\xbf"

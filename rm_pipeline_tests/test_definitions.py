@@ -11,8 +11,8 @@ import pytest
 
 import rm_pipeline.stages
 from rm_pipeline.definitions import build_defs, defs, reward_pipeline_job
-from rm_pipeline.lib.folder_fingerprint import FolderWatchSettings
-from rm_pipeline.lib.reward_training import TrainingSettings
+from rm_pipeline.lib.automation import FolderWatchSettings
+from rm_pipeline.lib.training.settings import TrainingSettings
 from rm_pipeline_tests.conftest import PERMISSIVE_READINESS
 
 PRODUCT_ASSETS = {
@@ -245,8 +245,9 @@ def test_stage_settings_change_the_outputs(annotations_slice, storage_root, tiny
 @pytest.mark.parametrize("asset", ["aggregated_preferences", "preference_split"])
 def test_assets_called_directly(asset, annotations_slice, tmp_path):
     """Dagster's direct-invocation idiom: stage code is thin over the pure functions."""
-    from rm_pipeline.lib.annotations import list_batch_files, read_annotations
+    from rm_pipeline.lib.annotations import read_annotations
     from rm_pipeline.lib.pairs import build_pairs
+    from rm_pipeline.lib.table_files import list_batch_files
     from rm_pipeline.resources import ReviewSource
     from rm_pipeline.stages import aggregation, split
 

@@ -12,8 +12,7 @@ from pathlib import Path
 import dagster as dg
 
 from rm_pipeline.definitions import build_defs
-from rm_pipeline.lib.automation import AutomationSettings
-from rm_pipeline.lib.folder_fingerprint import FolderWatchSettings
+from rm_pipeline.lib.automation import AutomationSettings, FolderWatchSettings
 
 SNAPSHOT = Path(__file__).parent / "snapshots" / "definitions.json"
 

@@ -30,44 +30,85 @@ def test_a_float_warmup_below_one_is_a_share_of_the_steps():
 
 
 def test_torch_tells_whether_the_cpu_multiplies_bf16_natively():
-    """`native_bf16` reads torch.cpu's private probes of AMX and AVX-512 BF16; they must exist and agree with the
-    CPU's own flags where Linux lists them."""
+    """`hardware.cpu_multiplies_bf16` is the one caller of torch.cpu's private probes of AMX and AVX-512 BF16;
+    they must exist and agree with the CPU's own flags where Linux lists them."""
     from pathlib import Path
 
-    import torch
+    from rm_pipeline.lib.hardware import cpu_multiplies_bf16
 
-    amx, avx512_bf16 = torch.cpu._is_amx_tile_supported(), torch.cpu._is_avx512_bf16_supported()
-    assert isinstance(amx, bool) and isinstance(avx512_bf16, bool)
+    answer = cpu_multiplies_bf16()  # raises AttributeError if a torch upgrade removed a probe
+    assert isinstance(answer, bool)
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
         flags = set(next(line for line in cpuinfo.read_text().splitlines() if line.startswith("flags")).split())
-        assert amx == ("amx_tile" in flags) and avx512_bf16 == ("avx512_bf16" in flags)
+        assert answer == bool({"amx_tile", "avx512_bf16"} & flags)
+
+
+def test_trl_keeps_the_batch_metrics_our_trainer_rewrites(tiny_encoder, tmp_path):
+    """`trainer.logged_metrics` is the one reader of TRL's private `RewardTrainer._metrics`: per mode, a list per
+    metric to which TRL's `compute_loss` appends the batch's accuracy and which `log` averages. Our trainer
+    replaces that last value with its pair credit and drops the NaNs of tie-only batches before TRL logs."""
+    from datasets import Dataset
+
+    from rm_pipeline.lib.training.trainer import logged_metrics, pair_credit_trainer_class, preference_collator
+
+    tokenizer, model, chosen, rejected = _tiny_model_and_pair(tiny_encoder)
+    dataset = Dataset.from_dict({"chosen_ids": [chosen] * 4, "rejected_ids": [rejected] * 4, "preference": [1.0] * 4})
+    args = _one_step(tmp_path)
+    trainer = pair_credit_trainer_class()(
+        model=model,
+        args=args,
+        data_collator=preference_collator(tokenizer, args),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+    )
+    assert {"train", "eval"} <= set(logged_metrics(trainer))
+    model.train()
+    trainer.compute_loss(model, trainer.data_collator([dataset[0], dataset[1]]))
+    batches = logged_metrics(trainer)["train"]["accuracy"]
+    assert len(batches) == 1 and batches[-1] in (0.0, 0.5, 1.0)  # TRL appended, our pair credit replaced it
+    logged_metrics(trainer)["train"].clear()
+    assert trainer.train().global_step == 1
+    assert "accuracy" in trainer.state.log_history[0]
 
 
 def test_trl_trains_on_pre_tokenized_pairs_as_given(tiny_encoder, tmp_path):
     """TRL (0.29 on) takes `chosen_ids`/`rejected_ids` as they are: no EOS appended, which a BERT tokenizer
     hasn't got, and no re-tokenization, so the length rule and training see the same tokens."""
     from datasets import Dataset
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    from trl import RewardConfig, RewardTrainer
+    from trl import RewardTrainer
 
-    tokenizer = AutoTokenizer.from_pretrained(tiny_encoder)
-    model = AutoModelForSequenceClassification.from_pretrained(tiny_encoder, num_labels=1)
-    chosen, rejected = tokenizer(["a good answer"])["input_ids"][0], tokenizer(["bad"])["input_ids"][0]
+    tokenizer, model, chosen, rejected = _tiny_model_and_pair(tiny_encoder)
     dataset = Dataset.from_dict({"chosen_ids": [chosen] * 4, "rejected_ids": [rejected] * 4, "margin": [0.5] * 4})
     trainer = RewardTrainer(
         model=model,
         processing_class=tokenizer,
         train_dataset=dataset,
-        args=RewardConfig(
-            output_dir=str(tmp_path),
-            use_cpu=True,
-            report_to=[],
-            max_length=None,
-            per_device_train_batch_size=2,
-            max_steps=1,
-        ),
+        args=_one_step(tmp_path),
     )
     assert trainer.train_dataset[0]["chosen_ids"] == chosen
     assert trainer.train_dataset[0]["rejected_ids"] == rejected
     assert trainer.train().global_step == 1
+
+
+def _tiny_model_and_pair(tiny_encoder):
+    """The tiny encoder with its tokenizer, and the token ids of one chosen and one rejected answer."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_encoder)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_encoder, num_labels=1)
+    return tokenizer, model, tokenizer(["a good answer"])["input_ids"][0], tokenizer(["bad"])["input_ids"][0]
+
+
+def _one_step(output_dir):
+    """One training step of two pairs on the CPU, no reporting."""
+    from trl import RewardConfig
+
+    return RewardConfig(
+        output_dir=str(output_dir),
+        use_cpu=True,
+        report_to=[],
+        max_length=None,
+        per_device_train_batch_size=2,
+        max_steps=1,
+    )

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rm_pipeline.lib.dpo import compare, implicit_rewards, load_causal_lm, pair_ids
-from rm_pipeline.lib.readiness import recommendation
+from rm_pipeline.lib.evaluation.readiness import recommendation
 
 BETA = 0.5
 PAIRS = pd.DataFrame(
@@ -256,7 +256,8 @@ def test_dpo_baseline_trains_on_the_split_and_the_evaluation_compares_it(
 
     from rm_pipeline.cli import main
     from rm_pipeline.definitions import build_defs, reward_pipeline_job
-    from rm_pipeline.lib.dpo import COMPARISON_FILE, DISAGREEMENTS_FILE, POLICY_FILE
+    from rm_pipeline.lib.dpo import COMPARISON_FILE, DISAGREEMENTS_FILE
+    from rm_pipeline.lib.model_files import POLICY_FILE
     from rm_pipeline_tests.conftest import PERMISSIVE_READINESS
 
     monkeypatch.delenv("RM_PIPELINE_DPO_POLICY", raising=False)

@@ -11,7 +11,30 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rm_pipeline.lib import evaluation as ev
+from rm_pipeline.lib.evaluation.accuracy import grouped_accuracy, pair_accuracy
+from rm_pipeline.lib.evaluation.calibration import (
+    calibration,
+    fit_temperature,
+    negative_log_likelihood,
+    win_probability,
+)
+from rm_pipeline.lib.evaluation.length_bias import length_audit
+from rm_pipeline.lib.evaluation.pair_files import read_pair_file
+from rm_pipeline.lib.evaluation.policies import (
+    policy_ranking,
+    policy_reward_summary,
+    read_leaderboard,
+    read_policy_outputs,
+)
+from rm_pipeline.lib.evaluation.rankings import oasst_ranked_groups, ranking_agreement
+from rm_pipeline.lib.evaluation.rewardbench import (
+    REWARDBENCH_EXAMPLE_COUNTS,
+    REWARDBENCH_SECTIONS,
+    rewardbench_accuracy,
+)
+from rm_pipeline.lib.evaluation.slices import by_agreement, by_domain
+from rm_pipeline.lib.evaluation.statistics import _average_ranks, correlation_with_interval, spearman
+from rm_pipeline.lib.split import NO_DOMAIN
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EVAL_DATA = REPO_ROOT / "data" / "eval"
@@ -53,7 +76,7 @@ def pairs(chosen, rejected, chosen_tokens=None, rejected_tokens=None, **extra) -
 def test_ties_are_counted_as_ties_and_half_correct():
     # correct (2 > 1), wrong (0 < 1), exact tie, tie within 1e-6 (a float-noise difference).
     frame = pairs([2.0, 0.0, 0.5, 1.0 + 1e-7], [1.0, 1.0, 0.5, 1.0])
-    result = ev.pair_accuracy(frame)
+    result = pair_accuracy(frame)
     assert (result["n"], result["correct"], result["wrong"], result["ties"]) == (4, 1, 1, 2)
     assert result["accuracy"] == pytest.approx((1 + 2 / 2) / 4)  # ties count half: (correct + ties/2) / n
     assert result["mean_margin"] == pytest.approx((1 - 1 + 0 + 1e-7) / 4)
@@ -62,22 +85,22 @@ def test_ties_are_counted_as_ties_and_half_correct():
 
 
 def test_a_constant_reward_model_scores_chance_with_every_pair_a_tie():
-    result = ev.pair_accuracy(pairs([0.3] * 5, [0.3] * 5))
+    result = pair_accuracy(pairs([0.3] * 5, [0.3] * 5))
     assert result["ties"] == 5 and result["correct"] == result["wrong"] == 0
     assert result["accuracy"] == 0.5
 
 
 def test_empty_frame_gives_zero_pairs_and_nan_statistics():
-    result = ev.pair_accuracy(pairs([], []))
+    result = pair_accuracy(pairs([], []))
     assert result["n"] == 0 and math.isnan(result["accuracy"]) and math.isnan(result["reward_mean"])
 
 
 def test_grouped_accuracy_matches_pair_accuracy_per_group():
     frame = pairs([1, 0, 1, 1, 0.2], [0, 1, 1, 0, 0.1])
     groups = pd.Series(["x", "x", "y", "y", "y"], name="g")
-    table = ev.grouped_accuracy(frame, groups)
+    table = grouped_accuracy(frame, groups)
     for key, members in frame.groupby(groups.to_numpy()):
-        expected = ev.pair_accuracy(members)
+        expected = pair_accuracy(members)
         assert table.loc[key, ["n", "correct", "wrong", "ties"]].tolist() == [
             expected["n"],
             expected["correct"],
@@ -93,10 +116,10 @@ def test_grouped_accuracy_matches_pair_accuracy_per_group():
 def test_by_domain_lists_domains_absent_from_training_separately():
     frame = pairs([1, 1, 0, 1, 0], [0, 0, 1, 0, 1])
     frame["domain"] = ["code", "code", "math", "poetry", None]
-    result = ev.by_domain(frame, train_domains=["code", "legal"])
+    result = by_domain(frame, train_domains=["code", "legal"])
     table = result["table"]
     assert table.loc["code", "accuracy"] == 1.0 and table.loc["code", "in_training"]
-    assert result["spillover_domains"] == sorted(["math", "poetry", ev.NO_DOMAIN])
+    assert result["spillover_domains"] == sorted(["math", "poetry", NO_DOMAIN])
     # Spillover pairs: math (wrong), poetry (right), no domain (wrong) -> 1 of 3.
     assert result["spillover"]["n"] == 3 and result["spillover"]["accuracy"] == pytest.approx(1 / 3)
     assert list(table.index[:1]) == ["code"]  # training domains come first
@@ -104,7 +127,7 @@ def test_by_domain_lists_domains_absent_from_training_separately():
 
 
 def test_by_domain_without_spillover():
-    result = ev.by_domain(pairs([1], [0]), train_domains=["general"])
+    result = by_domain(pairs([1], [0]), train_domains=["general"])
     assert result["spillover_domains"] == [] and result["spillover"] is None
 
 
@@ -115,7 +138,7 @@ def test_by_agreement_bins_chosen_share_and_keeps_single_votes_apart():
         chosen_share=[1.0, 1.0, 2 / 3, 0.75, 0.5, 1.0, np.nan],
         n_votes=[3, 3, 3, 4, 2, 1, 2],
     )
-    table = ev.by_agreement(frame)
+    table = by_agreement(frame)
     assert list(table.index) == ["unanimous", "at least 2/3", "below 2/3", "single vote", "unknown"]
     assert table["n"].tolist() == [2, 2, 1, 1, 1]
     assert table.loc["unanimous", "accuracy"] == 0.5  # one right, one wrong
@@ -123,7 +146,7 @@ def test_by_agreement_bins_chosen_share_and_keeps_single_votes_apart():
 
 
 def test_by_agreement_without_agreement_columns_is_all_unknown():
-    table = ev.by_agreement(pairs([1, 0], [0, 1]))
+    table = by_agreement(pairs([1, 0], [0, 1]))
     assert list(table.index) == ["unknown"] and table.loc["unknown", "n"] == 2
 
 
@@ -137,20 +160,20 @@ def test_a_model_that_always_prefers_the_longer_answer():
     frame = pairs(
         [float(t) for t in chosen_tokens], [float(t) for t in rejected_tokens], chosen_tokens, rejected_tokens
     )
-    audit = ev.length_audit(frame)
+    audit = length_audit(frame)
     assert audit["model_prefers_longer"] == 1.0
     assert audit["length_differs_n"] == 4 and audit["equal_length"] == 1
     # Longer-wins baseline: chosen longer in pairs 0 and 2, shorter in 1 and 3, equal in 4 -> (2 + 0.5) / 5.
     assert audit["longer_wins_accuracy"] == pytest.approx(2.5 / 5)
     # Such a model *is* the longer-wins baseline, so its accuracy equals the baseline's.
-    assert ev.pair_accuracy(frame)["accuracy"] == pytest.approx(audit["longer_wins_accuracy"])
+    assert pair_accuracy(frame)["accuracy"] == pytest.approx(audit["longer_wins_accuracy"])
     # Reward is a monotone function of length: rank correlation 1 over all 10 answers.
     assert audit["spearman_rho"] == pytest.approx(1.0) and audit["spearman_n"] == 10
 
 
 def test_a_model_that_always_prefers_the_shorter_answer_never_agrees_with_length():
     frame = pairs([-120.0, -40.0], [-60.0, -90.0], [120, 40], [60, 90])
-    audit = ev.length_audit(frame)
+    audit = length_audit(frame)
     assert audit["model_prefers_longer"] == 0.0 and audit["spearman_rho"] == pytest.approx(-1.0)
 
 
@@ -158,19 +181,19 @@ def test_length_matched_slice_is_within_ten_percent_of_the_longer_answer():
     # |100 - 91| = 9 <= 10% of 100: matched; |100 - 89| = 11 > 10: not; 50 vs 55: 5 <= 5.5: matched;
     # 10 vs 10: matched (equal). The model is right on the first two and wrong on the others.
     frame = pairs([1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 1.0], [100, 100, 50, 10], [91, 89, 55, 10])
-    audit = ev.length_audit(frame)
+    audit = length_audit(frame)
     assert audit["length_matched_n"] == 3
     assert audit["length_matched_accuracy"] == pytest.approx(1 / 3)
 
 
 def test_no_length_matched_pairs_gives_nan_not_an_error():
-    audit = ev.length_audit(pairs([1.0], [0.0], [100], [10]))
+    audit = length_audit(pairs([1.0], [0.0], [100], [10]))
     assert audit["length_matched_n"] == 0 and math.isnan(audit["length_matched_accuracy"])
 
 
 def test_length_audit_correlates_extra_scored_answers_too():
     extra = pd.DataFrame({"reward": [3.0, 2.0, 1.0, 0.0], "tokens": [10, 20, 30, 40]})  # strictly decreasing
-    audit = ev.length_audit(pairs([1.0], [0.0]), rewards_and_lengths=extra)
+    audit = length_audit(pairs([1.0], [0.0]), rewards_and_lengths=extra)
     assert audit["responses_spearman_rho"] == pytest.approx(-1.0) and audit["responses_spearman_n"] == 4
     assert math.isnan(audit["spearman_rho"])  # two answers of equal length: correlation undefined
 
@@ -181,21 +204,21 @@ def test_length_audit_correlates_extra_scored_answers_too():
 def test_ece_on_a_hand_computed_example():
     # margin ln 3 -> sigmoid = 3/4, and the chosen answer always won: gap 1/4 in the 0.7-0.8 bin.
     # Symmetrised, the mirror points sit at 1/4 with observed 0: gap 1/4 again, so ECE = 1/4.
-    result = ev.calibration(np.full(4, math.log(3)), np.ones(4))
+    result = calibration(np.full(4, math.log(3)), np.ones(4))
     assert result["ece"] == pytest.approx(0.25)
     table = result["table"].set_index("bin")
     assert table.loc[7, "mean_predicted"] == pytest.approx(0.75) and table.loc[7, "observed"] == 1.0
     assert table.loc[2, "mean_predicted"] == pytest.approx(0.25) and table.loc[2, "observed"] == 0.0
     assert table["count"].sum() == 8 and table.loc[7, "count"] == 4
     # margin 0 predicts 1/2; one win and one loss observe 1/2: perfectly calibrated.
-    assert ev.calibration(np.zeros(2), np.array([1.0, 0.0]))["ece"] == pytest.approx(0.0)
+    assert calibration(np.zeros(2), np.array([1.0, 0.0]))["ece"] == pytest.approx(0.0)
 
 
 def test_perfectly_calibrated_synthetic_margins_have_ece_near_zero():
     rng = np.random.default_rng(0)
     margins = rng.normal(0.0, 2.0, 50_000)
-    outcomes = (rng.random(margins.size) < ev.win_probability(margins)).astype(float)
-    result = ev.calibration(margins, outcomes)
+    outcomes = (rng.random(margins.size) < win_probability(margins)).astype(float)
+    result = calibration(margins, outcomes)
     # 100,000 symmetrised points in 10 bins: ~10,000 a bin, sampling error per bin at most
     # 0.5 / sqrt(10,000) = 0.005, so the count-weighted mean gap is well under 0.02.
     assert result["ece"] < 0.02
@@ -206,20 +229,20 @@ def test_symmetrised_reliability_diagram_mirrors_and_ignores_orientation():
     rng = np.random.default_rng(1)
     margins = rng.normal(0.5, 1.5, 1_000)
     outcomes = (rng.random(margins.size) < 0.7).astype(float)
-    result = ev.calibration(margins, outcomes)
+    result = calibration(margins, outcomes)
     table = result["table"]
     assert table["count"].tolist() == table["count"].tolist()[::-1]
-    flipped = ev.calibration(-margins, 1 - outcomes)  # the same pairs with the sides swapped
+    flipped = calibration(-margins, 1 - outcomes)  # the same pairs with the sides swapped
     assert flipped["ece"] == pytest.approx(result["ece"])
     # The mirrored term of the likelihood equals the original one: symmetrising leaves the NLL alone.
-    assert result["nll"] == pytest.approx(ev.negative_log_likelihood(margins, outcomes))
+    assert result["nll"] == pytest.approx(negative_log_likelihood(margins, outcomes))
 
 
 def test_fit_temperature_recovers_the_temperature_that_generated_the_outcomes():
     rng = np.random.default_rng(2)
     margins = rng.normal(0.0, 3.0, 50_000)
-    outcomes = (rng.random(margins.size) < ev.win_probability(margins, temperature=2.0)).astype(float)
-    fit = ev.fit_temperature(margins, outcomes)
+    outcomes = (rng.random(margins.size) < win_probability(margins, temperature=2.0)).astype(float)
+    fit = fit_temperature(margins, outcomes)
     assert fit["temperature"] == pytest.approx(2.0, rel=0.05)
     assert not fit["at_bound"]
     assert fit["nll_after"] < fit["nll_before"] and fit["ece_after"] < fit["ece_before"]
@@ -227,14 +250,14 @@ def test_fit_temperature_recovers_the_temperature_that_generated_the_outcomes():
 
 
 def test_fit_temperature_on_perfectly_separated_pairs_stops_at_the_bound_and_says_so():
-    fit = ev.fit_temperature(np.array([0.5, 1.0, 2.0]), bounds=(0.05, 20.0))
+    fit = fit_temperature(np.array([0.5, 1.0, 2.0]), bounds=(0.05, 20.0))
     assert fit["at_bound"] and fit["temperature"] == pytest.approx(0.05, rel=1e-2)
 
 
 def test_fit_temperature_with_soft_labels_has_a_closed_form_optimum():
     # One margin m with soft label q: NLL is minimised where sigmoid(m / T) = q.
     # m = ln 3 and q = 0.6: sigmoid(ln(3) / T) = 0.6 <=> ln(3) / T = ln(0.6 / 0.4) <=> T = ln 3 / ln 1.5.
-    fit = ev.fit_temperature(np.array([math.log(3)]), np.array([0.6]))
+    fit = fit_temperature(np.array([math.log(3)]), np.array([0.6]))
     assert fit["temperature"] == pytest.approx(math.log(3) / math.log(1.5), rel=1e-4)
 
 
@@ -253,14 +276,14 @@ def ranked(rewards_by_group: dict[str, list[float]]) -> pd.DataFrame:
 
 
 def test_a_perfectly_ordered_ranking_has_tau_one_and_top1_one():
-    result = ev.ranking_agreement(ranked({"a": [3.0, 2.0, 1.0], "b": [0.9, 0.5, 0.1, -2.0]}))
+    result = ranking_agreement(ranked({"a": [3.0, 2.0, 1.0], "b": [0.9, 0.5, 0.1, -2.0]}))
     assert result["top1_agreement"] == 1.0 and result["mean_kendall_tau"] == pytest.approx(1.0)
     assert result["n_groups"] == 2 and result["n_replies"] == 7
     assert result["top1_chance"] == pytest.approx((1 / 3 + 1 / 4) / 2)
 
 
 def test_a_reversed_ranking_has_tau_minus_one_and_top1_zero():
-    result = ev.ranking_agreement(ranked({"a": [1.0, 2.0, 3.0]}))
+    result = ranking_agreement(ranked({"a": [1.0, 2.0, 3.0]}))
     assert result["top1_agreement"] == 0.0 and result["mean_kendall_tau"] == pytest.approx(-1.0)
 
 
@@ -268,13 +291,13 @@ def test_ties_for_the_top_reward_score_the_expected_random_tie_break():
     # The human's best and one other reply share the top reward: a coin flip picks the best half the time.
     # Kendall tau-b for rewards (2, 2, 1) against preference (3, 2, 1): concordant pairs 2, discordant 0,
     # one tie in x: tau_b = 2 / sqrt((3 - 1) * 3) = 2 / sqrt(6).
-    result = ev.ranking_agreement(ranked({"a": [2.0, 2.0, 1.0]}))
+    result = ranking_agreement(ranked({"a": [2.0, 2.0, 1.0]}))
     assert result["top1_agreement"] == 0.5
     assert result["mean_kendall_tau"] == pytest.approx(2 / math.sqrt(6))
 
 
 def test_constant_rewards_leave_tau_undefined_and_counted():
-    result = ev.ranking_agreement(ranked({"flat": [1.0, 1.0, 1.0], "good": [3.0, 2.0, 1.0]}))
+    result = ranking_agreement(ranked({"flat": [1.0, 1.0, 1.0], "good": [3.0, 2.0, 1.0]}))
     assert result["tau_undefined"] == 1 and result["mean_kendall_tau"] == pytest.approx(1.0)
     assert result["top1_agreement"] == pytest.approx((1 / 3 + 1) / 2)  # flat group: 1 of 3 tied tops is best
 
@@ -295,7 +318,7 @@ def count_ranked_groups(path: Path) -> tuple[int, int]:
 
 
 def test_oasst_ranked_groups_on_the_bundled_trees():
-    groups = ev.oasst_ranked_groups(OASST_FILE)
+    groups = oasst_ranked_groups(OASST_FILE)
     expected_groups, expected_replies = count_ranked_groups(OASST_FILE)
     assert expected_groups > 0
     assert groups["group_id"].nunique() == expected_groups and len(groups) == expected_replies
@@ -307,7 +330,7 @@ def test_oasst_ranked_groups_on_the_bundled_trees():
         assert context[0]["role"] == "user"
         assert all(a["role"] != b["role"] for a, b in zip(context, context[1:]))  # turns alternate
     # Human rank as the reward reproduces the human order exactly.
-    perfect = ev.ranking_agreement(groups.assign(reward=-groups["rank"]))
+    perfect = ranking_agreement(groups.assign(reward=-groups["rank"]))
     assert perfect["top1_agreement"] == 1.0 and perfect["mean_kendall_tau"] == pytest.approx(1.0)
 
 
@@ -331,7 +354,7 @@ def test_rewardbench_section_weighting_on_a_tiny_example():
             "my-own-set",
         ],
     )
-    result = ev.rewardbench_accuracy(frame)
+    result = rewardbench_accuracy(frame)
     subsets = result["subsets"].set_index("subset")
     assert subsets.loc["summarize", "ties"] == 1 and subsets.loc["summarize", "accuracy"] == 0.25
     assert subsets.loc["my-own-set", "accuracy"] == 0.0 and pd.isna(subsets.loc["my-own-set", "section"])
@@ -349,14 +372,14 @@ def test_rewardbench_section_weighting_on_a_tiny_example():
 
 
 def test_rewardbench_unknown_subsets_only_get_per_subset_accuracy():
-    result = ev.rewardbench_accuracy(pairs([1, 0], [0, 1], subset=["mine", "yours"]))
+    result = rewardbench_accuracy(pairs([1, 0], [0, 1], subset=["mine", "yours"]))
     assert result["score"] is None and result["sections"].empty
     assert result["subsets"].set_index("subset")["accuracy"].to_dict() == {"mine": 1.0, "yours": 0.0}
 
 
 def test_rewardbench_mapping_covers_every_counted_subset():
-    in_sections = {subset for subsets in ev.REWARDBENCH_SECTIONS.values() for subset in subsets}
-    assert in_sections == set(ev.REWARDBENCH_EXAMPLE_COUNTS)
+    in_sections = {subset for subsets in REWARDBENCH_SECTIONS.values() for subset in subsets}
+    assert in_sections == set(REWARDBENCH_EXAMPLE_COUNTS)
 
 
 # --------------------------------------------------------------------------- fresh policy outputs
@@ -365,30 +388,30 @@ def test_rewardbench_mapping_covers_every_counted_subset():
 def test_policy_ranking_is_spearman_over_the_policies_both_sides_know():
     rewards = pd.Series({"a": 0.1, "b": 0.5, "c": 0.9, "unlisted": 2.0})
     board = pd.Series({"a": 10.0, "b": 20.0, "c": 95.0, "other": 50.0})
-    result = ev.policy_ranking(rewards, board)
+    result = policy_ranking(rewards, board)
     assert result["n_policies"] == 3 and result["missing"] == ["unlisted"]
     assert result["spearman_rho"] == pytest.approx(1.0)  # same order, different spacing
-    assert ev.policy_ranking(-rewards, board)["spearman_rho"] == pytest.approx(-1.0)
+    assert policy_ranking(-rewards, board)["spearman_rho"] == pytest.approx(-1.0)
 
 
 def test_read_leaderboard_gives_the_column_indexed_by_policy_or_none_without_a_file(tmp_path):
     path = tmp_path / "board.csv"
     path.write_text(",win_rate,mode\nalpaca-7b,26.5,verified\ngpt4,50,verified\n")
-    board = ev.read_leaderboard(path, "win_rate")
+    board = read_leaderboard(path, "win_rate")
     assert board.to_dict() == {"alpaca-7b": 26.5, "gpt4": 50.0} and board.name == "win_rate"
-    assert ev.read_leaderboard(tmp_path / "absent.csv", "win_rate") is None
+    assert read_leaderboard(tmp_path / "absent.csv", "win_rate") is None
 
 
 def test_read_leaderboard_names_the_file_and_the_columns_it_has(tmp_path):
     path = tmp_path / "board.csv"
     path.write_text(",win_rate,mode\nalpaca-7b,26.5,verified\ngpt4,n/a,verified\n")
     with pytest.raises(ValueError, match=rf"{re.escape(str(path))}: no column 'lc_win_rate'; it has win_rate, mode"):
-        ev.read_leaderboard(path, "lc_win_rate")
+        read_leaderboard(path, "lc_win_rate")
     with pytest.raises(ValueError, match=rf"{re.escape(str(path))}: line 3: win_rate: 'n/a' is not a number"):
-        ev.read_leaderboard(path, "win_rate")
+        read_leaderboard(path, "win_rate")
     path.write_text("")
     with pytest.raises(ValueError, match=rf"{re.escape(str(path))}: not a leaderboard CSV"):
-        ev.read_leaderboard(path, "win_rate")
+        read_leaderboard(path, "win_rate")
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -396,7 +419,7 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def test_bundled_alpaca_eval_sample_reads_and_matches_the_leaderboards():
-    outputs = ev.read_policy_outputs(ALPACA_EVAL)
+    outputs = read_policy_outputs(ALPACA_EVAL)
     assert sorted(outputs["policy"].unique()) == BUNDLED_POLICIES
     # Stratified: 20 prompts from each of AlpacaEval's five source datasets, not 100 from one.
     prompts = read_jsonl(ALPACA_EVAL / "prompts.jsonl")
@@ -418,12 +441,12 @@ def test_bundled_alpaca_eval_sample_reads_and_matches_the_leaderboards():
     assert (outputs.groupby("policy")["dataset"].nunique() == len(ALPACA_EVAL_DATASETS)).all()
     for name in ["alpaca_eval_gpt4_leaderboard.csv", "weighted_alpaca_eval_gpt4_turbo_leaderboard.csv"]:
         for column in ["win_rate", "length_controlled_winrate", "avg_length"]:
-            assert ev.read_leaderboard(ALPACA_EVAL / name, column).name == column
-    board = ev.read_leaderboard(ALPACA_EVAL / "weighted_alpaca_eval_gpt4_turbo_leaderboard.csv", "win_rate")
+            assert read_leaderboard(ALPACA_EVAL / name, column).name == column
+    board = read_leaderboard(ALPACA_EVAL / "weighted_alpaca_eval_gpt4_turbo_leaderboard.csv", "win_rate")
     assert set(BUNDLED_POLICIES) <= set(board.index) and board.dtype == float
     # The length probe: the same policy told to be concise / verbose writes shorter / longer answers.
     scored = outputs.assign(reward=0.0, tokens=outputs["output"].str.len())
-    lengths = ev.policy_reward_summary(scored)["mean_tokens"]
+    lengths = policy_reward_summary(scored)["mean_tokens"]
     assert lengths["alpaca-7b_concise"] < lengths["alpaca-7b"] < lengths["alpaca-7b_verbose"]
 
 
@@ -455,7 +478,7 @@ def test_every_jsonl_file_directly_in_data_eval_is_a_rewardbench_format_benchmar
             for field in ("prompt", "chosen", "rejected", "subset")
         )
         # The evaluation stage's reader takes every line as a usable pair.
-        pairs, quarantine = ev.read_pair_file(path)
+        pairs, quarantine = read_pair_file(path)
         assert len(pairs) == len(lines) and quarantine.empty
 
 
@@ -505,7 +528,7 @@ def test_pair_files_obey_the_same_pair_rules_as_training(tmp_path):
         {"prompt": "Name a colour", "chosen": "Blue.", "rejected": "No."},
     ]
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    pairs, quarantine = ev.read_pair_file(path)
+    pairs, quarantine = read_pair_file(path)
     assert pairs["line"].tolist() == [1, 5]
     got = quarantine[["line", "field", "reason"]].values.tolist()
     assert got == [
@@ -531,7 +554,7 @@ def test_pair_files_obey_the_same_pair_rules_as_training(tmp_path):
             for first, second in [("Hi", "Hi"), ("Hi", "Hey")]
         )
     )
-    pairs, quarantine = ev.read_pair_file(chats)
+    pairs, quarantine = read_pair_file(chats)
     assert pairs["line"].tolist() == [1]
     assert quarantine[["line", "field", "reason"]].values.tolist() == [[2, "rejected", "context_mismatch"]]
 
@@ -539,8 +562,8 @@ def test_pair_files_obey_the_same_pair_rules_as_training(tmp_path):
 def test_the_bootstrap_spearman_is_scipys():
     rng = np.random.default_rng(3)
     x, y = rng.integers(0, 5, 40).astype(float), rng.normal(size=40)  # ties in x, as token counts have
-    interval = ev.correlation_with_interval(x, y)
-    assert interval["estimate"] == pytest.approx(ev.spearman(x, y)[0])
-    assert ev._average_ranks(x) == pytest.approx(__import__("scipy").stats.rankdata(x))
+    interval = correlation_with_interval(x, y)
+    assert interval["estimate"] == pytest.approx(spearman(x, y)[0])
+    assert _average_ranks(x) == pytest.approx(__import__("scipy").stats.rankdata(x))
     assert interval["low"] < interval["estimate"] < interval["high"]
-    assert ev.correlation_with_interval([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]) is None  # undefined rho: no interval
+    assert correlation_with_interval([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]) is None  # undefined rho: no interval

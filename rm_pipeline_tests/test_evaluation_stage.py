@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from rm_pipeline.definitions import build_defs, reward_pipeline_job
-from rm_pipeline.lib.probes import PROBE_NAMES
+from rm_pipeline.lib.evaluation.probes import PROBE_NAMES
 from rm_pipeline_tests.conftest import PERMISSIVE_READINESS, REPO_ROOT
 from rm_pipeline_tests.test_report import metrics_without_interval
 from rm_pipeline_tests.test_rewardbench2 import GOOD_ROWS, write_jsonl

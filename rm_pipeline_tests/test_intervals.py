@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from rm_pipeline.lib.intervals import rate_interval, wilson_interval
+from rm_pipeline.lib.evaluation.statistics import rate_interval, wilson_interval
 
 
 def test_wilson_matches_the_textbook_case():

@@ -5,7 +5,7 @@ import sys
 
 import numpy as np
 
-from rm_pipeline.lib.metrics import TIE_TOLERANCE, pair_credit
+from rm_pipeline.lib.evaluation.accuracy import TIE_TOLERANCE, pair_credit
 from rm_pipeline_tests.conftest import REPO_ROOT
 
 
@@ -19,7 +19,7 @@ def test_pair_credit_counts_a_tie_half_right():
 def test_peak_memory_grows_by_what_the_process_allocates():
     # A fresh process, so the pytest process's own earlier peak cannot hide the growth.
     script = (
-        "import numpy as np; from rm_pipeline.lib.metrics import peak_memory_mb; "
+        "import numpy as np; from rm_pipeline.lib.hardware import peak_memory_mb; "
         "before = peak_memory_mb('cpu'); block = np.ones(200 * 2**20, dtype=np.uint8); "
         "print(before, peak_memory_mb('cpu'))"
     )

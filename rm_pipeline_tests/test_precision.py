@@ -5,9 +5,10 @@ import pytest
 import torch
 
 from rm_pipeline.lib.precision import FP32_SDPA, attention_in_fp32, autocast, uses_bf16
-from rm_pipeline.lib.reward_training import TrainingSettings, load_model
 from rm_pipeline.lib.scoring import pad_right
 from rm_pipeline.lib.tokenization import encode
+from rm_pipeline.lib.training.model import load_model
+from rm_pipeline.lib.training.settings import TrainingSettings
 
 
 @pytest.fixture

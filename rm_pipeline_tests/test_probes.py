@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rm_pipeline.lib.evaluation import read_pair_file
-from rm_pipeline.lib.probes import (
+from rm_pipeline.lib.evaluation.pair_files import read_pair_file
+from rm_pipeline.lib.evaluation.probes import (
     PROBE_NAMES,
     ProbeSettings,
     cut_in_half,

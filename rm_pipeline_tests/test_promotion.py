@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from rm_pipeline.cli import main
-from rm_pipeline.lib.intervals import bootstrap_interval, paired_difference
+from rm_pipeline.lib.evaluation.statistics import bootstrap_interval, paired_difference
 from rm_pipeline.lib.model_registry import current_model_dir, list_models, switch_current
 from rm_pipeline.lib.promotion import NOT_PROMOTED, PROMOTED, PromotionSettings, decide, evidence_pairs
 

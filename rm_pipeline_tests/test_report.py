@@ -8,20 +8,22 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rm_pipeline.lib import evaluation as ev
 from rm_pipeline.lib.aggregation import aggregate_votes, review_queue
-from rm_pipeline.lib.annotations import list_batch_files, read_annotations
-from rm_pipeline.lib.evaluation_inputs import (
+from rm_pipeline.lib.annotations import read_annotations
+from rm_pipeline.lib.evaluation.inputs import (
     EvaluationFolder,
     file_pairs_to_score,
     responses_to_score,
     split_pairs_to_score,
 )
+from rm_pipeline.lib.evaluation.pair_files import read_pair_file
+from rm_pipeline.lib.evaluation.readiness import ReadinessThresholds, readiness, split_overlap
+from rm_pipeline.lib.evaluation.report import ReportSettings, build_report, write_plots, write_report
+from rm_pipeline.lib.evaluation.report_markdown import render_markdown
 from rm_pipeline.lib.markdown import inline_png, markdown_table
 from rm_pipeline.lib.pairs import build_pairs
-from rm_pipeline.lib.readiness import ReadinessThresholds, readiness, split_overlap
-from rm_pipeline.lib.report import ReportSettings, build_report, render_markdown, write_plots, write_report
 from rm_pipeline.lib.split import split_by_group
+from rm_pipeline.lib.table_files import list_batch_files
 
 REPO_ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
@@ -465,7 +467,7 @@ def test_every_accuracy_and_correlation_in_the_report_has_an_interval(tmp_path):
     queue = scored("disagreement", rng.normal(0, 1, 6), rng.normal(0, 1, 6), [5] * 6, [7] * 6)
     rb1 = scored("benchmark", rng.normal(1, 1, 8), rng.normal(0, 1, 8), [5] * 8, [6] * 8, file="/x/rb1.jsonl")
     rb1["domain"] = ["alpacaeval-easy"] * 4 + ["hep-go"] * 4
-    rb2_pairs, _ = ev.read_pair_file(write_jsonl(tmp_path / "rb2.jsonl", GOOD_ROWS))
+    rb2_pairs, _ = read_pair_file(write_jsonl(tmp_path / "rb2.jsonl", GOOD_ROWS))
     rb2 = rb2_scored(rb2_pairs).assign(source="benchmark", prompt_id=None, n_votes=np.nan, chosen_share=np.nan)
     fresh = scored("fresh_policy", rng.normal(1, 1, 5), rng.normal(0, 1, 5), [5] * 5, [5] * 5, file="/x/f/l.jsonl")
     pairs = pd.concat([held, queue, rb1, rb2, fresh], ignore_index=True)

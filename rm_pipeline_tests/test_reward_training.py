@@ -18,17 +18,13 @@ import pytest
 import torch
 
 from rm_pipeline.lib.model_registry import switch_current
-from rm_pipeline.lib.reward_training import (
-    TrainingSettings,
-    freeze_all_but_last,
-    load_model,
-    margins,
-    pair_dataset,
-    publish,
-    train_reward_model,
-)
 from rm_pipeline.lib.scoring import RewardScorer, pad_right, position_limit, score_ids
 from rm_pipeline.lib.tokenization import encode, load_tokenizer, token_lengths
+from rm_pipeline.lib.training.data import margins, pair_dataset
+from rm_pipeline.lib.training.model import freeze_all_but_last, load_model
+from rm_pipeline.lib.training.publish import publish
+from rm_pipeline.lib.training.run import train_reward_model
+from rm_pipeline.lib.training.settings import TrainingSettings
 
 
 def learnable_pairs(n: int, start: int = 0) -> pd.DataFrame:
@@ -463,13 +459,10 @@ def test_decoder_training_on_conversational_pairs(tiny_decoder, tmp_path):
 def test_training_accuracy_counts_a_tie_as_half_right_like_the_evaluation(tiny_encoder, tmp_path):
     """A score head of zeros gives every answer the same reward: chance (0.5) by the evaluation's pair credit,
     where TRL's own strict `>` would report 0."""
-    from rm_pipeline.lib.reward_training import (
-        _progress_callback,
-        build_trainer,
-        prepare_model,
-        reward_statistics,
-        training_data,
-    )
+    from rm_pipeline.lib.training.data import training_data
+    from rm_pipeline.lib.training.model import prepare_model
+    from rm_pipeline.lib.training.run import reward_statistics
+    from rm_pipeline.lib.training.trainer import build_trainer, progress_callback
 
     settings = encoder_settings(tiny_encoder, early_stopping_patience=1)
     model, tokenizer, peft_config = prepare_model(settings)
@@ -478,7 +471,7 @@ def test_training_accuracy_counts_a_tie_as_half_right_like_the_evaluation(tiny_e
         model.classifier.bias.zero_()
     data = training_data(learnable_pairs(8), learnable_pairs(8, start=100), tokenizer, settings, lambda *_: None)
     trainer = build_trainer(
-        model, tokenizer, peft_config, data, settings, tmp_path / "checkpoints", _progress_callback(lambda *_: None)
+        model, tokenizer, peft_config, data, settings, tmp_path / "checkpoints", progress_callback(lambda *_: None)
     )
     assert trainer.evaluate()["eval_accuracy"] == pytest.approx(0.5)
     scored = RewardScorer.of(model, tokenizer).score_pairs(learnable_pairs(8, start=100))

@@ -9,8 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rm_pipeline.lib import evaluation as ev
-from rm_pipeline.lib.annotations import AnnotationFileError
+from rm_pipeline.lib.evaluation.pair_files import read_pair_file
+from rm_pipeline.lib.evaluation.rewardbench2 import best_of_n_rows, best_of_n_summary
+from rm_pipeline.lib.table_files import AnnotationFileError
 from rm_pipeline_tests.test_cli import rm_pipeline
 
 
@@ -72,7 +73,7 @@ def scored(pairs: pd.DataFrame) -> pd.DataFrame:
 
 
 def test_a_rewardbench2_row_becomes_one_pair_per_chosen_and_rejected_answer(tmp_path):
-    pairs, quarantine = ev.read_pair_file(write_jsonl(tmp_path / "rb2.jsonl", GOOD_ROWS))
+    pairs, quarantine = read_pair_file(write_jsonl(tmp_path / "rb2.jsonl", GOOD_ROWS))
     assert quarantine.empty
     assert pairs["best_of_n"].all()
     assert pairs.groupby("line").size().to_dict() == {1: 3, 2: 3, 3: 3, 4: 2, 5: 6, 6: 1, 7: 2}
@@ -85,12 +86,12 @@ def test_a_rewardbench2_row_becomes_one_pair_per_chosen_and_rejected_answer(tmp_
 
 
 def test_best_of_n_accuracy_and_the_ties_score_on_a_hand_made_file(tmp_path):
-    pairs, _ = ev.read_pair_file(write_jsonl(tmp_path / "rb2.jsonl", GOOD_ROWS))
-    rows = ev.best_of_n_rows(scored(pairs)).set_index("row_id")
+    pairs, _ = read_pair_file(write_jsonl(tmp_path / "rb2.jsonl", GOOD_ROWS))
+    rows = best_of_n_rows(scored(pairs)).set_index("row_id")
     # chosen beats all / chosen loses by one rejected / chosen tied with one rejected at the top (1/2)
     assert rows.loc[["1", "2", "3"], "credit"].tolist() == [1.0, 0.0, 0.5]
 
-    summary = ev.best_of_n_summary(scored(pairs))
+    summary = best_of_n_summary(scored(pairs))
     assert summary["rows"] == 7
     focus, math_, ties = (summary["subsets"][name] for name in ("Focus", "Math", "Ties"))
     assert (focus["n"], focus["accuracy"]) == (2, 0.5)
@@ -119,11 +120,11 @@ def test_best_of_n_accuracy_and_the_ties_score_on_a_hand_made_file(tmp_path):
 
 def test_ties_count_a_correct_answer_below_an_incorrect_one_as_inaccurate(tmp_path):
     rows = GOOD_ROWS[3:5]
-    pairs, _ = ev.read_pair_file(write_jsonl(tmp_path / "ties.jsonl", rows))
+    pairs, _ = read_pair_file(write_jsonl(tmp_path / "ties.jsonl", rows))
     low_green = scored(pairs).assign(
         chosen_reward=lambda f: np.where(f["chosen"] == "green", 0.5, f["chosen_reward"])
     )  # green now under dog
-    special = ev.best_of_n_summary(low_green)["subsets"]["Ties"]["ties_score"]
+    special = best_of_n_summary(low_green)["subsets"]["Ties"]["ties_score"]
     assert special["tied_accuracy"] == 0.0 and special["ref_accuracy"] == 1.0
     assert special["correctness_preferred"] == 0.0  # gap 0.5 - 1 < spread 2.5
     assert special["score"] == pytest.approx(0.3 + 0.01 * math.tanh(-0.5 / 2.5 - 1))
@@ -146,7 +147,7 @@ BAD_ROWS = [
 
 def test_bad_rewardbench2_rows_are_quarantined_once_with_line_field_and_reason(tmp_path):
     path = write_jsonl(tmp_path / "mixed.jsonl", GOOD_ROWS[:2] + BAD_ROWS)
-    pairs, quarantine = ev.read_pair_file(path)
+    pairs, quarantine = read_pair_file(path)
     found = {(r.line, r.field, r.reason) for r in quarantine.itertuples()}
     assert found == {
         (3, "chosen", "wrong_type"),
@@ -174,20 +175,20 @@ def test_rewardbench2_format_is_explicit(tmp_path):
             "rejected": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "go away"}],
         }
     ]
-    pairs, quarantine = ev.read_pair_file(write_jsonl(tmp_path / "trl.jsonl", conversational))
+    pairs, quarantine = read_pair_file(write_jsonl(tmp_path / "trl.jsonl", conversational))
     assert quarantine.empty and not pairs["best_of_n"].any()
     # RewardBench (1) rows hold one text a side
-    pairs, _ = ev.read_pair_file(write_jsonl(tmp_path / "rb1.jsonl", [{"prompt": "p", "chosen": "a", "rejected": "b"}]))
+    pairs, _ = read_pair_file(write_jsonl(tmp_path / "rb1.jsonl", [{"prompt": "p", "chosen": "a", "rejected": "b"}]))
     assert not pairs["best_of_n"].any()
     # a RewardBench 2 marker column makes a file RewardBench 2 even when its first rows are broken
     marked = [row("1", "Focus", "a", "b", num_correct=1)]
-    pairs, quarantine = ev.read_pair_file(write_jsonl(tmp_path / "marked.jsonl", marked))
+    pairs, quarantine = read_pair_file(write_jsonl(tmp_path / "marked.jsonl", marked))
     assert pairs.empty and quarantine[["line", "field", "reason"]].values.tolist() == [[1, "chosen", "wrong_type"]]
 
 
 def test_a_file_that_is_not_pairs_is_named():
     with pytest.raises(AnnotationFileError, match="not an annotation table"):
-        ev.read_pair_file(_write_tmp([{"prompt": "p", "answers": ["a", "b"]}]))
+        read_pair_file(_write_tmp([{"prompt": "p", "answers": ["a", "b"]}]))
 
 
 def _write_tmp(rows):

@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 import torch
 
-from rm_pipeline.lib.precision import native_bf16, scores_in_bf16
+from rm_pipeline.lib.hardware import native_bf16
+from rm_pipeline.lib.precision import scores_in_bf16
 from rm_pipeline.lib.scoring import (
     CandidateFileError,
     RewardScorer,

@@ -9,14 +9,14 @@ import pytest
 
 from rm_pipeline.config import config_class, settings_from_config
 from rm_pipeline.lib.aggregation import AggregationSettings, ReviewThresholds
+from rm_pipeline.lib.evaluation.probes import ProbeSettings
+from rm_pipeline.lib.evaluation.readiness import ReadinessThresholds
+from rm_pipeline.lib.evaluation.report import ReportSettings
 from rm_pipeline.lib.pairs import PairSettings
-from rm_pipeline.lib.probes import ProbeSettings
-from rm_pipeline.lib.readiness import ReadinessThresholds
-from rm_pipeline.lib.report import ReportSettings
-from rm_pipeline.lib.reward_training import TrainingSettings
 from rm_pipeline.lib.scoring import ScoringSettings
 from rm_pipeline.lib.settings import build_settings
 from rm_pipeline.lib.split import SplitSettings
+from rm_pipeline.lib.training.settings import TrainingSettings
 from rm_pipeline.resources import BaseModelResource
 from rm_pipeline.stages import aggregation, evaluation, pairs, reward_model, split
 from rm_pipeline_tests.test_gate_enforcement import UP_TO_SPLIT

@@ -13,7 +13,7 @@ import pytest
 from dagster_pipes import decode_param
 
 from rm_pipeline.definitions import build_defs
-from rm_pipeline.lib.training_launch import WORKER_MODULE, worker_command
+from rm_pipeline.lib.training.launch import WORKER_MODULE, worker_command
 from rm_pipeline.training_launcher import (
     DockerTrainingLauncher,
     K8sTrainingLauncher,

@@ -14,22 +14,19 @@ import pytest
 import torch
 
 from rm_pipeline.lib import gates
-from rm_pipeline.lib.evaluation import tie_pair_margins
-from rm_pipeline.lib.evaluation_inputs import HELD_OUT_TIE, split_pairs_to_score
+from rm_pipeline.lib.evaluation.accuracy import tie_pair_margins
+from rm_pipeline.lib.evaluation.inputs import HELD_OUT_TIE, split_pairs_to_score
+from rm_pipeline.lib.evaluation.report import build_report
+from rm_pipeline.lib.fingerprints import split_data_version
 from rm_pipeline.lib.pairs import PairSettings, build_pairs, rejection_counts, tie_pairs
-from rm_pipeline.lib.report import build_report
-from rm_pipeline.lib.reward_training import (
-    TrainingSettings,
-    pair_dataset,
-    preference_collator,
-    preference_loss,
-    train_reward_model,
-)
 from rm_pipeline.lib.split import split_by_group
 from rm_pipeline.lib.tokenization import load_tokenizer
+from rm_pipeline.lib.training.data import pair_dataset
+from rm_pipeline.lib.training.run import train_reward_model
+from rm_pipeline.lib.training.settings import TrainingSettings
+from rm_pipeline.lib.training.trainer import preference_collator, preference_loss
 from rm_pipeline.stages import pairs as pairs_stage
 from rm_pipeline.stages import reward_model
-from rm_pipeline.stages.split import split_data_version
 from rm_pipeline_tests.test_pairs import comparisons_from, reasons, split_pairs, vote
 from rm_pipeline_tests.test_report import no_responses, scored
 from rm_pipeline_tests.test_reward_training import encoder_settings, learnable_pairs
@@ -235,7 +232,9 @@ def test_training_with_soft_ties_runs_and_leaves_ties_out_of_its_accuracy(tiny_e
 
 def zero_head_trainer(tiny_encoder, tmp_path, evaluation: pd.DataFrame, **settings):
     """Every answer gets reward 0 (d = 0): the losses are known numbers."""
-    from rm_pipeline.lib.reward_training import _progress_callback, build_trainer, prepare_model, training_data
+    from rm_pipeline.lib.training.data import training_data
+    from rm_pipeline.lib.training.model import prepare_model
+    from rm_pipeline.lib.training.trainer import build_trainer, progress_callback
 
     settings = encoder_settings(Path(tiny_encoder), use_margin=False, **settings)
     model, tokenizer, peft_config = prepare_model(settings)
@@ -244,7 +243,7 @@ def zero_head_trainer(tiny_encoder, tmp_path, evaluation: pd.DataFrame, **settin
         model.classifier.bias.zero_()
     data = training_data(learnable_pairs(8), evaluation, tokenizer, settings, lambda *_: None)
     return build_trainer(
-        model, tokenizer, peft_config, data, settings, tmp_path / "checkpoints", _progress_callback(lambda *_: None)
+        model, tokenizer, peft_config, data, settings, tmp_path / "checkpoints", progress_callback(lambda *_: None)
     )
 
 

@@ -27,8 +27,9 @@ import pandas as pd
 import pytest
 import torch
 
-from rm_pipeline.lib.reward_training import TrainingSettings, train_reward_model
 from rm_pipeline.lib.scoring import RewardScorer, trl_reward_function
+from rm_pipeline.lib.training.run import train_reward_model
+from rm_pipeline.lib.training.settings import TrainingSettings
 from rm_pipeline_tests.conftest import DECODER_WORDS
 from rm_pipeline_tests.test_reward_training import encoder_settings, learnable_pairs
 

@@ -112,21 +112,10 @@ def aggregate_votes(
     outcome_votes = counts[:, :2] if tie_policy == "ignore" else counts[:, :3]
     with np.errstate(divide="ignore", invalid="ignore"):  # no deciding vote: NaN
         confidence = outcome_votes.max(axis=1) / outcome_votes.sum(axis=1)
-    # Reliability is learnt from items annotators share; fitted on single-vote items too, Dawid-Skene
-    # can "correct" an annotator who always picks one side into always meaning the other.
-    overlapping = crowd[np.bincount(crowd["task"], minlength=n_items)[crowd["task"]] > 1]
-    if method == "dawid_skene" and overlapping["label"].nunique() > 1:
-        # Rows grouped by task make crowd-kit's per-iteration joins ~1.5x faster. (Only here: crowd-kit's
-        # MajorityVote breaks draws by the order labels first appear in, so its skills need vote order.)
-        model = DawidSkene(n_iter=max_iterations).fit(overlapping.sort_values("task", kind="stable"))
-        posterior = model.probas_.reindex(columns=range(len(OUTCOMES)), fill_value=0.0)
+    reliability, posterior = _reliability(crowd, n_items, method, max_iterations)
+    if posterior is not None:
         winner[posterior.index] = _argmax_label(posterior).to_numpy()
         confidence[posterior.index] = posterior.max(axis=1).to_numpy()
-        reliability = _dawid_skene_reliability(model)
-    elif len(overlapping):
-        reliability = MajorityVote().fit(overlapping).skills_
-    else:
-        reliability = pd.Series(dtype=float)
     worker_reliability = reliability.reindex(range(len(workers))).to_numpy(dtype=float)
 
     votes_a, votes_b, ties = counts[:, 0], counts[:, 1], counts[:, 2]
@@ -170,6 +159,25 @@ def aggregate_votes(
         }
     )
     return AggregationResult(comparisons[COMPARISON_COLUMNS], annotators)
+
+
+def _reliability(
+    crowd: pd.DataFrame, n_items: int, method: AggregationMethod, max_iterations: int
+) -> tuple[pd.Series, pd.DataFrame | None]:
+    """Each annotator's reliability (by worker code) and, under Dawid-Skene, each item's posterior over the
+    outcomes (None otherwise)."""
+    # Reliability is learnt from items annotators share; fitted on single-vote items too, Dawid-Skene
+    # can "correct" an annotator who always picks one side into always meaning the other.
+    overlapping = crowd[np.bincount(crowd["task"], minlength=n_items)[crowd["task"]] > 1]
+    if method == "dawid_skene" and overlapping["label"].nunique() > 1:
+        # Rows grouped by task make crowd-kit's per-iteration joins ~1.5x faster. (Only here: crowd-kit's
+        # MajorityVote breaks draws by the order labels first appear in, so its skills need vote order.)
+        model = DawidSkene(n_iter=max_iterations).fit(overlapping.sort_values("task", kind="stable"))
+        posterior = model.probas_.reindex(columns=range(len(OUTCOMES)), fill_value=0.0)
+        return _dawid_skene_reliability(model), posterior
+    if len(overlapping):
+        return MajorityVote().fit(overlapping).skills_, None
+    return pd.Series(dtype=float), None
 
 
 def _vote_counts(item: np.ndarray, label: np.ndarray, n_items: int) -> np.ndarray:

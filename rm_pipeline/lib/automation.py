@@ -1,4 +1,5 @@
-"""When the pipeline runs by itself: the retraining schedule. Knows nothing of Dagster."""
+"""When the pipeline runs by itself: the retraining schedule and how often the input folders are looked at.
+Knows nothing of Dagster."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ from dataclasses import dataclass
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from rm_pipeline.lib.settings import setting
+from rm_pipeline.lib.table_files import SETTLE_SECONDS
 
 CRON_VARIABLE = "RM_PIPELINE_RETRAIN_CRON"
 TIMEZONE_VARIABLE = "RM_PIPELINE_RETRAIN_TIMEZONE"
+INTERVAL_VARIABLE = "RM_PIPELINE_SENSOR_INTERVAL"
 
 
 @dataclass(frozen=True)
@@ -37,3 +40,25 @@ class AutomationSettings:
             if environ.get(variable, "").strip()
         }
         return cls(**values)
+
+
+@dataclass(frozen=True)
+class FolderWatchSettings:
+    interval_seconds: int = setting(30, f"Seconds between two looks at the annotation folder (${INTERVAL_VARIABLE}).")
+    settle_seconds: float = setting(
+        SETTLE_SECONDS, "A batch file modified more recently than this is still being written: left for the next look."
+    )
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str] = os.environ) -> FolderWatchSettings:
+        """The defaults, the interval overridden by $RM_PIPELINE_SENSOR_INTERVAL when it is set."""
+        value = environ.get(INTERVAL_VARIABLE, "").strip()
+        if not value:
+            return cls()
+        try:
+            seconds = int(value)
+        except ValueError:
+            seconds = 0
+        if seconds < 1:
+            raise ValueError(f"${INTERVAL_VARIABLE} must be a whole number of seconds, at least 1; got {value!r}")
+        return cls(interval_seconds=seconds)

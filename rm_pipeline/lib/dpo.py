@@ -2,8 +2,9 @@
 
 A policy πθ trained by DPO from a reference πref carries a reward of its own: r(x, y) = β·log πθ(y|x)/πref(y|x),
 summed over the response's tokens only. ``implicit_rewards`` scores pairs with it; ``compare`` sets its pair
-accuracy beside the reward model's on the same held-out pairs, with how far the two agree, each with a 95%
-interval resampled by prompt group. ``train_dpo_policy`` trains such a policy with TRL's ``DPOTrainer``.
+accuracy beside the reward model's on the same held-out pairs, with how far the two agree, each with an
+interval (``CONFIDENCE``) resampled by prompt group. ``train_dpo_policy`` trains such a policy with TRL's
+``DPOTrainer``.
 
 Prompts and responses are tokenized as TRL's DPOTrainer does: a response is what the prompt + response
 tokens add after the tokens they share with the prompt alone. Knows nothing of Dagster.
@@ -19,13 +20,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from rm_pipeline.lib.intervals import bootstrap_interval, rate_interval
-from rm_pipeline.lib.metrics import pair_credit
+from rm_pipeline.lib.evaluation.accuracy import pair_credit
+from rm_pipeline.lib.evaluation.statistics import bootstrap_interval, rate_interval
+from rm_pipeline.lib.model_files import POLICY_FILE
 from rm_pipeline.lib.scoring import pad_right
 from rm_pipeline.lib.settings import setting
 from rm_pipeline.lib.tokenization import prompt_messages, prompt_text
 
-POLICY_FILE = "dpo_policy.json"  # beside a policy trained by dpo-baseline: its reference, β and data
 COMPARISON_FILE = "dpo_comparison.json"  # beside the evaluation report
 DISAGREEMENTS_FILE = "dpo_disagreements.csv"
 
@@ -193,7 +194,7 @@ def compare(pairs: pd.DataFrame, groups) -> tuple[dict, pd.DataFrame]:
     """The explicit and implicit reward on the same pairs (``explicit_chosen``, ``explicit_rejected``,
     ``implicit_chosen``, ``implicit_rejected``): each one's pair accuracy, their agreement (the share of pairs
     where both pick the same answer; a tie against a pick counts half) and Spearman's ρ of their margins,
-    each with a 95% interval resampled by ``groups``; and the pairs where they disagree."""
+    each with an interval (``CONFIDENCE``) resampled by ``groups``; and the pairs where they disagree."""
     if len(pairs) == 0:
         raise ValueError("no pairs to compare the explicit and implicit rewards on")
     groups = np.asarray(groups, dtype=object)

@@ -12,9 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from rm_pipeline.lib.folder_fingerprint import digest_batch_file
+from rm_pipeline.lib.fingerprints import digest_batch_file
 
-LINEAGE_FILE = "lineage.json"
 # The chain, from the model (and its evaluation) down to the batch files.
 CHAIN = (
     "reward_model",

@@ -9,13 +9,11 @@ import os
 import re
 from pathlib import Path
 
+from rm_pipeline.lib.evaluation.report import REPORT_JSON
+from rm_pipeline.lib.model_files import FACTS_FILE, MODEL_CARD_FILE, PROMOTION_FILE, READINESS_FILE
 from rm_pipeline.lib.promotion import NOT_PROMOTED, PROMOTED
-from rm_pipeline.lib.report import READINESS_FILE, REPORT_JSON
-from rm_pipeline.lib.reward_training import FACTS_FILE
 
 CURRENT = "current"
-PROMOTION_FILE = "promotion.json"
-CALIBRATION_FILE = "calibration.json"  # the temperature evaluation fitted: rewards / T are calibrated
 
 
 def switch_current(models_dir: Path, name: str) -> Path:
@@ -51,7 +49,7 @@ def _data_version(model_dir: Path) -> str | None:
     if facts and facts.get("data_version"):
         return str(facts["data_version"])
     try:  # models saved before training_facts.json: the model card names it
-        found = re.search(r"data version of the split: `([^`]+)`", (model_dir / "README.md").read_text("utf-8"))
+        found = re.search(r"data version of the split: `([^`]+)`", (model_dir / MODEL_CARD_FILE).read_text("utf-8"))
     except (OSError, UnicodeDecodeError):
         return None
     return found.group(1) if found and found.group(1) != "?" else None

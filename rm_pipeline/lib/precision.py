@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 from typing import Literal
 
+from rm_pipeline.lib.hardware import native_bf16
+
 Precision = Literal["auto", "fp32", "bf16"]
 PRECISION_HELP = (
     "auto: bf16 autocast where the hardware multiplies bf16 natively (a CUDA GPU with bf16, a CPU with AMX or "
@@ -20,15 +22,6 @@ SCORING_PRECISION_HELP = (
     PRECISION_HELP + " On a GPU auto scores in fp32: scoring is cheap there, and fp32 gives the rewards TRL's "
     "trainers compute from the same directory."
 )
-
-
-def native_bf16(device: str) -> bool:
-    import torch
-
-    if device == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    # torch.cpu's probes of the CPU's instruction sets (private, checked by test_dependencies)
-    return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
 
 
 def uses_bf16(precision: Precision, device: str) -> bool:

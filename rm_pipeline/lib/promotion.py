@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
-from rm_pipeline.lib.intervals import paired_difference, rate_interval
+from rm_pipeline.lib.evaluation.statistics import CONFIDENCE, paired_difference, rate_interval
 from rm_pipeline.lib.settings import setting
 from rm_pipeline.lib.split import normalised_prompt, prompt_groups
 
@@ -27,7 +27,7 @@ class PromotionSettings:
         "Accuracy the candidate may lose against the current model: it is not promoted only when the upper "
         "bound of the interval of (candidate - current) accuracy on the same pairs is below -margin.",
     )
-    confidence: float = setting(0.95, "Confidence of the intervals.")
+    confidence: float = setting(CONFIDENCE, "Confidence of the intervals.")
     resamples: int = setting(2000, "Bootstrap resamples (of prompt groups).")
     seed: int = setting(0, "Seed of the bootstrap: the same scores give the same decision.")
 

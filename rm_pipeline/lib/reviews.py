@@ -28,8 +28,8 @@ import numpy as np
 import pandas as pd
 
 from rm_pipeline.lib.aggregation import restore_formulas
-from rm_pipeline.lib.annotations import QUARANTINE_COLUMNS, AnnotationFileError, batch_files, read_records, rows_as_json
 from rm_pipeline.lib.pairs import Rejections
+from rm_pipeline.lib.table_files import QUARANTINE_COLUMNS, AnnotationFileError, batch_files, read_records, rows_as_json
 
 REVIEW_DECISIONS = ("a", "b", "tie", "drop")
 REQUIRED_COLUMNS = ("item_id", "review_decision")

@@ -14,9 +14,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from rm_pipeline.lib.annotations import MAX_JSON_DEPTH, is_message_list, json_depth_exceeds
+from rm_pipeline.lib.annotations import is_message_list
+from rm_pipeline.lib.model_files import SCORED_FILE
 from rm_pipeline.lib.precision import SCORING_PRECISION_HELP, Precision, autocast, head_in_fp32, scores_in_bf16
 from rm_pipeline.lib.settings import check_choices, setting
+from rm_pipeline.lib.table_files import MAX_JSON_DEPTH, json_depth_exceeds
 from rm_pipeline.lib.tokenization import encode, load_tokenizer
 
 
@@ -32,7 +34,6 @@ class ScoringSettings:
 SCORING_BATCH_SIZE = ScoringSettings.batch_size
 # Answers of the eval split as training scored them with the finished model, saved beside it: the evaluation
 # stage scores the same answers with the same model, and reads them instead.
-SCORED_FILE = "scored_answers.parquet"
 SCORED_COLUMNS = ["prompt", "response", "conversational", "reward", "tokens", "truncated"]
 
 

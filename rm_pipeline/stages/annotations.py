@@ -16,7 +16,8 @@ from rm_pipeline.asset_outputs import (
     table_output,
 )
 from rm_pipeline.lib import gates
-from rm_pipeline.lib.annotations import list_batch_files, read_annotations
+from rm_pipeline.lib.annotations import read_annotations
+from rm_pipeline.lib.table_files import list_batch_files
 from rm_pipeline.resources import AnnotationSource, QualityGates
 
 GROUP = "annotations"

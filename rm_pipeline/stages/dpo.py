@@ -22,7 +22,7 @@ from rm_pipeline.lib.dpo import (
     load_causal_lm,
 )
 from rm_pipeline.lib.markdown import markdown_table
-from rm_pipeline.lib.report import write_atomically
+from rm_pipeline.lib.model_files import write_atomically
 from rm_pipeline.resources import DpoPolicyResource, PipelineStorage
 
 DISAGREEMENT_COLUMNS = [

@@ -11,11 +11,11 @@ from rm_pipeline.asset_outputs import EVALUATION_GROUP as GROUP
 from rm_pipeline.asset_outputs import OWNERS, report_of
 from rm_pipeline.config import config_class, settings_from_config
 from rm_pipeline.lib.asset_values import MODEL_PATH, READY, EvaluationReport, PublishedModel
+from rm_pipeline.lib.evaluation.accuracy import pair_credit
 from rm_pipeline.lib.markdown import markdown_table
-from rm_pipeline.lib.metrics import pair_credit
-from rm_pipeline.lib.model_registry import PROMOTION_FILE, current_model_dir, switch_current
+from rm_pipeline.lib.model_files import PROMOTION_FILE, READINESS_FILE, write_atomically
+from rm_pipeline.lib.model_registry import current_model_dir, switch_current
 from rm_pipeline.lib.promotion import PROMOTED, PromotionSettings, evidence_pairs, promotion_record
-from rm_pipeline.lib.report import READINESS_FILE, write_atomically
 from rm_pipeline.lib.scoring import RewardScorer
 
 PromotionConfig = config_class(PromotionSettings, "PromotionConfig")

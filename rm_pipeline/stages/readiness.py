@@ -9,8 +9,9 @@ from rm_pipeline.asset_outputs import EVALUATION_GROUP as GROUP
 from rm_pipeline.asset_outputs import OWNERS, report_of
 from rm_pipeline.config import config_class, settings_from_config
 from rm_pipeline.lib.asset_values import MODEL_PATH, READINESS_CHECK, READY, EvaluationReport, PublishedModel
-from rm_pipeline.lib.readiness import ReadinessThresholds, readiness, split_overlap
-from rm_pipeline.lib.report import READINESS_FILE, write_atomically, write_report
+from rm_pipeline.lib.evaluation.readiness import ReadinessThresholds, readiness, split_overlap
+from rm_pipeline.lib.evaluation.report import write_report
+from rm_pipeline.lib.model_files import READINESS_FILE, write_atomically
 
 ReadinessConfig = config_class(ReadinessThresholds, "ReadinessConfig")
 

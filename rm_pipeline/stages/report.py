@@ -9,13 +9,13 @@ from rm_pipeline.asset_outputs import EVALUATION_GROUP as GROUP
 from rm_pipeline.asset_outputs import OWNERS
 from rm_pipeline.config import config_class, settings_from_config
 from rm_pipeline.lib.asset_values import MODEL_PATH, SCORED_BY, SCORED_IN, EvaluationReport, PublishedModel
-from rm_pipeline.lib.evaluation import read_leaderboard
+from rm_pipeline.lib.evaluation.policies import read_leaderboard
+from rm_pipeline.lib.evaluation.probes import probe_table
+from rm_pipeline.lib.evaluation.report import ReportSettings, build_report, write_plots, write_report
+from rm_pipeline.lib.fingerprints import split_data_version
 from rm_pipeline.lib.markdown import inline_png, markdown_table, with_intervals
-from rm_pipeline.lib.model_registry import CALIBRATION_FILE
-from rm_pipeline.lib.probes import probe_table
-from rm_pipeline.lib.report import ReportSettings, build_report, write_atomically, write_plots, write_report
+from rm_pipeline.lib.model_files import CALIBRATION_FILE, write_atomically
 from rm_pipeline.resources import EvaluationSource, PipelineStorage
-from rm_pipeline.stages.split import split_data_version
 
 EvaluationReportConfig = config_class(ReportSettings, "EvaluationReportConfig")
 

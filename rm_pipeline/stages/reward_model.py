@@ -8,10 +8,10 @@ import pandas as pd
 from rm_pipeline.asset_outputs import OWNERS
 from rm_pipeline.config import config_class, settings_from_config
 from rm_pipeline.lib.asset_values import MODEL_PATH, PublishedModel
-from rm_pipeline.lib.reward_training import TrainingSettings
+from rm_pipeline.lib.fingerprints import split_data_version
+from rm_pipeline.lib.training.settings import TrainingSettings
 from rm_pipeline.lineage_reader import training_facts
 from rm_pipeline.resources import BaseModelResource, PipelineStorage
-from rm_pipeline.stages.split import split_data_version
 from rm_pipeline.training_launcher import TrainingLauncherResource
 
 GROUP = "training"

@@ -11,8 +11,8 @@ from rm_pipeline.asset_outputs import EVALUATION_GROUP as GROUP
 from rm_pipeline.asset_outputs import OWNERS, counts_table, preview, table_output
 from rm_pipeline.config import config_class, settings_from_config
 from rm_pipeline.lib.asset_values import MODEL_PATH, SCORED_BY, SCORED_IN, PublishedModel
-from rm_pipeline.lib.evaluation_inputs import file_pairs_to_score, responses_to_score, split_pairs_to_score
-from rm_pipeline.lib.probes import PROBE_NAMES, SOURCE_PREFIX, ProbeSettings, probe_answers
+from rm_pipeline.lib.evaluation.inputs import file_pairs_to_score, responses_to_score, split_pairs_to_score
+from rm_pipeline.lib.evaluation.probes import PROBE_NAMES, SOURCE_PREFIX, ProbeSettings, probe_answers
 from rm_pipeline.lib.scoring import RewardScorer, ScoringSettings
 from rm_pipeline.resources import EvaluationSource
 
@@ -43,7 +43,7 @@ def shortcut_probes(
 ) -> dg.Output[pd.DataFrame]:
     """Held-out pairs made worse in ways a reward model might still like (padding, flattery, Markdown on the
     rejected answer; truncation and a repeated sentence on the chosen one): the answers `reward_scores`
-    scores and the report's flip rates compare (`rm_pipeline.lib.probes`). Seeded, on a fixed sample."""
+    scores and the report's flip rates compare (`rm_pipeline.lib.evaluation.probes`). Seeded, on a fixed sample."""
     held_out = preference_split[preference_split["split"] == "eval"]
     answers = probe_answers(held_out, settings_from_config(ProbeSettings, config))
     pairs = answers["group_id"].nunique()

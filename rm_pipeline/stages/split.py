@@ -3,26 +3,15 @@
 import dagster as dg
 import pandas as pd
 
-from rm_pipeline.asset_outputs import OWNERS, gate_result, table_fingerprint, table_output
+from rm_pipeline.asset_outputs import OWNERS, gate_result, table_output
 from rm_pipeline.config import config_class
 from rm_pipeline.lib import gates
-from rm_pipeline.lib.pairs import tie_pairs
+from rm_pipeline.lib.fingerprints import split_data_version
 from rm_pipeline.lib.split import NO_DOMAIN, SplitSettings, split_by_group
 
 GROUP = "split"
 
 SplitConfig = config_class(SplitSettings, "SplitConfig")
-
-# Everything training reads from a pair: a change in any of them is new training data.
-TRAINING_COLUMNS = ["pair_id", "prompt", "conversational", "chosen", "rejected", "strength", "split"]
-
-
-def split_data_version(split: pd.DataFrame) -> str:
-    """The content training sees, pair by pair and side by side: the version a reward model is trained on.
-    A pair's target preference counts once there are tie pairs; without them every pair is preferred, as
-    before the column existed, so the version stays that of the same pairs then."""
-    columns = TRAINING_COLUMNS + (["preference"] if tie_pairs(split).any() else [])
-    return table_fingerprint(split[columns].sort_values("pair_id", kind="stable"))
 
 
 @dg.asset(group_name=GROUP, kinds={"pandas", "parquet"}, code_version="3", owners=OWNERS)

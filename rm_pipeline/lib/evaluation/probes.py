@@ -40,9 +40,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from rm_pipeline.lib.intervals import rate_interval
+from rm_pipeline.lib.evaluation.accuracy import TIE_TOLERANCE, pair_credit
+from rm_pipeline.lib.evaluation.statistics import CONFIDENCE, rate_interval
 from rm_pipeline.lib.markdown import markdown_table, with_intervals
-from rm_pipeline.lib.metrics import TIE_TOLERANCE, pair_credit
 from rm_pipeline.lib.settings import setting
 
 SOURCE_PREFIX = "probe:"
@@ -196,7 +196,7 @@ def probe_answers(pairs: pd.DataFrame, settings: ProbeSettings = ProbeSettings()
 def flip_rates(
     scored_pairs: pd.DataFrame,
     scored_probes: pd.DataFrame,
-    confidence: float = 0.95,
+    confidence: float = CONFIDENCE,
     tie_tolerance: float = TIE_TOLERANCE,
 ) -> dict:
     """The flip rate of each probe (module docstring) with its interval (``rate_interval``: a cluster bootstrap

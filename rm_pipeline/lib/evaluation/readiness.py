@@ -24,8 +24,8 @@ class ReadinessThresholds:
     max_probe_flip_rate: float = setting(
         0.2,
         "Highest flip rate allowed on the worst shortcut probe (padding, flattery, Markdown, truncation, "
-        "repetition; rm_pipeline.lib.probes): the share of held-out pairs the model did not rank wrong that the "
-        "shortcut alone turns toward the worse answer. A model blind to the change flips near 0 and one that "
+        "repetition; rm_pipeline.lib.evaluation.probes): the share of held-out pairs the model did not rank wrong "
+        "that the shortcut alone turns toward the worse answer. A model blind to the change flips near 0 and one that "
         "ignores content about 0.5; 0.2 leaves room for near-tied pairs but not for a shortcut that decides "
         "one pair in five.",
     )
@@ -90,27 +90,7 @@ def readiness(
         )
     )
 
-    fresh = report["fresh_policy"]
-    n, accuracy = fresh.get("n", 0), fresh.get("accuracy")
-    if n == 0:
-        reason = (
-            "no human-labelled pairs of fresh policy outputs (unlabelled outputs such as the bundled "
-            "AlpacaEval ones, ranked by an LLM judge, do not count). Label pairs of the policy's own samples "
-            "and put them in `fresh-policy/` in the eval folder"
-        )
-    elif n < t.min_pairs:
-        reason = f"only {n} human-labelled pairs of fresh policy outputs"
-    else:
-        reason = f"{shown(fresh, 'accuracy')} on {n} human-labelled pairs of outputs the model never saw in training"
-    checks.append(
-        _check(
-            "fresh_policy_accuracy",
-            accuracy,
-            f">= {t.min_fresh_policy_accuracy} on >= {t.min_pairs} pairs",
-            n >= t.min_pairs and accuracy is not None and accuracy >= t.min_fresh_policy_accuracy,
-            reason,
-        )
-    )
+    checks.append(_fresh_policy_check(report["fresh_policy"], t))
 
     calibration = report["calibration"]
     n, ece = calibration.get("n", 0), calibration.get("ece")
@@ -136,6 +116,28 @@ def readiness(
         "reasons": [f"{check['check']}: {check['reason']}" for check in checks if not check["passed"]],
         "recommendation": recommendation(ready, checks, overlap["train_pairs"], dpo),
     }
+
+
+def _fresh_policy_check(fresh: dict, t: ReadinessThresholds) -> dict:
+    """Accuracy on human-labelled pairs of the policy's own outputs, which the model never saw."""
+    n, accuracy = fresh.get("n", 0), fresh.get("accuracy")
+    if n == 0:
+        reason = (
+            "no human-labelled pairs of fresh policy outputs (unlabelled outputs such as the bundled "
+            "AlpacaEval ones, ranked by an LLM judge, do not count). Label pairs of the policy's own samples "
+            "and put them in `fresh-policy/` in the eval folder"
+        )
+    elif n < t.min_pairs:
+        reason = f"only {n} human-labelled pairs of fresh policy outputs"
+    else:
+        reason = f"{shown(fresh, 'accuracy')} on {n} human-labelled pairs of outputs the model never saw in training"
+    return _check(
+        "fresh_policy_accuracy",
+        accuracy,
+        f">= {t.min_fresh_policy_accuracy} on >= {t.min_pairs} pairs",
+        n >= t.min_pairs and accuracy is not None and accuracy >= t.min_fresh_policy_accuracy,
+        reason,
+    )
 
 
 def _probe_check(probes: dict, t: ReadinessThresholds) -> dict:
@@ -180,7 +182,7 @@ def recommendation(ready: bool, checks: list[dict], train_pairs: int, dpo: dict 
 
 
 def dpo_comparison_sentence(dpo: dict) -> str:
-    """The DPO policy's implicit reward against the reward model, with 95% intervals."""
+    """The DPO policy's implicit reward against the reward model, with its intervals."""
 
     def shown(interval: dict, percent: bool = False) -> str:
         scale, unit, digits = (100, "%", 0) if percent else (1, "", 2)

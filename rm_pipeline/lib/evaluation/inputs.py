@@ -12,9 +12,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from rm_pipeline.lib import evaluation as ev
-from rm_pipeline.lib.annotations import list_batch_files
+from rm_pipeline.lib.evaluation.pair_files import read_pair_file
+from rm_pipeline.lib.evaluation.policies import read_policy_outputs
+from rm_pipeline.lib.evaluation.rankings import oasst_ranked_groups
 from rm_pipeline.lib.pairs import build_pairs, tie_pairs
+from rm_pipeline.lib.table_files import QUARANTINE_COLUMNS, list_batch_files
 
 SCORE_COLUMNS = [
     "source",
@@ -78,13 +80,13 @@ def file_pairs_to_score(files: list[Path], source: str) -> tuple[pd.DataFrame, p
     """Labelled pair files as rows to score, and their quarantined rows (file, line, field, reason)."""
     frames, quarantines = [], []
     for path in files:
-        pairs, quarantine = ev.read_pair_file(path)
+        pairs, quarantine = read_pair_file(path)
         frames.append(
             pairs.assign(source=source, prompt_id=None, n_votes=np.nan, chosen_share=np.nan, in_review_queue=False)
         )
         quarantines.append(quarantine)
     if not frames:
-        return pd.DataFrame(columns=SCORE_COLUMNS), pd.DataFrame(columns=ev.QUARANTINE_COLUMNS)
+        return pd.DataFrame(columns=SCORE_COLUMNS), pd.DataFrame(columns=QUARANTINE_COLUMNS)
     return pd.concat(frames, ignore_index=True)[SCORE_COLUMNS], pd.concat(quarantines, ignore_index=True)
 
 
@@ -92,7 +94,7 @@ def responses_to_score(folder: EvaluationFolder) -> pd.DataFrame:
     """Fresh policy outputs and human-ranked replies as (prompt, response) rows."""
     frames = []
     if (folder.policy_outputs / "prompts.jsonl").exists():
-        outputs = ev.read_policy_outputs(folder.policy_outputs)
+        outputs = read_policy_outputs(folder.policy_outputs)
         frames.append(
             pd.DataFrame(
                 {
@@ -108,7 +110,7 @@ def responses_to_score(folder: EvaluationFolder) -> pd.DataFrame:
             )
         )
     for path in folder.ranking_files():
-        replies = ev.oasst_ranked_groups(path)
+        replies = oasst_ranked_groups(path)
         frames.append(
             pd.DataFrame(
                 {

@@ -1,18 +1,27 @@
-"""Confidence intervals by the bootstrap, resampling whole groups (e.g. every pair of one prompt) so pairs
-that share a prompt, and so are not independent, don't make an interval look narrower than it is.
+"""Confidence intervals: the one confidence level, the cluster bootstrap, Wilson's interval and rank correlation.
 
-Numpy only; knows nothing of models or Dagster. `rate_interval` is the one function for every accuracy,
-flip rate and share the pipeline reports (model promotion, the evaluation evidence): a cluster bootstrap
-where values share groups, Wilson's score interval where every value stands alone.
+Intervals resample whole groups (e.g. every pair of one prompt) so pairs that share a prompt, and so are
+not independent, don't make an interval look narrower than it is. `rate_interval` is the one function for
+every accuracy, flip rate and share the pipeline reports (model promotion, the evaluation evidence): a
+cluster bootstrap where values share groups, Wilson's score interval where every value stands alone.
+
+Numpy only at import (scipy is imported where used), so the training process loads it cheaply; knows
+nothing of models or Dagster.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+if TYPE_CHECKING:
+    import pandas as pd
+
+CONFIDENCE = 0.95  # of every interval: each accuracy, rate and correlation comes with one, as ``<name>_interval``
 CHUNK = 256  # resamples drawn at once: bounds memory at CHUNK x groups
 
 
@@ -42,7 +51,7 @@ def bootstrap_interval(
     values,
     groups=None,
     statistic: Callable[[np.ndarray], float] = np.mean,
-    confidence: float = 0.95,
+    confidence: float = CONFIDENCE,
     resamples: int = 2000,
     seed: int = 0,
 ) -> Interval:
@@ -82,7 +91,7 @@ def bootstrap_interval(
     return Interval(float(statistic(values)), float(low), float(high), confidence, len(values), n_groups)
 
 
-def wilson_interval(successes: float, n: int, confidence: float = 0.95) -> Interval:
+def wilson_interval(successes: float, n: int, confidence: float = CONFIDENCE) -> Interval:
     """Wilson's score interval of a proportion: well behaved near 0 and 1 and on small n, unlike the normal
     approximation. ``successes`` may be fractional (a tie counts half)."""
     from scipy.stats import norm
@@ -98,7 +107,9 @@ def wilson_interval(successes: float, n: int, confidence: float = 0.95) -> Inter
     return Interval(float(p), float(max(0.0, centre - half)), float(min(1.0, centre + half)), confidence, n, n)
 
 
-def rate_interval(values, groups=None, confidence: float = 0.95, resamples: int = 2000, seed: int = 0) -> Interval:
+def rate_interval(
+    values, groups=None, confidence: float = CONFIDENCE, resamples: int = 2000, seed: int = 0
+) -> Interval:
     """The interval of a rate (values in [0, 1]: 1 right or flipped, 0 not, 0.5 a tie): a cluster bootstrap
     over ``groups`` when some group holds several values, which are then not independent; Wilson otherwise."""
     values = np.asarray(values, dtype=float)
@@ -127,7 +138,7 @@ def paired_difference(
     credit_candidate,
     credit_current,
     groups=None,
-    confidence: float = 0.95,
+    confidence: float = CONFIDENCE,
     resamples: int = 2000,
     seed: int = 0,
 ) -> Interval:
@@ -138,3 +149,55 @@ def paired_difference(
     if candidate.shape != current.shape:
         raise ValueError(f"paired credits need the same pairs: {candidate.shape} against {current.shape}")
     return bootstrap_interval(candidate - current, groups, confidence=confidence, resamples=resamples, seed=seed)
+
+
+def prompt_groups(frame: pd.DataFrame) -> np.ndarray | None:
+    """The prompt of each pair (its split group, else its prompt id, else its prompt text), so that pairs
+    sharing a prompt are resampled together; None when unknown (every pair then stands alone)."""
+    for column in ("prompt_group", "prompt_id", "prompt"):
+        if column in frame and len(frame) and frame[column].notna().all():
+            return frame[column].astype(str).to_numpy()
+    return None
+
+
+def rate_with_interval(values, groups=None, confidence: float = CONFIDENCE) -> dict | None:
+    """``rate_interval`` of a rate's values (1 right, 0 wrong, 0.5 a tie) as a dict; None without values."""
+    values = np.asarray(values, dtype=float)
+    if values.size == 0:
+        return None
+    return rate_interval(values, groups, confidence).as_dict()
+
+
+def correlation_with_interval(x, y, groups=None, confidence: float = CONFIDENCE) -> dict | None:
+    """Spearman's rho of x and y with its bootstrap interval, resampling whole ``groups`` (the points of one
+    prompt, or single points); None where rho is undefined. Resamples where rho is undefined (a constant
+    draw) are left out of the percentiles."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if math.isnan(spearman(x, y)[0]):
+        return None
+    points = np.arange(x.size, dtype=float)  # the statistic resamples indices, so x and y stay paired
+
+    def rho(drawn: np.ndarray) -> float:  # spearman()'s rho without its p-value, at a fraction of the cost
+        x_ranks, y_ranks = _average_ranks(x[drawn.astype(int)]), _average_ranks(y[drawn.astype(int)])
+        if np.ptp(x_ranks) == 0 or np.ptp(y_ranks) == 0:
+            return math.nan
+        return float(np.corrcoef(x_ranks, y_ranks)[0, 1])
+
+    return bootstrap_interval(points, groups, statistic=rho, confidence=confidence).as_dict()
+
+
+def _average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks, ties sharing their average rank (``scipy.stats.rankdata``'s default), from one sort."""
+    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    return (np.cumsum(counts) - (counts - 1) / 2)[inverse]
+
+
+def spearman(x: np.ndarray | pd.Series, y: np.ndarray | pd.Series) -> tuple[float, float]:
+    """Spearman's rho and its p-value; NaN for fewer than 3 points or a constant input."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if x.size < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return math.nan, math.nan
+    from scipy import stats  # imported on use: this module stays numpy-only for the training process
+
+    result = stats.spearmanr(x, y)
+    return float(result.statistic), float(result.pvalue)

@@ -1,14 +1,20 @@
-"""The annotation folder's fingerprint: which batch files it holds, each one's sha256 and row count, and
-what changed since the last look. Knows nothing of Dagster.
+"""Fingerprints: the content hashes that are the pipeline's data versions, and the annotation folder's.
 
-A file is read (hashed) again only when its size, modification time or inode changed since the previous
-state; otherwise its sha256 and row count are carried over, so looking at an unchanged folder costs one
-`stat` per file and reads nothing.
+- ``table_fingerprint``: a table's content, the data version of every table asset;
+- ``split_data_version``: what training sees of the split, the version a reward model is trained on;
+- ``settings_fingerprint``: a settings dataclass's values (a training run's name carries it);
+- ``fingerprint_folder``: which batch files the annotation folder holds, each one's sha256 and row count,
+  and what changed since the last look. A file is read (hashed) again only when its size, modification
+  time or inode changed since the previous state; otherwise its sha256 and row count are carried over, so
+  looking at an unchanged folder costs one `stat` per file and reads nothing.
+
+Knows nothing of Dagster.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import json
@@ -19,36 +25,40 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rm_pipeline.lib.annotations import SETTLE_SECONDS, UTF8_BOM, AnnotationFileError, list_batch_files
-from rm_pipeline.lib.settings import setting
+from rm_pipeline.lib.pairs import tie_pairs
+from rm_pipeline.lib.table_files import SETTLE_SECONDS, UTF8_BOM, AnnotationFileError, list_batch_files
+
+# Everything training reads from a pair: a change in any of them is new training data.
+TRAINING_COLUMNS = ["pair_id", "prompt", "conversational", "chosen", "rejected", "strength", "split"]
+
+
+def table_fingerprint(table: pd.DataFrame) -> str:
+    """A content hash: the asset's data version, so lineage says which data a model saw."""
+    try:
+        hashed = pd.util.hash_pandas_object(table, index=False).to_numpy()
+    except TypeError:  # cells holding lists or dicts (chat messages): hash their text
+        hashed = pd.util.hash_pandas_object(table.astype(str), index=False).to_numpy()
+    return hashlib.sha256(hashed.tobytes() + ",".join(table.columns).encode()).hexdigest()[:16]
+
+
+def split_data_version(split: pd.DataFrame) -> str:
+    """The content training sees, pair by pair and side by side: the version a reward model is trained on.
+    A pair's target preference counts once there are tie pairs; without them every pair is preferred, as
+    before the column existed, so the version stays that of the same pairs then."""
+    columns = TRAINING_COLUMNS + (["preference"] if tie_pairs(split).any() else [])
+    return table_fingerprint(split[columns].sort_values("pair_id", kind="stable"))
+
+
+def settings_fingerprint(settings) -> str:
+    """A short hash of a settings dataclass's values: the same settings, the same fingerprint."""
+    return hashlib.sha256(json.dumps(dataclasses.asdict(settings), sort_keys=True).encode()).hexdigest()[:8]
+
 
 CHUNK_BYTES = 1 << 20  # files are hashed a block at a time, never loaded whole (bar .json lists)
-INTERVAL_VARIABLE = "RM_PIPELINE_SENSOR_INTERVAL"
-
-
-@dataclass(frozen=True)
-class FolderWatchSettings:
-    interval_seconds: int = setting(30, f"Seconds between two looks at the annotation folder (${INTERVAL_VARIABLE}).")
-    settle_seconds: float = setting(
-        SETTLE_SECONDS, "A batch file modified more recently than this is still being written: left for the next look."
-    )
-
-    @classmethod
-    def from_environment(cls, environ: Mapping[str, str] = os.environ) -> FolderWatchSettings:
-        """The defaults, the interval overridden by $RM_PIPELINE_SENSOR_INTERVAL when it is set."""
-        value = environ.get(INTERVAL_VARIABLE, "").strip()
-        if not value:
-            return cls()
-        try:
-            seconds = int(value)
-        except ValueError:
-            seconds = 0
-        if seconds < 1:
-            raise ValueError(f"${INTERVAL_VARIABLE} must be a whole number of seconds, at least 1; got {value!r}")
-        return cls(interval_seconds=seconds)
 
 
 @dataclass
@@ -135,9 +145,6 @@ def _stat(path: Path) -> dict | None:
     except OSError:
         return None
     return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "inode": stat.st_ino}
-
-
-# ---------------------------------------------------------------- hashing and counting in one read
 
 
 def digest_batch_file(path: Path | str) -> tuple[str, int | None]:

@@ -1,0 +1,440 @@
+"""Reading table files (JSONL, JSON list, CSV, Parquet) into records, quarantining what can't be read.
+
+Every row of a file ends up either in the records or in the quarantine (file, line, field, reason, raw
+text): nothing is dropped. Annotation batches, review files, evaluation pair files and candidate files
+all come through here. Knows nothing of Dagster or of what the rows mean.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.json as pa_json
+import pyarrow.parquet as pq
+
+SUPPORTED_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+QUARANTINE_COLUMNS = ["file", "line", "field", "reason", "detail", "raw"]
+RAW_TEXT_LIMIT = 4000  # enough to recognise and repair a row; the file itself stays untouched
+MAX_JSON_DEPTH = 64  # deeper rows are quarantined before any parser sees them (pyarrow segfaults on 10,000)
+SETTLE_SECONDS = 2.0  # a batch file modified more recently than this may still be being written
+READ_ATTEMPTS = 3  # reads of a file that keeps changing under the reader before it is refused
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
+csv.field_size_limit(2**31 - 1)  # LLM answers can be longer than the csv module's default 128 KiB per field
+
+
+class AnnotationFileError(ValueError):
+    """A whole file can't be read as an annotation table."""
+
+    def __init__(self, path: Path | str, problem: str):
+        super().__init__(f"{path}: {problem}")
+        self.path = str(path)
+
+
+def list_batch_files(directory: Path | str, settle_seconds: float = SETTLE_SECONDS) -> list[Path]:
+    """Annotation batch files in a folder that are ready to read, sorted by name (see ``batch_files``)."""
+    return batch_files(directory, settle_seconds)[0]
+
+
+def batch_files(directory: Path | str, settle_seconds: float = SETTLE_SECONDS) -> tuple[list[Path], list[Path]]:
+    """Batch files ready to read, and batch files still being written (left for the next run).
+
+    Other files (README, .gitkeep) and temporary names are ignored: a writer writes `.name.jsonl` or
+    `name.jsonl.tmp` (`.part`, `.partial`) and renames it into place. A file modified in the last
+    `settle_seconds` is waited for (once, at most that long); if it changes meanwhile it is still
+    being written. 0 disables the wait.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise AnnotationFileError(directory, "annotation folder does not exist")
+    files = sorted(
+        p
+        for p in directory.iterdir()
+        if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES and not p.name.startswith(".")
+    )
+    states = {path: _file_state(path) for path in files}
+    now = time.time_ns()
+    young = [path for path, state in states.items() if state is None or now - state[1] < settle_seconds * 1e9]
+    if not young:
+        return files, []
+    newest = max((states[path][1] for path in young if states[path]), default=now)
+    time.sleep(min(settle_seconds, max(0.0, settle_seconds - (now - newest) / 1e9)))
+    busy = [path for path in young if states[path] is None or _file_state(path) != states[path]]
+    return [path for path in files if path not in busy], busy
+
+
+def _file_state(path: Path) -> tuple[int, int, int] | None:
+    """Size, modification time and inode: any change means the file was written or replaced."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_size, stat.st_mtime_ns, stat.st_ino
+
+
+def read_batch_bytes(
+    path: Path | str, attempts: int = READ_ATTEMPTS, while_reading: Callable[[Path], None] | None = None
+) -> bytes:
+    """A file's bytes as one consistent version: a file that changes during the read is read again.
+
+    `while_reading` runs between the read and the check (tests rewrite the file there).
+    """
+    path = Path(path)
+    for _ in range(attempts):
+        before = _file_state(path)
+        try:
+            data = path.read_bytes()
+        except OSError as error:
+            raise AnnotationFileError(path, f"can't be read: {error.strerror}") from error
+        if while_reading is not None:
+            while_reading(path)
+        if before is not None and _file_state(path) == before and len(data) == before[0]:
+            return data
+    raise AnnotationFileError(
+        path,
+        f"changed while being read ({attempts} tries): write a batch under a temporary "
+        "name (.name.jsonl or name.jsonl.tmp) and rename it into place when complete",
+    )
+
+
+def read_records(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, bytes]:
+    """Rows of a file as a DataFrame with a 1-based `line` column, rows that aren't records at all, and
+    the bytes read. Text formats may start with a UTF-8 byte order mark."""
+    suffix = path.suffix.lower()
+    if suffix not in SUPPORTED_SUFFIXES:
+        raise AnnotationFileError(path, f"unsupported file type {suffix!r}; use one of {', '.join(SUPPORTED_SUFFIXES)}")
+    data = read_batch_bytes(path)
+    text = data.removeprefix(UTF8_BOM)
+    if suffix == ".parquet":
+        records, quarantine = _read_parquet(path, data), empty_quarantine()
+    elif suffix == ".csv":
+        records, quarantine = _read_csv(path, text)
+    elif suffix == ".json" and text.lstrip()[:1] == b"[":
+        records, quarantine = _read_json_list(path, text)
+    else:
+        records, quarantine = _read_jsonl(path, text)
+    if suffix != ".parquet" and not _may_hold_bad_text(text):
+        return records, quarantine, data
+    return *_split_bad_text(path, records, quarantine), data
+
+
+_BAD_ESCAPE = re.compile(rb"\\u(?:0000|[dD][89a-fA-F])")  # JSON's \u0000, and \ud800-\udfff (surrogate halves)
+
+
+def _may_hold_bad_text(text: bytes) -> bool:
+    """Whether a text file's cells can hold a NUL or a lone surrogate: most files, valid UTF-8 with no NUL
+    byte and no such escape, are cleared by a few passes over the bytes instead of a look at every cell."""
+    if b"\x00" in text or _BAD_ESCAPE.search(text):
+        return True
+    try:
+        text.decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    return False
+
+
+def _split_bad_text(path: Path, frame: pd.DataFrame, quarantine: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Quarantine rows holding text that isn't valid Unicode, or a NUL character, as bad_encoding.
+
+    CSV bytes that aren't UTF-8 survive decoding as lone surrogates (surrogateescape), and so do
+    `\\udcXX` escapes in JSON; no Arrow string, Parquet file or UTF-8 JSON can hold them. A NUL can
+    be anywhere (a `\\u0000` escape, a Parquet string): it must never reach a tokenizer.
+    """
+    cells = {}
+    for name in frame.columns:
+        values = frame[name]
+        if name == "line":
+            continue
+        if is_string_array(values):  # valid UTF-8: only a NUL to look for, vectorised
+            cells[name] = values.str.contains("\x00", regex=False).fillna(False).astype(bool).to_numpy()
+        elif only_text(values) and not _BAD_CHAR.search("".join(values.dropna())):
+            continue  # the usual text column (CSV's, say): one search over all of it, not one per cell
+        elif values.dtype == object and values.notna().any():  # not a column of JSON nulls
+            cells[name] = np.fromiter((_bad_char(v) is not None for v in values), dtype=bool, count=len(values))
+    cells = pd.DataFrame(cells, index=frame.index, dtype=bool)
+    bad = cells.any(axis=1) if len(cells.columns) else pd.Series(False, index=frame.index)
+    if not bad.any():
+        return frame, quarantine
+    rows = []
+    for index in frame.index[bad]:
+        name = cells.columns[cells.loc[index].to_numpy().argmax()]
+        problem = "holds a NUL character" if _bad_char(frame.at[index, name]) == "\x00" else "is not valid UTF-8 text"
+        raw = json.dumps(frame.loc[index].drop("line").to_dict(), ensure_ascii=True, default=str)  # escapes: valid
+        rows.append(_quarantine_row(path, int(frame.at[index, "line"]), name, "bad_encoding", f"{name} {problem}", raw))
+    held = pd.DataFrame(rows, columns=QUARANTINE_COLUMNS)
+    quarantine = pd.concat([quarantine, held], ignore_index=True) if len(quarantine) else held
+    return frame[~bad], quarantine.sort_values("line", kind="stable", ignore_index=True)
+
+
+_BAD_CHAR = re.compile("[\ud800-\udfff\x00]")  # json.loads joins valid surrogate pairs, so any left is lone
+
+
+def _bad_char(value) -> str | None:
+    """The first lone surrogate or NUL in a value (text, or messages nested in lists and dicts)."""
+    if isinstance(value, str):
+        found = _BAD_CHAR.search(value)
+        return found.group() if found else None
+    if isinstance(value, dict):
+        return next((c for item in value.items() for c in map(_bad_char, item) if c is not None), None)
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return next((c for c in map(_bad_char, value) if c is not None), None)
+    return None
+
+
+def _read_parquet(path: Path, data: bytes) -> pd.DataFrame:
+    try:
+        table = pq.read_table(io.BytesIO(data))
+    except (pa.ArrowException, OSError) as error:
+        raise AnnotationFileError(path, f"not a Parquet table ({error})") from error
+    frame = table.to_pandas()
+    frame["line"] = np.arange(1, len(frame) + 1)
+    return frame
+
+
+def _read_csv(path: Path, data: bytes) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Cells as text (empty: None), each row numbered by the physical line it starts on (answers hold
+    newlines); a row with more or fewer fields than the header is quarantined as malformed_csv."""
+    reader = csv.reader(io.StringIO(data.decode("utf-8", "surrogateescape"), newline=""))
+    header, records, lines, bad, end = None, [], [], [], 0
+    try:
+        for record in reader:
+            start, end = end + 1, reader.line_num
+            if not record:  # a blank line
+                continue
+            if header is None:
+                header = record
+            elif len(record) == len(header):
+                records.append(record)
+                lines.append(start)
+            else:
+                bad.append(
+                    _quarantine_row(
+                        path,
+                        start,
+                        "",
+                        "malformed_csv",
+                        f"{len(record)} fields where the header has {len(header)}",
+                        json.dumps(record, ensure_ascii=True),
+                    )
+                )
+    except csv.Error as error:
+        raise AnnotationFileError(path, f"not a CSV table (line {reader.line_num}: {error})") from error
+    if header is None:
+        raise AnnotationFileError(path, "not a CSV table (empty file)")
+    if any(_bad_char(name) for name in header):
+        raise AnnotationFileError(path, "not a CSV table (its header is not UTF-8 text)")
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        raise AnnotationFileError(path, f"not a CSV table (duplicate column {', '.join(map(repr, repeated))})")
+    columns = zip(*records) if records else [()] * len(header)
+    frame = pd.DataFrame({name: _csv_cells(cells) for name, cells in zip(header, columns)}, dtype=object)
+    frame["line"] = np.asarray(lines, dtype="int64")
+    return frame, pd.DataFrame(bad, columns=QUARANTINE_COLUMNS)
+
+
+def _csv_cells(cells: tuple) -> np.ndarray:
+    values = np.array(cells, dtype=object)
+    values[values == ""] = None
+    return values
+
+
+def _read_json_list(path: Path, data: bytes) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Elements numbered by position in the list. Bytes that aren't UTF-8 become lone surrogates (as in
+    CSV) and cost only their element; an element nested too deep is quarantined before parsing."""
+    text = data.decode("utf-8", "surrogateescape")
+    try:
+        if not json_depth_exceeds(data, MAX_JSON_DEPTH + 1):  # the list itself is one level
+            rows, positions, bad = json.loads(text), None, []
+        else:
+            rows, positions, bad = [], [], []
+            for position, element in enumerate(_json_list_elements(text), start=1):
+                if json_depth_exceeds(element.encode("utf-8", "surrogateescape")):
+                    bad.append(_quarantine_row(path, position, "", "malformed_json", _TOO_DEEP, element))
+                else:
+                    rows.append(json.loads(element))
+                    positions.append(position)
+    except json.JSONDecodeError as error:
+        raise AnnotationFileError(path, f"not a JSON list of records ({error})") from error
+    if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
+        raise AnnotationFileError(path, "not a JSON list of records (objects)")
+    frame = pd.DataFrame(rows, dtype=object)  # no str inference: it chokes on lone surrogates
+    frame["line"] = np.arange(1, len(frame) + 1) if positions is None else np.asarray(positions, dtype="int64")
+    return frame, pd.DataFrame(bad, columns=QUARANTINE_COLUMNS)
+
+
+_JSON_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{},]', re.DOTALL)
+
+
+def _json_list_elements(text: str) -> list[str]:
+    """The text of each element of a JSON list, split at its top-level commas without parsing."""
+    depth, start, elements = 0, 0, []
+    for token in _JSON_TOKEN.finditer(text):
+        mark = token.group()
+        if mark in ("[", "{"):
+            depth += 1
+            start = token.end() if depth == 1 else start
+        elif mark in ("]", "}"):
+            depth -= 1
+            if depth == 0:
+                elements.append(text[start : token.start()])
+                break
+        elif mark == "," and depth == 1:
+            elements.append(text[start : token.start()])
+            start = token.end()
+    return elements if [e for e in elements if e.strip()] else []
+
+
+_TOO_DEEP = f"nested deeper than {MAX_JSON_DEPTH} levels"
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+
+
+def json_depth_exceeds(document: str | bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether a JSON document nests arrays and objects deeper than `limit`, found on its bytes without
+    parsing (parsers recurse: pyarrow's segfaults and Python's raises RecursionError on deep input).
+    Brackets inside strings don't count; an unclosed document counts the brackets it opened."""
+    data = document.encode("utf-8", "surrogatepass") if isinstance(document, str) else bytes(document)
+    if data.count(b"[") + data.count(b"{") <= limit:
+        return False
+    folded = np.frombuffer(_JSON_STRING.sub(b"", data), dtype=np.uint8) | 0x20  # [ ] become { }
+    step = (folded == ord("{")).astype(np.int32) - (folded == ord("}"))
+    return bool(np.cumsum(step).max() > limit)
+
+
+def _read_jsonl(path: Path, data: bytes) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Fast path through Arrow; line by line only when the file has a bad line or mixed types.
+
+    Lines nested too deep are found first, on the bytes: no parser ever sees them."""
+    numbers, starts, ends = _text_lines(data)
+    if not len(numbers):
+        raise AnnotationFileError(path, "empty file: no JSON lines")
+    too_deep = _nested_too_deep(data, numbers, starts, ends)
+    try:
+        if too_deep.any():
+            raise UnicodeDecodeError("utf-8", b"", 0, 0, "nested too deep for Arrow")  # to the line-by-line path
+        data.decode("utf-8")  # Arrow's JSON reader lets invalid UTF-8 through into string columns
+        table = pa_json.read_json(io.BytesIO(data))
+        if table.num_rows == len(numbers):
+            frame = table.to_pandas()
+            frame["line"] = numbers
+            return frame, empty_quarantine()
+    except (pa.ArrowException, UnicodeDecodeError):
+        pass
+    records, line_numbers, bad = [], [], []
+    for number, start, end, deep in zip(numbers.tolist(), starts.tolist(), ends.tolist(), too_deep.tolist()):
+        line = data[start:end]
+        if deep:
+            bad.append(_quarantine_row(path, number, "", "malformed_json", _TOO_DEEP, line.decode("utf-8", "replace")))
+            continue
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as error:
+            bad.append(
+                _quarantine_row(
+                    path,
+                    number,
+                    "",
+                    "bad_encoding",
+                    f"invalid UTF-8 at byte {error.start}",
+                    line.decode("utf-8", "replace"),
+                )
+            )
+            continue
+        try:
+            record = json.loads(text)
+        except json.JSONDecodeError as error:
+            bad.append(
+                _quarantine_row(path, number, "", "malformed_json", error.msg + f" at column {error.colno}", text)
+            )
+            continue
+        if not isinstance(record, dict):
+            bad.append(_quarantine_row(path, number, "", "malformed_json", "a line must be a JSON object", text))
+            continue
+        records.append(record)
+        line_numbers.append(number)
+    if not records and len(bad) == len(numbers) and all(row["reason"] == "malformed_json" for row in bad):
+        raise AnnotationFileError(path, f"not a table: none of its {len(numbers)} lines is a JSON object")
+    frame = pd.DataFrame(records, dtype=object) if records else pd.DataFrame()  # no str inference, as above
+    frame["line"] = np.asarray(line_numbers, dtype="int64")
+    return frame, pd.DataFrame(bad, columns=QUARANTINE_COLUMNS)
+
+
+_ASCII_WHITESPACE = np.frombuffer(b" \t\n\r\x0b\x0c", dtype=np.uint8)  # what bytes.strip() strips
+
+
+def _text_lines(data: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The lines that aren't blank (`line.strip()` non-empty): 1-based numbers, start and end offsets,
+    found on the byte buffer."""
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    starts = np.concatenate([[0], np.flatnonzero(buffer == ord("\n")) + 1])
+    ends = np.concatenate([starts[1:] - 1, [len(buffer)]])
+    lines = np.flatnonzero(ends > starts)
+    text = ~np.isin(buffer[starts[lines]], _ASCII_WHITESPACE)
+    # A line starting with whitespace is rare (JSON lines start with "{"): those few are looked at one by one.
+    for index in np.flatnonzero(~text):
+        line = lines[index]
+        text[index] = bool(data[starts[line] : ends[line]].strip())
+    lines = lines[text]
+    return lines.astype("int64") + 1, starts[lines], ends[lines]
+
+
+_NOT_OPENING_OR_NEWLINE = bytes(sorted(set(range(256)) - set(b"[{\n")))
+
+
+def _nested_too_deep(data: bytes, numbers: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Which lines nest deeper than MAX_JSON_DEPTH. A line with no more `[`/`{` than that can't (the
+    usual case, counted in one C pass that keeps only those bytes and newlines); the few others are
+    measured by ``json_depth_exceeds``."""
+    kept = np.frombuffer(data.translate(None, _NOT_OPENING_OR_NEWLINE), dtype=np.uint8)
+    newlines = np.flatnonzero(kept == ord("\n"))
+    openings_per_line = np.diff(np.concatenate([[-1], newlines, [len(kept)]])) - 1
+    counts = openings_per_line[numbers - 1]
+    deep = np.zeros(len(starts), dtype=bool)
+    for index in np.flatnonzero(counts > MAX_JSON_DEPTH):
+        deep[index] = json_depth_exceeds(data[starts[index] : ends[index]])
+    return deep
+
+
+def rows_as_json(rows: pd.DataFrame) -> pd.Series:
+    """Quarantined rows as JSON text, so they can be repaired and replayed."""
+    body = rows.drop(columns=["line"], errors="ignore")
+    return pd.Series(
+        [json.dumps(row, ensure_ascii=False, default=str)[:RAW_TEXT_LIMIT] for row in body.to_dict("records")],
+        index=rows.index,
+        dtype=object,
+    )
+
+
+def is_string_array(values: pd.Series) -> bool:
+    """An Arrow-backed string column (Parquet, JSON): every value is text or missing."""
+    return pd.api.types.is_string_dtype(values.dtype) and values.dtype != object
+
+
+def only_text(values: pd.Series) -> bool:
+    """Every value text or missing (an Arrow string column, or an object column of str: CSV's)."""
+    return is_string_array(values) or pd.api.types.infer_dtype(values, skipna=True) in ("string", "empty")
+
+
+def _quarantine_row(path: Path, line: int, field: str, reason: str, detail: str, raw: str) -> dict:
+    return {
+        "file": str(path),
+        "line": line,
+        "field": field,
+        "reason": reason,
+        "detail": detail,
+        "raw": raw[:RAW_TEXT_LIMIT],
+    }
+
+
+def empty_quarantine() -> pd.DataFrame:
+    return pd.DataFrame({column: pd.Series(dtype=object) for column in QUARANTINE_COLUMNS})

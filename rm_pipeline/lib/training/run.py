@@ -1,0 +1,81 @@
+"""Training a reward model end to end: prepare, fit (resuming), score the eval split, publish.
+
+Knows nothing of Dagster: the stage runs `train_reward_model` in a child process and streams its
+progress through the `report` callback.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from rm_pipeline.lib.evaluation.accuracy import pair_credit
+from rm_pipeline.lib.pairs import PREFERRED
+from rm_pipeline.lib.training.data import preferences, training_data
+from rm_pipeline.lib.training.model import final_model, prepare_model
+from rm_pipeline.lib.training.publish import publish, save_model_directory
+from rm_pipeline.lib.training.resume import fit, remove_checkpoints
+from rm_pipeline.lib.training.settings import Report, TrainingResult, TrainingSettings
+from rm_pipeline.lib.training.trainer import build_trainer, progress_callback, training_metrics
+
+
+def reward_statistics(scored: pd.DataFrame) -> dict:
+    """Mean and std of rewards on the eval split (stored in the config so users can normalise), and the
+    accuracy of the model as saved, by the evaluation's pair credit over preferred pairs (ties left out), from
+    `RewardScorer.score_pairs` of the split."""
+    rewards = np.concatenate([scored["chosen_reward"].to_numpy(), scored["rejected_reward"].to_numpy()])
+    difference = (scored["chosen_reward"] - scored["rejected_reward"]).to_numpy()
+    preferred = preferences(scored) == PREFERRED
+    return {
+        "reward_mean": float(rewards.mean()),
+        "reward_std": float(rewards.std()),
+        "eval_accuracy": float(pair_credit(difference[preferred]).mean()) if preferred.any() else None,
+    }
+
+
+def train_reward_model(
+    train: pd.DataFrame,
+    evaluation: pd.DataFrame,
+    settings: TrainingSettings,
+    models_dir: Path,
+    run_name: str,
+    report: Report = lambda kind, payload: None,
+    card_facts: dict | None = None,
+) -> TrainingResult:
+    """Train, resuming from the last checkpoint of the same run name if one exists, then publish the
+    model directory atomically as `models_dir/<run_name>-<UTC time>`: a candidate, which evaluation may
+    promote to `models_dir/current`."""
+    started = time.monotonic()
+    model, tokenizer, peft_config = prepare_model(settings)
+    data = training_data(train, evaluation, tokenizer, settings, report)
+    checkpoint_dir = models_dir / ".checkpoints" / run_name
+    progress = progress_callback(report)
+    trainer = build_trainer(model, tokenizer, peft_config, data, settings, checkpoint_dir, progress)
+    output, train_seconds, resumed_from = fit(trainer, checkpoint_dir, report)
+    if not trainer.is_world_process_zero():  # under DDP, one process scores and publishes
+        return TrainingResult(models_dir, {}, progress.history)
+
+    from rm_pipeline.lib.model_files import SCORED_FILE
+    from rm_pipeline.lib.scoring import RewardScorer
+
+    model = final_model(trainer, merge_lora=peft_config is not None)
+    metrics = training_metrics(trainer, output, train_seconds, resumed_from, data, progress.first_step or 0, settings)
+    scorer = RewardScorer.of(model, tokenizer)  # in the precision the evaluation stage scores in by default
+    metrics.update(reward_statistics(scorer.score_pairs(evaluation if len(evaluation) else train)))
+    model.config.reward_mean, model.config.reward_std = metrics["reward_mean"], metrics["reward_std"]
+    metrics["duration_seconds"] = round(time.monotonic() - started, 1)
+
+    # Every training publishes a new directory: retraining the same data keeps the earlier model.
+    published = f"{run_name}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}"
+    facts = {"run_name": published, **(card_facts or {})}
+
+    def save(directory: Path) -> None:
+        save_model_directory(directory, model, tokenizer, settings, metrics, progress.history, facts)
+        scorer.remember(directory / SCORED_FILE)
+
+    target = publish(models_dir, published, save)
+    remove_checkpoints(checkpoint_dir)
+    return TrainingResult(target, metrics, progress.history)

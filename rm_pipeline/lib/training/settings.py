@@ -1,0 +1,91 @@
+"""How a reward model is trained (the `reward_model` run config) and what a training run returns."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from rm_pipeline.lib.fingerprints import settings_fingerprint
+from rm_pipeline.lib.precision import (
+    PRECISION_HELP,
+    Precision,
+)
+from rm_pipeline.lib.settings import check_choices, setting
+from rm_pipeline.lib.tokenization import DEFAULT_MAX_LENGTH
+
+Report = Callable[[str, dict], None]  # (kind: "log" | "progress", payload)
+Loss = Literal["bradley_terry", "mse"]
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """How a reward model is trained: every field is also a field of the `reward_model` run config."""
+
+    # the model
+    base_model: str = setting(
+        "",
+        "Hugging Face id or local path; empty: the base_model resource (whose "
+        "tokenizer preference_pairs counted tokens with).",
+    )
+    trust_remote_code: bool = setting(False, "Run code shipped with the model (set on the base_model resource).")
+    max_length: int = setting(DEFAULT_MAX_LENGTH, "Longest pair in tokens (set on the base_model resource).")
+    # the optimisation
+    epochs: float = setting(1.0, "Passes over the train split.")
+    learning_rate: float = setting(5e-5, "Peak learning rate (linear decay).")
+    warmup_ratio: float = setting(0.1, "Share of steps with a linearly rising learning rate.")
+    weight_decay: float = setting(0.0, "AdamW weight decay.")
+    batch_size: int = setting(16, "Pairs per device and step.")
+    gradient_accumulation_steps: int = setting(1, "Steps whose gradients add up before an update.")
+    seed: int = setting(0, "Seed of the score head's initialisation and of the data order.")
+    group_by_length: bool = setting(True, "Batches of similar lengths: less padding, same result.")
+    gradient_checkpointing: bool = setting(False, "Trade compute for memory (large models only).")
+    precision: Precision = setting("auto", PRECISION_HELP)
+    # the loss
+    loss: Loss = setting(
+        "bradley_terry",
+        "With d = r(chosen) - r(rejected) - margin and p the pair's target preference (1 for a preferred "
+        "pair, 0.5 for a tie, whose margin is 0): bradley_terry: -p*log(sigmoid(d)) - (1-p)*log(sigmoid(-d)) "
+        "(TRL's loss when p = 1; -1/2*log(sigmoid(d)) - 1/2*log(sigmoid(-d)) for a tie); mse: "
+        "(sigmoid(d) - p)^2, the predicted win probability regressed on the target. Ties reach training "
+        "only with the pairs stage's tie_handling: soft.",
+    )
+    use_margin: bool = setting(True, "Preference strength becomes TRL's margin column.")
+    margin_per_strength: float = setting(0.5, "Margin per unit of strength.")
+    center_rewards_coefficient: float | None = setting(None, "TRL's reward centring (e.g. 0.01).")
+    # which weights train
+    lora_rank: int = setting(
+        0,
+        "LoRA rank through peft (0: full fine-tuning); the score head is trained and "
+        "saved (modules_to_save), and the adapter merged.",
+    )
+    lora_alpha: int = setting(16, "LoRA scaling.")
+    lora_dropout: float = setting(0.05, "LoRA dropout.")
+    train_last_n_layers: int | None = setting(None, "Freeze all but the last N transformer layers.")
+    # evaluation, early stopping and progress
+    eval_steps: int = setting(100, "Evaluate and checkpoint every N steps.")
+    early_stopping_patience: int | None = setting(
+        3,
+        "Stop after this many evaluations without better eval accuracy; the best checkpoint is kept. "
+        "None: no early stopping.",
+    )
+    early_stopping_eval_pairs: int = setting(
+        256,
+        "Eval pairs scored at each early-stopping evaluation (a fixed "
+        "sample); the whole eval split is scored at the end.",
+    )
+    logging_steps: int = setting(10, "Progress (step, loss, accuracy, ETA) every N steps.")
+
+    def __post_init__(self):
+        check_choices(self)
+
+    def fingerprint(self) -> str:
+        return settings_fingerprint(self)
+
+
+@dataclass
+class TrainingResult:
+    model_dir: Path
+    metrics: dict
+    history: list[dict] = field(default_factory=list)

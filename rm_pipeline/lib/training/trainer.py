@@ -1,0 +1,215 @@
+"""The one module that touches TRL: the RewardTrainer subclass with our loss and pair credit, its config,
+collator and progress callback, and the run's metrics read from it.
+
+TRL's private ``_metrics`` (the batch metrics averaged at each log) is reached only through
+``logged_metrics``, which test_dependencies checks against the installed TRL.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+from rm_pipeline.lib.evaluation.accuracy import pair_credit
+from rm_pipeline.lib.hardware import hardware, peak_memory_mb
+from rm_pipeline.lib.pairs import PREFERRED
+from rm_pipeline.lib.precision import (
+    uses_bf16,
+)
+from rm_pipeline.lib.training.data import TrainingData
+from rm_pipeline.lib.training.settings import Loss, Report, TrainingSettings
+
+
+def logged_metrics(trainer) -> dict[str, dict[str, list[float]]]:
+    """TRL's per-mode ("train", "eval") lists of batch metrics, averaged into each log line: the private
+    ``RewardTrainer._metrics``, wrapped here alone (checked by test_dependencies)."""
+    return trainer._metrics
+
+
+def reward_config(settings: TrainingSettings, checkpoint_dir: Path, has_eval: bool):
+    from trl import RewardConfig
+
+    device = hardware()
+    evaluate = has_eval and settings.early_stopping_patience is not None
+    return RewardConfig(
+        output_dir=str(checkpoint_dir),
+        use_cpu=device["device"] == "cpu",
+        bf16=uses_bf16(settings.precision, device["device"]),
+        max_length=None,  # the pair stage already dropped (and counted) longer pairs
+        per_device_train_batch_size=settings.batch_size,
+        per_device_eval_batch_size=settings.batch_size * 2,
+        gradient_accumulation_steps=settings.gradient_accumulation_steps,
+        num_train_epochs=settings.epochs,
+        learning_rate=settings.learning_rate,
+        warmup_steps=settings.warmup_ratio,
+        weight_decay=settings.weight_decay,
+        center_rewards_coefficient=settings.center_rewards_coefficient,
+        gradient_checkpointing=settings.gradient_checkpointing,
+        train_sampling_strategy="group_by_length" if settings.group_by_length else "random",
+        length_column_name="length",
+        remove_unused_columns=False,  # keep `length` for the sampler; the collator ignores it
+        logging_steps=settings.logging_steps,
+        eval_strategy="steps" if evaluate else "no",
+        eval_steps=settings.eval_steps,
+        save_strategy="steps",
+        save_steps=settings.eval_steps,
+        save_total_limit=2,
+        load_best_model_at_end=evaluate,
+        metric_for_best_model="eval_accuracy" if evaluate else None,
+        greater_is_better=True,
+        seed=settings.seed,
+        report_to=[],
+        disable_tqdm=True,
+        save_only_model=False,
+    )
+
+
+def progress_callback(report: Report):
+    from transformers import TrainerCallback
+
+    class ProgressReport(TrainerCallback):
+        """Step, loss, accuracy and ETA into the run's logs at every logging step."""
+
+        def __init__(self):
+            self.started = time.monotonic()
+            self.first_step = None
+            self.history: list[dict] = []
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.first_step = state.global_step  # > 0 when resuming
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logs = dict(logs or {})
+            done = state.global_step - (self.first_step or 0)
+            elapsed = time.monotonic() - self.started
+            eta = elapsed / done * (state.max_steps - state.global_step) if done else float("nan")
+            entry = {
+                "step": state.global_step,
+                "max_steps": state.max_steps,
+                "epoch": state.epoch,
+                "eta_s": round(eta, 1),
+                **{k: v for k, v in logs.items() if isinstance(v, (int, float))},
+            }
+            self.history.append(entry)
+            report("progress", entry)
+
+    return ProgressReport()
+
+
+def preference_loss(rewards_chosen, rewards_rejected, preference, margin=None, loss: Loss = "bradley_terry"):
+    """The batch's mean loss (see `TrainingSettings.loss`): with d = chosen - rejected - margin and target
+    preference p, bradley_terry is the cross-entropy -p*log(sigmoid(d)) - (1-p)*log(sigmoid(-d)) (TRL's
+    -log(sigmoid(d)) when every p is 1) and mse is (sigmoid(d) - p)^2."""
+    import torch
+    import torch.nn.functional as F
+
+    difference = rewards_chosen - rewards_rejected
+    if margin is not None:
+        difference = difference - margin.to(difference.dtype)
+    preference = preference.to(difference.dtype)
+    if loss == "mse":
+        return ((torch.sigmoid(difference) - preference) ** 2).mean()
+    return F.binary_cross_entropy_with_logits(difference, preference)
+
+
+def preference_collator(tokenizer, args):
+    """TRL's DataCollatorForPreference, which keeps only ids and `margin`, plus each pair's `preference`."""
+    import torch
+    from trl.trainer.reward_trainer import DataCollatorForPreference
+
+    class PreferenceCollator(DataCollatorForPreference):
+        def torch_call(self, examples):
+            output = super().torch_call(examples)
+            output["preference"] = torch.tensor(
+                [example.get("preference", PREFERRED) for example in examples], dtype=torch.float
+            )
+            return output
+
+    return PreferenceCollator(pad_token_id=tokenizer.pad_token_id, pad_to_multiple_of=args.pad_to_multiple_of)
+
+
+def pair_credit_trainer_class(loss: Loss = "bradley_terry"):
+    """TRL's RewardTrainer with two changes at its `compute_loss` hook, everything else (checkpointing,
+    resume, logging, metrics) TRL's own:
+
+    - the loss is `preference_loss` on each pair's target preference (a tie is 0.5), as `loss` says;
+    - `accuracy` is the evaluation's pair credit (a tie is half right) over preferred pairs only, so the
+      training curves, the model card and the evaluation report count the same pairs the same way."""
+    import torch
+    from trl import RewardTrainer
+
+    class PairCreditRewardTrainer(RewardTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            preference = inputs.pop("preference")
+            _, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+            chosen, rejected = torch.chunk(outputs.logits.squeeze(-1), chunks=2)
+            signal = preference_loss(chosen, rejected, preference, inputs.get("margin"), loss)
+            if self.args.center_rewards_coefficient is not None:  # as TRL adds it
+                signal = signal + self.args.center_rewards_coefficient * torch.mean((chosen + rejected) ** 2)
+
+            preferred = preference == PREFERRED  # a tie has no right answer: not in accuracy
+            difference = (chosen - rejected).detach().float()[preferred].cpu().numpy()
+            totals = torch.tensor([pair_credit(difference).sum(), difference.size], device=chosen.device)
+            credit, count = self.accelerator.gather(totals).reshape(-1, 2).sum(dim=0).tolist()
+            mode = "train" if self.model.training else "eval"
+            logged_metrics(self)[mode]["accuracy"][-1] = credit / count if count else math.nan  # NaN: ties only
+            return (signal, outputs) if return_outputs else signal
+
+        def log(self, logs, start_time=None):
+            for metrics in logged_metrics(self).values():  # batches of ties only have no accuracy
+                batches = metrics.get("accuracy")
+                if batches:
+                    batches[:] = [value for value in batches if not math.isnan(value)] or [math.nan]
+            super().log(logs, start_time)
+
+    return PairCreditRewardTrainer
+
+
+def build_trainer(
+    model, tokenizer, peft_config, data: TrainingData, settings: TrainingSettings, checkpoint_dir: Path, progress
+):
+    from transformers import EarlyStoppingCallback
+
+    callbacks = [progress]
+    if data.evaluation is not None and settings.early_stopping_patience is not None:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=settings.early_stopping_patience))
+    args = reward_config(settings, checkpoint_dir, data.evaluation is not None)
+    return pair_credit_trainer_class(settings.loss)(
+        model=model,
+        args=args,
+        data_collator=preference_collator(tokenizer, args),
+        train_dataset=data.train,
+        eval_dataset=data.early_stopping,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=callbacks,
+    )
+
+
+def training_metrics(
+    trainer, output, train_seconds: float, resumed_from, data: TrainingData, first_step: int, settings: TrainingSettings
+) -> dict:
+    """Throughput, loss and memory of the run, as stored in the model card and the run's metadata."""
+    device = hardware()
+    tokens = int(sum(data.train["length"]))
+    # resumed or stopped early: only the share of the schedule run in this call counts, as for pairs/s
+    share_run = (output.global_step - first_step) / max(trainer.state.max_steps, 1)
+    runtime = max(output.metrics.get("train_runtime", 1e-9), 1e-9)
+    return {
+        **device,
+        "train_pairs": len(data.train),
+        "train_pairs_over_max_length": data.train_over_max_length,
+        "eval_pairs": len(data.evaluation) if data.evaluation is not None else 0,
+        "steps": int(output.global_step),
+        "epochs": float(output.metrics.get("epoch", settings.epochs)),
+        "train_loss": float(output.training_loss),
+        "train_seconds": round(train_seconds, 1),
+        "precision": "bf16" if trainer.args.bf16 else "fp32",
+        # our own count, not Trainer's train_samples_per_second: before transformers 5.2x that counted a resumed
+        # run's skipped steps too
+        "pairs_per_second": round(len(data.train) * settings.epochs * share_run / runtime, 2),
+        "tokens_per_second": round(tokens * settings.epochs * share_run / runtime, 1),
+        "resumed_from": resumed_from,
+        "peak_memory_mb": peak_memory_mb(device["device"]),
+    }
