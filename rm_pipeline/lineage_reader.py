@@ -11,12 +11,12 @@ from pathlib import Path
 import dagster as dg
 
 from rm_pipeline.asset_outputs import DATA_VERSION_TAG, ROW_COUNT
-from rm_pipeline.lib.asset_values import MODEL_PATH
+from rm_pipeline.lib.asset_values import MODEL_PATH, READY
 from rm_pipeline.lib.lineage import PARENT
 
 # What each stage's block shows besides its versions: metadata entries, as named there.
 COUNTS = {
-    "reward_readiness": ("optimize_against_reward",),
+    "reward_readiness": (READY,),
     "evaluation_report": ("held_out_pairs", "held_out_accuracy", "length_matched_accuracy", "ece"),
     "reward_model": ("train_pairs", "eval_pairs", "steps", "eval_accuracy"),
     "preference_split": ("dagster/row_count", "train_pairs", "eval_pairs", "prompt_groups"),

@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 from dagster_pipes import open_dagster_pipes
 
+from rm_pipeline.lib.asset_values import DATA_VERSION, MODEL_PATH
 from rm_pipeline.lib.markdown import inline_png
 from rm_pipeline.lib.model_files import LINEAGE_FILE, TRAINING_CURVES_FILE
 from rm_pipeline.lib.training.run import train_reward_model
@@ -48,12 +49,12 @@ def run(pipes) -> None:
                 **metrics,
                 "base_model": {"raw_value": settings.base_model, "type": "text"},
                 "settings": {"raw_value": extras["settings"], "type": "json"},  # every TrainingSettings field
-                "model_path": {"raw_value": str(result.model_dir), "type": "path"},
+                MODEL_PATH: {"raw_value": str(result.model_dir), "type": "path"},
                 "training_curves": {
                     "raw_value": inline_png(result.model_dir / TRAINING_CURVES_FILE, "training curves"),
                     "type": "md",
                 },
-                "data_version": extras["data_version"],
+                DATA_VERSION: extras["data_version"],
                 # lineage: what the model was trained on, also in the model card and lineage.json
                 **{
                     name: {"raw_value": extras["lineage"][name], "type": "json"}

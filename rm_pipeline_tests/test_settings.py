@@ -13,12 +13,13 @@ from rm_pipeline.lib.evaluation.probes import ProbeSettings
 from rm_pipeline.lib.evaluation.readiness import ReadinessThresholds
 from rm_pipeline.lib.evaluation.report import ReportSettings
 from rm_pipeline.lib.pairs import PairSettings
+from rm_pipeline.lib.promotion import PromotionSettings
 from rm_pipeline.lib.scoring import ScoringSettings
 from rm_pipeline.lib.settings import build_settings
 from rm_pipeline.lib.split import SplitSettings
 from rm_pipeline.lib.training.settings import TrainingSettings
 from rm_pipeline.resources import BaseModelResource
-from rm_pipeline.stages import aggregation, evaluation, pairs, reward_model, split
+from rm_pipeline.stages import aggregation, pairs, promotion, readiness, report, reward_model, scoring, split
 from rm_pipeline_tests.test_gate_enforcement import UP_TO_SPLIT
 
 # (run config of a stage, the library settings it carries, the fields a resource owns instead)
@@ -28,10 +29,11 @@ STAGE_CONFIGS = [
     (pairs.PairsConfig, PairSettings, set()),
     (split.SplitConfig, SplitSettings, set()),
     (reward_model.RewardModelConfig, TrainingSettings, {"trust_remote_code", "max_length"}),
-    (evaluation.ReadinessConfig, ReadinessThresholds, set()),
-    (evaluation.ScoringConfig, ScoringSettings, set()),
-    (evaluation.EvaluationReportConfig, ReportSettings, set()),
-    (evaluation.ProbeConfig, ProbeSettings, set()),
+    (readiness.ReadinessConfig, ReadinessThresholds, set()),
+    (scoring.ScoringConfig, ScoringSettings, set()),
+    (report.EvaluationReportConfig, ReportSettings, set()),
+    (scoring.ProbeConfig, ProbeSettings, set()),
+    (promotion.PromotionConfig, PromotionSettings, set()),
 ]
 
 

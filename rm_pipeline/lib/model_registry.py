@@ -9,6 +9,7 @@ import os
 import re
 from pathlib import Path
 
+from rm_pipeline.lib.asset_values import READY
 from rm_pipeline.lib.evaluation.report import REPORT_JSON
 from rm_pipeline.lib.model_files import FACTS_FILE, MODEL_CARD_FILE, PROMOTION_FILE, READINESS_FILE
 from rm_pipeline.lib.promotion import NOT_PROMOTED, PROMOTED
@@ -82,7 +83,7 @@ def _verdict(model_dir: Path) -> str:
     readiness = _read_json(model_dir / READINESS_FILE)
     if readiness is None:
         return "not evaluated"
-    return "ready" if readiness.get("optimize_against_reward") is True else "not ready"
+    return "ready" if readiness.get(READY) is True else "not ready"
 
 
 def list_models(models_dir: Path, reports_dir: Path) -> list[dict]:

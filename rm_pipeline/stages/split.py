@@ -6,6 +6,7 @@ import pandas as pd
 from rm_pipeline.asset_outputs import OWNERS, gate_result, table_output
 from rm_pipeline.config import config_class
 from rm_pipeline.lib import gates
+from rm_pipeline.lib.asset_values import DATA_VERSION
 from rm_pipeline.lib.fingerprints import split_data_version
 from rm_pipeline.lib.split import NO_DOMAIN, SplitSettings, split_by_group
 
@@ -31,7 +32,7 @@ def preference_split(
         split,
         data_version=version,
         metadata={
-            "data_version": version,
+            DATA_VERSION: version,
             "train_pairs": int(sizes.get("train", 0)),
             "eval_pairs": int(sizes.get("eval", 0)),
             "prompt_groups": int(split["prompt_group"].nunique()),

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 
 import pandas as pd
 
+from rm_pipeline.lib.asset_values import READY
 from rm_pipeline.lib.markdown import shown
 from rm_pipeline.lib.settings import setting
 from rm_pipeline.lib.split import normalised_prompt
@@ -110,7 +111,7 @@ def readiness(
 
     ready = all(check["passed"] for check in checks)
     return {
-        "optimize_against_reward": ready,
+        READY: ready,
         "checks": checks,
         "thresholds": asdict(t),
         "reasons": [f"{check['check']}: {check['reason']}" for check in checks if not check["passed"]],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rm_pipeline.lib.asset_values import READY
 from rm_pipeline.lib.evaluation.probes import render_probes
 from rm_pipeline.lib.evaluation.statistics import CONFIDENCE
 from rm_pipeline.lib.markdown import format_number, markdown_table, shown, with_intervals
@@ -28,7 +29,7 @@ def render_markdown(report: dict, facts: dict, plots: dict[str, str], verdict: d
 
 
 def render_verdict(verdict: dict) -> str:
-    state = "READY" if verdict["optimize_against_reward"] else "NOT READY"
+    state = "READY" if verdict[READY] else "NOT READY"
     lines = [
         f"## Readiness: {state} (`optimize_against_reward: {str(verdict['optimize_against_reward']).lower()}`)\n",
         markdown_table(
