@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from pydantic import Field
 
 from rm_pipeline.guards import GATED_BY, blocking_checks, fail_abandoned_run, latest_table, published_table, settle_run
 from rm_pipeline.lib.dpo import DpoInputError, DpoSettings, read_policy_record
+from rm_pipeline.lib.environment import DPO_POLICY, DPO_REFERENCE
 from rm_pipeline.lib.evaluation_inputs import EvaluationFolder
 from rm_pipeline.lib.locations import (
     default_annotations_dir,
@@ -177,12 +177,12 @@ class DpoPolicyResource(dg.ConfigurableResource):
     model's on the held-out pairs. No causal model is bundled: with no policy, the comparison is off."""
 
     policy: str = Field(
-        default_factory=lambda: os.environ.get("RM_PIPELINE_DPO_POLICY", ""),
+        default_factory=lambda: DPO_POLICY.get(),
         description="Local folder (or locally cached id) of the DPO policy; empty: no comparison "
         "($RM_PIPELINE_DPO_POLICY). Never downloaded.",
     )
     reference: str = Field(
-        default_factory=lambda: os.environ.get("RM_PIPELINE_DPO_REFERENCE", ""),
+        default_factory=lambda: DPO_REFERENCE.get(),
         description="Its reference model; empty: the one `rm-pipeline dpo-baseline` recorded beside the policy "
         "($RM_PIPELINE_DPO_REFERENCE).",
     )

@@ -7,20 +7,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from rm_pipeline.lib.environment import RETRAIN_CRON, RETRAIN_TIMEZONE
 from rm_pipeline.lib.settings import setting
 
-CRON_VARIABLE = "RM_PIPELINE_RETRAIN_CRON"
-TIMEZONE_VARIABLE = "RM_PIPELINE_RETRAIN_TIMEZONE"
+CRON_VARIABLE = RETRAIN_CRON.name
+TIMEZONE_VARIABLE = RETRAIN_TIMEZONE.name
 
 
 @dataclass(frozen=True)
 class AutomationSettings:
     retrain_cron: str = setting(
-        "0 3 * * 1",
+        RETRAIN_CRON.default,
         f"Cron schedule on which reward_model is retrained, when the approved split changed since the current "
         f"model (${CRON_VARIABLE}; default Mondays 03:00).",
     )
-    timezone: str = setting("UTC", f"Time zone of the retraining schedule (${TIMEZONE_VARIABLE}).")
+    timezone: str = setting(RETRAIN_TIMEZONE.default, f"Time zone of the retraining schedule (${TIMEZONE_VARIABLE}).")
 
     def __post_init__(self):
         try:
@@ -30,10 +31,5 @@ class AutomationSettings:
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] = os.environ) -> AutomationSettings:
-        """The defaults, each overridden by its environment variable when that is set."""
-        values = {
-            field: environ[variable].strip()
-            for field, variable in (("retrain_cron", CRON_VARIABLE), ("timezone", TIMEZONE_VARIABLE))
-            if environ.get(variable, "").strip()
-        }
-        return cls(**values)
+        """Each setting from its environment variable, whose default is the setting's."""
+        return cls(retrain_cron=RETRAIN_CRON.get(environ), timezone=RETRAIN_TIMEZONE.get(environ))

@@ -23,15 +23,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rm_pipeline.lib.annotations import SETTLE_SECONDS, UTF8_BOM, AnnotationFileError, list_batch_files
+from rm_pipeline.lib.environment import SENSOR_INTERVAL
 from rm_pipeline.lib.settings import setting
 
 CHUNK_BYTES = 1 << 20  # files are hashed a block at a time, never loaded whole (bar .json lists)
-INTERVAL_VARIABLE = "RM_PIPELINE_SENSOR_INTERVAL"
+INTERVAL_VARIABLE = SENSOR_INTERVAL.name
 
 
 @dataclass(frozen=True)
 class FolderWatchSettings:
-    interval_seconds: int = setting(30, f"Seconds between two looks at the annotation folder (${INTERVAL_VARIABLE}).")
+    interval_seconds: int = setting(
+        int(SENSOR_INTERVAL.default), f"Seconds between two looks at the annotation folder (${INTERVAL_VARIABLE})."
+    )
     settle_seconds: float = setting(
         SETTLE_SECONDS, "A batch file modified more recently than this is still being written: left for the next look."
     )
@@ -39,9 +42,7 @@ class FolderWatchSettings:
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] = os.environ) -> FolderWatchSettings:
         """The defaults, the interval overridden by $RM_PIPELINE_SENSOR_INTERVAL when it is set."""
-        value = environ.get(INTERVAL_VARIABLE, "").strip()
-        if not value:
-            return cls()
+        value = SENSOR_INTERVAL.get(environ)
         try:
             seconds = int(value)
         except ValueError:
