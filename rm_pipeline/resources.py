@@ -20,7 +20,7 @@ from rm_pipeline.lib.locations import (
     default_home,
     default_reviews_dir,
 )
-from rm_pipeline.lib.storage_lock import hold_storage
+from rm_pipeline.lib.storage_lock import hold_for_run
 from rm_pipeline.lib.tokenization import DEFAULT_MAX_LENGTH, load_tokenizer, token_lengths
 
 
@@ -32,12 +32,10 @@ class PipelineStorage(dg.ConfigurableResource):
 
     @contextmanager
     def yield_for_execution(self, context: dg.InitResourceContext):
-        with hold_storage(self.root, run_id=context.run_id) as previous:
-            # a run resumed after its process died (run monitoring) finds its own id: it goes on, not failed
-            resumed = previous.get("run_id") == context.run_id
-            abandoned = (
-                fail_abandoned_run(context.instance, previous, self.root) if context.instance and not resumed else None
-            )
+        def fail_abandoned(previous: dict):
+            return fail_abandoned_run(context.instance, previous, self.root) if context.instance else None
+
+        with hold_for_run(self.root, context.run_id, fail_abandoned) as abandoned:
             if abandoned is not None:
                 context.log.warning(f"run {abandoned.run_id} died holding {self.root}; reported it failed")
             yield self
