@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from rm_pipeline.cli.common import EXIT_GATE_FAILED, EXIT_NOT_READY, InputError, home_options, use_home
+from rm_pipeline.lib.environment import ANNOTATIONS, BASE_MODEL, EVALUATION, REVIEWS
 
 # The readiness check's name (rm_pipeline.stages.evaluation): not a gate that stops the run unless strict.
 READINESS_CHECK = "reward_model_ready"
@@ -21,12 +22,13 @@ def add_command(commands) -> None:
         parents=[home_options()],
         help="materialise the whole asset graph headless and summarise each stage",
     )
-    run.add_argument("--annotations", help="folder of annotation batches (default: the bundled data/annotations)")
-    run.add_argument("--base-model", help="Hugging Face id or local path (default: the bundled all-MiniLM-L6-v2)")
-    run.add_argument("--eval-dir", help="evaluation folder laid out like data/eval (default: the bundled data/eval)")
-    run.add_argument(
-        "--reviews", help="folder of reviewed review-queue files (default: $RM_PIPELINE_REVIEWS or data/reviews)"
-    )
+    for option, variable, meaning, bundled in (
+        ("--annotations", ANNOTATIONS, "folder of annotation batches", "annotations"),
+        ("--base-model", BASE_MODEL, "Hugging Face id or local path", "all-MiniLM-L6-v2"),
+        ("--eval-dir", EVALUATION, "evaluation folder laid out like the bundled one", "one"),
+        ("--reviews", REVIEWS, "folder of reviewed review-queue files", "reviews folder"),
+    ):
+        run.add_argument(option, help=f"{meaning} (default: ${variable.name}, else the bundled {bundled})")
     run.add_argument(
         "--config",
         type=Path,
