@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import dagster as dg
 from pydantic import Field
 
 from rm_pipeline.lib.dpo import DpoInputError, DpoSettings, read_policy_record
+from rm_pipeline.lib.environment import DPO_POLICY, DPO_REFERENCE
 from rm_pipeline.lib.evaluation.inputs import EvaluationFolder
 from rm_pipeline.lib.locations import (
     default_annotations_dir,
@@ -18,7 +18,7 @@ from rm_pipeline.lib.locations import (
     default_home,
     default_reviews_dir,
 )
-from rm_pipeline.lib.storage_lock import hold_storage
+from rm_pipeline.lib.storage_lock import hold_for_run
 from rm_pipeline.lib.tokenization import DEFAULT_MAX_LENGTH, load_tokenizer, token_lengths
 from rm_pipeline.publishing import fail_abandoned_run
 
@@ -31,12 +31,10 @@ class PipelineStorage(dg.ConfigurableResource):
 
     @contextmanager
     def yield_for_execution(self, context: dg.InitResourceContext):
-        with hold_storage(self.root, run_id=context.run_id) as previous:
-            # a run resumed after its process died (run monitoring) finds its own id: it goes on, not failed
-            resumed = previous.get("run_id") == context.run_id
-            abandoned = (
-                fail_abandoned_run(context.instance, previous, self.root) if context.instance and not resumed else None
-            )
+        def fail_abandoned(previous: dict):
+            return fail_abandoned_run(context.instance, previous, self.root) if context.instance else None
+
+        with hold_for_run(self.root, context.run_id, fail_abandoned) as abandoned:
             if abandoned is not None:
                 context.log.warning(f"run {abandoned.run_id} died holding {self.root}; reported it failed")
             yield self
@@ -139,12 +137,12 @@ class DpoPolicyResource(dg.ConfigurableResource):
     model's on the held-out pairs. No causal model is bundled: with no policy, the comparison is off."""
 
     policy: str = Field(
-        default_factory=lambda: os.environ.get("RM_PIPELINE_DPO_POLICY", ""),
+        default_factory=lambda: DPO_POLICY.get(),
         description="Local folder (or locally cached id) of the DPO policy; empty: no comparison "
         "($RM_PIPELINE_DPO_POLICY). Never downloaded.",
     )
     reference: str = Field(
-        default_factory=lambda: os.environ.get("RM_PIPELINE_DPO_REFERENCE", ""),
+        default_factory=lambda: DPO_REFERENCE.get(),
         description="Its reference model; empty: the one `rm-pipeline dpo-baseline` recorded beside the policy "
         "($RM_PIPELINE_DPO_REFERENCE).",
     )

@@ -13,6 +13,14 @@ from typing import ClassVar
 import dagster as dg
 from pydantic import Field
 
+from rm_pipeline.lib.environment import (
+    K8S_NAMESPACE,
+    TRAINING_GPUS,
+    TRAINING_IMAGE,
+    TRAINING_LAUNCHER,
+    TRAINING_NETWORK,
+    EnvironmentVariable,
+)
 from rm_pipeline.lib.training.launch import (
     WORKER_ENVIRONMENT,
     check_storage_root,
@@ -21,18 +29,18 @@ from rm_pipeline.lib.training.launch import (
     worker_command,
 )
 
-LAUNCHER_VARIABLE = "RM_PIPELINE_TRAINING_LAUNCHER"
-IMAGE_VARIABLE = "RM_PIPELINE_TRAINING_IMAGE"
-GPUS_VARIABLE = "RM_PIPELINE_TRAINING_GPUS"
-NETWORK_VARIABLE = "RM_PIPELINE_TRAINING_NETWORK"
-NAMESPACE_VARIABLE = "RM_PIPELINE_K8S_NAMESPACE"
+LAUNCHER_VARIABLE = TRAINING_LAUNCHER.name
+IMAGE_VARIABLE = TRAINING_IMAGE.name
+GPUS_VARIABLE = TRAINING_GPUS.name
+NETWORK_VARIABLE = TRAINING_NETWORK.name
+NAMESPACE_VARIABLE = K8S_NAMESPACE.name
 
 
 class TrainingLauncherResource(dg.ConfigurableResource):
     """Starts the training worker (`python -m rm_pipeline.training_worker`) through Dagster Pipes;
     $RM_PIPELINE_TRAINING_LAUNCHER picks which launcher (`from_environment`)."""
 
-    VARIABLES: ClassVar[dict[str, str]] = {}  # field -> the environment variable that sets it
+    VARIABLES: ClassVar[dict[str, EnvironmentVariable]] = {}  # field -> the environment variable that sets it
 
     def launch(
         self, context: dg.AssetExecutionContext, extras: dict, storage_root: str
@@ -44,15 +52,11 @@ class TrainingLauncherResource(dg.ConfigurableResource):
     def from_environment(environ: Mapping[str, str] = os.environ) -> TrainingLauncherResource:
         """The launcher $RM_PIPELINE_TRAINING_LAUNCHER names (default subprocess), its settings from the
         environment variables of the deployment contract, each left at its default when unset."""
-        name = environ.get(LAUNCHER_VARIABLE, "").strip() or "subprocess"
+        name = TRAINING_LAUNCHER.get(environ)
         if name not in LAUNCHERS:
             raise ValueError(f"${LAUNCHER_VARIABLE} must be one of {', '.join(LAUNCHERS)}; got {name!r}")
         launcher = LAUNCHERS[name]
-        values = {
-            field: environ[variable].strip()
-            for field, variable in launcher.VARIABLES.items()
-            if environ.get(variable, "").strip()
-        }
+        values = {field: variable.get(environ) for field, variable in launcher.VARIABLES.items()}
         if "gpus" in values:
             values["gpus"] = _gpus(values["gpus"])
         return launcher(**values)
@@ -82,11 +86,11 @@ class ContainerTrainingLauncher(TrainingLauncherResource):
     """What the Docker and Kubernetes launchers share: the image and the GPUs it gets."""
 
     image: str = Field(
-        default="rm-pipeline-user-code:latest",
+        default=TRAINING_IMAGE.default,
         description=f"Image of the training container; the pipeline installed in it (${IMAGE_VARIABLE}).",
     )
     gpus: int = Field(
-        default=1,
+        default=int(TRAINING_GPUS.default),
         ge=0,
         description=f"NVIDIA GPUs the training container gets; more than one trains under accelerate (DDP), "
         f"0 trains on its CPUs (${GPUS_VARIABLE}).",
@@ -99,10 +103,14 @@ class ContainerTrainingLauncher(TrainingLauncherResource):
 class DockerTrainingLauncher(ContainerTrainingLauncher):
     """A container on the Docker engine the run talks to, with the shared volumes mounted."""
 
-    VARIABLES: ClassVar[dict[str, str]] = {"image": IMAGE_VARIABLE, "gpus": GPUS_VARIABLE, "network": NETWORK_VARIABLE}
+    VARIABLES: ClassVar[dict[str, EnvironmentVariable]] = {
+        "image": TRAINING_IMAGE,
+        "gpus": TRAINING_GPUS,
+        "network": TRAINING_NETWORK,
+    }
 
     network: str = Field(
-        default="",
+        default=TRAINING_NETWORK.default,
         description=f"Docker network of the training container; empty: Docker's default (${NETWORK_VARIABLE}).",
     )
 
@@ -122,13 +130,15 @@ class DockerTrainingLauncher(ContainerTrainingLauncher):
 class K8sTrainingLauncher(ContainerTrainingLauncher):
     """A pod in the cluster the run is in (or the kubeconfig's), with the shared PVCs mounted."""
 
-    VARIABLES: ClassVar[dict[str, str]] = {
-        "image": IMAGE_VARIABLE,
-        "gpus": GPUS_VARIABLE,
-        "namespace": NAMESPACE_VARIABLE,
+    VARIABLES: ClassVar[dict[str, EnvironmentVariable]] = {
+        "image": TRAINING_IMAGE,
+        "gpus": TRAINING_GPUS,
+        "namespace": K8S_NAMESPACE,
     }
 
-    namespace: str = Field(default="dagster", description=f"Namespace of the training pod (${NAMESPACE_VARIABLE}).")
+    namespace: str = Field(
+        default=K8S_NAMESPACE.default, description=f"Namespace of the training pod (${NAMESPACE_VARIABLE})."
+    )
 
     def launch(self, context, extras, storage_root):
         check_storage_root(storage_root)

@@ -294,3 +294,28 @@ def test_sigterm_to_ui_stops_dagster_dev_and_everything_it_started(tmp_path):
             except psutil.NoSuchProcess:
                 pass
         log.close()
+
+
+def test_a_run_takes_the_storage_root_through_one_function(tmp_path):
+    """`rm-pipeline run` and the storage resource both hold the root through `hold_for_run`: a holder that died
+    is handed over once to be reported failed, never a run's own id (a resumed run), never inside a holder."""
+    from rm_pipeline.lib.storage_lock import LOCK_FILE, hold_for_run
+
+    seen = []
+
+    def fail_abandoned(previous):
+        seen.append(previous["run_id"])
+        return f"failed {previous['run_id']}"
+
+    with hold_for_run(tmp_path, "first", fail_abandoned) as abandoned:
+        assert abandoned is None
+    (tmp_path / LOCK_FILE).write_text(json.dumps({"run_id": "dead", "pid": 999999}))
+    with hold_for_run(tmp_path, "dead", fail_abandoned) as abandoned:  # resumed: its own id
+        assert abandoned is None
+    (tmp_path / LOCK_FILE).write_text(json.dumps({"run_id": "dead", "pid": 999999}))
+    with hold_for_run(tmp_path, "next", fail_abandoned) as abandoned:
+        assert abandoned == "failed dead"
+        with hold_for_run(tmp_path, "next", fail_abandoned) as inner:  # the resource inside the CLI's hold
+            assert inner is None
+        assert json.loads((tmp_path / LOCK_FILE).read_text())["run_id"] == "next"
+    assert seen == ["dead"]

@@ -1,6 +1,10 @@
 """Every setting is declared once, in lib/; the Dagster configs, the CLI and the library agree on it."""
 
+import argparse
+import ast
 import dataclasses
+import re
+from pathlib import Path
 
 import dagster as dg
 import numpy as np
@@ -9,6 +13,7 @@ import pytest
 
 from rm_pipeline.config import config_class, settings_from_config
 from rm_pipeline.lib.aggregation import AggregationSettings, ReviewThresholds
+from rm_pipeline.lib.environment import VARIABLES, EnvironmentVariable
 from rm_pipeline.lib.evaluation.probes import ProbeSettings
 from rm_pipeline.lib.evaluation.readiness import ReadinessThresholds
 from rm_pipeline.lib.evaluation.report import ReportSettings
@@ -139,3 +144,114 @@ def test_the_split_data_version_covers_what_training_sees():
     # what training doesn't read, and the row order, leave it alone
     assert split.split_data_version(base.assign(domain="other")) == version
     assert split.split_data_version(base.iloc[::-1]) == version
+
+
+# ---------------------------------------------------------------- environment variables, declared once
+
+PACKAGE = Path(__file__).resolve().parents[1] / "rm_pipeline"
+VARIABLE_NAME = re.compile(r"RM_PIPELINE_[A-Z0-9_]+")
+
+
+def _modules():
+    for path in sorted(PACKAGE.rglob("*.py")):
+        yield path, ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+
+
+def test_every_environment_variable_is_declared_once():
+    names = [variable.name for variable in VARIABLES]
+    assert len(names) == len(set(names)), sorted(name for name in names if names.count(name) > 1)
+    for variable in VARIABLES:
+        assert variable.meaning.strip(), f"{variable.name} has no meaning"
+        assert variable.name == variable.name.strip() and variable.default == variable.default.strip()
+
+
+def test_no_module_reads_an_rm_pipeline_variable_by_name_but_lib_environment():
+    """A name spelt out as a string anywhere else (`os.environ["RM_PIPELINE_X"]`, `getenv(...)`, a constant
+    later looked up) is a second declaration: read it through its EnvironmentVariable."""
+    spelt_out = [
+        f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: {node.value}"
+        for path, tree in _modules()
+        if path.name != "environment.py" or path.parent.name != "lib"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and VARIABLE_NAME.fullmatch(node.value)
+    ]
+    assert not spelt_out, spelt_out
+
+
+def test_every_variable_the_code_mentions_is_declared():
+    """Help texts and docstrings name variables as `$RM_PIPELINE_X`: each must be one the code reads."""
+    declared = {variable.name for variable in VARIABLES}
+    mentioned = {
+        name
+        for path in PACKAGE.rglob("*.py")
+        for name in VARIABLE_NAME.findall(path.read_text(encoding="utf-8"))
+        if not name.endswith("_")  # a prefix in prose
+    }
+    assert mentioned <= declared, sorted(mentioned - declared)
+
+
+def test_a_variable_is_its_stripped_value_or_its_default():
+    variable = EnvironmentVariable("RM_PIPELINE_EXAMPLE", "fallback", "for this test")
+    assert variable.get({}) == "fallback"
+    assert variable.get({"RM_PIPELINE_EXAMPLE": "  "}) == "fallback"
+    assert variable.get({"RM_PIPELINE_EXAMPLE": " value\n"}) == "value"
+
+
+def test_the_settings_that_variables_set_default_to_the_variables_defaults():
+    from rm_pipeline.lib.automation import AutomationSettings, FolderWatchSettings
+    from rm_pipeline.training_launcher import DockerTrainingLauncher, K8sTrainingLauncher, TrainingLauncherResource
+
+    assert AutomationSettings.from_environment({}) == AutomationSettings()
+    assert FolderWatchSettings.from_environment({}) == FolderWatchSettings()
+    assert TrainingLauncherResource.from_environment({"RM_PIPELINE_TRAINING_LAUNCHER": "docker"}) == (
+        DockerTrainingLauncher()
+    )
+    assert TrainingLauncherResource.from_environment({"RM_PIPELINE_TRAINING_LAUNCHER": "k8s"}) == K8sTrainingLauncher()
+
+
+# ---------------------------------------------------------------- command-line options from settings
+
+
+SETTINGS_OPTIONS = [  # (command, settings dataclass, its fields the command takes as options)
+    ("score", ScoringSettings, ["batch_size", "precision"]),
+    ("evaluate", ScoringSettings, ["batch_size", "precision"]),
+    ("evaluate", ProbeSettings, ["probe_pairs"]),
+    ("dpo-baseline", "DpoSettings", ["beta", "learning_rate", "epochs", "max_steps", "batch_size", "max_length"]),
+]
+
+
+@pytest.mark.parametrize(
+    "command, settings, names", SETTINGS_OPTIONS, ids=[f"{c}-{n[0]}" for c, _, n in SETTINGS_OPTIONS]
+)
+def test_settings_options_carry_the_fields_help_default_and_choices(command, settings, names):
+    import typing
+
+    from rm_pipeline.cli import build_parser
+    from rm_pipeline.lib import dpo
+
+    settings = getattr(dpo, settings) if isinstance(settings, str) else settings
+    actions = {action.dest: action for action in _subparser(build_parser(), command)._actions}
+    hints = typing.get_type_hints(settings)
+    for field in dataclasses.fields(settings):
+        if field.name not in names:
+            continue
+        action = actions[field.name]
+        assert action.help == f"{field.metadata['help']} (default: {field.default})".replace("%", "%%")
+        assert action.default is None  # unset: the dataclass's default applies
+        if typing.get_origin(hints[field.name]) is typing.Literal:
+            assert tuple(action.choices) == typing.get_args(hints[field.name])
+
+
+def _subparser(parser, name):
+    [commands] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return commands.choices[name]
+
+
+def test_an_option_given_overrides_its_setting_and_the_others_keep_their_defaults():
+    from rm_pipeline.cli import build_parser
+    from rm_pipeline.cli.common import settings_from_args
+    from rm_pipeline.lib.dpo import DpoSettings
+
+    args = build_parser().parse_args(["dpo-baseline", "--base-model", "m", "--beta", "0.3", "--max-steps", "5"])
+    settings = settings_from_args(DpoSettings, args, ["beta", "learning_rate", "max_steps", "batch_size"])
+    assert settings == dataclasses.replace(DpoSettings(), beta=0.3, max_steps=5)

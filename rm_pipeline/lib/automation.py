@@ -8,22 +8,23 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from rm_pipeline.lib.environment import RETRAIN_CRON, RETRAIN_TIMEZONE, SENSOR_INTERVAL
 from rm_pipeline.lib.settings import setting
 from rm_pipeline.lib.table_files import SETTLE_SECONDS
 
-CRON_VARIABLE = "RM_PIPELINE_RETRAIN_CRON"
-TIMEZONE_VARIABLE = "RM_PIPELINE_RETRAIN_TIMEZONE"
-INTERVAL_VARIABLE = "RM_PIPELINE_SENSOR_INTERVAL"
+CRON_VARIABLE = RETRAIN_CRON.name
+TIMEZONE_VARIABLE = RETRAIN_TIMEZONE.name
+INTERVAL_VARIABLE = SENSOR_INTERVAL.name
 
 
 @dataclass(frozen=True)
 class AutomationSettings:
     retrain_cron: str = setting(
-        "0 3 * * 1",
+        RETRAIN_CRON.default,
         f"Cron schedule on which reward_model is retrained, when the approved split changed since the current "
         f"model (${CRON_VARIABLE}; default Mondays 03:00).",
     )
-    timezone: str = setting("UTC", f"Time zone of the retraining schedule (${TIMEZONE_VARIABLE}).")
+    timezone: str = setting(RETRAIN_TIMEZONE.default, f"Time zone of the retraining schedule (${TIMEZONE_VARIABLE}).")
 
     def __post_init__(self):
         try:
@@ -33,18 +34,15 @@ class AutomationSettings:
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] = os.environ) -> AutomationSettings:
-        """The defaults, each overridden by its environment variable when that is set."""
-        values = {
-            field: environ[variable].strip()
-            for field, variable in (("retrain_cron", CRON_VARIABLE), ("timezone", TIMEZONE_VARIABLE))
-            if environ.get(variable, "").strip()
-        }
-        return cls(**values)
+        """Each setting from its environment variable, whose default is the setting's."""
+        return cls(retrain_cron=RETRAIN_CRON.get(environ), timezone=RETRAIN_TIMEZONE.get(environ))
 
 
 @dataclass(frozen=True)
 class FolderWatchSettings:
-    interval_seconds: int = setting(30, f"Seconds between two looks at the annotation folder (${INTERVAL_VARIABLE}).")
+    interval_seconds: int = setting(
+        int(SENSOR_INTERVAL.default), f"Seconds between two looks at the annotation folder (${INTERVAL_VARIABLE})."
+    )
     settle_seconds: float = setting(
         SETTLE_SECONDS, "A batch file modified more recently than this is still being written: left for the next look."
     )
@@ -52,9 +50,7 @@ class FolderWatchSettings:
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] = os.environ) -> FolderWatchSettings:
         """The defaults, the interval overridden by $RM_PIPELINE_SENSOR_INTERVAL when it is set."""
-        value = environ.get(INTERVAL_VARIABLE, "").strip()
-        if not value:
-            return cls()
+        value = SENSOR_INTERVAL.get(environ)
         try:
             seconds = int(value)
         except ValueError:

@@ -6,11 +6,14 @@ import fcntl
 import json
 import os
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 LOCK_FILE = ".run.lock"
 _held: dict[Path, object] = {}  # roots this process holds, with their open lock file
+Abandoned = TypeVar("Abandoned")
 
 
 class StorageInUse(RuntimeError):
@@ -73,3 +76,14 @@ def hold_storage(root: str | os.PathLike, **holder):
         del _held[root]
         _write(lock, {})  # a clean release leaves nothing behind
         lock.close()  # closing releases the lock; the kernel releases it too if the process dies
+
+
+@contextmanager
+def hold_for_run(root: str | os.PathLike, run_id: str, fail_abandoned: Callable[[dict], Abandoned | None]):
+    """Hold the root for run `run_id`: the one way the pipeline takes it (the storage resource, and
+    `rm-pipeline run` before its run starts). A previous holder that died holding the root is handed to
+    `fail_abandoned` (which reports its run failed); the block gets what that returns, None when there was
+    none. A run resumed after its own process died finds its own id: it goes on, not failed."""
+    with hold_storage(root, run_id=run_id) as previous:
+        abandoned = previous.get("run_id") not in (None, run_id)
+        yield fail_abandoned(previous) if abandoned else None

@@ -21,6 +21,7 @@ from rm_pipeline.lib.dpo import (
     implicit_rewards,
     load_causal_lm,
 )
+from rm_pipeline.lib.evaluation.statistics import CONFIDENCE
 from rm_pipeline.lib.markdown import markdown_table
 from rm_pipeline.lib.model_files import write_atomically
 from rm_pipeline.resources import DpoPolicyResource, PipelineStorage
@@ -39,6 +40,7 @@ DISAGREEMENT_COLUMNS = [
     "implicit_picks",
 ]
 SHOWN_DISAGREEMENTS = 10
+INTERVAL_COLUMN = f"estimate [{CONFIDENCE:.0%} interval]"
 MEASURES = ("implicit_accuracy", "explicit_accuracy", "agreement", "margin_spearman")
 
 
@@ -116,7 +118,12 @@ def _comparison_metadata(document: dict, disagreements: pd.DataFrame, folder) ->
         "prompt_groups": document["groups"],
         **{name: document[name]["estimate"] for name in MEASURES},
         "intervals": dg.MetadataValue.md(
-            markdown_table([{"measure": name, "estimate [95% interval]": _shown(document[name])} for name in MEASURES])
+            markdown_table(
+                [
+                    {"measure": name, f"estimate [{CONFIDENCE:.0%} interval]": _shown(document[name])}
+                    for name in MEASURES
+                ]
+            )
         ),
         "disagreements": document["disagreements"],
         "largest_disagreements": dg.MetadataValue.md(

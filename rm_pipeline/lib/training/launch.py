@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rm_pipeline.lib.environment import ANNOTATIONS, HOME, REVIEWS
+
 WORKER_MODULE = "rm_pipeline.training_worker"
 # The child process neither forks tokenizer threads nor reaches the Hub (the base model is local).
 WORKER_ENVIRONMENT = {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
@@ -22,11 +24,11 @@ class SharedVolume:
 
 
 # The deployment contract: the storage root is the same path everywhere, so paths handed to the worker hold.
-STORAGE = SharedVolume("rm-pipeline-storage", "/data/rm_pipeline_home", "RM_PIPELINE_HOME", read_only=False)
+STORAGE = SharedVolume("rm-pipeline-storage", "/data/rm_pipeline_home", HOME.name, read_only=False)
 SHARED_VOLUMES = (
     STORAGE,
-    SharedVolume("rm-pipeline-annotations", "/data/annotations", "RM_PIPELINE_ANNOTATIONS", read_only=True),
-    SharedVolume("rm-pipeline-reviews", "/data/reviews", "RM_PIPELINE_REVIEWS", read_only=True),
+    SharedVolume("rm-pipeline-annotations", "/data/annotations", ANNOTATIONS.name, read_only=True),
+    SharedVolume("rm-pipeline-reviews", "/data/reviews", REVIEWS.name, read_only=True),
 )
 
 

@@ -1,0 +1,132 @@
+"""What the commands share: exit statuses, the options every command group declares once (parent parsers),
+the options generated from a settings dataclass, and where the storage root and its current model are."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import typing
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from rm_pipeline.lib.environment import DAGSTER_HOME, HOME
+
+EXIT_GATE_FAILED = 2
+EXIT_BAD_INPUT = 3
+EXIT_NOT_READY = 4
+
+Settings = TypeVar("Settings")
+
+
+class InputError(Exception):
+    """A path, model or option the command can't use; printed as one line, exit status 3."""
+
+
+def positive_int(text: str) -> int:
+    value = int(text) if text.strip().lstrip("+").isdigit() else 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
+    return value
+
+
+def home_options() -> argparse.ArgumentParser:
+    """`--home`, declared once for every command that reads or writes a storage root."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--home", help=f"storage root (default: ${HOME.name}, else ./{HOME.default})")
+    return parent
+
+
+def model_options() -> argparse.ArgumentParser:
+    """`--model` (and `--home`, whose current model is the default), for the commands that use a reward model."""
+    parent = argparse.ArgumentParser(add_help=False, parents=[home_options()])
+    parent.add_argument(
+        "--model", type=Path, help="a trained reward model directory (default: <storage root>/models/current)"
+    )
+    return parent
+
+
+def settings_options(
+    command: argparse.ArgumentParser,
+    settings_type: type,
+    names: Iterable[str],
+    types: Mapping[str, Callable[[str], Any]] | None = None,
+) -> None:
+    """One `--option` per named field of a settings dataclass, its help text and default as the field declares
+    them, its choices from a `Literal` type; `types` overrides the parser of a value (e.g. `positive_int`).
+    Unset options stay None: the dataclass's default applies (`settings_from_args`)."""
+    fields = {field.name: field for field in dataclasses.fields(settings_type)}
+    hints = typing.get_type_hints(settings_type)
+    for name in names:
+        field, hint = fields[name], hints[name]
+        help_text = f"{field.metadata.get('help', '')} (default: {field.default})".replace("%", "%%")
+        if typing.get_origin(hint) is typing.Literal:
+            command.add_argument(f"--{name.replace('_', '-')}", choices=typing.get_args(hint), help=help_text)
+        else:
+            kind = (types or {}).get(name, hint)
+            command.add_argument(f"--{name.replace('_', '-')}", type=kind, help=help_text)
+
+
+def settings_from_args(settings_type: type[Settings], args: argparse.Namespace, names: Iterable[str]) -> Settings:
+    """The settings dataclass with the options given on the command line, its defaults for the others."""
+    return settings_type(**{name: getattr(args, name) for name in names if getattr(args, name) is not None})
+
+
+def storage_root(home: str | None) -> Path:
+    """--home, else $RM_PIPELINE_HOME, else ./.rm_pipeline_home."""
+    from rm_pipeline.lib.locations import default_home
+
+    return Path(home).resolve() if home else default_home()
+
+
+def use_home(home: str | None) -> Path:
+    """Pin the storage root and the Dagster instance beneath it, so the UI sees headless runs."""
+    root = storage_root(home)
+    os.environ[HOME.name] = str(root)
+    dagster_home = Path(DAGSTER_HOME.get() or root / "dagster")
+    os.environ[DAGSTER_HOME.name] = str(dagster_home)
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    settings = dagster_home / "dagster.yaml"
+    if not settings.exists():  # no telemetry calls: the pipeline runs without a network
+        settings.write_text("telemetry:\n  enabled: false\n")
+    return root
+
+
+def model_dir(args: argparse.Namespace) -> Path:
+    """--model, else the storage root's current model (the last one promoted)."""
+    from rm_pipeline.lib.model_registry import CURRENT
+
+    if args.model is not None:
+        return args.model
+    current = storage_root(args.home) / "models" / CURRENT
+    if not current.is_dir():
+        raise InputError(
+            f"{current}: no current model (none promoted yet under this storage root); "
+            "run `rm-pipeline run` or give --model DIR"
+        )
+    return current
+
+
+def input_errors() -> tuple[type[Exception], ...]:
+    """What bad input raises: exit status 3 with its message, never a traceback."""
+    from rm_pipeline.lib.dpo import DpoInputError
+    from rm_pipeline.lib.scoring import CandidateFileError
+    from rm_pipeline.lib.table_files import AnnotationFileError
+
+    return InputError, AnnotationFileError, CandidateFileError, DpoInputError
+
+
+def print_quarantine(quarantine, suffix: str = "") -> None:
+    """Each quarantined row on stderr as ``file:line: field: reason (detail)`` (no field: the whole line)."""
+    for row in quarantine.itertuples():
+        field = f"{row.field}: " if row.field else ""
+        print(f"{row.file}:{row.line}: {field}{row.reason} ({row.detail}){suffix}", file=sys.stderr)
+
+
+def progress(total: int, description: str):
+    """A progress bar on stderr, so stdout stays machine-readable."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=description, unit="seq", file=sys.stderr, mininterval=1.0)

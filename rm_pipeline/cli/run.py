@@ -1,0 +1,189 @@
+"""`rm-pipeline run`: materialise the whole asset graph headless, summarise each stage, print the verdict."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rm_pipeline.cli.common import EXIT_GATE_FAILED, EXIT_NOT_READY, InputError, home_options, use_home
+from rm_pipeline.lib.environment import ANNOTATIONS, BASE_MODEL, EVALUATION, REVIEWS
+
+# The readiness check's name (rm_pipeline.stages.evaluation): not a gate that stops the run unless strict.
+READINESS_CHECK = "reward_model_ready"
+# Metadata too long for a one-line summary (tables and plots are left out too): for the UI.
+LEFT_OUT_OF_SUMMARY = ("path", "base_model", "settings", "recommendation")
+
+
+def add_command(commands) -> None:
+    run = commands.add_parser(
+        "run",
+        parents=[home_options()],
+        help="materialise the whole asset graph headless and summarise each stage",
+    )
+    for option, variable, meaning, bundled in (
+        ("--annotations", ANNOTATIONS, "folder of annotation batches", "annotations"),
+        ("--base-model", BASE_MODEL, "Hugging Face id or local path", "all-MiniLM-L6-v2"),
+        ("--eval-dir", EVALUATION, "evaluation folder laid out like the bundled one", "one"),
+        ("--reviews", REVIEWS, "folder of reviewed review-queue files", "reviews folder"),
+    ):
+        run.add_argument(option, help=f"{meaning} (default: ${variable.name}, else the bundled {bundled})")
+    run.add_argument(
+        "--config",
+        type=Path,
+        help="run config, YAML or JSON, as the UI's launchpad takes it: the settings of each stage, e.g. "
+        "`ops: {reward_model: {config: {epochs: 2}}}` (default: every stage's defaults)",
+    )
+    run.add_argument(
+        "--require-ready",
+        action="store_true",
+        help=f"exit with status {EXIT_NOT_READY} when the model is not ready for optimisation",
+    )
+    run.set_defaults(handler=run_pipeline)
+
+
+def run_pipeline(args: argparse.Namespace) -> int:
+    home = use_home(args.home)
+    import uuid
+
+    import dagster as dg
+
+    from rm_pipeline.definitions import build_defs, reward_pipeline_job
+    from rm_pipeline.lib.storage_lock import StorageInUse, hold_for_run
+    from rm_pipeline.publishing import fail_abandoned_run
+
+    defs = build_defs(str(home), args.annotations, args.base_model, args.eval_dir, reviews_dir=args.reviews)
+    job = defs.resolve_job_def(reward_pipeline_job.name)
+    run_config = read_run_config(job, args.config) if args.config else None
+    run_id = str(uuid.uuid4())  # known before the run starts, so the lock names it from the first moment
+    try:
+        # Held here before the run, not only by its storage resource: a root in use is refused in one line and
+        # no failed run is recorded; a run found abandoned is reported on stdout. The resource re-enters.
+        with (
+            dg.DagsterInstance.get() as instance,
+            hold_for_run(home, run_id, lambda previous: fail_abandoned_run(instance, previous, home)) as abandoned,
+        ):
+            if abandoned is not None:
+                print(
+                    f"run {abandoned.run_id} was still marked {abandoned.status.value}, but its process is gone: "
+                    f"reported it failed"
+                )
+            result = job.execute_in_process(
+                run_config=run_config, instance=instance, raise_on_error=False, run_id=run_id
+            )
+    except StorageInUse as error:
+        print(f"rm-pipeline run: {error}", file=sys.stderr)
+        return 1
+    return report_run(result, home, args.require_ready)
+
+
+def report_run(result, home: Path, require_ready: bool) -> int:
+    """Each stage's summary and each gate's outcome on stdout, what stopped the run on stderr; the exit status."""
+    import dagster as dg
+
+    from rm_pipeline.publishing import gate_not_passed
+
+    evaluations = result.get_asset_check_evaluations()
+    # A check fails its step, and the run, only at ERROR severity: the readiness verdict does so only when strict.
+    stopped_by = [e for e in evaluations if not e.passed and e.severity == dg.AssetCheckSeverity.ERROR]
+    crashes = [  # a failed blocking check fails its step too: that step is reported by the check's name
+        event
+        for event in result.all_events
+        if event.is_step_failure and event.step_failure_data.error.cls_name != "DagsterAssetCheckFailedError"
+    ]
+    # An upstream table whose gate failed in an earlier run stops this one as surely as a gate of its own.
+    unpassed = [event for event in crashes if gate_not_passed(event.step_failure_data.error)]
+    print(f"run {result.run_id} ({'succeeded' if result.success else 'failed'}); storage: {home}")
+    readiness = None
+    for event in result.get_asset_materialization_events():
+        materialization = event.materialization
+        print(f"  {materialization.asset_key.to_user_string()}: {summary(materialization.metadata)}")
+        if materialization.asset_key.to_user_string() == "reward_readiness":
+            readiness = materialization.metadata
+    for evaluation in evaluations:
+        outcome = "passed" if evaluation.passed else f"FAILED ({evaluation.severity.value})"
+        print(f"  gate {evaluation.check_name}: {outcome}")
+    for evaluation in stopped_by:
+        explanation = evaluation.metadata.get("failures") or evaluation.metadata.get("reasons")
+        print(
+            f"\n{evaluation.check_name} stopped the run:\n{explanation.value if explanation else ''}", file=sys.stderr
+        )
+    for event in crashes:
+        print(f"\nstep {event.step_key} failed: {cause(event.step_failure_data.error)}", file=sys.stderr)
+    if readiness is not None:
+        print_verdict(Path(readiness["readiness_file"].value))
+    not_ready = readiness is not None and not readiness["optimize_against_reward"].value
+    if any(e.check_name != READINESS_CHECK for e in stopped_by) or unpassed:
+        return EXIT_GATE_FAILED
+    if crashes:
+        return 1
+    # Not ready is a result: a distinct status only when it was required (--require-ready, or strict).
+    required = require_ready or any(e.check_name == READINESS_CHECK for e in stopped_by)
+    return EXIT_NOT_READY if not_ready and required else 0
+
+
+def cause(error) -> str:
+    """The first line of what went wrong: the gate that did not pass, or the error inside Dagster's wrapper."""
+    from rm_pipeline.publishing import gate_not_passed
+
+    error = gate_not_passed(error) or error
+    while error.cls_name == "DagsterExecutionStepExecutionError" and error.cause is not None:
+        error = error.cause
+    return error.message.strip().splitlines()[0]
+
+
+def print_verdict(readiness_file: Path) -> None:
+    verdict = json.loads(readiness_file.read_text())
+    ready = verdict["optimize_against_reward"]
+    print(
+        f"\nverdict: {'READY' if ready else 'NOT READY'} for optimisation "
+        f"(optimize_against_reward: {str(ready).lower()})"
+    )
+    for check in verdict["checks"]:
+        print(f"  {'pass' if check['passed'] else 'FAIL'} {check['check']}: {check['reason']}")
+    print(
+        f"\n{verdict['recommendation']}\n\nmodel:     {verdict['model_path']}\nreport:    {verdict['report']}"
+        f"\nreadiness: {readiness_file}"
+    )
+
+
+def summary(metadata: dict) -> str:
+    """The plain numbers and small dicts of an asset's metadata, on one line."""
+    import dagster as dg
+
+    parts = []
+    for key, value in metadata.items():
+        raw = getattr(value, "value", value)
+        if isinstance(value, dg.MarkdownMetadataValue) or key in LEFT_OUT_OF_SUMMARY:
+            continue
+        if key == "dagster/row_count":
+            parts.insert(0, f"{raw} rows")
+        elif isinstance(raw, (int, float, str)):
+            parts.append(f"{key}={raw}")
+        elif isinstance(raw, dict):
+            parts.append(f"{key}={json.dumps(raw)}")
+        elif hasattr(raw, "records") and all("count" in r.data for r in raw.records):  # a counts table
+            parts.append(f"{key}={json.dumps({r.data[next(iter(r.data))]: r.data['count'] for r in raw.records})}")
+    return ", ".join(parts)
+
+
+def read_run_config(job, path: Path) -> dict:
+    """The run config in `path`, checked against the job's config schema before anything runs."""
+    import dagster as dg
+    import yaml
+
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as error:
+        raise InputError(f"{path}: can't be read ({error})") from None
+    except yaml.YAMLError as error:
+        raise InputError(f"{path}: not YAML or JSON ({' '.join(str(error).split())})") from None
+    if not isinstance(config, dict):
+        raise InputError(f"{path}: not a run config (a mapping such as `ops: {{...}}`)")
+    try:
+        dg.validate_run_config(job, config)
+    except dg.DagsterInvalidConfigError as error:
+        problems = "; ".join(problem.message for problem in error.errors)
+        raise InputError(f"{path}: not a valid run config for {job.name}: {problems}") from None
+    return config

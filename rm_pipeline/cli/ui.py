@@ -1,0 +1,59 @@
+"""`rm-pipeline ui`: `dagster dev` on this project, its instance under the storage root."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from rm_pipeline.cli.common import home_options, use_home
+from rm_pipeline.lib.environment import DAGSTER_HOME
+
+# dagster dev waits up to 60 s for its webserver, then up to 60 s for its daemon, before killing each: give it
+# all of that and a margin before killing its whole group
+UI_STOP_SECONDS = 150
+WORKSPACE = Path(__file__).resolve().parents[2] / "workspace.yaml"
+
+
+def add_command(commands) -> None:
+    ui = commands.add_parser("ui", parents=[home_options()], help="open the Dagster UI on this project (dagster dev)")
+    ui.add_argument("--port", type=int, default=3000, help="port of the webserver (default: %(default)s)")
+    ui.set_defaults(handler=open_ui)
+
+
+def open_ui(args: argparse.Namespace) -> int:
+    use_home(args.home)
+    command = [sys.executable, "-m", "dagster", "dev", "-w", str(WORKSPACE), "-p", str(args.port)]
+    print(f"{DAGSTER_HOME.name}={DAGSTER_HOME.get()} {' '.join(command)}", flush=True)
+    # Its own process group, so that whatever it leaves behind can be stopped together.
+    server = subprocess.Popen(command, cwd=WORKSPACE.parent, process_group=0)
+    stop_asked = []
+
+    def forward(signum, _frame):
+        # dagster dev shuts its webserver, daemon and code servers down on SIGINT or SIGTERM.
+        stop_asked.append(time.monotonic())
+        server.send_signal(signum)
+
+    previous = {signum: signal.signal(signum, forward) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while True:
+            try:
+                return server.wait(timeout=1)
+            except subprocess.TimeoutExpired:
+                if stop_asked and time.monotonic() - stop_asked[0] > UI_STOP_SECONDS:
+                    _kill_group(server.pid)
+    finally:
+        _kill_group(server.pid)  # anything still running once dagster dev is gone
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _kill_group(group: int) -> None:
+    try:
+        os.killpg(group, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):  # the group is empty
+        pass
