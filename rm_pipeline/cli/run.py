@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 
 from rm_pipeline.cli.common import EXIT_GATE_FAILED, EXIT_NOT_READY, InputError, home_options, use_home
+from rm_pipeline.lib.asset_values import READINESS_CHECK, READY
 from rm_pipeline.lib.environment import ANNOTATIONS, BASE_MODEL, EVALUATION, REVIEWS
 
 # The readiness check's name (rm_pipeline.stages.evaluation): not a gate that stops the run unless strict.
-READINESS_CHECK = "reward_model_ready"
 # Metadata too long for a one-line summary (tables and plots are left out too): for the UI.
 LEFT_OUT_OF_SUMMARY = ("path", "base_model", "settings", "recommendation")
 
@@ -113,7 +113,7 @@ def report_run(result, home: Path, require_ready: bool) -> int:
         print(f"\nstep {event.step_key} failed: {cause(event.step_failure_data.error)}", file=sys.stderr)
     if readiness is not None:
         print_verdict(Path(readiness["readiness_file"].value))
-    not_ready = readiness is not None and not readiness["optimize_against_reward"].value
+    not_ready = readiness is not None and not readiness[READY].value
     if any(e.check_name != READINESS_CHECK for e in stopped_by) or unpassed:
         return EXIT_GATE_FAILED
     if crashes:
@@ -135,7 +135,7 @@ def cause(error) -> str:
 
 def print_verdict(readiness_file: Path) -> None:
     verdict = json.loads(readiness_file.read_text())
-    ready = verdict["optimize_against_reward"]
+    ready = verdict[READY]
     print(
         f"\nverdict: {'READY' if ready else 'NOT READY'} for optimisation "
         f"(optimize_against_reward: {str(ready).lower()})"

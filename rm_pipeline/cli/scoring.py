@@ -21,6 +21,7 @@ from rm_pipeline.cli.common import (
     settings_from_args,
     settings_options,
 )
+from rm_pipeline.lib.asset_values import READY
 
 SCORING_OPTIONS = ("batch_size", "precision")
 
@@ -205,8 +206,8 @@ def warn_unless_ready(model: Path) -> None:
         verdict = {"reasons": [f"the verdict can't be read ({error})"]}
     if not isinstance(verdict, dict):
         verdict = {"reasons": ["the verdict is not a JSON object"]}
-    if verdict.get("optimize_against_reward") is not True:
-        reasons = "; ".join(map(str, verdict.get("reasons") or ["optimize_against_reward is not true"]))
+    if verdict.get(READY) is not True:
+        reasons = "; ".join(map(str, verdict.get("reasons") or [f"{READY} is not true"]))
         print(f"rm-pipeline: {model} is NOT READY for optimisation ({path}): {reasons}", file=sys.stderr)
 
 

@@ -12,7 +12,6 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-from crowdkit.aggregation import DawidSkene, MajorityVote
 
 from rm_pipeline.lib.annotations import first_rows
 from rm_pipeline.lib.settings import setting
@@ -166,6 +165,8 @@ def _reliability(
 ) -> tuple[pd.Series, pd.DataFrame | None]:
     """Each annotator's reliability (by worker code) and, under Dawid-Skene, each item's posterior over the
     outcomes (None otherwise)."""
+    from crowdkit.aggregation import DawidSkene, MajorityVote  # here: crowd-kit takes seconds to import
+
     # Reliability is learnt from items annotators share; fitted on single-vote items too, Dawid-Skene
     # can "correct" an annotator who always picks one side into always meaning the other.
     overlapping = crowd[np.bincount(crowd["task"], minlength=n_items)[crowd["task"]] > 1]
@@ -189,6 +190,8 @@ def _vote_counts(item: np.ndarray, label: np.ndarray, n_items: int) -> np.ndarra
 
 def _majority(crowd: pd.DataFrame) -> pd.Series:
     """Crowd-kit majority vote, except that an exact draw between outcomes is a tie, not a coin flip."""
+    from crowdkit.aggregation import MajorityVote
+
     if crowd.empty:
         return pd.Series(dtype=object)
     shares = MajorityVote().fit(crowd).probas_.reindex(columns=range(len(OUTCOMES)), fill_value=0.0)
@@ -205,7 +208,7 @@ def _argmax_label(probabilities: pd.DataFrame) -> pd.Series:
     return pd.Series(label, index=probabilities.index, dtype=object)
 
 
-def _dawid_skene_reliability(model: DawidSkene) -> pd.Series:
+def _dawid_skene_reliability(model) -> pd.Series:
     """P(annotator reports the true outcome), from Dawid-Skene's confusion matrices and priors."""
     errors = model.errors_  # index (worker, observed label), columns true label: P(observed | true)
     priors = model.priors_
