@@ -23,7 +23,7 @@ from rm_pipeline.lib.annotations import (
     read_batch_bytes,
 )
 
-BUNDLED = Path(__file__).resolve().parents[1] / "data" / "annotations"
+BUNDLED = Path(__file__).resolve().parents[1] / "rm_pipeline" / "data" / "annotations"
 
 
 def vote(**overrides) -> dict:

@@ -14,7 +14,7 @@ import pytest
 from rm_pipeline.lib import evaluation as ev
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-EVAL_DATA = REPO_ROOT / "data" / "eval"
+EVAL_DATA = REPO_ROOT / "rm_pipeline" / "data" / "eval"
 OASST_FILE = EVAL_DATA / "oasst" / "en_100_tree.jsonl"
 ALPACA_EVAL = EVAL_DATA / "alpaca-eval"
 SHARED = REPO_ROOT.parent / "shared" / "data"

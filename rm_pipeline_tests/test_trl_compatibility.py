@@ -32,7 +32,7 @@ from rm_pipeline.lib.scoring import RewardScorer, trl_reward_function
 from rm_pipeline_tests.conftest import DECODER_WORDS
 from rm_pipeline_tests.test_reward_training import encoder_settings, learnable_pairs
 
-pytestmark = pytest.mark.slow  # trains models or starts servers
+pytestmark = pytest.mark.trains
 
 POLICY_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] | lower }} {% endfor %}"

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+from importlib.resources import files
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+# Shipped inside the package (package data), so a wheel or `pip install .` finds it as an editable checkout does.
+BUNDLED_DATA = Path(str(files("rm_pipeline") / "data"))
 
 
 def default_home() -> Path:
@@ -14,18 +16,18 @@ def default_home() -> Path:
 
 
 def default_annotations_dir() -> Path:
-    """$RM_PIPELINE_ANNOTATIONS, else the bundled `data/annotations` of this checkout."""
-    return Path(os.environ.get("RM_PIPELINE_ANNOTATIONS") or REPO_ROOT / "data" / "annotations")
+    """$RM_PIPELINE_ANNOTATIONS, else the bundled `rm_pipeline/data/annotations`."""
+    return Path(os.environ.get("RM_PIPELINE_ANNOTATIONS") or BUNDLED_DATA / "annotations")
 
 
 def default_reviews_dir() -> Path:
-    """$RM_PIPELINE_REVIEWS, else the bundled `data/reviews` of this checkout."""
-    return Path(os.environ.get("RM_PIPELINE_REVIEWS") or REPO_ROOT / "data" / "reviews")
+    """$RM_PIPELINE_REVIEWS, else the bundled `rm_pipeline/data/reviews`."""
+    return Path(os.environ.get("RM_PIPELINE_REVIEWS") or BUNDLED_DATA / "reviews")
 
 
 def default_evaluation_dir() -> Path:
-    """$RM_PIPELINE_EVAL, else the bundled `data/eval` of this checkout."""
-    return Path(os.environ.get("RM_PIPELINE_EVAL") or REPO_ROOT / "data" / "eval")
+    """$RM_PIPELINE_EVAL, else the bundled `rm_pipeline/data/eval`."""
+    return Path(os.environ.get("RM_PIPELINE_EVAL") or BUNDLED_DATA / "eval")
 
 
 def default_base_model_name() -> str:
