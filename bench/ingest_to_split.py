@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Throughput benchmark: synthetic votes -> ingestion -> aggregation -> review queue -> pairs -> split.
 
-Generates N synthetic votes in the canonical row format (data/README.md, "Row format"), writes them
+Generates N synthetic votes in the canonical row format (rm_pipeline/data/README.md, "Row format"), writes them
 as a few batch files to a temporary folder, then runs the pure pipeline functions of
 `rm_pipeline.lib` on them in a *fresh child process*, timing every stage with time.perf_counter.
 

@@ -1,6 +1,6 @@
 """Scoring throughput: our batched, length-sorted scoring against scoring in file order, in one run.
 
-Pairs: the bundled real annotations (`data/annotations`: HH-RLHF harmless, PandaLM, Tulu) through
+Pairs: the bundled real annotations (`rm_pipeline/data/annotations`: HH-RLHF harmless, PandaLM, Tulu) through
 ingestion, majority-vote aggregation, review queue and `build_pairs`, the way `rm-pipeline validate`
 gets them (3,605 pairs). `--pairs N` takes N of them evenly spaced, kept in the order they come out of
 the files: the first N alone would all be HH-RLHF (the first 2,303 are), which is shorter than the rest.
@@ -74,7 +74,7 @@ def padding_share(lengths: np.ndarray, batch_size: int, sort_by_length: bool) ->
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default="data/annotations")
+    parser.add_argument("--data", default="rm_pipeline/data/annotations")
     parser.add_argument(
         "--pairs",
         type=int,

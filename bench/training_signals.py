@@ -10,7 +10,7 @@ MiniLM, 1 epoch, early stopping) and scores it with `RewardScorer`:
   (`rate_interval` over prompt groups), and its difference from the baseline pair by pair
   (`paired_difference`, same pairs, so what they have in common cancels out);
 - ECE of sigmoid(margin) on those pairs (10 bins, symmetric, as the evaluation report);
-- accuracy on the bundled benchmark file(s) data/eval/*.jsonl, with its interval;
+- accuracy on the bundled benchmark file(s) rm_pipeline/data/eval/*.jsonl, with its interval;
 - under soft ties: how near zero the held-out tie pairs' margins are (`tie_pair_margins`).
 
 The split is built once with tie pairs kept; the drop variants use it without them, so every variant
@@ -141,8 +141,8 @@ def table(results: dict[str, dict]) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--annotations", type=Path, default=REPO / "data/annotations")
-    parser.add_argument("--benchmarks", type=Path, default=REPO / "data/eval")
+    parser.add_argument("--annotations", type=Path, default=REPO / "rm_pipeline/data/annotations")
+    parser.add_argument("--benchmarks", type=Path, default=REPO / "rm_pipeline/data/eval")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "training_signals")
     parser.add_argument("--seed", type=int, default=0)

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-BUNDLED = REPO_ROOT / "data" / "annotations"
+BUNDLED = REPO_ROOT / "rm_pipeline" / "data" / "annotations"
 SLICE_LINES = {"pandalm_testset_v1.jsonl": 450, "tulu1_human_eval.jsonl": 300, "hh_rlhf_harmless_test.jsonl": 200}
 
 
@@ -165,7 +165,7 @@ def small_dagster_dev(annotations_slice, tmp_path, tiny_encoder, labelled_eval_d
     """The real `dagster dev` on 127.0.0.1 with small settings, watching its own copy of the annotation slice."""
     import shutil
 
-    from rm_pipeline_tests.dagster_dev import dagster_dev
+    from rm_pipeline_tests.support.dagster_dev import dagster_dev
 
     annotations = tmp_path / "annotations"
     shutil.copytree(annotations_slice, annotations)
@@ -181,7 +181,7 @@ def small_dagster_dev(annotations_slice, tmp_path, tiny_encoder, labelled_eval_d
 @pytest.fixture(scope="session")
 def postgres_server():
     """A real PostgreSQL server (Debian's `postgresql` package) on 127.0.0.1, for the whole session."""
-    from rm_pipeline_tests.postgres_server import running_postgres
+    from rm_pipeline_tests.support.postgres_server import running_postgres
 
     with running_postgres() as server:
         yield server

@@ -22,7 +22,7 @@ from rm_pipeline.lib.table_files import (
     read_batch_bytes,
 )
 
-BUNDLED = Path(__file__).resolve().parents[1] / "data" / "annotations"
+BUNDLED = Path(__file__).resolve().parents[1] / "rm_pipeline" / "data" / "annotations"
 
 
 def vote(**overrides) -> dict:

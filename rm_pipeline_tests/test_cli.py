@@ -76,7 +76,7 @@ def test_validate_names_a_file_that_is_not_a_table(tmp_path):
     assert str(bogus) in done.stderr and "Traceback" not in done.stderr
 
 
-@pytest.mark.slow
+@pytest.mark.trains
 def test_run_materialises_the_graph_and_prints_each_stage(annotations_slice, tmp_path, tiny_encoder):
     home, config = tmp_path / "home", tmp_path / "run_config.yaml"
     config.write_text("ops:\n  reward_model:\n    config:\n      seed: 7\n      precision: fp32\n")
@@ -121,7 +121,7 @@ def test_run_materialises_the_graph_and_prints_each_stage(annotations_slice, tmp
     assert (settings["seed"], settings["precision"]) == (7, "fp32")  # --config's, not the defaults
 
 
-@pytest.mark.slow
+@pytest.mark.trains
 def test_require_ready_turns_a_not_ready_verdict_into_a_distinct_status(
     annotations_slice, tmp_path, tiny_encoder, labelled_eval_dir
 ):
@@ -143,7 +143,6 @@ def test_require_ready_turns_a_not_ready_verdict_into_a_distinct_status(
     assert "FAIL fresh_policy_accuracy: only 5 human-labelled pairs of fresh policy outputs" in done.stdout
 
 
-@pytest.mark.slow
 def test_run_exits_with_a_distinct_status_when_a_gate_fails(tmp_path):
     folder = tmp_path / "annotations"
     folder.mkdir()
@@ -155,7 +154,6 @@ def test_run_exits_with_a_distinct_status_when_a_gate_fails(tmp_path):
     assert "aggregated_preferences:" not in done.stdout
 
 
-@pytest.mark.slow
 def test_a_real_failure_reads_as_one_with_one_short_line_per_failed_step(annotations_slice, tmp_path):
     missing = tmp_path / "no_such_model"
     done = rm_pipeline(
@@ -208,7 +206,7 @@ def test_score_and_evaluate_say_on_stderr_when_their_model_is_not_ready(command,
     assert done.returncode == 0 and f"rm-pipeline: {model}" not in done.stderr
 
 
-@pytest.mark.slow
+@pytest.mark.trains
 def test_dagster_asset_materialize_runs_the_whole_graph(annotations_slice, tmp_path, tiny_encoder):
     """The plain Dagster CLI works on the code location too."""
     home = tmp_path / "home"
@@ -258,12 +256,12 @@ def test_dagster_asset_materialize_runs_the_whole_graph(annotations_slice, tmp_p
     assert "reward_readiness: reward_model_ready" in done.stderr
 
 
-@pytest.mark.slow
+@pytest.mark.servers
 def test_sigterm_to_ui_stops_dagster_dev_and_everything_it_started(tmp_path):
     import psutil
 
     from rm_pipeline.cli import UI_STOP_SECONDS
-    from rm_pipeline_tests.dagster_dev import assert_port_free, free_port, wait_for
+    from rm_pipeline_tests.support.dagster_dev import assert_port_free, free_port, wait_for
 
     port = free_port()
     env = {key: value for key, value in os.environ.items() if key not in ("DAGSTER_HOME", "RM_PIPELINE_HOME")}

@@ -104,7 +104,7 @@ def run(labelled_eval_dir):
     return execute
 
 
-@pytest.mark.slow
+@pytest.mark.trains
 def test_whole_graph_materialises_with_every_gate_passing(annotations_slice, storage_root, tiny_encoder, run):
     with dg.instance_for_test() as instance:
         result = run(storage_root, annotations_slice, instance, tiny_encoder)
@@ -142,7 +142,7 @@ def test_whole_graph_materialises_with_every_gate_passing(annotations_slice, sto
     assert "Readiness: READY" in (storage_root / "reports" / model.name / "evaluation_report.md").read_text()
 
 
-@pytest.mark.slow
+@pytest.mark.trains
 def test_reward_model_is_trained_in_a_child_process_with_lineage(annotations_slice, storage_root, tiny_encoder, run):
     from transformers import AutoModelForSequenceClassification
 
@@ -217,7 +217,7 @@ def test_a_batch_that_breaks_a_gate_stops_the_run_before_later_stages(annotation
     assert not (storage_root / "tables" / "preference_split.parquet").exists()
 
 
-@pytest.mark.slow
+@pytest.mark.trains
 def test_stage_settings_change_the_outputs(annotations_slice, storage_root, tiny_encoder, run):
     """Settings are dg.Config: disputed comparisons become pairs when asked to, another aggregation method runs."""
     with dg.instance_for_test() as instance:

@@ -48,7 +48,7 @@ CONTRACT_ENV = {
     "RM_PIPELINE_HOME": "/data/rm_pipeline_home",
     "RM_PIPELINE_ANNOTATIONS": "/data/annotations",
     "RM_PIPELINE_REVIEWS": "/data/reviews",
-    "RM_PIPELINE_EVAL": "/opt/rm-pipeline/data/eval",
+    "RM_PIPELINE_EVAL": "/opt/rm-pipeline/rm_pipeline/data/eval",
     "DAGSTER_HOME": "/opt/dagster/dagster_home",
 }
 CODE_SERVER_PORT = 4000
@@ -586,7 +586,7 @@ def test_a_local_run_takes_and_frees_a_pool_slot(tmp_path):
 # ----------------------------------------------------------------------------------- on a real PostgreSQL
 
 
-@pytest.mark.slow
+@pytest.mark.servers
 def test_the_instance_works_on_postgresql(postgres_server, tmp_path, monkeypatch):
     """docker/dagster.yaml on a real PostgreSQL: the upgrade step of docker/README.md (`dagster instance
     migrate`) runs, the instance comes up with the queued coordinator, DockerRunLauncher, run monitoring and a

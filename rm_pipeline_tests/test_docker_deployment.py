@@ -20,8 +20,14 @@ from dagster_docker.docker_run_launcher import DOCKER_CONTAINER_ID_TAG
 from dagster_graphql import DagsterGraphQLClient
 from packaging.utils import canonicalize_name
 
-from rm_pipeline_tests.dagster_dev import HOST, free_port, wait_for
-from rm_pipeline_tests.docker_image import base_image, build_image, docker_client, download_wheels, package_index
+from rm_pipeline_tests.support.dagster_dev import HOST, free_port, wait_for
+from rm_pipeline_tests.support.docker_image import (
+    base_image,
+    build_image,
+    docker_client,
+    download_wheels,
+    package_index,
+)
 from rm_pipeline_tests.test_deploy_config import (
     CONTRACT_ENV,
     CONTRACT_VOLUMES,
@@ -103,7 +109,7 @@ def run_in_image(client, image: str, *command: str) -> str:
     return output.decode()
 
 
-@pytest.mark.slow  # builds the image
+@pytest.mark.docker
 def test_the_image_holds_the_package_and_the_tested_versions_and_runs_as_its_user(deployment_image):
     client = docker_client()
     config = client.images.get(deployment_image).attrs["Config"]
@@ -136,7 +142,7 @@ def test_the_image_holds_the_package_and_the_tested_versions_and_runs_as_its_use
         assert f"{APP_UID} {path}" in listing
 
 
-@pytest.mark.slow  # builds the image, starts a container
+@pytest.mark.docker
 def test_the_image_serves_the_code_location_and_docker_sees_it_healthy(deployment_image, test_containers):
     """The image's default command on its own: the code server answers the image's HEALTHCHECK (the probe runs
     every 30 s), as compose waits for before it starts the webserver and the daemon."""
@@ -202,7 +208,9 @@ def container_logs(client, labels: dict[str, str]) -> str:
     return "\n".join(f"--- {c.name} {c.attrs['Config']['Cmd'][:4]}\n{c.logs().decode()[-2500:]}" for c in found)
 
 
-@pytest.mark.slow  # builds the image, starts containers and servers, trains a model
+@pytest.mark.docker
+@pytest.mark.servers
+@pytest.mark.trains
 def test_run_monitoring_resumes_a_run_whose_container_was_killed_mid_training(
     deployment_image, test_containers, postgres_server, annotations_slice, tiny_encoder, labelled_eval_dir, tmp_path
 ):

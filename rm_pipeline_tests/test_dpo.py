@@ -246,7 +246,7 @@ def test_dpo_baseline_refuses_bad_input_in_one_line(arguments, message, tiny_cau
     assert not (tmp_path / "policy").exists()
 
 
-@pytest.mark.slow
+@pytest.mark.trains
 def test_dpo_baseline_trains_on_the_split_and_the_evaluation_compares_it(
     annotations_slice, storage_root, tiny_encoder, tiny_causal_lm, labelled_eval_dir, tmp_path, monkeypatch
 ):

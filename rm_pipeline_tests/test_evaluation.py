@@ -37,7 +37,7 @@ from rm_pipeline.lib.evaluation.statistics import _average_ranks, correlation_wi
 from rm_pipeline.lib.split import NO_DOMAIN
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-EVAL_DATA = REPO_ROOT / "data" / "eval"
+EVAL_DATA = REPO_ROOT / "rm_pipeline" / "data" / "eval"
 OASST_FILE = EVAL_DATA / "oasst" / "en_100_tree.jsonl"
 ALPACA_EVAL = EVAL_DATA / "alpaca-eval"
 SHARED = REPO_ROOT.parent / "shared" / "data"

@@ -14,7 +14,7 @@ from rm_pipeline_tests.conftest import PERMISSIVE_READINESS, REPO_ROOT
 from rm_pipeline_tests.test_report import metrics_without_interval
 from rm_pipeline_tests.test_rewardbench2 import GOOD_ROWS, write_jsonl
 
-pytestmark = pytest.mark.slow  # trains models or starts servers
+pytestmark = pytest.mark.trains
 
 QUICK_TRAINING = {"reward_model": {"config": {"batch_size": 16, "early_stopping_patience": None}}}
 
@@ -25,7 +25,7 @@ def evaluated(annotations_slice, tiny_encoder, tmp_path_factory):
     pairs, a second benchmark file with one broken line and a RewardBench 2 file."""
     root = tmp_path_factory.mktemp("evaluation")
     eval_dir = root / "eval"
-    shutil.copytree(REPO_ROOT / "data" / "eval", eval_dir)
+    shutil.copytree(REPO_ROOT / "rm_pipeline" / "data" / "eval", eval_dir)
     (eval_dir / "fresh-policy").mkdir()
     fresh = [{"prompt": f"Name a fruit ({i})", "chosen": "An apple.", "rejected": "I won't."} for i in range(5)]
     (eval_dir / "fresh-policy" / "labelled.jsonl").write_text("\n".join(map(json.dumps, fresh)) + "\n")
@@ -205,7 +205,8 @@ def test_the_leaderboard_column_is_a_setting_and_a_wrong_one_is_named(evaluated)
     report = json.loads(open(materialization(result, "evaluation_report")["report_json"].value).read())
     board = report["report"]["policies"]["leaderboard"]
     leaderboard = pd.read_csv(
-        REPO_ROOT / "data" / "eval" / "alpaca-eval" / "weighted_alpaca_eval_gpt4_turbo_leaderboard.csv", index_col=0
+        REPO_ROOT / "rm_pipeline" / "data" / "eval" / "alpaca-eval" / "weighted_alpaca_eval_gpt4_turbo_leaderboard.csv",
+        index_col=0,
     )["win_rate"]
     means = {row["policy"]: row["mean_reward"] for row in report["report"]["policies"]["summary"]}
     expected = pd.Series(means).rank().corr(leaderboard.loc[list(means)].rank())  # Spearman = Pearson of ranks

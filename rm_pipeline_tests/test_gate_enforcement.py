@@ -195,7 +195,7 @@ def test_a_run_on_a_held_storage_root_fails_at_once_naming_the_holder(annotation
     assert json.loads((home / LOCK_FILE).read_text()) == {}  # released cleanly: nothing left behind
 
 
-@pytest.mark.slow
+@pytest.mark.trains
 def test_two_concurrent_runs_on_one_storage_root_never_mix(annotations_slice, tmp_path, tiny_encoder):
     home = tmp_path / "home"
     first = start("--annotations", str(annotations_slice), "--base-model", tiny_encoder, home=home)
@@ -212,7 +212,7 @@ def test_two_concurrent_runs_on_one_storage_root_never_mix(annotations_slice, tm
     assert f"run {first_run} (succeeded)" in stdout
 
 
-@pytest.mark.slow
+@pytest.mark.trains
 def test_the_next_run_reports_a_killed_run_failed(annotations_slice, bad_annotations, tmp_path, tiny_encoder):
     home = tmp_path / "home"
     (home / "dagster").mkdir(parents=True)

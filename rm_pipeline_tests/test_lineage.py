@@ -77,7 +77,7 @@ def test_a_model_card_that_disagrees_with_the_instance_is_a_finding(tmp_path):
 # ---------------------------------------------------------------- on a real instance
 
 
-@pytest.mark.slow
+@pytest.mark.trains
 def test_lineage_of_a_trained_model_and_a_batch_changed_on_disk(
     annotations_slice, tiny_encoder, labelled_eval_dir, tmp_path
 ):

@@ -22,7 +22,7 @@ from rm_pipeline.lib.pairs import (
 from rm_pipeline.lib.table_files import list_batch_files
 from rm_pipeline.lib.tokenization import default_base_model, load_tokenizer, token_lengths
 
-BUNDLED = Path(__file__).resolve().parents[1] / "data" / "annotations"
+BUNDLED = Path(__file__).resolve().parents[1] / "rm_pipeline" / "data" / "annotations"
 
 
 def vote(item_id, **overrides) -> dict:

@@ -19,9 +19,9 @@ import pytest
 
 from rm_pipeline.definitions import reward_pipeline_job
 from rm_pipeline.lib.lineage import CHAIN
-from rm_pipeline_tests import postgres_server as postgres_server_module
-from rm_pipeline_tests.dagster_dev import REPO_ROOT, code_server, dagster_daemon
-from rm_pipeline_tests.postgres_server import ROLE
+from rm_pipeline_tests.support import postgres_server as postgres_server_module
+from rm_pipeline_tests.support.dagster_dev import REPO_ROOT, code_server, dagster_daemon
+from rm_pipeline_tests.support.postgres_server import ROLE
 from rm_pipeline_tests.test_automation import AFTER_TRAINING, DATA_STAGES
 from rm_pipeline_tests.test_cli import rm_pipeline
 from rm_pipeline_tests.test_reward_model_stage import CHECKPOINTING
@@ -78,7 +78,7 @@ def test_without_postgresql_the_tests_fail_naming_the_package(monkeypatch):
         postgres_server_module.server_binaries()
 
 
-@pytest.mark.slow  # starts servers
+@pytest.mark.servers
 def test_the_server_listens_on_127_0_0_1_only_and_wants_the_password(postgres_server):
     connection = postgres_server.connect()
     with connection, connection.cursor() as cursor:
@@ -89,7 +89,8 @@ def test_the_server_listens_on_127_0_0_1_only_and_wants_the_password(postgres_se
         psycopg2.connect(host="127.0.0.1", port=postgres_server.port, user=ROLE, password="wrong", dbname="postgres")
 
 
-@pytest.mark.slow  # starts servers, trains a model
+@pytest.mark.servers
+@pytest.mark.trains
 def test_the_history_survives_a_restart_of_dagster_and_of_postgres(
     postgres_server, annotations_slice, tiny_encoder, labelled_eval_dir, tmp_path
 ):
@@ -110,7 +111,7 @@ def test_the_history_survives_a_restart_of_dagster_and_of_postgres(
     postgres_server.restart()
     # a fresh process, a new DagsterInstance on the restarted server, reads it all back
     read = subprocess.run(
-        [sys.executable, "-m", "rm_pipeline_tests.instance_history"],
+        [sys.executable, "-m", "rm_pipeline_tests.support.instance_history"],
         capture_output=True,
         text=True,
         env={**os.environ, **env},
@@ -236,7 +237,8 @@ def deployment(postgres_server, database: str, tmp_path, annotations, base_model
         yield instance, workspace, env
 
 
-@pytest.mark.slow  # starts servers, trains a model
+@pytest.mark.servers
+@pytest.mark.trains
 def test_a_killed_run_worker_is_marked_failed_and_the_next_run_resumes_training(
     postgres_server, annotations_slice, tiny_encoder, labelled_eval_dir, tmp_path
 ):
@@ -283,7 +285,8 @@ def test_a_killed_run_worker_is_marked_failed_and_the_next_run_resumes_training(
         assert_resumed_from_a_checkpoint(instance, next_run, root)
 
 
-@pytest.mark.slow  # starts servers, trains a model
+@pytest.mark.servers
+@pytest.mark.trains
 def test_a_run_whose_code_server_died_too_is_reported_failed_by_the_next_run(
     postgres_server, annotations_slice, tiny_encoder, labelled_eval_dir, tmp_path
 ):

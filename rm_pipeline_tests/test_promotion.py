@@ -277,7 +277,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
-@pytest.mark.slow
+@pytest.mark.trains
 def test_a_first_model_is_promoted_and_a_worse_retrained_one_is_not(tmp_path, tiny_encoder):
     import dagster as dg
 

@@ -144,7 +144,9 @@ def test_report_sections_count_every_source_apart():
 
 
 def test_bundled_evaluation_folder_yields_policy_outputs_rankings_and_a_benchmark():
-    folder = EvaluationFolder(REPO_ROOT / "data" / "eval", REPO_ROOT / "data" / "eval" / "alpaca-eval")
+    folder = EvaluationFolder(
+        REPO_ROOT / "rm_pipeline" / "data" / "eval", REPO_ROOT / "rm_pipeline" / "data" / "eval" / "alpaca-eval"
+    )
     responses = responses_to_score(folder)
     policies = responses[responses["source"] == "policy_outputs"]
     assert policies["candidate"].nunique() == 6 and policies["domain"].nunique() == 5

@@ -10,7 +10,7 @@ import pytest
 
 from rm_pipeline.definitions import build_defs, reward_pipeline_job
 
-pytestmark = pytest.mark.slow  # trains models or starts servers
+pytestmark = pytest.mark.trains
 
 CHECKPOINTING = {
     "ops": {

@@ -147,7 +147,7 @@ def test_decoder_reward_is_read_at_the_last_non_padding_token(tiny_decoder):
 # ---------------------------------------------------------------- 2. train and publish
 
 
-@pytest.mark.slow
+@pytest.mark.trains
 def test_train_reward_model_publishes_a_loadable_model(tiny_encoder, tmp_path):
     torch.manual_seed(0)
     train, evaluation = learnable_pairs(32), learnable_pairs(8, start=100)
@@ -223,7 +223,7 @@ class Crash(RuntimeError):
     pass
 
 
-@pytest.mark.slow
+@pytest.mark.trains
 def test_training_resumes_from_the_last_checkpoint_after_a_crash(tiny_encoder, tmp_path):
     from transformers import AutoModelForSequenceClassification
 

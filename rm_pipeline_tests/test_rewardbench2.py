@@ -199,7 +199,6 @@ def _write_tmp(rows):
     return write_jsonl(path, rows)
 
 
-@pytest.mark.slow
 def test_evaluate_scores_a_rewardbench2_file_end_to_end(tiny_encoder, tmp_path):
     model = tmp_path / "rm-test"
     shutil.copytree(tiny_encoder, model)

@@ -210,7 +210,7 @@ def test_tie_pair_margins_of_no_pairs_are_empty():
 # ---------------------------------------------------------------- end to end
 
 
-@pytest.mark.slow
+@pytest.mark.trains
 @pytest.mark.parametrize("loss", ["bradley_terry", "mse"])
 def test_training_with_soft_ties_runs_and_leaves_ties_out_of_its_accuracy(tiny_encoder, tmp_path, loss):
     """Tie pairs written the wrong way round (the `terrible` answer as `chosen`) would pull any accuracy

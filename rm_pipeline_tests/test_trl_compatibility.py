@@ -33,7 +33,7 @@ from rm_pipeline.lib.training.settings import TrainingSettings
 from rm_pipeline_tests.conftest import DECODER_WORDS
 from rm_pipeline_tests.test_reward_training import encoder_settings, learnable_pairs
 
-pytestmark = pytest.mark.slow  # trains models or starts servers
+pytestmark = pytest.mark.trains
 
 POLICY_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] | lower }} {% endfor %}"

@@ -17,7 +17,7 @@ import pytest
 
 from rm_pipeline.definitions import defs
 from rm_pipeline_tests.conftest import BUNDLED, PERMISSIVE_READINESS, SLICE_LINES
-from rm_pipeline_tests.dagster_dev import REPO_ROOT
+from rm_pipeline_tests.support.dagster_dev import REPO_ROOT
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -80,7 +80,8 @@ def browser(tmp_path):
         assert service.process.poll() is not None
 
 
-@pytest.mark.slow
+@pytest.mark.servers
+@pytest.mark.trains
 def test_the_ui_shows_the_lineage_a_passed_check_and_the_report_plots(small_dagster_dev, browser, artifacts):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
@@ -192,7 +193,7 @@ def targets(run: dg.DagsterRun, asset: str) -> bool:
     return dg.AssetKey(asset) in (run.asset_selection or set())
 
 
-@pytest.mark.slow
+@pytest.mark.servers
 def test_a_new_batch_runs_the_data_stages_with_no_click_and_a_bad_one_stops_at_its_gate(small_dagster_dev):
     dev = small_dagster_dev
     # Two ticks of the slowest sensor with no run requested: automation has nothing more to do.

@@ -5,7 +5,7 @@ import pytest
 
 from rm_pipeline_tests.conftest import PERMISSIVE_READINESS
 
-pytestmark = pytest.mark.slow  # trains models or starts servers
+pytestmark = [pytest.mark.servers, pytest.mark.trains]
 
 LINEAGE_QUERY = """
 { assetNodes { assetKey { path } dependencyKeys { path } groupName } }

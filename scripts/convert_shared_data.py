@@ -2,7 +2,7 @@
 """Convert the shared public preference data into the bundled canonical raw-annotation files.
 
 Reads the read-only source snapshot (see SOURCES.md there) and writes, under --out (default: the
-repository's ``data/``):
+package's ``rm_pipeline/data/``):
 
 * ``annotations/pandalm_testset_v1.jsonl``   PandaLM test set, one row per human vote (3 per item)
 * ``annotations/tulu1_human_eval.jsonl``     Tulu-1 human eval, one row per vote
@@ -25,7 +25,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SHARED = REPO_ROOT.parent / "shared" / "data"
-DEFAULT_OUT = REPO_ROOT / "data"
+DEFAULT_OUT = REPO_ROOT / "rm_pipeline" / "data"
 
 PANDALM_VOTES = {"1": "a", "2": "b", "0": "tie"}
 TULU_PREFERENCES = {

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""Cut the bundled evaluation sample in ``data/eval/`` from the shared public data snapshot.
+"""Cut the bundled evaluation sample in ``rm_pipeline/data/eval/`` from the shared public data snapshot.
 
 Reads the read-only snapshot (``../shared/data``, described in its SOURCES.md) and writes, under --out
-(default: the repository's ``data/eval/``):
+(default: the package's ``rm_pipeline/data/eval/``):
 
 * ``alpaca-eval/prompts.jsonl``                 AlpacaEval prompts, stratified: the first --per-dataset
                                                 (default 20) prompts of each ``dataset`` in source order
@@ -29,7 +29,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SHARED = REPO_ROOT.parent / "shared" / "data"
-DEFAULT_OUT = REPO_ROOT / "data" / "eval"
+DEFAULT_OUT = REPO_ROOT / "rm_pipeline" / "data" / "eval"
 
 # The length probe (one policy told to be concise / verbose) plus three policies that appear in both
 # leaderboards and span them from top to bottom.

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from importlib.resources import files
 from pathlib import Path
 
 from rm_pipeline.lib.environment import ANNOTATIONS, BASE_MODEL, EVALUATION, HOME, REVIEWS
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+# Shipped inside the package (package data), so a wheel or `pip install .` finds it as an editable checkout does.
+BUNDLED_DATA = Path(str(files("rm_pipeline") / "data"))
 
 
 def default_home() -> Path:
@@ -15,18 +17,18 @@ def default_home() -> Path:
 
 
 def default_annotations_dir() -> Path:
-    """$RM_PIPELINE_ANNOTATIONS, else the bundled `data/annotations` of this checkout."""
-    return Path(ANNOTATIONS.get() or REPO_ROOT / "data" / "annotations")
+    """$RM_PIPELINE_ANNOTATIONS, else the bundled `rm_pipeline/data/annotations`."""
+    return Path(ANNOTATIONS.get() or BUNDLED_DATA / "annotations")
 
 
 def default_reviews_dir() -> Path:
-    """$RM_PIPELINE_REVIEWS, else the bundled `data/reviews` of this checkout."""
-    return Path(REVIEWS.get() or REPO_ROOT / "data" / "reviews")
+    """$RM_PIPELINE_REVIEWS, else the bundled `rm_pipeline/data/reviews`."""
+    return Path(REVIEWS.get() or BUNDLED_DATA / "reviews")
 
 
 def default_evaluation_dir() -> Path:
-    """$RM_PIPELINE_EVAL, else the bundled `data/eval` of this checkout."""
-    return Path(EVALUATION.get() or REPO_ROOT / "data" / "eval")
+    """$RM_PIPELINE_EVAL, else the bundled `rm_pipeline/data/eval`."""
+    return Path(EVALUATION.get() or BUNDLED_DATA / "eval")
 
 
 def default_base_model_name() -> str:

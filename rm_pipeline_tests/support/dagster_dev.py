@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 from dagster_graphql import DagsterGraphQLClient
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
 FINISHED = ("SUCCESS", "FAILURE", "CANCELED")
 # Runs one at a time: a run fails at once while another holds the storage root.

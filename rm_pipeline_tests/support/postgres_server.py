@@ -16,7 +16,7 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from rm_pipeline_tests.dagster_dev import HOST, free_port
+from rm_pipeline_tests.support.dagster_dev import HOST, free_port
 
 BINARIES = "/usr/lib/postgresql/*/bin"
 ROLE = "rm_pipeline_test"

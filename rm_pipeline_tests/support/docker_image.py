@@ -21,7 +21,7 @@ from docker.utils.build import exclude_paths
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
 import docker
-from rm_pipeline_tests.dagster_dev import HOST, REPO_ROOT
+from rm_pipeline_tests.support.dagster_dev import HOST, REPO_ROOT
 
 DOCKERFILE = "docker/Dockerfile"
 # Imported once per machine and kept: a later session reuses it (`docker rmi` it to make it again).

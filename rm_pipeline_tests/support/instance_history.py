@@ -1,4 +1,4 @@
-"""`python -m rm_pipeline_tests.instance_history`: what a fresh process reads back from the Dagster instance
+"""`python -m rm_pipeline_tests.support.instance_history`: what a fresh process reads back from the Dagster instance
 ($DAGSTER_HOME): every run with its status, the latest materialisation of every asset of the code location,
 the latest result of every asset check, and each sensor's cursor; one JSON object on stdout."""
 
