@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import subprocess
@@ -16,7 +17,11 @@ from rm_pipeline.lib.environment import DAGSTER_HOME
 # dagster dev waits up to 60 s for its webserver, then up to 60 s for its daemon, before killing each: give it
 # all of that and a margin before killing its whole group
 UI_STOP_SECONDS = 150
-WORKSPACE = Path(__file__).resolve().parents[2] / "workspace.yaml"
+# The code location, as the repository's workspace.yaml declares it; written beside the instance, so `ui` runs
+# the same from an installed wheel as from a checkout.
+WORKSPACE = {
+    "load_from": [{"python_module": {"module_name": "rm_pipeline.definitions", "location_name": "rm_pipeline"}}]
+}
 
 
 def add_command(commands) -> None:
@@ -27,10 +32,12 @@ def add_command(commands) -> None:
 
 def open_ui(args: argparse.Namespace) -> int:
     use_home(args.home)
-    command = [sys.executable, "-m", "dagster", "dev", "-w", str(WORKSPACE), "-p", str(args.port)]
+    workspace = Path(DAGSTER_HOME.get()) / "workspace.yaml"
+    workspace.write_text(json.dumps(WORKSPACE, indent=2) + "\n")  # JSON is YAML
+    command = [sys.executable, "-m", "dagster", "dev", "-w", str(workspace), "-p", str(args.port)]
     print(f"{DAGSTER_HOME.name}={DAGSTER_HOME.get()} {' '.join(command)}", flush=True)
     # Its own process group, so that whatever it leaves behind can be stopped together.
-    server = subprocess.Popen(command, cwd=WORKSPACE.parent, process_group=0)
+    server = subprocess.Popen(command, process_group=0)
     stop_asked = []
 
     def forward(signum, _frame):
