@@ -74,8 +74,7 @@ def _anchors(path: Path) -> frozenset[str]:
 
 @pytest.mark.parametrize("doc", DOCS, ids=_relative)
 def test_every_relative_link_resolves(doc):
-    if not doc.exists():
-        pytest.skip(f"{_relative(doc)} does not exist")
+    assert doc.exists(), f"{_relative(doc)} is missing"
     broken = []
     for target in LINK.findall(FENCE.sub("", doc.read_text(encoding="utf-8"))):
         if re.match(r"^[a-z][a-z0-9+.-]*:", target):  # http:, https:, mailto:
@@ -118,8 +117,7 @@ def _commands() -> dict[str, frozenset[str]]:
 
 @pytest.mark.parametrize("doc", CURRENT_DOCS, ids=_relative)
 def test_every_documented_command_and_option_exists(doc):
-    if not doc.exists():
-        pytest.skip(f"{_relative(doc)} does not exist")
+    assert doc.exists(), f"{_relative(doc)} is missing"
     unknown = []
     for code in _code(doc.read_text(encoding="utf-8")):
         for name, rest in COMMAND.findall(code):
@@ -146,8 +144,7 @@ def _ignored_by_git(path: str) -> bool:
 
 @pytest.mark.parametrize("doc", CURRENT_DOCS, ids=_relative)
 def test_every_named_file_exists(doc):
-    if not doc.exists():
-        pytest.skip(f"{_relative(doc)} does not exist")
+    assert doc.exists(), f"{_relative(doc)} is missing"
     missing = []
     for code in _code(doc.read_text(encoding="utf-8")):
         for path in PATH.findall(code):
