@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from rm_pipeline.lib.environment import VARIABLES
+
 REFERENCE = Path(__file__).resolve().parents[1] / "docs" / "settings.md"
 REGENERATE = "python -m rm_pipeline.reference"
 ENVIRONMENT_PREFIX = "RM_PIPELINE_"
@@ -36,12 +38,7 @@ stages do with them: [assets and settings](assets-and-settings.md).
 @contextmanager
 def default_environment() -> Iterator[None]:
     """The process environment without rm_pipeline's variables, so the reference shows the defaults."""
-    try:
-        from rm_pipeline.lib.environment import VARIABLES
-
-        declared = {variable.name for variable in VARIABLES}
-    except ImportError:
-        declared = set()
+    declared = {variable.name for variable in VARIABLES}
     saved = {
         name: value for name, value in os.environ.items() if name.startswith(ENVIRONMENT_PREFIX) or name in declared
     }
@@ -197,10 +194,6 @@ def _field_default(info) -> str:
 
 def _environment_section() -> str:
     lines = ["## Environment variables", ""]
-    try:
-        from rm_pipeline.lib.environment import VARIABLES
-    except ImportError:  # declared in one module once rm_pipeline.lib.environment exists
-        return "\n".join(lines + ["Not declared in one place yet (`rm_pipeline.lib.environment`).", ""])
     lines += [
         "Read by `rm-pipeline`, `dagster dev` and the deployment's processes; a blank value counts as unset.",
         "",
