@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+from rm_pipeline.cli import EXIT_BROKEN_PIPE
+
 TOY = [  # the classic example: one good pair, one identical, one context mismatch, one tie
     {"item_id": "a", "prompt": "2+2?", "response_a": "4", "response_b": "5", "annotator_id": "u1", "vote": "a"},
     {
@@ -66,6 +68,21 @@ def test_validate_prints_counts_that_add_up(tmp_path):
     # each quarantined row is named, as evaluate names them
     assert f"{batch}:5: malformed_json (" in done.stderr
     assert f"{batch}:6: vote: bad_vote (" in done.stderr
+
+
+@pytest.mark.parametrize("command", [["validate", "{batch}"], ["models", "--home", "{tmp}"]])
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path, command):
+    """`rm-pipeline ... | head -1`: the pipe closes before the command writes; no traceback, SIGPIPE's status."""
+    batch = tmp_path / "toy.jsonl"
+    batch.write_text("\n".join(json.dumps(row) for row in TOY) + "\n")
+    arguments = [part.format(batch=batch, tmp=tmp_path) for part in command]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "rm_pipeline.cli", *arguments], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    process.stdout.close()  # the reader is gone before anything is written
+    stderr = process.stderr.read()
+    assert process.wait(timeout=300) == EXIT_BROKEN_PIPE, stderr
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr
 
 
 def test_validate_names_a_file_that_is_not_a_table(tmp_path):

@@ -247,6 +247,9 @@ def test_every_check_passing_makes_the_model_ready():
     reasons = {c["check"]: c["reason"] for c in verdict["checks"]}
     for check in ("length_matched_accuracy", "fresh_policy_accuracy", "shortcut_probe_flip_rate"):
         assert re.search(r"[\d.]+ \[[\d.]+, [\d.]+\]", reasons[check]), reasons[check]
+    # and the calibration check its own value, as every other check does
+    ece = good_report()["calibration"]["ece"]
+    assert f"{ece:.3f}" in reasons["calibration_error"], reasons["calibration_error"]
 
 
 def test_missing_fresh_policy_labels_mean_not_ready_saying_why():

@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from rm_pipeline.cli import dpo, models, run, scoring, ui, validate
-from rm_pipeline.cli.common import EXIT_BAD_INPUT, EXIT_GATE_FAILED, EXIT_NOT_READY, InputError, input_errors
+from rm_pipeline.cli.common import (
+    EXIT_BAD_INPUT,
+    EXIT_BROKEN_PIPE,
+    EXIT_GATE_FAILED,
+    EXIT_NOT_READY,
+    InputError,
+    input_errors,
+)
 from rm_pipeline.cli.ui import UI_STOP_SECONDS
 
 __all__ = [
     "EXIT_BAD_INPUT",
+    "EXIT_BROKEN_PIPE",
     "EXIT_GATE_FAILED",
     "EXIT_NOT_READY",
     "UI_STOP_SECONDS",
@@ -34,6 +43,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        try:
+            return _run_command(argv)
+        finally:
+            sys.stdout.flush()  # here, where a reader gone away is caught, not at exit
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+        return EXIT_BROKEN_PIPE
+
+
+def _run_command(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)

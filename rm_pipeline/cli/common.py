@@ -17,6 +17,7 @@ from rm_pipeline.lib.environment import DAGSTER_HOME, HOME
 EXIT_GATE_FAILED = 2
 EXIT_BAD_INPUT = 3
 EXIT_NOT_READY = 4
+EXIT_BROKEN_PIPE = 128 + 13  # as a tool killed by SIGPIPE: its reader went away
 
 Settings = TypeVar("Settings")
 

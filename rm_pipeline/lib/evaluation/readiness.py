@@ -103,7 +103,7 @@ def readiness(
             n >= t.min_pairs and ece is not None and ece <= t.max_ece,
             f"only {n} held-out pairs"
             if n < t.min_pairs
-            else f"expected calibration error of sigmoid(margin) on {n} held-out pairs",
+            else f"expected calibration error of sigmoid(margin) {ece:.3f} on {n} held-out pairs",
         )
     )
 
