@@ -2,6 +2,7 @@
 (`annotation_folder`, `review_folder`), reported with its data version, so the stages reading it become stale."""
 
 import json
+from pathlib import Path
 
 import dagster as dg
 
@@ -86,3 +87,19 @@ def build_review_folder_sensor(settings: FolderWatchSettings) -> dg.SensorDefini
         return folder_tick(context, review_folder, review_source.directory, settings)
 
     return review_folder_sensor
+
+
+def record_folder_versions(instance: dg.DagsterInstance, annotations_dir: str, reviews_dir: str) -> list[str]:
+    """What the sensors would report, for a run started without them (`rm-pipeline run`): each folder's version,
+    unless the instance has it already, so lineage reaches the folders whichever way a model was trained. Returns
+    the folders reported."""
+    reported = []
+    for folder, directory in ((annotation_folder, annotations_dir), (review_folder, reviews_dir)):
+        if not Path(directory).is_dir():
+            continue  # the stage reading it says what is wrong
+        look = fingerprint_folder(directory, None, settle_seconds=0)  # the run reads every file now
+        latest = instance.get_latest_materialization_event(folder.key)
+        if latest is None or (latest.tags or {}).get(DATA_VERSION_TAG) != look.version:
+            instance.report_runless_asset_event(folder_version(directory, look, folder.key))
+            reported.append(folder.key.to_user_string())
+    return reported

@@ -136,6 +136,10 @@ def test_run_materialises_the_graph_and_prints_each_stage(annotations_slice, tmp
     assert f"readiness: {model}/readiness.json" in verdict and (model / "readiness.json").exists()
     settings = json.loads((model / "training_settings.json").read_text())
     assert (settings["seed"], settings["precision"]) == (7, "fp32")  # --config's, not the defaults
+    # lineage reaches the annotation folder without a sensor: the run recorded the folder's version itself
+    lineage = json.loads(rm_pipeline("lineage", "--home", str(home), "--json").stdout)
+    assert [stage["asset"] for stage in lineage["chain"]][-2:] == ["raw_annotations", "annotation_folder"]
+    assert lineage["findings"] == []
 
 
 @pytest.mark.trains

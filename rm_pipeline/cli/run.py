@@ -50,6 +50,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
     import dagster as dg
 
     from rm_pipeline.definitions import build_defs, reward_pipeline_job
+    from rm_pipeline.folder_sensors import record_folder_versions
     from rm_pipeline.lib.storage_lock import StorageInUse, hold_for_run
     from rm_pipeline.publishing import fail_abandoned_run
 
@@ -69,6 +70,8 @@ def run_pipeline(args: argparse.Namespace) -> int:
                     f"run {abandoned.run_id} was still marked {abandoned.status.value}, but its process is gone: "
                     f"reported it failed"
                 )
+            sources = defs.resources
+            record_folder_versions(instance, sources["annotation_source"].directory, sources["review_source"].directory)
             result = job.execute_in_process(
                 run_config=run_config, instance=instance, raise_on_error=False, run_id=run_id
             )
