@@ -7,7 +7,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from rm_pipeline.lib.asset_values import EvaluationReport, PublishedModel
+from rm_pipeline.lib.asset_values import SCORED_BY, SCORED_IN, EvaluationReport, PublishedModel
 from rm_pipeline.lib.fingerprints import table_fingerprint
 from rm_pipeline.lib.markdown import markdown_table
 
@@ -100,3 +100,15 @@ def report_of(reward_model: PublishedModel, evaluation_report: EvaluationReport)
             "materialise evaluation_report again"
         )
     return evaluation_report.document()
+
+
+def scored_in(reward_model: PublishedModel, scores: pd.DataFrame) -> str:
+    """The precision `scores` were scored in, after making sure `reward_model` scored them: a report never pairs
+    one model with another's scores."""
+    scorers = set(scores[SCORED_BY].unique()) if SCORED_BY in scores else set()
+    if scorers - {reward_model.name}:
+        raise dg.Failure(
+            f"reward_scores were scored by {', '.join(sorted(scorers))}, not by {reward_model.name}, the model to "
+            "evaluate: materialise reward_scores again"
+        )
+    return str(scores[SCORED_IN].iloc[0]) if len(scores) else "fp32"

@@ -7,11 +7,10 @@ import dagster as dg
 import pandas as pd
 import pytest
 
-from rm_pipeline.asset_outputs import report_of
+from rm_pipeline.asset_outputs import report_of, scored_in
 from rm_pipeline.io_managers import AssetValueIOManager
 from rm_pipeline.lib.asset_values import SCORED_BY, SCORED_IN, EvaluationReport, PublishedModel, from_json, to_json
 from rm_pipeline.resources import PipelineStorage
-from rm_pipeline.stages.report import scored_in
 
 MODEL = PublishedModel(path="/models/rm-a", split_data_version="abc123", precision="bf16")
 
@@ -61,7 +60,7 @@ def test_scores_of_another_model_are_refused_with_what_to_do():
 def test_a_report_of_another_model_is_refused(tmp_path):
     report = tmp_path / "evaluation_report.json"
     report.write_text(json.dumps({"report": {}}))
-    of_old = EvaluationReport("/models/rm-old", str(report), str(tmp_path / "evaluation_report.md"), "fp32")
+    of_old = EvaluationReport("/models/rm-old", str(report), str(tmp_path / "evaluation_report.md"))
     with pytest.raises(dg.Failure, match="is of /models/rm-old, not of /models/rm-a"):
         report_of(MODEL, of_old)
-    assert report_of(MODEL, EvaluationReport(MODEL.path, str(report), "", "fp32")) == {"report": {}}
+    assert report_of(MODEL, EvaluationReport(MODEL.path, str(report), "")) == {"report": {}}

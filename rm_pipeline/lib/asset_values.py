@@ -38,12 +38,11 @@ class PublishedModel:
 
 @dataclass(frozen=True)
 class EvaluationReport:
-    """The evaluation report of one model: where its JSON and Markdown are, and how its scores were made."""
+    """The evaluation report of one model: where its JSON and Markdown are."""
 
     model_path: str
     json_path: str
     markdown_path: str
-    scored_in: str  # the precision reward_scores scored in: a model compared with these scores is scored alike
 
     @property
     def folder(self) -> Path:

@@ -8,7 +8,7 @@ import dagster as dg
 import pandas as pd
 
 from rm_pipeline.asset_outputs import EVALUATION_GROUP as GROUP
-from rm_pipeline.asset_outputs import OWNERS, report_of
+from rm_pipeline.asset_outputs import OWNERS, report_of, scored_in
 from rm_pipeline.config import config_class, settings_from_config
 from rm_pipeline.lib.asset_values import MODEL_PATH, READY, EvaluationReport, PublishedModel
 from rm_pipeline.lib.evaluation.accuracy import pair_credit
@@ -72,7 +72,7 @@ def current_reward_model(
     current_dir = current_model_dir(models_dir)
     evidence = evidence_pairs(reward_scores)
     candidate_credit = _credit(evidence)
-    precision = evaluation_report.scored_in
+    precision = scored_in(reward_model, reward_scores)  # the current model is scored alike
     if current_dir is None:
         current_credit = None
     elif current_dir == candidate_dir.resolve():  # evaluated again: it is compared with itself

@@ -6,9 +6,9 @@ import dagster as dg
 import pandas as pd
 
 from rm_pipeline.asset_outputs import EVALUATION_GROUP as GROUP
-from rm_pipeline.asset_outputs import OWNERS
+from rm_pipeline.asset_outputs import OWNERS, scored_in
 from rm_pipeline.config import config_class, settings_from_config
-from rm_pipeline.lib.asset_values import MODEL_PATH, SCORED_BY, SCORED_IN, EvaluationReport, PublishedModel
+from rm_pipeline.lib.asset_values import MODEL_PATH, EvaluationReport, PublishedModel
 from rm_pipeline.lib.evaluation.policies import read_leaderboard
 from rm_pipeline.lib.evaluation.probes import probe_table
 from rm_pipeline.lib.evaluation.report import ReportSettings, build_report, write_plots, write_report
@@ -18,18 +18,6 @@ from rm_pipeline.lib.model_files import CALIBRATION_FILE, write_atomically
 from rm_pipeline.resources import EvaluationSource, PipelineStorage
 
 EvaluationReportConfig = config_class(ReportSettings, "EvaluationReportConfig")
-
-
-def scored_in(reward_model: PublishedModel, scores: pd.DataFrame) -> str:
-    """The precision `scores` were scored in, after making sure `reward_model` scored them: a report never pairs
-    one model with another's scores."""
-    scorers = set(scores[SCORED_BY].unique()) if SCORED_BY in scores else set()
-    if scorers - {reward_model.name}:
-        raise dg.Failure(
-            f"reward_scores were scored by {', '.join(sorted(scorers))}, not by {reward_model.name}, the model to "
-            "evaluate: materialise reward_scores again"
-        )
-    return str(scores[SCORED_IN].iloc[0]) if len(scores) else "fp32"
 
 
 @dg.asset(
@@ -49,7 +37,7 @@ def evaluation_report(
     fresh policy outputs, K-way rankings and benchmark files: Markdown and JSON under `reports/<model>/`.
     The temperature fitted on the held-out pairs is written beside the model as `calibration.json`."""
     model_dir, trained_on = reward_model.directory, reward_model.split_data_version
-    precision = scored_in(reward_model, reward_scores)
+    scored_in(reward_model, reward_scores)  # a report never pairs one model with another's scores
     split_version = split_data_version(preference_split)
     if trained_on != split_version:
         context.log.warning(
@@ -85,7 +73,7 @@ def evaluation_report(
     json_path, markdown_path = write_report(
         folder, {"facts": facts, "plots": {k: p.name for k, p in plots.items()}, "report": report}
     )
-    report_value = EvaluationReport(str(model_dir), str(json_path), str(markdown_path), precision)
+    report_value = EvaluationReport(str(model_dir), str(json_path), str(markdown_path))
     metadata = {
         "report": dg.MetadataValue.path(str(markdown_path)),
         "report_json": dg.MetadataValue.path(str(json_path)),
