@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -301,3 +302,22 @@ def test_score_writes_rewards_and_rankings(tiny_encoder, tmp_path):
 def test_nothing_to_score_is_an_empty_table(scorer):
     assert scorer.score([], [], []).empty
     assert scorer.score_pairs(PAIRS.iloc[:0])["chosen_reward"].empty
+
+
+def test_evaluate_reads_the_fitted_temperature_from_the_models_calibration_sidecar(tiny_encoder, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_encoder, model)
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(
+        "".join(json.dumps({"prompt": f"q{i}", "chosen": "yes " * i, "rejected": "no"}) + "\n" for i in range(1, 9))
+    )
+    before = json.loads(rm_pipeline("evaluate", "--model", str(model), "--pairs", str(pairs)).stdout)[str(pairs)]
+    assert "reward_temperature" not in before and "calibrated_ece" not in before  # never evaluated: no sidecar
+    (model / "calibration.json").write_text(json.dumps({"reward_temperature": 0.05}))
+    after = json.loads(rm_pipeline("evaluate", "--model", str(model), "--pairs", str(pairs)).stdout)[str(pairs)]
+    assert after["reward_temperature"] == 0.05
+    assert after["calibrated_ece"] != after["ece"]  # sigmoid(margin / 0.05) is not sigmoid(margin)
+    (model / "calibration.json").write_text('{"reward_temperature": "hot"}')
+    done = rm_pipeline("evaluate", "--model", str(model), "--pairs", str(pairs))
+    assert done.returncode == 0 and "calibrated_ece" not in json.loads(done.stdout)[str(pairs)]
+    assert f"{model}/calibration.json: reward_temperature must be a positive number" in done.stderr

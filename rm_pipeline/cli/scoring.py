@@ -92,7 +92,9 @@ def evaluate_files(args: argparse.Namespace) -> int:
     from rm_pipeline.lib.evaluation.report import jsonable
     from rm_pipeline.lib.table_files import AnnotationFileError
 
-    scorer = load_scorer(model_dir(args), args)
+    model = model_dir(args)
+    scorer = load_scorer(model, args)
+    temperature = fitted_temperature(model)
     probe_settings = settings_from_args(ProbeSettings, args, ["probe_pairs"])
     results, failed = {}, False
     for path in args.pairs:  # a bad file is named and skipped: the others' results still count
@@ -115,7 +117,7 @@ def evaluate_files(args: argparse.Namespace) -> int:
             scored = scorer.score_pairs(pairs, progress=bar.update)
         rows = pairs.drop_duplicates("line")  # a RewardBench 2 row is several pairs
         results[str(path)] = {
-            **pair_file_summary(scored),
+            **pair_file_summary(scored, temperature=temperature),
             "rows": len(rows),  # rows + quarantined = the file's rows
             "quarantined": len(quarantine),
             "rows_without_subset": int(rows["domain_from_file"].sum()),
@@ -189,6 +191,18 @@ def load_scorer(model: Path, args: argparse.Namespace):
         raise InputError(f"{model}: can't be loaded as a reward model ({first_line})") from None
     warn_unless_ready(model)
     return scorer
+
+
+def fitted_temperature(model: Path) -> float | None:
+    """The temperature evaluation fitted for the model (its calibration.json sidecar); a sidecar that can't be
+    read is said on stderr and left out, as the verdict is: the scores themselves don't depend on it."""
+    from rm_pipeline.lib.model_files import reward_temperature
+
+    try:
+        return reward_temperature(model)
+    except ValueError as error:
+        print(f"rm-pipeline: {error}; calibrated_ece left out", file=sys.stderr)
+        return None
 
 
 def warn_unless_ready(model: Path) -> None:

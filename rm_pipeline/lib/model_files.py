@@ -9,6 +9,7 @@ Knows nothing of Dagster.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 CONFIG_FILE = "config.json"  # Hugging Face's model config; `reward_mean` / `reward_std` are stored in it
@@ -31,3 +32,18 @@ def write_atomically(path: Path, text: str) -> None:
     partial = path.with_name(f".{path.name}.partial")
     partial.write_text(text, encoding="utf-8")
     partial.replace(path)
+
+
+def reward_temperature(model_dir: Path) -> float | None:
+    """The temperature evaluation fitted for this model (its `calibration.json`), None before it was evaluated.
+    Raises ValueError naming the file when the sidecar can't be read as one."""
+    path = Path(model_dir) / CALIBRATION_FILE
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))["reward_temperature"]
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as error:
+        raise ValueError(f"{path}: not a calibration file ({type(error).__name__}: {error})") from None
+    if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
+        raise ValueError(f"{path}: reward_temperature must be a positive number, not {value!r}")
+    return float(value)

@@ -101,7 +101,11 @@ def read_pair_file(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def pair_file_summary(
-    scored: pd.DataFrame, bins: int = 10, tie_tolerance: float = TIE_TOLERANCE, confidence: float = CONFIDENCE
+    scored: pd.DataFrame,
+    bins: int = 10,
+    tie_tolerance: float = TIE_TOLERANCE,
+    confidence: float = CONFIDENCE,
+    temperature: float | None = None,
 ) -> dict:
     """The headline numbers of one scored file of pairs (``rm-pipeline evaluate``, benchmark files).
 
@@ -110,7 +114,8 @@ def pair_file_summary(
     with RewardBench subset names also rewardbench_sections (name -> accuracy, n) and rewardbench_score; for
     a RewardBench 2 file (answer-list rows) ``best_of_n`` (``best_of_n_summary``), the accuracy that file is
     meant to be read by: the pair numbers then count every (chosen, rejected) answer pair. Every accuracy and
-    score has its interval as ``<name>_interval``.
+    score has its interval as ``<name>_interval``. With the model's fitted ``temperature`` (its calibration
+    sidecar), also ``reward_temperature`` and ``calibrated_ece``: the ECE of sigmoid(margin / temperature).
     """
     overall = pair_accuracy(scored, tie_tolerance, confidence)
     audit = length_audit(scored, tie_tolerance=tie_tolerance, confidence=confidence)
@@ -134,6 +139,9 @@ def pair_file_summary(
             for row in benchmark["subsets"].itertuples()
         },
     }
+    if temperature is not None and len(scored):
+        summary["reward_temperature"] = temperature
+        summary["calibrated_ece"] = calibration(pair_margins(scored), bins=bins, temperature=temperature)["ece"]
     if benchmark["score"] is not None:
         summary["rewardbench_sections"] = {
             row.section: {"accuracy": float(row.accuracy), "accuracy_interval": row.accuracy_interval, "n": int(row.n)}
