@@ -316,8 +316,8 @@ def test_sigterm_to_ui_stops_dagster_dev_and_everything_it_started(tmp_path):
 
 
 def test_a_run_takes_the_storage_root_through_one_function(tmp_path):
-    """`rm-pipeline run` and the storage resource both hold the root through `hold_for_run`: a holder that died
-    is handed over once to be reported failed, never a run's own id (a resumed run), never inside a holder."""
+    """Only the storage resource holds the root, through `hold_for_run`: a holder that died is handed over once
+    to be reported failed, never a run's own id (a resumed run), never inside a holder."""
     from rm_pipeline.lib.storage_lock import LOCK_FILE, hold_for_run
 
     seen = []
@@ -334,7 +334,22 @@ def test_a_run_takes_the_storage_root_through_one_function(tmp_path):
     (tmp_path / LOCK_FILE).write_text(json.dumps({"run_id": "dead", "pid": 999999}))
     with hold_for_run(tmp_path, "next", fail_abandoned) as abandoned:
         assert abandoned == "failed dead"
-        with hold_for_run(tmp_path, "next", fail_abandoned) as inner:  # the resource inside the CLI's hold
+        with hold_for_run(tmp_path, "next", fail_abandoned) as inner:  # re-entered within one process
             assert inner is None
         assert json.loads((tmp_path / LOCK_FILE).read_text())["run_id"] == "next"
     assert seen == ["dead"]
+
+
+def test_run_only_looks_at_the_storage_root_before_its_run_takes_it(tmp_path):
+    """`rm-pipeline run` peeks: a root held by another process is refused in one line before any run exists; a
+    free root, or one whose holder died, is taken by the run's storage resource, not by the command."""
+    from rm_pipeline.lib.storage_lock import LOCK_FILE, hold_storage, peek
+
+    assert peek(tmp_path / "new") == (False, {})
+    with hold_storage(tmp_path, run_id="live"):
+        held, holder = peek(tmp_path)
+        assert held and holder["run_id"] == "live"
+    (tmp_path / LOCK_FILE).write_text(json.dumps({"run_id": "dead", "pid": 999999}))
+    assert peek(tmp_path) == (False, {"run_id": "dead", "pid": 999999})  # named, not held
+    with hold_storage(tmp_path, run_id="next") as previous:  # peeking left the root free to take
+        assert previous["run_id"] == "dead"

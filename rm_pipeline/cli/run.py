@@ -45,39 +45,31 @@ def add_command(commands) -> None:
 
 def run_pipeline(args: argparse.Namespace) -> int:
     home = use_home(args.home)
-    import uuid
 
     import dagster as dg
 
     from rm_pipeline.definitions import build_defs, reward_pipeline_job
     from rm_pipeline.folder_sensors import record_folder_versions
-    from rm_pipeline.lib.storage_lock import StorageInUse, hold_for_run
-    from rm_pipeline.publishing import fail_abandoned_run
+    from rm_pipeline.lib.storage_lock import in_use, peek
 
     defs = build_defs(str(home), args.annotations, args.base_model, args.eval_dir, reviews_dir=args.reviews)
     job = defs.resolve_job_def(reward_pipeline_job.name)
     run_config = read_run_config(job, args.config) if args.config else None
-    run_id = str(uuid.uuid4())  # known before the run starts, so the lock names it from the first moment
-    try:
-        # Held here before the run, not only by its storage resource: a root in use is refused in one line and
-        # no failed run is recorded; a run found abandoned is reported on stdout. The resource re-enters.
-        with (
-            dg.DagsterInstance.get() as instance,
-            hold_for_run(home, run_id, lambda previous: fail_abandoned_run(instance, previous, home)) as abandoned,
-        ):
-            if abandoned is not None:
-                print(
-                    f"run {abandoned.run_id} was still marked {abandoned.status.value}, but its process is gone: "
-                    f"reported it failed"
-                )
-            sources = defs.resources
-            record_folder_versions(instance, sources["annotation_source"].directory, sources["review_source"].directory)
-            result = job.execute_in_process(
-                run_config=run_config, instance=instance, raise_on_error=False, run_id=run_id
-            )
-    except StorageInUse as error:
-        print(f"rm-pipeline run: {error}", file=sys.stderr)
+    # Only the run's storage resource takes the root; looked at first, a root in use is refused in one line
+    # with no failed run recorded, and a run that died holding it is named once the new run has reported it.
+    held, holder = peek(home)
+    if held:
+        print(f"rm-pipeline run: {in_use(home.resolve(), holder)}", file=sys.stderr)
         return 1
+    with dg.DagsterInstance.get() as instance:
+        ghost = instance.get_run_by_id(holder["run_id"]) if holder.get("run_id") else None
+        sources = defs.resources
+        record_folder_versions(instance, sources["annotation_source"].directory, sources["review_source"].directory)
+        result = job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False)
+        if ghost is not None and not ghost.is_finished and instance.get_run_by_id(ghost.run_id).is_failure:
+            print(
+                f"run {ghost.run_id} was still marked {ghost.status.value}, but its process is gone: reported it failed"
+            )
     return report_run(result, home, args.require_ready)
 
 

@@ -27,6 +27,29 @@ def describe(holder: dict) -> str:
     return who + pid + since
 
 
+def in_use(root: Path, holder: dict) -> str:
+    return (
+        f"storage root {root} is in use by {describe(holder)}; wait for it to finish, or use another storage root "
+        f"(--home, $RM_PIPELINE_HOME)"
+    )
+
+
+def peek(root: str | os.PathLike) -> tuple[bool, dict]:
+    """Whether another process holds the root now, and the holder its lock file names (a holder that died
+    holding it is still named there). Takes nothing: the run's storage resource is what holds the root."""
+    path = Path(root).resolve() / LOCK_FILE
+    if not path.exists():
+        return False, {}
+    with open(path, "a+", encoding="utf-8") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True, _read(lock)
+        holder = _read(lock)
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        return False, holder
+
+
 def _read(lock) -> dict:
     lock.seek(0)
     try:
@@ -63,10 +86,7 @@ def hold_storage(root: str | os.PathLike, **holder):
     except BlockingIOError:
         current = _read(lock)
         lock.close()
-        raise StorageInUse(
-            f"storage root {root} is in use by {describe(current)}; wait for it to finish, or use "
-            f"another storage root (--home, $RM_PIPELINE_HOME)"
-        ) from None
+        raise StorageInUse(in_use(root, current)) from None
     previous = _read(lock)
     _write(lock, holder)
     _held[root] = lock
@@ -80,10 +100,10 @@ def hold_storage(root: str | os.PathLike, **holder):
 
 @contextmanager
 def hold_for_run(root: str | os.PathLike, run_id: str, fail_abandoned: Callable[[dict], Abandoned | None]):
-    """Hold the root for run `run_id`: the one way the pipeline takes it (the storage resource, and
-    `rm-pipeline run` before its run starts). A previous holder that died holding the root is handed to
-    `fail_abandoned` (which reports its run failed); the block gets what that returns, None when there was
-    none. A run resumed after its own process died finds its own id: it goes on, not failed."""
+    """Hold the root for run `run_id`: the one place the pipeline takes it (the storage resource). A previous
+    holder that died holding the root is handed to `fail_abandoned` (which reports its run failed); the block gets
+    what that returns, None when there was none. A run resumed after its own process died finds its own id: it
+    goes on, not failed."""
     with hold_storage(root, run_id=run_id) as previous:
         abandoned = previous.get("run_id") not in (None, run_id)
         yield fail_abandoned(previous) if abandoned else None
