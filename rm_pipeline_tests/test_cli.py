@@ -6,6 +6,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -278,7 +279,10 @@ def test_dagster_asset_materialize_runs_the_whole_graph(annotations_slice, tmp_p
 
 
 @pytest.mark.servers
-def test_sigterm_to_ui_stops_dagster_dev_and_everything_it_started(tmp_path):
+@pytest.mark.parametrize("started_by", ["a terminal", "a script's background job"])
+def test_sigterm_to_ui_stops_dagster_dev_and_everything_it_started(tmp_path, started_by):
+    """Also as a script or service starts it (`rm-pipeline ui &` in a non-interactive shell): such a background
+    job starts with SIGINT ignored, which dagster dev would inherit and then ignore SIGTERM too."""
     import psutil
 
     from rm_pipeline.cli import UI_STOP_SECONDS
@@ -286,28 +290,36 @@ def test_sigterm_to_ui_stops_dagster_dev_and_everything_it_started(tmp_path):
 
     port = free_port()
     env = {key: value for key, value in os.environ.items() if key not in ("DAGSTER_HOME", "RM_PIPELINE_HOME")}
+    command = [sys.executable, "-m", "rm_pipeline.cli", "ui", "--home", str(tmp_path / "home"), "--port", str(port)]
     log = open(tmp_path / "ui.log", "w")
-    ui = subprocess.Popen(
-        [sys.executable, "-m", "rm_pipeline.cli", "ui", "--home", str(tmp_path / "home"), "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    if started_by == "a terminal":
+        ui = psutil.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    else:  # the shell prints the job's pid and exits, leaving it running
+        shell = subprocess.run(
+            ["sh", "-c", '"$@" >"$LOG" 2>&1 </dev/null & echo $!', "sh", *command],
+            env={**env, "LOG": str(tmp_path / "ui.log")},
+            capture_output=True,
+            text=True,
+            timeout=30,
+            start_new_session=True,
+        )
+        ui = psutil.Process(int(shell.stdout))
+        assert ui.cmdline()[-6:] == command[-6:]
     started = []
     try:
         wait_for(f"http://127.0.0.1:{port}/server_info", 180)
-        started = psutil.Process(ui.pid).children(recursive=True)
+        started = ui.children(recursive=True)
         assert len(started) >= 3  # dagster dev, its webserver and daemon (and code servers)
+        asked = time.monotonic()
         ui.send_signal(signal.SIGTERM)
-        assert ui.wait(timeout=UI_STOP_SECONDS + 30) == 0  # stopped by dagster dev itself, not killed by us
+        code = ui.wait(timeout=UI_STOP_SECONDS + 30)  # None: not our child, its status is the shell's to read
+        assert time.monotonic() - asked < UI_STOP_SECONDS / 2  # stopped by dagster dev, not by the kill fallback
+        assert code in (0, None) if started_by != "a terminal" else code == 0
         _, alive = psutil.wait_procs(started, timeout=10)
         assert not alive, [process.cmdline() for process in alive]
         assert_port_free(port)
     finally:  # whatever the outcome, leave nothing running
-        if ui.poll() is None:
-            ui.kill()
-        for process in started:
+        for process in [ui, *started]:
             try:
                 process.kill()
             except psutil.NoSuchProcess:

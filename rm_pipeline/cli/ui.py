@@ -36,16 +36,22 @@ def open_ui(args: argparse.Namespace) -> int:
     workspace.write_text(json.dumps(WORKSPACE, indent=2) + "\n")  # JSON is YAML
     command = [sys.executable, "-m", "dagster", "dev", "-w", str(workspace), "-p", str(args.port)]
     print(f"{DAGSTER_HOME.name}={DAGSTER_HOME.get()} {' '.join(command)}", flush=True)
-    # Its own process group, so that whatever it leaves behind can be stopped together.
-    server = subprocess.Popen(command, process_group=0)
-    stop_asked = []
+    stop_asked, started = [], []
 
     def forward(signum, _frame):
         # dagster dev shuts its webserver, daemon and code servers down on SIGINT or SIGTERM.
         stop_asked.append(time.monotonic())
-        server.send_signal(signum)
+        for server in started:
+            server.send_signal(signum)
 
+    # Caught before the child starts: a caught signal is reset to its default in the child, while an ignored one
+    # stays ignored, and a script's background job starts with SIGINT ignored (dagster dev then ignores SIGTERM).
     previous = {signum: signal.signal(signum, forward) for signum in (signal.SIGTERM, signal.SIGINT)}
+    # Its own process group, so that whatever it leaves behind can be stopped together.
+    server = subprocess.Popen(command, process_group=0)
+    started.append(server)
+    if stop_asked:  # asked to stop while it was starting
+        server.send_signal(signal.SIGTERM)
     try:
         while True:
             try:
