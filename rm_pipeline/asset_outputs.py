@@ -17,6 +17,7 @@ DATA_VERSION_TAG = "dagster/data_version"  # the tag an event carries its data v
 EVALUATION_GROUP = "evaluation"  # the stages that judge a trained model
 PREVIEW_ROWS = 10
 PREVIEW_CHARS = 80
+GATE_DESCRIPTION_CHARS = 1000  # a failed gate's description; every failure is in its `failures` metadata
 
 
 def counts_table(counts: dict, key: str = "reason") -> dg.MetadataValue:
@@ -80,15 +81,14 @@ def table_output(
 
 
 def gate_result(gate) -> dg.AssetCheckResult:
-    """A blocking check's outcome: a failed gate stops everything downstream."""
+    """A blocking check's outcome: a failed gate stops everything downstream. What failed, in words, is the
+    check's description (what the UI shows first) and its `failures`."""
+    failures = {"failures": dg.MetadataValue.md("\n".join(f"- {f}" for f in gate.failures))} if gate.failures else {}
     return dg.AssetCheckResult(
         passed=gate.success,
         severity=dg.AssetCheckSeverity.ERROR,
-        metadata={
-            "expectations": gate.expectations,
-            "failed": len(gate.failures),
-            "failures": dg.MetadataValue.md("\n".join(f"- {f}" for f in gate.failures) or "none"),
-        },
+        description="; ".join(gate.failures)[:GATE_DESCRIPTION_CHARS] or None,
+        metadata={"expectations": gate.expectations, "failed": len(gate.failures), **failures},
     )
 
 

@@ -173,6 +173,7 @@ def test_run_exits_with_a_distinct_status_when_a_gate_fails(tmp_path):
     done = rm_pipeline("run", "--home", str(tmp_path / "home"), "--annotations", str(folder))
     assert done.returncode == 2
     assert "raw_annotations_valid stopped the run" in done.stderr
+    assert "`bad_batch.jsonl`: 7 of 10 rows quarantined (malformed_json: 7), above the 20% limit" in done.stderr
     assert "aggregated_preferences:" not in done.stdout
 
 

@@ -209,6 +209,9 @@ def test_a_batch_that_breaks_a_gate_stops_the_run_before_later_stages(annotation
         gate = evaluations["raw_annotations_valid"]
         assert not gate.passed
         assert "quarantined_share" in gate.metadata["failures"].value
+        words = "9 of 10 rows quarantined (malformed_json: 8, duplicate_vote annotator_id: 1), above the 20% limit"
+        assert f"`vendor_batch_7.jsonl`: {words}" in gate.description
+        assert all("failures" not in e.metadata for e in evaluations.values() if e.passed)
         materialised = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
         assert "raw_annotations" in materialised
         assert materialised.isdisjoint(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -73,6 +74,9 @@ def good(tmp_path_factory) -> Stages:
 def assert_fails(result: gates.GateResult, *words: str) -> str:
     assert not result.success
     assert result.failures, "a failed gate must say why"
+    for failure in result.failures:  # in words first, then what Great Expectations found
+        words, technical = failure.split(" [", 1)
+        assert words and " failed {" in technical, failure
     text = "\n".join(result.failures)
     for word in words:
         assert word in text, (word, text)
@@ -102,6 +106,21 @@ def test_raw_gate_fails_when_a_batch_is_mostly_quarantined(tmp_path):
         "0.75",
     )
     assert gates.raw_annotations_gate(stages.votes, stages.quarantine, max_quarantine_fraction=0.75).success
+
+
+def test_a_failed_batch_names_its_file_the_rows_their_reasons_and_the_limit(tmp_path):
+    row = {"item_id": "x", "prompt": "p", "response_a": "r1", "annotator_id": "v", "vote": "a"}  # no response_b
+    stages = run_stages(tmp_path, {"bad_batch_02.jsonl": [row | {"item_id": f"i{n}"} for n in range(40)]})
+    failures = gates.raw_annotations_gate(stages.votes, stages.quarantine, max_quarantine_fraction=0.2).failures
+    sentence = "`bad_batch_02.jsonl`: 40 of 40 rows quarantined (missing_field response_b: 40), above the 20% limit"
+    assert any(failure.startswith(f"{sentence} (`max_quarantine_fraction`) [") for failure in failures), failures
+
+
+def test_a_failed_row_is_named_by_its_file_and_line(good):
+    votes = good.votes.copy()
+    votes.loc[3, "strength"] = -2.0
+    text = assert_fails(gates.raw_annotations_gate(votes, good.quarantine, 1.0), "strength")
+    assert f"`{Path(votes.loc[3, 'file']).name}` line {votes.loc[3, 'line']}: strength -2.0 is not a finite" in text
 
 
 def test_raw_gate_fails_on_an_unknown_vote_label(good):

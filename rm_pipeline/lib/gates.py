@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pandas as pd
 
@@ -36,10 +37,21 @@ class GateResult:
         )
 
 
+EXPLAINED_ROWS = 5  # failing rows told in words per expectation; the count says how many more
+
+
+def explained(expectation, explain: str):
+    """`expectation`, with the words its failure is told in: a template over a failing row's columns and the
+    expectation's own arguments (`{max_value:.0%}`), so a failure names the file, the line and the limit."""
+    expectation.meta = {**(expectation.meta or {}), "explain": explain}
+    return expectation
+
+
 def validate(table_name: str, frame: pd.DataFrame, expectations: list) -> GateResult:
     """Run expectations on a whole DataFrame in an ephemeral GE context."""
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    frame = frame.reset_index(drop=True)  # failing rows are reported by position
     batch = (
         context.data_sources.add_pandas(table_name)
         .add_dataframe_asset(table_name)
@@ -48,11 +60,12 @@ def validate(table_name: str, frame: pd.DataFrame, expectations: list) -> GateRe
     )
     suite = gx.ExpectationSuite(name=f"{table_name}_suite", expectations=expectations)
     outcome = batch.validate(suite)
-    failures = [_describe(table_name, result) for result in outcome.results if not result.success]
+    failures = [_describe(table_name, result, frame) for result in outcome.results if not result.success]
     return GateResult(bool(outcome.success), len(outcome.results), failures)
 
 
-def _describe(table_name: str, result) -> str:
+def _describe(table_name: str, result, frame: pd.DataFrame) -> str:
+    """In words (the expectation's `explain` template) first, then what Great Expectations found."""
     config = result.expectation_config
     target = config.kwargs.get("column") or config.kwargs.get("column_list") or ""
     details = {
@@ -62,7 +75,33 @@ def _describe(table_name: str, result) -> str:
     }
     if result.exception_info.get("raised_exception"):
         details["error"] = result.exception_info.get("exception_message")
-    return f"{table_name}: {config.type}({target}) failed {details}"
+    technical = f"{table_name}: {config.type}({target}) failed {details}"
+    words = _in_words(config, result.result, frame) if "error" not in details else None
+    return f"{words} [{technical}]" if words else technical
+
+
+def _in_words(config, found: dict, frame: pd.DataFrame) -> str | None:
+    template = (config.meta or {}).get("explain")
+    if not template:
+        return None
+    values = {**config.kwargs, "observed_value": found.get("observed_value")}
+    rows = found.get("partial_unexpected_index_list") or []
+    try:
+        if not rows:
+            return template.format_map(values)
+        told = [template.format_map({**values, **_fields(frame.loc[row])}) for row in rows[:EXPLAINED_ROWS]]
+    except (KeyError, ValueError, TypeError, IndexError):  # a template that doesn't fit: the technical words only
+        return None
+    more = int(found.get("unexpected_count") or len(rows)) - len(told)
+    return "; ".join(told) + (f"; and {more} more" if more > 0 else "")
+
+
+def _fields(row: pd.Series) -> dict:
+    """A failing row's columns, and `file_name`: the batch file without its folder."""
+    fields = row.to_dict()
+    if isinstance(fields.get("file"), str):
+        fields["file_name"] = Path(fields["file"]).name
+    return fields
 
 
 def _present(value) -> bool:
@@ -73,28 +112,60 @@ def _present(value) -> bool:
 
 def raw_annotations_gate(votes: pd.DataFrame, quarantine: pd.DataFrame, max_quarantine_fraction: float) -> GateResult:
     """Schema and value sets of the votes, one vote per (item, annotator), and no batch mostly unreadable."""
+    at = "`{file_name}` line {line}: "
     vote_rules = [
-        gxe.ExpectTableColumnsToMatchSet(column_set=VOTE_COLUMNS, exact_match=True),
-        gxe.ExpectTableRowCountToBeBetween(min_value=1),
-        gxe.ExpectColumnValuesToBeInSet(column="vote", value_set=list(VOTE_LABELS)),
-        gxe.ExpectCompoundColumnsToBeUnique(column_list=["item_id", "annotator_id"]),
-        gxe.ExpectColumnValuesToBeBetween(column="strength", min_value=0, max_value=sys.float_info.max),
+        explained(
+            gxe.ExpectTableColumnsToMatchSet(column_set=VOTE_COLUMNS, exact_match=True),
+            "the votes table has columns {observed_value}, not the vote schema",
+        ),
+        explained(
+            gxe.ExpectTableRowCountToBeBetween(min_value=1),
+            "no vote was read: the annotation folder is empty or every row was quarantined",
+        ),
+        explained(
+            gxe.ExpectColumnValuesToBeInSet(column="vote", value_set=list(VOTE_LABELS)),
+            at + "vote {vote!r} is not one of " + ", ".join(VOTE_LABELS),
+        ),
+        explained(
+            gxe.ExpectCompoundColumnsToBeUnique(column_list=["item_id", "annotator_id"]),
+            at + "{annotator_id} voted on {item_id} more than once",
+        ),
+        explained(
+            gxe.ExpectColumnValuesToBeBetween(column="strength", min_value=0, max_value=sys.float_info.max),
+            at + "strength {strength} is not a finite number >= 0",
+        ),
     ]
     vote_rules += [
-        gxe.ExpectColumnValuesToNotBeNull(column=name)
+        explained(gxe.ExpectColumnValuesToNotBeNull(column=name), at + "no {column}")
         for name in ("item_id", "prompt_id", "prompt", "response_a", "response_b", "annotator_id", "batch", "file")
     ]
     batches = batch_health(votes, quarantine)
-    batch_rules = [gxe.ExpectColumnValuesToBeBetween(column="quarantined_share", max_value=max_quarantine_fraction)]
+    batch_rules = [
+        explained(
+            gxe.ExpectColumnValuesToBeBetween(column="quarantined_share", max_value=max_quarantine_fraction),
+            "`{file_name}`: {quarantined} of {rows} rows quarantined ({reasons}), above the {max_value:.0%} limit "
+            "(`max_quarantine_fraction`)",
+        )
+    ]
     return validate("raw_annotations", votes, vote_rules).merge(validate("annotation_batches", batches, batch_rules))
 
 
 def batch_health(votes: pd.DataFrame, quarantine: pd.DataFrame) -> pd.DataFrame:
-    """Per file: votes kept, rows quarantined, and the quarantined share."""
+    """Per file: votes kept, rows quarantined, the quarantined share, and the reasons with their counts."""
     health = pd.DataFrame({"kept": votes.groupby("file").size(), "quarantined": quarantine.groupby("file").size()})
     health = health.fillna(0).astype("int64")
-    health["quarantined_share"] = health["quarantined"] / (health["kept"] + health["quarantined"])
-    return health.rename_axis("file").reset_index()
+    health["rows"] = health["kept"] + health["quarantined"]
+    health["quarantined_share"] = health["quarantined"] / health["rows"]
+    labels = quarantine["reason"].astype(str) + quarantine["field"].map(
+        lambda field: f" {field}" if isinstance(field, str) and field else ""
+    )
+    health["reasons"] = labels.groupby(quarantine["file"]).agg(_counted).reindex(health.index)
+    return health.rename_axis("file").reset_index().fillna({"reasons": "none"})
+
+
+def _counted(labels: pd.Series) -> str:
+    """`missing_field response_b: 40, malformed_json: 2`, most frequent first."""
+    return ", ".join(f"{label}: {count}" for label, count in labels.value_counts().items())
 
 
 def aggregated_preferences_gate(comparisons: pd.DataFrame, votes: pd.DataFrame) -> GateResult:
@@ -103,14 +174,28 @@ def aggregated_preferences_gate(comparisons: pd.DataFrame, votes: pd.DataFrame) 
         count_gap=comparisons["n_votes"] - comparisons[["votes_a", "votes_b", "ties", "abstentions"]].sum(axis=1)
     )
     rules = [
-        gxe.ExpectColumnValuesToBeUnique(column="item_id"),
-        gxe.ExpectColumnValuesToBeInSet(column="winner", value_set=[*OUTCOMES, "abstain"]),
-        gxe.ExpectColumnValuesToBeBetween(column="n_votes", min_value=1),
-        gxe.ExpectColumnValuesToBeBetween(column="count_gap", min_value=0, max_value=0),
-        gxe.ExpectColumnValuesToBeBetween(column="chosen_share", min_value=0, max_value=1),
-        gxe.ExpectColumnValuesToBeBetween(column="tie_share", min_value=0, max_value=1),
-        gxe.ExpectColumnValuesToBeBetween(column="confidence", min_value=0, max_value=1),
-        gxe.ExpectColumnSumToBeBetween(column="n_votes", min_value=len(votes), max_value=len(votes)),
+        explained(gxe.ExpectColumnValuesToBeUnique(column="item_id"), "comparison {item_id} appears more than once"),
+        explained(
+            gxe.ExpectColumnValuesToBeInSet(column="winner", value_set=[*OUTCOMES, "abstain"]),
+            "comparison {item_id}: winner {winner!r} is not an outcome",
+        ),
+        explained(gxe.ExpectColumnValuesToBeBetween(column="n_votes", min_value=1), "comparison {item_id} has no vote"),
+        explained(
+            gxe.ExpectColumnValuesToBeBetween(column="count_gap", min_value=0, max_value=0),
+            "comparison {item_id}: {n_votes} votes, but {votes_a} for A + {votes_b} for B + {ties} ties + "
+            "{abstentions} abstentions",
+        ),
+        *(
+            explained(
+                gxe.ExpectColumnValuesToBeBetween(column=share, min_value=0, max_value=1),
+                "comparison {item_id}: {column} is outside [0, 1]",
+            )
+            for share in ("chosen_share", "tie_share", "confidence")
+        ),
+        explained(
+            gxe.ExpectColumnSumToBeBetween(column="n_votes", min_value=len(votes), max_value=len(votes)),
+            "the comparisons count {observed_value} votes, the votes table holds {min_value}",
+        ),
     ]
     return validate("aggregated_preferences", derived, rules)
 
@@ -122,10 +207,19 @@ def review_queue_gate(queue: pd.DataFrame, comparisons: pd.DataFrame) -> GateRes
         known_item=queue["item_id"].isin(comparisons["item_id"]), adjudicated=queue["item_id"].isin(decided)
     )
     rules = [
-        gxe.ExpectColumnValuesToBeUnique(column="item_id"),
-        gxe.ExpectColumnValuesToBeInSet(column="known_item", value_set=[True]),
-        gxe.ExpectColumnValuesToBeInSet(column="adjudicated", value_set=[False]),
-        gxe.ExpectColumnValueLengthsToBeBetween(column="review_reasons", min_value=1),
+        explained(gxe.ExpectColumnValuesToBeUnique(column="item_id"), "{item_id} is queued more than once"),
+        explained(
+            gxe.ExpectColumnValuesToBeInSet(column="known_item", value_set=[True]),
+            "{item_id} is queued but no comparison",
+        ),
+        explained(
+            gxe.ExpectColumnValuesToBeInSet(column="adjudicated", value_set=[False]),
+            "{item_id} is queued though a reviewer decided it",
+        ),
+        explained(
+            gxe.ExpectColumnValueLengthsToBeBetween(column="review_reasons", min_value=1),
+            "{item_id} is queued without a reason",
+        ),
     ]
     return validate("review_queue", derived, rules)
 
@@ -141,14 +235,33 @@ def preference_pairs_gate(
         rejected_blank=pairs["rejected"].str.strip() == "",
     )
     rules = [
-        gxe.ExpectColumnValuesToBeUnique(column="pair_id"),
-        gxe.ExpectCompoundColumnsToBeUnique(column_list=["prompt", "chosen", "rejected"]),
-        gxe.ExpectColumnValuesToBeInSet(column="identical", value_set=[False]),
-        gxe.ExpectColumnValuesToBeInSet(column="chosen_blank", value_set=[False]),
-        gxe.ExpectColumnValuesToBeInSet(column="rejected_blank", value_set=[False]),
-        gxe.ExpectColumnValuesToBeBetween(column="chosen_tokens", max_value=max_length),
-        gxe.ExpectColumnValuesToBeBetween(column="rejected_tokens", max_value=max_length),
-        gxe.ExpectColumnValuesToBeInSet(column="preference", value_set=[PREFERRED, TIE]),
+        explained(gxe.ExpectColumnValuesToBeUnique(column="pair_id"), "pair {pair_id} appears more than once"),
+        explained(
+            gxe.ExpectCompoundColumnsToBeUnique(column_list=["prompt", "chosen", "rejected"]),
+            "pair {pair_id} repeats another pair's prompt, chosen and rejected",
+        ),
+        explained(
+            gxe.ExpectColumnValuesToBeInSet(column="identical", value_set=[False]),
+            "pair {pair_id}: chosen and rejected are the same text",
+        ),
+        *(
+            explained(
+                gxe.ExpectColumnValuesToBeInSet(column=f"{side}_blank", value_set=[False]),
+                f"pair {{pair_id}}: the {side} answer is blank",
+            )
+            for side in ("chosen", "rejected")
+        ),
+        *(
+            explained(
+                gxe.ExpectColumnValuesToBeBetween(column=f"{side}_tokens", max_value=max_length),
+                f"pair {{pair_id}}: {{{side}_tokens}} tokens, above max_length {{max_value}}",
+            )
+            for side in ("chosen", "rejected")
+        ),
+        explained(
+            gxe.ExpectColumnValuesToBeInSet(column="preference", value_set=[PREFERRED, TIE]),
+            "pair {pair_id}: preference {preference} is neither 1 (preferred) nor 0.5 (a tie)",
+        ),
     ]
     ledger = pd.DataFrame(
         {
@@ -159,8 +272,17 @@ def preference_pairs_gate(
         }
     )
     ledger["gap"] = ledger["comparisons"] - ledger["kept"] - ledger["rejected"]
-    ledger_rules = [gxe.ExpectColumnValuesToBeBetween(column="gap", min_value=0, max_value=0)]
-    rejected_rules = [gxe.ExpectColumnValuesToNotBeNull(column="reason")]
+    ledger_rules = [
+        explained(
+            gxe.ExpectColumnValuesToBeBetween(column="gap", min_value=0, max_value=0),
+            "{comparisons} comparisons in, {kept} pairs kept and {rejected} rejected: {gap} unaccounted for",
+        )
+    ]
+    rejected_rules = [
+        explained(
+            gxe.ExpectColumnValuesToNotBeNull(column="reason"), "comparison {item_id} was rejected without a reason"
+        )
+    ]
     return (
         validate("preference_pairs", derived, rules)
         .merge(validate("pair_ledger", ledger, ledger_rules))
@@ -184,13 +306,26 @@ def preference_split_gate(split: pd.DataFrame, group_column: str = "prompt_group
     )
     domains["eval_missing"] = (domains["groups"] >= 2) & (domains["eval_pairs"] == 0)
     split_rules = [
-        gxe.ExpectColumnValuesToBeInSet(column="split", value_set=["train", "eval"]),
-        gxe.ExpectColumnValuesToNotBeNull(column="split"),
+        explained(
+            gxe.ExpectColumnValuesToBeInSet(column="split", value_set=["train", "eval"]),
+            "pair {pair_id}: split {split!r} is neither train nor eval",
+        ),
+        explained(gxe.ExpectColumnValuesToNotBeNull(column="split"), "pair {pair_id} is on neither side"),
     ]
-    group_rules = [gxe.ExpectColumnValuesToBeBetween(column="sides", max_value=1)]
+    group_rules = [
+        explained(
+            gxe.ExpectColumnValuesToBeBetween(column="sides", max_value=1),
+            f"prompt group {{{group_column}}} is on both sides of the split",
+        )
+    ]
     domain_rules = [
-        gxe.ExpectColumnValuesToBeBetween(column="train_pairs", min_value=1),
-        gxe.ExpectColumnValuesToBeInSet(column="eval_missing", value_set=[False]),
+        explained(
+            gxe.ExpectColumnValuesToBeBetween(column="train_pairs", min_value=1), "domain {domain} has no training pair"
+        ),
+        explained(
+            gxe.ExpectColumnValuesToBeInSet(column="eval_missing", value_set=[False]),
+            "domain {domain} has {groups} prompt groups but no held-out pair",
+        ),
     ]
     return (
         validate("preference_split", split, split_rules)
