@@ -145,6 +145,11 @@ def test_a_model_that_is_not_ready_is_a_verdict_the_run_succeeds_with_and_says_w
     assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
     assert "fresh_policy_accuracy" in check.metadata["reasons"].value
     metadata = materialization(result, "reward_readiness")
+    logs = evaluated["instance"].all_logs(result.run_id)
+    events = {
+        e.dagster_event_type.value: e.timestamp for e in logs if e.dagster_event and e.step_key == "reward_readiness"
+    }
+    assert events["ASSET_CHECK_EVALUATION"] >= events["ASSET_MATERIALIZATION"]  # of the verdict it judges
     assert metadata["optimize_against_reward"].value is False
     verdict = json.loads(open(metadata["readiness_file"].value).read())
     assert metadata["readiness_file"].value == f"{metadata['model_path'].value}/readiness.json"
@@ -152,6 +157,9 @@ def test_a_model_that_is_not_ready_is_a_verdict_the_run_succeeds_with_and_says_w
     failed = {c["check"] for c in verdict["checks"] if not c["passed"]}
     assert "fresh_policy_accuracy" in failed  # 5 labelled pairs are fewer than the 30 required
     assert "only 5 human-labelled pairs" in " ".join(verdict["reasons"])
+    shown = f"{Path(metadata['model_path'].value).name}: NOT READY, {len(failed)} of {len(verdict['checks'])} checks"
+    assert check.description.startswith(shown)  # the verdict, where the UI shows a check first
+    assert "only 5 human-labelled pairs" in check.description
     markdown = open(metadata["report"].value).read()
     assert "Readiness: NOT READY" in markdown and verdict["recommendation"] in markdown
 

@@ -73,13 +73,19 @@ def reward_readiness(
             MODEL_PATH: dg.MetadataValue.path(str(model_dir)),
         },
     )
+    failed = len(verdict["reasons"])
     yield dg.AssetCheckResult(
         check_name=READINESS_CHECK,
         passed=ready,
+        # The verdict in words, where the UI shows a check first: a not-ready model is a verdict, not an error.
+        description=f"{model_dir.name}: ready"
+        if ready
+        else f"{model_dir.name}: NOT READY, {failed} of {len(verdict['checks'])} checks failed: "
+        + "; ".join(verdict["reasons"]),
         # Dagster fails the step and stops what follows only for a blocking check failed at ERROR.
         severity=dg.AssetCheckSeverity.ERROR if config.strict else dg.AssetCheckSeverity.WARN,
         metadata={
-            "failed_checks": len(verdict["reasons"]),
+            "failed_checks": failed,
             "reasons": dg.MetadataValue.md("\n".join(f"- {reason}" for reason in verdict["reasons"]) or "none"),
         },
     )
