@@ -7,7 +7,9 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+import dagster as dg
 import pytest
 
 from rm_pipeline.cli import EXIT_BROKEN_PIPE
@@ -106,6 +108,12 @@ def test_run_materialises_the_graph_and_prints_each_stage(annotations_slice, tmp
     assert "(succeeded); storage:" in done.stdout
     assert "Traceback" not in done.stderr and "Stack Trace" not in done.stderr
     assert "DagsterAssetCheckFailedError" not in done.stdout + done.stderr
+    # quiet: what to expect, each stage, how long it took; every DEBUG event in the log file it names instead
+    assert done.stdout.startswith("expected: ") and " minutes on a " in done.stdout.splitlines()[0]
+    assert "STEP_INPUT" not in done.stdout + done.stderr and "LOADED_INPUT" not in done.stdout + done.stderr
+    event_log = Path(done.stdout.split("every event of the run: ")[1].split()[0])
+    assert event_log.parent == home / "logs" and "STEP_INPUT" in event_log.read_text()
+    assert "\nfinished in " in done.stdout
     for stage in (
         "raw_annotations",
         "aggregated_preferences",
@@ -128,6 +136,8 @@ def test_run_materialises_the_graph_and_prints_each_stage(annotations_slice, tmp
     assert "current_reward_model: status=promoted, reason=the first model" in done.stdout
     assert f"model_path={home}/models/rm-" in done.stdout and "base64" not in done.stdout
     assert (home / "dagster" / "dagster.yaml").exists()  # the UI's instance sees this run
+    with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:  # a first visit without the modal
+        assert not instance.nux_enabled and not instance.telemetry_enabled
     # the verdict, its reasons, and where the model and the report are
     verdict = done.stdout[done.stdout.index("verdict: NOT READY") :]
     assert "FAIL fresh_policy_accuracy: no human-labelled pairs of fresh policy outputs" in verdict

@@ -17,6 +17,8 @@ from rm_pipeline.lib.environment import DAGSTER_HOME, HOME
 EXIT_GATE_FAILED = 2
 EXIT_BAD_INPUT = 3
 EXIT_NOT_READY = 4
+# No telemetry calls (the pipeline runs without a network); no "join the community" modal over the first visit
+INSTANCE_SETTINGS = "telemetry:\n  enabled: false\nnux:\n  enabled: false\n"
 EXIT_BROKEN_PIPE = 128 + 13  # as a tool killed by SIGPIPE: its reader went away
 
 Settings = TypeVar("Settings")
@@ -90,8 +92,8 @@ def use_home(home: str | None) -> Path:
     os.environ[DAGSTER_HOME.name] = str(dagster_home)
     dagster_home.mkdir(parents=True, exist_ok=True)
     settings = dagster_home / "dagster.yaml"
-    if not settings.exists():  # no telemetry calls: the pipeline runs without a network
-        settings.write_text("telemetry:\n  enabled: false\n")
+    if not settings.exists():
+        settings.write_text(INSTANCE_SETTINGS)
     return root
 
 

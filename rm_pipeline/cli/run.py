@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
+import time
 from pathlib import Path
 
 from rm_pipeline.cli.common import EXIT_GATE_FAILED, EXIT_NOT_READY, InputError, home_options, use_home
@@ -61,16 +63,52 @@ def run_pipeline(args: argparse.Namespace) -> int:
     if held:
         print(f"rm-pipeline run: {in_use(home.resolve(), holder)}", file=sys.stderr)
         return 1
+    print_expected_duration()
+    started = time.monotonic()
     with dg.DagsterInstance.get() as instance:
         ghost = instance.get_run_by_id(holder["run_id"]) if holder.get("run_id") else None
         sources = defs.resources
         record_folder_versions(instance, sources["annotation_source"].directory, sources["review_source"].directory)
-        result = job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False)
+        result = job.execute_in_process(run_config=quiet(run_config), instance=instance, raise_on_error=False)
+        event_log = write_event_log(instance, result.run_id, home)
         if ghost is not None and not ghost.is_finished and instance.get_run_by_id(ghost.run_id).is_failure:
             print(
                 f"run {ghost.run_id} was still marked {ghost.status.value}, but its process is gone: reported it failed"
             )
-    return report_run(result, home, args.require_ready)
+    status = report_run(result, home, args.require_ready)
+    print(f"\nfinished in {_minutes(time.monotonic() - started)}; every event of the run: {event_log}")
+    return status
+
+
+def print_expected_duration() -> None:
+    from rm_pipeline.lib.hardware import MAIN_JOB_MACHINES, MAIN_JOB_MINUTES, main_job_machine
+
+    machine = main_job_machine()
+    low, high = MAIN_JOB_MINUTES[machine]
+    print(f"expected: {low} to {high} minutes on {MAIN_JOB_MACHINES[machine]} (the bundled data, default settings)")
+
+
+def quiet(run_config: dict | None) -> dict:
+    """Dagster's console logger at INFO: stage starts and ends, gates, training progress; not the DEBUG events
+    of every input and output (they go to the event log file). A run config's own `loggers` win."""
+    return {"loggers": {"console": {"config": {"log_level": "INFO"}}}, **(run_config or {})}
+
+
+def write_event_log(instance, run_id: str, home: Path) -> Path:
+    """Every event of the run, DEBUG included, one per line, under `<root>/logs/`."""
+    folder = home / "logs"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"run-{run_id}.log"
+    with path.open("w", encoding="utf-8") as log:
+        for entry in instance.all_logs(run_id):
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(entry.timestamp))
+            kind = entry.dagster_event_type.value if entry.dagster_event_type else logging.getLevelName(entry.level)
+            log.write(f"{stamp} {entry.step_key or '-'} {kind} {entry.message}\n")
+    return path
+
+
+def _minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)} min {int(seconds % 60)} s"
 
 
 def report_run(result, home: Path, require_ready: bool) -> int:

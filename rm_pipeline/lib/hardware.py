@@ -17,6 +17,28 @@ def cpu_multiplies_bf16() -> bool:
     return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
 
 
+# Minutes the main job takes on the bundled data with the default settings, by what multiplies bf16 (2 cores,
+# quiet; BENCHMARKS.md "Quickstart"): printed before a run, so a user knows what to expect.
+MAIN_JOB_MINUTES = {"cuda": (1, 3), "amx": (2, 4), "avx512_bf16": (4, 6), "fp32": (6, 9)}
+MAIN_JOB_MACHINES = {
+    "cuda": "a CUDA GPU",
+    "amx": "a CPU with Intel AMX",
+    "avx512_bf16": "a CPU with AVX-512 BF16",
+    "fp32": "a CPU without native bf16",
+}
+
+
+def main_job_machine() -> str:
+    """Which row of MAIN_JOB_MINUTES this machine is."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if torch.cpu._is_amx_tile_supported():
+        return "amx"
+    return "avx512_bf16" if cpu_multiplies_bf16() else "fp32"
+
+
 def native_bf16(device: str) -> bool:
     """Whether `device` ("cuda" or "cpu") multiplies bf16 in hardware."""
     import torch

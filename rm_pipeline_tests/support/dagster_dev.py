@@ -20,7 +20,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
 FINISHED = ("SUCCESS", "FAILURE", "CANCELED")
 # Runs one at a time: a run fails at once while another holds the storage root.
-INSTANCE_SETTINGS = "telemetry:\n  enabled: false\nrun_queue:\n  max_concurrent_runs: 1\n"
+INSTANCE_SETTINGS = "telemetry:\n  enabled: false\nnux:\n  enabled: false\nrun_queue:\n  max_concurrent_runs: 1\n"
 
 
 def free_port() -> int:
