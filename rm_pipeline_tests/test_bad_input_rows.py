@@ -166,3 +166,8 @@ def test_pair_files_with_one_stem_are_distinct_annotators(tmp_path):
     result = ingest(write_jsonl(tmp_path / "pairs.jsonl", [pair]), _csv(tmp_path / "pairs.csv", [pair]))
     assert result.quarantine.empty, result.quarantine
     assert sorted(result.votes["annotator_id"]) == ["pairs.csv", "pairs.jsonl"]
+
+
+def test_a_blank_batch_field_takes_the_file_batch(tmp_path):
+    result = ingest(write_jsonl(tmp_path / "vend.jsonl", [vote(batch="  ")]))
+    assert result.votes["batch"].tolist() == ["vend"] and result.votes["item_id"].tolist() == ["vend/i1"]
