@@ -21,7 +21,13 @@ import pytest
 
 from rm_pipeline.lib.annotations import VOTE_COLUMNS, read_annotations
 from rm_pipeline.lib.gates import raw_annotations_gate
-from rm_pipeline.lib.table_files import MAX_JSON_DEPTH, QUARANTINE_COLUMNS, AnnotationFileError, json_depth_exceeds
+from rm_pipeline.lib.table_files import (
+    MAX_JSON_DEPTH,
+    QUARANTINE_COLUMNS,
+    AnnotationFileError,
+    json_depth_exceeds,
+    read_records,
+)
 from rm_pipeline_tests.test_annotations import vote
 
 BOM = b"\xef\xbb\xbf"
@@ -428,6 +434,12 @@ CASES = [
         kept=2,
     ),
     Case(
+        "csv_unbalanced_quote_crlf_lines",
+        "stray_quote_crlf.csv",
+        csv_lines(STRAY_QUOTE_LINE, vote_line("i3"), vote_line("i4", '"Say hi."')).replace(b"\n", b"\r\n"),
+        ((2, "malformed_csv", "", "line 2"), (3, "malformed_csv", "", "line 2"), (4, "malformed_csv", "", "line 2")),
+    ),
+    Case(
         "csv_multiline_quoted_prompt_is_kept",
         "multiline_prompt.csv",
         csv_text(
@@ -541,3 +553,11 @@ def test_raw_annotations_gate_requires_finite_strength():
     empty = pd.DataFrame(columns=QUARANTINE_COLUMNS)
     assert not raw_annotations_gate(votes, empty, 0.2).success
     assert raw_annotations_gate(votes.assign(strength=2.0), empty, 0.2).success
+
+
+def test_a_one_column_csv_keeps_its_multiline_cells(tmp_path):
+    """Every line of a one-column table reads as a row: a multi-line cell there is no sign of a stray quote."""
+    path = tmp_path / "notes.csv"
+    path.write_bytes(b'note\n"first line\nsecond line"\nthird\n')
+    records, quarantine, _ = read_records(path)
+    assert records["note"].tolist() == ["first line\nsecond line", "third"] and quarantine.empty

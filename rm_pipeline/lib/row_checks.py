@@ -92,6 +92,8 @@ def swallowed_lines(lines: list[str], record: list[str], width: int) -> list[int
     quoting fault: its quotes don't parse strictly (a quote closing a field must end it), it has the
     wrong number of fields, or, read with its quotes as plain characters, every line of it is a row (a
     stray quote closed by a later quote at a field's end). A well-quoted multi-line cell is kept."""
+    if width < 2:  # every line of a one-column table reads as a row: nothing to tell
+        return []
     rows = [n for n in range(1, len(lines)) if lines[n].count(",") >= width - 1 and _reads_as_row(lines[n], width)]
     if not rows:  # the usual multi-line answer: no line of it reads as a row
         return []
