@@ -123,7 +123,7 @@ def batch_names(paths: list[Path]) -> list[str]:
     """Each file's default batch name: its name without the suffix, unless another file read with it has
     the same one (`vend.jsonl`, `vend.csv`): then its name, or where names are shared too (files from
     several folders), its path. A folder's files keep the names they have always had until such a
-    file arrives; the names are compared as identifiers are (see ``normalise_identifiers``)."""
+    file arrives; the names are compared as identifiers are (see ``_identifier``)."""
     stems = [_identifier(path.stem) for path in paths]
     names = [_identifier(path.name) for path in paths]
     stem_count, name_count = Counter(stems), Counter(names)
@@ -198,7 +198,7 @@ def _last_content(messages):
 
 
 def _votes_as_json(votes: pd.DataFrame) -> pd.Series:
-    """Votes as JSON text with the item_id as written in the file (not scoped), for repair and replay."""
+    """Votes as JSON text with the item's own id (normalised, not scoped), for repair and replay."""
     return rows_as_json(votes[VOTE_COLUMNS].assign(item_id=votes["source_item_id"]).drop(columns="source_item_id"))
 
 
