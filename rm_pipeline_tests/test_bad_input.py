@@ -11,14 +11,23 @@ import csv
 import io
 import json
 from dataclasses import dataclass
+from decimal import Decimal
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from rm_pipeline.lib.annotations import VOTE_COLUMNS, read_annotations
 from rm_pipeline.lib.gates import raw_annotations_gate
-from rm_pipeline.lib.table_files import MAX_JSON_DEPTH, QUARANTINE_COLUMNS, AnnotationFileError, json_depth_exceeds
+from rm_pipeline.lib.table_files import (
+    MAX_JSON_DEPTH,
+    QUARANTINE_COLUMNS,
+    AnnotationFileError,
+    json_depth_exceeds,
+    read_records,
+)
 from rm_pipeline_tests.test_annotations import vote
 
 BOM = b"\xef\xbb\xbf"
@@ -48,6 +57,38 @@ def parquet(*rows: dict) -> bytes:
     out = io.BytesIO()
     pd.DataFrame(list(rows)).to_parquet(out)
     return out.getvalue()
+
+
+def arrow_parquet(**columns) -> bytes:
+    """Columns written by Arrow itself: a NaN stays a NaN (pandas writes it as a null)."""
+    out = io.BytesIO()
+    pq.write_table(pa.table(columns), out)
+    return out.getvalue()
+
+
+def csv_lines(*lines: str) -> bytes:
+    """A CSV file written line by line, as a hand edit leaves it (the header is vote()'s fields)."""
+    return "\n".join([",".join(vote()), *lines, ""]).encode("utf-8")
+
+
+VOTE_LINE = ",".join(vote().values())  # i1,p1,Say hi.,Hi!,Go away.,ann1,a: 7 fields
+STRAY_QUOTE_LINE = VOTE_LINE.replace("i1,p1,", 'i2,p1,"')  # a quote opens the prompt and never closes it
+
+
+def vote_line(item_id: str, prompt: str = "Say hi.") -> str:
+    return VOTE_LINE.replace("i1", item_id, 1).replace("Say hi.", prompt)
+
+
+def vote_columns(count: int, **columns) -> dict:
+    """vote()'s fields as columns of `count` rows, item ids i1..i<count>."""
+    rows = {name: [value] * count for name, value in vote().items()}
+    return {**rows, "item_id": [f"i{n}" for n in range(1, count + 1)], **columns}
+
+
+REPEATED_VOTE = (
+    '{"item_id": "ITEM", "prompt": "p", "response_a": "x", "response_b": "y", "annotator_id": "a", '
+    '"vote": "a", "vote": "b"}'
+)
 
 
 def msg(role: str, content: str) -> dict:
@@ -150,6 +191,131 @@ CASES = [
         ((2, "bad_value", "margin"),),
         kept=1,
     ),
+    # one number rule for every format: NaN and infinities are bad_value, decimals are numbers
+    Case(
+        "jsonl_strength_nan",
+        "nan.jsonl",
+        jsonl(vote(strength=1), vote(item_id="i2", strength=float("nan")), vote(item_id="i3")),
+        ((2, "bad_value", "strength", "finite"),),
+        kept=2,
+    ),
+    Case(
+        "jsonl_strength_nan_line_by_line",
+        "nan_slow.jsonl",
+        jsonl(vote(), "{broken", vote(item_id="i3", strength=float("nan")), vote(item_id="i4", strength=None)),
+        ((2, "malformed_json", ""), (3, "bad_value", "strength", "finite")),
+        kept=2,
+    ),
+    Case(
+        "jsonl_strength_integer_too_large_for_a_float",
+        "huge_int.jsonl",
+        jsonl(vote(strength=1), json.dumps(vote(item_id="i2")).replace("}", ', "strength": 1' + "0" * 400 + "}")),
+        ((2, "bad_value", "strength", "finite"),),
+        kept=1,
+    ),
+    Case(
+        "json_list_strength_nan",
+        "nan_list.json",
+        json_list(vote(strength=0.5), vote(item_id="i2", strength=float("nan"))),
+        ((2, "bad_value", "strength", "finite"),),
+        kept=1,
+    ),
+    Case(
+        "csv_strength_nan_and_infinity",
+        "nan_csv.csv",
+        csv_text(
+            vote(strength="1"),
+            vote(item_id="i2", strength="nan"),
+            vote(item_id="i3", strength="NaN"),
+            vote(item_id="i4", strength="-Infinity"),
+            vote(item_id="i5", strength="high"),
+            vote(item_id="i6", strength=" 1.50 "),
+        ),
+        (
+            (3, "bad_value", "strength"),
+            (4, "bad_value", "strength"),
+            (5, "bad_value", "strength"),
+            (6, "wrong_type", "strength"),
+        ),
+        kept=2,
+    ),
+    Case(
+        "parquet_strength_nan_written_by_arrow",
+        "nan_parquet.parquet",
+        arrow_parquet(**vote_columns(3, strength=[1.0, float("nan"), None])),
+        ((2, "bad_value", "strength", "finite"),),
+        kept=2,
+    ),
+    Case(
+        "parquet_strength_decimal128",
+        "decimal.parquet",
+        arrow_parquet(**vote_columns(2, strength=pa.array([Decimal("1.50"), None], pa.decimal128(5, 2)))),
+        kept=2,
+    ),
+    Case(
+        "trl_margin_nan",
+        "margin_nan.jsonl",
+        jsonl(
+            {"prompt": "2+2?", "chosen": "4", "rejected": "5", "margin": 1},
+            {"prompt": "3+3?", "chosen": "6", "rejected": "7", "margin": float("nan")},
+        ),
+        ((2, "bad_value", "margin"),),
+        kept=1,
+    ),
+    # a key given twice in one JSON object: which value counts is anyone's guess
+    Case(
+        "jsonl_repeated_key",
+        "repeated.jsonl",
+        jsonl(vote(), REPEATED_VOTE.replace("ITEM", "i2"), vote(item_id="i3")),
+        ((2, "duplicate_key", "vote", '"vote"'),),
+        kept=2,
+    ),
+    Case(
+        "jsonl_repeated_key_line_by_line",
+        "repeated_slow.jsonl",
+        jsonl(vote(), "{broken", REPEATED_VOTE.replace("ITEM", "i3")),
+        ((2, "malformed_json", ""), (3, "duplicate_key", "vote")),
+        kept=1,
+    ),
+    Case(
+        "jsonl_repeated_key_with_an_escape",
+        "repeated_escaped.jsonl",
+        jsonl(vote(), REPEATED_VOTE.replace("ITEM", "i2").replace('"vote": "b"', '"vot\\u0065": "b"')),
+        ((2, "duplicate_key", "vote"),),
+        kept=1,
+    ),
+    Case(
+        "jsonl_repeated_key_in_a_message",
+        "repeated_role.jsonl",
+        jsonl(
+            vote(),
+            json.dumps(vote(item_id="i2", prompt="PROMPT")).replace(
+                '"PROMPT"', '[{"role": "user", "role": "assistant", "content": "Hi"}]'
+            ),
+        ),
+        ((2, "duplicate_key", "prompt", '"role"'),),
+        kept=1,
+    ),
+    Case(
+        "jsonl_key_named_in_a_value_is_no_repeat",
+        "key_in_value.jsonl",
+        jsonl(vote(prompt='Reply with {"vote": "a", "vote": "b"}'), vote(item_id="i2", prompt='say "vote": now')),
+        kept=2,
+    ),
+    Case(
+        "json_list_repeated_key",
+        "repeated_list.json",
+        json_list(vote(), REPEATED_VOTE.replace("ITEM", "i2"), vote(item_id="i3")),
+        ((2, "duplicate_key", "vote", '"vote"'),),
+        kept=2,
+    ),
+    Case(
+        "json_list_repeated_key_element_by_element",
+        "repeated_deep_list.json",
+        json_list(vote(), '{"item_id": "i2", "x": ' + DEEP + "}", REPEATED_VOTE.replace("ITEM", "i3")),
+        ((2, "malformed_json", "", "nested deeper"), (3, "duplicate_key", "vote")),
+        kept=1,
+    ),
     # one encoding rule for every format: a BOM is accepted, a bad row is quarantined with its line
     Case("jsonl_bom", "bom.jsonl", BOM + jsonl(vote(), vote(item_id="i2")), kept=2),
     Case(
@@ -240,6 +406,48 @@ CASES = [
         csv_text(vote()) + b"\n" + csv_text(vote(item_id="i2", vote="?")).split(b"\n", 1)[1],
         ((4, "bad_vote", "vote"),),
         kept=1,
+    ),
+    # a stray quote must not swallow the rows after it: each is quarantined on its own line
+    Case(
+        "csv_unbalanced_quote_to_end_of_file",
+        "stray_quote_eof.csv",
+        csv_lines(VOTE_LINE, STRAY_QUOTE_LINE, vote_line("i3"), vote_line("i4")),
+        (
+            (3, "malformed_csv", "", "unbalanced quote on line 3"),
+            (4, "malformed_csv", "", "unbalanced quote on line 3"),
+            (5, "malformed_csv", "", "unbalanced quote on line 3"),
+        ),
+        kept=1,
+    ),
+    Case(
+        "csv_unbalanced_quote_closed_by_a_later_quoted_field",
+        "stray_quote_kept.csv",  # was kept as one vote with a three-line prompt
+        csv_lines(VOTE_LINE, STRAY_QUOTE_LINE, vote_line("i3"), vote_line("i4", '"Say hi."'), vote_line("i5")),
+        ((3, "malformed_csv", "", "line 3"), (4, "malformed_csv", "", "line 3"), (5, "malformed_csv", "", "line 3")),
+        kept=2,
+    ),
+    Case(
+        "csv_unbalanced_quote_closed_at_a_field_end_by_chance",
+        "stray_quote_chance.csv",
+        csv_lines(VOTE_LINE, STRAY_QUOTE_LINE, vote_line("i3"), vote_line("i4", 'A 12" pizza.'), vote_line("i5")),
+        ((3, "malformed_csv", "", "line 3"), (4, "malformed_csv", "", "line 3"), (5, "malformed_csv", "", "line 3")),
+        kept=2,
+    ),
+    Case(
+        "csv_unbalanced_quote_crlf_lines",
+        "stray_quote_crlf.csv",
+        csv_lines(STRAY_QUOTE_LINE, vote_line("i3"), vote_line("i4", '"Say hi."')).replace(b"\n", b"\r\n"),
+        ((2, "malformed_csv", "", "line 2"), (3, "malformed_csv", "", "line 2"), (4, "malformed_csv", "", "line 2")),
+    ),
+    Case(
+        "csv_multiline_quoted_prompt_is_kept",
+        "multiline_prompt.csv",
+        csv_text(
+            vote(prompt="First, a line.\nSecond, third, fourth, fifth, sixth, seventh.\n\nLast."),
+            vote(item_id="i2", prompt="Sum these rows:\n1,2,3,4,5,6,7\n8,9,10,11,12,13,14"),
+            vote(item_id="i3"),
+        ),
+        kept=3,
     ),
     # conversations: known roles only, and the compared sides end with the assistant's answer
     Case(
@@ -345,3 +553,11 @@ def test_raw_annotations_gate_requires_finite_strength():
     empty = pd.DataFrame(columns=QUARANTINE_COLUMNS)
     assert not raw_annotations_gate(votes, empty, 0.2).success
     assert raw_annotations_gate(votes.assign(strength=2.0), empty, 0.2).success
+
+
+def test_a_one_column_csv_keeps_its_multiline_cells(tmp_path):
+    """Every line of a one-column table reads as a row: a multi-line cell there is no sign of a stray quote."""
+    path = tmp_path / "notes.csv"
+    path.write_bytes(b'note\n"first line\nsecond line"\nthird\n')
+    records, quarantine, _ = read_records(path)
+    assert records["note"].tolist() == ["first line\nsecond line", "third"] and quarantine.empty

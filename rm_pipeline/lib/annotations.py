@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import unicodedata
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from rm_pipeline.lib.row_checks import NonFiniteNumber
 from rm_pipeline.lib.table_files import (
     QUARANTINE_COLUMNS,
     AnnotationFileError,
@@ -27,6 +32,7 @@ from rm_pipeline.lib.table_files import (
 
 VOTE_LABELS = ("a", "b", "tie", "abstain")
 IDENTIFIER_FIELDS = ("item_id", "annotator_id")
+NORMALISED_FIELDS = ("item_id", "annotator_id", "prompt_id", "source", "batch")  # see _identifier
 TEXT_FIELDS = ("response_a", "response_b")
 OPTIONAL_TEXT_FIELDS = ("domain", "source", "batch")
 CONTEXT_FIELDS = ("context_a", "context_b")
@@ -71,14 +77,15 @@ def read_annotations(paths: list[Path | str], rows_to_pairs: Callable | None = N
     files), the pair records, each on its row's line, the rows it refused and the format's name; None for a
     file it does not read. ``rows_read`` still counts the file's rows."""
     frames, quarantines, batches = [], [], []
-    for path in map(Path, paths):
+    paths = [Path(path) for path in paths]
+    for path, batch in zip(paths, batch_names(paths)):
         records, quarantine, data = read_records(path)
         rows_read = len(records) + len(quarantine)
         expanded = rows_to_pairs(records, path) if rows_to_pairs else None
         if expanded is not None:
             records, refused, row_format = expanded
             quarantine = pd.concat([quarantine, refused], ignore_index=True)
-        votes, fmt = _to_canonical(records, path)
+        votes, fmt = _to_canonical(records, path, batch)
         fmt = row_format if expanded is not None else fmt
         votes, rejected = _validate_fields(votes, sides=("chosen", "rejected") if fmt == "conversational_pairs" else ())
         if fmt != "votes":  # name the file's own fields, not the canonical ones they became
@@ -89,7 +96,7 @@ def read_annotations(paths: list[Path | str], rows_to_pairs: Callable | None = N
         quarantines.append(batch_quarantine)
         batches.append(
             {
-                "batch": path.stem,
+                "batch": batch,
                 "file": str(path),
                 "format": fmt,
                 "rows_read": rows_read,
@@ -112,14 +119,28 @@ def read_annotations(paths: list[Path | str], rows_to_pairs: Callable | None = N
     return IngestResult(votes.reset_index(drop=True), quarantine.reset_index(drop=True), summary)
 
 
-def _to_canonical(records: pd.DataFrame, path: Path) -> tuple[pd.DataFrame, str]:
+def batch_names(paths: list[Path]) -> list[str]:
+    """Each file's default batch name: its name without the suffix, unless another file read with it has
+    the same one (`vend.jsonl`, `vend.csv`): then its name, or where names are shared too (files from
+    several folders), its path. A folder's files keep the names they have always had until such a
+    file arrives; the names are compared as identifiers are (see ``_identifier``)."""
+    stems = [_identifier(path.stem) for path in paths]
+    names = [_identifier(path.name) for path in paths]
+    stem_count, name_count = Counter(stems), Counter(names)
+    return [
+        stem if stem_count[stem] == 1 else name if name_count[name] == 1 else _identifier(str(path))
+        for path, stem, name in zip(paths, stems, names)
+    ]
+
+
+def _to_canonical(records: pd.DataFrame, path: Path, batch: str) -> tuple[pd.DataFrame, str]:
     """Map a file's records to the canonical vote columns; TRL pairs become single-vote items."""
     columns = set(records.columns)
     frame = records.copy()
     if "vote" in columns or ({"item_id", "annotator_id"} & columns and not {"chosen", "rejected"} <= columns):
         fmt = "votes"
     elif {"chosen", "rejected"} <= columns:
-        frame, fmt = _pairs_to_votes(frame, path)
+        frame, fmt = _pairs_to_votes(frame, batch)
     else:
         raise AnnotationFileError(
             path,
@@ -130,11 +151,11 @@ def _to_canonical(records: pd.DataFrame, path: Path) -> tuple[pd.DataFrame, str]
         if column not in frame.columns:
             frame[column] = None
     frame["file"] = str(path)
-    frame["batch"] = frame["batch"].where(frame["batch"].notna(), path.stem)
+    frame["batch"] = frame["batch"].where(~_is_missing(frame["batch"]), batch)
     return frame, fmt
 
 
-def _pairs_to_votes(frame: pd.DataFrame, path: Path) -> tuple[pd.DataFrame, str]:
+def _pairs_to_votes(frame: pd.DataFrame, batch: str) -> tuple[pd.DataFrame, str]:
     """TRL standard (`prompt`/`chosen`/`rejected` text) or conversational (message lists) pairs."""
     conversational = frame["chosen"].map(lambda value: isinstance(value, (list, np.ndarray))).to_numpy()
     chosen, rejected = frame["chosen"].map(_as_list_or_value), frame["rejected"].map(_as_list_or_value)
@@ -152,7 +173,7 @@ def _pairs_to_votes(frame: pd.DataFrame, path: Path) -> tuple[pd.DataFrame, str]
     if "item_id" not in frame.columns:
         frame["item_id"] = (frame["id"] if "id" in frame.columns else frame["line"]).astype(str)  # scoped later
     if "annotator_id" not in frame.columns:
-        frame["annotator_id"] = path.stem
+        frame["annotator_id"] = batch
     return frame, "conversational_pairs" if conversational.all() and len(frame) else "standard_pairs"
 
 
@@ -177,7 +198,7 @@ def _last_content(messages):
 
 
 def _votes_as_json(votes: pd.DataFrame) -> pd.Series:
-    """Votes as JSON text with the item_id as written in the file (not scoped), for repair and replay."""
+    """Votes as JSON text with the item's own id (normalised, not scoped), for repair and replay."""
     return rows_as_json(votes[VOTE_COLUMNS].assign(item_id=votes["source_item_id"]).drop(columns="source_item_id"))
 
 
@@ -219,11 +240,9 @@ def _validate_fields(frame: pd.DataFrame, sides: tuple = ()) -> tuple[pd.DataFra
     flag(~_is_text(frame["vote"]), "vote", "wrong_type", "vote must be one of " + ", ".join(VOTE_LABELS))
     vote = _map_values(frame["vote"], lambda v: v.strip().lower() if isinstance(v, str) else v)
     flag(~vote.isin(VOTE_LABELS), "vote", "bad_vote", "vote must be one of " + ", ".join(VOTE_LABELS))
-    strength = frame["strength"]
-    if not (pd.api.types.is_integer_dtype(strength.dtype) or pd.api.types.is_float_dtype(strength.dtype)):
-        strength = pd.to_numeric(strength.map(_number_or_nan), errors="coerce")  # text, bools, mixed JSON
-    flag(frame["strength"].notna() & strength.isna(), "strength", "wrong_type", "strength must be a number")
-    flag(strength.astype("float64").abs() == np.inf, "strength", "bad_value", "strength must be a finite number")
+    strength, not_a_number, not_finite = _numbers(frame["strength"])
+    flag(not_a_number, "strength", "wrong_type", "strength must be a number")
+    flag(not_finite, "strength", "bad_value", "strength must be a finite number")
     flag(strength < 0, "strength", "bad_value", "strength must be >= 0")
     for name in ("prompt_id", *OPTIONAL_TEXT_FIELDS):
         flag(frame[name].notna() & ~_is_identifier(frame[name]), name, "wrong_type", f"{name} must be text")
@@ -246,14 +265,18 @@ def _validate_fields(frame: pd.DataFrame, sides: tuple = ()) -> tuple[pd.DataFra
 
 
 def _canonical_types(frame: pd.DataFrame) -> pd.DataFrame:
-    """Identifiers as text, chat prompts as canonical JSON text with a `conversational` flag.
+    """Identifiers as normalised text, chat prompts as canonical JSON text with a `conversational` flag.
 
     An item_id is scoped by the row's `source`, or without one its `batch` (default: the file name), so
-    that independent vendors numbering items 1..N never collide: item_id becomes `scope/item_id` and the
-    id as written is kept in `source_item_id`."""
+    that independent vendors numbering items 1..N never collide: item_id becomes `scope/item_id`, with
+    `%` and `/` in the scope written `%25` and `%2F` (the first `/` ends the scope: source `x/y` with
+    item `z` and source `x` with item `y/z` stay apart), and the item's own id is kept in `source_item_id`."""
     for name in (*IDENTIFIER_FIELDS, "prompt_id", *OPTIONAL_TEXT_FIELDS):
         frame[name] = _as_text(frame[name])
+    for name in NORMALISED_FIELDS:
+        frame[name] = _normalised(frame[name], _annotator if name == "annotator_id" else _identifier)
     scope = frame["source"].where(frame["source"].notna() & (frame["source"] != ""), frame["batch"])
+    scope = scope.str.replace("%", "%25", regex=False).str.replace("/", "%2F", regex=False)
     frame["source_item_id"] = frame["item_id"]
     frame["item_id"] = scope + "/" + frame["item_id"]
     # An Arrow string column holds no chat lists: only object columns are looked at element by element.
@@ -277,6 +300,25 @@ def _canonical_types(frame: pd.DataFrame) -> pd.DataFrame:
     frame["line"] = frame["line"].astype("int64")
     frame["orientation_flipped"] = False
     return frame
+
+
+def _normalised(values: pd.Series, rule) -> pd.Series:
+    """`rule` applied once per distinct text (ids repeat: annotators, sources); missing stays None."""
+    codes, uniques = pd.factorize(values)
+    mapped = np.array([rule(value) for value in uniques] + [None], dtype=object)
+    return pd.Series(mapped[codes], index=values.index, dtype=object)  # code -1 (missing) takes the None
+
+
+def _identifier(value):
+    """The one rule for identifiers (item, prompt, source, batch): Unicode NFC, surrounding whitespace
+    trimmed, case kept (`Q1` and `q1` may well be different items)."""
+    return unicodedata.normalize("NFC", value).strip() if isinstance(value, str) else value
+
+
+def _annotator(value):
+    """An annotator id is an identifier compared without case: `ANN-1` and `ann-1 ` are one person.
+    Stored case-folded (NFC again after folding, which can decompose)."""
+    return unicodedata.normalize("NFC", _identifier(value).casefold()) if isinstance(value, str) else value
 
 
 def _canonical_prompt(value):
@@ -358,17 +400,41 @@ def _is_prompt(values: pd.Series) -> pd.Series:
     return values.map(lambda v: v is None or isinstance(v, str) or is_message_list(v)).astype(bool)
 
 
-def _number_or_nan(value):
-    if value is None or isinstance(value, bool):
-        return np.nan if value is None else "not a number"
-    if isinstance(value, (int, float, np.integer, np.floating)):
-        return value
-    if isinstance(value, str):  # CSV cells are text: a numeric string is a number there
+def _numbers(values: pd.Series) -> tuple[pd.Series, np.ndarray, np.ndarray]:
+    """A column as float64 (NaN where missing or no number), which values are not numbers at all, and
+    which are NaN or infinite as written (missing values, None or pandas' NaN for an absent key, are not).
+
+    One rule for every format: a JSON or Arrow number, a decimal (Parquet's decimal128) or a CSV cell's
+    text that reads as a number (`1.5`, `nan`, `-inf`) is a number; bools and other text are not."""
+    if pd.api.types.is_integer_dtype(values.dtype) or pd.api.types.is_float_dtype(values.dtype):
+        numbers = values.astype("float64")  # a NaN here is an Arrow null: written NaNs come as NonFiniteNumber
+        return numbers, np.zeros(len(values), dtype=bool), np.isinf(numbers.to_numpy())
+    parsed = [_number(value) for value in values]
+    not_a_number = np.fromiter((value is _NOT_A_NUMBER for value in parsed), dtype=bool, count=len(parsed))
+    numbers = np.fromiter((value if isinstance(value, float) else math.nan for value in parsed), "float64", len(parsed))
+    written = np.fromiter((isinstance(value, float) for value in parsed), dtype=bool, count=len(parsed))
+    return pd.Series(numbers, index=values.index), not_a_number, written & ~np.isfinite(numbers)
+
+
+_NOT_A_NUMBER = object()
+
+
+def _number(value):
+    """A float (NaN or infinite when written so), None when missing, or _NOT_A_NUMBER."""
+    if isinstance(value, NonFiniteNumber):
+        return float(value)
+    if value is None or (isinstance(value, (float, np.floating)) and math.isnan(value)):
+        return None  # pandas' NaN for a key absent from a JSON row; written NaNs are NonFiniteNumber
+    if isinstance(value, (bool, np.bool_)):
+        return _NOT_A_NUMBER
+    if isinstance(value, (int, float, np.integer, np.floating, Decimal, str)):  # a CSV cell is text
         try:
             return float(value)
-        except ValueError:
-            return "not a number"
-    return "not a number"
+        except OverflowError:  # an integer too large for a float
+            return math.inf
+        except ValueError:  # text that is no number; a signalling decimal NaN
+            return math.nan if isinstance(value, Decimal) else _NOT_A_NUMBER
+    return _NOT_A_NUMBER
 
 
 def _normalise_orientation(votes: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -22,6 +22,8 @@ import pyarrow as pa
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
+from rm_pipeline.lib.row_checks import load_json, mark_written_nans, repeated_key, swallowed_lines
+
 SUPPORTED_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 QUARANTINE_COLUMNS = ["file", "line", "field", "reason", "detail", "raw"]
 RAW_TEXT_LIMIT = 4000  # enough to recognise and repair a row; the file itself stays untouched
@@ -197,15 +199,17 @@ def _read_parquet(path: Path, data: bytes) -> pd.DataFrame:
         table = pq.read_table(io.BytesIO(data))
     except (pa.ArrowException, OSError) as error:
         raise AnnotationFileError(path, f"not a Parquet table ({error})") from error
-    frame = table.to_pandas()
+    frame = mark_written_nans(table, table.to_pandas())
     frame["line"] = np.arange(1, len(frame) + 1)
     return frame
 
 
 def _read_csv(path: Path, data: bytes) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Cells as text (empty: None), each row numbered by the physical line it starts on (answers hold
-    newlines); a row with more or fewer fields than the header is quarantined as malformed_csv."""
-    reader = csv.reader(io.StringIO(data.decode("utf-8", "surrogateescape"), newline=""))
+    newlines); a row with more or fewer fields than the header is quarantined as malformed_csv, and so
+    are rows swallowed by an unbalanced quote, each on its own line (see ``swallowed_lines``)."""
+    physical = io.StringIO(data.decode("utf-8", "surrogateescape"), newline="").readlines()  # as csv splits them
+    reader = csv.reader(physical)
     header, records, lines, bad, end = None, [], [], [], 0
     try:
         for record in reader:
@@ -214,20 +218,16 @@ def _read_csv(path: Path, data: bytes) -> tuple[pd.DataFrame, pd.DataFrame]:
                 continue
             if header is None:
                 header = record
+                continue
+            swallowed = swallowed_lines(physical[start - 1 : end], record, len(header)) if end > start else []
+            if swallowed:
+                bad.extend(_swallowing_record(path, start, record, physical[start - 1 : end], swallowed))
             elif len(record) == len(header):
                 records.append(record)
                 lines.append(start)
             else:
-                bad.append(
-                    _quarantine_row(
-                        path,
-                        start,
-                        "",
-                        "malformed_csv",
-                        f"{len(record)} fields where the header has {len(header)}",
-                        json.dumps(record, ensure_ascii=True),
-                    )
-                )
+                problem = f"{len(record)} fields where the header has {len(header)}"
+                bad.append(_quarantine_row(path, start, "", "malformed_csv", problem, _csv_raw(record)))
     except csv.Error as error:
         raise AnnotationFileError(path, f"not a CSV table (line {reader.line_num}: {error})") from error
     if header is None:
@@ -243,6 +243,32 @@ def _read_csv(path: Path, data: bytes) -> tuple[pd.DataFrame, pd.DataFrame]:
     return frame, pd.DataFrame(bad, columns=QUARANTINE_COLUMNS)
 
 
+def _csv_raw(record: list[str]) -> str:
+    return json.dumps(record, ensure_ascii=True)  # escapes: undecodable bytes stay storable
+
+
+def _swallowing_record(path: Path, start: int, record: list, lines: list[str], swallowed: list[int]) -> list[dict]:
+    """The record whose quoted field ran on over rows, and each of those rows on its own line."""
+    first, last = start + swallowed[0], start + swallowed[-1]
+    where = f"line {first}" if first == last else f"lines {first} to {last}"
+    held = [
+        _quarantine_row(
+            path,
+            start,
+            "",
+            "malformed_csv",
+            f"unbalanced quote on line {start}: its field runs on to line {start + len(lines) - 1}, "
+            f"swallowing {len(swallowed)} rows ({where}), quarantined on their own lines",
+            _csv_raw(record),
+        )
+    ]
+    for number in swallowed:
+        row = next(csv.reader([lines[number]]))
+        problem = f"swallowed by the unbalanced quote on line {start}"
+        held.append(_quarantine_row(path, start + number, "", "malformed_csv", problem, _csv_raw(row)))
+    return held
+
+
 def _csv_cells(cells: tuple) -> np.ndarray:
     values = np.array(cells, dtype=object)
     values[values == ""] = None
@@ -251,26 +277,46 @@ def _csv_cells(cells: tuple) -> np.ndarray:
 
 def _read_json_list(path: Path, data: bytes) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Elements numbered by position in the list. Bytes that aren't UTF-8 become lone surrogates (as in
-    CSV) and cost only their element; an element nested too deep is quarantined before parsing."""
+    CSV) and cost only their element; an element nested too deep is quarantined before parsing, and one
+    that repeats a key after it."""
     text = data.decode("utf-8", "surrogateescape")
     try:
         if not json_depth_exceeds(data, MAX_JSON_DEPTH + 1):  # the list itself is one level
-            rows, positions, bad = json.loads(text), None, []
+            (rows, repeats), positions, bad = load_json(text), None, []
         else:
-            rows, positions, bad = [], [], []
+            rows, positions, bad, repeats = [], [], [], False
             for position, element in enumerate(_json_list_elements(text), start=1):
                 if json_depth_exceeds(element.encode("utf-8", "surrogateescape")):
                     bad.append(_quarantine_row(path, position, "", "malformed_json", _TOO_DEEP, element))
                 else:
-                    rows.append(json.loads(element))
+                    row, repeated = load_json(element)
+                    rows.append(row)
                     positions.append(position)
+                    repeats = repeats or repeated
     except json.JSONDecodeError as error:
         raise AnnotationFileError(path, f"not a JSON list of records ({error})") from error
     if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
         raise AnnotationFileError(path, "not a JSON list of records (objects)")
+    positions = list(range(1, len(rows) + 1)) if positions is None else positions
+    if repeats:  # rare: only then is every row looked at
+        rows, positions, bad = _without_repeated_keys(path, rows, positions, bad, text)
     frame = pd.DataFrame(rows, dtype=object)  # no str inference: it chokes on lone surrogates
-    frame["line"] = np.arange(1, len(frame) + 1) if positions is None else np.asarray(positions, dtype="int64")
+    frame["line"] = np.asarray(positions, dtype="int64")
     return frame, pd.DataFrame(bad, columns=QUARANTINE_COLUMNS)
+
+
+def _without_repeated_keys(path: Path, rows: list, positions: list, bad: list, text: str) -> tuple[list, list, list]:
+    """The rows that give no key twice; the others quarantined as duplicate_key, with their element's text."""
+    elements = _json_list_elements(text)
+    kept_rows, kept_positions = [], []
+    for row, position in zip(rows, positions):
+        repeat = repeated_key(row)
+        if repeat is None:
+            kept_rows.append(row)
+            kept_positions.append(position)
+        else:
+            bad.append(_quarantine_row(path, position, repeat[0], "duplicate_key", repeat[1], elements[position - 1]))
+    return kept_rows, kept_positions, sorted(bad, key=lambda held: held["line"])
 
 
 _JSON_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{},]', re.DOTALL)
@@ -325,7 +371,7 @@ def _read_jsonl(path: Path, data: bytes) -> tuple[pd.DataFrame, pd.DataFrame]:
         data.decode("utf-8")  # Arrow's JSON reader lets invalid UTF-8 through into string columns
         table = pa_json.read_json(io.BytesIO(data))
         if table.num_rows == len(numbers):
-            frame = table.to_pandas()
+            frame = mark_written_nans(table, table.to_pandas())  # a written NaN is no missing value
             frame["line"] = numbers
             return frame, empty_quarantine()
     except (pa.ArrowException, UnicodeDecodeError):
@@ -351,7 +397,7 @@ def _read_jsonl(path: Path, data: bytes) -> tuple[pd.DataFrame, pd.DataFrame]:
             )
             continue
         try:
-            record = json.loads(text)
+            record, repeats = load_json(text)
         except json.JSONDecodeError as error:
             bad.append(
                 _quarantine_row(path, number, "", "malformed_json", error.msg + f" at column {error.colno}", text)
@@ -359,6 +405,10 @@ def _read_jsonl(path: Path, data: bytes) -> tuple[pd.DataFrame, pd.DataFrame]:
             continue
         if not isinstance(record, dict):
             bad.append(_quarantine_row(path, number, "", "malformed_json", "a line must be a JSON object", text))
+            continue
+        repeat = repeated_key(record) if repeats else None  # Arrow refuses such a file: only here
+        if repeat is not None:
+            bad.append(_quarantine_row(path, number, repeat[0], "duplicate_key", repeat[1], text))
             continue
         records.append(record)
         line_numbers.append(number)
