@@ -75,7 +75,7 @@ def worker_errors_named(context: dg.AssetExecutionContext):
     """A worker that failed raising (out of space, say) is reported with its error's first line."""
     try:
         yield
-    except dg.DagsterError as failure:
+    except Exception as failure:  # Dagster's DagsterPipesExecutionError (not public) or a client's own
         events = context.instance.all_logs(context.run_id, of_type=dg.DagsterEventType.ENGINE_EVENT)
         errors = [
             event.dagster_event.engine_event_data.error
