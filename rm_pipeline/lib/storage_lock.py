@@ -152,9 +152,12 @@ def check_instance(root: str | os.PathLike, home: str, instance_id: Callable[[bo
     if claim is None or claim["instance_id"] == instance_id(False):
         return
     kind = "a throwaway Dagster instance (DAGSTER_HOME unset?)" if throwaway else f"the Dagster instance at {home}"
+    if not throwaway and str(home) == claim.get("dagster_home"):
+        kind = f"another Dagster instance at {home} (its storage replaced?)"
     raise ForeignInstance(
         f"storage root {Path(root).resolve()} belongs to the Dagster instance at {claim.get('dagster_home')}, this "
         f"run is in {kind}, which can't see the root's runs and gates: set DAGSTER_HOME={claim.get('dagster_home')}"
+        f" (or remove {path} if this instance is now the one that keeps the root's history)"
     )
 
 
