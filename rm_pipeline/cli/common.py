@@ -100,13 +100,15 @@ def use_home(home: str | None, create: bool = True) -> Path:
             raise InputError(f"{root}: no storage root there (nothing has run on it); check --home, ${HOME.name}")
         return root
     try:
+        root.mkdir(parents=True, exist_ok=True)  # DAGSTER_HOME may lie elsewhere
         dagster_home.mkdir(parents=True, exist_ok=True)
         settings = dagster_home / "dagster.yaml"
         if not settings.exists():  # no telemetry calls: the pipeline runs without a network
             settings.write_text("telemetry:\n  enabled: false\n")
         tempfile.TemporaryFile(dir=root).close()  # a run writes under the root: find out now, not mid-run
     except OSError as error:
-        raise InputError(f"storage root {root} can't be written: {error.strerror or error}") from None
+        where = f"{error.filename}: " if error.filename else ""
+        raise InputError(f"storage root {root} can't be written: {where}{error.strerror or error}") from None
     problem = lock_file_problem(root)
     if problem:
         raise InputError(problem)
