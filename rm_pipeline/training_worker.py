@@ -52,7 +52,9 @@ def where_it_failed(error: Exception, models_dir: str) -> Exception:
             free = f"{shutil.disk_usage(models_dir).free:,} bytes free there now"
         except OSError:
             free = "free space unknown"
-        return OSError(errno.ENOSPC, f"No space left on device writing the model under {models_dir} ({free}): {error}")
+        filename = getattr(error, "filename", None)
+        where = f"writing {filename}" if filename else f"writing the model under {models_dir}"
+        return OSError(errno.ENOSPC, f"No space left on device {where} ({free}): {error}")
     return error
 
 
