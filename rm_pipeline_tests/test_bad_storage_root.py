@@ -213,6 +213,20 @@ def test_a_stale_lock_file_of_foreign_content_names_no_holder_and_is_taken(conte
     assert json.loads((tmp_path / LOCK_FILE).read_text()) == {}
 
 
+def test_run_says_it_takes_a_lock_file_of_foreign_content_as_stale(tmp_path):
+    root, folder = tmp_path / "home", tmp_path / "annotations"
+    root.mkdir()
+    (root / LOCK_FILE).write_bytes(b"\xff\xfe[1, 2]")
+    folder.mkdir()
+    vote = {"prompt": "2+2?", "response_a": "4", "response_b": "5", "annotator_id": "u1", "vote": "a"}
+    rows = [json.dumps({**vote, "item_id": f"i{n}"}) for n in range(3)] + ["{broken"] * 7
+    (folder / "bad.jsonl").write_text("\n".join(rows) + "\n")  # stops at its gate: quick
+    done = run_cli("run", "--home", str(root), "--annotations", str(folder))
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert f"rm-pipeline: {root / LOCK_FILE} names no run (not a JSON object): taken as stale" in done.stderr
+    assert json.loads((root / LOCK_FILE).read_text()) == {}  # taken, then released
+
+
 # ---------------------------------------------------------------- a read-only root
 
 

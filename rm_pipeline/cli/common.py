@@ -89,7 +89,7 @@ def storage_root(home: str | None) -> Path:
 def use_home(home: str | None, create: bool = True) -> Path:
     """Pin the storage root and the Dagster instance beneath it, so the UI sees headless runs. `create`: make
     them (a command that writes); else a root that isn't there is named, nothing created (a command that reads)."""
-    from rm_pipeline.lib.storage_lock import lock_file_problem
+    from rm_pipeline.lib.storage_lock import lock_file_problem, stale_content
 
     root = storage_root(home)
     os.environ[HOME.name] = str(root)
@@ -112,6 +112,9 @@ def use_home(home: str | None, create: bool = True) -> Path:
     problem = lock_file_problem(root)
     if problem:
         raise InputError(problem)
+    stale = stale_content(root)
+    if stale:
+        print(f"rm-pipeline: {stale}", file=sys.stderr)
     return root
 
 

@@ -46,6 +46,19 @@ def lock_file_problem(root: str | os.PathLike) -> str | None:
     return None
 
 
+def stale_content(root: str | os.PathLike) -> str | None:
+    """Said when the lock file holds something that names no run (not UTF-8, not a JSON object): the next run
+    takes it as stale."""
+    path = Path(root).resolve() / LOCK_FILE
+    if not path.is_file():
+        return None
+    with open(path, encoding="utf-8", errors="replace") as lock:
+        text = lock.read().strip()
+        if not text or _read(lock):
+            return None
+    return f"{path} names no run (not a JSON object): taken as stale"
+
+
 def peek(root: str | os.PathLike) -> tuple[bool, dict]:
     """Whether another process holds the root now, and the holder its lock file names (a holder that died
     holding it is still named there). Takes nothing: the run's storage resource is what holds the root."""
