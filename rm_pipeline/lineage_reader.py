@@ -89,29 +89,39 @@ def training_facts(instance: dg.DagsterInstance, model_key: dg.AssetKey, model_c
     return facts
 
 
-def model_lineage(instance: dg.DagsterInstance, model_dir: Path) -> dict:
+def model_lineage(instance: dg.DagsterInstance, model_dir: Path, root: Path | None = None) -> dict:
     """The lineage facts of a model directory: its reward_model materialisation and the chain below it, and the
-    latest evaluation_report and reward_readiness of that model."""
+    latest evaluation_report and reward_readiness of that model. Model paths recorded under another storage root
+    (the root was copied or moved since) are read against `root`."""
     model_dir = model_dir.resolve()
-    model = _of_model(instance, "reward_model", model_dir)
+    model = _of_model(instance, "reward_model", model_dir, root)
     if model is None:
         raise LineageNotFoundError(f"{model_dir}: no reward_model materialisation in this instance trained it")
     facts = {MODEL_PATH: str(model_dir), **upstream_facts(instance, model)}
     for asset in ("evaluation_report", "reward_readiness"):
-        evaluation = _of_model(instance, asset, model_dir)
+        evaluation = _of_model(instance, asset, model_dir, root)
         if evaluation is not None:
             facts["stages"].append(stage_facts(evaluation))
     return facts
 
 
-def _of_model(instance: dg.DagsterInstance, asset: str, model_dir: Path) -> dg.EventLogRecord | None:
+def _of_model(instance: dg.DagsterInstance, asset: str, model_dir: Path, root: Path | None) -> dg.EventLogRecord | None:
     """The latest materialisation of `asset` whose `model_path` is the model."""
     records = instance.fetch_materializations(dg.AssetKey(asset), limit=SEARCHED).records
     for record in records:
         path = record.asset_materialization.metadata.get(MODEL_PATH)
-        if path is not None and Path(path.value).resolve() == model_dir:
+        if path is not None and under_root(str(path.value), root) == model_dir:
             return record
     return None
+
+
+def under_root(recorded: str, root: Path | None) -> Path:
+    """A recorded model path read against the storage root now: a model lives at `<root>/models/<name>`, so a
+    path recorded as `<old root>/models/<name>` is `<root>/models/<name>` once the root was copied or moved."""
+    path = Path(recorded)
+    if root is not None and path.parent.name == "models":
+        return (root / "models" / path.name).resolve()
+    return path.resolve()
 
 
 def _parent(instance: dg.DagsterInstance, record: dg.EventLogRecord, parent: str | None):

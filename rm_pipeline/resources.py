@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from rm_pipeline.lib.locations import (
     default_home,
     default_reviews_dir,
 )
-from rm_pipeline.lib.storage_lock import hold_for_run
+from rm_pipeline.lib.storage_lock import check_instance, hold_for_run
 from rm_pipeline.lib.tokenization import DEFAULT_MAX_LENGTH, load_tokenizer, token_lengths
 from rm_pipeline.publishing import fail_abandoned_run
 
@@ -31,6 +32,9 @@ class PipelineStorage(dg.ConfigurableResource):
 
     @contextmanager
     def yield_for_execution(self, context: dg.InitResourceContext):
+        if context.instance is not None:  # the root's history lives in one instance: refuse any other first
+            check_instance(self.root, *_instance_identity(context.instance))
+
         def fail_abandoned(previous: dict):
             return fail_abandoned_run(context.instance, previous, self.root) if context.instance else None
 
@@ -65,6 +69,25 @@ class PipelineStorage(dg.ConfigurableResource):
         target = Path(self.root).joinpath(*parts)
         target.mkdir(parents=True, exist_ok=True)
         return target
+
+
+INSTANCE_ID_KEY = "rm_pipeline/instance_id"  # in the instance's key-value store: the same from every process
+
+
+def _instance_identity(instance: dg.DagsterInstance):
+    """The instance's home, its id (made on first use), and whether it is throwaway: in memory, or the temporary
+    one Dagster's commands make when DAGSTER_HOME is unset (deleted when the command ends)."""
+
+    def instance_id(create: bool) -> str | None:
+        found = instance.run_storage.get_cursor_values({INSTANCE_ID_KEY}).get(INSTANCE_ID_KEY)
+        if found is None and create:
+            found = uuid.uuid4().hex
+            instance.run_storage.set_cursor_values({INSTANCE_ID_KEY: found})
+        return found
+
+    home = instance.root_directory
+    throwaway = instance.is_ephemeral or Path(home).name.startswith(".tmp_dagster_home")
+    return home, instance_id, throwaway
 
 
 class AnnotationSource(dg.ConfigurableResource):

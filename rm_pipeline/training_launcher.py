@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping
+from contextlib import contextmanager
 from typing import ClassVar
 
 import dagster as dg
@@ -62,6 +63,31 @@ class TrainingLauncherResource(dg.ConfigurableResource):
         return launcher(**values)
 
 
+class TrainingWorkerFailed(RuntimeError):
+    """The worker's own error, where Dagster Pipes would say only "External execution process failed"."""
+
+
+PIPES_CLOSED_WITH_ERROR = "[pipes] external process pipes closed with exception"
+
+
+@contextmanager
+def worker_errors_named(context: dg.AssetExecutionContext):
+    """A worker that failed raising (out of space, say) is reported with its error's first line."""
+    try:
+        yield
+    except Exception as failure:  # Dagster's DagsterPipesExecutionError (not public) or a client's own
+        events = context.instance.all_logs(context.run_id, of_type=dg.DagsterEventType.ENGINE_EVENT)
+        errors = [
+            event.dagster_event.engine_event_data.error
+            for event in events
+            if event.user_message == PIPES_CLOSED_WITH_ERROR and event.dagster_event.engine_event_data.error
+        ]
+        if not errors:
+            raise
+        message = errors[-1].message.strip().splitlines()[0]
+        raise TrainingWorkerFailed(f"the training worker failed: {message}") from failure
+
+
 def _gpus(value: str) -> int:
     if not value.isdigit():
         raise ValueError(f"${GPUS_VARIABLE} must be a whole number of GPUs, 0 or more; got {value!r}")
@@ -79,7 +105,8 @@ class SubprocessTrainingLauncher(TrainingLauncherResource):
 
     def launch(self, context, extras, storage_root):
         client = dg.PipesSubprocessClient(env=WORKER_ENVIRONMENT)
-        return client.run(context=context, command=worker_command(sys.executable, visible_gpus()), extras=extras)
+        with worker_errors_named(context):
+            return client.run(context=context, command=worker_command(sys.executable, visible_gpus()), extras=extras)
 
 
 class ContainerTrainingLauncher(TrainingLauncherResource):
@@ -118,13 +145,14 @@ class DockerTrainingLauncher(ContainerTrainingLauncher):
         check_storage_root(storage_root)
         from dagster_docker import PipesDockerClient
 
-        return PipesDockerClient().run(
-            context=context,
-            image=self.image,
-            command=self.command(),
-            extras=extras,
-            container_kwargs=docker_container_kwargs(self.gpus, self.network or None),
-        )
+        with worker_errors_named(context):
+            return PipesDockerClient().run(
+                context=context,
+                image=self.image,
+                command=self.command(),
+                extras=extras,
+                container_kwargs=docker_container_kwargs(self.gpus, self.network or None),
+            )
 
 
 class K8sTrainingLauncher(ContainerTrainingLauncher):
@@ -144,12 +172,13 @@ class K8sTrainingLauncher(ContainerTrainingLauncher):
         check_storage_root(storage_root)
         from dagster_k8s import PipesK8sClient
 
-        return PipesK8sClient().run(
-            context=context,
-            extras=extras,
-            namespace=self.namespace,
-            base_pod_spec=k8s_pod_spec(self.image, self.command(), self.gpus),
-        )
+        with worker_errors_named(context):
+            return PipesK8sClient().run(
+                context=context,
+                extras=extras,
+                namespace=self.namespace,
+                base_pod_spec=k8s_pod_spec(self.image, self.command(), self.gpus),
+            )
 
 
 LAUNCHERS: dict[str, type[TrainingLauncherResource]] = {

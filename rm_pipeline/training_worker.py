@@ -2,7 +2,14 @@
 reward_model asset through Dagster Pipes (or `accelerate launch` with several GPUs). Its logs and
 metrics stream into the Dagster run; its memory goes back to the system when it exits."""
 
+import ctypes
+import errno
 import os
+import shutil
+import signal
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -17,8 +24,52 @@ from rm_pipeline.lib.training.settings import TrainingSettings
 SUMMARY_KEYS = ("step", "loss", "accuracy", "eval_accuracy", "eval_loss", "eta_s")
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent() -> None:
+    """A run killed outright (SIGKILL) leaves no training behind still writing a model: the kernel kills this
+    process when its parent dies (Linux), and a watch on the parent's pid does it elsewhere or if that is missed."""
+    parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # it died before prctl took effect
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    if parent > 1:  # pid 1 (a container's init) never goes away
+        threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def where_it_failed(error: Exception, models_dir: str) -> Exception:
+    """An out-of-space error says so and where (the run reports the first line of the worker's error only)."""
+    if getattr(error, "errno", None) == errno.ENOSPC or "No space left on device" in str(error):
+        try:
+            free = f"{shutil.disk_usage(models_dir).free:,} bytes free there now"
+        except OSError:
+            free = "free space unknown"
+        filename = getattr(error, "filename", None)
+        where = f"writing {filename}" if filename else f"writing the model under {models_dir}"
+        return OSError(errno.ENOSPC, f"No space left on device {where} ({free}): {error}")
+    return error
+
+
 def run(pipes) -> None:
     extras = pipes.extras
+    try:
+        train_and_report(pipes, extras)
+    except Exception as error:
+        reported = where_it_failed(error, extras["models_dir"])
+        if reported is error:
+            raise
+        raise reported from error
+
+
+def train_and_report(pipes, extras) -> None:
     split = pd.read_parquet(extras["split_path"])
     settings = TrainingSettings(**extras["settings"])
     main_process = int(os.environ.get("RANK", "0")) == 0
@@ -66,5 +117,6 @@ def run(pipes) -> None:
 
 
 if __name__ == "__main__":
+    die_with_parent()
     with open_dagster_pipes() as context:
         run(context)

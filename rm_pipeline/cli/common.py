@@ -7,6 +7,7 @@ import argparse
 import dataclasses
 import os
 import sys
+import tempfile
 import typing
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -78,32 +79,57 @@ def settings_from_args(settings_type: type[Settings], args: argparse.Namespace, 
 
 
 def storage_root(home: str | None) -> Path:
-    """--home, else $RM_PIPELINE_HOME, else ./.rm_pipeline_home."""
+    """--home, else $RM_PIPELINE_HOME, else ./.rm_pipeline_home; a path that is there but not a folder is named."""
     from rm_pipeline.lib.locations import default_home
 
-    return Path(home).resolve() if home else default_home()
+    root = Path(home).resolve() if home else default_home()
+    if root.exists() and not root.is_dir():
+        raise InputError(f"{root}: not a folder, so not a storage root (--home, ${HOME.name})")
+    return root
 
 
-def use_home(home: str | None) -> Path:
-    """Pin the storage root and the Dagster instance beneath it, so the UI sees headless runs."""
+def use_home(home: str | None, create: bool = True) -> Path:
+    """Pin the storage root and the Dagster instance beneath it, so the UI sees headless runs. `create`: make
+    them (a command that writes); else a root that isn't there is named, nothing created (a command that reads)."""
+    from rm_pipeline.lib.storage_lock import lock_file_problem, stale_content
+
     root = storage_root(home)
     os.environ[HOME.name] = str(root)
     dagster_home = Path(DAGSTER_HOME.get() or root / "dagster")
     os.environ[DAGSTER_HOME.name] = str(dagster_home)
-    dagster_home.mkdir(parents=True, exist_ok=True)
-    settings = dagster_home / "dagster.yaml"
-    if not settings.exists():
-        settings.write_text(INSTANCE_SETTINGS)
+    if not create:
+        if not root.is_dir():
+            raise InputError(f"{root}: no storage root there (nothing has run on it); check --home, ${HOME.name}")
+        return root
+    try:
+        root.mkdir(parents=True, exist_ok=True)  # DAGSTER_HOME may lie elsewhere
+        dagster_home.mkdir(parents=True, exist_ok=True)
+        settings = dagster_home / "dagster.yaml"
+        if not settings.exists():
+            settings.write_text(INSTANCE_SETTINGS)
+        tempfile.TemporaryFile(dir=root).close()  # a run writes under the root: find out now, not mid-run
+    except OSError as error:
+        where = f"{error.filename}: " if error.filename else ""
+        raise InputError(f"storage root {root} can't be written: {where}{error.strerror or error}") from None
+    problem = lock_file_problem(root)
+    if problem:
+        raise InputError(problem)
+    stale = stale_content(root)
+    if stale:
+        print(f"rm-pipeline: {stale}", file=sys.stderr)
     return root
 
 
 def model_dir(args: argparse.Namespace) -> Path:
     """--model, else the storage root's current model (the last one promoted)."""
-    from rm_pipeline.lib.model_registry import CURRENT
+    from rm_pipeline.lib.model_registry import CURRENT, broken_link
 
     if args.model is not None:
         return args.model
     current = storage_root(args.home) / "models" / CURRENT
+    broken = broken_link(current)
+    if broken:
+        raise InputError(f"{broken}; give --model DIR")
     if not current.is_dir():
         raise InputError(
             f"{current}: no current model (none promoted yet under this storage root); "

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
-from rm_pipeline.cli.common import InputError, home_options, model_dir, storage_root, use_home
+from rm_pipeline.cli.common import EXIT_BAD_INPUT, InputError, home_options, model_dir, storage_root, use_home
 from rm_pipeline.lib.environment import DAGSTER_HOME
 
 
@@ -30,37 +31,62 @@ def add_commands(commands) -> None:
 
 
 def list_trained_models(args: argparse.Namespace) -> int:
-    from rm_pipeline.lib.model_registry import format_models, list_models
+    """The models listed; a link under `models/` that leads nowhere is named on stderr after them (exit 3)."""
+    from rm_pipeline.lib.model_registry import broken_links, format_models, list_models
 
     root = storage_root(args.home)
     rows = list_models(root / "models", root / "reports")
     print(json.dumps(rows, indent=2) if args.json else format_models(rows))
-    return 0
+    broken = broken_links(root / "models")
+    for problem in broken:
+        print(f"rm-pipeline models: {problem}", file=sys.stderr)
+    return EXIT_BAD_INPUT if broken else 0
 
 
 def show_lineage(args: argparse.Namespace) -> int:
-    """Read from the instance under the storage root, not a run's: nothing is materialised."""
-    use_home(args.home)
+    """Read from the instance under the storage root, not a run's: nothing is materialised, nothing created."""
+    root = use_home(args.home, create=False)
     import dagster as dg
 
     from rm_pipeline.lib.lineage import lineage_report, render
-    from rm_pipeline.lib.model_files import LINEAGE_FILE
     from rm_pipeline.lineage_reader import LineageNotFoundError, model_lineage
 
     model = model_dir(args)
     if not model.is_dir():
         raise InputError(f"{model}: no such model directory")
-    with dg.DagsterInstance.get() as instance:
-        try:
-            facts = model_lineage(instance, model)
-        except LineageNotFoundError as error:
-            raise InputError(f"{error} (instance {DAGSTER_HOME.get()})") from None
-    card_file, card = model / LINEAGE_FILE, None
-    if card_file.is_file():
-        try:
-            card = json.loads(card_file.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise InputError(f"{card_file}: not a readable lineage file ({error})") from None
+    card = read_card(model)
+    if not Path(DAGSTER_HOME.get()).is_dir():
+        raise InputError(f"{DAGSTER_HOME.get()}: no Dagster instance there (${DAGSTER_HOME.name}); nothing has run")
+    try:
+        with dg.DagsterInstance.get() as instance:
+            facts = model_lineage(instance, model, root)
+    except LineageNotFoundError as error:
+        raise InputError(f"{error} (instance {DAGSTER_HOME.get()})") from None
+    except (OSError, sqlalchemy_errors()) as error:  # e.g. a read-only root: its instance can't be opened
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise InputError(f"the Dagster instance of storage root {root} can't be read: {first_line}") from None
     report = lineage_report(facts, card)
     print(json.dumps(report, indent=2, default=str) if args.json else render(report))
     return 0
+
+
+def read_card(model: Path) -> dict | None:
+    """The model's lineage.json (what training saw), None when it has none; one that isn't a JSON object is named."""
+    from rm_pipeline.lib.model_files import LINEAGE_FILE
+
+    card_file = model / LINEAGE_FILE
+    if not card_file.is_file():
+        return None
+    try:
+        card = json.loads(card_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        raise InputError(f"{card_file}: not a readable lineage file ({error})") from None
+    if not isinstance(card, dict):
+        raise InputError(f"{card_file}: not a lineage file (a JSON object), but a {type(card).__name__}")
+    return card
+
+
+def sqlalchemy_errors() -> type[Exception]:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    return SQLAlchemyError

@@ -89,7 +89,10 @@ def lineage_report(
 def _card_disagreements(by_asset: Mapping, card: Mapping) -> list[str]:
     """The model card's facts (written at training time) against the instance's records."""
     found = []
-    for stage in card.get("stages", []):
+    stages = card.get("stages")
+    for stage in stages if isinstance(stages, list) else []:
+        if not isinstance(stage, dict) or not isinstance(stage.get("asset"), str):
+            continue  # a hand-edited card: only its well-formed stages are compared
         recorded = by_asset.get(stage["asset"])
         if recorded is not None and recorded.get("data_version") != stage.get("data_version"):
             found.append(

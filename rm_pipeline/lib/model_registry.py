@@ -4,6 +4,7 @@ decision written beside each candidate, and the listing `rm-pipeline models` pri
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -31,6 +32,28 @@ def switch_current(models_dir: Path, name: str) -> Path:
     return target
 
 
+def broken_link(path: Path) -> str | None:
+    """What is wrong with a link under `models/` that leads to no folder (dangling, or a loop); None otherwise."""
+    if not path.is_symlink() or path.is_dir():
+        return None
+    try:
+        path.resolve(strict=True)
+    except RuntimeError:  # Python 3.11 says a loop this way
+        return f"{path} is a symlink loop, not a model directory"
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return f"{path} is a symlink loop, not a model directory"
+        return f"{path} points at {os.readlink(path)}, which is not there (a dangling link)"
+    return f"{path} points at {os.readlink(path)}, which is not a model directory"
+
+
+def broken_links(models_dir: Path) -> list[str]:
+    """Every link under `models/` (`current` among them) that leads to no folder, said in one line each."""
+    if not models_dir.is_dir():
+        return []
+    return [problem for entry in sorted(models_dir.iterdir()) if (problem := broken_link(entry))]
+
+
 def current_model_dir(models_dir: Path) -> Path | None:
     """The model `current` points at, or None when there is none (or it points at nothing)."""
     link = models_dir / CURRENT
@@ -38,11 +61,27 @@ def current_model_dir(models_dir: Path) -> Path | None:
 
 
 def _read_json(path: Path) -> dict | None:
+    return _read_checked(path)[0]
+
+
+def _read_checked(path: Path) -> tuple[dict | None, str | None]:
+    """The JSON object in `path`, and what is wrong with it (None: fine, or no such file)."""
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    return document if isinstance(document, dict) else None
+    except FileNotFoundError:
+        return None, None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        return None, f"{path.name} unreadable ({error})"
+    if not isinstance(document, dict):
+        return None, f"{path.name} unreadable (not a JSON object)"
+    return document, None
+
+
+def _get(document, *keys):
+    """document[k1][k2]... where each level is an object; None as soon as one is not (a hand-edited file)."""
+    for key in keys:
+        document = document.get(key) if isinstance(document, dict) else None
+    return document
 
 
 def _data_version(model_dir: Path) -> str | None:
@@ -56,9 +95,11 @@ def _data_version(model_dir: Path) -> str | None:
     return found.group(1) if found and found.group(1) != "?" else None
 
 
-def _status(model_dir: Path, is_current: bool, promotion: dict | None) -> str:
+def _status(model_dir: Path, is_current: bool, promotion: dict | None, problem: str | None) -> str:
     if is_current:
         return "current"
+    if problem:
+        return problem
     if promotion is None or promotion.get("status") not in (PROMOTED, NOT_PROMOTED):
         return "candidate (not yet evaluated)"
     if promotion["status"] == NOT_PROMOTED:
@@ -69,18 +110,21 @@ def _status(model_dir: Path, is_current: bool, promotion: dict | None) -> str:
 def _held_out(model_dir: Path, promotion: dict | None, reports_dir: Path) -> dict | None:
     """Held-out accuracy with its interval from the promotion decision; else the evaluation report's
     accuracy, without an interval."""
-    held_out = ((promotion or {}).get("held_out") or {}).get("candidate")
-    if held_out:
-        return {"accuracy": held_out["estimate"], "interval": [held_out["low"], held_out["high"]], "n": held_out["n"]}
+    held_out = _get(promotion, "held_out", "candidate")
+    numbers = [_get(held_out, key) for key in ("estimate", "low", "high")]
+    if all(isinstance(number, (int, float)) for number in numbers):
+        return {"accuracy": numbers[0], "interval": numbers[1:], "n": _get(held_out, "n")}
     report = _read_json(reports_dir / model_dir.name / REPORT_JSON)
-    accuracy = ((report or {}).get("report") or {}).get("held_out", {}).get("accuracy")
-    if accuracy is None:
+    accuracy = _get(report, "report", "held_out", "accuracy")
+    if not isinstance(accuracy, (int, float)):
         return None
-    return {"accuracy": accuracy, "interval": None, "n": report["report"]["held_out"].get("n")}
+    return {"accuracy": accuracy, "interval": None, "n": _get(report, "report", "held_out", "n")}
 
 
 def _verdict(model_dir: Path) -> str:
-    readiness = _read_json(model_dir / READINESS_FILE)
+    readiness, problem = _read_checked(model_dir / READINESS_FILE)
+    if problem:
+        return problem
     if readiness is None:
         return "not evaluated"
     return "ready" if readiness.get(READY) is True else "not ready"
@@ -93,15 +137,16 @@ def list_models(models_dir: Path, reports_dir: Path) -> list[dict]:
         return []
     current = current_model_dir(models_dir)
     rows = []
-    for model_dir in sorted(models_dir.iterdir(), key=lambda path: (path.stat().st_mtime, path.name)):
+    # lstat: a dangling link or a loop is left out here (`broken_links` names it), not a crash
+    for model_dir in sorted(models_dir.iterdir(), key=lambda path: (path.lstat().st_mtime, path.name)):
         if model_dir.name.startswith(".") or model_dir.name == CURRENT or not model_dir.is_dir():
             continue
-        promotion = _read_json(model_dir / PROMOTION_FILE)
+        promotion, problem = _read_checked(model_dir / PROMOTION_FILE)
         rows.append(
             {
                 "model": model_dir.name,
                 "path": str(model_dir),
-                "status": _status(model_dir, model_dir.resolve() == current, promotion),
+                "status": _status(model_dir, model_dir.resolve() == current, promotion, problem),
                 "data_version": _data_version(model_dir),
                 "held_out": _held_out(model_dir, promotion, reports_dir),
                 "verdict": _verdict(model_dir),

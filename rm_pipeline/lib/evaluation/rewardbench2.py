@@ -22,6 +22,9 @@ REWARDBENCH2_MARKERS = ("num_correct", "total_completions")
 TIES_SUBSET = "ties"  # compared case-insensitively, as RewardBench 2's scripts/run_v2.py does
 TIES_ID = re.compile(r"^(ref|tied):\d+$")
 PAIR_SUFFIX = "#"  # an answer-list row's pairs have ids <row id>#<chosen>.<rejected>
+# A row becomes chosen x rejected pairs: 300 x 300 answers (4.6 KB) would be 90,000 pairs. RewardBench 2's own
+# rows hold 4 answers (best-of-4), its Ties rows a few dozen; a row over this is quarantined, never expanded.
+MAX_ANSWERS_PER_ROW = 100
 
 
 def is_best_of_n(scored: pd.DataFrame) -> np.ndarray:
@@ -213,6 +216,13 @@ def rewardbench2_pairs(records: pd.DataFrame, path: Path) -> tuple[pd.DataFrame,
                 "rejected",
                 "wrong_type",
                 "a RewardBench 2 row holds rejected as a non-empty list of answer texts",
+            )
+        elif len(c) + len(r) > MAX_ANSWERS_PER_ROW:
+            problem = (
+                "rejected",
+                "too_many_answers",
+                f"{len(c)} chosen + {len(r)} rejected answers, over the {MAX_ANSWERS_PER_ROW} a row may hold "
+                f"(MAX_ANSWERS_PER_ROW: it would be {len(c) * len(r)} pairs)",
             )
         else:
             for field, expected in (("num_correct", len(c)), ("total_completions", len(c) + len(r))):

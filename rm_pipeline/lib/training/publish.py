@@ -56,3 +56,14 @@ def save_model_directory(
     (directory / TRAINING_SETTINGS_FILE).write_text(json.dumps(asdict(settings), indent=2))
     (directory / FACTS_FILE).write_text(json.dumps(facts, indent=2, default=str))
     plot_training_curves(history, directory / TRAINING_CURVES_FILE)
+    _one_mode(directory)
+
+
+def _one_mode(directory: Path) -> None:
+    """Give every file the mode a new file gets (0644 under umask 022): transformers writes model.safetensors
+    through a private temporary file (0600), which other users, a serving container, could not read."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in directory.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            path.chmod(0o666 & ~umask)
