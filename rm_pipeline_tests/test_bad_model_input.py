@@ -55,6 +55,12 @@ def two_labels(model: Path, marker: Path) -> None:
     (model / "config.json").write_text(json.dumps(config))
 
 
+def wider_layers(model: Path, marker: Path) -> None:
+    config = json.loads((model / "config.json").read_text())
+    config.update(intermediate_size=2 * config["intermediate_size"])
+    (model / "config.json").write_text(json.dumps(config))
+
+
 def truncated_weights(model: Path, marker: Path) -> None:
     weights = model / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
@@ -83,6 +89,7 @@ MODEL_CASES = {
     "config.json tampered to another architecture": (other_architecture, "weights don't match its config.json"),
     "the base checkpoint, no score head": (base_checkpoint, "weights don't match its config.json"),
     "wrong num_labels": (two_labels, "2 labels; a reward model has 1"),
+    "config.json with weights of another shape": (wider_layers, "6 mismatched weights, e.g. bert.encoder.layer.0."),
     "truncated safetensors": (truncated_weights, "model.safetensors: not a safetensors file"),
     "weights only in a pickle (pytorch_model.bin)": (pickle_only, "no model.safetensors"),
     "no training_settings.json (not trained by rm-pipeline)": (untrained, "no training_settings.json"),

@@ -121,15 +121,17 @@ def load_reward_model(model_dir: Path, trust_remote_code: bool = False):
             local_files_only=True,
             use_safetensors=True,
             output_loading_info=True,
+            ignore_mismatched_sizes=True,  # a weight of another shape is listed below, not a pointer to a report
         )
     finally:
         hf_logging.set_verbosity(verbosity)
         if bars:
             hf_logging.enable_progress_bar()
-    wrong = {kind: list(info.get(f"{kind}_keys") or []) for kind in ("missing", "unexpected", "mismatched")}
+    wrong = {kind: sorted(info.get(f"{kind}_keys") or []) for kind in ("missing", "unexpected", "mismatched")}
     if any(wrong.values()):
         counts = ", ".join(f"{len(keys)} {kind}" for kind, keys in wrong.items() if keys)
         example = next(keys[0] for keys in wrong.values() if keys)
+        example = example[0] if isinstance(example, tuple) else example  # a mismatched one: (name, shapes...)
         raise ModelDirectoryError(
             f"{model_dir}: can't be loaded as a reward model (its weights don't match its config.json: "
             f"{counts} weights, e.g. {example})"
