@@ -20,7 +20,7 @@ from rm_pipeline.lib.locations import (
     default_reviews_dir,
 )
 from rm_pipeline.lib.storage_lock import check_instance, hold_for_run
-from rm_pipeline.lib.tokenization import DEFAULT_MAX_LENGTH, load_tokenizer, token_lengths
+from rm_pipeline.lib.tokenization import DEFAULT_MAX_LENGTH, check_remote_code, load_tokenizer, token_lengths
 from rm_pipeline.publishing import fail_abandoned_run
 
 
@@ -132,9 +132,14 @@ class BaseModelResource(dg.ConfigurableResource):
 
     name_or_path: str = Field(
         default_factory=default_base_model_name,
-        description="Hugging Face model id or local path ($RM_PIPELINE_BASE_MODEL, else the bundled all-MiniLM-L6-v2).",
+        description="Local path, or Hugging Face id already in the cache: never downloaded ($RM_PIPELINE_BASE_MODEL, "
+        "else the bundled all-MiniLM-L6-v2).",
     )
-    trust_remote_code: bool = Field(default=False, description="Run code shipped with the model (off unless set).")
+    trust_remote_code: bool = Field(
+        default=False,
+        description="Run code shipped with the model: honoured only where the code server runs with "
+        "RM_PIPELINE_ALLOW_REMOTE_CODE=1, refused otherwise.",
+    )
     max_length: int = Field(
         default=DEFAULT_MAX_LENGTH,
         gt=0,
@@ -143,6 +148,7 @@ class BaseModelResource(dg.ConfigurableResource):
     )
 
     def token_lengths(self, prompts, responses, conversational):
+        check_remote_code(self.trust_remote_code)  # before anything of the model is loaded
         tokenizer = load_tokenizer(self.name_or_path, self.trust_remote_code)
         return token_lengths(tokenizer, prompts, responses, conversational)
 

@@ -22,11 +22,17 @@ def annotations_slice(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_encoder(tmp_path_factory) -> str:
-    """A two-layer BERT with a one-unit head, random weights and MiniLM's tokenizer: trains in seconds."""
+    """A two-layer BERT with a one-unit head, random weights and MiniLM's tokenizer: trains in seconds. It has the
+    training_settings.json training publishes, so `score` and `evaluate` take it as a trained model."""
+    import json
+    from dataclasses import asdict
+
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
+    from rm_pipeline.lib.model_files import TRAINING_SETTINGS_FILE
     from rm_pipeline.lib.tokenization import default_base_model
+    from rm_pipeline.lib.training.settings import TrainingSettings
 
     folder = tmp_path_factory.mktemp("tiny_encoder")
     tokenizer = AutoTokenizer.from_pretrained(default_base_model())
@@ -42,6 +48,7 @@ def tiny_encoder(tmp_path_factory) -> str:
     torch.manual_seed(0)
     BertForSequenceClassification(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+    (folder / TRAINING_SETTINGS_FILE).write_text(json.dumps(asdict(TrainingSettings(base_model=default_base_model()))))
     return str(folder)
 
 

@@ -73,6 +73,7 @@ def add_commands(commands) -> None:
 
 
 def score_candidates(args: argparse.Namespace) -> int:
+    from rm_pipeline.lib.evaluation.report import jsonable
     from rm_pipeline.lib.scoring import rank_candidates, read_candidates
 
     model = model_dir(args)
@@ -82,7 +83,8 @@ def score_candidates(args: argparse.Namespace) -> int:
         with progress(sum(len(record["candidates"]) for record in records), "scoring candidates") as bar:
             ranked = rank_candidates(scorer, records, progress=bar.update)
         for record in ranked:
-            output.write(json.dumps(record, ensure_ascii=False) + "\n")
+            # NaN and infinities (an input's extra field, a reward) are null: JSON has no such numbers
+            output.write(json.dumps(jsonable(record), ensure_ascii=False, allow_nan=False) + "\n")
     return 0
 
 
@@ -172,23 +174,20 @@ def atomic_output(path: Path | None):
 
 def load_scorer(model: Path, args: argparse.Namespace):
     """The reward model in `model`, scoring with the settings the command line gives (defaults otherwise)."""
+    from rm_pipeline.lib.model_files import ModelDirectoryError
     from rm_pipeline.lib.scoring import RewardScorer, ScoringSettings
+    from rm_pipeline.lib.tokenization import ModelSourceError
 
-    config = model / "config.json"
-    try:
-        settings = json.loads(config.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{model}: not a model directory (no config.json)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InputError(f"{config}: not a readable model configuration ({error})") from None
-    if not isinstance(settings, dict):
-        raise InputError(f"{config}: not a model configuration (a JSON object)")
     scoring = settings_from_args(ScoringSettings, args, SCORING_OPTIONS)
-    try:
+    try:  # the directory is checked before anything in it is loaded: one line naming what is wrong
         scorer = RewardScorer.load(model, scoring.batch_size, precision=scoring.precision)
-    except (OSError, ValueError, KeyError) as error:
+    except (ModelDirectoryError, ModelSourceError) as error:
+        raise InputError(str(error)) from None
+    except (OSError, ValueError, KeyError, RuntimeError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise InputError(f"{model}: can't be loaded as a reward model ({first_line})") from None
+    if scorer.ignored_cache:
+        print(f"rm-pipeline: {scorer.ignored_cache}", file=sys.stderr)
     warn_unless_ready(model)
     return scorer
 

@@ -83,6 +83,12 @@ DAGSTER_HOME = EnvironmentVariable(
     "",
     "Dagster's instance folder; `rm-pipeline run`, `lineage` and `ui` use <storage root>/dagster when it is unset.",
 )
+ALLOW_REMOTE_CODE = EnvironmentVariable(
+    "RM_PIPELINE_ALLOW_REMOTE_CODE",
+    "",
+    "1: a run config's `trust_remote_code: true` (base_model resource) is honoured, running code shipped with the "
+    "model; otherwise such a run is refused. Set it where the code server runs.",
+)
 
 VARIABLES: tuple[EnvironmentVariable, ...] = (
     HOME,
@@ -101,4 +107,5 @@ VARIABLES: tuple[EnvironmentVariable, ...] = (
     DPO_POLICY,
     DPO_REFERENCE,
     DAGSTER_HOME,
+    ALLOW_REMOTE_CODE,
 )

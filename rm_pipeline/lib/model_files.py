@@ -9,10 +9,12 @@ Knows nothing of Dagster.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 CONFIG_FILE = "config.json"  # Hugging Face's model config; `reward_mean` / `reward_std` are stored in it
+WEIGHTS_FILE = "model.safetensors"  # the only weights ever loaded: a pickle (pytorch_model.bin) can run code
 MODEL_CARD_FILE = "README.md"
 LINEAGE_FILE = "lineage.json"  # the files and stages the split came from: `rm-pipeline lineage` checks them
 FACTS_FILE = "training_facts.json"  # run name, data version, annotation batches: saved with the model
@@ -20,7 +22,7 @@ TRAINING_METRICS_FILE = "training_metrics.json"
 TRAINING_HISTORY_FILE = "training_history.json"
 TRAINING_SETTINGS_FILE = "training_settings.json"
 TRAINING_CURVES_FILE = "training_curves.png"
-SCORED_FILE = "scored_answers.parquet"  # answers already scored by this model, reused by later scoring
+SCORED_FILE = "scored_answers.parquet"  # answers scored by this model, reused while WEIGHTS_FILE's sha256 matches
 CALIBRATION_FILE = "calibration.json"  # `reward_temperature` fitted by evaluation_report: sigmoid(margin / T)
 READINESS_FILE = "readiness.json"  # the readiness gate's verdict, by reward_readiness
 PROMOTION_FILE = "promotion.json"  # whether current_reward_model promoted this candidate to `current`
@@ -47,3 +49,51 @@ def reward_temperature(model_dir: Path) -> float | None:
     if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
         raise ValueError(f"{path}: reward_temperature must be a positive number, not {value!r}")
     return float(value)
+
+
+class ModelDirectoryError(ValueError):
+    """A model directory that can't be trusted as a reward model; the message is one line naming it."""
+
+
+def check_model_dir(model_dir: Path) -> None:
+    """Refuse, before anything is loaded, a directory without what training publishes: a config (a JSON object),
+    its training_settings.json (a base checkpoint's score head is random) and complete safetensors weights."""
+    model_dir = Path(model_dir)
+    config = model_dir / CONFIG_FILE
+    if not config.is_file():
+        raise ModelDirectoryError(f"{model_dir}: not a model directory (no {CONFIG_FILE})")
+    for path in (config, model_dir / TRAINING_SETTINGS_FILE):
+        try:
+            value = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ModelDirectoryError(
+                f"{model_dir}: can't be loaded as a reward model (no {path.name}: not a model trained by "
+                "rm-pipeline; a base checkpoint's score head is random)"
+            ) from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ModelDirectoryError(f"{path}: not a readable model configuration ({error})") from None
+        if not isinstance(value, dict):
+            raise ModelDirectoryError(f"{path}: not a model configuration (a JSON object)")
+    weights = model_dir / WEIGHTS_FILE
+    if not weights.is_file():
+        raise ModelDirectoryError(
+            f"{model_dir}: can't be loaded as a reward model (no {WEIGHTS_FILE}; weights in pickle files such as "
+            "pytorch_model.bin are never loaded)"
+        )
+    try:
+        from safetensors import SafetensorError, safe_open
+
+        with safe_open(str(weights), "pt") as tensors:  # reads the header: a truncated file fails here
+            tensors.keys()
+    except (OSError, SafetensorError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ModelDirectoryError(f"{weights}: not a safetensors file ({first_line})") from None
+
+
+def weights_sha256(model_dir: Path) -> str:
+    """The sha256 of the model's weights: what the score cache is tied to."""
+    digest = hashlib.sha256()
+    with open(Path(model_dir) / WEIGHTS_FILE, "rb") as weights:
+        while block := weights.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()

@@ -14,12 +14,18 @@ import numpy as np
 import pandas as pd
 import torch
 
-from rm_pipeline.lib.annotations import is_message_list
-from rm_pipeline.lib.model_files import SCORED_FILE
+from rm_pipeline.lib.annotations import _role_problems, is_message_list
+from rm_pipeline.lib.model_files import (
+    SCORED_FILE,
+    WEIGHTS_FILE,
+    ModelDirectoryError,
+    check_model_dir,
+    weights_sha256,
+)
 from rm_pipeline.lib.precision import SCORING_PRECISION_HELP, Precision, autocast, head_in_fp32, scores_in_bf16
 from rm_pipeline.lib.settings import check_choices, setting
-from rm_pipeline.lib.table_files import MAX_JSON_DEPTH, json_depth_exceeds
-from rm_pipeline.lib.tokenization import encode, load_tokenizer
+from rm_pipeline.lib.table_files import MAX_JSON_DEPTH, _bad_char, json_depth_exceeds
+from rm_pipeline.lib.tokenization import check_remote_code, encode, load_tokenizer
 
 
 @dataclass(frozen=True)
@@ -88,6 +94,51 @@ def position_limit(model, tokenizer) -> int:
     return min(limits) if limits else 1_000_000
 
 
+def load_reward_model(model_dir: Path, trust_remote_code: bool = False):
+    """The reward model saved in `model_dir`, trusted only when it is whole: `check_model_dir`, one score unit,
+    every weight of its architecture in its safetensors and no other (a config.json tampered to another
+    architecture would otherwise load with random weights). Never downloaded, never a pickle."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    check_model_dir(model_dir)
+    check_remote_code(trust_remote_code)
+    config = AutoConfig.from_pretrained(str(model_dir), local_files_only=True, trust_remote_code=trust_remote_code)
+    if config.num_labels != 1:
+        raise ModelDirectoryError(
+            f"{model_dir}: can't be loaded as a reward model (its config.json has {config.num_labels} labels; "
+            "a reward model has 1)"
+        )
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()  # its load report is many lines: what is wrong is said below in one
+    hf_logging.disable_progress_bar()
+    try:
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            str(model_dir),
+            config=config,
+            dtype="auto",
+            trust_remote_code=trust_remote_code,
+            local_files_only=True,
+            use_safetensors=True,
+            output_loading_info=True,
+            ignore_mismatched_sizes=True,  # a weight of another shape is listed below, not a pointer to a report
+        )
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+    wrong = {kind: sorted(info.get(f"{kind}_keys") or []) for kind in ("missing", "unexpected", "mismatched")}
+    if any(wrong.values()):
+        counts = ", ".join(f"{len(keys)} {kind}" for kind, keys in wrong.items() if keys)
+        example = next(keys[0] for keys in wrong.values() if keys)
+        example = example[0] if isinstance(example, tuple) else example  # a mismatched one: (name, shapes...)
+        raise ModelDirectoryError(
+            f"{model_dir}: can't be loaded as a reward model (its weights don't match its config.json: "
+            f"{counts} weights, e.g. {example})"
+        )
+    return model
+
+
 @dataclass
 class RewardScorer:
     """A trained reward model ready to score: model, tokenizer and the longest sequence it reads."""
@@ -99,6 +150,7 @@ class RewardScorer:
     bf16: bool = False  # bf16 autocast, with the score head in fp32
     # (prompt, response, conversational) -> (reward, response tokens, truncated): nothing is scored twice
     scored: dict = field(default_factory=dict, repr=False)
+    ignored_cache: str | None = None  # why the model's score cache wasn't used (`recall`), for the caller to say
 
     @classmethod
     def load(
@@ -108,18 +160,14 @@ class RewardScorer:
         trust_remote_code: bool = False,
         precision: Precision = ScoringSettings.precision,
     ) -> RewardScorer:
-        """A saved model directory on the GPU when there is one, else the CPU, with its weights in the dtype they
-        were saved in (casting them to bf16 would round rewards into ties near 1.0); `precision` as in
-        `ScoringSettings`."""
-        from transformers import AutoModelForSequenceClassification
-
+        """A saved model directory, checked first (`load_reward_model`), on the GPU when there is one, else the CPU,
+        with its weights in the dtype they were saved in (casting them to bf16 would round rewards into ties near
+        1.0); `precision` as in `ScoringSettings`."""
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        model = AutoModelForSequenceClassification.from_pretrained(
-            str(model_dir), dtype="auto", trust_remote_code=trust_remote_code
-        ).to(device)
+        model = load_reward_model(Path(model_dir), trust_remote_code).to(device)
         head_in_fp32(model)
         scorer = cls.of(model, load_tokenizer(str(model_dir), trust_remote_code), batch_size, precision)
-        scorer.recall(Path(model_dir) / SCORED_FILE)
+        scorer.ignored_cache = scorer.recall(Path(model_dir) / SCORED_FILE)
         return scorer
 
     @classmethod
@@ -131,19 +179,29 @@ class RewardScorer:
         return cls(model, tokenizer, position_limit(model, tokenizer), batch_size, scores_in_bf16(precision, device))
 
     def remember(self, path: Path) -> None:
-        """Save what was scored (with the precision it was scored in), for `recall` by a later scorer of this model."""
+        """Save what was scored (with the precision it was scored in) beside the model's weights, tied to their
+        sha256, for `recall` by a later scorer of this model."""
         rows = [(*key, *value) for key, value in self.scored.items()]
-        pd.DataFrame(rows, columns=SCORED_COLUMNS).assign(bf16=self.bf16).to_parquet(path, index=False)
+        table = pd.DataFrame(rows, columns=SCORED_COLUMNS).assign(bf16=self.bf16)
+        table.assign(weights_sha256=weights_sha256(path.parent)).to_parquet(path, index=False)
 
-    def recall(self, path: Path) -> None:
-        """What `remember` saved, when it was scored in this scorer's precision: it is not scored again."""
+    def recall(self, path: Path) -> str | None:
+        """What `remember` saved, when it was scored in this scorer's precision by these very weights: it is not
+        scored again. A cache of other weights (or none readable) is ignored, and why is returned."""
         if not path.exists():
-            return
-        table = pd.read_parquet(path)
-        table = table[table["bf16"] == self.bf16]
-        keys = zip(table["prompt"], table["response"], table["conversational"].astype(bool))
-        values = zip(table["reward"].astype(float), table["tokens"].astype(int), table["truncated"].astype(bool))
+            return None
+        try:
+            table = pd.read_parquet(path)
+            mine = bool(table["weights_sha256"].eq(weights_sha256(path.parent)).all())
+            table = table[table["bf16"] == self.bf16]
+            keys = list(zip(table["prompt"], table["response"], table["conversational"].astype(bool)))
+            values = zip(table["reward"].astype(float), table["tokens"].astype(int), table["truncated"].astype(bool))
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            return f"{path}: ignored, not a score cache ({type(error).__name__}); its answers are scored again"
+        if not mine:
+            return f"{path}: ignored, written for other weights than {WEIGHTS_FILE}; its answers are scored again"
         self.scored.update(zip(keys, values))
+        return None
 
     def score(
         self,
@@ -216,6 +274,43 @@ def _candidate_text(value):
     return value if isinstance(value, str) else None
 
 
+def _text_problem(value) -> str | None:
+    """Ingestion's text rule (table_files): no lone surrogate (valid JSON, but no tokenizer takes it), no NUL."""
+    char = _bad_char(value)
+    if char is None:
+        return None
+    return "holds a NUL character" if char == "\x00" else "is not valid UTF-8 text"
+
+
+def _record_problems(record: dict) -> list[str]:
+    """Each field of a candidates record that can't be scored, as `field: problem`; ingestion's rules for text
+    and message roles."""
+    prompt, candidates = record.get("prompt"), record.get("candidates")
+    if not (isinstance(prompt, str) and prompt.strip()) and not is_message_list(prompt):
+        problems = ["prompt: must be non-empty text or a list of {role, content} messages"]
+    else:
+        text = _text_problem(prompt)
+        if text is None and isinstance(prompt, list):
+            text = _role_problems(pd.Series([prompt], dtype=object), "prompt", answer=False).iloc[0]
+        problems = [f"prompt: {text}"] if isinstance(text, str) else []
+    if not isinstance(candidates, list) or not candidates:
+        return [*problems, "candidates: must be a non-empty list"]
+    bad = [i for i, candidate in enumerate(candidates) if _candidate_text(candidate) is None]
+    if bad:
+        problems.append(
+            f"candidates[{bad[0]}]: must be text or a {{role, content}} message"
+            + (f" ({len(bad)} such candidates)" if len(bad) > 1 else "")
+        )
+    for i, candidate in enumerate(candidates):
+        if isinstance(candidate, dict) and candidate.get("role", "assistant") != "assistant":
+            problems.append(
+                f"candidates[{i}]: a candidate message is the assistant's, not a {candidate['role']!r} message"
+            )
+        elif (problem := _text_problem(_candidate_text(candidate))) is not None:
+            problems.append(f"candidates[{i}]: {problem}")
+    return problems
+
+
 # Deeper JSON is no record of ours, and Python's parser would exhaust the stack on it (~1,000 levels).
 def read_candidates(path: str | Path, max_errors: int = 20) -> list[dict]:
     """JSONL records ``{"prompt": text or [{"role", "content"}, ...], "candidates": [text, ...], ...}``.
@@ -236,6 +331,8 @@ def read_candidates(path: str | Path, max_errors: int = 20) -> list[dict]:
         except UnicodeDecodeError as error:
             errors.append(f"{where}: not valid UTF-8 (byte {error.start + 1} of the line)")
             continue
+        if number == 1:
+            line = line.removeprefix("\ufeff")  # a UTF-8 BOM, as annotation files may start with
         if not line.strip():
             continue
         if json_depth_exceeds(line):
@@ -249,18 +346,7 @@ def read_candidates(path: str | Path, max_errors: int = 20) -> list[dict]:
         if not isinstance(record, dict):
             errors.append(f"{where}: a line must be a JSON object")
             continue
-        prompt, candidates = record.get("prompt"), record.get("candidates")
-        if not (isinstance(prompt, str) and prompt.strip()) and not is_message_list(prompt):
-            errors.append(f"{where}: prompt: must be non-empty text or a list of {{role, content}} messages")
-        if not isinstance(candidates, list) or not candidates:
-            errors.append(f"{where}: candidates: must be a non-empty list")
-        else:
-            bad = [i for i, candidate in enumerate(candidates) if _candidate_text(candidate) is None]
-            if bad:
-                errors.append(
-                    f"{where}: candidates[{bad[0]}]: must be text or a {{role, content}} message"
-                    + (f" ({len(bad)} such candidates)" if len(bad) > 1 else "")
-                )
+        errors += [f"{where}: {problem}" for problem in _record_problems(record)]
         records.append(record)
     if errors:
         shown = "\n".join(errors[:max_errors]) + (

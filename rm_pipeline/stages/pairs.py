@@ -62,6 +62,7 @@ def pair_validation(
             "tie_handling": config.tie_handling,
             "max_length": base_model.max_length,
             "base_model": base_model.name_or_path,
+            **({"trust_remote_code": True} if base_model.trust_remote_code else {}),  # honoured: its code ran
             "longest_pair_tokens": int(kept[["chosen_tokens", "rejected_tokens"]].max().max()) if len(kept) else 0,
             "chosen_share_histogram": histogram(kept["chosen_share"]),
             "preview": preview(kept, ["pair_id", "prompt", "chosen", "rejected", "domain"]),

@@ -9,6 +9,7 @@ from rm_pipeline.asset_outputs import OWNERS
 from rm_pipeline.config import config_class, settings_from_config
 from rm_pipeline.lib.asset_values import MODEL_PATH, PublishedModel
 from rm_pipeline.lib.fingerprints import split_data_version
+from rm_pipeline.lib.tokenization import check_remote_code
 from rm_pipeline.lib.training.settings import TrainingSettings
 from rm_pipeline.lineage_reader import training_facts
 from rm_pipeline.resources import BaseModelResource, PipelineStorage
@@ -51,6 +52,7 @@ def reward_model(
     directory at `models/rm-<data version>-<settings>-<time>`, never rewritten once published. Its value is a
     pointer to that directory. Re-materialising after a crash resumes from the last checkpoint."""
     settings = training_settings(config, base_model)
+    check_remote_code(settings.trust_remote_code)  # where the code server runs, not in the training child
     data_version = split_data_version(preference_split)
     run_name = f"rm-{data_version}-{settings.fingerprint()}"
     batches = sorted(set(",".join(preference_split["batches"]).split(",")))
@@ -77,7 +79,7 @@ def reward_model(
     )
     split_path.unlink(missing_ok=True)
     reported = invocation.get_materialize_result()
-    metadata = reported.metadata or {}
+    metadata = {**(reported.metadata or {}), **({"trust_remote_code": True} if settings.trust_remote_code else {})}
     model = PublishedModel(
         path=str(metadata[MODEL_PATH].value),
         split_data_version=data_version,

@@ -16,7 +16,7 @@ from rm_pipeline.lib.training.settings import TrainingSettings
 def load_model(settings: TrainingSettings, dtype=None):
     """A one-unit score head on the base checkpoint, computing in fp32 even under autocast; pad token known to the
     model config. fp32 unless told otherwise: transformers 5 would keep a bf16/fp16 checkpoint's dtype, and AdamW
-    needs fp32 master weights."""
+    needs fp32 master weights. The checkpoint is local (or cached) and in safetensors."""
     import torch
     from transformers import AutoModelForSequenceClassification
 
@@ -26,6 +26,8 @@ def load_model(settings: TrainingSettings, dtype=None):
         num_labels=1,
         trust_remote_code=settings.trust_remote_code,
         dtype=dtype or torch.float32,
+        local_files_only=True,  # checked by load_tokenizer: nothing is downloaded
+        use_safetensors=True,  # never a pickle: a run config can name any folder
     )
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:  # a pad token was added
         model.resize_token_embeddings(len(tokenizer))
