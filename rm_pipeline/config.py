@@ -1,7 +1,9 @@
 """Dagster run configs derived from the library's settings dataclasses: one declaration per setting.
 
 `config_class(TrainingSettings, "RewardModelConfig")` is a `dg.Config` whose fields, types, defaults and
-descriptions are the dataclass's; `settings_from_config` turns a config back into the dataclass.
+descriptions are the dataclass's; `settings_from_config` turns a config back into the dataclass. Each field's
+declared range is checked twice: for the whole run config before anything runs (`check_run_config`, which
+`rm-pipeline run --config` calls), and by the config itself as a step builds it (a run launched elsewhere).
 """
 
 from __future__ import annotations
@@ -9,12 +11,20 @@ from __future__ import annotations
 import dataclasses
 import sys
 import typing
+from collections.abc import Mapping
 from typing import Any
 
 import dagster as dg
 import pydantic
 
-from rm_pipeline.lib.settings import Settings, build_settings
+from rm_pipeline.lib.settings import SettingError, Settings, build_settings, check_values
+
+SETTINGS_OF: dict[type, type] = {}  # config class -> the settings dataclass it is derived from
+
+
+class RunConfigError(Exception):
+    """A run config value outside its setting's range. Not a ValueError, so that pydantic passes it on as it is:
+    one line naming the setting and its range, not a validation report."""
 
 
 def config_class(settings_type: type, name: str, exclude: tuple[str, ...] = ()) -> type[dg.Config]:
@@ -30,12 +40,47 @@ def config_class(settings_type: type, name: str, exclude: tuple[str, ...] = ()) 
             hints[field.name],
             pydantic.Field(default=field.default, description=field.metadata.get("help") or None),
         )
+
+    def within_ranges(config):
+        try:
+            check_values(settings_type, dict(config), f"{name}.")
+        except SettingError as error:
+            raise RunConfigError(str(error)) from None
+        return config
+
     module = sys._getframe(1).f_globals.get("__name__", __name__)  # the stage that declares it, for snapshots
-    config = pydantic.create_model(name, __base__=dg.Config, __module__=module, **fields)
+    config = pydantic.create_model(
+        name,
+        __base__=dg.Config,
+        __module__=module,
+        __validators__={"within_ranges": pydantic.model_validator(mode="after")(within_ranges)},
+        **fields,
+    )
     config.__doc__ = f"Run config of {settings_type.__name__} (rm_pipeline.lib)."
+    SETTINGS_OF[config] = settings_type
     return config
 
 
 def settings_from_config(settings_type: type[Settings], config: dg.Config, **from_resources: Any) -> Settings:
     """The settings dataclass from a run config plus the values resources own (e.g. max_length)."""
     return build_settings(settings_type, {**config.model_dump(), **from_resources})
+
+
+def step_settings(job: dg.JobDefinition) -> dict[str, type]:
+    """Step (op) name -> the settings dataclass of its `config` parameter, for the job's steps that take one."""
+    found = {}
+    for op in job.graph.node_defs:
+        function = getattr(op.compute_fn, "decorated_fn", None)
+        config = typing.get_type_hints(function).get("config") if function is not None else None
+        if config in SETTINGS_OF:
+            found[op.name] = SETTINGS_OF[config]
+    return found
+
+
+def check_run_config(job: dg.JobDefinition, run_config: Mapping[str, Any]) -> None:
+    """Raise SettingError naming `ops.<step>.config.<setting>` and its range for the first value outside it
+    (call after Dagster's own schema check: names and types are right)."""
+    settings = step_settings(job)
+    for step, values in sorted((run_config.get("ops") or {}).items()):
+        if step in settings and isinstance(values, Mapping):
+            check_values(settings[step], values.get("config") or {}, f"ops.{step}.config.")
