@@ -17,6 +17,7 @@ import dagster as dg
 
 from rm_pipeline.lib.asset_values import DATA_VERSION
 from rm_pipeline.lib.automation import CRON_VARIABLE, AutomationSettings
+from rm_pipeline.lib.environment import RETRAIN_CRON
 from rm_pipeline.lib.settings import SettingError, shown
 from rm_pipeline.publishing import verdict
 
@@ -127,9 +128,7 @@ def check_cron(cron: str) -> None:
     try:
         dg.ScheduleDefinition(name="retrain_cron_check", cron_schedule=cron, target=TRAINING)
     except dg.DagsterInvalidDefinitionError:
-        raise SettingError(
-            f"${CRON_VARIABLE} must be a cron schedule Dagster accepts, such as '0 3 * * 1'; got {shown(cron)}"
-        ) from None
+        raise SettingError(f"${CRON_VARIABLE} must be {RETRAIN_CRON.allowed}; got {shown(cron)}") from None
 
 
 def retrain_condition(settings: AutomationSettings) -> dg.AutomationCondition:

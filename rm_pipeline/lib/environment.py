@@ -73,6 +73,7 @@ RETRAIN_CRON = EnvironmentVariable(
     "RM_PIPELINE_RETRAIN_CRON",
     "0 3 * * 1",
     "Cron schedule on which reward_model is retrained when the approved split changed (Mondays 03:00).",
+    "a cron schedule Dagster accepts, such as '0 3 * * 1'",  # checked by rm_pipeline.automation.check_cron
 )
 RETRAIN_TIMEZONE = EnvironmentVariable(
     "RM_PIPELINE_RETRAIN_TIMEZONE",
