@@ -177,8 +177,8 @@ def read_run_config(job, path: Path) -> dict:
     except (OSError, UnicodeDecodeError) as error:
         raise InputError(f"{path}: can't be read ({one_line(error)})") from None
     except ValueError as error:
-        kind = "JSON" if path.suffix.lower() == ".json" else "YAML"
-        raise InputError(one_line(f"{path}: not {kind}: {error}")) from None
+        kind = "JSON" if path.suffix.lower() == ".json" else "YAML or JSON"
+        raise InputError(one_line(f"{path}: not {kind} ({error})")) from None
     if not isinstance(config, dict):
         raise InputError(f"{path}: not a run config (a mapping such as `ops: {{...}}`)")
     try:
