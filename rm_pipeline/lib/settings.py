@@ -71,8 +71,7 @@ def setting(
 
 def allowed(settings_type: type, name: str) -> str:
     """What the setting `name` may be, in words: `a whole number, at least 1`, `one of 'drop', 'soft'`."""
-    hint = typing.get_type_hints(settings_type)[name]
-    bounds = {field.name: field for field in dataclasses.fields(settings_type)}[name].metadata.get("range", Range())
+    hint, bounds = _declaration(settings_type, name)
     kinds = [kind for kind in _union(hint) if kind is not type(None)]
     optional = "unset, or " if len(kinds) < len(_union(hint)) else ""
     kind = kinds[0] if kinds else hint
@@ -87,8 +86,7 @@ def allowed(settings_type: type, name: str) -> str:
 
 def problem(settings_type: type, name: str, value: Any) -> str | None:
     """Why `value` can't be the setting `name` (`must be ...; got ...`), or None when it can."""
-    hint = typing.get_type_hints(settings_type)[name]
-    bounds = {field.name: field for field in dataclasses.fields(settings_type)}[name].metadata.get("range", Range())
+    hint, bounds = _declaration(settings_type, name)
     kinds = _union(hint)
     if value is None and type(None) in kinds:
         return None
@@ -127,14 +125,12 @@ def check_values(settings_type: type, values: Mapping[str, Any], prefix: str) ->
 def parse_setting(settings_type: type, name: str, text: str, label: str) -> Any:
     """A number setting's value from text (an option, an environment variable), within its declared range;
     else SettingError naming `label` (`--epochs`, `$RM_PIPELINE_SENSOR_INTERVAL`) and the range."""
-    kinds = _union(typing.get_type_hints(settings_type)[name])
     try:
-        value = float(text) if float in kinds else int(text)
+        value = float(text) if float in _union(_declaration(settings_type, name)[0]) else int(text)
     except ValueError:
-        raise SettingError(f"{label} must be {allowed(settings_type, name)}; got {shown(text)}") from None
-    reason = problem(settings_type, name, value)
-    if reason is not None:
-        raise SettingError(f"{label} {reason.rsplit('; got ', 1)[0]}; got {shown(text)}")
+        value = None  # not a number: refused below with the text as given
+    if value is None or problem(settings_type, name, value) is not None:
+        raise SettingError(f"{label} must be {allowed(settings_type, name)}; got {shown(text)}")
     return value
 
 
@@ -155,6 +151,12 @@ def build_settings(settings_type: type[Settings], values: dict[str, Any]) -> Set
             f"known: {', '.join(sorted(known))}"
         )
     return settings_type(**values)
+
+
+def _declaration(settings_type: type, name: str) -> tuple[Any, Range]:
+    """The setting's type and its declared range."""
+    field = {field.name: field for field in dataclasses.fields(settings_type)}[name]
+    return typing.get_type_hints(settings_type)[name], field.metadata.get("range", Range())
 
 
 def _union(hint: Any) -> tuple:
