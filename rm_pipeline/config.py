@@ -2,8 +2,9 @@
 
 `config_class(TrainingSettings, "RewardModelConfig")` is a `dg.Config` whose fields, types, defaults and
 descriptions are the dataclass's; `settings_from_config` turns a config back into the dataclass. Each field's
-declared range is checked twice: for the whole run config before anything runs (`check_run_config`, which
-`rm-pipeline run --config` calls), and by the config itself as a step builds it (a run launched elsewhere).
+declared range is checked for the whole run config before any step runs (`check_run_config`: by
+`rm-pipeline run --config` before the run, and as the run's storage resource starts for a run launched
+elsewhere), and again by the config itself as a step builds it.
 """
 
 from __future__ import annotations
@@ -66,21 +67,33 @@ def settings_from_config(settings_type: type[Settings], config: dg.Config, **fro
     return build_settings(settings_type, {**config.model_dump(), **from_resources})
 
 
-def step_settings(job: dg.JobDefinition) -> dict[str, type]:
-    """Step (op) name -> the settings dataclass of its `config` parameter, for the job's steps that take one."""
+def stage_settings() -> dict[str, type]:
+    """Step (op) name -> the settings dataclass of its `config` parameter, for every asset declared in a module
+    that declares a derived config class (the stages)."""
     found = {}
-    for op in job.graph.node_defs:
-        function = getattr(op.compute_fn, "decorated_fn", None)
-        config = typing.get_type_hints(function).get("config") if function is not None else None
-        if config in SETTINGS_OF:
-            found[op.name] = SETTINGS_OF[config]
+    for module in sorted({config.__module__ for config in SETTINGS_OF}):
+        for value in vars(sys.modules[module]).values():
+            if isinstance(value, dg.AssetsDefinition) and value.is_executable:
+                function = getattr(value.op.compute_fn, "decorated_fn", None)
+                config = typing.get_type_hints(function).get("config") if function is not None else None
+                if config in SETTINGS_OF:
+                    found[value.op.name] = SETTINGS_OF[config]
     return found
 
 
-def check_run_config(job: dg.JobDefinition, run_config: Mapping[str, Any]) -> None:
+def check_run_config(run_config: Mapping[str, Any]) -> None:
     """Raise SettingError naming `ops.<step>.config.<setting>` and its range for the first value outside it
     (call after Dagster's own schema check: names and types are right)."""
-    settings = step_settings(job)
+    settings = stage_settings()
     for step, values in sorted((run_config.get("ops") or {}).items()):
         if step in settings and isinstance(values, Mapping):
             check_values(settings[step], values.get("config") or {}, f"ops.{step}.config.")
+
+
+def check_launched_run_config(run_config: Mapping[str, Any]) -> None:
+    """`check_run_config` for a run launched elsewhere (the UI, a sensor), called as the run's storage resource
+    starts, before any step runs (the executor is in-process): a RunConfigError, one line."""
+    try:
+        check_run_config(run_config)
+    except SettingError as error:
+        raise RunConfigError(str(error)) from None

@@ -26,8 +26,8 @@ ENVIRONMENT_PREFIX = "RM_PIPELINE_"
 NONE = "–"  # an empty cell
 _RANGE_RULE = (
     "`rm-pipeline run --config` refuses a value outside its range before anything runs, naming "
-    "`ops.<step>.config.<setting>`; a run launched from the UI fails at the step whose config holds it, before "
-    "that step does anything."
+    "`ops.<step>.config.<setting>`; a run launched from the UI fails the same way as it starts, before any step "
+    "runs."
 )
 
 HEADER = f"""# Settings reference
@@ -105,12 +105,12 @@ def _default(value: object) -> str:
 
 
 def _run_config_section(job, assets_by_step: dict[str, list[str]]) -> str:
-    from rm_pipeline.config import step_settings
+    from rm_pipeline.config import stage_settings
     from rm_pipeline.lib.settings import allowed
 
     lines = ["## Run config of each step", "", _RANGE_RULE, ""]
     ops = job.run_config_schema.config_type.fields["ops"].config_type.fields
-    settings = step_settings(job)
+    settings = stage_settings()
     for step in sorted(ops):
         config = ops[step].config_type.fields.get("config")
         fields = getattr(config.config_type, "fields", None) if config is not None else None

@@ -157,7 +157,25 @@ def test_numbers_are_read_as_json_and_yaml_1_2_write_them(suffix, tmp_path):
 # --------------------------------------------------------------------------- the Launchpad
 
 
-def test_a_launched_run_config_outside_a_range_fails_its_step_in_one_line():
+def test_a_launched_run_config_outside_a_range_fails_the_run_before_any_step(tmp_path):
+    job = build_defs(str(tmp_path / "home")).resolve_job_def(reward_pipeline_job.name)
+    with dg.instance_for_test() as instance:
+        result = job.execute_in_process(
+            run_config={"ops": {"reward_model": {"config": {"epochs": 0}}}}, instance=instance, raise_on_error=False
+        )
+    assert not result.success
+    assert not [event for event in result.all_events if event.is_step_start]  # not even ingestion ran
+    (failure,) = [event for event in result.all_events if event.event_type_value == "RESOURCE_INIT_FAILURE"]
+    error = failure.event_specific_data.error
+    while error.cause is not None and error.cls_name != "RunConfigError":
+        error = error.cause
+    assert error.message.strip().endswith(
+        "RunConfigError: ops.reward_model.config.epochs must be a finite number, above 0 and at most 1000; got 0"
+    )
+    assert not (tmp_path / "home" / "tables").exists()
+
+
+def test_a_config_built_outside_a_range_names_it():
     assert reward_model.RewardModelConfig(epochs=2).epochs == 2
     with pytest.raises(RunConfigError, match=r"^RewardModelConfig.epochs must be a finite number, above 0"):
         reward_model.RewardModelConfig(epochs=0)

@@ -183,7 +183,7 @@ def read_run_config(job, path: Path) -> dict:
         raise InputError(f"{path}: not a run config (a mapping such as `ops: {{...}}`)")
     try:
         dg.validate_run_config(job, config)
-        check_run_config(job, config)
+        check_run_config(config)
     except dg.DagsterInvalidConfigError as error:
         problems = "; ".join(problem.message for problem in error.errors)
         raise InputError(one_line(f"{path}: not a valid run config for {job.name}: {problems}")) from None
