@@ -17,6 +17,8 @@ import dagster as dg
 
 from rm_pipeline.lib.asset_values import DATA_VERSION
 from rm_pipeline.lib.automation import CRON_VARIABLE, AutomationSettings
+from rm_pipeline.lib.environment import RETRAIN_CRON
+from rm_pipeline.lib.settings import SettingError, shown
 from rm_pipeline.publishing import verdict
 
 TRAINING = dg.AssetSelection.assets("reward_model")
@@ -121,12 +123,12 @@ def data_stage_condition() -> dg.AutomationCondition:
 
 
 def check_cron(cron: str) -> None:
-    """Raise ValueError naming the setting unless `cron` is a schedule Dagster accepts (its own check, through the
-    public schedule definition)."""
+    """Raise SettingError naming the variable unless `cron` is a schedule Dagster accepts (its own check, through
+    the public schedule definition)."""
     try:
         dg.ScheduleDefinition(name="retrain_cron_check", cron_schedule=cron, target=TRAINING)
     except dg.DagsterInvalidDefinitionError:
-        raise ValueError(f"invalid retraining cron schedule {cron!r} (${CRON_VARIABLE})") from None
+        raise SettingError(f"${CRON_VARIABLE} must be {RETRAIN_CRON.allowed}; got {shown(cron)}") from None
 
 
 def retrain_condition(settings: AutomationSettings) -> dg.AutomationCondition:

@@ -6,6 +6,7 @@ from rm_pipeline.automation import automate, automation_sensor
 from rm_pipeline.folder_sensors import build_annotation_folder_sensor, build_review_folder_sensor
 from rm_pipeline.io_managers import AssetValueIOManager, ParquetIOManager
 from rm_pipeline.lib.automation import AutomationSettings, FolderWatchSettings
+from rm_pipeline.lib.environment import check_environment
 from rm_pipeline.publishing import BLOCKING_CHECKS, blocking_checks_by_asset
 from rm_pipeline.resources import (
     AnnotationSource,
@@ -73,6 +74,7 @@ def build_defs(
 ) -> dg.Definitions:
     """The code location; `folder_watch` defaults to FolderWatchSettings with $RM_PIPELINE_SENSOR_INTERVAL,
     `automation` to AutomationSettings with $RM_PIPELINE_RETRAIN_CRON and $RM_PIPELINE_RETRAIN_TIMEZONE."""
+    check_environment()  # a bad variable is one line naming it, even one this deployment's launcher ignores
     folder_watch = folder_watch or FolderWatchSettings.from_environment()
     assets = dg.load_assets_from_modules(STAGES, include_specs=True)  # specs: the annotation_folder source
     checks = dg.load_asset_checks_from_modules(STAGES)

@@ -23,6 +23,12 @@ from rm_pipeline.lib.environment import VARIABLES
 REFERENCE = Path(__file__).resolve().parents[1] / "docs" / "settings.md"
 REGENERATE = "python -m rm_pipeline.reference"
 ENVIRONMENT_PREFIX = "RM_PIPELINE_"
+NONE = "–"  # an empty cell
+_RANGE_RULE = (
+    "`rm-pipeline run --config` refuses a value outside its range before anything runs, naming "
+    "`ops.<step>.config.<setting>`; a run launched from the UI fails the same way as it starts, before any step "
+    "runs."
+)
 
 HEADER = f"""# Settings reference
 
@@ -99,8 +105,12 @@ def _default(value: object) -> str:
 
 
 def _run_config_section(job, assets_by_step: dict[str, list[str]]) -> str:
-    lines = ["## Run config of each step", ""]
+    from rm_pipeline.config import stage_settings
+    from rm_pipeline.lib.settings import allowed
+
+    lines = ["## Run config of each step", "", _RANGE_RULE, ""]
     ops = job.run_config_schema.config_type.fields["ops"].config_type.fields
+    settings = stage_settings()
     for step in sorted(ops):
         config = ops[step].config_type.fields.get("config")
         fields = getattr(config.config_type, "fields", None) if config is not None else None
@@ -108,14 +118,31 @@ def _run_config_section(job, assets_by_step: dict[str, list[str]]) -> str:
             continue  # asset checks and steps without settings
         assets = ", ".join(f"`{name}`" for name in assets_by_step.get(step, []))
         lines += [f"### `{step}`", "", f"Materialises {assets}." if assets else "", ""]
-        lines += ["| setting | type | default | meaning |", "|---|---|---|---|"]
+        lines += ["| setting | type | range | default | meaning |", "|---|---|---|---|---|"]
         for name, field in fields.items():
             default = _default(field.default_value) if field.default_provided else "required"
+            bounds = _range(allowed(settings[step], name)) if step in settings else ""
             lines.append(
-                f"| `{name}` | {_type_name(field.config_type)} | {default} | {_cell(field.description or '')} |"
+                f"| `{name}` | {_type_name(field.config_type)} | {bounds} | {default} | "
+                f"{_cell(field.description or '')} |"
             )
         lines.append("")
     return "\n".join(line for line in lines if line is not None)
+
+
+def _range(text: str) -> str:
+    """A setting's range for a table cell: the bounds (`above 0 and at most 1000`), not the type the type column
+    gives; text and flags have none."""
+    for kind in ("a whole number, ", "a finite number, ", "a whole number", "a finite number"):
+        text = text.replace(kind, "")
+    return "" if text in ("str", "bool") or text.startswith("one of") else _cell(text or "finite")
+
+
+def _bounds(info) -> str:
+    """A resource field's pydantic bounds (`Field(gt=0)`) in the words settings use."""
+    words = {"gt": "above", "ge": "at least", "lt": "below", "le": "at most"}
+    bounds = [f"{words[name]} {getattr(item, name)}" for item in info.metadata for name in words if hasattr(item, name)]
+    return " and ".join(bounds)
 
 
 def _assets_by_step(defs) -> dict[str, list[str]]:
@@ -154,10 +181,10 @@ def _resources_section(defs) -> str:
             if not fields:
                 lines += ["No settings.", ""]
                 continue
-            lines += ["| field | type | default | meaning |", "|---|---|---|---|"]
+            lines += ["| field | type | range | default | meaning |", "|---|---|---|---|---|"]
             for name, info in fields.items():
                 lines.append(
-                    f"| `{name}` | {_annotation(info.annotation)} | {_field_default(info)} | "
+                    f"| `{name}` | {_annotation(info.annotation)} | {_bounds(info)} | {_field_default(info)} | "
                     f"{_cell(info.description or '')} |"
                 )
             lines.append("")
@@ -197,12 +224,14 @@ def _environment_section() -> str:
     lines += [
         "Read by `rm-pipeline`, `dagster dev` and the deployment's processes; a blank value counts as unset.",
         "",
-        "| variable | default | meaning |",
-        "|---|---|---|",
+        "| variable | allowed | default | meaning |",
+        "|---|---|---|---|",
     ]
     for variable in sorted(VARIABLES, key=lambda variable: variable.name):
-        default = f"`{variable.default}`" if variable.default else "–"  # the meaning says what the code picks
-        lines.append(f"| `{variable.name}` | {default} | {_cell(variable.meaning)} |")
+        default = f"`{variable.default}`" if variable.default else NONE  # the meaning says what the code picks
+        lines.append(
+            f"| `{variable.name}` | {_cell(variable.allowed) or NONE} | {default} | {_cell(variable.meaning)} |"
+        )
     return "\n".join(lines + [""])
 
 

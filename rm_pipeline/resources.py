@@ -9,6 +9,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
+from rm_pipeline.config import check_launched_run_config
 from rm_pipeline.lib.dpo import DpoInputError, DpoSettings, read_policy_record
 from rm_pipeline.lib.environment import DPO_POLICY, DPO_REFERENCE
 from rm_pipeline.lib.evaluation.inputs import EvaluationFolder
@@ -38,6 +39,8 @@ class PipelineStorage(dg.ConfigurableResource):
         def fail_abandoned(previous: dict):
             return fail_abandoned_run(context.instance, previous, self.root) if context.instance else None
 
+        if context.dagster_run is not None:  # the run's first code (in-process executor): no step has run yet
+            check_launched_run_config(context.dagster_run.run_config)
         with hold_for_run(self.root, context.run_id, fail_abandoned) as abandoned:
             if abandoned is not None:
                 context.log.warning(f"run {abandoned.run_id} died holding {self.root}; reported it failed")

@@ -257,7 +257,7 @@ def test_the_interval_is_a_setting_overridable_from_the_environment():
     assert FolderWatchSettings.from_environment({INTERVAL_VARIABLE: "5"}).interval_seconds == 5
     assert build_annotation_folder_sensor(FolderWatchSettings(interval_seconds=5)).minimum_interval_seconds == 5
     for bad in ("0", "soon", "1.5"):
-        with pytest.raises(ValueError, match=f"{INTERVAL_VARIABLE} must be a whole number of seconds"):
+        with pytest.raises(ValueError, match=f"{INTERVAL_VARIABLE} must be a whole number, at least 1"):
             FolderWatchSettings.from_environment({INTERVAL_VARIABLE: bad})
 
 

@@ -225,7 +225,6 @@ def test_a_policy_without_a_recorded_or_given_reference_is_refused(tmp_path):
     [
         (["--base-model", "{missing}", "--pairs", "{pairs}"], "can't be loaded as a local causal language model"),
         (["--base-model", "{base}", "--home", "{home}"], "no published split under this storage root"),
-        (["--base-model", "{base}", "--pairs", "{pairs}", "--beta", "0"], "--beta must be above 0"),
         (["--base-model", "{base}", "--pairs", "{pairs}", "--max-length", "3"], "none of the 2 pairs fits in 3"),
     ],
 )

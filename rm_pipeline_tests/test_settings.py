@@ -20,7 +20,7 @@ from rm_pipeline.lib.evaluation.report import ReportSettings
 from rm_pipeline.lib.pairs import PairSettings
 from rm_pipeline.lib.promotion import PromotionSettings
 from rm_pipeline.lib.scoring import ScoringSettings
-from rm_pipeline.lib.settings import build_settings
+from rm_pipeline.lib.settings import allowed, build_settings
 from rm_pipeline.lib.split import SplitSettings
 from rm_pipeline.lib.training.settings import TrainingSettings
 from rm_pipeline.resources import BaseModelResource
@@ -236,7 +236,8 @@ def test_settings_options_carry_the_fields_help_default_and_choices(command, set
         if field.name not in names:
             continue
         action = actions[field.name]
-        assert action.help == f"{field.metadata['help']} (default: {field.default})".replace("%", "%%")
+        described = f"{field.metadata['help']} ({allowed(settings, field.name)}; default: {field.default})"
+        assert action.help == described.replace("%", "%%")  # the range too, as the field declares it
         assert action.default is None  # unset: the dataclass's default applies
         if typing.get_origin(hints[field.name]) is typing.Literal:
             assert tuple(action.choices) == typing.get_args(hints[field.name])

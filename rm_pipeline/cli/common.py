@@ -58,19 +58,37 @@ def settings_options(
     names: Iterable[str],
     types: Mapping[str, Callable[[str], Any]] | None = None,
 ) -> None:
-    """One `--option` per named field of a settings dataclass, its help text and default as the field declares
-    them, its choices from a `Literal` type; `types` overrides the parser of a value (e.g. `positive_int`).
+    """One `--option` per named field of a settings dataclass, its help text, default and range as the field
+    declares them, its choices from a `Literal` type; a number outside its range is a bad option (status 2, one
+    line naming the option and the range). `types` overrides the parser of a value (e.g. `positive_int`).
     Unset options stay None: the dataclass's default applies (`settings_from_args`)."""
+    from rm_pipeline.lib.settings import allowed
+
     fields = {field.name: field for field in dataclasses.fields(settings_type)}
     hints = typing.get_type_hints(settings_type)
     for name in names:
         field, hint = fields[name], hints[name]
-        help_text = f"{field.metadata.get('help', '')} (default: {field.default})".replace("%", "%%")
+        help_text = f"{field.metadata.get('help', '')} ({allowed(settings_type, name)}; default: {field.default})"
+        help_text = help_text.replace("%", "%%")
         if typing.get_origin(hint) is typing.Literal:
             command.add_argument(f"--{name.replace('_', '-')}", choices=typing.get_args(hint), help=help_text)
         else:
-            kind = (types or {}).get(name, hint)
+            kind = (types or {}).get(name) or (_within_range(settings_type, name) if hint in (int, float) else hint)
             command.add_argument(f"--{name.replace('_', '-')}", type=kind, help=help_text)
+
+
+def _within_range(settings_type: type, name: str) -> Callable[[str], Any]:
+    """An option's parser: the number, within the range its setting declares; else argparse's one-line error."""
+    from rm_pipeline.lib.settings import SettingError, parse_setting
+
+    def parse(text: str) -> Any:
+        try:
+            return parse_setting(settings_type, name, text, "")
+        except SettingError as error:
+            raise argparse.ArgumentTypeError(str(error).strip()) from None
+
+    parse.__name__ = typing.get_type_hints(settings_type)[name].__name__  # argparse names the type in its errors
+    return parse
 
 
 def settings_from_args(settings_type: type[Settings], args: argparse.Namespace, names: Iterable[str]) -> Settings:
@@ -88,11 +106,25 @@ def storage_root(home: str | None) -> Path:
     return root
 
 
+def check_environment() -> None:
+    """Every environment variable the code location reads, checked as it checks them when it loads: the first
+    bad one is a SettingError, one line naming it, its value and what it may be."""
+    from rm_pipeline.automation import check_cron
+    from rm_pipeline.lib.automation import AutomationSettings, FolderWatchSettings
+    from rm_pipeline.lib.environment import check_environment as check_declared
+
+    check_declared()
+    FolderWatchSettings.from_environment()
+    check_cron(AutomationSettings.from_environment().retrain_cron)
+
+
 def use_home(home: str | None, create: bool = True) -> Path:
-    """Pin the storage root and the Dagster instance beneath it, so the UI sees headless runs. `create`: make
+    """Pin the storage root and the Dagster instance beneath it, so the UI sees headless runs. First, every
+    environment variable is checked (a bad one is one line, exit 3, before anything starts). `create`: make
     them (a command that writes); else a root that isn't there is named, nothing created (a command that reads)."""
     from rm_pipeline.lib.storage_lock import lock_file_problem, stale_content
 
+    check_environment()
     root = storage_root(home)
     os.environ[HOME.name] = str(root)
     dagster_home = Path(DAGSTER_HOME.get() or root / "dagster")
@@ -142,9 +174,10 @@ def input_errors() -> tuple[type[Exception], ...]:
     """What bad input raises: exit status 3 with its message, never a traceback."""
     from rm_pipeline.lib.dpo import DpoInputError
     from rm_pipeline.lib.scoring import CandidateFileError
+    from rm_pipeline.lib.settings import SettingError
     from rm_pipeline.lib.table_files import AnnotationFileError
 
-    return InputError, AnnotationFileError, CandidateFileError, DpoInputError
+    return InputError, AnnotationFileError, CandidateFileError, DpoInputError, SettingError
 
 
 def print_quarantine(quarantine, suffix: str = "") -> None:

@@ -13,7 +13,6 @@ from pathlib import Path
 from rm_pipeline.cli.common import (
     InputError,
     home_options,
-    positive_int,
     print_quarantine,
     settings_from_args,
     settings_options,
@@ -22,7 +21,6 @@ from rm_pipeline.cli.common import (
 from rm_pipeline.lib.environment import DPO_POLICY
 
 DPO_OPTIONS = ("beta", "learning_rate", "epochs", "max_steps", "batch_size", "max_length")
-ABOVE_ZERO = ("beta", "learning_rate", "epochs")
 
 
 def add_command(commands) -> None:
@@ -43,16 +41,13 @@ def add_command(commands) -> None:
         type=Path,
         help="policy folder (default: <storage root>/dpo-policies/dpo-<time>; models/ holds reward models)",
     )
-    settings_options(dpo, DpoSettings, DPO_OPTIONS, types={"batch_size": positive_int, "max_length": positive_int})
+    settings_options(dpo, DpoSettings, DPO_OPTIONS)  # each number within the range DpoSettings declares
     dpo.set_defaults(handler=train_dpo_baseline)
 
 
 def train_dpo_baseline(args: argparse.Namespace) -> int:
     from rm_pipeline.lib.dpo import DpoSettings, train_dpo_policy
 
-    for name in ABOVE_ZERO:
-        if getattr(args, name) is not None and getattr(args, name) <= 0:
-            raise InputError(f"--{name.replace('_', '-')} must be above 0, not {getattr(args, name)}")
     settings = settings_from_args(DpoSettings, args, DPO_OPTIONS)
     root = storage_root(args.home)
     pairs, source = training_pairs(args.pairs, root)

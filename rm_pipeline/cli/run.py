@@ -202,21 +202,86 @@ def summary(metadata: dict) -> str:
 
 
 def read_run_config(job, path: Path) -> dict:
-    """The run config in `path`, checked against the job's config schema before anything runs."""
+    """The run config in `path` (JSON by its `.json` suffix, else YAML), checked against the job's config schema
+    and every setting's range before anything runs."""
     import dagster as dg
-    import yaml
+
+    from rm_pipeline.config import check_run_config
+    from rm_pipeline.lib.settings import SettingError, one_line
 
     try:
-        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        config = parse_run_config(text, json_file=path.suffix.lower() == ".json")
     except (OSError, UnicodeDecodeError) as error:
-        raise InputError(f"{path}: can't be read ({error})") from None
-    except yaml.YAMLError as error:
-        raise InputError(f"{path}: not YAML or JSON ({' '.join(str(error).split())})") from None
+        raise InputError(f"{path}: can't be read ({one_line(error)})") from None
+    except ValueError as error:
+        kind = "JSON" if path.suffix.lower() == ".json" else "YAML or JSON"
+        raise InputError(one_line(f"{path}: not {kind} ({error})")) from None
     if not isinstance(config, dict):
         raise InputError(f"{path}: not a run config (a mapping such as `ops: {{...}}`)")
     try:
         dg.validate_run_config(job, config)
+        check_run_config(config)
     except dg.DagsterInvalidConfigError as error:
         problems = "; ".join(problem.message for problem in error.errors)
-        raise InputError(f"{path}: not a valid run config for {job.name}: {problems}") from None
+        raise InputError(one_line(f"{path}: not a valid run config for {job.name}: {problems}")) from None
+    except SettingError as error:
+        raise InputError(one_line(f"{path}: {error}")) from None
     return config
+
+
+def parse_run_config(text: str, json_file: bool) -> object:
+    """JSON, or YAML read as YAML 1.2 reads numbers (`2e-05` is a float), with no alias (`*name`: a billion
+    laughs is a few lines) and no key given twice; ValueError says where."""
+    import yaml
+
+    if json_file:
+
+        def no_duplicates(pairs):
+            keys = [key for key, _ in pairs]
+            repeated = sorted({key for key in keys if keys.count(key) > 1})
+            if repeated:
+                raise ValueError(f"key {repeated[0]!r} given twice in one object")
+            return dict(pairs)
+
+        return json.loads(text, object_pairs_hook=no_duplicates)
+    try:
+        return yaml.load(text, Loader=_run_config_loader())  # noqa: S506 (a SafeLoader, narrowed further)
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark
+        raise ValueError(
+            f"line {mark.line + 1}, column {mark.column + 1}: {error.problem}" if mark else error
+        ) from None
+    except yaml.YAMLError as error:
+        raise ValueError(str(error)) from None
+
+
+def _run_config_loader():
+    """yaml.SafeLoader without aliases and duplicate keys, with YAML 1.2's exponent floats."""
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                mark = self.peek_event().start_mark
+                raise yaml.composer.ComposerError(
+                    None, None, "aliases (*name) are not allowed in a run config: write the value out", mark
+                )
+            return super().compose_node(parent, index)
+
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                if isinstance(key, str) and key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} given twice in one mapping", key_node.start_mark
+                    )
+                seen.add(key)
+            return super().construct_mapping(node, deep)
+
+    exponent = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", exponent, list("-+0123456789."))
+    return Loader

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from rm_pipeline.cli.common import InputError, print_quarantine
+from rm_pipeline.cli.common import InputError, positive_int, print_quarantine
 
 
 def add_command(commands) -> None:
@@ -24,7 +24,7 @@ def add_command(commands) -> None:
     )
     validate.add_argument(
         "--max-length",
-        type=int,
+        type=positive_int,
         help=f"token limit of a pair under the base model's tokenizer (default: {DEFAULT_MAX_LENGTH})",
     )
     validate.set_defaults(handler=validate_files)

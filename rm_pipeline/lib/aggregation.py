@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from rm_pipeline.lib.annotations import first_rows
-from rm_pipeline.lib.settings import setting
+from rm_pipeline.lib.settings import check_settings, setting
 
 AggregationMethod = Literal["majority_vote", "dawid_skene"]
 TiePolicy = Literal["count_as_vote", "ignore"]
@@ -62,16 +62,29 @@ class AggregationSettings:
         "dawid_skene", "How votes become a winner (crowd-kit); majority vote is always reported too."
     )
     tie_policy: TiePolicy = setting("count_as_vote", "count_as_vote: 'tie' can win; ignore: only a/b votes decide.")
-    max_iterations: int = setting(50, "Dawid-Skene EM iterations at most.")
+    max_iterations: int = setting(50, "Dawid-Skene EM iterations at most.", minimum=1, maximum=100_000)
+
+    def __post_init__(self):
+        check_settings(self)
 
 
 @dataclass(frozen=True)
 class ReviewThresholds:
     agreement_threshold: float = setting(
-        1.0, "Winners backed by a smaller share of votes go to review (1.0: anything not unanimous)."
+        1.0,
+        "Winners backed by a smaller share of votes go to review (1.0: anything not unanimous).",
+        minimum=0,
+        maximum=1,
     )
-    tie_heavy_share: float = setting(0.5, "Tie share at which a comparison with a-or-b votes is disputed.")
-    min_annotator_reliability: float = setting(0.0, "Items whose annotators' mean reliability is lower go to review.")
+    tie_heavy_share: float = setting(
+        0.5, "Tie share at which a comparison with a-or-b votes is disputed.", minimum=0, maximum=1
+    )
+    min_annotator_reliability: float = setting(
+        0.0, "Items whose annotators' mean reliability is lower go to review.", minimum=0, maximum=1
+    )
+
+    def __post_init__(self):
+        check_settings(self)
 
 
 @dataclass

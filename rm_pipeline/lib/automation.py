@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from rm_pipeline.lib.environment import RETRAIN_CRON, RETRAIN_TIMEZONE, SENSOR_INTERVAL
-from rm_pipeline.lib.settings import setting
+from rm_pipeline.lib.settings import check_settings, parse_setting, setting
 from rm_pipeline.lib.table_files import SETTLE_SECONDS
 
 CRON_VARIABLE = RETRAIN_CRON.name
@@ -41,20 +41,21 @@ class AutomationSettings:
 @dataclass(frozen=True)
 class FolderWatchSettings:
     interval_seconds: int = setting(
-        int(SENSOR_INTERVAL.default), f"Seconds between two looks at the annotation folder (${INTERVAL_VARIABLE})."
+        int(SENSOR_INTERVAL.default),
+        f"Seconds between two looks at the annotation folder (${INTERVAL_VARIABLE}).",
+        minimum=1,
     )
     settle_seconds: float = setting(
-        SETTLE_SECONDS, "A batch file modified more recently than this is still being written: left for the next look."
+        SETTLE_SECONDS,
+        "A batch file modified more recently than this is still being written: left for the next look.",
+        minimum=0,
     )
+
+    def __post_init__(self):
+        check_settings(self)
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] = os.environ) -> FolderWatchSettings:
         """The defaults, the interval overridden by $RM_PIPELINE_SENSOR_INTERVAL when it is set."""
-        value = SENSOR_INTERVAL.get(environ)
-        try:
-            seconds = int(value)
-        except ValueError:
-            seconds = 0
-        if seconds < 1:
-            raise ValueError(f"${INTERVAL_VARIABLE} must be a whole number of seconds, at least 1; got {value!r}")
+        seconds = parse_setting(cls, "interval_seconds", SENSOR_INTERVAL.get(environ), f"${INTERVAL_VARIABLE}")
         return cls(interval_seconds=seconds)

@@ -24,7 +24,7 @@ from rm_pipeline.lib.evaluation.accuracy import pair_credit
 from rm_pipeline.lib.evaluation.statistics import bootstrap_interval, rate_interval
 from rm_pipeline.lib.model_files import POLICY_FILE
 from rm_pipeline.lib.scoring import pad_right
-from rm_pipeline.lib.settings import setting
+from rm_pipeline.lib.settings import check_settings, setting
 from rm_pipeline.lib.tokenization import prompt_messages, prompt_text
 
 COMPARISON_FILE = "dpo_comparison.json"  # beside the evaluation report
@@ -34,16 +34,26 @@ DISAGREEMENTS_FILE = "dpo_disagreements.csv"
 @dataclass(frozen=True)
 class DpoSettings:
     beta: float = setting(
-        0.1, "DPO's β: how hard the policy is held to its reference. The implicit reward is β·log(πθ/πref)."
+        0.1,
+        "DPO's β: how hard the policy is held to its reference. The implicit reward is β·log(πθ/πref).",
+        above=0,
+        maximum=100,
     )
-    learning_rate: float = setting(1e-6, "Learning rate of the DPO policy (TRL's default for DPO).")
-    epochs: float = setting(1.0, "Passes over the training pairs.")
-    max_steps: int = setting(-1, "Stop after this many optimiser steps (-1: run every epoch).")
-    batch_size: int = setting(8, "Pairs per optimiser step, and per forward pass when scoring.")
+    learning_rate: float = setting(1e-6, "Learning rate of the DPO policy (TRL's default for DPO).", above=0, maximum=1)
+    epochs: float = setting(1.0, "Passes over the training pairs.", above=0, maximum=1000)
+    max_steps: int = setting(
+        -1, "Stop after this many optimiser steps (-1: run every epoch).", minimum=1, special=(-1,)
+    )
+    batch_size: int = setting(8, "Pairs per optimiser step, and per forward pass when scoring.", minimum=1)
     max_length: int = setting(
-        1024, "Prompt + response tokens of the policy's tokenizer; longer pairs are left out and counted, never cut."
+        1024,
+        "Prompt + response tokens of the policy's tokenizer; longer pairs are left out and counted, never cut.",
+        minimum=1,
     )
-    seed: int = setting(0, "Seed of the data order and initialisation.")
+    seed: int = setting(0, "Seed of the data order and initialisation.", minimum=0, maximum=2**32 - 1)
+
+    def __post_init__(self):
+        check_settings(self)
 
 
 class DpoInputError(ValueError):

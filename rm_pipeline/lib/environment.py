@@ -5,8 +5,13 @@ reference is generated from `VARIABLES`. Knows nothing of Dagster."""
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from rm_pipeline.lib.settings import SettingError, shown
+
+LAUNCHER_NAMES = ("subprocess", "docker", "k8s")
 
 
 @dataclass(frozen=True)
@@ -14,10 +19,31 @@ class EnvironmentVariable:
     name: str
     default: str  # "" where the code picks the default (a bundled folder, a settings field)
     meaning: str
+    allowed: str = ""  # what a value may be, in words, where `valid` checks it
+    valid: Callable[[str], bool] | None = None
 
     def get(self, environ: Mapping[str, str] = os.environ) -> str:
-        """The value, stripped; the default when it is unset or blank."""
-        return environ.get(self.name, "").strip() or self.default
+        """The value, stripped; the default when it is unset or blank. A value `valid` refuses is a SettingError:
+        one line naming the variable, the value and what is allowed."""
+        value = environ.get(self.name, "").strip() or self.default
+        if self.valid is not None and not self.valid(value):
+            raise SettingError(f"${self.name} must be {self.allowed}; got {shown(value)}")
+        return value
+
+
+def _time_zone(name: str) -> bool:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a name too long for a file
+        return False
+    return True
+
+
+def check_environment(environ: Mapping[str, str] = os.environ) -> None:
+    """Every variable with a declared check, read once: the first bad one is a SettingError (at `rm-pipeline run`
+    and `ui` start, before anything runs; the code location reads them as it loads)."""
+    for variable in VARIABLES:
+        variable.get(environ)
 
 
 HOME = EnvironmentVariable(
@@ -47,13 +73,22 @@ RETRAIN_CRON = EnvironmentVariable(
     "RM_PIPELINE_RETRAIN_CRON",
     "0 3 * * 1",
     "Cron schedule on which reward_model is retrained when the approved split changed (Mondays 03:00).",
+    "a cron schedule Dagster accepts, such as '0 3 * * 1'",  # checked by rm_pipeline.automation.check_cron
 )
-RETRAIN_TIMEZONE = EnvironmentVariable("RM_PIPELINE_RETRAIN_TIMEZONE", "UTC", "Time zone of the retraining schedule.")
+RETRAIN_TIMEZONE = EnvironmentVariable(
+    "RM_PIPELINE_RETRAIN_TIMEZONE",
+    "UTC",
+    "Time zone of the retraining schedule.",
+    "an IANA time zone such as UTC or Europe/Paris",
+    _time_zone,
+)
 TRAINING_LAUNCHER = EnvironmentVariable(
     "RM_PIPELINE_TRAINING_LAUNCHER",
     "subprocess",
     "Where the training worker runs: `subprocess` (a child process of the run), `docker` (a container on the "
     "Docker engine the run talks to) or `k8s` (a pod in the cluster).",
+    f"one of {', '.join(LAUNCHER_NAMES)}",
+    lambda value: value in LAUNCHER_NAMES,
 )
 TRAINING_IMAGE = EnvironmentVariable(
     "RM_PIPELINE_TRAINING_IMAGE", "rm-pipeline-user-code:latest", "Image of the training container or pod."
@@ -62,6 +97,8 @@ TRAINING_GPUS = EnvironmentVariable(
     "RM_PIPELINE_TRAINING_GPUS",
     "1",
     "NVIDIA GPUs the training container or pod gets; more than one trains under accelerate (DDP), 0 on CPUs.",
+    "a whole number, at least 0",
+    lambda value: value.isascii() and value.isdigit(),
 )
 TRAINING_NETWORK = EnvironmentVariable(
     "RM_PIPELINE_TRAINING_NETWORK", "", "Docker network of the training container; empty: Docker's default."

@@ -12,7 +12,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from rm_pipeline.lib.settings import check_choices, setting
+from rm_pipeline.lib.settings import check_settings, setting
 from rm_pipeline.lib.tokenization import DEFAULT_MAX_LENGTH
 
 # Checked in this order; a pair is rejected for the first rule it breaks.
@@ -81,7 +81,7 @@ class PairSettings:
     )
 
     def __post_init__(self):
-        check_choices(self)
+        check_settings(self)
 
 
 def tie_pairs(pairs: pd.DataFrame) -> pd.Series:

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from rm_pipeline.lib.evaluation.statistics import CONFIDENCE, paired_difference, rate_interval
-from rm_pipeline.lib.settings import setting
+from rm_pipeline.lib.settings import check_settings, setting
 from rm_pipeline.lib.split import normalised_prompt, prompt_groups
 
 PROMOTED, NOT_PROMOTED = "promoted", "not_promoted"
@@ -26,10 +26,17 @@ class PromotionSettings:
         0.02,
         "Accuracy the candidate may lose against the current model: it is not promoted only when the upper "
         "bound of the interval of (candidate - current) accuracy on the same pairs is below -margin.",
+        minimum=0,
+        maximum=1,
     )
-    confidence: float = setting(CONFIDENCE, "Confidence of the intervals.")
-    resamples: int = setting(2000, "Bootstrap resamples (of prompt groups).")
-    seed: int = setting(0, "Seed of the bootstrap: the same scores give the same decision.")
+    confidence: float = setting(CONFIDENCE, "Confidence of the intervals.", above=0, below=1)
+    resamples: int = setting(2000, "Bootstrap resamples (of prompt groups).", minimum=1, maximum=1_000_000)
+    seed: int = setting(
+        0, "Seed of the bootstrap: the same scores give the same decision.", minimum=0, maximum=2**32 - 1
+    )
+
+    def __post_init__(self):
+        check_settings(self)
 
 
 @dataclass(frozen=True)

@@ -23,18 +23,18 @@ from rm_pipeline.lib.model_files import (
     weights_sha256,
 )
 from rm_pipeline.lib.precision import SCORING_PRECISION_HELP, Precision, autocast, head_in_fp32, scores_in_bf16
-from rm_pipeline.lib.settings import check_choices, setting
+from rm_pipeline.lib.settings import check_settings, setting
 from rm_pipeline.lib.table_files import MAX_JSON_DEPTH, _bad_char, json_depth_exceeds
 from rm_pipeline.lib.tokenization import check_remote_code, encode, load_tokenizer
 
 
 @dataclass(frozen=True)
 class ScoringSettings:
-    batch_size: int = setting(32, "Sequences per forward pass (sorted by length, no gradient).")
+    batch_size: int = setting(32, "Sequences per forward pass (sorted by length, no gradient).", minimum=1)
     precision: Precision = setting("auto", SCORING_PRECISION_HELP)
 
     def __post_init__(self):
-        check_choices(self)
+        check_settings(self)
 
 
 SCORING_BATCH_SIZE = ScoringSettings.batch_size

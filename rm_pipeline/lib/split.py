@@ -17,15 +17,18 @@ import pandas as pd
 from scipy import sparse
 from scipy.sparse import csgraph
 
-from rm_pipeline.lib.settings import setting
+from rm_pipeline.lib.settings import check_settings, setting
 
 NO_DOMAIN = "(none)"  # how a pair without a domain is shown and stratified
 
 
 @dataclass(frozen=True)
 class SplitSettings:
-    eval_fraction: float = setting(0.2, "Share of prompt groups held out for evaluation.")
+    eval_fraction: float = setting(0.2, "Share of prompt groups held out for evaluation.", above=0, below=1)
     seed: int = setting(0, "Salt of the group hash: change it for a different, equally stable split.")
+
+    def __post_init__(self):
+        check_settings(self)
 
 
 def group_scores(keys: pd.Series, seed: int) -> pd.Series:

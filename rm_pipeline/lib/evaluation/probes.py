@@ -43,7 +43,7 @@ import pandas as pd
 from rm_pipeline.lib.evaluation.accuracy import TIE_TOLERANCE, pair_credit
 from rm_pipeline.lib.evaluation.statistics import CONFIDENCE, rate_interval
 from rm_pipeline.lib.markdown import markdown_table, with_intervals
-from rm_pipeline.lib.settings import setting
+from rm_pipeline.lib.settings import check_settings, setting
 
 SOURCE_PREFIX = "probe:"
 
@@ -54,8 +54,17 @@ class ProbeSettings:
         100,
         "Held-out pairs sampled for the shortcut probes (all when there are fewer); each probe scores one "
         "perturbed answer per pair, so 100 pairs add at most 500 answers to score.",
+        minimum=1,
     )
-    seed: int = setting(0, "Seed of the sample and of each perturbation's choices (filler, phrasing, sentence).")
+    seed: int = setting(
+        0,
+        "Seed of the sample and of each perturbation's choices (filler, phrasing, sentence).",
+        minimum=0,
+        maximum=2**32 - 1,
+    )
+
+    def __post_init__(self):
+        check_settings(self)
 
 
 FILLER = (

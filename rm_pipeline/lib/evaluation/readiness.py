@@ -12,16 +12,16 @@ import pandas as pd
 
 from rm_pipeline.lib.asset_values import READY
 from rm_pipeline.lib.markdown import shown
-from rm_pipeline.lib.settings import setting
+from rm_pipeline.lib.settings import check_settings, setting
 from rm_pipeline.lib.split import normalised_prompt
 
 
 @dataclass(frozen=True)
 class ReadinessThresholds:
-    min_length_matched_accuracy: float = setting(0.6, "On held-out pairs within 10% in length.")
-    min_fresh_policy_accuracy: float = setting(0.6, "On human-labelled pairs of fresh outputs.")
-    max_ece: float = setting(0.1, "Expected calibration error of sigmoid(margin), held out.")
-    min_pairs: int = setting(30, "Fewer pairs than this are not evidence either way.")
+    min_length_matched_accuracy: float = setting(0.6, "On held-out pairs within 10% in length.", minimum=0, maximum=1)
+    min_fresh_policy_accuracy: float = setting(0.6, "On human-labelled pairs of fresh outputs.", minimum=0, maximum=1)
+    max_ece: float = setting(0.1, "Expected calibration error of sigmoid(margin), held out.", minimum=0, maximum=1)
+    min_pairs: int = setting(30, "Fewer pairs than this are not evidence either way.", minimum=1)
     max_probe_flip_rate: float = setting(
         0.2,
         "Highest flip rate allowed on the worst shortcut probe (padding, flattery, Markdown, truncation, "
@@ -29,12 +29,17 @@ class ReadinessThresholds:
         "that the shortcut alone turns toward the worse answer. A model blind to the change flips near 0 and one that "
         "ignores content about 0.5; 0.2 leaves room for near-tied pairs but not for a shortcut that decides "
         "one pair in five.",
+        minimum=0,
+        maximum=1,
     )
     strict: bool = setting(
         False,
         "A not-ready model fails the run (the reward_model_ready check at ERROR severity, blocking what follows); "
         "otherwise the run succeeds and the check shows failed at WARN severity.",
     )
+
+    def __post_init__(self):
+        check_settings(self)
 
 
 def split_overlap(split: pd.DataFrame) -> dict:

@@ -36,7 +36,7 @@ from rm_pipeline.lib.evaluation.slices import HIGH_AGREEMENT, by_agreement, by_d
 from rm_pipeline.lib.evaluation.statistics import CONFIDENCE
 from rm_pipeline.lib.markdown import format_number
 from rm_pipeline.lib.model_files import write_atomically
-from rm_pipeline.lib.settings import setting
+from rm_pipeline.lib.settings import check_settings, setting
 from rm_pipeline.lib.split import NO_DOMAIN
 
 PAIR_SOURCES = ("held_out", "disagreement", "fresh_policy", "benchmark")
@@ -56,19 +56,30 @@ class ReportSettings:
     leaderboard_column: str = setting(
         "length_controlled_winrate", "Column the policies' mean reward is rank-correlated with."
     )
-    calibration_bins: int = setting(10, "Bins of the reliability diagram and of the expected calibration error.")
-    high_agreement: float = setting(HIGH_AGREEMENT, "Chosen share from which annotators count as agreeing.")
+    calibration_bins: int = setting(
+        10, "Bins of the reliability diagram and of the expected calibration error.", minimum=1, maximum=1000
+    )
+    high_agreement: float = setting(
+        HIGH_AGREEMENT, "Chosen share from which annotators count as agreeing.", minimum=0.5, maximum=1
+    )
     min_domain_pairs: int = setting(
-        20, "Held-out domains with fewer pairs are folded into one `other` row of the tables (the JSON keeps each)."
+        20,
+        "Held-out domains with fewer pairs are folded into one `other` row of the tables (the JSON keeps each).",
+        minimum=0,
     )
     confidence: float = setting(
         CONFIDENCE,
         "Confidence of every interval (rates: a bootstrap over prompt groups where pairs share prompts, Wilson "
         "otherwise; correlations: a bootstrap over prompt groups, or over policies for the leaderboard).",
+        above=0,
+        below=1,
     )
     length_match_tolerance: float = setting(
-        LENGTH_MATCH_TOLERANCE, "Relative length difference under which two answers are length-matched."
+        LENGTH_MATCH_TOLERANCE, "Relative length difference under which two answers are length-matched.", minimum=0
     )
+
+    def __post_init__(self):
+        check_settings(self)
 
 
 def build_report(

@@ -36,6 +36,15 @@ def reward_statistics(scored: pd.DataFrame) -> dict:
     }
 
 
+def check_trained(global_step: int) -> None:
+    """A model that took no optimiser step is its base checkpoint with a random head: never published."""
+    if global_step < 1:
+        raise ValueError(
+            "training took 0 optimiser steps (no train pairs, or epochs too small for one batch): "
+            "nothing to publish; the reward_model step fails instead"
+        )
+
+
 def train_reward_model(
     train: pd.DataFrame,
     evaluation: pd.DataFrame,
@@ -55,6 +64,7 @@ def train_reward_model(
     progress = progress_callback(report)
     trainer = build_trainer(model, tokenizer, peft_config, data, settings, checkpoint_dir, progress)
     output, train_seconds, resumed_from = fit(trainer, checkpoint_dir, report)
+    check_trained(output.global_step)
     if not trainer.is_world_process_zero():  # under DDP, one process scores and publishes
         return TrainingResult(models_dir, {}, progress.history)
 

@@ -12,7 +12,7 @@ from rm_pipeline.lib.precision import (
     PRECISION_HELP,
     Precision,
 )
-from rm_pipeline.lib.settings import check_choices, setting
+from rm_pipeline.lib.settings import check_settings, setting
 from rm_pipeline.lib.tokenization import DEFAULT_MAX_LENGTH
 
 Report = Callable[[str, dict], None]  # (kind: "log" | "progress", payload)
@@ -30,15 +30,17 @@ class TrainingSettings:
         "tokenizer preference_pairs counted tokens with).",
     )
     trust_remote_code: bool = setting(False, "Run code shipped with the model (set on the base_model resource).")
-    max_length: int = setting(DEFAULT_MAX_LENGTH, "Longest pair in tokens (set on the base_model resource).")
+    max_length: int = setting(DEFAULT_MAX_LENGTH, "Longest pair in tokens (set on the base_model resource).", minimum=1)
     # the optimisation
-    epochs: float = setting(1.0, "Passes over the train split.")
-    learning_rate: float = setting(5e-5, "Peak learning rate (linear decay).")
-    warmup_ratio: float = setting(0.1, "Share of steps with a linearly rising learning rate.")
-    weight_decay: float = setting(0.0, "AdamW weight decay.")
-    batch_size: int = setting(16, "Pairs per device and step.")
-    gradient_accumulation_steps: int = setting(1, "Steps whose gradients add up before an update.")
-    seed: int = setting(0, "Seed of the score head's initialisation and of the data order.")
+    epochs: float = setting(1.0, "Passes over the train split.", above=0, maximum=1000)
+    learning_rate: float = setting(5e-5, "Peak learning rate (linear decay).", above=0, maximum=1)
+    warmup_ratio: float = setting(0.1, "Share of steps with a linearly rising learning rate.", minimum=0, maximum=1)
+    weight_decay: float = setting(0.0, "AdamW weight decay.", minimum=0, maximum=1)
+    batch_size: int = setting(16, "Pairs per device and step.", minimum=1)
+    gradient_accumulation_steps: int = setting(1, "Steps whose gradients add up before an update.", minimum=1)
+    seed: int = setting(
+        0, "Seed of the score head's initialisation and of the data order.", minimum=0, maximum=2**32 - 1
+    )
     group_by_length: bool = setting(True, "Batches of similar lengths: less padding, same result.")
     gradient_checkpointing: bool = setting(False, "Trade compute for memory (large models only).")
     precision: Precision = setting("auto", PRECISION_HELP)
@@ -52,33 +54,36 @@ class TrainingSettings:
         "only with the pairs stage's tie_handling: soft.",
     )
     use_margin: bool = setting(True, "Preference strength becomes TRL's margin column.")
-    margin_per_strength: float = setting(0.5, "Margin per unit of strength.")
-    center_rewards_coefficient: float | None = setting(None, "TRL's reward centring (e.g. 0.01).")
+    margin_per_strength: float = setting(0.5, "Margin per unit of strength.", minimum=0)
+    center_rewards_coefficient: float | None = setting(None, "TRL's reward centring (e.g. 0.01).", minimum=0)
     # which weights train
     lora_rank: int = setting(
         0,
         "LoRA rank through peft (0: full fine-tuning); the score head is trained and "
         "saved (modules_to_save), and the adapter merged.",
+        minimum=0,
     )
-    lora_alpha: int = setting(16, "LoRA scaling.")
-    lora_dropout: float = setting(0.05, "LoRA dropout.")
-    train_last_n_layers: int | None = setting(None, "Freeze all but the last N transformer layers.")
+    lora_alpha: int = setting(16, "LoRA scaling.", minimum=1)
+    lora_dropout: float = setting(0.05, "LoRA dropout.", minimum=0, below=1)
+    train_last_n_layers: int | None = setting(None, "Freeze all but the last N transformer layers.", minimum=0)
     # evaluation, early stopping and progress
-    eval_steps: int = setting(100, "Evaluate and checkpoint every N steps.")
+    eval_steps: int = setting(100, "Evaluate and checkpoint every N steps.", minimum=1)
     early_stopping_patience: int | None = setting(
         3,
         "Stop after this many evaluations without better eval accuracy; the best checkpoint is kept. "
         "None: no early stopping.",
+        minimum=1,
     )
     early_stopping_eval_pairs: int = setting(
         256,
         "Eval pairs scored at each early-stopping evaluation (a fixed "
         "sample); the whole eval split is scored at the end.",
+        minimum=1,
     )
-    logging_steps: int = setting(10, "Progress (step, loss, accuracy, ETA) every N steps.")
+    logging_steps: int = setting(10, "Progress (step, loss, accuracy, ETA) every N steps.", minimum=1)
 
     def __post_init__(self):
-        check_choices(self)
+        check_settings(self)
 
     def fingerprint(self) -> str:
         return settings_fingerprint(self)
