@@ -13,6 +13,8 @@
 Each condition is labelled, so the UI's automation view shows which part held a stage back.
 """
 
+import warnings
+
 import dagster as dg
 
 from rm_pipeline.lib.asset_values import DATA_VERSION
@@ -171,12 +173,14 @@ def automate(defs: dg.Definitions, settings: AutomationSettings) -> dg.Definitio
     return defs
 
 
-automation_sensor = dg.AutomationConditionSensorDefinition(
-    "rm_pipeline_automation_sensor",
-    target=dg.AssetSelection.all(),
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    minimum_interval_seconds=30,
-    use_user_code_server=True,  # the gate, idle and split conditions are Python, evaluated in the code location
-    description="Runs the data stages when a new annotation batch arrives (one run for the chain, stopped at a "
-    "failed gate), retrains reward_model on its cron when the approved split changed, then evaluates it.",
-)
+with warnings.catch_warnings():  # said once per command otherwise, on stderr, to every user: we chose it knowingly
+    warnings.simplefilter("ignore", dg.BetaWarning)
+    automation_sensor = dg.AutomationConditionSensorDefinition(
+        "rm_pipeline_automation_sensor",
+        target=dg.AssetSelection.all(),
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=30,
+        use_user_code_server=True,  # the gate, idle and split conditions are Python, evaluated in the code location
+        description="Runs the data stages when a new annotation batch arrives (one run for the chain, stopped at a "
+        "failed gate), retrains reward_model on its cron when the approved split changed, then evaluates it.",
+    )
