@@ -87,8 +87,13 @@ def folder_files(
             skipped.append({"file": str(path), "reason": reason[0], "detail": reason[1]})
         else:
             files.append(path)
+    return settle(files, skipped, settle_seconds)
+
+
+def settle(files: list[Path], skipped: list[dict], settle_seconds: float = SETTLE_SECONDS) -> FolderFiles:
+    """The files to read once settled (``settled_files``); those still being written join `skipped`."""
     ready, busy = settled_files(files, settle_seconds)
-    skipped += [{"file": str(path), "reason": BUSY, "detail": _BUSY_DETAIL} for path in busy]
+    skipped = skipped + [{"file": str(path), "reason": BUSY, "detail": _BUSY_DETAIL} for path in busy]
     return FolderFiles(ready, busy, sorted(skipped, key=lambda row: row["file"]))
 
 
@@ -198,7 +203,9 @@ def _read_regular_file(path: Path) -> bytes:
             kind = {**_FILE_KINDS, stat.S_IFDIR: "a folder"}.get(stat.S_IFMT(status.st_mode), "a socket")
             raise AnnotationFileError(path, f"not a regular file ({kind}): only regular files are read")
         if status.st_size > MAX_FILE_BYTES:
-            raise AnnotationFileError(path, f"{status.st_size:,} bytes: larger than the {MAX_FILE_BYTES:,}-byte maximum")
+            raise AnnotationFileError(
+                path, f"{status.st_size:,} bytes: larger than the {MAX_FILE_BYTES:,}-byte maximum"
+            )
         with open(descriptor, "rb", closefd=False) as file:
             return file.read(MAX_FILE_BYTES + 1)  # bounded even if it grows meanwhile (then it is read again)
     except OSError as error:
