@@ -173,10 +173,10 @@ def read_batch_bytes(
     """
     path = Path(path)
     for _ in range(attempts):
-        before, now = _file_state(path), time.time_ns()
+        now, before = time.time_ns(), _file_state(path)  # the clock first: `now` is no later than the stat
         if before is not None and (wait := _unsettled_ns(before, now)):
             time.sleep(wait / 1e9)  # changed within a tick: wait a tick, then it must be unchanged
-            before, now = _file_state(path), time.time_ns()
+            now, before = time.time_ns(), _file_state(path)
             if before is None or _unsettled_ns(before, now):
                 continue
         data = _read_regular_file(path)
