@@ -157,10 +157,10 @@ def _unsettled_ns(state: tuple[int, int, int, int], now: int) -> int:
 
     Timestamps come from a coarse clock (a kernel tick, or whole seconds on some file systems), so two
     writes within one tick leave size and times alike: only a file last changed more than a tick before a
-    read began is known not to change during it unseen. A change time in the future (a skewed clock) can't
-    say: the size, times and inode are compared then."""
+    read began is known not to change during it unseen. A change time more than SETTLE_SECONDS ahead (a
+    skewed clock) can't say: the size, times and inode are compared then."""
     tick = 2 * 10**9 if state[3] % 10**9 == 0 else TIMESTAMP_TICK_NS
-    return max(0, state[3] + tick - now) if state[3] <= now else 0
+    return 0 if state[3] - now > SETTLE_SECONDS * 1e9 else max(0, state[3] + tick - now)
 
 
 def read_batch_bytes(
