@@ -9,6 +9,7 @@ import dagster as dg
 from rm_pipeline.asset_outputs import DATA_VERSION_TAG, records_table
 from rm_pipeline.lib.automation import FolderWatchSettings
 from rm_pipeline.lib.fingerprints import FolderFingerprint, fingerprint_folder
+from rm_pipeline.lib.table_files import SKIPPED_COLUMNS
 from rm_pipeline.resources import AnnotationSource, ReviewSource
 from rm_pipeline.stages.aggregation import review_folder
 from rm_pipeline.stages.annotations import annotation_folder
@@ -54,7 +55,8 @@ def build_annotation_folder_sensor(settings: FolderWatchSettings) -> dg.SensorDe
 def folder_version(
     directory: str, look: FolderFingerprint, key: dg.AssetKey = annotation_folder.key
 ) -> dg.AssetMaterialization:
-    """The folder's new data version, every batch in it, and what changed since the last version.
+    """The folder's new data version, every batch in it, what changed since the last version, and every entry
+    that is not a batch (file, reason, detail: a lock file, a link leaving the folder, a sub-folder...).
 
     Reported as a materialization of the external asset (vendors materialise it by writing files), not an
     observation: Dagster reads the current data version of an asset that has no observe function from its
@@ -75,6 +77,7 @@ def folder_version(
             "added": dg.MetadataValue.json(look.added),
             "changed": dg.MetadataValue.json(look.changed),
             "removed": dg.MetadataValue.json(look.removed),
+            "skipped": records_table(look.skipped, SKIPPED_COLUMNS),
         },
     )
 

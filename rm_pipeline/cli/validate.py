@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from rm_pipeline.cli.common import InputError, positive_int, print_quarantine
@@ -16,7 +17,7 @@ def add_command(commands) -> None:
     from rm_pipeline.lib.tokenization import DEFAULT_MAX_LENGTH
 
     validate = commands.add_parser("validate", help="ingest, aggregate and validate files; print counts as JSON")
-    validate.add_argument("files", nargs="+", type=Path)
+    validate.add_argument("files", nargs="+", type=Path, help="batch files, or folders read as the annotation folder")
     # checked by the command, not by argparse: an unknown method is bad input (status 3), not bad usage
     validate.add_argument(
         "--method",
@@ -50,7 +51,12 @@ def validate_files(args: argparse.Namespace) -> int:
     aggregation = AggregationSettings()
     if args.method and args.method not in get_args(AggregationMethod):
         raise InputError(f"--method {args.method!r}: use one of {', '.join(get_args(AggregationMethod))}")
-    ingested = read_annotations(args.files)
+    listing = files_to_read(args.files)
+    for row in listing.skipped:
+        print(f"rm-pipeline validate: {row['file']}: skipped: {row['reason']} ({row['detail']})", file=sys.stderr)
+    if not listing.ready:
+        raise InputError(f"no file to read: all {len(listing.skipped)} skipped")
+    ingested = read_annotations(listing.ready)
     print_quarantine(ingested.quarantine)
     comparisons = aggregate_votes(
         ingested.votes, **asdict(replace(aggregation, method=args.method or aggregation.method))
@@ -74,8 +80,28 @@ def validate_files(args: argparse.Namespace) -> int:
                 "pairs_kept": len(kept),
                 "pairs_rejected": rejection_counts(rejected),
                 "review_queue": len(queue),
+                "skipped": listing.skipped,  # not read: file, reason, detail
             },
             indent=2,
         )
     )
     return 0
+
+
+def files_to_read(paths: list[Path]):
+    """The files named, and each folder's files by the annotation folder's rules, once settled (as the sensor
+    waits for them); lock files (a shell glob picks them up) and files still being written are skipped."""
+    from rm_pipeline.lib.table_files import folder_files, settle, skip_reason
+
+    files, skipped = [], []  # in the order given
+    for path in paths:
+        if path.is_dir():
+            listing = folder_files(path, settle_seconds=0)
+            files, skipped = files + listing.ready, skipped + listing.skipped
+        elif reason := skip_reason(path):
+            skipped.append({"file": str(path), "reason": reason[0], "detail": reason[1]})
+        else:
+            files.append(path)
+    listing = settle([path for path in files if path.exists()], skipped)  # a missing one: the reader names it
+    listing.ready = [path for path in files if path not in listing.busy]
+    return listing

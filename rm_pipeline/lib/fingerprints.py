@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rm_pipeline.lib.pairs import tie_pairs
-from rm_pipeline.lib.table_files import SETTLE_SECONDS, UTF8_BOM, AnnotationFileError, list_batch_files
+from rm_pipeline.lib.table_files import SETTLE_SECONDS, UTF8_BOM, AnnotationFileError, folder_files
 
 # Everything training reads from a pair: a change in any of them is new training data.
 TRAINING_COLUMNS = ["pair_id", "prompt", "conversational", "chosen", "rejected", "strength", "split"]
@@ -70,6 +70,7 @@ class FolderFingerprint:
     removed: list[str] = field(default_factory=list)
     pending: list[str] = field(default_factory=list)  # still being written: left for the next look
     hashed: list[str] = field(default_factory=list)  # files read this time (the others' hashes were carried over)
+    skipped: list[dict] = field(default_factory=list)  # entries that are not batches: file, reason, detail
 
     @property
     def changes(self) -> dict:
@@ -91,7 +92,8 @@ def fingerprint_folder(
     directory = Path(directory)
     previous = dict(previous or {})
     digest = digest or digest_batch_file
-    files = list_batch_files(directory, settle_seconds=0)  # 0: never wait; young files are pending below
+    listing = folder_files(directory, settle_seconds=0)  # 0: never wait; young files are pending below
+    files = listing.ready
     now = time.time_ns()
     state, pending, hashed = {}, [], []
     for path in files:
@@ -128,6 +130,7 @@ def fingerprint_folder(
         removed=sorted(set(previous) - set(state)),
         pending=sorted(pending),
         hashed=hashed,
+        skipped=listing.skipped,
     )
 
 

@@ -6,9 +6,10 @@ list or Parquet) with the same columns; only `item_id` and `review_decision` are
 
 - A row with an empty `review_decision` is undecided: counted as `blank`, nothing else.
 - CSV cells are read back through ``restore_formulas``: the export's formula quote is undone exactly.
-- `a` and `b` name the sides as the row shows them. When the row carries `response_a` and `response_b`
-  (the export does) they must be the comparison's two responses: in swapped order the decision is
-  swapped with them; otherwise the comparison changed since it was reviewed (`changed_item`).
+- `a` and `b` name the sides as the row shows them. Each of `response_a` and `response_b` the row carries
+  (the export carries both; an empty one counts as not carried) must be the comparison's response on that
+  side: with the sides swapped the decision is swapped with them; otherwise the comparison changed since it
+  was reviewed (`changed_item`).
 - A row is quarantined (file, line — for CSV the physical line it starts on —, field, reason, detail,
   raw) for: `bad_decision` (not a/b/tie/drop), `unknown_item` (not a current comparison),
   `changed_item`, `contradictory_review` (reviews of one item disagree: every review of that item is
@@ -153,14 +154,15 @@ def _check(rows: pd.DataFrame, comparisons: pd.DataFrame) -> tuple[pd.DataFrame,
     exists = item.isin(current.index)
     quarantine(~exists, "unknown_item", "no current comparison has item_id " + item.fillna("(empty)"), "item_id")
 
-    # a and b name the sides as the reviewer saw them: check those sides are still the comparison's
+    # a and b name the sides as the reviewer saw them: check each side the row shows is still the comparison's
     now_a = item.map(current["response_a"]) if exists.any() else pd.Series(None, index=rows.index)
     now_b = item.map(current["response_b"]) if exists.any() else pd.Series(None, index=rows.index)
-    shows_sides = rows["response_a"].notna() & rows["response_b"].notna()
-    same = (rows["response_a"] == now_a) & (rows["response_b"] == now_b)
-    swapped = (rows["response_a"] == now_b) & (rows["response_b"] == now_a) & ~same
+    has_a, has_b = _shown(rows["response_a"]), _shown(rows["response_b"])
+    shows_sides = has_a | has_b
+    same = (~has_a | (rows["response_a"] == now_a)) & (~has_b | (rows["response_b"] == now_b))
+    swapped = (~has_a | (rows["response_a"] == now_b)) & (~has_b | (rows["response_b"] == now_a)) & ~same
     changed = exists & shows_sides & ~same & ~swapped
-    side_a_known = (rows["response_a"] == now_a) | (rows["response_a"] == now_b)
+    side_a_known = ~has_a | (rows["response_a"] == now_a) | (rows["response_a"] == now_b)
     quarantine(
         changed,
         "changed_item",
@@ -186,6 +188,11 @@ def _check(rows: pd.DataFrame, comparisons: pd.DataFrame) -> tuple[pd.DataFrame,
         QUARANTINE_COLUMNS
     ]
     return rows[~bad].assign(item_id=item[~bad]), rejected
+
+
+def _shown(side: pd.Series) -> pd.Series:
+    """Whether a row shows this side: a value that isn't missing or empty."""
+    return side.map(lambda v: isinstance(v, (list, dict, np.ndarray)) or not (pd.isna(v) or v == "")).astype(bool)
 
 
 def _per_item(rows: pd.DataFrame) -> pd.DataFrame:

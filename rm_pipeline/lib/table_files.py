@@ -12,8 +12,10 @@ import io
 import json
 import os
 import re
+import stat
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +32,9 @@ RAW_TEXT_LIMIT = 4000  # enough to recognise and repair a row; the file itself s
 MAX_JSON_DEPTH = 64  # deeper rows are quarantined before any parser sees them (pyarrow segfaults on 10,000)
 SETTLE_SECONDS = 2.0  # a batch file modified more recently than this may still be being written
 READ_ATTEMPTS = 3  # reads of a file that keeps changing under the reader before it is refused
+TIMESTAMP_TICK_NS = 50_000_000  # a file timestamp's granularity on Linux: a kernel tick (<= 10 ms), with room
+MAX_FILE_BYTES = 1 << 30  # a larger file is refused before it is read: a batch is read whole into memory
+SKIPPED_COLUMNS = ["file", "reason", "detail"]
 UTF8_BOM = b"\xef\xbb\xbf"
 
 
@@ -44,27 +49,91 @@ class AnnotationFileError(ValueError):
         self.path = str(path)
 
 
+@dataclass
+class FolderFiles:
+    """A folder's files: the batches ready to read, the ones still being written, and every entry left out
+    (``SKIPPED_COLUMNS``: file, reason, detail; the ones still being written among them)."""
+
+    ready: list[Path]
+    busy: list[Path]
+    skipped: list[dict]
+
+
 def list_batch_files(directory: Path | str, settle_seconds: float = SETTLE_SECONDS) -> list[Path]:
-    """Annotation batch files in a folder that are ready to read, sorted by name (see ``batch_files``)."""
-    return batch_files(directory, settle_seconds)[0]
+    """Annotation batch files in a folder that are ready to read, sorted by name (see ``folder_files``)."""
+    return folder_files(directory, settle_seconds).ready
 
 
 def batch_files(directory: Path | str, settle_seconds: float = SETTLE_SECONDS) -> tuple[list[Path], list[Path]]:
-    """Batch files ready to read, and batch files still being written (left for the next run).
+    """Batch files ready to read, and batch files still being written (see ``folder_files``)."""
+    listing = folder_files(directory, settle_seconds)
+    return listing.ready, listing.busy
 
-    Other files (README, .gitkeep) and temporary names are ignored: a writer writes `.name.jsonl` or
-    `name.jsonl.tmp` (`.part`, `.partial`) and renames it into place. A file modified in the last
-    `settle_seconds` is waited for (once, at most that long); if it changes meanwhile it is still
-    being written. 0 disables the wait.
+
+def folder_files(
+    directory: Path | str, settle_seconds: float = SETTLE_SECONDS, suffixes: tuple[str, ...] = SUPPORTED_SUFFIXES
+) -> FolderFiles:
+    """The regular files of a folder with a table suffix, sorted by name; every other entry is skipped with
+    its reason (``skip_reason``). A link may be read if it stays inside the folder.
+
+    A file modified in the last `settle_seconds` is waited for (once, at most that long); if it changes
+    meanwhile it is still being written (busy, and skipped as `still_being_written`). 0: no wait.
     """
     directory = Path(directory)
     if not directory.is_dir():
         raise AnnotationFileError(directory, "annotation folder does not exist")
-    files = sorted(
-        p
-        for p in directory.iterdir()
-        if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES and not p.name.startswith(".")
-    )
+    inside, files, skipped = os.path.realpath(directory), [], []
+    for path in sorted(directory.iterdir()):
+        reason = skip_reason(path, inside, suffixes)
+        if reason:
+            skipped.append({"file": str(path), "reason": reason[0], "detail": reason[1]})
+        else:
+            files.append(path)
+    return settle(files, skipped, settle_seconds)
+
+
+def settle(files: list[Path], skipped: list[dict], settle_seconds: float = SETTLE_SECONDS) -> FolderFiles:
+    """The files to read once settled (``settled_files``); those still being written join `skipped`."""
+    ready, busy = settled_files(files, settle_seconds)
+    skipped = skipped + [{"file": str(path), "reason": BUSY, "detail": _BUSY_DETAIL} for path in busy]
+    return FolderFiles(ready, busy, sorted(skipped, key=lambda row: row["file"]))
+
+
+BUSY = "still_being_written"
+_BUSY_DETAIL = f"modified in the last {SETTLE_SECONDS:g} s and still changing: left for the next run"
+_LOCK_FILE = re.compile(r"~\$.*|\.~lock\..*#")  # Office's, LibreOffice's: written while a file is open
+_TEMPORARY_SUFFIXES = (".tmp", ".part", ".partial")
+_FILE_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device"}
+
+
+def skip_reason(path: Path, inside: str | None = None, suffixes=SUPPORTED_SUFFIXES) -> tuple[str, str] | None:
+    """Why a folder entry is not a batch to read (reason, detail), or None. `inside`: the folder's real path,
+    which a link must not leave; None for a file named on the command line (links followed, any suffix)."""
+    name = path.name
+    if _LOCK_FILE.fullmatch(name):
+        return "lock_file", "an editor's lock file, written while the file is open"
+    if inside is None:
+        return None
+    if name.startswith(".") or path.suffix.lower() in _TEMPORARY_SUFFIXES:
+        return "temporary_name", "a hidden or temporary name (.name, .tmp, .part, .partial): rename it into place"
+    target = os.path.realpath(path)
+    if path.is_symlink() and os.path.commonpath([inside, target]) != inside:
+        return "link_outside_folder", f"a link to {target}, outside the folder: copy the file in instead"
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as error:
+        return "broken_link", f"can't be opened: {error.strerror}"
+    if stat.S_ISDIR(mode):
+        return "folder", "sub-folders are not read"
+    if not stat.S_ISREG(mode):
+        return "not_regular_file", f"{_FILE_KINDS.get(stat.S_IFMT(mode), 'a socket')}, not a regular file"
+    if path.suffix.lower() not in suffixes:
+        return "unsupported_type", f"{''.join(path.suffixes) or 'no suffix'}: read are {', '.join(suffixes)}"
+    return None
+
+
+def settled_files(files: list[Path], settle_seconds: float = SETTLE_SECONDS) -> tuple[list[Path], list[Path]]:
+    """The files that are not being written, and those still changing after one wait of `settle_seconds`."""
     states = {path: _file_state(path) for path in files}
     now = time.time_ns()
     young = [path for path, state in states.items() if state is None or now - state[1] < settle_seconds * 1e9]
@@ -76,13 +145,24 @@ def batch_files(directory: Path | str, settle_seconds: float = SETTLE_SECONDS) -
     return [path for path in files if path not in busy], busy
 
 
-def _file_state(path: Path) -> tuple[int, int, int] | None:
-    """Size, modification time and inode: any change means the file was written or replaced."""
+def _file_state(path: Path) -> tuple[int, int, int, int] | None:
+    """Size, modification time, inode and change time: any change means the file was written or replaced."""
     try:
-        stat = os.stat(path)
+        status = os.stat(path)
     except OSError:
         return None
-    return stat.st_size, stat.st_mtime_ns, stat.st_ino
+    return status.st_size, status.st_mtime_ns, status.st_ino, status.st_ctime_ns
+
+
+def _unsettled_ns(state: tuple[int, int, int, int], now: int) -> int:
+    """How long until a write at `now` would show in the file's change time, or 0 when one would already.
+
+    Timestamps come from a coarse clock (a kernel tick, or whole seconds on some file systems), so two
+    writes within one tick leave size and times alike: only a file last changed more than a tick before a
+    read began is known not to change during it unseen. A change time more than SETTLE_SECONDS ahead (a
+    skewed clock) can't say: the size, times and inode are compared then."""
+    tick = 2 * 10**9 if state[3] % 10**9 == 0 else TIMESTAMP_TICK_NS
+    return 0 if state[3] - now > SETTLE_SECONDS * 1e9 else max(0, state[3] + tick - now)
 
 
 def read_batch_bytes(
@@ -90,15 +170,18 @@ def read_batch_bytes(
 ) -> bytes:
     """A file's bytes as one consistent version: a file that changes during the read is read again.
 
+    Only a regular file of at most MAX_FILE_BYTES is read (a FIFO or /dev/zero is refused before any read).
     `while_reading` runs between the read and the check (tests rewrite the file there).
     """
     path = Path(path)
     for _ in range(attempts):
-        before = _file_state(path)
-        try:
-            data = path.read_bytes()
-        except OSError as error:
-            raise AnnotationFileError(path, f"can't be read: {error.strerror}") from error
+        now, before = time.time_ns(), _file_state(path)  # the clock first: `now` is no later than the stat
+        if before is not None and (wait := _unsettled_ns(before, now)):
+            time.sleep(wait / 1e9)  # changed within a tick: wait a tick, then it must be unchanged
+            now, before = time.time_ns(), _file_state(path)
+            if before is None or _unsettled_ns(before, now):
+                continue
+        data = _read_regular_file(path)
         if while_reading is not None:
             while_reading(path)
         if before is not None and _file_state(path) == before and len(data) == before[0]:
@@ -108,6 +191,29 @@ def read_batch_bytes(
         f"changed while being read ({attempts} tries): write a batch under a temporary "
         "name (.name.jsonl or name.jsonl.tmp) and rename it into place when complete",
     )
+
+
+def _read_regular_file(path: Path) -> bytes:
+    """A regular file's bytes, its kind and size checked on the open file before reading (no FIFO blocks)."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as error:
+        raise AnnotationFileError(path, f"can't be read: {error.strerror}") from error
+    try:
+        status = os.fstat(descriptor)
+        if not stat.S_ISREG(status.st_mode):
+            kind = {**_FILE_KINDS, stat.S_IFDIR: "a folder"}.get(stat.S_IFMT(status.st_mode), "a socket")
+            raise AnnotationFileError(path, f"not a regular file ({kind}): only regular files are read")
+        if status.st_size > MAX_FILE_BYTES:
+            raise AnnotationFileError(
+                path, f"{status.st_size:,} bytes: larger than the {MAX_FILE_BYTES:,}-byte maximum"
+            )
+        with open(descriptor, "rb", closefd=False) as file:
+            return file.read(MAX_FILE_BYTES + 1)  # bounded even if it grows meanwhile (then it is read again)
+    except OSError as error:
+        raise AnnotationFileError(path, f"can't be read: {error.strerror}") from error
+    finally:
+        os.close(descriptor)
 
 
 def read_records(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, bytes]:

@@ -17,7 +17,7 @@ from rm_pipeline.asset_outputs import (
 )
 from rm_pipeline.lib import gates
 from rm_pipeline.lib.annotations import read_annotations
-from rm_pipeline.lib.table_files import list_batch_files
+from rm_pipeline.lib.table_files import SKIPPED_COLUMNS, folder_files
 from rm_pipeline.resources import AnnotationSource, QualityGates
 
 GROUP = "annotations"
@@ -55,9 +55,15 @@ annotation_folder = dg.AssetSpec(
 )
 def annotation_batches(context: dg.AssetExecutionContext, annotation_source: AnnotationSource):
     """Read all batch files in the annotation folder."""
-    files = list_batch_files(annotation_source.directory)
+    listing = folder_files(annotation_source.directory)
+    files = listing.ready
+    for row in listing.skipped:
+        context.log.warning(f"{row['file']}: skipped: {row['reason']} ({row['detail']})")
     if not files:
-        raise dg.Failure(f"no annotation batches (.jsonl, .json, .csv, .parquet) in {annotation_source.directory}")
+        raise dg.Failure(
+            f"no annotation batches (.jsonl, .json, .csv, .parquet) in {annotation_source.directory}"
+            + (f" ({len(listing.skipped)} entries skipped: see the log)" if listing.skipped else "")
+        )
     result = read_annotations(files)
     votes, quarantine = result.votes, result.quarantine
     reasons = quarantine["reason"].value_counts().to_dict()
@@ -72,6 +78,7 @@ def annotation_batches(context: dg.AssetExecutionContext, annotation_source: Ann
             "rows_read": result.rows_read,
             "quarantined": len(quarantine),
             "batches": records_table(result.batches.to_dict("records"), BATCH_COLUMNS),
+            "skipped": records_table(listing.skipped, SKIPPED_COLUMNS),
             "orientation_flipped": int(votes["orientation_flipped"].sum()),
             "annotators": int(votes["annotator_id"].nunique()),
             "preview": preview(votes, ["item_id", "annotator_id", "vote", "strength", "domain", "batch"]),

@@ -6,7 +6,7 @@ for pairs, ``RESPONSE_COLUMNS`` for single answers). Knows nothing of Dagster or
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +16,7 @@ from rm_pipeline.lib.evaluation.pair_files import read_pair_file
 from rm_pipeline.lib.evaluation.policies import read_policy_outputs
 from rm_pipeline.lib.evaluation.rankings import oasst_ranked_groups
 from rm_pipeline.lib.pairs import build_pairs, tie_pairs
-from rm_pipeline.lib.table_files import QUARANTINE_COLUMNS, list_batch_files
+from rm_pipeline.lib.table_files import QUARANTINE_COLUMNS, SUPPORTED_SUFFIXES, FolderFiles, folder_files
 
 SCORE_COLUMNS = [
     "source",
@@ -36,6 +36,7 @@ SCORE_COLUMNS = [
     "rejected",
 ]
 HELD_OUT_TIE = "held_out_tie"  # held-out tie pairs (tie_handling soft): no right answer, never in an accuracy
+FRESH_POLICY, RANKINGS = "fresh-policy", "oasst"  # the evaluation folder's sub-folders (data/eval/README.md)
 RESPONSE_COLUMNS = ["source", "group_id", "candidate", "rank", "domain", "prompt", "conversational", "response"]
 
 
@@ -45,16 +46,32 @@ class EvaluationFolder:
 
     root: Path
     policy_outputs: Path  # prompts.jsonl and model_outputs/<policy>.jsonl
+    _listings: dict = field(default_factory=dict, compare=False, repr=False)
 
     def benchmark_files(self) -> list[Path]:
-        return sorted(self.root.glob("*.jsonl")) if self.root.is_dir() else []
+        return self._listing(self.root, (".jsonl",)).ready
 
     def fresh_policy_files(self) -> list[Path]:
-        folder = self.root / "fresh-policy"
-        return list_batch_files(folder) if folder.is_dir() else []
+        return self._listing(self.root / FRESH_POLICY).ready
 
     def ranking_files(self) -> list[Path]:
-        return sorted((self.root / "oasst").glob("*.jsonl")) if (self.root / "oasst").is_dir() else []
+        return self._listing(self.root / RANKINGS, (".jsonl",)).ready
+
+    def skipped_files(self) -> list[dict]:
+        """Entries of these folders that are not read (file, reason, detail), the layout's folders aside."""
+        layout = {str(self.root / name) for name in (FRESH_POLICY, RANKINGS)} | {str(self.policy_outputs)}
+        listings = [self._listing(self.root, (".jsonl",)), self._listing(self.root / FRESH_POLICY)]
+        listings.append(self._listing(self.root / RANKINGS, (".jsonl",)))
+        return [row for listing in listings for row in listing.skipped if row["file"] not in layout]
+
+    def _listing(self, folder: Path, suffixes: tuple[str, ...] = SUPPORTED_SUFFIXES) -> FolderFiles:
+        """A folder's files by the annotation folder's rules, listed once per folder and suffixes."""
+        key = (folder, suffixes)
+        if key not in self._listings:
+            self._listings[key] = (
+                folder_files(folder, suffixes=suffixes) if folder.is_dir() else FolderFiles([], [], [])
+            )
+        return self._listings[key]
 
 
 def split_pairs_to_score(split: pd.DataFrame, queue: pd.DataFrame) -> pd.DataFrame:
