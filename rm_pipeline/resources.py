@@ -160,7 +160,11 @@ class QualityGates(dg.ConfigurableResource):
     """Thresholds of the expectation gates that aren't a property of one stage's settings."""
 
     max_quarantine_fraction: float = Field(
-        default=0.2, description="A batch with a larger share of unreadable rows fails the raw_annotations gate."
+        default=0.2,
+        ge=0,
+        le=1,
+        allow_inf_nan=False,
+        description="A batch with a larger share of unreadable rows fails the raw_annotations gate.",
     )
 
 
@@ -179,7 +183,10 @@ class DpoPolicyResource(dg.ConfigurableResource):
         "($RM_PIPELINE_DPO_REFERENCE).",
     )
     beta: float | None = Field(
-        default=None, gt=0, description="β the policy was trained with; unset: the recorded one, else DPO's 0.1."
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        description="β the policy was trained with; unset: the recorded one, else DPO's 0.1.",
     )
     batch_size: int = Field(default=DpoSettings.batch_size, gt=0, description="Sequences per forward pass.")
 

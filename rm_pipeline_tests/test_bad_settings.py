@@ -90,6 +90,25 @@ def test_a_setting_outside_its_range_is_refused_by_the_library(settings, values,
         settings(**values)
 
 
+@pytest.mark.parametrize(
+    "resource, values",
+    [
+        ("QualityGates", {"max_quarantine_fraction": float("nan")}),
+        ("QualityGates", {"max_quarantine_fraction": 1.5}),
+        ("QualityGates", {"max_quarantine_fraction": -0.1}),
+        ("DpoPolicyResource", {"beta": float("inf")}),
+        ("DpoPolicyResource", {"beta": float("nan")}),
+    ],
+)
+def test_a_resource_setting_outside_its_range_is_refused(resource, values):
+    import pydantic
+
+    from rm_pipeline import resources
+
+    with pytest.raises(pydantic.ValidationError, match=next(iter(values))):
+        getattr(resources, resource)(**values)
+
+
 def test_a_model_trained_for_zero_steps_is_never_published():
     with pytest.raises(ValueError, match="training took 0 optimiser steps .* nothing to publish"):
         check_trained(0)

@@ -199,6 +199,32 @@ def test_the_response_ids_are_those_dpo_trainer_trains_on(chat_template, tiny_ca
         )
 
 
+class _Planted:
+    """Unpickled, it creates the file it names: proof that a pickle ran."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_a_policy_in_a_pickle_is_refused_without_running_it(tiny_causal_lm, tmp_path):
+    import pickle
+    import shutil
+
+    from rm_pipeline.lib.dpo import DpoInputError
+
+    policy = tmp_path / "policy"
+    shutil.copytree(tiny_causal_lm, policy)
+    (policy / "model.safetensors").unlink()
+    marker = tmp_path / "pickle_ran"
+    (policy / "pytorch_model.bin").write_bytes(pickle.dumps(_Planted(marker)))
+    with pytest.raises(DpoInputError, match="can't be loaded as a local causal language model"):
+        load_causal_lm(str(policy))
+    assert not marker.exists()
+
+
 def test_the_comparison_is_off_unless_a_policy_is_configured(monkeypatch):
     from rm_pipeline.definitions import build_resources
     from rm_pipeline.resources import DpoPolicyResource

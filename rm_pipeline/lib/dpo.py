@@ -68,7 +68,12 @@ def load_causal_lm(name_or_path: str, device: str = "cpu"):
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(name_or_path, local_files_only=True, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(
+            name_or_path,
+            local_files_only=True,
+            use_safetensors=True,
+            dtype=torch.float32,  # never a pickle
+        )
     except (OSError, ValueError) as error:  # no such folder or cached id, no weights, not a causal LM
         first_line = next(iter(str(error).strip().splitlines()), type(error).__name__)
         raise DpoInputError(

