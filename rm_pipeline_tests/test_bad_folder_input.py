@@ -112,9 +112,10 @@ def test_a_lock_file_in_the_review_folder_is_skipped(comparisons, tmp_path):  # 
     (folder / "review_queue.csv").write_text("item_id,review_decision\nbatch/i1,a\n")
     (folder / "~$review_queue.csv").write_bytes(b"\x0bJane Doe" + b"\x00" * 40)  # what Excel writes
     write_jsonl(folder / "late.jsonl", [row])
-    ready, busy = review_files(folder)
-    assert [p.name for p in ready] == ["late.jsonl", "review_queue.csv"] and not busy
-    assert read_reviews(ready, comparisons).counts()["applied"] == 2
+    listing = review_files(folder)
+    assert [p.name for p in listing.ready] == ["late.jsonl", "review_queue.csv"] and not listing.busy
+    assert [(Path(row["file"]).name, row["reason"]) for row in listing.skipped] == [("~$review_queue.csv", "lock_file")]
+    assert read_reviews(listing.ready, comparisons).counts()["applied"] == 2
 
 
 def test_the_evaluation_folder_skips_links_leaving_it_and_lock_files(tmp_path):

@@ -33,6 +33,7 @@ def evaluated(annotations_slice, tiny_encoder, tmp_path_factory):
         json.dumps({"prompt": "2+2?", "chosen": "4", "rejected": "5", "subset": "math"}) + "\n" + '{"prompt": 3}\n'
     )
     write_jsonl(eval_dir / "rb2.jsonl", GOOD_ROWS)
+    (eval_dir / "fresh-policy" / "~$labelled.csv").write_bytes(b"\x0bJane Doe")  # a spreadsheet's lock file
     storage = root / "home"
     defs = build_defs(str(storage), str(annotations_slice), tiny_encoder, str(eval_dir))
     instance = dg.DagsterInstance.ephemeral()
@@ -132,6 +133,12 @@ def test_the_model_flows_as_a_value_and_its_published_directory_is_never_rewritt
     assert pointer["value"]["split_data_version"] == trained["data_version"].value
     scores = pd.read_parquet(storage / "tables" / "reward_scores.parquet")
     assert set(scores["scored_by"]) == {model_dir.name}  # each score row names the model that made it
+    scored = materialization(evaluated["result"], "reward_scores")
+    skipped = [(Path(r.data["file"]).name, r.data["reason"]) for r in scored["evaluation_files_skipped"].value.records]
+    assert ("~$labelled.csv", "lock_file") in skipped and (
+        "README.md",
+        "unsupported_type",
+    ) in skipped  # named, not read
     # once reward_model is materialised, only each evaluation asset's own sidecar is written into the model directory
     published_at = evaluated["instance"].get_latest_materialization_event(dg.AssetKey("reward_model")).timestamp
     written_after = {path.name for path in model_dir.rglob("*") if path.stat().st_mtime > published_at}

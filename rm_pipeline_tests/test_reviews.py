@@ -190,6 +190,7 @@ def test_the_review_round_trip(annotations_slice, storage_root, tmp_path):
             writer = csv.DictWriter(handle, fieldnames=list(rows[0]), lineterminator="\r\n")
             writer.writeheader()
             writer.writerows(rows)
+        (reviews / "~$round1.csv").write_bytes(b"\x0bJane Doe" + b"\x00" * 40)  # the spreadsheet still has it open
 
         result, tables = materialize()
         comparisons = tables["aggregated_preferences"].set_index("item_id")
@@ -224,5 +225,7 @@ def test_the_review_round_trip(annotations_slice, storage_root, tmp_path):
             files[str(reviews / "round1.csv")]["sha256"]
             == hashlib.sha256((reviews / "round1.csv").read_bytes()).hexdigest()
         )
+        skipped = [(row.data["file"], row.data["reason"]) for row in metadata["review_files_skipped"].value.records]
+        assert skipped == [(str(reviews / "~$round1.csv"), "lock_file")]
         checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
         assert checks and all(checks.values()), checks

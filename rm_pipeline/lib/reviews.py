@@ -30,7 +30,14 @@ import pandas as pd
 
 from rm_pipeline.lib.aggregation import restore_formulas
 from rm_pipeline.lib.pairs import Rejections
-from rm_pipeline.lib.table_files import QUARANTINE_COLUMNS, AnnotationFileError, batch_files, read_records, rows_as_json
+from rm_pipeline.lib.table_files import (
+    QUARANTINE_COLUMNS,
+    AnnotationFileError,
+    FolderFiles,
+    folder_files,
+    read_records,
+    rows_as_json,
+)
 
 REVIEW_DECISIONS = ("a", "b", "tie", "drop")
 REQUIRED_COLUMNS = ("item_id", "review_decision")
@@ -63,11 +70,12 @@ class ReviewResult:
         return {**totals, "items_adjudicated": len(self.decisions)}
 
 
-def review_files(directory: Path | str) -> tuple[list[Path], list[Path]]:
-    """Review files ready to read and ones still being written, by the annotation folder's rules."""
+def review_files(directory: Path | str) -> FolderFiles:
+    """Review files ready to read, ones still being written and every entry skipped, by the annotation
+    folder's rules."""
     if not Path(directory).is_dir():
         raise AnnotationFileError(directory, "reviews folder does not exist")
-    return batch_files(directory)
+    return folder_files(directory)
 
 
 def read_reviews(paths: list[Path | str], comparisons: pd.DataFrame) -> ReviewResult:

@@ -18,6 +18,7 @@ from rm_pipeline.lib.aggregation import AggregationSettings, ReviewThresholds, a
 from rm_pipeline.lib.aggregation import review_queue as select_review_queue
 from rm_pipeline.lib.markdown import markdown_table
 from rm_pipeline.lib.reviews import FILE_COLUMNS, apply_reviews, read_reviews, review_files
+from rm_pipeline.lib.table_files import SKIPPED_COLUMNS
 from rm_pipeline.resources import PipelineStorage, ReviewSource
 
 GROUP = "aggregation"
@@ -48,10 +49,10 @@ def aggregated_preferences(
     mean reliability of its annotators; a reviewer's decision from the review folder replaces the
     aggregated winner (`adjudicated`, `adjudicated_by`, `review_note`; `drop` rejects the pair)."""
     result = aggregate_votes(raw_annotations, **config.model_dump())
-    files, busy = review_files(review_source.directory)
-    for path in busy:
-        context.log.warning(f"{path} is still being written: left for the next run")
-    reviews = read_reviews(files, result.comparisons)
+    listing = review_files(review_source.directory)
+    for row in listing.skipped:  # still being written: left for the next run
+        context.log.warning(f"{row['file']}: skipped: {row['reason']} ({row['detail']})")
+    reviews = read_reviews(listing.ready, result.comparisons)
     for row in reviews.quarantine.itertuples():
         context.log.warning(f"{row.file}:{row.line}: {row.field}: {row.reason} ({row.detail})")
     comparisons, annotators = apply_reviews(result.comparisons, reviews.decisions), result.annotators
@@ -77,6 +78,7 @@ def aggregated_preferences(
             "review_rows": dg.MetadataValue.json(counts),
             "review_quarantine_reasons": counts_table(reviews.quarantine["reason"].value_counts().to_dict()),
             "review_files": records_table(reviews.files.to_dict("records"), FILE_COLUMNS),
+            "review_files_skipped": records_table(listing.skipped, SKIPPED_COLUMNS),
             "review_quarantine": dg.MetadataValue.md(
                 markdown_table(
                     reviews.quarantine.head(QUARANTINE_SHOWN).to_dict("records"),

@@ -8,12 +8,13 @@ import dagster as dg
 import pandas as pd
 
 from rm_pipeline.asset_outputs import EVALUATION_GROUP as GROUP
-from rm_pipeline.asset_outputs import OWNERS, counts_table, preview, table_output
+from rm_pipeline.asset_outputs import OWNERS, counts_table, preview, records_table, table_output
 from rm_pipeline.config import config_class, settings_from_config
 from rm_pipeline.lib.asset_values import MODEL_PATH, SCORED_BY, SCORED_IN, PublishedModel
 from rm_pipeline.lib.evaluation.inputs import file_pairs_to_score, responses_to_score, split_pairs_to_score
 from rm_pipeline.lib.evaluation.probes import PROBE_NAMES, SOURCE_PREFIX, ProbeSettings, probe_answers
 from rm_pipeline.lib.scoring import RewardScorer, ScoringSettings
+from rm_pipeline.lib.table_files import SKIPPED_COLUMNS
 from rm_pipeline.resources import EvaluationSource
 
 ScoringConfig = config_class(ScoringSettings, "ScoringConfig")
@@ -101,6 +102,9 @@ def reward_scores(
     quarantine = pd.concat([fresh_quarantine, benchmark_quarantine], ignore_index=True)
     for row in quarantine.itertuples():
         context.log.warning(f"{row.file}:{row.line}: {row.field}: {row.reason} ({row.detail}); not scored")
+    skipped = folder.skipped_files()
+    for row in skipped:
+        context.log.warning(f"{row['file']}: skipped: {row['reason']} ({row['detail']})")
 
     scorer = RewardScorer.load(model_dir, config.batch_size, precision=config.precision)
     sequences = 2 * len(pairs) + len(responses)
@@ -134,6 +138,7 @@ def reward_scores(
             "pairs_by_source": counts_table(pair_scores["source"].value_counts().to_dict(), key="source"),
             "truncated_pairs": int(pair_scores["truncated"].sum()),
             "rows_quarantined": len(quarantine),
+            "evaluation_files_skipped": records_table(skipped, SKIPPED_COLUMNS),
             "quarantined": counts_table(
                 {
                     f"{Path(file).name}: {reason}": n
