@@ -199,6 +199,7 @@ def test_a_real_failure_reads_as_one_with_one_short_line_per_failed_step(annotat
     [line] = [line for line in done.stderr.splitlines() if line.startswith("step ")]
     assert line.startswith("step pair_validation failed: ") and str(missing) in line
     assert "DagsterExecutionStepExecutionError" not in line  # the cause, not Dagster's wrapper
+    assert not line.removeprefix("step pair_validation failed: ").startswith("rm_pipeline.")  # no class path
 
 
 @pytest.mark.parametrize("command", ["score", "evaluate"])

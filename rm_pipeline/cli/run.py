@@ -163,7 +163,11 @@ def cause(error) -> str:
     error = gate_not_passed(error) or error
     while error.cls_name == "DagsterExecutionStepExecutionError" and error.cause is not None:
         error = error.cause
-    return error.message.strip().splitlines()[0]
+    line = error.message.strip().splitlines()[0]
+    prefix, _, rest = line.partition(
+        ": "
+    )  # Dagster writes `module.path.ErrorClass: message`: the message is for people
+    return rest if rest and prefix.split(".")[-1] == error.cls_name else line
 
 
 def print_verdict(readiness_file: Path) -> None:
