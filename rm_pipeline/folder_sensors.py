@@ -37,7 +37,10 @@ def folder_tick(
     if look.pending:
         context.log.info(f"still being written, left for the next tick: {', '.join(look.pending)}")
     cursor = json.dumps({"version": look.version, "files": look.state}, sort_keys=True)
-    if look.version != last.get("version"):
+    # A first tick (a new UI, a new sensor) knows the version the instance holds: the same version again would
+    # make the stages after it run for nothing.
+    known = last.get("version") if context.cursor else recorded_version(context.instance, folder.key)
+    if look.version != known:
         return dg.SensorResult(asset_events=[folder_version(directory, look, folder.key)], cursor=cursor)
     skip = dg.SkipReason(f"{folder.key.to_user_string()} unchanged")
     # A file touched but not changed: same version, but remember its new mtime so it isn't hashed again.
@@ -92,6 +95,12 @@ def build_review_folder_sensor(settings: FolderWatchSettings) -> dg.SensorDefini
     return review_folder_sensor
 
 
+def recorded_version(instance: dg.DagsterInstance, key: dg.AssetKey) -> str | None:
+    """The data version of the folder's latest reported version in the instance."""
+    latest = instance.get_latest_materialization_event(key)
+    return (latest.tags or {}).get(DATA_VERSION_TAG) if latest is not None else None
+
+
 def record_folder_versions(instance: dg.DagsterInstance, annotations_dir: str, reviews_dir: str) -> list[str]:
     """What the sensors would report, for a run started without them (`rm-pipeline run`): each folder's version,
     unless the instance has it already, so lineage reaches the folders whichever way a model was trained. Returns
@@ -101,8 +110,7 @@ def record_folder_versions(instance: dg.DagsterInstance, annotations_dir: str, r
         if not Path(directory).is_dir():
             continue  # the stage reading it says what is wrong
         look = fingerprint_folder(directory, None, settle_seconds=0)  # the run reads every file now
-        latest = instance.get_latest_materialization_event(folder.key)
-        if latest is None or (latest.tags or {}).get(DATA_VERSION_TAG) != look.version:
+        if recorded_version(instance, folder.key) != look.version:
             instance.report_runless_asset_event(folder_version(directory, look, folder.key))
             reported.append(folder.key.to_user_string())
     return reported

@@ -12,7 +12,7 @@ import pytest
 from dagster._core.definitions.data_version import StaleStatus
 from dagster._utils.test.data_versions import get_stale_status_resolver  # what the UI's "stale" badge uses
 
-from rm_pipeline.folder_sensors import build_annotation_folder_sensor
+from rm_pipeline.folder_sensors import build_annotation_folder_sensor, record_folder_versions
 from rm_pipeline.lib.annotations import read_annotations
 from rm_pipeline.lib.automation import INTERVAL_VARIABLE, FolderWatchSettings
 from rm_pipeline.lib.fingerprints import digest_batch_file, fingerprint_folder
@@ -203,6 +203,20 @@ def test_the_sensor_reports_new_changed_and_removed_batches_and_nothing_when_unc
 
         versions = [record.asset_materialization.tags["dagster/data_version"] for record in _versions(instance)]
         assert len(versions) == len(set(versions)) == 4  # one new data version per change, none when unchanged
+
+
+def test_a_first_tick_reports_nothing_the_instance_already_holds(tmp_path):
+    """A new UI on a root `rm-pipeline run` used: its sensor's first tick must not set the stages running again."""
+    write_batch(tmp_path, "a.jsonl", ["x", "y"])
+    with dg.instance_for_test() as instance:
+        assert record_folder_versions(instance, str(tmp_path), str(tmp_path / "no_reviews")) == ["annotation_folder"]
+        sensor = Sensor(instance, tmp_path)
+        first = sensor.tick()
+        assert isinstance(first, dg.SensorResult) and first.skip_reason and not first.asset_events
+        assert sensor.cursor  # the folder is known from now on: its files are not hashed again
+        assert isinstance(sensor.tick(), dg.SkipReason) and len(_versions(instance)) == 1
+        write_batch(tmp_path, "b.jsonl", ["z"])
+        assert changes(new_version(sensor.tick())) == {"added": ["b.jsonl"], "changed": [], "removed": []}
 
 
 def test_a_touched_file_updates_the_cursor_without_a_new_version(tmp_path):
