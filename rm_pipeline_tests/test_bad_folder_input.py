@@ -154,15 +154,23 @@ def test_a_file_over_the_maximum_size_is_refused_before_it_is_read(tmp_path):
     assert time.perf_counter() - started < 1
 
 
-@pytest.mark.parametrize("kind", ["fifo", "dev_zero", "folder"])
-def test_a_file_that_is_not_regular_is_refused_before_it_is_read(tmp_path, kind):
-    path = tmp_path / "pairs.jsonl"
+def not_a_regular_file(path: Path, kind: str) -> Path:
+    """`path` made a FIFO, a link to /dev/zero, a folder, or a sparse file one byte over MAX_FILE_BYTES."""
     if kind == "fifo":
         os.mkfifo(path)
     elif kind == "dev_zero":
         path.symlink_to("/dev/zero")
-    else:
+    elif kind == "folder":
         path.mkdir()
+    else:
+        with path.open("wb") as out:
+            out.truncate(MAX_FILE_BYTES + 1)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev_zero", "folder"])
+def test_a_file_that_is_not_regular_is_refused_before_it_is_read(tmp_path, kind):
+    path = not_a_regular_file(tmp_path / "pairs.jsonl", kind)
     with pytest.raises(AnnotationFileError, match="not a regular file") as raised:
         read_batch_bytes(path)
     assert raised.value.path == str(path)
@@ -196,14 +204,7 @@ CLI_FILES = {
 
 @pytest.mark.parametrize("argv, kind, message", list(CLI_FILES.values()), ids=list(CLI_FILES))
 def test_the_commands_refuse_a_file_that_is_not_regular_or_too_large(tmp_path, tiny_encoder, argv, kind, message):
-    path = tmp_path / "pairs.jsonl"
-    if kind == "fifo":
-        os.mkfifo(path)
-    elif kind == "dev_zero":
-        path.symlink_to("/dev/zero")
-    else:
-        with path.open("wb") as out:
-            out.truncate(MAX_FILE_BYTES + 1)
+    path = not_a_regular_file(tmp_path / "pairs.jsonl", kind)
     done = run_cli(*[arg.format(path=path, model=tiny_encoder) for arg in argv])
     assert "Traceback" not in done.stderr, done.stderr[-2000:]
     assert done.returncode == 3, done.stderr[-2000:]
