@@ -75,48 +75,124 @@ def read_annotations(paths: list[Path | str], rows_to_pairs: Callable | None = N
 
     ``rows_to_pairs(records, path)``: for a format whose rows hold several pairs (evaluation's RewardBench 2
     files), the pair records, each on its row's line, the rows it refused and the format's name; None for a
-    file it does not read. ``rows_read`` still counts the file's rows."""
-    frames, quarantines, batches = [], [], []
+    file it does not read. ``rows_read`` still counts the file's rows.
+
+    Each file is read and checked on its own, in order (the first that can't be read stops all); the
+    row checks then run once per group of vote files with the same columns and column types (many small
+    batches: one pass, not one per file), which gives each row what reading its file alone gives it."""
     paths = [Path(path) for path in paths]
-    for path, batch in zip(paths, batch_names(paths)):
-        records, quarantine, data = read_records(path)
-        rows_read = len(records) + len(quarantine)
-        expanded = rows_to_pairs(records, path) if rows_to_pairs else None
-        if expanded is not None:
-            records, refused, row_format = expanded
-            quarantine = pd.concat([quarantine, refused], ignore_index=True)
-        votes, fmt = _to_canonical(records, path, batch)
-        fmt = row_format if expanded is not None else fmt
-        votes, rejected = _validate_fields(votes, sides=("chosen", "rejected") if fmt == "conversational_pairs" else ())
-        if fmt != "votes":  # name the file's own fields, not the canonical ones they became
-            rejected["field"] = rejected["field"].replace(_pair_field_names(records.columns))
-        rejected["raw"] = rows_as_json(records.loc[rejected.index])
-        batch_quarantine = pd.concat([quarantine, rejected], ignore_index=True)
-        frames.append(votes)
-        quarantines.append(batch_quarantine)
-        batches.append(
-            {
-                "batch": batch,
-                "file": str(path),
-                "format": fmt,
-                "rows_read": rows_read,
-                "sha256": hashlib.sha256(data).hexdigest(),
-                "bytes": len(data),
-                "columns": ",".join(map(str, records.columns)),
-            }
-        )
-    votes = pd.concat(frames, ignore_index=True) if frames else _empty_votes()
-    quarantine = pd.concat(quarantines, ignore_index=True) if quarantines else empty_quarantine()
+    files = [_read_batch(path, batch, rows_to_pairs) for path, batch in zip(paths, batch_names(paths))]
+    vote_parts, quarantine_parts, formats = [], _read_quarantines(files), {}
+    for group in _groups(files):
+        votes, rejected, fmt = _group_votes([files[position] for position in group], group)
+        vote_parts.append(votes)
+        quarantine_parts.append(rejected)
+        formats.update(dict.fromkeys(group, fmt))
+    votes = _in_file_order(vote_parts) if files else _empty_votes()
+    quarantine = _in_file_order(quarantine_parts) if files else empty_quarantine()
     votes, inconsistent = _normalise_orientation(votes)
     votes, repeated = _drop_repeated_votes(votes)
     quarantine = pd.concat([quarantine, inconsistent, repeated], ignore_index=True)[QUARANTINE_COLUMNS]
     quarantine["line"] = quarantine["line"].astype("int64")
+    batches = [
+        {
+            "batch": file.batch,
+            "file": str(file.path),
+            "format": formats[position],
+            "rows_read": file.rows_read,
+            "sha256": hashlib.sha256(file.data).hexdigest(),
+            "bytes": len(file.data),
+            "columns": ",".join(map(str, file.records.columns)),
+        }
+        for position, file in enumerate(files)
+    ]
     summary = pd.DataFrame(batches, columns=["batch", "file", "format", "rows_read", "sha256", "bytes", "columns"])
     kept = votes.groupby("file").size()
     held = quarantine.groupby("file").size()
     summary["kept"] = summary["file"].map(kept).fillna(0).astype("int64")
     summary["quarantined"] = summary["file"].map(held).fillna(0).astype("int64")
     return IngestResult(votes.reset_index(drop=True), quarantine.reset_index(drop=True), summary)
+
+
+@dataclass
+class _Batch:
+    """One file as read: its records, the rows that aren't records (or were refused as pairs), its bytes."""
+
+    path: Path
+    batch: str
+    records: pd.DataFrame
+    quarantine: pd.DataFrame
+    data: bytes
+    rows_read: int
+    row_format: str | None  # the format rows_to_pairs read it as, if it did
+
+
+def _read_batch(path: Path, batch: str, rows_to_pairs: Callable | None) -> _Batch:
+    records, quarantine, data = read_records(path)
+    rows_read = len(records) + len(quarantine)
+    expanded = rows_to_pairs(records, path) if rows_to_pairs else None
+    row_format = None
+    if expanded is not None:
+        records, refused, row_format = expanded
+        quarantine = pd.concat([quarantine, refused], ignore_index=True)
+    _table_kind(records.columns, path)  # a file that is no annotation table stops the read here, in order
+    return _Batch(path, batch, records, quarantine, data, rows_read, row_format)
+
+
+def _groups(files: list[_Batch]) -> list[list[int]]:
+    """Positions of files checked together: vote files whose records have the same columns, in the same
+    order, of the same types (so their rows concatenate unchanged); any other file alone."""
+    groups: dict[object, list[int]] = {}
+    for position, file in enumerate(files):
+        alike = file.row_format is None and _table_kind(file.records.columns, file.path) == "votes"
+        key = (tuple(file.records.columns), tuple(file.records.dtypes)) if alike else position
+        groups.setdefault(key, []).append(position)
+    return list(groups.values())
+
+
+def _group_votes(files: list[_Batch], positions: list[int]) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """A group's votes and rejected rows, each with its file's `_position` and a `_part` (1: a file's
+    rejected rows follow the rows its reader quarantined), and the group's format."""
+    first = files[0]
+    counts = [len(file.records) for file in files]
+    if len(files) == 1:
+        records, batch, names = first.records, first.batch, None
+    else:  # a RangeIndex: a row's label is its place in the group
+        records = pd.concat([file.records for file in files], ignore_index=True)
+        batch = pd.Series(np.repeat([file.batch for file in files], counts), dtype="str")
+        names = pd.Series(np.repeat([str(file.path) for file in files], counts), dtype="str")
+    position = np.repeat(positions, counts)
+
+    def at(frame: pd.DataFrame) -> np.ndarray:
+        return position[frame.index.to_numpy()] if names is not None else np.full(len(frame), positions[0])
+
+    votes, fmt = _to_canonical(records, first.path, batch, names)
+    fmt = first.row_format or fmt
+    votes, rejected = _validate_fields(votes, sides=("chosen", "rejected") if fmt == "conversational_pairs" else ())
+    if fmt != "votes":  # name the file's own fields, not the canonical ones they became
+        rejected["field"] = rejected["field"].replace(_pair_field_names(records.columns))
+    rejected["raw"] = rows_as_json(records.loc[rejected.index])
+    return votes.assign(_position=at(votes), _part=0), rejected.assign(_position=at(rejected), _part=1), fmt
+
+
+def _read_quarantines(files: list[_Batch]) -> list[pd.DataFrame]:
+    """Each file's own quarantine, with its `_position` and `_part` 0. Of the empty ones, one for each set
+    of column types: they hold no rows, only types, which decide the table's as they did file by file."""
+    parts, kinds = [], set()
+    for position, file in enumerate(files):
+        kind = tuple(zip(file.quarantine.columns, file.quarantine.dtypes))
+        if len(file.quarantine) or kind not in kinds:
+            kinds.add(kind)
+            parts.append(file.quarantine.assign(_position=position, _part=0))
+    return parts
+
+
+def _in_file_order(parts: list[pd.DataFrame]) -> pd.DataFrame:
+    """The parts as one table, rows in their files' order (a file's reader quarantine before its rejected
+    rows; the rows of a file in their own order), as reading the files one by one gives them."""
+    frame = pd.concat(parts, ignore_index=True)
+    order = np.lexsort([frame[name].to_numpy(dtype="int64") for name in ("_part", "_position")])  # stable
+    return frame.iloc[order].drop(columns=["_position", "_part"])
 
 
 def batch_names(paths: list[Path]) -> list[str]:
@@ -133,24 +209,35 @@ def batch_names(paths: list[Path]) -> list[str]:
     ]
 
 
-def _to_canonical(records: pd.DataFrame, path: Path, batch: str) -> tuple[pd.DataFrame, str]:
-    """Map a file's records to the canonical vote columns; TRL pairs become single-vote items."""
-    columns = set(records.columns)
-    frame = records.copy()
+def _table_kind(columns, path: Path) -> str:
+    """ "votes" or "pairs" by a file's columns; a file with neither is refused whole."""
+    columns = set(columns)
     if "vote" in columns or ({"item_id", "annotator_id"} & columns and not {"chosen", "rejected"} <= columns):
+        return "votes"
+    if {"chosen", "rejected"} <= columns:
+        return "pairs"
+    raise AnnotationFileError(
+        path,
+        "not an annotation table: expected vote columns (item_id, prompt, response_a, response_b, "
+        f"annotator_id, vote) or paired columns (chosen, rejected); found {sorted(columns - {'line'})}",
+    )
+
+
+def _to_canonical(
+    records: pd.DataFrame, path: Path, batch: str | pd.Series, files: pd.Series | None = None
+) -> tuple[pd.DataFrame, str]:
+    """Map a file's records to the canonical vote columns; TRL pairs become single-vote items.
+
+    Several vote files' records at once: `batch` and `files` give each row its file's (a RangeIndex)."""
+    frame = records.copy()
+    if _table_kind(records.columns, path) == "votes":
         fmt = "votes"
-    elif {"chosen", "rejected"} <= columns:
-        frame, fmt = _pairs_to_votes(frame, batch)
     else:
-        raise AnnotationFileError(
-            path,
-            "not an annotation table: expected vote columns (item_id, prompt, response_a, response_b, "
-            f"annotator_id, vote) or paired columns (chosen, rejected); found {sorted(columns - {'line'})}",
-        )
+        frame, fmt = _pairs_to_votes(frame, batch)
     for column in VOTE_COLUMNS:
         if column not in frame.columns:
             frame[column] = None
-    frame["file"] = str(path)
+    frame["file"] = str(path) if files is None else files
     frame["batch"] = frame["batch"].where(~_is_missing(frame["batch"]), batch)
     return frame, fmt
 
