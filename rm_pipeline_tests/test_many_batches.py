@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from rm_pipeline.lib.annotations import read_annotations
+from rm_pipeline.lib.annotations import GROUP_ROWS, read_annotations
 from rm_pipeline.lib.evaluation.rewardbench2 import rewardbench2_pairs
 from rm_pipeline.lib.table_files import AnnotationFileError
 from rm_pipeline_tests.test_annotations import assert_conserved, vote, write_jsonl
@@ -84,6 +84,22 @@ def other_formats(folder: Path) -> list[Path]:
     ]
 
 
+def large_files(folder: Path) -> list[Path]:
+    """Alike files past GROUP_ROWS: a large file is checked alone, a group is checked once it has that many
+    rows (and a new one begins), and small files between them still group."""
+    big = [one_vote(index, vote="ab"[index % 2]) for index in range(GROUP_ROWS)]
+    big[5]["vote"] = "?"
+    return [
+        write_jsonl(folder / "small_a.jsonl", [one_vote(1)]),
+        write_jsonl(folder / "half_a.jsonl", big[: GROUP_ROWS // 2 + 1]),
+        write_jsonl(folder / "large.jsonl", big),
+        write_jsonl(folder / "half_b.jsonl", big[: GROUP_ROWS // 2 + 1]),
+        write_jsonl(folder / "small_b.jsonl", [one_vote(2, vote="?")]),
+        write_jsonl(folder / "half_c.jsonl", big[: GROUP_ROWS // 2 + 1]),
+        write_jsonl(folder / "small_c.jsonl", [one_vote(3)]),
+    ]
+
+
 def everything(folder: Path) -> list[Path]:
     return [*alike_files(folder), *mixed_columns(folder), *bad_rows(folder), *other_formats(folder)]
 
@@ -93,6 +109,7 @@ FILE_SETS = {
     "same-columns-other-types": mixed_columns,
     "bad-rows-and-repeated-key": bad_rows,
     "json-list-csv-parquet-pairs": other_formats,
+    "large-files-and-full-groups": large_files,
     "all-of-them": everything,
 }
 
