@@ -8,18 +8,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import unicodedata
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from decimal import Decimal
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from rm_pipeline.lib.row_checks import NonFiniteNumber
+from rm_pipeline.lib.row_checks import numbers
 from rm_pipeline.lib.table_files import (
     QUARANTINE_COLUMNS,
     AnnotationFileError,
@@ -57,6 +55,7 @@ VOTE_COLUMNS = [
     "orientation_flipped",
 ]
 MESSAGE_ROLES = ("system", "user", "assistant", "tool")
+GROUP_ROWS = 10_000  # files are checked together up to this many rows: many small batches, one pass
 
 
 @dataclass
@@ -75,48 +74,140 @@ def read_annotations(paths: list[Path | str], rows_to_pairs: Callable | None = N
 
     ``rows_to_pairs(records, path)``: for a format whose rows hold several pairs (evaluation's RewardBench 2
     files), the pair records, each on its row's line, the rows it refused and the format's name; None for a
-    file it does not read. ``rows_read`` still counts the file's rows."""
-    frames, quarantines, batches = [], [], []
+    file it does not read. ``rows_read`` still counts the file's rows.
+
+    Each file is read and checked on its own, in order (the first that can't be read stops all); the
+    row checks run once per group of small vote files with the same columns and column types (many small
+    batches: one pass, not one per file), which gives each row what reading its file alone gives it."""
     paths = [Path(path) for path in paths]
-    for path, batch in zip(paths, batch_names(paths)):
-        records, quarantine, data = read_records(path)
-        rows_read = len(records) + len(quarantine)
-        expanded = rows_to_pairs(records, path) if rows_to_pairs else None
-        if expanded is not None:
-            records, refused, row_format = expanded
-            quarantine = pd.concat([quarantine, refused], ignore_index=True)
-        votes, fmt = _to_canonical(records, path, batch)
-        fmt = row_format if expanded is not None else fmt
-        votes, rejected = _validate_fields(votes, sides=("chosen", "rejected") if fmt == "conversational_pairs" else ())
-        if fmt != "votes":  # name the file's own fields, not the canonical ones they became
-            rejected["field"] = rejected["field"].replace(_pair_field_names(records.columns))
-        rejected["raw"] = rows_as_json(records.loc[rejected.index])
-        batch_quarantine = pd.concat([quarantine, rejected], ignore_index=True)
-        frames.append(votes)
-        quarantines.append(batch_quarantine)
-        batches.append(
-            {
-                "batch": batch,
-                "file": str(path),
-                "format": fmt,
-                "rows_read": rows_read,
-                "sha256": hashlib.sha256(data).hexdigest(),
-                "bytes": len(data),
-                "columns": ",".join(map(str, records.columns)),
-            }
-        )
-    votes = pd.concat(frames, ignore_index=True) if frames else _empty_votes()
-    quarantine = pd.concat(quarantines, ignore_index=True) if quarantines else empty_quarantine()
+    files, checked, formats, pending, pending_rows = [], [], {}, {}, Counter()
+
+    def check(group: list[int]) -> None:
+        votes, rejected, fmt = _group_votes([files[position] for position in group], group)
+        checked.append((votes, rejected))
+        for position in group:  # its rows are votes or quarantined rows now: the records can go
+            formats[position], files[position].records = fmt, None
+
+    for position, (path, batch) in enumerate(zip(paths, batch_names(paths))):
+        files.append(_read_batch(path, batch, rows_to_pairs))
+        key = _group_key(files[-1])
+        pending.setdefault(key, []).append(position)
+        pending_rows[key] += len(files[-1].records)
+        if key is None or pending_rows[key] >= GROUP_ROWS:  # a large or a paired file at once, alone
+            check(pending.pop(key))
+            del pending_rows[key]
+    for group in pending.values():
+        check(group)
+    votes = _in_file_order([votes for votes, _ in checked]) if files else _empty_votes()
+    quarantine_parts = _read_quarantines(files) + [rejected for _, rejected in checked]
+    quarantine = _in_file_order(quarantine_parts) if files else empty_quarantine()
     votes, inconsistent = _normalise_orientation(votes)
     votes, repeated = _drop_repeated_votes(votes)
     quarantine = pd.concat([quarantine, inconsistent, repeated], ignore_index=True)[QUARANTINE_COLUMNS]
     quarantine["line"] = quarantine["line"].astype("int64")
+    batches = [
+        {
+            "batch": file.batch,
+            "file": str(file.path),
+            "format": formats[position],
+            "rows_read": file.rows_read,
+            "sha256": file.sha256,
+            "bytes": file.bytes,
+            "columns": file.columns,
+        }
+        for position, file in enumerate(files)
+    ]
     summary = pd.DataFrame(batches, columns=["batch", "file", "format", "rows_read", "sha256", "bytes", "columns"])
     kept = votes.groupby("file").size()
     held = quarantine.groupby("file").size()
     summary["kept"] = summary["file"].map(kept).fillna(0).astype("int64")
     summary["quarantined"] = summary["file"].map(held).fillna(0).astype("int64")
     return IngestResult(votes.reset_index(drop=True), quarantine.reset_index(drop=True), summary)
+
+
+@dataclass
+class _Batch:
+    """One file as read: its records (None once checked), the rows that aren't records (or were refused
+    as pairs), and what the batches table says of it."""
+
+    path: Path
+    batch: str
+    records: pd.DataFrame | None
+    quarantine: pd.DataFrame
+    rows_read: int
+    row_format: str | None  # the format rows_to_pairs read it as, if it did
+    sha256: str
+    bytes: int
+    columns: str
+
+
+def _read_batch(path: Path, batch: str, rows_to_pairs: Callable | None) -> _Batch:
+    records, quarantine, data = read_records(path)
+    rows_read = len(records) + len(quarantine)
+    expanded = rows_to_pairs(records, path) if rows_to_pairs else None
+    row_format = None
+    if expanded is not None:
+        records, refused, row_format = expanded
+        quarantine = pd.concat([quarantine, refused], ignore_index=True)
+    _table_kind(records.columns, path)  # a file that is no annotation table stops the read here, in order
+    digest, columns = hashlib.sha256(data).hexdigest(), ",".join(map(str, records.columns))
+    return _Batch(path, batch, records, quarantine, rows_read, row_format, digest, len(data), columns)
+
+
+def _group_key(file: _Batch) -> tuple | None:
+    """Small vote files whose records have the same columns, in the same order, of the same types, are
+    checked together (their rows concatenate unchanged); None: a file checked alone."""
+    records = file.records
+    if file.row_format is not None or len(records) >= GROUP_ROWS or _table_kind(records.columns, file.path) != "votes":
+        return None
+    return tuple(records.columns), tuple(records.dtypes)
+
+
+def _group_votes(files: list[_Batch], positions: list[int]) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """A group's votes and rejected rows, each with its file's `_position` and a `_part` (1: a file's
+    rejected rows follow the rows its reader quarantined), and the group's format."""
+    first = files[0]
+    counts = [len(file.records) for file in files]
+    if len(files) == 1:
+        records, batch, names = first.records, first.batch, None
+    else:  # a RangeIndex: a row's label is its place in the group
+        records = pd.concat([file.records for file in files], ignore_index=True)
+        batch = pd.Series(np.repeat([file.batch for file in files], counts), dtype="str")
+        names = pd.Series(np.repeat([str(file.path) for file in files], counts), dtype="str")
+    position = np.repeat(positions, counts)
+
+    def at(frame: pd.DataFrame) -> np.ndarray:
+        return position[frame.index.to_numpy()] if names is not None else np.full(len(frame), positions[0])
+
+    votes, fmt = _to_canonical(records, first.path, batch, names)
+    fmt = first.row_format or fmt
+    votes, rejected = _validate_fields(votes, sides=("chosen", "rejected") if fmt == "conversational_pairs" else ())
+    if fmt != "votes":  # name the file's own fields, not the canonical ones they became
+        rejected["field"] = rejected["field"].replace(_pair_field_names(records.columns))
+    rejected["raw"] = rows_as_json(records.loc[rejected.index])
+    return votes.assign(_position=at(votes), _part=0), rejected.assign(_position=at(rejected), _part=1), fmt
+
+
+def _read_quarantines(files: list[_Batch]) -> list[pd.DataFrame]:
+    """Each file's own quarantine, with its `_position` and `_part` 0. Of the empty ones, one for each set
+    of column types: they hold no rows, only types, which decide the table's as they did file by file."""
+    parts, kinds = [], set()
+    for position, file in enumerate(files):
+        kind = tuple(zip(file.quarantine.columns, file.quarantine.dtypes))
+        if len(file.quarantine) or kind not in kinds:
+            kinds.add(kind)
+            parts.append(file.quarantine.assign(_position=position, _part=0))
+    return parts
+
+
+def _in_file_order(parts: list[pd.DataFrame]) -> pd.DataFrame:
+    """The parts as one table, rows in their files' order (a file's reader quarantine before its rejected
+    rows; the rows of a file in their own order), as reading the files one by one gives them."""
+    frame = pd.concat(parts, ignore_index=True)
+    order = np.lexsort([frame[name].to_numpy(dtype="int64") for name in ("_part", "_position")])  # stable
+    if (np.diff(order) < 0).any():  # not already in order (files checked one by one, as they came)
+        frame = frame.iloc[order].reset_index(drop=True)
+    return frame.drop(columns=["_position", "_part"])
 
 
 def batch_names(paths: list[Path]) -> list[str]:
@@ -133,24 +224,35 @@ def batch_names(paths: list[Path]) -> list[str]:
     ]
 
 
-def _to_canonical(records: pd.DataFrame, path: Path, batch: str) -> tuple[pd.DataFrame, str]:
-    """Map a file's records to the canonical vote columns; TRL pairs become single-vote items."""
-    columns = set(records.columns)
-    frame = records.copy()
+def _table_kind(columns, path: Path) -> str:
+    """ "votes" or "pairs" by a file's columns; a file with neither is refused whole."""
+    columns = set(columns)
     if "vote" in columns or ({"item_id", "annotator_id"} & columns and not {"chosen", "rejected"} <= columns):
+        return "votes"
+    if {"chosen", "rejected"} <= columns:
+        return "pairs"
+    raise AnnotationFileError(
+        path,
+        "not an annotation table: expected vote columns (item_id, prompt, response_a, response_b, "
+        f"annotator_id, vote) or paired columns (chosen, rejected); found {sorted(columns - {'line'})}",
+    )
+
+
+def _to_canonical(
+    records: pd.DataFrame, path: Path, batch: str | pd.Series, files: pd.Series | None = None
+) -> tuple[pd.DataFrame, str]:
+    """Map a file's records to the canonical vote columns; TRL pairs become single-vote items.
+
+    Several vote files' records at once: `batch` and `files` give each row its file's (a RangeIndex)."""
+    frame = records.copy()
+    if _table_kind(records.columns, path) == "votes":
         fmt = "votes"
-    elif {"chosen", "rejected"} <= columns:
-        frame, fmt = _pairs_to_votes(frame, batch)
     else:
-        raise AnnotationFileError(
-            path,
-            "not an annotation table: expected vote columns (item_id, prompt, response_a, response_b, "
-            f"annotator_id, vote) or paired columns (chosen, rejected); found {sorted(columns - {'line'})}",
-        )
+        frame, fmt = _pairs_to_votes(frame, batch)
     for column in VOTE_COLUMNS:
         if column not in frame.columns:
             frame[column] = None
-    frame["file"] = str(path)
+    frame["file"] = str(path) if files is None else files
     frame["batch"] = frame["batch"].where(~_is_missing(frame["batch"]), batch)
     return frame, fmt
 
@@ -240,7 +342,7 @@ def _validate_fields(frame: pd.DataFrame, sides: tuple = ()) -> tuple[pd.DataFra
     flag(~_is_text(frame["vote"]), "vote", "wrong_type", "vote must be one of " + ", ".join(VOTE_LABELS))
     vote = _map_values(frame["vote"], lambda v: v.strip().lower() if isinstance(v, str) else v)
     flag(~vote.isin(VOTE_LABELS), "vote", "bad_vote", "vote must be one of " + ", ".join(VOTE_LABELS))
-    strength, not_a_number, not_finite = _numbers(frame["strength"])
+    strength, not_a_number, not_finite = numbers(frame["strength"])
     flag(not_a_number, "strength", "wrong_type", "strength must be a number")
     flag(not_finite, "strength", "bad_value", "strength must be a finite number")
     flag(strength < 0, "strength", "bad_value", "strength must be >= 0")
@@ -398,43 +500,6 @@ def _is_prompt(values: pd.Series) -> pd.Series:
     if is_string_array(values):
         return pd.Series(True, index=values.index)
     return values.map(lambda v: v is None or isinstance(v, str) or is_message_list(v)).astype(bool)
-
-
-def _numbers(values: pd.Series) -> tuple[pd.Series, np.ndarray, np.ndarray]:
-    """A column as float64 (NaN where missing or no number), which values are not numbers at all, and
-    which are NaN or infinite as written (missing values, None or pandas' NaN for an absent key, are not).
-
-    One rule for every format: a JSON or Arrow number, a decimal (Parquet's decimal128) or a CSV cell's
-    text that reads as a number (`1.5`, `nan`, `-inf`) is a number; bools and other text are not."""
-    if pd.api.types.is_integer_dtype(values.dtype) or pd.api.types.is_float_dtype(values.dtype):
-        numbers = values.astype("float64")  # a NaN here is an Arrow null: written NaNs come as NonFiniteNumber
-        return numbers, np.zeros(len(values), dtype=bool), np.isinf(numbers.to_numpy())
-    parsed = [_number(value) for value in values]
-    not_a_number = np.fromiter((value is _NOT_A_NUMBER for value in parsed), dtype=bool, count=len(parsed))
-    numbers = np.fromiter((value if isinstance(value, float) else math.nan for value in parsed), "float64", len(parsed))
-    written = np.fromiter((isinstance(value, float) for value in parsed), dtype=bool, count=len(parsed))
-    return pd.Series(numbers, index=values.index), not_a_number, written & ~np.isfinite(numbers)
-
-
-_NOT_A_NUMBER = object()
-
-
-def _number(value):
-    """A float (NaN or infinite when written so), None when missing, or _NOT_A_NUMBER."""
-    if isinstance(value, NonFiniteNumber):
-        return float(value)
-    if value is None or (isinstance(value, (float, np.floating)) and math.isnan(value)):
-        return None  # pandas' NaN for a key absent from a JSON row; written NaNs are NonFiniteNumber
-    if isinstance(value, (bool, np.bool_)):
-        return _NOT_A_NUMBER
-    if isinstance(value, (int, float, np.integer, np.floating, Decimal, str)):  # a CSV cell is text
-        try:
-            return float(value)
-        except OverflowError:  # an integer too large for a float
-            return math.inf
-        except ValueError:  # text that is no number; a signalling decimal NaN
-            return math.nan if isinstance(value, Decimal) else _NOT_A_NUMBER
-    return _NOT_A_NUMBER
 
 
 def _normalise_orientation(votes: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:

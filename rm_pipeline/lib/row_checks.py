@@ -1,14 +1,18 @@
 """What the table readers must not let through silently, whatever the format: a number written as NaN or an
-infinity (told apart from a missing value), a key given twice in one JSON object, CSV rows swallowed by an
-unbalanced quote. Used by ``table_files``; knows nothing of what the rows mean.
+infinity (told apart from a missing value, and read by ``numbers``), a key given twice in one JSON object,
+CSV rows swallowed by an unbalanced quote. Used by ``table_files`` and ``annotations``; knows nothing of
+what the rows mean.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 import re
+from decimal import Decimal
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -113,3 +117,40 @@ def _parses_strictly(lines: list[str]) -> bool:
     except csv.Error:
         return False
     return True
+
+
+def numbers(values: pd.Series) -> tuple[pd.Series, np.ndarray, np.ndarray]:
+    """A column as float64 (NaN where missing or no number), which values are not numbers at all, and
+    which are NaN or infinite as written (missing values, None or pandas' NaN for an absent key, are not).
+
+    One rule for every format: a JSON or Arrow number, a decimal (Parquet's decimal128) or a CSV cell's
+    text that reads as a number (`1.5`, `nan`, `-inf`) is a number; bools and other text are not."""
+    if pd.api.types.is_integer_dtype(values.dtype) or pd.api.types.is_float_dtype(values.dtype):
+        numbers = values.astype("float64")  # a NaN here is an Arrow null: written NaNs come as NonFiniteNumber
+        return numbers, np.zeros(len(values), dtype=bool), np.isinf(numbers.to_numpy())
+    parsed = [read_number(value) for value in values]
+    not_a_number = np.fromiter((value is NOT_A_NUMBER for value in parsed), dtype=bool, count=len(parsed))
+    numbers = np.fromiter((value if isinstance(value, float) else math.nan for value in parsed), "float64", len(parsed))
+    written = np.fromiter((isinstance(value, float) for value in parsed), dtype=bool, count=len(parsed))
+    return pd.Series(numbers, index=values.index), not_a_number, written & ~np.isfinite(numbers)
+
+
+NOT_A_NUMBER = object()
+
+
+def read_number(value):
+    """A float (NaN or infinite when written so), None when missing, or NOT_A_NUMBER."""
+    if isinstance(value, NonFiniteNumber):
+        return float(value)
+    if value is None or (isinstance(value, (float, np.floating)) and math.isnan(value)):
+        return None  # pandas' NaN for a key absent from a JSON row; written NaNs are NonFiniteNumber
+    if isinstance(value, (bool, np.bool_)):
+        return NOT_A_NUMBER
+    if isinstance(value, (int, float, np.integer, np.floating, Decimal, str)):  # a CSV cell is text
+        try:
+            return float(value)
+        except OverflowError:  # an integer too large for a float
+            return math.inf
+        except ValueError:  # text that is no number; a signalling decimal NaN
+            return math.nan if isinstance(value, Decimal) else NOT_A_NUMBER
+    return NOT_A_NUMBER
