@@ -68,6 +68,13 @@ def preview(table: pd.DataFrame, columns: list[str]) -> dg.MetadataValue:
     return dg.MetadataValue.md(markdown_table(head.to_dict("records"), columns))
 
 
+def log_skipped(log, skipped: list[dict]) -> None:
+    """A folder's entries that are not read, one INFO line each (a README beside the batches is routine; the
+    metadata lists them all with their reasons)."""
+    for row in skipped:
+        log.info(f"{row['file']}: skipped: {row['reason']} ({row['detail']})")
+
+
 def table_output(
     table: pd.DataFrame, metadata: dict, output_name: str = "result", data_version: str | None = None
 ) -> dg.Output[pd.DataFrame]:

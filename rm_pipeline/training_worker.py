@@ -10,6 +10,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -116,7 +117,16 @@ def train_and_report(pipes, extras) -> None:
         )
 
 
+def quiet() -> None:
+    """The worker's output is the run's: progress lines, not progress bars or libraries' deprecation notes."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
 if __name__ == "__main__":
     die_with_parent()
+    quiet()
     with open_dagster_pipes() as context:
         run(context)

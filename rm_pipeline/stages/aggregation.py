@@ -8,6 +8,7 @@ from rm_pipeline.asset_outputs import (
     counts_table,
     gate_result,
     histogram,
+    log_skipped,
     preview,
     records_table,
     table_output,
@@ -50,8 +51,7 @@ def aggregated_preferences(
     aggregated winner (`adjudicated`, `adjudicated_by`, `review_note`; `drop` rejects the pair)."""
     result = aggregate_votes(raw_annotations, **config.model_dump())
     listing = review_files(review_source.directory)
-    for row in listing.skipped:  # still being written: left for the next run
-        context.log.warning(f"{row['file']}: skipped: {row['reason']} ({row['detail']})")
+    log_skipped(context.log, listing.skipped)
     reviews = read_reviews(listing.ready, result.comparisons)
     for row in reviews.quarantine.itertuples():
         context.log.warning(f"{row.file}:{row.line}: {row.field}: {row.reason} ({row.detail})")

@@ -11,6 +11,7 @@ from rm_pipeline.asset_outputs import (
     OWNERS,
     counts_table,
     gate_result,
+    log_skipped,
     preview,
     records_table,
     table_output,
@@ -57,8 +58,7 @@ def annotation_batches(context: dg.AssetExecutionContext, annotation_source: Ann
     """Read all batch files in the annotation folder."""
     listing = folder_files(annotation_source.directory)
     files = listing.ready
-    for row in listing.skipped:
-        context.log.warning(f"{row['file']}: skipped: {row['reason']} ({row['detail']})")
+    log_skipped(context.log, listing.skipped)
     if not files:
         raise dg.Failure(
             f"no annotation batches (.jsonl, .json, .csv, .parquet) in {annotation_source.directory}"

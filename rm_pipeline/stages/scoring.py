@@ -8,7 +8,7 @@ import dagster as dg
 import pandas as pd
 
 from rm_pipeline.asset_outputs import EVALUATION_GROUP as GROUP
-from rm_pipeline.asset_outputs import OWNERS, counts_table, preview, records_table, table_output
+from rm_pipeline.asset_outputs import OWNERS, counts_table, log_skipped, preview, records_table, table_output
 from rm_pipeline.config import config_class, settings_from_config
 from rm_pipeline.lib.asset_values import MODEL_PATH, SCORED_BY, SCORED_IN, PublishedModel
 from rm_pipeline.lib.evaluation.inputs import file_pairs_to_score, responses_to_score, split_pairs_to_score
@@ -103,8 +103,7 @@ def reward_scores(
     for row in quarantine.itertuples():
         context.log.warning(f"{row.file}:{row.line}: {row.field}: {row.reason} ({row.detail}); not scored")
     skipped = folder.skipped_files()
-    for row in skipped:
-        context.log.warning(f"{row['file']}: skipped: {row['reason']} ({row['detail']})")
+    log_skipped(context.log, skipped)
 
     scorer = RewardScorer.load(model_dir, config.batch_size, precision=config.precision)
     sequences = 2 * len(pairs) + len(responses)

@@ -169,13 +169,13 @@ def pair_credit_trainer_class(loss: Loss = "bradley_terry"):
 def build_trainer(
     model, tokenizer, peft_config, data: TrainingData, settings: TrainingSettings, checkpoint_dir: Path, progress
 ):
-    from transformers import EarlyStoppingCallback
+    from transformers import EarlyStoppingCallback, PrinterCallback
 
     callbacks = [progress]
     if data.evaluation is not None and settings.early_stopping_patience is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=settings.early_stopping_patience))
     args = reward_config(settings, checkpoint_dir, data.evaluation is not None)
-    return pair_credit_trainer_class(settings.loss)(
+    trainer = pair_credit_trainer_class(settings.loss)(
         model=model,
         args=args,
         data_collator=preference_collator(tokenizer, args),
@@ -185,6 +185,8 @@ def build_trainer(
         peft_config=peft_config,
         callbacks=callbacks,
     )
+    trainer.remove_callback(PrinterCallback)  # every log dict on stdout: `progress` reports them, readably
+    return trainer
 
 
 def training_metrics(
