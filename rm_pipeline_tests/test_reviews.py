@@ -150,6 +150,14 @@ def test_a_decision_follows_its_response_when_the_comparison_shows_the_sides_swa
     assert result.decisions["review_decision"].tolist() == ["b"]  # the reviewer chose Paris: side b here
 
 
+def test_a_review_item_id_is_read_by_the_rule_ingestion_reads_ids_by(comparisons, tmp_path):
+    """Trimmed and in NFC, as ingestion stores it: a reviewer's ` batch/i4 ` is the comparison batch/i4."""
+    path = tmp_path / "spaced.jsonl"
+    path.write_text(json.dumps({"item_id": " batch/i4\t", "review_decision": "b"}) + "\n")
+    result = read_reviews([path], comparisons)
+    assert result.decisions["item_id"].tolist() == ["batch/i4"] and result.quarantine.empty
+
+
 DATA_STAGES = ["raw_annotations", "annotation_quarantine", "aggregated_preferences", "review_queue"]
 PAIRS = ["preference_pairs", "rejected_pairs"]
 

@@ -30,7 +30,7 @@ from rm_pipeline.lib.table_files import (
 
 VOTE_LABELS = ("a", "b", "tie", "abstain")
 IDENTIFIER_FIELDS = ("item_id", "annotator_id")
-NORMALISED_FIELDS = ("item_id", "annotator_id", "prompt_id", "source", "batch")  # see _identifier
+NORMALISED_FIELDS = ("item_id", "annotator_id", "prompt_id", "source", "batch")  # see identifier
 TEXT_FIELDS = ("response_a", "response_b")
 OPTIONAL_TEXT_FIELDS = ("domain", "source", "batch")
 CONTEXT_FIELDS = ("context_a", "context_b")
@@ -214,12 +214,12 @@ def batch_names(paths: list[Path]) -> list[str]:
     """Each file's default batch name: its name without the suffix, unless another file read with it has
     the same one (`vend.jsonl`, `vend.csv`): then its name, or where names are shared too (files from
     several folders), its path. A folder's files keep the names they have always had until such a
-    file arrives; the names are compared as identifiers are (see ``_identifier``)."""
-    stems = [_identifier(path.stem) for path in paths]
-    names = [_identifier(path.name) for path in paths]
+    file arrives; the names are compared as identifiers are (see ``identifier``)."""
+    stems = [identifier(path.stem) for path in paths]
+    names = [identifier(path.name) for path in paths]
     stem_count, name_count = Counter(stems), Counter(names)
     return [
-        stem if stem_count[stem] == 1 else name if name_count[name] == 1 else _identifier(str(path))
+        stem if stem_count[stem] == 1 else name if name_count[name] == 1 else identifier(str(path))
         for path, stem, name in zip(paths, stems, names)
     ]
 
@@ -336,7 +336,7 @@ def _validate_fields(frame: pd.DataFrame, sides: tuple = ()) -> tuple[pd.DataFra
         if present.any():  # nothing to check in a column of JSON nulls
             flag(present & ~_is_prompt(frame[name]), name, "wrong_type", f"{name} must be text or a list of messages")
     for name in (*sides, "prompt", *CONTEXT_FIELDS):  # the sides first: an implicit prompt is cut from them
-        problems = _role_problems(frame[name], name, answer=name in sides)
+        problems = role_problems(frame[name], name, answer=name in sides)
         flag(problems.notna(), name, "bad_value", problems)
     flag(frame["vote"].isna(), "vote", "missing_field", "vote is required")
     flag(~_is_text(frame["vote"]), "vote", "wrong_type", "vote must be one of " + ", ".join(VOTE_LABELS))
@@ -376,7 +376,7 @@ def _canonical_types(frame: pd.DataFrame) -> pd.DataFrame:
     for name in (*IDENTIFIER_FIELDS, "prompt_id", *OPTIONAL_TEXT_FIELDS):
         frame[name] = _as_text(frame[name])
     for name in NORMALISED_FIELDS:
-        frame[name] = _normalised(frame[name], _annotator if name == "annotator_id" else _identifier)
+        frame[name] = _normalised(frame[name], _annotator if name == "annotator_id" else identifier)
     scope = frame["source"].where(frame["source"].notna() & (frame["source"] != ""), frame["batch"])
     scope = scope.str.replace("%", "%25", regex=False).str.replace("/", "%2F", regex=False)
     frame["source_item_id"] = frame["item_id"]
@@ -411,7 +411,7 @@ def _normalised(values: pd.Series, rule) -> pd.Series:
     return pd.Series(mapped[codes], index=values.index, dtype=object)  # code -1 (missing) takes the None
 
 
-def _identifier(value):
+def identifier(value):
     """The one rule for identifiers (item, prompt, source, batch): Unicode NFC, surrounding whitespace
     trimmed, case kept (`Q1` and `q1` may well be different items)."""
     return unicodedata.normalize("NFC", value).strip() if isinstance(value, str) else value
@@ -420,7 +420,7 @@ def _identifier(value):
 def _annotator(value):
     """An annotator id is an identifier compared without case: `ANN-1` and `ann-1 ` are one person.
     Stored case-folded (NFC again after folding, which can decompose)."""
-    return unicodedata.normalize("NFC", _identifier(value).casefold()) if isinstance(value, str) else value
+    return unicodedata.normalize("NFC", identifier(value).casefold()) if isinstance(value, str) else value
 
 
 def _canonical_prompt(value):
@@ -478,7 +478,7 @@ def is_message_list(value) -> bool:
     )
 
 
-def _role_problems(values: pd.Series, name: str, answer: bool) -> pd.Series:
+def role_problems(values: pd.Series, name: str, answer: bool) -> pd.Series:
     """Per message list: an unknown role, or (`answer`) a last message that isn't the assistant's; else None."""
     if only_text(values):
         return pd.Series(None, index=values.index, dtype=object)

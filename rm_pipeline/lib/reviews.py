@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from rm_pipeline.lib.aggregation import restore_formulas
+from rm_pipeline.lib.annotations import identifier
 from rm_pipeline.lib.pairs import Rejections
 from rm_pipeline.lib.table_files import (
     QUARANTINE_COLUMNS,
@@ -158,7 +159,7 @@ def _check(rows: pd.DataFrame, comparisons: pd.DataFrame) -> tuple[pd.DataFrame,
     shown = rows["review_decision"].astype(str)
     quarantine(~known, "bad_decision", "'" + shown + "' is not one of a, b, tie, drop", "review_decision")
     current = comparisons.set_index(comparisons["item_id"].astype(str))[["response_a", "response_b"]]
-    item = rows["item_id"].map(lambda v: None if pd.isna(v) else str(v))
+    item = rows["item_id"].map(lambda v: None if pd.isna(v) else identifier(str(v)))  # ingestion's rule for ids
     exists = item.isin(current.index)
     quarantine(~exists, "unknown_item", "no current comparison has item_id " + item.fillna("(empty)"), "item_id")
 

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from rm_pipeline.lib.annotations import _role_problems, is_message_list
+from rm_pipeline.lib.annotations import is_message_list, role_problems
 from rm_pipeline.lib.model_files import (
     SCORED_FILE,
     WEIGHTS_FILE,
@@ -24,7 +24,7 @@ from rm_pipeline.lib.model_files import (
 )
 from rm_pipeline.lib.precision import SCORING_PRECISION_HELP, Precision, autocast, head_in_fp32, scores_in_bf16
 from rm_pipeline.lib.settings import check_settings, setting
-from rm_pipeline.lib.table_files import MAX_JSON_DEPTH, _bad_char, json_depth_exceeds
+from rm_pipeline.lib.table_files import MAX_JSON_DEPTH, bad_char, json_depth_exceeds
 from rm_pipeline.lib.tokenization import check_remote_code, encode, load_tokenizer, quiet_loading
 
 
@@ -268,7 +268,7 @@ def _candidate_text(value):
 
 def _text_problem(value) -> str | None:
     """Ingestion's text rule (table_files): no lone surrogate (valid JSON, but no tokenizer takes it), no NUL."""
-    char = _bad_char(value)
+    char = bad_char(value)
     if char is None:
         return None
     return "holds a NUL character" if char == "\x00" else "is not valid UTF-8 text"
@@ -283,7 +283,7 @@ def _record_problems(record: dict) -> list[str]:
     else:
         text = _text_problem(prompt)
         if text is None and isinstance(prompt, list):
-            text = _role_problems(pd.Series([prompt], dtype=object), "prompt", answer=False).iloc[0]
+            text = role_problems(pd.Series([prompt], dtype=object), "prompt", answer=False).iloc[0]
         problems = [f"prompt: {text}"] if isinstance(text, str) else []
     if not isinstance(candidates, list) or not candidates:
         return [*problems, "candidates: must be a non-empty list"]

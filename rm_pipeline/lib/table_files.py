@@ -269,7 +269,7 @@ def _split_bad_text(path: Path, frame: pd.DataFrame, quarantine: pd.DataFrame) -
         elif only_text(values) and not _BAD_CHAR.search("".join(values.dropna())):
             continue  # the usual text column (CSV's, say): one search over all of it, not one per cell
         elif values.dtype == object and values.notna().any():  # not a column of JSON nulls
-            cells[name] = np.fromiter((_bad_char(v) is not None for v in values), dtype=bool, count=len(values))
+            cells[name] = np.fromiter((bad_char(v) is not None for v in values), dtype=bool, count=len(values))
     cells = pd.DataFrame(cells, index=frame.index, dtype=bool)
     bad = cells.any(axis=1) if len(cells.columns) else pd.Series(False, index=frame.index)
     if not bad.any():
@@ -277,7 +277,7 @@ def _split_bad_text(path: Path, frame: pd.DataFrame, quarantine: pd.DataFrame) -
     rows = []
     for index in frame.index[bad]:
         name = cells.columns[cells.loc[index].to_numpy().argmax()]
-        problem = "holds a NUL character" if _bad_char(frame.at[index, name]) == "\x00" else "is not valid UTF-8 text"
+        problem = "holds a NUL character" if bad_char(frame.at[index, name]) == "\x00" else "is not valid UTF-8 text"
         raw = json.dumps(frame.loc[index].drop("line").to_dict(), ensure_ascii=True, default=str)  # escapes: valid
         rows.append(_quarantine_row(path, int(frame.at[index, "line"]), name, "bad_encoding", f"{name} {problem}", raw))
     held = pd.DataFrame(rows, columns=QUARANTINE_COLUMNS)
@@ -288,15 +288,15 @@ def _split_bad_text(path: Path, frame: pd.DataFrame, quarantine: pd.DataFrame) -
 _BAD_CHAR = re.compile("[\ud800-\udfff\x00]")  # json.loads joins valid surrogate pairs, so any left is lone
 
 
-def _bad_char(value) -> str | None:
+def bad_char(value) -> str | None:
     """The first lone surrogate or NUL in a value (text, or messages nested in lists and dicts)."""
     if isinstance(value, str):
         found = _BAD_CHAR.search(value)
         return found.group() if found else None
     if isinstance(value, dict):
-        return next((c for item in value.items() for c in map(_bad_char, item) if c is not None), None)
+        return next((c for item in value.items() for c in map(bad_char, item) if c is not None), None)
     if isinstance(value, (list, tuple, np.ndarray)):
-        return next((c for c in map(_bad_char, value) if c is not None), None)
+        return next((c for c in map(bad_char, value) if c is not None), None)
     return None
 
 
@@ -338,7 +338,7 @@ def _read_csv(path: Path, data: bytes) -> tuple[pd.DataFrame, pd.DataFrame]:
         raise AnnotationFileError(path, f"not a CSV table (line {reader.line_num}: {error})") from error
     if header is None:
         raise AnnotationFileError(path, "not a CSV table (empty file)")
-    if any(_bad_char(name) for name in header):
+    if any(bad_char(name) for name in header):
         raise AnnotationFileError(path, "not a CSV table (its header is not UTF-8 text)")
     repeated = sorted({name for name in header if header.count(name) > 1})
     if repeated:
