@@ -120,8 +120,10 @@ def train_and_report(pipes, extras) -> None:
 def quiet() -> None:
     """The worker's output is the run's: progress lines, not progress bars or libraries' deprecation notes."""
     import datasets
+    from transformers.utils import logging as hf_logging
 
     datasets.disable_progress_bars()
+    hf_logging.disable_progress_bar()  # "Writing model shards" at each checkpoint
     warnings.filterwarnings("ignore", category=FutureWarning)
 
 
