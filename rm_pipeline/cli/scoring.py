@@ -22,6 +22,7 @@ from rm_pipeline.cli.common import (
     settings_options,
 )
 from rm_pipeline.lib.asset_values import READY
+from rm_pipeline.lib.model_files import new_file_mode
 
 SCORING_OPTIONS = ("batch_size", "precision")
 
@@ -166,7 +167,7 @@ def atomic_output(path: Path | None):
         with os.fdopen(handle, "w", encoding="utf-8") as output:
             yield output
         # mkstemp makes the file private: give it the mode the old file had, or that a new one would get
-        partial.chmod(path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_umask())
+        partial.chmod(path.stat().st_mode & 0o777 if path.exists() else new_file_mode())
         partial.replace(path)
     finally:
         partial.unlink(missing_ok=True)
@@ -222,9 +223,3 @@ def warn_unless_ready(model: Path) -> None:
     if verdict.get(READY) is not True:
         reasons = "; ".join(map(str, verdict.get("reasons") or [f"{READY} is not true"]))
         print(f"rm-pipeline: {model} is NOT READY for optimisation ({path}): {reasons}", file=sys.stderr)
-
-
-def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 CONFIG_FILE = "config.json"  # Hugging Face's model config; `reward_mean` / `reward_std` are stored in it
@@ -27,6 +28,13 @@ CALIBRATION_FILE = "calibration.json"  # `reward_temperature` fitted by evaluati
 READINESS_FILE = "readiness.json"  # the readiness gate's verdict, by reward_readiness
 PROMOTION_FILE = "promotion.json"  # whether current_reward_model promoted this candidate to `current`
 POLICY_FILE = "dpo_policy.json"  # beside a policy trained by dpo-baseline: its reference, β and data
+
+
+def new_file_mode() -> int:
+    """The mode a new file gets here (0644 under umask 022); reading the umask means setting it, at once back."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def write_atomically(path: Path, text: str) -> None:

@@ -17,6 +17,7 @@ from rm_pipeline.lib.model_files import (
     TRAINING_HISTORY_FILE,
     TRAINING_METRICS_FILE,
     TRAINING_SETTINGS_FILE,
+    new_file_mode,
 )
 from rm_pipeline.lib.training.model_card import model_card, plot_training_curves
 from rm_pipeline.lib.training.settings import TrainingSettings
@@ -62,8 +63,7 @@ def save_model_directory(
 def _one_mode(directory: Path) -> None:
     """Give every file the mode a new file gets (0644 under umask 022): transformers writes model.safetensors
     through a private temporary file (0600), which other users, a serving container, could not read."""
-    umask = os.umask(0)
-    os.umask(umask)
+    mode = new_file_mode()
     for path in directory.rglob("*"):
         if path.is_file() and not path.is_symlink():
-            path.chmod(0o666 & ~umask)
+            path.chmod(mode)
