@@ -1,6 +1,7 @@
 """Shared fixtures: a small slice of the bundled real annotations, and isolated storage roots."""
 
 import itertools
+import os
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,16 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLED = REPO_ROOT / "rm_pipeline" / "data" / "annotations"
 SLICE_LINES = {"pandalm_testset_v1.jsonl": 450, "tulu1_human_eval.jsonl": 300, "hh_rlhf_harmless_test.jsonl": 200}
+
+
+@pytest.fixture(autouse=True)
+def environment_restored():
+    """Each test's environment is its own: a command run in-process (`main([...])`) sets $RM_PIPELINE_HOME and
+    $DAGSTER_HOME for itself, and the commands a later test starts must not inherit them."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 @pytest.fixture(scope="session")
