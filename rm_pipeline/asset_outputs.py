@@ -14,7 +14,14 @@ from rm_pipeline.lib.markdown import markdown_table
 OWNERS = ["team:rm-pipeline"]
 ROW_COUNT = "dagster/row_count"  # the row count Dagster shows for a table asset
 DATA_VERSION_TAG = "dagster/data_version"  # the tag an event carries its data version under (no public name)
+# The asset groups, in the order data flows through them: the UI draws each as a box.
+ANNOTATIONS_GROUP = "annotations"
+AGGREGATION_GROUP = "aggregation"
+PAIRS_GROUP = "pairs"
+SPLIT_GROUP = "split"
+TRAINING_GROUP = "training"
 EVALUATION_GROUP = "evaluation"  # the stages that judge a trained model
+ASSET_GROUPS = (ANNOTATIONS_GROUP, AGGREGATION_GROUP, PAIRS_GROUP, SPLIT_GROUP, TRAINING_GROUP, EVALUATION_GROUP)
 PREVIEW_ROWS = 10
 PREVIEW_CHARS = 80
 GATE_DESCRIPTION_CHARS = 1000  # a failed gate's description; every failure is in its `failures` metadata

@@ -154,7 +154,7 @@ def storage_root(tmp_path) -> Path:
 
 # Thresholds any model meets, given some fresh-policy labels: for tests of the graph, not of the verdict.
 PERMISSIVE_READINESS = {
-    "reward_readiness": {
+    "evaluation_report": {
         "config": {
             "min_length_matched_accuracy": 0.0,
             "min_fresh_policy_accuracy": 0.0,

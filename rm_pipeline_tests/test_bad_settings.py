@@ -124,7 +124,7 @@ RUN_CONFIG_CASES = {
     "learning rate .nan": ("ops: {reward_model: {config: {learning_rate: .nan}}}", "learning_rate must be a finite"),
     "batch size 0": ("ops: {reward_model: {config: {batch_size: 0}}}", "batch_size must be a whole number, at least 1"),
     "eval fraction 2": ("ops: {preference_split: {config: {eval_fraction: 2}}}", "ops.preference_split.config.eval_"),
-    "readiness ece -1": ("ops: {reward_readiness: {config: {max_ece: -1.0}}}", "max_ece must be a finite number, from"),
+    "readiness ece -1": ("ops: {evaluation_report: {config: {max_ece: -1.0}}}", "max_ece must be a finite number"),
     "billion laughs": (
         "a: &a ['lol','lol','lol','lol','lol','lol','lol','lol','lol']\n"
         + "".join(f"{b}: &{b} [{','.join(['*' + a] * 9)}]\n" for a, b in zip("abcdefgh", "bcdefghi"))

@@ -302,6 +302,7 @@ def test_sigterm_to_ui_stops_dagster_dev_and_everything_it_started(tmp_path, sta
     import psutil
 
     from rm_pipeline.cli import UI_STOP_SECONDS
+    from rm_pipeline.cli.ui import lineage_url
     from rm_pipeline_tests.support.dagster_dev import assert_port_free, free_port, wait_for
 
     port = free_port()
@@ -326,6 +327,7 @@ def test_sigterm_to_ui_stops_dagster_dev_and_everything_it_started(tmp_path, sta
         wait_for(f"http://127.0.0.1:{port}/server_info", 180)
         started = ui.children(recursive=True)
         assert len(started) >= 3  # dagster dev, its webserver and daemon (and code servers)
+        assert lineage_url(port) in (tmp_path / "ui.log").read_text()  # the graph's link, every group open
         asked = time.monotonic()
         ui.send_signal(signal.SIGTERM)
         code = ui.wait(timeout=UI_STOP_SECONDS + 30)  # None: not our child, its status is the shell's to read

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 import rm_pipeline.stages
+from rm_pipeline.asset_outputs import ASSET_GROUPS
 from rm_pipeline.definitions import build_defs, defs, reward_pipeline_job
 from rm_pipeline.lib.automation import FolderWatchSettings
 from rm_pipeline.lib.training.settings import TrainingSettings
@@ -51,6 +52,8 @@ def test_definitions_load_with_the_product_asset_names():
         node = graph.get(key)
         assert node.group_name and node.owners and node.description, key
         assert node.code_version or not node.is_materializable, key  # an external asset has no code
+    # `rm-pipeline ui`'s link opens the groups ASSET_GROUPS names: every group of the graph, and no other
+    assert {graph.get(key).group_name for key in graph.get_all_asset_keys()} == set(ASSET_GROUPS)
     upstream = {
         key.to_user_string(): {p.to_user_string() for p in graph.get(key).parent_keys}
         for key in graph.get_all_asset_keys()
@@ -63,9 +66,15 @@ def test_definitions_load_with_the_product_asset_names():
     assert upstream["reward_scores"] == {"reward_model", "preference_split", "review_queue", "shortcut_probes"}
     # the model flows as an input: every stage after training takes the reward_model value
     assert upstream["reward_model"] == {"preference_split"}
-    assert upstream["evaluation_report"] == {"reward_model", "reward_scores", "response_scores", "preference_split"}
+    assert upstream["evaluation_report"] == {
+        "reward_model",
+        "reward_scores",
+        "response_scores",
+        "preference_split",
+        "dpo_comparison",
+    }
     assert upstream["dpo_comparison"] == {"reward_model", "reward_scores", "preference_split"}
-    assert upstream["reward_readiness"] == {"reward_model", "evaluation_report", "dpo_comparison", "preference_split"}
+    assert upstream["reward_readiness"] == {"reward_model", "evaluation_report"}
     assert upstream["current_reward_model"] == {
         "reward_model",
         "reward_scores",

@@ -328,7 +328,7 @@ def test_dpo_baseline_trains_on_the_split_and_the_evaluation_compares_it(
             instance=instance,
             raise_on_error=False,
             run_config={"ops": PERMISSIVE_READINESS, "resources": {"dpo_policy": {"config": {"policy": str(policy)}}}},
-            asset_selection=[dg.AssetKey("dpo_comparison"), dg.AssetKey("reward_readiness")],
+            asset_selection=[dg.AssetKey(key) for key in ("dpo_comparison", "evaluation_report", "reward_readiness")],
         )
         assert result.success
         shown = metadata(result, "dpo_comparison")

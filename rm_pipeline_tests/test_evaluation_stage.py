@@ -167,6 +167,12 @@ def test_a_model_that_is_not_ready_is_a_verdict_the_run_succeeds_with_and_says_w
     shown = f"{Path(metadata['model_path'].value).name}: NOT READY, {len(failed)} of {len(verdict['checks'])} checks"
     assert check.description.startswith(shown)  # the verdict, where the UI shows a check first
     assert "only 5 human-labelled pairs" in check.description
+    # the report's page leads with the same verdict, decided where the report is
+    report_page = materialization(result, "evaluation_report")
+    assert list(report_page)[:3] == ["verdict", "optimize_against_reward", "checks"]
+    assert report_page["verdict"].value == check.description
+    assert report_page["optimize_against_reward"].value is False
+    assert "FAIL `fresh_policy_accuracy`" in report_page["checks"].value
     markdown = open(metadata["report"].value).read()
     assert "Readiness: NOT READY" in markdown and verdict["recommendation"] in markdown
 
@@ -186,7 +192,7 @@ def test_under_the_strict_setting_a_model_that_is_not_ready_fails_the_run(evalua
     assert failure.step_key == "reward_readiness"
     assert failure.step_failure_data.error.cls_name == "DagsterAssetCheckFailedError"
     verdict = json.loads(open(materialization(result, "reward_readiness")["readiness_file"].value).read())
-    assert verdict["optimize_against_reward"] is False and verdict["thresholds"]["strict"] is True
+    assert verdict["optimize_against_reward"] is False and verdict["strict"] is True
 
 
 def test_the_gate_passes_when_every_check_does(evaluated):
@@ -194,12 +200,13 @@ def test_the_gate_passes_when_every_check_does(evaluated):
     result = job.execute_in_process(
         instance=evaluated["instance"],
         raise_on_error=False,
-        asset_selection=[dg.AssetKey("reward_readiness")],
-        run_config={"ops": PERMISSIVE_READINESS},
+        asset_selection=[dg.AssetKey("evaluation_report"), dg.AssetKey("reward_readiness")],
+        run_config={"ops": PERMISSIVE_READINESS},  # the thresholds are the report's: it decides the verdict
     )
     assert result.success
     [check] = result.get_asset_check_evaluations()
     assert check.passed
+    assert materialization(result, "evaluation_report")["verdict"].value.endswith(": ready")
     verdict = json.loads(open(materialization(result, "reward_readiness")["readiness_file"].value).read())
     assert verdict["optimize_against_reward"] is True and verdict["reasons"] == []
 

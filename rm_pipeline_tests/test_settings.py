@@ -15,8 +15,8 @@ from rm_pipeline.config import config_class, settings_from_config
 from rm_pipeline.lib.aggregation import AggregationSettings, ReviewThresholds
 from rm_pipeline.lib.environment import VARIABLES, EnvironmentVariable
 from rm_pipeline.lib.evaluation.probes import ProbeSettings
-from rm_pipeline.lib.evaluation.readiness import ReadinessThresholds
-from rm_pipeline.lib.evaluation.report import ReportSettings
+from rm_pipeline.lib.evaluation.readiness import ReadinessGate
+from rm_pipeline.lib.evaluation.report import EvaluationSettings
 from rm_pipeline.lib.pairs import PairSettings
 from rm_pipeline.lib.promotion import PromotionSettings
 from rm_pipeline.lib.scoring import ScoringSettings
@@ -34,9 +34,9 @@ STAGE_CONFIGS = [
     (pairs.PairsConfig, PairSettings, set()),
     (split.SplitConfig, SplitSettings, set()),
     (reward_model.RewardModelConfig, TrainingSettings, {"trust_remote_code", "max_length"}),
-    (readiness.ReadinessConfig, ReadinessThresholds, set()),
+    (readiness.ReadinessConfig, ReadinessGate, set()),
     (scoring.ScoringConfig, ScoringSettings, set()),
-    (report.EvaluationReportConfig, ReportSettings, set()),
+    (report.EvaluationReportConfig, EvaluationSettings, set()),
     (scoring.ProbeConfig, ProbeSettings, set()),
     (promotion.PromotionConfig, PromotionSettings, set()),
 ]

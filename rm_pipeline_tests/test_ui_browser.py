@@ -15,6 +15,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from rm_pipeline.cli.ui import lineage_url
 from rm_pipeline.definitions import defs
 from rm_pipeline_tests.conftest import BUNDLED, PERMISSIVE_READINESS, SLICE_LINES
 from rm_pipeline_tests.support.dagster_dev import REPO_ROOT
@@ -83,9 +84,7 @@ def browser(tmp_path):
 @pytest.mark.servers
 @pytest.mark.trains
 def test_the_ui_shows_the_lineage_a_passed_check_and_the_report_plots(small_dagster_dev, browser, artifacts):
-    from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support import expected_conditions as shown
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -104,17 +103,14 @@ def test_the_ui_shows_the_lineage_a_passed_check_and_the_report_plots(small_dags
             missing = [text for text in texts if text not in page_text()]
             raise AssertionError(f"not shown: {missing}; see {artifacts / 'failed.png'}") from error
 
-    # The global asset lineage. A first visit lands on it: the instance turns Dagster's community dialog off (nux).
-    browser.get(f"{small_dagster_dev.url}/asset-groups")
-    wait_for_text("Global asset lineage", "annotations", "evaluation", "training")
+    # A first visit, on the link `rm-pipeline ui` prints: every asset of the graph in view, and no community
+    # dialog over it (the instance turns nux off).
+    browser.get(lineage_url(small_dagster_dev.port))
+    wait_for_text("Global asset lineage", *SHOWN_IN_LINEAGE)
     time.sleep(3)  # the dialog, where it is on, opens a moment after the page
     browser.save_screenshot(artifacts / "1-first-visit.png")
     assert "Join the Dagster community" not in page_text()
     assert not browser.find_elements(By.CSS_SELECTOR, "[role=dialog]")
-    # Groups start collapsed; "Expand all groups" (⌥E) shows every asset in the graph.
-    ActionChains(browser).key_down(Keys.ALT).send_keys("e").key_up(Keys.ALT).perform()
-    wait_for_text(*SHOWN_IN_LINEAGE)
-    browser.save_screenshot(artifacts / "2-global-asset-lineage.png")
 
     # A blocking check that passed, on its asset's checks tab.
     browser.get(f"{small_dagster_dev.url}/assets/preference_split?view=checks")
@@ -123,7 +119,9 @@ def test_the_ui_shows_the_lineage_a_passed_check_and_the_report_plots(small_dags
 
     # The evaluation report's plots: inline PNGs in Markdown metadata, each opened as a user would.
     browser.get(f"{small_dagster_dev.url}/assets/evaluation_report")
-    wait_for_text("evaluation_report", "held_out_accuracy", *REPORT_PLOTS)
+    # The verdict first: the report decides it (thresholds met here, see PERMISSIVE_READINESS).
+    wait_for_text("evaluation_report", "verdict", ": ready", "recommendation", "held_out_accuracy", *REPORT_PLOTS)
+    browser.save_screenshot(artifacts / "3b-evaluation-report-verdict.png")
     for number, plot in enumerate(REPORT_PLOTS, start=4):
         row = browser.find_element(By.XPATH, f"//tr[td[normalize-space()='{plot}']]")
         link = row.find_element(By.XPATH, ".//a[normalize-space()='[Show Markdown]']")

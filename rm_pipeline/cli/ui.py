@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 from rm_pipeline.cli.common import home_options, use_home
 from rm_pipeline.lib.environment import DAGSTER_HOME
@@ -24,6 +25,15 @@ WORKSPACE = {
 }
 
 
+def lineage_url(port: int) -> str:
+    """The asset graph with every group open: Dagster opens groups collapsed unless the URL names them
+    (`expanded`, ids `global@global:<group>`), and keeps no deployment-wide setting for it."""
+    from rm_pipeline.asset_outputs import ASSET_GROUPS
+
+    expanded = ",".join(f"global@global:{group}" for group in ASSET_GROUPS)
+    return f"http://127.0.0.1:{port}/asset-groups?expanded={quote(expanded, safe=',')}"
+
+
 def add_command(commands) -> None:
     ui = commands.add_parser("ui", parents=[home_options()], help="open the Dagster UI on this project (dagster dev)")
     ui.add_argument("--port", type=int, default=3000, help="port of the webserver (default: %(default)s)")
@@ -36,6 +46,7 @@ def open_ui(args: argparse.Namespace) -> int:
     workspace.write_text(json.dumps(WORKSPACE, indent=2) + "\n")  # JSON is YAML
     command = [sys.executable, "-m", "dagster", "dev", "-w", str(workspace), "-p", str(args.port)]
     print(f"{DAGSTER_HOME.name}={DAGSTER_HOME.get()} {' '.join(command)}", flush=True)
+    print(f"the asset graph, every group open: {lineage_url(args.port)}", flush=True)
     stop_asked, started = [], []
 
     def forward(signum, _frame):

@@ -3,6 +3,7 @@
 import dagster as dg
 import pandas as pd
 
+from rm_pipeline.asset_outputs import AGGREGATION_GROUP as GROUP
 from rm_pipeline.asset_outputs import (
     OWNERS,
     counts_table,
@@ -22,7 +23,6 @@ from rm_pipeline.lib.reviews import FILE_COLUMNS, apply_reviews, read_reviews, r
 from rm_pipeline.lib.table_files import SKIPPED_COLUMNS
 from rm_pipeline.resources import PipelineStorage, ReviewSource
 
-GROUP = "aggregation"
 QUARANTINE_SHOWN = 100  # quarantined review rows listed in the metadata (all are logged)
 
 

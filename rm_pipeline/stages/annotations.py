@@ -7,6 +7,7 @@ data version is a fingerprint of the batch files, so a new, changed or removed b
 
 import dagster as dg
 
+from rm_pipeline.asset_outputs import ANNOTATIONS_GROUP as GROUP
 from rm_pipeline.asset_outputs import (
     OWNERS,
     counts_table,
@@ -21,7 +22,6 @@ from rm_pipeline.lib.annotations import read_annotations
 from rm_pipeline.lib.table_files import SKIPPED_COLUMNS, folder_files
 from rm_pipeline.resources import AnnotationSource, QualityGates
 
-GROUP = "annotations"
 # raw_annotations' batches table: one row per batch file (its long list of `columns` left out)
 BATCH_COLUMNS = ["batch", "file", "format", "sha256", "bytes", "rows_read", "kept", "quarantined"]
 

@@ -4,13 +4,11 @@ import dagster as dg
 import pandas as pd
 
 from rm_pipeline.asset_outputs import OWNERS, counts_table, gate_result, histogram, preview, table_output
+from rm_pipeline.asset_outputs import PAIRS_GROUP as GROUP
 from rm_pipeline.config import config_class
 from rm_pipeline.lib import gates
 from rm_pipeline.lib.pairs import PairSettings, build_pairs, rejection_counts, tie_pairs
 from rm_pipeline.resources import BaseModelResource
-
-GROUP = "pairs"
-
 
 PairsConfig = config_class(PairSettings, "PairsConfig")
 

@@ -8,20 +8,27 @@ import pandas as pd
 from rm_pipeline.asset_outputs import EVALUATION_GROUP as GROUP
 from rm_pipeline.asset_outputs import OWNERS, scored_in
 from rm_pipeline.config import config_class, settings_from_config
-from rm_pipeline.lib.asset_values import MODEL_PATH, EvaluationReport, PublishedModel
+from rm_pipeline.lib.asset_values import MODEL_PATH, READY, EvaluationReport, PublishedModel
 from rm_pipeline.lib.evaluation.policies import read_leaderboard
 from rm_pipeline.lib.evaluation.probes import probe_table
-from rm_pipeline.lib.evaluation.report import ReportSettings, build_report, write_plots, write_report
+from rm_pipeline.lib.evaluation.readiness import checks_in_words, readiness, split_overlap, verdict_in_words
+from rm_pipeline.lib.evaluation.report import (
+    REPORT_MARKDOWN,
+    EvaluationSettings,
+    build_report,
+    write_plots,
+    write_report,
+)
 from rm_pipeline.lib.fingerprints import split_data_version
 from rm_pipeline.lib.markdown import inline_png, markdown_table, with_intervals
 from rm_pipeline.lib.model_files import CALIBRATION_FILE, write_atomically
 from rm_pipeline.resources import EvaluationSource, PipelineStorage
 
-EvaluationReportConfig = config_class(ReportSettings, "EvaluationReportConfig")
+EvaluationReportConfig = config_class(EvaluationSettings, "EvaluationReportConfig")
 
 
 @dg.asset(
-    group_name=GROUP, kinds={"markdown", "json"}, code_version="2", owners=OWNERS, io_manager_key="value_io_manager"
+    group_name=GROUP, kinds={"markdown", "json"}, code_version="3", owners=OWNERS, io_manager_key="value_io_manager"
 )
 def evaluation_report(
     context: dg.AssetExecutionContext,
@@ -32,10 +39,12 @@ def evaluation_report(
     reward_scores: pd.DataFrame,
     response_scores: pd.DataFrame,
     preference_split: pd.DataFrame,
+    dpo_comparison: dict,
 ) -> dg.Output[EvaluationReport]:
     """Held-out accuracy, per-domain and spillover, the disagreement slice, a length-bias audit, calibration,
-    fresh policy outputs, K-way rankings and benchmark files: Markdown and JSON under `reports/<model>/`.
-    The temperature fitted on the held-out pairs is written beside the model as `calibration.json`."""
+    fresh policy outputs, K-way rankings and benchmark files, and the readiness verdict they add up to
+    (`optimize_against_reward`, check by check): Markdown and JSON under `reports/<model>/`. The temperature
+    fitted on the held-out pairs is written beside the model as `calibration.json`."""
     model_dir, trained_on = reward_model.directory, reward_model.split_data_version
     scored_in(reward_model, reward_scores)  # a report never pairs one model with another's scores
     split_version = split_data_version(preference_split)
@@ -51,10 +60,9 @@ def evaluation_report(
     except ValueError as error:
         raise dg.Failure(str(error)) from None
     train_domains = preference_split.loc[preference_split["split"] == "train", "domain"].unique()
+    settings = settings_from_config(EvaluationSettings, config)
     try:
-        report = build_report(
-            reward_scores, response_scores, train_domains, leaderboard, settings_from_config(ReportSettings, config)
-        )
+        report = build_report(reward_scores, response_scores, train_domains, leaderboard, settings)
     except ValueError as error:  # probe answers of pairs no longer held out: shortcut_probes is stale
         raise dg.Failure(f"{error}; materialise shortcut_probes and reward_scores again") from None
     temperature = report["calibration"].get("temperature_fit", {}).get("temperature")
@@ -70,11 +78,21 @@ def evaluation_report(
         "evaluated_split": split_version,
         "evaluation_folder": str(evaluation_source.directory),
     }
+    compared = dpo_comparison if dpo_comparison.get("status") == "compared" else None
+    verdict = {
+        **readiness(report, split_overlap(preference_split), settings, compared),
+        MODEL_PATH: str(model_dir),
+        "report": str(folder / REPORT_MARKDOWN),
+    }
     json_path, markdown_path = write_report(
-        folder, {"facts": facts, "plots": {k: p.name for k, p in plots.items()}, "report": report}
+        folder, {"facts": facts, "plots": {k: p.name for k, p in plots.items()}, "report": report, "readiness": verdict}
     )
     report_value = EvaluationReport(str(model_dir), str(json_path), str(markdown_path))
-    metadata = {
+    metadata = {  # the verdict first: it is what a reader of this page comes for
+        "verdict": verdict_in_words(model_dir.name, verdict),
+        READY: verdict[READY],
+        "checks": dg.MetadataValue.md(checks_in_words(verdict)),
+        "recommendation": verdict["recommendation"],
         "report": dg.MetadataValue.path(str(markdown_path)),
         "report_json": dg.MetadataValue.path(str(json_path)),
         MODEL_PATH: dg.MetadataValue.path(str(model_dir)),

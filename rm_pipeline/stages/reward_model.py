@@ -6,6 +6,7 @@ import dagster as dg
 import pandas as pd
 
 from rm_pipeline.asset_outputs import OWNERS
+from rm_pipeline.asset_outputs import TRAINING_GROUP as GROUP
 from rm_pipeline.config import config_class, settings_from_config
 from rm_pipeline.lib.asset_values import MODEL_PATH, PublishedModel
 from rm_pipeline.lib.fingerprints import split_data_version
@@ -14,8 +15,6 @@ from rm_pipeline.lib.training.settings import TrainingSettings
 from rm_pipeline.lineage_reader import training_facts
 from rm_pipeline.resources import BaseModelResource, PipelineStorage
 from rm_pipeline.training_launcher import TrainingLauncherResource
-
-GROUP = "training"
 
 # The base_model resource owns what its tokenizer defines; `base_model` here overrides its checkpoint only.
 RewardModelConfig = config_class(TrainingSettings, "RewardModelConfig", exclude=("trust_remote_code", "max_length"))

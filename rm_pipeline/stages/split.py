@@ -4,13 +4,12 @@ import dagster as dg
 import pandas as pd
 
 from rm_pipeline.asset_outputs import OWNERS, gate_result, table_output
+from rm_pipeline.asset_outputs import SPLIT_GROUP as GROUP
 from rm_pipeline.config import config_class
 from rm_pipeline.lib import gates
 from rm_pipeline.lib.asset_values import DATA_VERSION
 from rm_pipeline.lib.fingerprints import split_data_version
 from rm_pipeline.lib.split import NO_DOMAIN, SplitSettings, split_by_group
-
-GROUP = "split"
 
 SplitConfig = config_class(SplitSettings, "SplitConfig")
 

@@ -6,7 +6,7 @@ says which evidence is missing. Knows nothing of Dagster.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 
 import pandas as pd
 
@@ -32,14 +32,20 @@ class ReadinessThresholds:
         minimum=0,
         maximum=1,
     )
+
+    def __post_init__(self):
+        check_settings(self)
+
+
+@dataclass(frozen=True)
+class ReadinessGate:
+    """What a not-ready verdict does to the run (the verdict itself is decided in the evaluation report)."""
+
     strict: bool = setting(
         False,
         "A not-ready model fails the run (the reward_model_ready check at ERROR severity, blocking what follows); "
         "otherwise the run succeeds and the check shows failed at WARN severity.",
     )
-
-    def __post_init__(self):
-        check_settings(self)
 
 
 def split_overlap(split: pd.DataFrame) -> dict:
@@ -118,7 +124,7 @@ def readiness(
     return {
         READY: ready,
         "checks": checks,
-        "thresholds": asdict(t),
+        "thresholds": {field.name: getattr(t, field.name) for field in fields(ReadinessThresholds)},
         "reasons": [f"{check['check']}: {check['reason']}" for check in checks if not check["passed"]],
         "recommendation": recommendation(ready, checks, overlap["train_pairs"], dpo),
     }
@@ -166,6 +172,19 @@ def _probe_check(probes: dict, t: ReadinessThresholds) -> dict:
         worst is not None and not thin and worst["flip_rate"] <= t.max_probe_flip_rate,
         reason,
     )
+
+
+def verdict_in_words(model_name: str, verdict: dict) -> str:
+    """One line: `<model>: ready`, or `<model>: NOT READY, 2 of 6 checks failed: <reasons>`."""
+    if verdict[READY]:
+        return f"{model_name}: ready"
+    reasons = verdict["reasons"]
+    return f"{model_name}: NOT READY, {len(reasons)} of {len(verdict['checks'])} checks failed: " + "; ".join(reasons)
+
+
+def checks_in_words(verdict: dict) -> str:
+    """Every check as a Markdown list item: pass or FAIL, its name and its reason."""
+    return "\n".join(f"- {'pass' if c['passed'] else 'FAIL'} `{c['check']}`: {c['reason']}" for c in verdict["checks"])
 
 
 def recommendation(ready: bool, checks: list[dict], train_pairs: int, dpo: dict | None = None) -> str:

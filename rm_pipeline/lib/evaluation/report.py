@@ -31,6 +31,7 @@ from rm_pipeline.lib.evaluation.pair_files import pair_file_summary
 from rm_pipeline.lib.evaluation.policies import policy_ranking, policy_reward_summary
 from rm_pipeline.lib.evaluation.probes import flip_rates, probe_rows
 from rm_pipeline.lib.evaluation.rankings import ranking_agreement
+from rm_pipeline.lib.evaluation.readiness import ReadinessThresholds
 from rm_pipeline.lib.evaluation.report_markdown import render_markdown
 from rm_pipeline.lib.evaluation.slices import HIGH_AGREEMENT, by_agreement, by_domain
 from rm_pipeline.lib.evaluation.statistics import CONFIDENCE
@@ -80,6 +81,12 @@ class ReportSettings:
 
     def __post_init__(self):
         check_settings(self)
+
+
+@dataclass(frozen=True)
+class EvaluationSettings(ReportSettings, ReadinessThresholds):
+    """The evaluation report's settings: what it measures, and the readiness thresholds it is judged against
+    (the verdict is part of the report, so it shows where the report does)."""
 
 
 def build_report(
