@@ -17,9 +17,9 @@ import pandas as pd
 from dagster_pipes import open_dagster_pipes
 
 from rm_pipeline.lib.asset_values import DATA_VERSION, MODEL_PATH
+from rm_pipeline.lib.ensemble import train_model
 from rm_pipeline.lib.markdown import inline_png
 from rm_pipeline.lib.model_files import LINEAGE_FILE, TRAINING_CURVES_FILE
-from rm_pipeline.lib.training.run import train_reward_model
 from rm_pipeline.lib.training.settings import TrainingSettings
 
 SUMMARY_KEYS = ("step", "loss", "accuracy", "eval_accuracy", "eval_loss", "eta_s")
@@ -80,7 +80,7 @@ def train_and_report(pipes, extras) -> None:
             shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in payload.items() if k in SUMMARY_KEYS}
             pipes.log.info(f"{kind}: {payload.get('message', shown)}")
 
-    result = train_reward_model(
+    result = train_model(
         split[split["split"] == "train"],
         split[split["split"] == "eval"],
         settings,

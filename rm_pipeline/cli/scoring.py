@@ -33,6 +33,8 @@ def scoring_options() -> argparse.ArgumentParser:
 
     parent = argparse.ArgumentParser(add_help=False)
     settings_options(parent, ScoringSettings, SCORING_OPTIONS, types={"batch_size": positive_int})
+    help_text = ScoringSettings.__dataclass_fields__["length_calibration"].metadata["help"]
+    parent.add_argument("--length-calibration", action="store_true", default=None, help=help_text)
     return parent
 
 
@@ -179,9 +181,11 @@ def load_scorer(model: Path, args: argparse.Namespace):
     from rm_pipeline.lib.scoring import RewardScorer, ScoringSettings
     from rm_pipeline.lib.tokenization import ModelSourceError
 
-    scoring = settings_from_args(ScoringSettings, args, SCORING_OPTIONS)
+    scoring = settings_from_args(ScoringSettings, args, [*SCORING_OPTIONS, "length_calibration"])
     try:  # the directory is checked before anything in it is loaded: one line naming what is wrong
-        scorer = RewardScorer.load(model, scoring.batch_size, precision=scoring.precision)
+        scorer = RewardScorer.load(
+            model, scoring.batch_size, precision=scoring.precision, length_calibration=scoring.length_calibration
+        )
     except (ModelDirectoryError, ModelSourceError) as error:
         raise InputError(str(error)) from None
     except (OSError, ValueError, KeyError, RuntimeError) as error:

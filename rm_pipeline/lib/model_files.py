@@ -28,6 +28,9 @@ CALIBRATION_FILE = "calibration.json"  # `reward_temperature` fitted by evaluati
 READINESS_FILE = "readiness.json"  # the readiness gate's verdict, by reward_readiness
 PROMOTION_FILE = "promotion.json"  # whether current_reward_model promoted this candidate to `current`
 POLICY_FILE = "dpo_policy.json"  # beside a policy trained by dpo-baseline: its reference, β and data
+ENSEMBLE_FILE = "ensemble.json"  # an ensemble's manifest: its members (each a model directory) and λ
+ENSEMBLE_MEMBERS_DIR = "members"  # an ensemble's members: members/0, members/1, ...
+LENGTH_CALIBRATION_FILE = "length_calibration.json"  # reward's fitted dependence on length (training side)
 
 
 def new_file_mode() -> int:

@@ -15,7 +15,9 @@ import pandas as pd
 import torch
 
 from rm_pipeline.lib.annotations import is_message_list, role_problems
+from rm_pipeline.lib.length_calibration import read_length_calibration, remove_length_effect
 from rm_pipeline.lib.model_files import (
+    ENSEMBLE_FILE,
     SCORED_FILE,
     WEIGHTS_FILE,
     ModelDirectoryError,
@@ -32,6 +34,11 @@ from rm_pipeline.lib.tokenization import check_remote_code, encode, load_tokeniz
 class ScoringSettings:
     batch_size: int = setting(32, "Sequences per forward pass (sorted by length, no gradient).", minimum=1)
     precision: Precision = setting("auto", SCORING_PRECISION_HELP)
+    length_calibration: bool = setting(
+        False,
+        "Subtract from every reward its fitted dependence on the answer's length (the model's "
+        "length_calibration.json, fitted on training-side answers when it was trained; Huang et al. 2024).",
+    )
 
     def __post_init__(self):
         check_settings(self)
@@ -143,6 +150,7 @@ class RewardScorer:
     # (prompt, response, conversational) -> (reward, response tokens, truncated): nothing is scored twice
     scored: dict = field(default_factory=dict, repr=False)
     ignored_cache: str | None = None  # why the model's score cache wasn't used (`recall`), for the caller to say
+    length_fit: dict | None = None  # the length effect subtracted from every reward (`length_calibration`)
 
     @classmethod
     def load(
@@ -151,15 +159,23 @@ class RewardScorer:
         batch_size: int = SCORING_BATCH_SIZE,
         trust_remote_code: bool = False,
         precision: Precision = ScoringSettings.precision,
+        length_calibration: bool = ScoringSettings.length_calibration,
     ) -> RewardScorer:
         """A saved model directory, checked first (`load_reward_model`), on the GPU when there is one, else the CPU,
         with its weights in the dtype they were saved in (casting them to bf16 would round rewards into ties near
-        1.0); `precision` as in `ScoringSettings`."""
+        1.0); `precision` and `length_calibration` as in `ScoringSettings`. An ensemble's directory (its
+        `ENSEMBLE_FILE`) loads as an `EnsembleScorer`, which scores alike."""
+        if (Path(model_dir) / ENSEMBLE_FILE).is_file():
+            from rm_pipeline.lib.ensemble import EnsembleScorer  # it builds on this class
+
+            return EnsembleScorer.load(model_dir, batch_size, trust_remote_code, precision, length_calibration)
+        length_fit = read_length_calibration(Path(model_dir)) if length_calibration else None
         device = "cuda" if torch.cuda.is_available() else "cpu"
         model = load_reward_model(Path(model_dir), trust_remote_code).to(device)
         head_in_fp32(model)
         scorer = cls.of(model, load_tokenizer(str(model_dir), trust_remote_code), batch_size, precision)
         scorer.ignored_cache = scorer.recall(Path(model_dir) / SCORED_FILE)
+        scorer.length_fit = length_fit
         return scorer
 
     @classmethod
@@ -223,18 +239,30 @@ class RewardScorer:
             lengths = self.tokenizer(list(new_responses), add_special_tokens=False, verbose=False)["input_ids"]
             self.scored.update(zip(new, zip(rewards.tolist(), map(len, lengths), truncated)))
         known = [self.scored[key] for key in keys]
-        return pd.DataFrame(
+        scored = pd.DataFrame(
             {
                 "reward": np.fromiter((reward for reward, _, _ in known), dtype=np.float64, count=len(known)),
                 "tokens": np.fromiter((tokens for _, tokens, _ in known), dtype="int64", count=len(known)),
                 "truncated": np.fromiter((cut for _, _, cut in known), dtype=bool, count=len(known)),
             }
         )
+        return self.length_calibrated(scored)
+
+    def length_calibrated(self, scored: pd.DataFrame) -> pd.DataFrame:
+        """`score`'s table with the length effect removed from ``reward`` when this scorer has one (the cache
+        keeps raw rewards)."""
+        if self.length_fit is None or scored.empty:
+            return scored
+        return scored.assign(reward=remove_length_effect(scored["reward"], scored["tokens"], self.length_fit))
+
+    def forget(self) -> None:
+        """Drop what was scored (an RL run scores new completions at every step: remembering them would grow)."""
+        self.scored.clear()
 
     def score_pairs(self, pairs: pd.DataFrame, progress: Callable[[int], None] | None = None) -> pd.DataFrame:
         """``pairs`` (prompt, conversational, chosen, rejected, ...) with chosen_reward, rejected_reward,
-        chosen_tokens and rejected_tokens (response lengths) and truncated (either side) added. Both
-        sides are scored in one length-sorted pass."""
+        chosen_tokens and rejected_tokens (response lengths), for an ensemble chosen_uncertainty and
+        rejected_uncertainty, and truncated (either side) added. Both sides are scored in one length-sorted pass."""
         n = len(pairs)
         scored = self.score(
             list(pairs["prompt"]) * 2,
@@ -243,11 +271,14 @@ class RewardScorer:
             progress=progress,
         )
         chosen, rejected = scored.iloc[:n], scored.iloc[n:]
+        # an ensemble's scores carry their uncertainty (the members' std): kept per side
+        columns = ["reward", "tokens", "uncertainty"] if "uncertainty" in scored else ["reward", "tokens"]
         return pairs.assign(
-            chosen_reward=chosen["reward"].to_numpy(),
-            rejected_reward=rejected["reward"].to_numpy(),
-            chosen_tokens=chosen["tokens"].to_numpy(),
-            rejected_tokens=rejected["tokens"].to_numpy(),
+            **{
+                f"{side}_{column}": part[column].to_numpy()
+                for column in columns
+                for side, part in (("chosen", chosen), ("rejected", rejected))
+            },
             truncated=chosen["truncated"].to_numpy() | rejected["truncated"].to_numpy(),
         )
 
@@ -351,8 +382,9 @@ def read_candidates(path: str | Path, max_errors: int = 20) -> list[dict]:
 def rank_candidates(
     scorer: RewardScorer, records: list[dict], progress: Callable[[int], None] | None = None
 ) -> list[dict]:
-    """Each record with ``rewards`` (one per candidate, input order) and ``ranking`` (candidate indices,
-    best first; equal rewards keep input order). All candidates of all records are scored together, in
+    """Each record with ``rewards`` (one per candidate, input order), for an ensemble ``uncertainties`` (the
+    members' std, alike), and ``ranking`` (candidate indices, best first; equal rewards keep input order). All
+    candidates of all records are scored together, in
     length-sorted batches."""
     prompts, responses, conversational = [], [], []
     for record in records:
@@ -361,16 +393,19 @@ def rank_candidates(
         prompts += [prompt] * len(record["candidates"])
         responses += [_candidate_text(candidate) for candidate in record["candidates"]]
         conversational += [chat] * len(record["candidates"])
-    rewards = scorer.score(prompts, responses, conversational, progress=progress)["reward"].to_numpy()
+    scored = scorer.score(prompts, responses, conversational, progress=progress)
+    rewards = scored["reward"].to_numpy()
     ranked, start = [], 0
     for record in records:
-        mine = rewards[start : start + len(record["candidates"])]
-        start += len(mine)
+        mine = slice(start, start + len(record["candidates"]))
+        start = mine.stop
+        extra = {"uncertainties": scored["uncertainty"].iloc[mine].tolist()} if "uncertainty" in scored else {}
         ranked.append(
             {
                 **record,
-                "rewards": [float(r) for r in mine],
-                "ranking": [int(i) for i in np.argsort(-mine, kind="stable")],
+                "rewards": [float(r) for r in rewards[mine]],
+                **extra,
+                "ranking": [int(i) for i in np.argsort(-rewards[mine], kind="stable")],
             }
         )
     return ranked
@@ -380,16 +415,20 @@ def rank_candidates(
 
 
 def trl_reward_function(
-    model_dir: str | Path, batch_size: int = SCORING_BATCH_SIZE, precision: Precision = ScoringSettings.precision
+    model_dir: str | Path,
+    batch_size: int = SCORING_BATCH_SIZE,
+    precision: Precision = ScoringSettings.precision,
+    length_calibration: bool = ScoringSettings.length_calibration,
 ) -> Callable[..., list[float]]:
     """Our model as a reward function for TRL's GRPO/RLOO trainers (``reward_funcs=[...]``).
 
     TRL can load a reward model directory itself, but it scores ``prompt + completion`` as one text
     without special tokens, which an encoder (like the default MiniLM) was not trained on. This
     function scores exactly as training and evaluation do, for encoders and decoders alike. Prompts
-    are text or message lists; completions are text or message lists ending in the reply.
+    are text or message lists; completions are text or message lists ending in the reply. An ensemble's
+    directory gives its conservative score (mean - λ·std of its members).
     """
-    scorer = RewardScorer.load(model_dir, batch_size, precision=precision)
+    scorer = RewardScorer.load(model_dir, batch_size, precision=precision, length_calibration=length_calibration)
 
     def reward(prompts: list, completions: list, **_) -> list[float]:
         chat = [isinstance(prompt, list) for prompt in prompts]
@@ -398,7 +437,7 @@ def trl_reward_function(
         ]
         replies = [_candidate_text(c[-1] if isinstance(c, list) else c) for c in completions]
         rewards = scorer.score(texts, replies, chat)["reward"].tolist()
-        scorer.scored.clear()  # an RL run scores new completions at every step: remembering them would only grow
+        scorer.forget()
         return rewards
 
     reward.__name__ = Path(model_dir).name  # TRL logs rewards under the function's name

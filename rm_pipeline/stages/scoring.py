@@ -105,7 +105,9 @@ def reward_scores(
     skipped = folder.skipped_files()
     log_skipped(context.log, skipped)
 
-    scorer = RewardScorer.load(model_dir, config.batch_size, precision=config.precision)
+    scorer = RewardScorer.load(
+        model_dir, config.batch_size, precision=config.precision, length_calibration=config.length_calibration
+    )
     sequences = 2 * len(pairs) + len(responses)
     progress = _progress_log(context, sequences)
     started = time.perf_counter()
@@ -118,6 +120,7 @@ def reward_scores(
         reward=answers["reward"].to_numpy(),
         tokens=answers["tokens"].to_numpy(),
         truncated=answers["truncated"].to_numpy(),
+        **({"uncertainty": answers["uncertainty"].to_numpy()} if "uncertainty" in answers else {}),  # an ensemble's
         **provenance,
     )
     seconds = time.perf_counter() - started

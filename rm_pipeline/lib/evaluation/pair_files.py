@@ -25,6 +25,7 @@ from rm_pipeline.lib.evaluation.rewardbench2 import (
     rewardbench2_pairs,
 )
 from rm_pipeline.lib.evaluation.statistics import CONFIDENCE
+from rm_pipeline.lib.evaluation.uncertainty import accuracy_by_uncertainty
 from rm_pipeline.lib.pairs import check_pair_rules
 from rm_pipeline.lib.table_files import QUARANTINE_COLUMNS, AnnotationFileError
 
@@ -116,6 +117,8 @@ def pair_file_summary(
     meant to be read by: the pair numbers then count every (chosen, rejected) answer pair. Every accuracy and
     score has its interval as ``<name>_interval``. With the model's fitted ``temperature`` (its calibration
     sidecar), also ``reward_temperature`` and ``calibrated_ece``: the ECE of sigmoid(margin / temperature).
+    Scored by an ensemble (``chosen_uncertainty`` / ``rejected_uncertainty``): ``uncertainty``, accuracy by
+    uncertainty bin (`accuracy_by_uncertainty`).
     """
     overall = pair_accuracy(scored, tie_tolerance, confidence)
     audit = length_audit(scored, tie_tolerance=tie_tolerance, confidence=confidence)
@@ -149,6 +152,8 @@ def pair_file_summary(
         }
         summary["rewardbench_score"] = benchmark["score"]
         summary["rewardbench_score_interval"] = benchmark["score_interval"]
+    if "chosen_uncertainty" in scored:  # scored by an ensemble
+        summary["uncertainty"] = accuracy_by_uncertainty(scored, confidence=confidence)
     if is_best_of_n(scored).any():
         summary["best_of_n"] = best_of_n_summary(scored, tie_tolerance, confidence)
     return summary

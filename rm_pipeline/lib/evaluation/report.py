@@ -35,6 +35,7 @@ from rm_pipeline.lib.evaluation.readiness import ReadinessThresholds
 from rm_pipeline.lib.evaluation.report_markdown import render_markdown
 from rm_pipeline.lib.evaluation.slices import HIGH_AGREEMENT, by_agreement, by_domain
 from rm_pipeline.lib.evaluation.statistics import CONFIDENCE
+from rm_pipeline.lib.evaluation.uncertainty import accuracy_by_uncertainty
 from rm_pipeline.lib.markdown import format_number
 from rm_pipeline.lib.model_files import write_atomically
 from rm_pipeline.lib.settings import check_settings, setting
@@ -125,6 +126,7 @@ def build_report(
             "length_probe": _length_probe(policies),
         },
         "calibration": _calibration(held_out, settings.calibration_bins),
+        "uncertainty": accuracy_by_uncertainty(held_out, confidence=confidence),  # an ensemble's; else n = 0
         "policies": _policies(policies, leaderboard, confidence),
         "rankings": _rankings(rankings, confidence),
         "benchmarks": {

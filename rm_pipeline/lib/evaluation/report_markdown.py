@@ -5,6 +5,7 @@ from __future__ import annotations
 from rm_pipeline.lib.asset_values import READY
 from rm_pipeline.lib.evaluation.probes import render_probes
 from rm_pipeline.lib.evaluation.statistics import CONFIDENCE
+from rm_pipeline.lib.evaluation.uncertainty import render_uncertainty
 from rm_pipeline.lib.markdown import format_number, markdown_table, shown, with_intervals
 
 
@@ -18,6 +19,7 @@ def render_markdown(report: dict, facts: dict, plots: dict[str, str], verdict: d
         _agreement(report),
         _length_bias(report["length"]),
         _calibration(report["calibration"]),
+        render_uncertainty(report.get("uncertainty")),
         _policies(report["policies"]),
         _rankings(report["rankings"]),
         _fresh_policy(report["fresh_policy"]),

@@ -68,6 +68,7 @@ def train_reward_model(
     if not trainer.is_world_process_zero():  # under DDP, one process scores and publishes
         return TrainingResult(models_dir, {}, progress.history)
 
+    from rm_pipeline.lib.length_calibration import fit_on_training_side, write_length_calibration
     from rm_pipeline.lib.model_files import SCORED_FILE
     from rm_pipeline.lib.scoring import RewardScorer
 
@@ -76,6 +77,7 @@ def train_reward_model(
     scorer = RewardScorer.of(model, tokenizer)  # in the precision the evaluation stage scores in by default
     metrics.update(reward_statistics(scorer.score_pairs(evaluation if len(evaluation) else train)))
     model.config.reward_mean, model.config.reward_std = metrics["reward_mean"], metrics["reward_std"]
+    length_fit = fit_on_training_side(scorer, train)  # a sidecar scoring may apply (length_calibration)
     metrics["duration_seconds"] = round(time.monotonic() - started, 1)
 
     # Every training publishes a new directory: retraining the same data keeps the earlier model.
@@ -85,6 +87,8 @@ def train_reward_model(
     def save(directory: Path) -> None:
         save_model_directory(directory, model, tokenizer, settings, metrics, progress.history, facts)
         scorer.remember(directory / SCORED_FILE)
+        if length_fit is not None:
+            write_length_calibration(directory, length_fit)
 
     target = publish(models_dir, published, save)
     remove_checkpoints(checkpoint_dir)

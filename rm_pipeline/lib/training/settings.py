@@ -81,6 +81,14 @@ class TrainingSettings:
         minimum=1,
     )
     logging_steps: int = setting(10, "Progress (step, loss, accuracy, ETA) every N steps.", minimum=1)
+    # ensembles (rm_pipeline.lib.ensemble): K members published as one model directory
+    ensemble_members: int = setting(
+        1, "Members of an ensemble (Coste et al. 2024); 1: one model.", minimum=1, maximum=32
+    )
+    ensemble_member_data: Literal["seeds", "bootstrap"] = setting(
+        "seeds", "What differs between members: seeds (seed + k) or bootstrap (also a resample of the train pairs)."
+    )
+    ensemble_lambda: float = setting(1.0, "λ of the conservative score mean - λ·std of the members.", minimum=0)
 
     def __post_init__(self):
         check_settings(self)
