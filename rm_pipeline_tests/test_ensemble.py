@@ -274,3 +274,39 @@ def test_an_ensemble_trains_each_member_once_and_publishes_one_directory(tiny_en
     scorer = RewardScorer.load(directory, length_calibration=True)
     assert isinstance(scorer, EnsembleScorer) and scorer.weight == 0.7
     assert scorer.score_pairs(evaluation)["chosen_uncertainty"].notna().all()
+
+
+@pytest.mark.trains
+def test_the_pipeline_trains_evaluates_and_promotes_an_ensemble(tmp_path, tiny_encoder):
+    import dagster as dg
+
+    from rm_pipeline.definitions import build_defs, reward_pipeline_job
+    from rm_pipeline_tests.conftest import PERMISSIVE_READINESS
+    from rm_pipeline_tests.test_promotion import learnable, write_jsonl
+
+    home, eval_dir = tmp_path / "home", tmp_path / "eval"
+    write_jsonl(eval_dir / "sky.jsonl", learnable(20, start=1000))
+    write_jsonl(tmp_path / "batch-1" / "sky.jsonl", learnable(80))
+    settings = {"epochs": 1.0, "learning_rate": 3e-3, "batch_size": 8, "early_stopping_patience": None}
+    ops = {
+        **PERMISSIVE_READINESS,
+        "reward_model": {"config": {**settings, "ensemble_members": 2, "ensemble_lambda": 0.5}},
+        "reward_scores": {"config": {"precision": "fp32", "length_calibration": True}},
+    }
+    job = build_defs(str(home), str(tmp_path / "batch-1"), tiny_encoder, str(eval_dir)).resolve_job_def(
+        reward_pipeline_job.name
+    )
+    with dg.instance_for_test() as instance:
+        result = job.execute_in_process(instance=instance, raise_on_error=False, run_config={"ops": ops})
+    assert result.success
+    current = current_model_dir(home / "models")
+    assert current is not None and (current / ENSEMBLE_FILE).is_file()  # the ensemble was promoted
+    record = json.loads((current / "promotion.json").read_text())
+    assert record["status"] == PROMOTED and record["length_calibrated"] is True
+    scores = pd.read_parquet(home / "tables" / "reward_scores.parquet")
+    assert scores["chosen_uncertainty"].gt(0).all() and scores["length_calibrated"].all()
+    report = json.loads((home / "reports" / current.name / "evaluation_report.json").read_text())["report"]
+    assert report["uncertainty"]["n"] == report["held_out"]["n"] > 0
+    assert report["benchmarks"]["sky.jsonl"]["uncertainty"]["n"] == 20
+    markdown = (home / "reports" / current.name / "evaluation_report.md").read_text()
+    assert "## Accuracy against uncertainty (ensemble)" in markdown

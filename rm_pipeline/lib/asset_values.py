@@ -17,6 +17,7 @@ READY = "optimize_against_reward"  # the readiness verdict
 READINESS_CHECK = "reward_model_ready"  # the blocking check that carries the verdict
 # Columns of reward_scores and response_scores: the model that scored a row, and the precision it scored in.
 SCORED_BY, SCORED_IN = "scored_by", "scored_in"
+LENGTH_CALIBRATED = "length_calibrated"  # reward_scores' column: scored with the model's length calibration
 
 
 @dataclass(frozen=True)

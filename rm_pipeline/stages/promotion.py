@@ -10,10 +10,10 @@ import pandas as pd
 from rm_pipeline.asset_outputs import EVALUATION_GROUP as GROUP
 from rm_pipeline.asset_outputs import OWNERS, report_of, scored_in
 from rm_pipeline.config import config_class, settings_from_config
-from rm_pipeline.lib.asset_values import MODEL_PATH, READY, EvaluationReport, PublishedModel
+from rm_pipeline.lib.asset_values import LENGTH_CALIBRATED, MODEL_PATH, READY, EvaluationReport, PublishedModel
 from rm_pipeline.lib.evaluation.accuracy import pair_credit
 from rm_pipeline.lib.markdown import markdown_table
-from rm_pipeline.lib.model_files import PROMOTION_FILE, READINESS_FILE, write_atomically
+from rm_pipeline.lib.model_files import LENGTH_CALIBRATION_FILE, PROMOTION_FILE, READINESS_FILE, write_atomically
 from rm_pipeline.lib.model_registry import current_model_dir, switch_current
 from rm_pipeline.lib.promotion import PROMOTED, PromotionSettings, evidence_pairs, promotion_record
 from rm_pipeline.lib.scoring import RewardScorer
@@ -73,13 +73,17 @@ def current_reward_model(
     evidence = evidence_pairs(reward_scores)
     candidate_credit = _credit(evidence)
     precision = scored_in(reward_model, reward_scores)  # the current model is scored alike
+    calibrated = bool(reward_scores.get(LENGTH_CALIBRATED, pd.Series([False])).any())
     if current_dir is None:
         current_credit = None
     elif current_dir == candidate_dir.resolve():  # evaluated again: it is compared with itself
         current_credit = candidate_credit
     else:
         context.log.info(f"scoring the current model {current_dir.name} on {len(evidence)} pairs in {precision}")
-        current_credit = _credit(RewardScorer.load(current_dir, precision=precision).score_pairs(evidence))
+        # length-calibrated too when the candidate was and the current model has a fit (one trained before has none)
+        calibrated = calibrated and (current_dir / LENGTH_CALIBRATION_FILE).is_file()
+        current = RewardScorer.load(current_dir, precision=precision, length_calibration=calibrated)
+        current_credit = _credit(current.score_pairs(evidence))
     record = promotion_record(
         evidence, candidate_credit, current_credit, settings_from_config(PromotionSettings, config)
     )
@@ -93,6 +97,7 @@ def current_reward_model(
             "reasons": verdict["reasons"],
         },
         scored_in=precision,
+        length_calibrated=calibrated,
         decided_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     )
     write_atomically(candidate_dir / PROMOTION_FILE, json.dumps(record, indent=2, default=str))

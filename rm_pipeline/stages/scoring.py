@@ -10,7 +10,7 @@ import pandas as pd
 from rm_pipeline.asset_outputs import EVALUATION_GROUP as GROUP
 from rm_pipeline.asset_outputs import OWNERS, counts_table, log_skipped, preview, records_table, table_output
 from rm_pipeline.config import config_class, settings_from_config
-from rm_pipeline.lib.asset_values import MODEL_PATH, SCORED_BY, SCORED_IN, PublishedModel
+from rm_pipeline.lib.asset_values import LENGTH_CALIBRATED, MODEL_PATH, SCORED_BY, SCORED_IN, PublishedModel
 from rm_pipeline.lib.evaluation.inputs import file_pairs_to_score, responses_to_score, split_pairs_to_score
 from rm_pipeline.lib.evaluation.probes import PROBE_NAMES, SOURCE_PREFIX, ProbeSettings, probe_answers
 from rm_pipeline.lib.scoring import RewardScorer, ScoringSettings
@@ -114,7 +114,7 @@ def reward_scores(
     pair_scores = scorer.score_pairs(pairs, progress)
     answers = scorer.score(responses["prompt"], responses["response"], responses["conversational"], progress=progress)
     precision = "bf16" if scorer.bf16 else "fp32"  # as `precision` resolved on this machine
-    provenance = {SCORED_BY: model_dir.name, SCORED_IN: precision}
+    provenance = {SCORED_BY: model_dir.name, SCORED_IN: precision, LENGTH_CALIBRATED: config.length_calibration}
     pair_scores = pair_scores.assign(**provenance)
     response_scores = responses.assign(
         reward=answers["reward"].to_numpy(),
