@@ -233,6 +233,15 @@ def test_scoring_with_length_calibration_applies_the_sidecar_and_says_when_there
     np.testing.assert_allclose(calibrated["reward"], expected, atol=1e-6)
 
 
+def test_the_cli_says_in_one_line_when_a_model_has_no_length_calibration(tiny_encoder, tmp_path):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"prompt": "q", "chosen": "a", "rejected": "b"}) + "\n")
+    done = rm_pipeline("evaluate", "--model", tiny_encoder, "--pairs", str(pairs), "--length-calibration")
+    assert done.returncode == 3 and "Traceback" not in done.stderr
+    [line] = [line for line in done.stderr.splitlines() if LENGTH_CALIBRATION_FILE in line]
+    assert tiny_encoder in line
+
+
 # ---------------------------------------------------------------- training
 
 
@@ -269,7 +278,9 @@ def test_an_ensemble_trains_each_member_once_and_publishes_one_directory(tiny_en
     assert member_settings["ensemble_members"] == 1 and member_settings["seed"] == 6
     card = (directory / "README.md").read_text()
     assert card.startswith("---") and "Ensemble of 2 reward models" in card and "members/1" in card
-    assert (directory / LENGTH_CALIBRATION_FILE).exists()
+    fit = json.loads((directory / LENGTH_CALIBRATION_FILE).read_text())
+    assert 20 <= fit["answers"] <= 2 * len(train)  # training-side answers only
+    assert (directory / "members" / "1" / LENGTH_CALIBRATION_FILE).exists()  # each member's own, as one model's
     assert result.metrics["ensemble_members"] == 2 and len(result.metrics["member_eval_accuracy"]) == 2
     scorer = RewardScorer.load(directory, length_calibration=True)
     assert isinstance(scorer, EnsembleScorer) and scorer.weight == 0.7
