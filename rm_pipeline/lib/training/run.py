@@ -6,6 +6,7 @@ progress through the `report` callback.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -77,7 +78,8 @@ def train_reward_model(
     scorer = RewardScorer.of(model, tokenizer)  # in the precision the evaluation stage scores in by default
     metrics.update(reward_statistics(scorer.score_pairs(evaluation if len(evaluation) else train)))
     model.config.reward_mean, model.config.reward_std = metrics["reward_mean"], metrics["reward_std"]
-    length_fit = fit_on_training_side(scorer, train)  # a sidecar scoring may apply (length_calibration)
+    # a sidecar scoring may apply (length_calibration); its training answers stay out of the eval split's cache
+    length_fit = fit_on_training_side(dataclasses.replace(scorer, scored={}), train)
     metrics["duration_seconds"] = round(time.monotonic() - started, 1)
 
     # Every training publishes a new directory: retraining the same data keeps the earlier model.
