@@ -232,12 +232,12 @@ def train_ensemble(
 
     started = time.monotonic()
     staging = models_dir / f".ensemble-{run_name}"
-    members = []
-    for index in range(settings.ensemble_members):
-        member = _train_member(index, train, evaluation, settings, staging, run_name, report, card_facts or {})
-        if member is None:  # under DDP, one process publishes
-            return TrainingResult(models_dir, {}, [])
-        members.append(member)
+    members = [
+        _train_member(index, train, evaluation, settings, staging, run_name, report, card_facts or {})
+        for index in range(settings.ensemble_members)
+    ]
+    if None in members:  # under DDP every process trains every member together; process 0 publishes
+        return TrainingResult(models_dir, {}, [])
     shutil.rmtree(staging / "trained", ignore_errors=True)
     published = f"{run_name}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}"
     facts = {"run_name": published, **(card_facts or {})}
