@@ -109,11 +109,12 @@ def loss_and_gradients(model, chosen, rejected, batch):
 
 
 @pytest.mark.parametrize("tokenizer_kind", ["template", "plain"], ids=["chat-template", "no-template"])
+@pytest.mark.parametrize("row_per_pair", [False, True], ids=["one-row", "row-per-pair"])
 @pytest.mark.parametrize("shared_prompt", [False, True], ids=["padding-free", "shared-prompt"])
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
 @pytest.mark.parametrize("architecture", ["llama", "qwen2"])
 def test_packed_rewards_loss_and_gradients_equal_the_padded_computation(
-    decoders, architecture, attention, shared_prompt, tokenizer_kind
+    decoders, architecture, attention, shared_prompt, row_per_pair, tokenizer_kind
 ):
     model, tokenizer = decoders[architecture], decoders[tokenizer_kind]
     model.set_attn_implementation(attention)
@@ -122,11 +123,13 @@ def test_packed_rewards_loss_and_gradients_equal_the_padded_computation(
     (chosen, rejected), padded = padded_rewards(model, tokenizer, examples)
     reference_loss, reference_gradients = loss_and_gradients(model, chosen, rejected, padded)
 
-    packed = packed_collator(shared_prompt)(examples)
-    assert packed["input_ids"].shape[0] == 1  # one row, no padding at all
+    packed = packed_collator(shared_prompt, row_per_pair)(examples)
+    assert packed["input_ids"].shape[0] == (len(examples) if row_per_pair else 1)
     tokens = sum(len(e["chosen_ids"]) + len(e["rejected_ids"]) for e in examples)
     saved = sum(shared_prefix_length(e["chosen_ids"], e["rejected_ids"]) for e in examples)
-    assert packed["input_ids"].shape[1] == tokens - (saved if shared_prompt else 0)
+    assert int((packed["pair"] >= 0).sum()) == tokens - (saved if shared_prompt else 0)
+    if not row_per_pair:  # no padding at all
+        assert packed["input_ids"].shape[1] == tokens - (saved if shared_prompt else 0)
     assert saved > 0 and padded["input_ids"].numel() > tokens
     packed_chosen, packed_rejected = packed_rewards(model, packed, attention)
     torch.testing.assert_close(packed_chosen, chosen, atol=TOLERANCE, rtol=0)
@@ -171,13 +174,14 @@ def test_the_packed_row_and_its_mask_by_hand():
     assert ((eager == 0) == torch.tensor(mask, dtype=torch.bool)).all() and eager.min() < -1e30
 
 
+@pytest.mark.parametrize("row_per_pair", [False, True], ids=["one-row", "row-per-pair"])
 @pytest.mark.parametrize("shared_prompt", [False, True], ids=["padding-free", "shared-prompt"])
-def test_the_flex_attention_block_mask_is_the_dense_mask(decoders, shared_prompt):
+def test_the_flex_attention_block_mask_is_the_dense_mask(decoders, shared_prompt, row_per_pair):
     from torch.nn.attention.flex_attention import create_mask
 
-    batch = packed_collator(shared_prompt)(examples_of(edge_pairs(), decoders["template"]))
-    length = batch["input_ids"].shape[1]
-    flex = create_mask(block_mask(batch["pair"], batch["part"]).mask_mod, 1, 1, length, length, device="cpu")
+    batch = packed_collator(shared_prompt, row_per_pair)(examples_of(edge_pairs(), decoders["template"]))
+    rows, length = batch["input_ids"].shape
+    flex = create_mask(block_mask(batch["pair"], batch["part"]).mask_mod, rows, 1, length, length, device="cpu")
     assert torch.equal(flex, dense_mask(batch["pair"], batch["part"]))
 
 
@@ -187,13 +191,15 @@ def test_encoders_keep_padded_batches_and_refuse_the_levers(tiny_encoder, tiny_d
     assert not is_decoder(encoder) and is_decoder(decoder)
     auto = TrainingSettings()
     assert resolve_batching(auto, encoder, "cuda") == Batching()
-    assert resolve_batching(auto, decoder, "cuda") == Batching(packed=True, shared_prompt=True)
+    flex = Batching(packed=True, shared_prompt=True, attention="flex_attention")
+    assert resolve_batching(auto, decoder, "cuda") == flex  # one row, blocks skipped
     assert resolve_batching(auto, decoder, "cpu") == Batching()  # measured slower on a CPU (settings help)
     on = TrainingSettings(padding_free="on", max_tokens_per_batch=512)
-    assert resolve_batching(on, decoder, "cpu") == Batching(True, True, 512)
+    assert resolve_batching(on, decoder, "cpu") == Batching(True, True, 512, row_per_pair=True)  # a dense mask
     assert resolve_batching(TrainingSettings(padding_free="on", shared_prompt="off"), decoder, "cpu").packed
     varlen = TrainingSettings(padding_free="on", attention="flash_attention_2")
-    assert resolve_batching(varlen, decoder, "cuda") == Batching(packed=True, shared_prompt=False)
+    expected = Batching(packed=True, shared_prompt=False, attention="flash_attention_2")
+    assert resolve_batching(varlen, decoder, "cuda") == expected
     for settings, words in [
         (on, "not a causal decoder"),
         (TrainingSettings(shared_prompt="on", padding_free="off"), "needs padding_free"),

@@ -11,7 +11,7 @@ from rm_pipeline.lib.precision import (
 )
 from rm_pipeline.lib.settings import SettingError
 from rm_pipeline.lib.tokenization import load_tokenizer, quiet_loading
-from rm_pipeline.lib.training.packing import attention_implementation, resolve_batching
+from rm_pipeline.lib.training.packing import resolve_batching
 from rm_pipeline.lib.training.settings import TrainingSettings
 
 
@@ -84,7 +84,7 @@ def prepare_model(settings: TrainingSettings):
     if settings.train_last_n_layers is not None and not settings.lora_rank:
         freeze_all_but_last(model, settings.train_last_n_layers)
     device = hardware()["device"]
-    set_attention(model, attention_implementation(settings, resolve_batching(settings, model, device), device))
+    set_attention(model, resolve_batching(settings, model, device).attention)
     if device == "cpu" and uses_bf16(settings.precision, "cpu"):
         attention_in_fp32(model)
     return model, tokenizer, lora_config(model, settings) if settings.lora_rank else None

@@ -48,6 +48,8 @@ class Batching:
     packed: bool = False
     shared_prompt: bool = False
     max_tokens: int = 0  # 0: a fixed number of pairs per batch
+    row_per_pair: bool = False  # for attention through a dense mask
+    attention: str | None = None  # the implementation to set on the model; None: its default
 
 
 def resolve_batching(settings: TrainingSettings, model, device: str) -> Batching:
@@ -66,14 +68,11 @@ def resolve_batching(settings: TrainingSettings, model, device: str) -> Batching
     shared = packed and (
         settings.shared_prompt == "on" or (settings.shared_prompt == "auto" and settings.attention not in VARLEN)
     )
-    return Batching(packed, shared, settings.max_tokens_per_batch)
-
-
-def attention_implementation(settings: TrainingSettings, batching: Batching, device: str) -> str | None:
-    """The attention to set on the model, None to keep its default."""
-    if settings.attention != "auto":
-        return settings.attention
-    return "flex_attention" if batching.packed and device == "cuda" else None
+    attention = settings.attention if settings.attention != "auto" else None
+    if attention is None and packed and device == "cuda":
+        attention = "flex_attention"
+    dense = attention not in ("flex_attention", *VARLEN)
+    return Batching(packed, shared, settings.max_tokens_per_batch, packed and dense, attention)
 
 
 def shared_prefix_length(chosen, rejected) -> int:
@@ -89,31 +88,28 @@ def packed_length(chosen, rejected, shared_prompt: bool) -> int:
     return len(chosen) + len(rejected) - (shared_prefix_length(chosen, rejected) if shared_prompt else 0)
 
 
-def packed_collator(shared_prompt: bool) -> Callable[[list[dict]], dict]:
-    """Pairs (`chosen_ids`, `rejected_ids`, optional `margin`, `preference`) into one packed row: `input_ids`,
-    `position_ids`, each token's `pair` and `part` (for the mask), and `last_index`, the row index of each chosen
-    then each rejected sequence's last token."""
+def packed_collator(shared_prompt: bool, row_per_pair: bool = False) -> Callable[[list[dict]], dict]:
+    """Pairs (`chosen_ids`, `rejected_ids`, optional `margin`, `preference`) packed: `input_ids`, `position_ids`,
+    each token's `pair` and `part` (for the mask), and `last_index`, the flat index of each chosen then each rejected
+    sequence's last token. One row for the batch, or (`row_per_pair`, for dense masks, whose cost grows with the
+    square of a row) a row per pair, right-padded with tokens that attend only to padding."""
     import torch
 
     def collate(examples: list[dict]) -> dict:
-        ids, positions, pairs, parts, chosen_last, rejected_last = [], [], [], [], [], []
-        offset = 0
-        for number, example in enumerate(examples):
-            chosen, rejected = list(example["chosen_ids"]), list(example["rejected_ids"])
-            shared = shared_prefix_length(chosen, rejected) if shared_prompt else 0
-            ids += chosen + rejected[shared:]
-            positions += [*range(len(chosen)), *range(shared, len(rejected))]
-            parts += [PROMPT] * shared + [CHOSEN] * (len(chosen) - shared) + [REJECTED] * (len(rejected) - shared)
-            pairs += [number] * (len(chosen) + len(rejected) - shared)
-            chosen_last.append(offset + len(chosen) - 1)
-            offset += len(chosen) + len(rejected) - shared
-            rejected_last.append(offset - 1)
+        rows = [_packed_pair(example, number, shared_prompt) for number, example in enumerate(examples)]
+        if not row_per_pair:
+            rows = [tuple(sum((row[field] for row in rows), []) for field in range(4))]
+        width = max(len(row[0]) for row in rows)
+        filled = [[row[field] + [fill] * (width - len(row[0])) for row in rows] for field, fill in enumerate(PADDING)]
+        parts = np.asarray(filled[3])
+        starts = np.flatnonzero(np.diff(parts.reshape(-1), append=PADDING[3]) != 0)  # each part's last token
+        ends = {part: starts[parts.reshape(-1)[starts] == part] for part in (CHOSEN, REJECTED)}
         batch = {
-            "input_ids": torch.tensor([ids], dtype=torch.long),
-            "position_ids": torch.tensor([positions], dtype=torch.long),
-            "pair": torch.tensor(pairs, dtype=torch.int32),
-            "part": torch.tensor(parts, dtype=torch.int8),
-            "last_index": torch.tensor(chosen_last + rejected_last, dtype=torch.long),
+            "input_ids": torch.tensor(filled[0], dtype=torch.long),
+            "position_ids": torch.tensor(filled[1], dtype=torch.long),
+            "pair": torch.tensor(filled[2], dtype=torch.int32),
+            "part": torch.tensor(filled[3], dtype=torch.int8),
+            "last_index": torch.tensor(np.concatenate([ends[CHOSEN], ends[REJECTED]]), dtype=torch.long),
             "preference": torch.tensor([e.get("preference", PREFERRED) for e in examples], dtype=torch.float),
         }
         if "margin" in examples[0]:
@@ -123,18 +119,37 @@ def packed_collator(shared_prompt: bool) -> Callable[[list[dict]], dict]:
     return collate
 
 
-def mask_rule(pair, part, query, key):
-    """True where `query` attends to `key` (tensors of row indices, broadcast): the packed layout's one rule."""
-    key_part = part[key]
-    return (pair[query] == pair[key]) & (key <= query) & ((key_part == PROMPT) | (key_part == part[query]))
+PADDING = (0, 0, -1, 3)  # a padding token's id, position, pair and part
+
+
+def _packed_pair(example: dict, number: int, shared_prompt: bool) -> tuple[list, list, list, list]:
+    """(ids, positions, pair, part) of one pair: its shared prompt, the chosen rest, the rejected rest."""
+    chosen, rejected = list(example["chosen_ids"]), list(example["rejected_ids"])
+    shared = shared_prefix_length(chosen, rejected) if shared_prompt else 0
+    return (
+        chosen + rejected[shared:],
+        [*range(len(chosen)), *range(shared, len(rejected))],
+        [number] * (len(chosen) + len(rejected) - shared),
+        [PROMPT] * shared + [CHOSEN] * (len(chosen) - shared) + [REJECTED] * (len(rejected) - shared),
+    )
+
+
+def mask_rule(pair, part, row, query, key):
+    """True where `query` attends to `key` in `row` (tensors of indices, broadcast): the packed layout's one rule."""
+    key_part = part[row, key]
+    return (
+        (pair[row, query] == pair[row, key]) & (key <= query) & ((key_part == PROMPT) | (key_part == part[row, query]))
+    )
 
 
 def dense_mask(pair, part, eager: bool = False):
     """The rule as a 4D mask for sdpa (bool, True attends) or eager attention (additive float)."""
     import torch
 
-    index = torch.arange(pair.shape[0], device=pair.device)
-    allowed = mask_rule(pair, part, index[:, None], index[None, :])[None, None]
+    rows, width = pair.shape
+    index = torch.arange(width, device=pair.device)
+    row = torch.arange(rows, device=pair.device)[:, None, None]
+    allowed = mask_rule(pair, part, row, index[None, :, None], index[None, None, :])[:, None]
     if not eager:
         return allowed
     return torch.zeros(allowed.shape, device=pair.device).masked_fill_(~allowed, torch.finfo(torch.float32).min)
@@ -144,11 +159,11 @@ def block_mask(pair, part):
     """The rule as flex_attention's BlockMask: blocks nobody attends to are skipped, not computed."""
     from torch.nn.attention.flex_attention import create_block_mask
 
-    def mask_mod(batch, head, query, key):
-        return mask_rule(pair, part, query, key)
+    def mask_mod(row, head, query, key):
+        return mask_rule(pair, part, row, query, key)
 
-    length = pair.shape[0]
-    return create_block_mask(mask_mod, B=1, H=None, Q_LEN=length, KV_LEN=length, device=pair.device)
+    rows, width = pair.shape
+    return create_block_mask(mask_mod, B=rows, H=None, Q_LEN=width, KV_LEN=width, device=pair.device)
 
 
 def attention_mask_for(implementation: str, pair, part):
@@ -186,11 +201,11 @@ def packed_rewards(model, batch: dict, implementation: str):
     with head_outputs(model) as outputs:
         model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], attention_mask=mask, use_cache=False)
     per_position = outputs[-1]
-    if per_position.dim() != 3 or per_position.shape[1] != batch["input_ids"].shape[1]:
+    if per_position.shape[:2] != batch["input_ids"].shape:
         raise ValueError(
             f"{type(model).__name__}'s score head doesn't read every position: padding_free needs a decoder's head"
         )
-    return per_position[0, batch["last_index"], 0].chunk(2)
+    return per_position.reshape(-1)[batch["last_index"]].chunk(2)
 
 
 def token_budget_batches(lengths, budget: int, padded: bool, seed: int, epoch: int) -> list[list[int]]:

@@ -265,12 +265,15 @@ def build_trainer(
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=settings.early_stopping_patience))
     args = reward_config(settings, checkpoint_dir, data.evaluation is not None)
     batching = resolve_batching(settings, model, hardware()["device"])
+    collator = (
+        packed_collator(batching.shared_prompt, batching.row_per_pair)
+        if batching.packed
+        else preference_collator(tokenizer, args)
+    )
     trainer = pair_credit_trainer_class(settings.loss, batching)(
         model=model,
         args=args,
-        data_collator=packed_collator(batching.shared_prompt)
-        if batching.packed
-        else preference_collator(tokenizer, args),
+        data_collator=collator,
         train_dataset=data.train,
         eval_dataset=data.early_stopping,
         processing_class=tokenizer,
