@@ -24,6 +24,7 @@ from rm_pipeline.lib.training.packing import (
     dense_mask,
     is_decoder,
     packed_collator,
+    packed_length,
     packed_rewards,
     resolve_batching,
     shared_prefix_length,
@@ -96,7 +97,7 @@ def padded_rewards(model, tokenizer, examples):
     from trl import RewardConfig
 
     args = RewardConfig(output_dir="unused", use_cpu=True, report_to=[])
-    batch = preference_collator(tokenizer, args)(examples)
+    batch = {key: value.to(model.device) for key, value in preference_collator(tokenizer, args)(examples).items()}
     rewards = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
     return rewards.squeeze(-1).chunk(2), batch
 
@@ -140,6 +141,29 @@ def test_packed_rewards_loss_and_gradients_equal_the_padded_computation(
     for name, gradient in gradients.items():
         torch.testing.assert_close(gradient, reference_gradients[name], atol=TOLERANCE, rtol=0, msg=name)
     assert np.unique(torch.cat([chosen, rejected]).detach().numpy().round(5)).size > 4  # not a constant model
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="flex_attention's kernels compile for a GPU (gpu_checks.sh)")
+@pytest.mark.parametrize("shared_prompt", [False, True], ids=["padding-free", "shared-prompt"])
+def test_flex_attention_on_a_gpu_gives_the_padded_rewards_and_gradients(decoders, shared_prompt):
+    """What `padding_free: auto` runs on a GPU: one packed row through flex_attention's BlockMask (fp32; the
+    kernels' summation order differs from sdpa's, hence 1e-4)."""
+    import copy
+
+    model = copy.deepcopy(decoders["llama"]).cuda().train()
+    examples = examples_of(edge_pairs(), decoders["template"])
+    (chosen, rejected), padded = padded_rewards(model, decoders["template"], examples)
+    reference_loss, reference_gradients = loss_and_gradients(model, chosen, rejected, padded)
+    model.set_attn_implementation("flex_attention")
+    packed = {key: value.cuda() for key, value in packed_collator(shared_prompt)(examples).items()}
+    packed_chosen, packed_rejected = packed_rewards(model, packed, "flex_attention")
+    torch.testing.assert_close(
+        torch.cat([packed_chosen, packed_rejected]), torch.cat([chosen, rejected]), atol=1e-4, rtol=0
+    )
+    loss, gradients = loss_and_gradients(model, packed_chosen, packed_rejected, packed)
+    torch.testing.assert_close(loss, reference_loss, atol=1e-4, rtol=0)
+    for name, gradient in gradients.items():
+        torch.testing.assert_close(gradient, reference_gradients[name], atol=1e-4, rtol=1e-3, msg=name)
 
 
 def test_the_shared_prompt_is_the_common_prefix_leaving_each_response_its_last_token():
@@ -239,8 +263,8 @@ def test_statistics_are_summed_on_the_device_and_read_at_the_log_line(tiny_decod
         model=model, args=args, data_collator=packed_collator(True), train_dataset=dataset, processing_class=tokenizer
     )
     model.train()
-    for batch in (examples[:4], examples[4:]):
-        trainer.compute_loss(model, packed_collator(True)(batch))
+    for batch, row_per_pair in ((examples[:4], True), (examples[4:], False)):
+        trainer.compute_loss(model, packed_collator(True, row_per_pair)(batch))
     sums, extremes = trainer.statistics.pending["train"]
     assert isinstance(sums, torch.Tensor) and isinstance(extremes, torch.Tensor)
     with torch.no_grad():
@@ -256,6 +280,7 @@ def test_statistics_are_summed_on_the_device_and_read_at_the_log_line(tiny_decod
     assert logs["min_reward"] == pytest.approx(rewards.min(), abs=1e-6)
     assert logs["max_reward"] == pytest.approx(rewards.max(), abs=1e-6)
     assert logs["mean_reward"] == pytest.approx(rewards.mean(), abs=1e-6)
+    assert logs["num_tokens"] == sum(packed_length(e["chosen_ids"], e["rejected_ids"], True) for e in examples)
     assert "train" not in trainer.statistics.pending  # read and cleared
 
 

@@ -207,7 +207,7 @@ def pair_credit_trainer_class(loss: Loss = "bradley_terry", batching: Batching =
             if "last_index" in inputs:
                 implementation = self.accelerator.unwrap_model(model).config._attn_implementation
                 chosen, rejected = packed_rewards(model, inputs, implementation)
-                tokens = inputs["input_ids"].shape[1]
+                tokens = (inputs["pair"] >= 0).sum()  # padding of a row per pair has no pair
             else:
                 outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
                 chosen, rejected = outputs.logits.squeeze(-1).chunk(2)
