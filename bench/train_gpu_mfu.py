@@ -177,6 +177,52 @@ def run_variant(name: str, args, base: Path, sizes: dict, train, workdir: Path, 
     }
 
 
+def step_times(base: Path, train: pd.DataFrame, args, repeats: int = 10) -> dict[str, float]:
+    """Seconds of one training step's forward and backward on the same pairs per layout: the fastest of `repeats`,
+    layouts interleaved (a busy machine's noise, which whole runs suffer from, mostly cancels)."""
+    import time
+
+    import torch
+
+    from rm_pipeline.lib.hardware import hardware
+    from rm_pipeline.lib.precision import autocast, uses_bf16
+    from rm_pipeline.lib.tokenization import encode
+    from rm_pipeline.lib.training.model import prepare_model
+    from rm_pipeline.lib.training.packing import packed_collator, packed_rewards, resolve_batching
+    from rm_pipeline.lib.training.trainer import preference_collator
+
+    device = hardware()["device"]
+    pairs = train.iloc[: args.batch_size]
+    layouts = {}
+    for name in ("padded", "padding-free", "shared-prompt"):
+        settings = TrainingSettings(base_model=str(base), max_length=10**6, **VARIANTS[name])
+        model, tokenizer, _ = prepare_model(settings)
+        model.to(device).train()
+        batching = resolve_batching(settings, model, device)
+        chosen = encode(tokenizer, pairs["prompt"], pairs["chosen"], pairs["conversational"])
+        rejected = encode(tokenizer, pairs["prompt"], pairs["rejected"], pairs["conversational"])
+        examples = [{"chosen_ids": c, "rejected_ids": r} for c, r in zip(chosen, rejected)]
+        if batching.packed:
+            batch = packed_collator(batching.shared_prompt, batching.row_per_pair)(examples)
+        else:
+            batch = preference_collator(tokenizer, argparse.Namespace(pad_to_multiple_of=None))(examples)
+        layouts[name] = (model, {key: value.to(device) for key, value in batch.items()})
+    best = dict.fromkeys(layouts, float("inf"))
+    for _ in range(repeats):
+        for name, (model, batch) in layouts.items():
+            started = time.perf_counter()
+            with autocast(device, uses_bf16("auto", device)):
+                if "last_index" in batch:
+                    rewards = torch.cat(packed_rewards(model, batch, model.config._attn_implementation))
+                else:
+                    rewards = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            rewards.sum().backward()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            best[name] = min(best[name], time.perf_counter() - started)
+    return {name: round(seconds, 4) for name, seconds in best.items()}
+
+
 def benchmark(args) -> list[dict]:
     from rm_pipeline.lib.tokenization import load_tokenizer
 
@@ -188,6 +234,8 @@ def benchmark(args) -> list[dict]:
         saved = 1 - sizes["work"][True]["tokens"] / sizes["work"][False]["tokens"]
         print(json.dumps({"shape": args.shape, **{k: v for k, v in sizes.items() if k != "work"}}))
         print(json.dumps({"shared_prompt_saves_tokens": round(saved, 4), "pairs": args.pairs}))
+        if args.step_times:
+            print(json.dumps({"step_seconds": step_times(base, train, args)}), flush=True)
         best: dict[str, dict] = {}
         for attempt in range(args.repeat):  # interleaved: a busy machine slows every variant alike
             for name in args.variants:
@@ -237,6 +285,7 @@ def main() -> None:
     parser.add_argument("--prompt-length", type=int, default=32, help="tokens of each prompt")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--step-times", action="store_true", help="also time one step per layout (10x, fastest)")
     parser.add_argument("--repeat", type=int, default=1, help="runs of each variant, interleaved; the fastest kept")
     parser.add_argument("--bundled-savings", action="store_true", help="only count the bundled data's savings")
     args = parser.parse_args()
@@ -246,7 +295,7 @@ def main() -> None:
     if args.tiny:
         args.shape = "tiny"
         args.pairs, args.length, args.prompt_length, args.batch_size = 128, 128, 64, 16
-        args.repeat = max(args.repeat, 3)
+        args.repeat, args.step_times = max(args.repeat, 3), True
     rows = benchmark(args)
     padded = next((row for row in rows if row["variant"] == "padded"), None)
     for row in rows:

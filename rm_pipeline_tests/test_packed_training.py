@@ -228,6 +228,7 @@ def test_encoders_keep_padded_batches_and_refuse_the_levers(tiny_encoder, tiny_d
         (on, "not a causal decoder"),
         (TrainingSettings(shared_prompt="on", padding_free="off"), "needs padding_free"),
         (TrainingSettings(padding_free="on", shared_prompt="on", attention="flash_attention_2"), "can't mask"),
+        (TrainingSettings(padding_free="on", attention="flex_attention"), "no backward on a CPU"),
     ]:
         model = encoder if words == "not a causal decoder" else decoder
         with pytest.raises(SettingError, match=words) as error:
@@ -375,3 +376,14 @@ def test_packed_training_with_a_token_budget_resumes_to_the_same_weights(tiny_de
     reference, resumed = state_dict_of(uninterrupted.model_dir), state_dict_of(result.model_dir)
     for name in reference:
         torch.testing.assert_close(resumed[name], reference[name], atol=1e-6, rtol=0, msg=name)
+
+
+def test_an_attention_kernel_that_is_not_installed_is_refused_in_one_line(tiny_decoder):
+    from importlib.util import find_spec
+
+    if find_spec("flash_attn") is not None:
+        pytest.skip("flash-attn is installed here: nothing to refuse")
+    settings = TrainingSettings(base_model=str(tiny_decoder), padding_free="on", attention="flash_attention_2")
+    with pytest.raises(SettingError, match="attention 'flash_attention_2' can't be used") as error:
+        prepare_model(settings)
+    assert "\n" not in str(error.value)

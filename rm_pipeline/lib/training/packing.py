@@ -61,6 +61,10 @@ def resolve_batching(settings: TrainingSettings, model, device: str) -> Batching
             "its batches stay padded; set padding_free to auto or off"
         )
     packed = decoder and (settings.padding_free == "on" or (settings.padding_free == "auto" and device == "cuda"))
+    if settings.attention == "flex_attention" and device != "cuda":
+        raise SettingError(
+            "attention is flex_attention, which has no backward on a CPU in torch: use auto, sdpa or eager"
+        )
     if settings.shared_prompt == "on" and not packed:
         raise SettingError("shared_prompt is on, but batches are padded: it needs padding_free (on, or auto on a GPU)")
     if settings.shared_prompt == "on" and settings.attention in VARLEN:
@@ -163,7 +167,10 @@ def block_mask(pair, part):
         return mask_rule(pair, part, row, query, key)
 
     rows, width = pair.shape
-    return create_block_mask(mask_mod, B=rows, H=None, Q_LEN=width, KV_LEN=width, device=pair.device)
+    # compiled on a GPU (as transformers builds its own): uncompiled, the rule is evaluated densely, rows x width^2
+    return create_block_mask(
+        mask_mod, B=rows, H=None, Q_LEN=width, KV_LEN=width, device=pair.device, _compile=pair.is_cuda
+    )
 
 
 def attention_mask_for(implementation: str, pair, part):
