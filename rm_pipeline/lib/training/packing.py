@@ -1,10 +1,11 @@
 """Padding-free and shared-prompt batches for decoders, and batches sized by a token budget.
 
-A packed batch is one row: for each pair, its shared prompt (the longest common prefix of the chosen and rejected
-token ids, so exact under any tokenizer or chat template), then the rest of the chosen sequence, then the rest of
-the rejected one, whose positions continue from the prompt's end. Without a shared prompt the prefix is empty, and
-the row holds the chosen and rejected sequences whole. One rule masks both layouts: a query sees a key of the same
-pair, at or before it, in the prompt or in its own response; so a rejected token never sees the chosen response.
+A packed batch is one row (a row per pair where attention takes a dense mask): for each pair, its shared prompt
+(the longest common prefix of the chosen and rejected token ids, so exact under any tokenizer or chat template),
+then the rest of the chosen sequence, then the rest of the rejected one, whose positions continue from the prompt's
+end. Without a shared prompt the prefix is empty, and the row holds the chosen and rejected sequences whole. One
+rule masks both layouts: a query sees a key of the same pair, at or before it, in the prompt or in its own response;
+so a rejected token never sees the chosen response.
 With causal attention each sequence's hidden states are then those of its padded computation, and the reward is the
 score head's output at its last token (never a padded position). Knows nothing of Dagster.
 """

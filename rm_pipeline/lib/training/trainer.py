@@ -165,11 +165,11 @@ class DeviceStatistics:
         self.pending[mode] = (sums, extremes)
 
     def read(self, mode: str, accelerator) -> dict[str, float]:
+        import torch
+
         if mode not in self.pending:
             return {}
         sums, extremes = self.pending.pop(mode)
-        import torch
-
         gathered = accelerator.gather(torch.cat([sums, extremes])[None]).reshape(-1, 8)
         credit, preferred, margin, pairs, reward, tokens = gathered[:, :6].sum(dim=0).tolist()
         lowest, highest = gathered[:, 6:].max(dim=0).values.tolist()
@@ -202,6 +202,10 @@ def pair_credit_trainer_class(loss: Loss = "bradley_terry", batching: Batching =
     from trl import RewardTrainer
 
     class PairCreditRewardTrainer(RewardTrainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.statistics = DeviceStatistics()
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             preference, margin = inputs.pop("preference"), inputs.pop("margin", None)
             if "last_index" in inputs:
@@ -217,10 +221,6 @@ def pair_credit_trainer_class(loss: Loss = "bradley_terry", batching: Batching =
                 signal = signal + self.args.center_rewards_coefficient * torch.mean((chosen + rejected) ** 2)
             self.statistics.add("train" if self.model.training else "eval", chosen, rejected, preference, tokens)
             return (signal, {"logits": torch.cat([chosen, rejected])[:, None]}) if return_outputs else signal
-
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.statistics = DeviceStatistics()
 
         def log(self, logs, start_time=None):
             mode = "train" if self.model.training else "eval"
