@@ -239,11 +239,26 @@ def benchmark(args) -> list[dict]:
         best: dict[str, dict] = {}
         for attempt in range(args.repeat):  # interleaved: a busy machine slows every variant alike
             for name in args.variants:
-                row = run_variant(name, args, base, sizes, train, Path(workdir) / str(attempt), warm=attempt == 0)
+                try:
+                    row = run_variant(name, args, base, sizes, train, Path(workdir) / str(attempt), warm=attempt == 0)
+                except RuntimeError as error:  # out of memory, say: the other variants still run
+                    print(json.dumps({"attempt": attempt, "variant": name, "error": str(error)[:300]}), flush=True)
+                    release_memory()
+                    continue
                 print(json.dumps({"attempt": attempt, **row}), flush=True)
                 if name not in best or row["train_seconds"] < best[name]["train_seconds"]:
                     best[name] = row
-    return [best[name] for name in args.variants]
+    return [best[name] for name in args.variants if name in best]
+
+
+def release_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def bundled_savings() -> dict:
@@ -298,6 +313,8 @@ def main() -> None:
         args.repeat, args.step_times = max(args.repeat, 3), True
     rows = benchmark(args)
     padded = next((row for row in rows if row["variant"] == "padded"), None)
+    if not rows:
+        raise SystemExit("no variant ran to the end")
     for row in rows:
         ratio = row["pairs_per_second"] / padded["pairs_per_second"] if padded else float("nan")
         mfu = f"MFU {row['mfu']:.1%}" if row["mfu"] is not None else "MFU n/a (no GPU peak known)"
