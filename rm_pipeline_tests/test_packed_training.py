@@ -387,3 +387,17 @@ def test_an_attention_kernel_that_is_not_installed_is_refused_in_one_line(tiny_d
     with pytest.raises(SettingError, match="attention 'flash_attention_2' can't be used") as error:
         prepare_model(settings)
     assert "\n" not in str(error.value)
+
+
+def test_the_optimiser_is_torchs_fused_adamw(tiny_decoder, tmp_path):
+    """One kernel for all parameters per step; torch has it on CUDA and on CPU."""
+    from rm_pipeline.lib.training.data import training_data
+    from rm_pipeline.lib.training.trainer import build_trainer, progress_callback
+
+    settings = decoder_settings(tiny_decoder, padding_free="on")
+    model, tokenizer, peft_config = prepare_model(settings)
+    data = training_data(learnable_pairs(4), learnable_pairs(0), tokenizer, settings, lambda *_: None)
+    trainer = build_trainer(model, tokenizer, peft_config, data, settings, tmp_path, progress_callback(lambda *_: None))
+    optimizer = trainer.create_optimizer()
+    assert type(getattr(optimizer, "optimizer", optimizer)).__name__ == "AdamW"
+    assert optimizer.defaults["fused"] is True
