@@ -38,7 +38,7 @@ case "${1:-quick}" in
 quick)
   start=$SECONDS
   # flex_attention's packed rows give the padded rewards and gradients on this GPU (skipped on a CPU)
-  timeout 90 $PYTHON -m pytest -q -x -p no:cacheprovider rm_pipeline_tests/test_packed_training.py -k "flex or by_hand" \
+  timeout 90 $PYTHON -m pytest -q -x -p no:cacheprovider rm_pipeline_tests/test_packed_training.py -k "flex or by_hand or never_waits" \
     2>&1 | tail -5 | tee "$OUT/flex-tests.txt"
   # padded (before issue 21) vs padding-free vs shared prompt vs all (+ token budget): 0.5B shape, 32-token prompts
   bench 240 mfu-0.5b --shape 0.5b --pairs 384

@@ -166,6 +166,45 @@ def test_flex_attention_on_a_gpu_gives_the_padded_rewards_and_gradients(decoders
         torch.testing.assert_close(gradient, reference_gradients[name], atol=1e-4, rtol=1e-3, msg=name)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="host syncs are a GPU's concern (gpu_checks.sh)")
+def test_a_training_step_never_waits_for_the_gpu(tiny_decoder, tmp_path):
+    """Issue 21's third lever: forward, loss, statistics and backward of a packed batch queue work on the GPU
+    without reading anything back (torch's sync debug mode warns on every device-to-host sync)."""
+    import warnings
+
+    from datasets import Dataset
+    from trl import RewardConfig
+
+    settings = TrainingSettings(base_model=str(tiny_decoder))  # auto: packed, flex_attention on a GPU
+    model, tokenizer, _ = prepare_model(settings)
+    batching = resolve_batching(settings, model, "cuda")
+    examples = examples_of(edge_pairs(), tokenizer)
+    args = RewardConfig(output_dir=str(tmp_path), report_to=[], max_steps=1, bf16=True, logging_nan_inf_filter=False)
+    collator = packed_collator(batching.shared_prompt, batching.row_per_pair)
+    trainer = pair_credit_trainer_class(batching=batching)(
+        model=model,
+        args=args,
+        data_collator=collator,
+        train_dataset=Dataset.from_list(examples),
+        processing_class=tokenizer,
+    )
+    model.train()
+    batch = trainer._prepare_inputs(collator(examples))  # on the GPU before: the dataloader's copy is not the step
+    trainer.training_step(trainer.model, dict(batch))  # compiles, may sync
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            for _ in range(2):
+                trainer.training_step(trainer.model, dict(batch))
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    assert not [w for w in caught if "synchroniz" in str(w.message)], [str(w.message) for w in caught]
+    trainer.log({})
+    assert "train" not in trainer.statistics.pending  # read at the log line
+
+
 def test_the_shared_prompt_is_the_common_prefix_leaving_each_response_its_last_token():
     assert shared_prefix_length([5, 6, 7, 1], [5, 6, 8, 1]) == 2
     assert shared_prefix_length([5, 6], [5, 6, 7, 1]) == 1  # a prefix of the other keeps its last token

@@ -35,6 +35,7 @@ def reward_config(settings: TrainingSettings, checkpoint_dir: Path, has_eval: bo
         use_cpu=device["device"] == "cpu",
         bf16=uses_bf16(settings.precision, device["device"]),
         optim="adamw_torch_fused",  # one kernel per step for all parameters, on CUDA and on CPU (torch >= 2.4)
+        logging_nan_inf_filter=False,  # its check reads every step's loss on the host: a NaN is logged as NaN
         max_length=None,  # the pair stage already dropped (and counted) longer pairs
         per_device_train_batch_size=settings.batch_size,
         per_device_eval_batch_size=settings.batch_size * 2,
@@ -154,7 +155,7 @@ class DeviceStatistics:
                 (pair_credit(difference) * preferred).sum(),
                 preferred.sum(),
                 difference.sum(),
-                difference.new_tensor(float(difference.numel())),
+                torch.ones_like(difference).sum(),  # the pair count, made on the device: no copy from the host
                 rewards.sum(),
                 torch.as_tensor(tokens, device=rewards.device).float(),
             ]
