@@ -51,9 +51,9 @@ class TrainingSettings:
         "auto",
         "Decoders: batches packed with restarting positions, no padding; the reward is read at each sequence's "
         "last token. auto: on for a decoder on a GPU (one row, flex_attention), off on a CPU, where attention "
-        "needs a dense mask: measured on a tiny decoder (bench/train_gpu_mfu.py --tiny), a step took 0.94x "
-        "padded speed packed, 1.34x with shared_prompt (prompts of 64 tokens), whole runs no faster. on: a "
-        "decoder anywhere; an encoder keeps padded batches (on refuses one).",
+        "needs a dense mask: on a tiny decoder (bench/train_gpu_mfu.py --tiny, a busy 2-core CPU) one step ran "
+        "at 0.69-0.94x padded speed packed, 1.22-1.34x with shared_prompt (64-token prompts), and whole runs "
+        "were no faster. on: a decoder anywhere; an encoder keeps padded batches (on refuses one).",
     )
     shared_prompt: Lever = setting(
         "auto",
