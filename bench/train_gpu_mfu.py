@@ -1,6 +1,6 @@
 """Training throughput of our reward_model path, padded batches (before issue 21) vs each lever vs all together.
 
-Random weights from a config (no download): the ~0.5B shape issue 21 measured, or Qwen2.5-1.5B's; synthetic tokens, TRL's
+Random weights from a config (no download), the ~0.5B shape issue 21 measured or Qwen2.5-1.5B's; synthetic tokens, TRL's
 RewardTrainer through `train_reward_model`, bf16 autocast where the hardware has it. Each variant first trains a
 few batches untimed (flex_attention compiles then), then the timed run. Per variant: pair tokens/s (chosen + rejected
 tokens, as the pipeline's metrics count them: comparable across variants), pairs/s, peak memory and MFU:
