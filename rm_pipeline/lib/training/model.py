@@ -9,7 +9,9 @@ from rm_pipeline.lib.precision import (
     head_module_name,
     uses_bf16,
 )
+from rm_pipeline.lib.settings import SettingError
 from rm_pipeline.lib.tokenization import load_tokenizer, quiet_loading
+from rm_pipeline.lib.training.packing import resolve_batching
 from rm_pipeline.lib.training.settings import TrainingSettings
 
 
@@ -81,9 +83,21 @@ def prepare_model(settings: TrainingSettings):
     model, tokenizer = load_model(settings)  # fp32 master weights; bf16 on GPU is autocast by the Trainer
     if settings.train_last_n_layers is not None and not settings.lora_rank:
         freeze_all_but_last(model, settings.train_last_n_layers)
-    if hardware()["device"] == "cpu" and uses_bf16(settings.precision, "cpu"):
+    device = hardware()["device"]
+    set_attention(model, resolve_batching(settings, model, device).attention)
+    if device == "cpu" and uses_bf16(settings.precision, "cpu"):
         attention_in_fp32(model)
     return model, tokenizer, lora_config(model, settings) if settings.lora_rank else None
+
+
+def set_attention(model, implementation: str | None) -> None:
+    if implementation is None or implementation == model.config._attn_implementation:
+        return
+    try:
+        model.set_attn_implementation(implementation)
+    except (ImportError, ValueError) as error:  # flash-attn missing, or a model without that kernel
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise SettingError(f"attention {implementation!r} can't be used with this model: {reason}"[:300]) from None
 
 
 def final_model(trainer, merge_lora: bool):

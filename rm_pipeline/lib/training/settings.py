@@ -17,6 +17,8 @@ from rm_pipeline.lib.tokenization import DEFAULT_MAX_LENGTH
 
 Report = Callable[[str, dict], None]  # (kind: "log" | "progress", payload)
 Loss = Literal["bradley_terry", "mse"]
+Lever = Literal["auto", "on", "off"]
+Attention = Literal["auto", "sdpa", "eager", "flex_attention", "flash_attention_2"]
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,32 @@ class TrainingSettings:
     group_by_length: bool = setting(True, "Batches of similar lengths: less padding, same result.")
     gradient_checkpointing: bool = setting(False, "Trade compute for memory (large models only).")
     precision: Precision = setting("auto", PRECISION_HELP)
+    # batches on the hardware: decoders only (docs/assets-and-settings.md, "Training a decoder fast")
+    padding_free: Lever = setting(
+        "auto",
+        "Decoders: batches packed with restarting positions, no padding; the reward is read at each sequence's "
+        "last token. auto: on for a decoder on a GPU (one row, flex_attention), off on a CPU, where attention "
+        "needs a dense mask: on a tiny decoder (bench/train_gpu_mfu.py --tiny, a busy 2-core CPU) one step ran "
+        "at 0.69-0.94x padded speed packed, 1.22-1.34x with shared_prompt (64-token prompts), and whole runs "
+        "were no faster. on: a decoder anywhere; an encoder keeps padded batches (on refuses one).",
+    )
+    shared_prompt: Lever = setting(
+        "auto",
+        "Decoders, with padding_free: a pair's common prefix (its prompt) is computed once, the rejected "
+        "response continuing its positions and never seeing the chosen one. auto: on wherever padding_free is "
+        "and the attention isn't flash_attention_2 (which can't express the mask).",
+    )
+    max_tokens_per_batch: int = setting(
+        0,
+        "0: batch_size pairs per batch. Otherwise pairs of similar lengths are batched up to this many tokens "
+        "(real tokens when packed, padded tokens otherwise): fewer, larger batches for short pairs.",
+        minimum=0,
+    )
+    attention: Attention = setting(
+        "auto",
+        "The attention kernel. auto: flex_attention for packed batches on a GPU (skips the blocks the mask "
+        "hides), the model's default otherwise (sdpa); flash_attention_2 needs the flash-attn package.",
+    )
     # the loss
     loss: Loss = setting(
         "bradley_terry",

@@ -1,9 +1,5 @@
-"""The one module that touches TRL: the RewardTrainer subclass with our loss and pair credit, its config,
-collator and progress callback, and the run's metrics read from it.
-
-TRL's private ``_metrics`` (the batch metrics averaged at each log) is reached only through
-``logged_metrics``, which test_dependencies checks against the installed TRL.
-"""
+"""The one module that touches TRL: the RewardTrainer subclass with our loss, rewards of packed batches and
+statistics kept on the device, its config, collators and progress callback, and the run's metrics read from it."""
 
 from __future__ import annotations
 
@@ -11,20 +7,22 @@ import math
 import time
 from pathlib import Path
 
-from rm_pipeline.lib.evaluation.accuracy import pair_credit
+from rm_pipeline.lib.evaluation.accuracy import TIE_TOLERANCE
 from rm_pipeline.lib.hardware import hardware, peak_memory_mb
 from rm_pipeline.lib.pairs import PREFERRED
 from rm_pipeline.lib.precision import (
     uses_bf16,
 )
 from rm_pipeline.lib.training.data import TrainingData
+from rm_pipeline.lib.training.packing import (
+    Batching,
+    TokenBudgetSampler,
+    packed_collator,
+    packed_length,
+    packed_rewards,
+    resolve_batching,
+)
 from rm_pipeline.lib.training.settings import Loss, Report, TrainingSettings
-
-
-def logged_metrics(trainer) -> dict[str, dict[str, list[float]]]:
-    """TRL's per-mode ("train", "eval") lists of batch metrics, averaged into each log line: the private
-    ``RewardTrainer._metrics``, wrapped here alone (checked by test_dependencies)."""
-    return trainer._metrics
 
 
 def reward_config(settings: TrainingSettings, checkpoint_dir: Path, has_eval: bool):
@@ -36,6 +34,8 @@ def reward_config(settings: TrainingSettings, checkpoint_dir: Path, has_eval: bo
         output_dir=str(checkpoint_dir),
         use_cpu=device["device"] == "cpu",
         bf16=uses_bf16(settings.precision, device["device"]),
+        optim="adamw_torch_fused",  # one kernel per step for all parameters, on CUDA and on CPU (torch >= 2.4)
+        logging_nan_inf_filter=False,  # its check reads every step's loss on the host: a NaN is logged as NaN
         max_length=None,  # the pair stage already dropped (and counted) longer pairs
         per_device_train_batch_size=settings.batch_size,
         per_device_eval_batch_size=settings.batch_size * 2,
@@ -129,41 +129,131 @@ def preference_collator(tokenizer, args):
     return PreferenceCollator(pad_token_id=tokenizer.pad_token_id, pad_to_multiple_of=args.pad_to_multiple_of)
 
 
-def pair_credit_trainer_class(loss: Loss = "bradley_terry"):
-    """TRL's RewardTrainer with two changes at its `compute_loss` hook, everything else (checkpointing,
-    resume, logging, metrics) TRL's own:
-
-    - the loss is `preference_loss` on each pair's target preference (a tie is 0.5), as `loss` says;
-    - `accuracy` is the evaluation's pair credit (a tie is half right) over preferred pairs only, so the
-      training curves, the model card and the evaluation report count the same pairs the same way."""
+def pair_credit(difference):
+    """`evaluation.accuracy.pair_credit` on a tensor, on its device: 1 right, 0 wrong, 0.5 a tie."""
     import torch
+
+    return torch.where(difference.abs() <= TIE_TOLERANCE, 0.5, (difference > 0).to(difference.dtype))
+
+
+class DeviceStatistics:
+    """Accuracy (pair credit over preferred pairs), margins, rewards and tokens of the batches since the last log
+    line, summed on the device per mode: read (one host sync, gathered over processes) at each log."""
+
+    def __init__(self):
+        self.pending: dict = {}
+        self.tokens_seen = 0.0
+
+    def add(self, mode: str, chosen, rejected, preference, tokens) -> None:
+        import torch
+
+        chosen, rejected = chosen.detach().float(), rejected.detach().float()
+        difference, rewards = chosen - rejected, torch.cat([chosen, rejected])
+        preferred = (preference == PREFERRED).float()
+        sums = torch.stack(
+            [
+                (pair_credit(difference) * preferred).sum(),
+                preferred.sum(),
+                difference.sum(),
+                torch.ones_like(difference).sum(),  # the pair count, made on the device: no copy from the host
+                rewards.sum(),
+                torch.as_tensor(tokens, device=rewards.device).float(),
+            ]
+        )
+        extremes = torch.stack([-rewards.min(), rewards.max()])  # both maxima: one reduction
+        if mode in self.pending:
+            sums, extremes = self.pending[mode][0] + sums, torch.maximum(self.pending[mode][1], extremes)
+        self.pending[mode] = (sums, extremes)
+
+    def read(self, mode: str, accelerator) -> dict[str, float]:
+        import torch
+
+        if mode not in self.pending:
+            return {}
+        sums, extremes = self.pending.pop(mode)
+        gathered = accelerator.gather(torch.cat([sums, extremes])[None]).reshape(-1, 8)
+        credit, preferred, margin, pairs, reward, tokens = gathered[:, :6].sum(dim=0).tolist()
+        lowest, highest = gathered[:, 6:].max(dim=0).values.tolist()
+        if mode == "train":
+            self.tokens_seen += tokens
+        return {
+            "accuracy": credit / preferred if preferred else math.nan,  # NaN: ties only
+            "margin": margin / pairs,
+            "mean_reward": reward / (2 * pairs),
+            "min_reward": -lowest,
+            "max_reward": highest,
+            "num_tokens": self.tokens_seen if mode == "train" else tokens,
+        }
+
+
+PADDED = Batching()
+
+
+def pair_credit_trainer_class(loss: Loss = "bradley_terry", batching: Batching = PADDED):
+    """TRL's RewardTrainer (checkpointing, resume, evaluation, logging) with its `compute_loss` replaced:
+
+    - the rewards of padded batches from the model's output, of packed ones (`batching`) by `packed_rewards`;
+    - the loss is `preference_loss` on each pair's target preference (a tie is 0.5), as `loss` says;
+    - no host sync in the step: accuracy (the evaluation's pair credit over preferred pairs, so the curves, the
+      model card and the evaluation report count the same pairs the same way), margins and reward statistics are
+      summed on the device and read at each log line;
+    - with a token budget, batches of pairs grouped by length up to that many tokens."""
+    import torch
+    from torch.utils.data import DataLoader
     from trl import RewardTrainer
 
     class PairCreditRewardTrainer(RewardTrainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.statistics = DeviceStatistics()
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            preference = inputs.pop("preference")
-            _, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
-            chosen, rejected = torch.chunk(outputs.logits.squeeze(-1), chunks=2)
-            signal = preference_loss(chosen, rejected, preference, inputs.get("margin"), loss)
+            preference, margin = inputs.pop("preference"), inputs.pop("margin", None)
+            if "last_index" in inputs:
+                implementation = self.accelerator.unwrap_model(model).config._attn_implementation
+                chosen, rejected = packed_rewards(model, inputs, implementation)
+                tokens = (inputs["pair"] >= 0).sum()  # padding of a row per pair has no pair
+            else:
+                outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
+                chosen, rejected = outputs.logits.squeeze(-1).chunk(2)
+                tokens = inputs["attention_mask"].sum()
+            signal = preference_loss(chosen, rejected, preference, margin, loss)
             if self.args.center_rewards_coefficient is not None:  # as TRL adds it
                 signal = signal + self.args.center_rewards_coefficient * torch.mean((chosen + rejected) ** 2)
-
-            preferred = preference == PREFERRED  # a tie has no right answer: not in accuracy
-            difference = (chosen - rejected).detach().float()[preferred].cpu().numpy()
-            totals = torch.tensor([pair_credit(difference).sum(), difference.size], device=chosen.device)
-            credit, count = self.accelerator.gather(totals).reshape(-1, 2).sum(dim=0).tolist()
-            mode = "train" if self.model.training else "eval"
-            logged_metrics(self)[mode]["accuracy"][-1] = credit / count if count else math.nan  # NaN: ties only
-            return (signal, outputs) if return_outputs else signal
+            self.statistics.add("train" if self.model.training else "eval", chosen, rejected, preference, tokens)
+            return (signal, {"logits": torch.cat([chosen, rejected])[:, None]}) if return_outputs else signal
 
         def log(self, logs, start_time=None):
-            for metrics in logged_metrics(self).values():  # batches of ties only have no accuracy
-                batches = metrics.get("accuracy")
-                if batches:
-                    batches[:] = [value for value in batches if not math.isnan(value)] or [math.nan]
+            mode = "train" if self.model.training else "eval"
+            prefix = "eval_" if mode == "eval" else ""
+            logs.update({prefix + key: value for key, value in self.statistics.read(mode, self.accelerator).items()})
             super().log(logs, start_time)
 
+        def get_train_dataloader(self):
+            if not batching.max_tokens:
+                return super().get_train_dataloader()
+            dataset = self._remove_unused_columns(self.train_dataset, description="Training")
+            sampler = TokenBudgetSampler(
+                budget_lengths(dataset, batching), batching.max_tokens, not batching.packed, self.args.seed
+            )
+            loader = DataLoader(
+                dataset,
+                batch_sampler=sampler,
+                collate_fn=self.data_collator,
+                num_workers=self.args.dataloader_num_workers,
+                pin_memory=self.args.dataloader_pin_memory,
+            )
+            return self.accelerator.prepare(loader)
+
     return PairCreditRewardTrainer
+
+
+def budget_lengths(dataset, batching: Batching) -> list[int]:
+    """Each pair's tokens as its batch counts them: packed, or padded (twice its longer sequence)."""
+    chosen, rejected = dataset["chosen_ids"], dataset["rejected_ids"]
+    if batching.packed:
+        return [packed_length(c, r, batching.shared_prompt) for c, r in zip(chosen, rejected)]
+    return [2 * max(len(c), len(r)) for c, r in zip(chosen, rejected)]
 
 
 def build_trainer(
@@ -175,10 +265,16 @@ def build_trainer(
     if data.evaluation is not None and settings.early_stopping_patience is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=settings.early_stopping_patience))
     args = reward_config(settings, checkpoint_dir, data.evaluation is not None)
-    trainer = pair_credit_trainer_class(settings.loss)(
+    batching = resolve_batching(settings, model, hardware()["device"])
+    collator = (
+        packed_collator(batching.shared_prompt, batching.row_per_pair)
+        if batching.packed
+        else preference_collator(tokenizer, args)
+    )
+    trainer = pair_credit_trainer_class(settings.loss, batching)(
         model=model,
         args=args,
-        data_collator=preference_collator(tokenizer, args),
+        data_collator=collator,
         train_dataset=data.train,
         eval_dataset=data.early_stopping,
         processing_class=tokenizer,
