@@ -145,6 +145,7 @@ def probe_flip_rates(scorer, scored, settings, path: Path) -> dict:
         "sampled_pairs": section["sampled_pairs"],
         "confidence": section["confidence"],
         "worst_probe": section["worst"]["probe"] if section["worst"] else None,
+        "worst_held_out_probe": (section["worst_by_family"]["held_out"] or {}).get("probe"),
         "flip_rates": {row["probe"]: {k: v for k, v in row.items() if k != "probe"} for row in section["table"]},
     }
 
