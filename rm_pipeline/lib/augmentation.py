@@ -30,7 +30,7 @@ ANNOTATED, NON_CONTEXTUAL, STYLE_NEUTRAL = "annotated", "non_contextual", "style
 AUGMENTED_KINDS = (NON_CONTEXTUAL, STYLE_NEUTRAL)
 TARGET = {NON_CONTEXTUAL: PREFERRED, STYLE_NEUTRAL: TIE}
 SOURCE, OTHER, STYLE = "source_pair_id", "other_pair_id", "style"  # where an augmented row's texts came from
-VOTE_FACTS = ("n_votes", "chosen_share", "tie_share", "strength", "confidence")  # no annotator voted on these
+VOTE_FACTS = ("chosen_share", "tie_share", "strength", "confidence")  # no annotator voted on these: NaN
 
 # The training family's wordings (none may appear in a probe: test_augmentation checks it).
 OPENERS = (
@@ -78,7 +78,9 @@ STYLES = {
 }
 TRAINING_TEMPLATES = (
     *OPENERS,
-    *(part for heading, bullet in MARKDOWN for part in (heading, bullet.split("{")[0])),
+    *(
+        part for heading, bullet in MARKDOWN for part in (heading, "\n" + bullet.split("{")[0])
+    ),  # a bullet starts a line
     *FILLER,
     *(restatement.split("{")[0] for restatement in RESTATEMENTS),
 )
@@ -110,6 +112,7 @@ def _sources(rng: np.random.Generator, n: int, count: int) -> np.ndarray:
 def _row(source: pd.Series, kind: str, number: int, chosen: str, rejected: str, other: str, style: str) -> dict:
     row = source.to_dict()
     row.update({name: math.nan for name in VOTE_FACTS if name in row})
+    row.update({"n_votes": 0} if "n_votes" in row else {})
     row.update(
         {
             "pair_id": f"{source['pair_id']}~{kind}~{number}",

@@ -364,11 +364,13 @@ def worst_probe(table: list[dict], family: str | None = None) -> dict | None:
     """The row of ``table`` with the highest flip rate (of ``family``'s probes when given); None without any.
     A row of a report from before the families has none: it counts in every family."""
     rated = [
-        row
-        for row in table
-        if not math.isnan(row["flip_rate"]) and (family is None or row.get("family", family) == family)
+        row for row in table if _rated(row["flip_rate"]) and (family is None or row.get("family", family) == family)
     ]
     return max(rated, key=lambda row: row["flip_rate"]) if rated else None
+
+
+def _rated(rate) -> bool:
+    return rate is not None and not math.isnan(rate)  # a report read back from JSON has None for NaN
 
 
 def _prompt_groups(pairs: pd.DataFrame) -> pd.Series:
