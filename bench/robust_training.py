@@ -43,6 +43,54 @@ def measures(home: Path) -> dict:
     }
 
 
+def quick(train_pairs: int, recipes: list[Path], scratch: Path, seed: int = 0) -> dict[str, dict]:
+    """Without Dagster, on a seeded sample of ``train_pairs`` train pairs (whole prompt groups) and the whole
+    eval side: the default and each recipe's `reward_model` settings, trained by `train_reward_model` on the
+    rows `augment` builds, then the held-out pairs and their probe answers scored by `RewardScorer`."""
+    import yaml
+    from training_signals import splits, subsample_train
+
+    from rm_pipeline.lib.augmentation import augment
+    from rm_pipeline.lib.evaluation.accuracy import pair_credit, pair_margins
+    from rm_pipeline.lib.evaluation.length_bias import length_audit
+    from rm_pipeline.lib.evaluation.probes import flip_rates, probe_answers
+    from rm_pipeline.lib.evaluation.statistics import rate_interval
+    from rm_pipeline.lib.scoring import RewardScorer
+    from rm_pipeline.lib.tokenization import default_base_model
+    from rm_pipeline.lib.training.run import train_reward_model
+    from rm_pipeline.lib.training.settings import TrainingSettings
+
+    split = subsample_train(
+        splits(Path(__file__).resolve().parents[1] / "rm_pipeline/data/annotations", default_base_model())["drop"],
+        train_pairs,
+        seed,
+    )
+    held_out = split[split["split"] == "eval"]
+    results = {}
+    for recipe in [None, *recipes]:
+        name = recipe.stem if recipe else "default"
+        config = yaml.safe_load(recipe.read_text())["ops"]["reward_model"]["config"] if recipe else {}
+        settings = TrainingSettings(base_model=default_base_model(), **config)
+        rows, ledger = augment(split, settings.non_contextual_pairs, settings.style_neutral_pairs, settings.seed)
+        trained = train_reward_model(rows[rows["split"] == "train"], held_out, settings, scratch / name, name)
+        scorer = RewardScorer.load(trained.model_dir)
+        scored = scorer.score_pairs(held_out)
+        answers = probe_answers(held_out)
+        probes = answers.assign(**scorer.score(answers["prompt"], answers["response"], answers["conversational"]))
+        groups = scored["prompt_group"].astype(str).to_numpy()
+        length = length_audit(scored)
+        results[name] = {
+            "augmentation": ledger,
+            "training": {key: trained.metrics.get(key) for key in TRAINING_FACTS},
+            "held_out": rate_interval(pair_credit(pair_margins(scored)), groups).as_dict(),
+            "length_matched": {**(length["length_matched_accuracy_interval"] or {}), "n": length["length_matched_n"]},
+            "probes": flip_rates(scored, probes)["table"],
+            "benchmarks": {},
+        }
+        print(name, json.dumps(results[name]["held_out"]), flush=True)
+    return results
+
+
 def interval(value: dict | None) -> str:
     if not value or value.get("estimate") is None:
         return "n/a"
@@ -80,11 +128,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, action="append", default=[], help="a recipe to measure (repeatable)")
     parser.add_argument("--read", type=Path, action="append", default=[], help="tabulate a filled storage root")
+    parser.add_argument(
+        "--quick", type=int, metavar="N", help="no Dagster: N train pairs (a seeded sample of prompt groups)"
+    )
     parser.add_argument("--out", type=Path, help="write the results as JSON")
     args = parser.parse_args()
     results = {}
     if args.read:
         results = {home.name: measures(home) for home in args.read}
+    elif args.quick:
+        with tempfile.TemporaryDirectory(prefix="robust-training-") as scratch:
+            results = quick(args.quick, args.config, Path(scratch))
     else:
         with tempfile.TemporaryDirectory(prefix="robust-training-") as scratch:
             for config in [None, *args.config]:
