@@ -54,7 +54,7 @@ def add_commands(commands) -> None:
     evaluate.add_argument(
         "--probes",
         action="store_true",
-        help="also run the shortcut probes (padding, flattery, Markdown, truncation, repetition) on each file and "
+        help="also run the shortcut probes (both families: trained-against and held-out) on each file and "
         "print their flip rates with their confidence intervals",
     )
     settings_options(evaluate, ProbeSettings, ["probe_pairs"], types={"probe_pairs": positive_int})
