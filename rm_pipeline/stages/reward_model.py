@@ -70,7 +70,9 @@ def reward_model(
     """A one-unit score head on the base checkpoint, fitted by TRL's RewardTrainer with the `loss` setting's
     loss (Bradley-Terry by default) on each pair's target preference (a tie pair: 0.5); a Hugging Face model
     directory at `models/rm-<data version>-<settings>-<time>`, never rewritten once published. Its value is a
-    pointer to that directory. Re-materialising after a crash resumes from the last checkpoint."""
+    pointer to that directory. Re-materialising after a crash resumes from the last checkpoint. With
+    `non_contextual_pairs` / `style_neutral_pairs`, augmented rows built from the train side join the training
+    rows, marked with their kind and checked by the training-pairs gate first."""
     settings = training_settings(config, base_model)
     check_remote_code(settings.trust_remote_code)  # where the code server runs, not in the training child
     data_version = split_data_version(preference_split)
