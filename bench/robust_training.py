@@ -43,7 +43,7 @@ def measures(home: Path) -> dict:
     }
 
 
-def quick(train_pairs: int, recipes: list[Path], scratch: Path, seed: int = 0) -> dict[str, dict]:
+def quick(train_pairs: int, recipes: list[Path], scratch: Path, seed: int = 0, default: bool = True) -> dict[str, dict]:
     """Without Dagster, on a seeded sample of ``train_pairs`` train pairs (whole prompt groups) and the whole
     eval side: the default and each recipe's `reward_model` settings, trained by `train_reward_model` on the
     rows `augment` builds, then the held-out pairs and their probe answers scored by `RewardScorer`."""
@@ -67,7 +67,7 @@ def quick(train_pairs: int, recipes: list[Path], scratch: Path, seed: int = 0) -
     )
     held_out = split[split["split"] == "eval"]
     results = {}
-    for recipe in [None, *recipes]:
+    for recipe in [None, *recipes] if default else recipes:
         name = recipe.stem if recipe else "default"
         config = yaml.safe_load(recipe.read_text())["ops"]["reward_model"]["config"] if recipe else {}
         settings = TrainingSettings(base_model=default_base_model(), **config)
@@ -131,6 +131,7 @@ def main() -> None:
     parser.add_argument(
         "--quick", type=int, metavar="N", help="no Dagster: N train pairs (a seeded sample of prompt groups)"
     )
+    parser.add_argument("--no-default", action="store_true", help="with --quick: the recipes only")
     parser.add_argument("--out", type=Path, help="write the results as JSON")
     args = parser.parse_args()
     results = {}
@@ -138,7 +139,7 @@ def main() -> None:
         results = {home.name: measures(home) for home in args.read}
     elif args.quick:
         with tempfile.TemporaryDirectory(prefix="robust-training-") as scratch:
-            results = quick(args.quick, args.config, Path(scratch))
+            results = quick(args.quick, args.config, Path(scratch), default=not args.no_default)
     else:
         with tempfile.TemporaryDirectory(prefix="robust-training-") as scratch:
             for config in [None, *args.config]:
