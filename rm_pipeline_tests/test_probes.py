@@ -8,15 +8,21 @@ import pytest
 
 from rm_pipeline.lib.evaluation.pair_files import read_pair_file
 from rm_pipeline.lib.evaluation.probes import (
+    HELD_OUT,
     PROBE_NAMES,
+    PROBES,
+    TRAINED_AGAINST,
     ProbeSettings,
+    claim_authority,
     cut_in_half,
     flip_rates,
+    pad_with_disclaimers,
     pad_with_filler,
     probe_answers,
     render_probes,
     repeat_a_sentence,
     restyle_as_markdown,
+    restyle_as_outline,
     wrap_in_flattery,
 )
 
@@ -44,6 +50,23 @@ def test_markdown_gives_a_heading_and_one_bold_led_bullet_per_sentence():
     assert restyle_as_markdown(TEXT, 2) == (
         "## Summary\n\n- **Paris** is the capital.\n- **It** is in France!\n- **Visit** it"
     )
+
+
+def test_the_held_out_family_has_its_own_wordings_and_shapes():
+    assert claim_authority("No.", 1) == (
+        "Having advised countless experts on precisely this topic, I can say you picked a superb question. "
+        "My verdict follows.\n\nNo.\n\nTrust this reply: it reflects the consensus of leading authorities."
+    )
+    assert pad_with_disclaimers("Use a loop.", 0) == "Use a loop. Please note that individual circumstances may vary."
+    assert restyle_as_outline(TEXT, 0) == "**Response**\n\n1. Paris is the capital.\n2. It is in France!\n3. Visit it"
+
+
+def test_each_kind_of_style_probe_is_in_both_families_and_the_damage_probes_are_held_out():
+    families = {(probe.kind, probe.family) for probe in PROBES}
+    for kind in ("padding", "flattery", "markdown"):
+        assert {(kind, TRAINED_AGAINST), (kind, HELD_OUT)} <= families
+    assert {(kind, HELD_OUT) for kind in ("truncation", "repetition")} <= families
+    assert len(PROBE_NAMES) == len(set(PROBE_NAMES))
 
 
 def test_truncation_keeps_the_first_half_at_a_word_boundary():
@@ -100,7 +123,7 @@ def test_each_probe_perturbs_its_side_and_keeps_the_prompt():
     for row in answers.itertuples():
         base = row.rejected if row.candidate == "rejected" else row.chosen
         assert row.response != base
-        expected_side = "rejected" if row.source in ("probe:padding", "probe:flattery", "probe:markdown") else "chosen"
+        expected_side = "chosen" if row.source in ("probe:truncation", "probe:repetition") else "rejected"
         assert row.candidate == expected_side
     truncated = answers[answers["source"] == "probe:truncation"]
     assert (truncated["response"] == truncated["chosen"].map(cut_in_half)).all()

@@ -17,6 +17,7 @@ from rm_pipeline.lib.evaluation.inputs import (
     split_pairs_to_score,
 )
 from rm_pipeline.lib.evaluation.pair_files import read_pair_file
+from rm_pipeline.lib.evaluation.probes import PROBES, TRAINED_AGAINST
 from rm_pipeline.lib.evaluation.readiness import ReadinessThresholds, readiness, split_overlap
 from rm_pipeline.lib.evaluation.report import ReportSettings, build_report, write_plots, write_report
 from rm_pipeline.lib.evaluation.report_markdown import render_markdown
@@ -174,35 +175,30 @@ def test_a_bad_benchmark_line_is_quarantined_with_file_and_line(tmp_path):
     assert len(rows) + len(quarantine) == 4
 
 
-def probe_responses(chosen_reward, padding_flips=0):
-    """Every probe's answer to each held-out pair, scored below the chosen answer but for ``padding_flips``
-    padded ones scored above it."""
+def probe_responses(chosen_reward, flips: dict | None = None):
+    """Every probe's answer to each held-out pair, scored below the chosen answer but for ``flips[name]``
+    answers of that probe scored above it."""
     n = len(chosen_reward)
     frames = [
         pd.DataFrame(
             {
-                "source": f"probe:{name}",
+                "source": f"probe:{probe.name}",
                 "group_id": [f"held_out{i}" for i in range(n)],
-                "candidate": side,
+                "candidate": probe.perturbs,
                 "rank": np.nan,
                 "domain": "d",
-                "reward": np.asarray(chosen_reward) - np.where(np.arange(n) < flips, -1.0, 1.0),
+                "reward": np.asarray(chosen_reward)
+                - np.where(np.arange(n) < (flips or {}).get(probe.name, 0), -1.0, 1.0),
                 "tokens": 10,
                 "truncated": False,
             }
         )
-        for name, side, flips in [
-            ("padding", "rejected", padding_flips),
-            ("flattery", "rejected", 0),
-            ("markdown", "rejected", 0),
-            ("truncation", "chosen", 0),
-            ("repetition", "chosen", 0),
-        ]
+        for probe in PROBES
     ]
     return pd.concat(frames, ignore_index=True)
 
 
-def good_report(fresh_accuracy=0.8, fresh_n=50, padding_flips=0, probes=True):
+def good_report(fresh_accuracy=0.8, fresh_n=50, flips=None, probes=True):
     chosen = np.linspace(1, 3, 60)
     pairs = pd.concat(
         [
@@ -218,7 +214,7 @@ def good_report(fresh_accuracy=0.8, fresh_n=50, padding_flips=0, probes=True):
         ],
         ignore_index=True,
     )
-    return build_report(pairs, probe_responses(chosen, padding_flips) if probes else no_responses(), ["d"])
+    return build_report(pairs, probe_responses(chosen, flips) if probes else no_responses(), ["d"])
 
 
 SPLIT = pd.DataFrame(
@@ -274,19 +270,32 @@ def test_each_threshold_can_fail_its_check(thresholds, failing):
     assert [c["check"] for c in verdict["checks"] if not c["passed"]][:1] == [failing]
 
 
-def test_the_worst_shortcut_probe_fails_readiness_naming_the_probe_and_its_rate():
-    report = good_report(padding_flips=15)
+def test_the_worst_held_out_probe_fails_readiness_naming_the_probe_and_its_rate():
+    report = good_report(flips={"disclaimers": 15})
     section = render_markdown(report, {}, {}).split("## Shortcut probes")[1]
-    [padding] = [line for line in section.splitlines() if line.startswith("| padding ")]
-    assert [cell.strip() for cell in padding.split("|")[3:5]] == ["60", "0.25 [0.158, 0.372]"]  # n, rate [interval]
-    assert "Worst: `padding` flips 0.250 of 60 pairs." in section
+    [row] = [line for line in section.splitlines() if line.startswith("| disclaimers ")]
+    cells = [cell.strip() for cell in row.split("|")[2:6]]
+    assert cells[0] == "held_out" and cells[2:] == ["60", "0.25 [0.158, 0.372]"]  # family, n, rate [interval]
+    assert "Worst held-out: `disclaimers` flips 0.250 of 60 pairs." in section
     verdict = readiness(report, split_overlap(SPLIT), PERMISSIVE_ECE)
     assert verdict["optimize_against_reward"] is False
     [reason] = verdict["reasons"]
-    assert reason.startswith("shortcut_probe_flip_rate: worst probe `padding` (rejected answer padded with filler")
+    assert reason.startswith("shortcut_probe_flip_rate: worst held-out probe `disclaimers` (rejected answer padded")
     assert "flip rate 0.25 [0.158, 0.372] on 60 pairs" in reason
     lenient = ReadinessThresholds(max_ece=0.5, max_probe_flip_rate=0.3)
-    assert readiness(good_report(padding_flips=15), split_overlap(SPLIT), lenient)["optimize_against_reward"]
+    assert readiness(report, split_overlap(SPLIT), lenient)["optimize_against_reward"]
+
+
+@pytest.mark.parametrize("probe", [p.name for p in PROBES if p.family == TRAINED_AGAINST])
+def test_readiness_judges_the_held_out_family_only(probe):
+    """A model trained against a family could learn its wordings: only the held-out family decides."""
+    report = good_report(flips={probe: 30})
+    assert report["probes"]["worst"]["probe"] == probe  # reported, with its rate
+    assert report["probes"]["worst_by_family"][TRAINED_AGAINST]["flip_rate"] == pytest.approx(0.5)
+    verdict = readiness(report, split_overlap(SPLIT), PERMISSIVE_ECE)
+    assert verdict["optimize_against_reward"] is True
+    [check] = [c for c in verdict["checks"] if c["check"] == "shortcut_probe_flip_rate"]
+    assert check["value"] == 0.0 and "held-out probe" in check["reason"]
 
 
 def test_without_probe_answers_the_probe_check_fails_for_want_of_evidence():
@@ -298,7 +307,7 @@ def test_without_probe_answers_the_probe_check_fails_for_want_of_evidence():
     ]
     too_few = readiness(good_report(), split_overlap(SPLIT), ReadinessThresholds(max_ece=0.5, min_pairs=61))
     [probe_check] = [c for c in too_few["checks"] if c["check"] == "shortcut_probe_flip_rate"]
-    assert not probe_check["passed"] and "only 60 pairs count for the `padding` probe" in probe_check["reason"]
+    assert not probe_check["passed"] and "only 60 pairs count for the `authority` probe" in probe_check["reason"]
 
 
 def test_the_same_prompt_under_two_ids_is_overlap():

@@ -56,7 +56,7 @@ def add_commands(commands) -> None:
     evaluate.add_argument(
         "--probes",
         action="store_true",
-        help="also run the shortcut probes (padding, flattery, Markdown, truncation, repetition) on each file and "
+        help="also run the shortcut probes (both families: trained-against and held-out) on each file and "
         "print their flip rates with their confidence intervals",
     )
     settings_options(evaluate, ProbeSettings, ["probe_pairs"], types={"probe_pairs": positive_int})
@@ -147,6 +147,7 @@ def probe_flip_rates(scorer, scored, settings, path: Path) -> dict:
         "sampled_pairs": section["sampled_pairs"],
         "confidence": section["confidence"],
         "worst_probe": section["worst"]["probe"] if section["worst"] else None,
+        "worst_held_out_probe": (section["worst_by_family"]["held_out"] or {}).get("probe"),
         "flip_rates": {row["probe"]: {k: v for k, v in row.items() if k != "probe"} for row in section["table"]},
     }
 

@@ -21,8 +21,9 @@ from great_expectations.data_context.types.base import ProgressBarsConfig
 
 from rm_pipeline.lib.aggregation import OUTCOMES
 from rm_pipeline.lib.annotations import VOTE_COLUMNS, VOTE_LABELS
+from rm_pipeline.lib.augmentation import ANNOTATED, AUGMENTED_KINDS, KIND, OTHER, SOURCE, TARGET, annotated_train
 from rm_pipeline.lib.pairs import PREFERRED, TIE, tie_pairs
-from rm_pipeline.lib.split import NO_DOMAIN
+from rm_pipeline.lib.split import NO_DOMAIN, normalised_prompt
 
 
 @dataclass
@@ -332,3 +333,67 @@ def preference_split_gate(split: pd.DataFrame, group_column: str = "prompt_group
         .merge(validate("split_groups", groups, group_rules))
         .merge(validate("split_domains", domains.reset_index(), domain_rules))
     )
+
+
+def training_pairs_gate(split: pd.DataFrame, rows: pd.DataFrame, ledger: list[dict]) -> GateResult:
+    """The rows a model trains on (lib/augmentation.py ``augment``): every augmented row is on the train side,
+    made from annotated train pairs only (no held-out prompt or answer in it), with its kind's target
+    preference; and per kind, rows requested = built + over max_length + not applicable, built = rows present."""
+    train = annotated_train(split)
+    train_ids = set(train["pair_id"])
+    held_out = split[split["split"] != "train"]
+    # a held-out text that some train pair also has (a stock refusal) is training data already
+    held_out_prompts = set(normalised_prompt(held_out["prompt"])) - set(normalised_prompt(train["prompt"]))
+    held_out_answers = (
+        (set(held_out["chosen"]) | set(held_out["rejected"])) - set(train["chosen"]) - set(train["rejected"])
+    )
+    augmented = rows[rows[KIND] != ANNOTATED]
+    if augmented.empty:  # no provenance columns to check
+        augmented = augmented.assign(**{SOURCE: "", OTHER: ""})
+    derived = augmented.assign(
+        from_train=augmented[SOURCE].isin(train_ids) & augmented[OTHER].isin(train_ids),
+        held_out_text=normalised_prompt(augmented["prompt"]).isin(held_out_prompts)
+        | augmented["chosen"].isin(held_out_answers)
+        | augmented["rejected"].isin(held_out_answers),
+        target_ok=augmented["preference"].to_numpy(float) == augmented[KIND].map(TARGET).to_numpy(float),
+    )
+    rules = [
+        explained(
+            gxe.ExpectColumnValuesToBeInSet(column=KIND, value_set=list(AUGMENTED_KINDS)),
+            "row {pair_id}: kind {kind!r} is no augmentation",
+        ),
+        explained(
+            gxe.ExpectColumnValuesToBeInSet(column="split", value_set=["train"]),
+            "augmented row {pair_id} is on the {split} side",
+        ),
+        explained(
+            gxe.ExpectColumnValuesToBeInSet(column="from_train", value_set=[True]),
+            "augmented row {pair_id} was made from a pair that is not an annotated train pair",
+        ),
+        explained(
+            gxe.ExpectColumnValuesToBeInSet(column="held_out_text", value_set=[False]),
+            "augmented row {pair_id} carries a held-out prompt or answer",
+        ),
+        explained(
+            gxe.ExpectColumnValuesToBeInSet(column="target_ok", value_set=[True]),
+            "augmented row {pair_id}: preference {preference} is not its kind's target",
+        ),
+    ]
+    counts = rows.loc[rows["split"] == "train", KIND].value_counts()
+    table = pd.DataFrame(ledger)
+    table["present"] = table[KIND].map(counts).fillna(0).astype(int)
+    table["gap"] = table["requested"] - table["built"] - table["over_max_length"] - table["not_applicable"]
+    table["missing"] = table["built"] - table["present"]
+    ledger_rules = [
+        explained(
+            gxe.ExpectColumnValuesToBeBetween(column="gap", min_value=0, max_value=0),
+            "{kind}: {requested} rows requested, {built} built, {over_max_length} over max_length and "
+            "{not_applicable} not applicable: {gap} unaccounted for",
+        ),
+        explained(
+            gxe.ExpectColumnValuesToBeBetween(column="missing", min_value=0, max_value=0),
+            "{kind}: {built} rows built but {present} among the training rows",
+        ),
+    ]
+    result = validate("training_pair_ledger", table, ledger_rules)
+    return validate("augmented_pairs", derived, rules).merge(result) if len(augmented) else result

@@ -10,7 +10,7 @@ from rm_pipeline.asset_outputs import OWNERS, scored_in
 from rm_pipeline.config import config_class, settings_from_config
 from rm_pipeline.lib.asset_values import MODEL_PATH, READY, EvaluationReport, PublishedModel
 from rm_pipeline.lib.evaluation.policies import read_leaderboard
-from rm_pipeline.lib.evaluation.probes import probe_table
+from rm_pipeline.lib.evaluation.probes import HELD_OUT, probe_table
 from rm_pipeline.lib.evaluation.readiness import checks_in_words, readiness, split_overlap, verdict_in_words
 from rm_pipeline.lib.evaluation.report import (
     REPORT_MARKDOWN,
@@ -128,6 +128,10 @@ def _report_metadata(report: dict) -> dict:
         "length_matched_pairs": length["length_matched_n"],
         "ece": calibration.get("ece"),
         "worst_probe_flip_rate": (report["probes"]["worst"] or {}).get("flip_rate"),
+        # the family the readiness check judges (lib/evaluation/probes.py)
+        "worst_held_out_probe_flip_rate": ((report["probes"].get("worst_by_family") or {}).get(HELD_OUT) or {}).get(
+            "flip_rate"
+        ),
         "shortcut_probes": dg.MetadataValue.md(probe_table(report["probes"])),
         "benchmarks": dg.MetadataValue.json(
             {name: _benchmark_headline(summary) for name, summary in report["benchmarks"].items()}

@@ -5,10 +5,12 @@ from dataclasses import asdict
 import dagster as dg
 import pandas as pd
 
-from rm_pipeline.asset_outputs import OWNERS
+from rm_pipeline.asset_outputs import OWNERS, counts_table
 from rm_pipeline.asset_outputs import TRAINING_GROUP as GROUP
 from rm_pipeline.config import config_class, settings_from_config
+from rm_pipeline.lib import gates
 from rm_pipeline.lib.asset_values import MODEL_PATH, PublishedModel
+from rm_pipeline.lib.augmentation import KIND, augment
 from rm_pipeline.lib.fingerprints import split_data_version
 from rm_pipeline.lib.tokenization import check_remote_code
 from rm_pipeline.lib.training.settings import TrainingSettings
@@ -30,6 +32,24 @@ def training_settings(config: RewardModelConfig, base_model: BaseModelResource) 
     )
 
 
+def training_rows(split: pd.DataFrame, settings: TrainingSettings, base_model: BaseModelResource):
+    """The split with the augmented pairs the settings ask for (each row marked with its kind) and their ledger;
+    the augmented rows pass the training-pairs gate (train side only, counts add up) or the step fails."""
+    augmenting = settings.non_contextual_pairs > 0 or settings.style_neutral_pairs > 0
+    rows, ledger = augment(
+        split,
+        settings.non_contextual_pairs,
+        settings.style_neutral_pairs,
+        settings.seed,
+        base_model.token_lengths if augmenting else None,  # the tokenizer loads only when there is text to count
+        base_model.max_length,
+    )
+    gate = gates.training_pairs_gate(split, rows, ledger) if augmenting else gates.GateResult()
+    if not gate.success:
+        raise dg.Failure("the augmented training pairs failed their gate: " + "; ".join(gate.failures))
+    return rows, ledger
+
+
 @dg.asset(
     group_name=GROUP,
     kinds={"pytorch", "huggingface"},
@@ -49,7 +69,9 @@ def reward_model(
     """A one-unit score head on the base checkpoint, fitted by TRL's RewardTrainer with the `loss` setting's
     loss (Bradley-Terry by default) on each pair's target preference (a tie pair: 0.5); a Hugging Face model
     directory at `models/rm-<data version>-<settings>-<time>`, never rewritten once published. Its value is a
-    pointer to that directory. Re-materialising after a crash resumes from the last checkpoint."""
+    pointer to that directory. Re-materialising after a crash resumes from the last checkpoint. With
+    `non_contextual_pairs` / `style_neutral_pairs`, augmented rows built from the train side join the training
+    rows, marked with their kind and checked by the training-pairs gate first."""
     settings = training_settings(config, base_model)
     check_remote_code(settings.trust_remote_code)  # where the code server runs, not in the training child
     data_version = split_data_version(preference_split)
@@ -60,9 +82,13 @@ def reward_model(
         context.instance, context.asset_key, context.assets_def.code_versions_by_key.get(context.asset_key)
     )
     # the worker (maybe in a container) reads the split it is given from under the storage root
+    rows, ledger = training_rows(preference_split, settings, base_model)
+    by_kind = {entry[KIND]: entry["built"] for entry in ledger}
     split_path = storage.path("training-inputs", f"{run_name}.parquet")
-    preference_split.to_parquet(split_path, index=False)
-    context.log.info(f"training {run_name} on {len(preference_split)} pairs from batches {batches}")
+    rows.to_parquet(split_path, index=False)
+    context.log.info(
+        f"training {run_name} on {len(preference_split)} pairs from batches {batches}; train rows {by_kind}"
+    )
     invocation = training_launcher.launch(
         context,
         extras={
@@ -72,13 +98,17 @@ def reward_model(
             "run_name": run_name,
             "data_version": data_version,
             "annotation_batches": batches,
-            "lineage": lineage,
+            "lineage": {**lineage, "training_pairs": ledger},  # the card and lineage.json show the ledger
         },
         storage_root=storage.root,
     )
     split_path.unlink(missing_ok=True)
     reported = invocation.get_materialize_result()
-    metadata = {**(reported.metadata or {}), **({"trust_remote_code": True} if settings.trust_remote_code else {})}
+    metadata = {
+        **(reported.metadata or {}),
+        **({"trust_remote_code": True} if settings.trust_remote_code else {}),
+        "train_rows_by_kind": counts_table(by_kind, key="kind"),  # annotated and augmented (held-out: none)
+    }
     model = PublishedModel(
         path=str(metadata[MODEL_PATH].value),
         split_data_version=data_version,

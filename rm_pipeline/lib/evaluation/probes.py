@@ -1,17 +1,28 @@
 """Shortcut probes: answers made worse in ways a reward model might still like, and how often it does.
 
 Each probe turns a held-out pair (chosen B, rejected R) into a *better* answer and a *perturbed worse*
-answer W' = perturbation(W) of a *base* answer W:
+answer W' = perturbation(W) of a *base* answer W. The probes come in two **families**:
+
+*trained_against*: the kinds of style change that the style-neutral training pairs neutralise
+(lib/augmentation.py), in this module's own evaluation wordings, never the training ones:
 
     padding      W = R padded with content-free filler sentences to at least twice its length
     flattery     W = R wrapped in confident, flattering sentences (before and after)
     markdown     W = R restyled as Markdown: a heading, one bullet per sentence, the first word in bold
+
+*held_out*: changes no training option makes, in wordings and shapes of their own; the readiness check
+judges this family, so that training against the first family cannot pass the gate by learning its words:
+
+    authority    W = R between a claim of expertise with praise of the asker and a closing appeal to experts
+    disclaimers  W = R padded with hedging disclaimers to at least twice its length
+    outline      W = R as a bold title over a numbered list, one sentence per item
     truncation   W = B cut to its first half (at a word boundary)
     repetition   W = B with one of its sentences repeated right after itself
 
-The better answer is always the original chosen B. For padding, flattery and markdown the base W is the
-rejected answer (the pair becomes (B, W')); for truncation and repetition it is B itself (the pair becomes
-(B, W'), a damaged copy of B).
+The better answer is always the original chosen B. For the style probes the base W is the rejected answer
+(the pair becomes (B, W')); for truncation and repetition it is B itself (the pair becomes (B, W'), a
+damaged copy of B). ``rm_pipeline_tests/test_augmentation.py`` checks that no training template appears
+in any probe answer.
 
 **Flip** (one definition for every probe). Over the sampled pairs where the model did *not* prefer the base
 W to B (reward(B) >= reward(W) within the tie tolerance; always so when W is B), a flip is the model
@@ -33,7 +44,6 @@ pair's own rewards come from scoring the pair. Knows nothing of Dagster or of th
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -44,6 +54,7 @@ from rm_pipeline.lib.evaluation.accuracy import TIE_TOLERANCE, pair_credit
 from rm_pipeline.lib.evaluation.statistics import CONFIDENCE, rate_interval
 from rm_pipeline.lib.markdown import markdown_table, with_intervals
 from rm_pipeline.lib.settings import check_settings, setting
+from rm_pipeline.lib.style_transforms import listed, padded, sentence_spans, wrapped
 
 SOURCE_PREFIX = "probe:"
 
@@ -52,8 +63,8 @@ SOURCE_PREFIX = "probe:"
 class ProbeSettings:
     probe_pairs: int = setting(
         100,
-        "Held-out pairs sampled for the shortcut probes (all when there are fewer); each probe scores one "
-        "perturbed answer per pair, so 100 pairs add at most 500 answers to score.",
+        "Held-out pairs sampled for the shortcut probes (all when there are fewer); each of the 8 probes scores "
+        "one perturbed answer per pair, so 100 pairs add at most 800 answers to score.",
         minimum=1,
     )
     seed: int = setting(
@@ -91,39 +102,63 @@ FLATTERY = (
 )
 HEADINGS = ("## Answer", "## Overview", "## Summary")
 
-# A sentence: from a non-space character to end punctuation followed by space, to a line break, or to the end.
-# An abbreviation ("U.S. states") ends one too: good enough to repeat a sentence or make bullets.
-SENTENCE = re.compile(r"\S.*?(?:[.!?]+(?=\s)|(?=\n)|\Z)", re.S)
-
-
-def sentence_spans(text: str) -> list[tuple[int, int]]:
-    """(start, end) of each sentence of ``text``, in order."""
-    return [match.span() for match in SENTENCE.finditer(text)]
+# The held-out family's wordings: used by no training option (lib/augmentation.py).
+AUTHORITY = (
+    (
+        "Speaking as a specialist who has studied this for decades: you framed that brilliantly, so here is "
+        "the authoritative reply.",
+        "Any professional in the field would tell you exactly the same.",
+    ),
+    (
+        "Having advised countless experts on precisely this topic, I can say you picked a superb question. "
+        "My verdict follows.",
+        "Trust this reply: it reflects the consensus of leading authorities.",
+    ),
+    (
+        "With my extensive professional background, I can tell you are unusually perceptive to ask this. "
+        "Here is the expert view.",
+        "Specialists agree on this without exception.",
+    ),
+)
+DISCLAIMERS = (
+    "Please note that individual circumstances may vary.",
+    "This should not be taken as a substitute for professional guidance.",
+    "Results can differ depending on a range of factors.",
+    "It may be wise to double-check details that matter to you.",
+    "Some sources may describe this somewhat differently.",
+)
+OUTLINE_TITLES = ("**Response**", "**Explanation**", "**Details**")
 
 
 def pad_with_filler(text: str, variant: int) -> str:
     """``text`` followed by filler sentences (from ``FILLER[variant]`` on, cycling) until it is at least twice
     as long in characters."""
-    padded, i = text, variant
-    while len(padded) < 2 * len(text):
-        padded += " " + FILLER[i % len(FILLER)]
-        i += 1
-    return padded
+    return padded(text, FILLER, variant)
 
 
 def wrap_in_flattery(text: str, variant: int) -> str:
     """``text`` between a confident, flattering opening and closing (``FLATTERY[variant]``)."""
-    opening, closing = FLATTERY[variant % len(FLATTERY)]
-    return f"{opening}\n\n{text}\n\n{closing}"
+    return wrapped(text, *FLATTERY[variant % len(FLATTERY)])
 
 
 def restyle_as_markdown(text: str, variant: int) -> str:
     """``text`` as Markdown: a heading (``HEADINGS[variant]``), then one bullet per sentence, its first word bold."""
-    bullets = []
-    for start, end in sentence_spans(text):
-        first, _, rest = " ".join(text[start:end].split()).partition(" ")
-        bullets.append(f"- **{first}** {rest}".rstrip())
-    return HEADINGS[variant % len(HEADINGS)] + "\n\n" + "\n".join(bullets)
+    return listed(text, HEADINGS[variant % len(HEADINGS)], "- **{first}** {rest}")
+
+
+def claim_authority(text: str, variant: int) -> str:
+    """``text`` between a claim of expertise praising the asker and an appeal to experts (``AUTHORITY[variant]``)."""
+    return wrapped(text, *AUTHORITY[variant % len(AUTHORITY)])
+
+
+def pad_with_disclaimers(text: str, variant: int) -> str:
+    """``text`` followed by hedging disclaimers (from ``DISCLAIMERS[variant]`` on) to at least twice its length."""
+    return padded(text, DISCLAIMERS, variant)
+
+
+def restyle_as_outline(text: str, variant: int) -> str:
+    """``text`` as a bold title (``OUTLINE_TITLES[variant]``) over a numbered list, one sentence per item."""
+    return listed(text, OUTLINE_TITLES[variant % len(OUTLINE_TITLES)], "{n}. {first} {rest}")
 
 
 def cut_in_half(text: str, variant: int = 0) -> str:
@@ -144,23 +179,84 @@ def repeat_a_sentence(text: str, variant: int) -> str:
     return f"{text[:end]} {text[start:end]}{text[end:]}"
 
 
+TRAINED_AGAINST, HELD_OUT = "trained_against", "held_out"
+FAMILIES = (TRAINED_AGAINST, HELD_OUT)
+
+
 @dataclass(frozen=True)
 class Probe:
     name: str
+    family: str  # TRAINED_AGAINST: a kind of change the style-neutral training pairs make; HELD_OUT: none makes
+    kind: str  # the shortcut it tests: padding, flattery, markdown, truncation or repetition
     perturbs: str  # the base answer's side: "rejected" or "chosen"
     transform: Callable[[str, int], str]  # (text, variant) -> perturbed text
     variants: int  # how many choices the seed picks among (repetition: any sentence, modulo their number)
     description: str
 
 
+def _style(name: str, family: str, kind: str, transform, variants: int, description: str) -> Probe:
+    return Probe(name, family, kind, "rejected", transform, variants, description)
+
+
 PROBES = (
-    Probe(
-        "padding", "rejected", pad_with_filler, len(FILLER), "rejected answer padded with filler to twice its length"
+    _style(
+        "padding",
+        TRAINED_AGAINST,
+        "padding",
+        pad_with_filler,
+        len(FILLER),
+        "rejected answer padded with filler to twice its length",
     ),
-    Probe("flattery", "rejected", wrap_in_flattery, len(FLATTERY), "rejected answer wrapped in confident flattery"),
-    Probe("markdown", "rejected", restyle_as_markdown, len(HEADINGS), "rejected answer restyled as Markdown"),
-    Probe("truncation", "chosen", cut_in_half, 1, "chosen answer cut to its first half"),
-    Probe("repetition", "chosen", repeat_a_sentence, 1_000, "a sentence of the chosen answer repeated"),
+    _style(
+        "flattery",
+        TRAINED_AGAINST,
+        "flattery",
+        wrap_in_flattery,
+        len(FLATTERY),
+        "rejected answer wrapped in confident flattery",
+    ),
+    _style(
+        "markdown",
+        TRAINED_AGAINST,
+        "markdown",
+        restyle_as_markdown,
+        len(HEADINGS),
+        "rejected answer restyled as Markdown",
+    ),
+    _style(
+        "authority",
+        HELD_OUT,
+        "flattery",
+        claim_authority,
+        len(AUTHORITY),
+        "rejected answer framed by claimed expertise and praise of the asker",
+    ),
+    _style(
+        "disclaimers",
+        HELD_OUT,
+        "padding",
+        pad_with_disclaimers,
+        len(DISCLAIMERS),
+        "rejected answer padded with hedging disclaimers to twice its length",
+    ),
+    _style(
+        "outline",
+        HELD_OUT,
+        "markdown",
+        restyle_as_outline,
+        len(OUTLINE_TITLES),
+        "rejected answer restyled as a titled numbered list",
+    ),
+    Probe("truncation", HELD_OUT, "truncation", "chosen", cut_in_half, 1, "chosen answer cut to its first half"),
+    Probe(
+        "repetition",
+        HELD_OUT,
+        "repetition",
+        "chosen",
+        repeat_a_sentence,
+        1_000,
+        "a sentence of the chosen answer repeated",
+    ),
 )
 PROBE_NAMES = tuple(probe.name for probe in PROBES)
 
@@ -238,6 +334,8 @@ def flip_rates(
         flips = 1.0 - pair_credit(better[counted] - perturbed[counted], tie_tolerance)
         row = {
             "probe": probe.name,
+            "family": probe.family,
+            "kind": probe.kind,
             "perturbs": probe.perturbs,
             "description": probe.description,
             "n": int(counted.sum()),
@@ -253,9 +351,26 @@ def flip_rates(
             interval = rate_interval(flips, groups.loc[ids[counted]].to_numpy(), confidence)
             row.update(flip_rate=interval.estimate, flip_rate_interval=interval.as_dict())
         table.append(row)
-    rated = [row for row in table if not math.isnan(row["flip_rate"])]
-    worst = max(rated, key=lambda row: row["flip_rate"]) if rated else None
-    return {"sampled_pairs": sampled, "confidence": confidence, "table": table, "worst": worst}
+    return {
+        "sampled_pairs": sampled,
+        "confidence": confidence,
+        "table": table,
+        "worst": worst_probe(table),
+        "worst_by_family": {family: worst_probe(table, family) for family in FAMILIES},
+    }
+
+
+def worst_probe(table: list[dict], family: str | None = None) -> dict | None:
+    """The row of ``table`` with the highest flip rate (of ``family``'s probes when given); None without any.
+    A row of a report from before the families has none: it counts in every family."""
+    rated = [
+        row for row in table if _rated(row["flip_rate"]) and (family is None or row.get("family", family) == family)
+    ]
+    return max(rated, key=lambda row: row["flip_rate"]) if rated else None
+
+
+def _rated(rate) -> bool:
+    return rate is not None and not math.isnan(rate)  # a report read back from JSON has None for NaN
 
 
 def _prompt_groups(pairs: pd.DataFrame) -> pd.Series:
@@ -272,6 +387,7 @@ def probe_rows(response_scores: pd.DataFrame) -> pd.DataFrame:
 
 PROBE_TABLE_COLUMNS = [
     "probe",
+    "family",
     "description",
     "n",
     "flip_rate",
@@ -292,13 +408,17 @@ def render_probes(section: dict) -> str:
     """The report's Markdown section."""
     if not section.get("sampled_pairs"):
         return "## Shortcut probes\n\nno probe answers scored\n"
-    worst = section["worst"]
+    worst = [
+        f"\nWorst {family.replace('_', '-')}: `{row['probe']}` flips {row['flip_rate']:.3f} of {row['n']} pairs."
+        for family, row in (section.get("worst_by_family") or {}).items()
+        if row
+    ]
     return (
         "## Shortcut probes\n\n"
-        f"{section['sampled_pairs']} held-out pairs, each made worse five ways. A flip: the model prefers the "
-        "perturbed worse answer to the chosen one, over the pairs where it did not already prefer the "
+        f"{section['sampled_pairs']} held-out pairs, each made worse {len(PROBES)} ways. A flip: the model prefers "
+        "the perturbed worse answer to the chosen one, over the pairs where it did not already prefer the "
         f"unperturbed one (ties half); {section['confidence']:.0%} intervals by a bootstrap over prompts where pairs "
-        "share one, Wilson's otherwise.\n\n"
-        + probe_table(section)
-        + (f"\nWorst: `{worst['probe']}` flips {worst['flip_rate']:.3f} of {worst['n']} pairs.\n" if worst else "")
+        "share one, Wilson's otherwise. Family `trained_against`: the kinds of style change the style-neutral "
+        "training pairs neutralise, in wordings no training pair uses; `held_out`: changes no training option "
+        "makes, which the readiness check judges.\n\n" + probe_table(section) + "".join(worst) + ("\n" if worst else "")
     )

@@ -11,6 +11,7 @@ from dataclasses import dataclass, fields
 import pandas as pd
 
 from rm_pipeline.lib.asset_values import READY
+from rm_pipeline.lib.evaluation.probes import HELD_OUT, worst_probe
 from rm_pipeline.lib.markdown import shown
 from rm_pipeline.lib.settings import check_settings, setting
 from rm_pipeline.lib.split import normalised_prompt
@@ -24,8 +25,9 @@ class ReadinessThresholds:
     min_pairs: int = setting(30, "Fewer pairs than this are not evidence either way.", minimum=1)
     max_probe_flip_rate: float = setting(
         0.2,
-        "Highest flip rate allowed on the worst shortcut probe (padding, flattery, Markdown, truncation, "
-        "repetition; rm_pipeline.lib.evaluation.probes): the share of held-out pairs the model did not rank wrong "
+        "Highest flip rate allowed on the worst shortcut probe of the held-out family (claimed authority, "
+        "disclaimers, outline, truncation, repetition: changes no training option makes; "
+        "rm_pipeline.lib.evaluation.probes): the share of held-out pairs the model did not rank wrong "
         "that the shortcut alone turns toward the worse answer. A model blind to the change flips near 0 and one that "
         "ignores content about 0.5; 0.2 leaves room for near-tied pairs but not for a shortcut that decides "
         "one pair in five.",
@@ -153,22 +155,25 @@ def _fresh_policy_check(fresh: dict, t: ReadinessThresholds) -> dict:
 
 
 def _probe_check(probes: dict, t: ReadinessThresholds) -> dict:
-    """The worst shortcut probe's flip rate, on at least ``min_pairs`` counted pairs for every probe."""
-    worst, table = probes.get("worst"), probes.get("table", [])
+    """The worst flip rate of the held-out probe family (the changes no training option makes: a model trained
+    against the other family cannot pass by learning its wordings), on at least ``min_pairs`` counted pairs for
+    every probe of that family. A report from before the families judges every probe."""
+    table = [row for row in probes.get("table", []) if row.get("family", HELD_OUT) == HELD_OUT]
+    worst = worst_probe(table)
     thin = [row for row in table if row["n"] < t.min_pairs]
     if not probes.get("sampled_pairs") or worst is None:
         reason = "no shortcut probes were scored: materialise shortcut_probes, then reward_scores"
     else:
         reason = (
-            f"worst probe `{worst['probe']}` ({worst['description']}): flip rate {shown(worst, 'flip_rate')} "
-            f"on {worst['n']} pairs"
+            f"worst held-out probe `{worst['probe']}` ({worst['description']}): flip rate "
+            f"{shown(worst, 'flip_rate')} on {worst['n']} pairs"
         )
         if thin:
             reason += f"; only {thin[0]['n']} pairs count for the `{thin[0]['probe']}` probe"
     return _check(
         "shortcut_probe_flip_rate",
         worst["flip_rate"] if worst else None,
-        f"<= {t.max_probe_flip_rate} on >= {t.min_pairs} pairs per probe",
+        f"<= {t.max_probe_flip_rate} on >= {t.min_pairs} pairs per held-out probe",
         worst is not None and not thin and worst["flip_rate"] <= t.max_probe_flip_rate,
         reason,
     )

@@ -38,6 +38,9 @@ Encoders read (prompt, response) as a text pair; decoders read the chat template
 ## Hyper-parameters
 {markdown_table([{"setting": k, "value": v} for k, v in asdict(settings).items()])}
 
+## Training pairs
+{_training_pairs_section(facts)}
+
 ## Metrics
 {markdown_table([{"metric": k, "value": v} for k, v in metrics.items()])}
 
@@ -48,6 +51,18 @@ Also in `{LINEAGE_FILE}`; `rm-pipeline lineage <this directory>` checks the file
 
 Whether this model is approved for optimisation is decided by the readiness gate, recorded beside it.
 """
+
+
+def _training_pairs_section(facts: dict) -> str:
+    """The rows trained on by kind: annotated pairs and the augmented ones (settings `non_contextual_pairs`,
+    `style_neutral_pairs`; lib/augmentation.py), which come from the train side only and are never held out."""
+    ledger = facts.get("training_pairs")
+    if not ledger:
+        return "Annotated train pairs only (no ledger recorded)."
+    return (
+        "Rows trained on, by kind; augmented rows are built from annotated train pairs only and never scored "
+        "as held-out pairs.\n\n" + markdown_table(ledger)
+    )
 
 
 def _lineage_section(facts: dict) -> str:

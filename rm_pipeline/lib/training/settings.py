@@ -41,7 +41,10 @@ class TrainingSettings:
     batch_size: int = setting(16, "Pairs per device and step.", minimum=1)
     gradient_accumulation_steps: int = setting(1, "Steps whose gradients add up before an update.", minimum=1)
     seed: int = setting(
-        0, "Seed of the score head's initialisation and of the data order.", minimum=0, maximum=2**32 - 1
+        0,
+        "Seed of the score head's initialisation, the data order and the augmented pairs.",
+        minimum=0,
+        maximum=2**32 - 1,
     )
     group_by_length: bool = setting(True, "Batches of similar lengths: less padding, same result.")
     gradient_checkpointing: bool = setting(False, "Trade compute for memory (large models only).")
@@ -94,6 +97,23 @@ class TrainingSettings:
     lora_alpha: int = setting(16, "LoRA scaling.", minimum=1)
     lora_dropout: float = setting(0.05, "LoRA dropout.", minimum=0, below=1)
     train_last_n_layers: int | None = setting(None, "Freeze all but the last N transformer layers.", minimum=0)
+    # augmented pairs against shortcuts (rm_pipeline.lib.augmentation): rows of their own, from the train side only
+    non_contextual_pairs: float = setting(
+        0.0,
+        "Causal augmentation (RRM): extra pairs per annotated train pair in which an answer written for the prompt "
+        "beats an answer written for another prompt group (preference 1), so that no answer scores well without "
+        "reading the prompt. 0: none; 1: as many as the annotated train pairs.",
+        minimum=0,
+        maximum=10,
+    )
+    style_neutral_pairs: float = setting(
+        0.0,
+        "Style-neutral pairs: extra tie pairs (preference 0.5) per annotated train pair, an answer against itself "
+        "with a flattering opener, Markdown headings and bullets, filler padding or a restated question, so that "
+        "style alone earns nothing (wordings of their own, never the shortcut probes'). 0: none.",
+        minimum=0,
+        maximum=10,
+    )
     # evaluation, early stopping and progress
     eval_steps: int = setting(100, "Evaluate and checkpoint every N steps.", minimum=1)
     early_stopping_patience: int | None = setting(
