@@ -156,13 +156,18 @@ def runs(base_model, tmp_path_factory):
     single, [single_record] = launch(tmp, "single", 1, {**settings, "gradient_accumulation_steps": 2})
     assert single.returncode == 0, single.stderr[-3000:]
     crashed, crashed_records = launch(tmp, "crashed", 2, settings, crash_after_step=CHECKPOINT_EVERY + 1)
+    models_dir = tmp / "models-2"
+    left_by_the_crash = sorted(str(path.relative_to(models_dir)) for path in models_dir.rglob("*") if path.is_dir())
+    checkpoint_files = sorted(path.name for path in models_dir.glob(f".checkpoints/*/checkpoint-{CHECKPOINT_EVERY}/*"))
     resumed, resumed_records = launch(tmp, "resumed", 2, settings)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     return {
         "single": single_record,
         "crashed": (crashed, crashed_records),
         "resumed": resumed_records,
-        "models_dir": tmp / "models-2",
+        "models_dir": models_dir,
+        "left_by_the_crash": left_by_the_crash,
+        "checkpoint_files": checkpoint_files,
     }
 
 
@@ -203,6 +208,9 @@ def test_a_crash_after_a_checkpoint_publishes_nothing_and_the_relaunch_resumes_f
     crashed, records = runs["crashed"]
     assert crashed.returncode != 0
     assert all(record["model_dir"] is None for record in records)
+    checkpoint = f".checkpoints/rm-multi/checkpoint-{CHECKPOINT_EVERY}"
+    assert runs["left_by_the_crash"] == [".checkpoints", ".checkpoints/rm-multi", checkpoint]  # no model, no staging
+    assert {"rng_state_0.pth", "rng_state_1.pth", "trainer_state.json"} <= set(runs["checkpoint_files"])
     rank0, _ = runs["resumed"]
     assert any(f"checkpoint-{CHECKPOINT_EVERY}" in message for message in rank0["logs"] if "resuming" in message)
     assert min(int(step) for step in rank0["batches"]) == CHECKPOINT_EVERY + 1  # nothing trained twice
