@@ -136,7 +136,13 @@ def launch(tmp: Path, name: str, processes: int, settings: dict, crash_after_ste
 @pytest.fixture(scope="module")
 def runs(base_model, tmp_path_factory):
     """One process accumulating 2 batches a step; 2 processes killed the step after their first checkpoint;
-    the same 2 processes launched again."""
+    the same 2 processes launched again.
+
+    Why they match (transformers 5.25, accelerate 1.16, TRL 1.16): accelerate deals the sampler's batches to the
+    processes in turn (batch 2k to rank 0, 2k+1 to rank 1), which one process accumulating 2 batches trains in the
+    same step; RewardTrainer divides the loss by the accumulation steps (`loss_is_scaled_for_ga = False`) and DDP
+    averages the gradients, so both take the mean. Length grouping sorts megabatches of 50 x batch x accumulation
+    pairs: one megabatch for both here (32 pairs); on larger sets the two would order pairs differently."""
     tmp = tmp_path_factory.mktemp("multiprocess")
     learnable_pairs(TRAIN_PAIRS).to_parquet(tmp / "train.parquet")
     learnable_pairs(8, start=100).to_parquet(tmp / "evaluation.parquet")
