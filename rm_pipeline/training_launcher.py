@@ -20,6 +20,7 @@ from rm_pipeline.lib.environment import (
     TRAINING_IMAGE,
     TRAINING_LAUNCHER,
     TRAINING_NETWORK,
+    TRAINING_PROCESSES,
     EnvironmentVariable,
 )
 from rm_pipeline.lib.training.launch import (
@@ -27,6 +28,7 @@ from rm_pipeline.lib.training.launch import (
     check_storage_root,
     docker_container_kwargs,
     k8s_pod_spec,
+    training_processes,
     worker_command,
 )
 
@@ -34,6 +36,7 @@ LAUNCHER_VARIABLE = TRAINING_LAUNCHER.name
 IMAGE_VARIABLE = TRAINING_IMAGE.name
 GPUS_VARIABLE = TRAINING_GPUS.name
 NETWORK_VARIABLE = TRAINING_NETWORK.name
+PROCESSES_VARIABLE = TRAINING_PROCESSES.name
 NAMESPACE_VARIABLE = K8S_NAMESPACE.name
 
 
@@ -41,7 +44,14 @@ class TrainingLauncherResource(dg.ConfigurableResource):
     """Starts the training worker (`python -m rm_pipeline.training_worker`) through Dagster Pipes;
     $RM_PIPELINE_TRAINING_LAUNCHER picks which launcher (`from_environment`)."""
 
-    VARIABLES: ClassVar[dict[str, EnvironmentVariable]] = {}  # field -> the environment variable that sets it
+    VARIABLES: ClassVar[dict[str, EnvironmentVariable]] = {"processes": TRAINING_PROCESSES}  # field -> its variable
+
+    processes: int = Field(
+        default=int(TRAINING_PROCESSES.default),
+        ge=0,
+        description="Training processes, data-parallel under accelerate (one per GPU; gloo on CPUs); 0: one per "
+        f"GPU the worker gets. One machine only (${PROCESSES_VARIABLE}).",
+    )
 
     def launch(
         self, context: dg.AssetExecutionContext, extras: dict, storage_root: str
@@ -58,8 +68,9 @@ class TrainingLauncherResource(dg.ConfigurableResource):
             raise ValueError(f"${LAUNCHER_VARIABLE} must be one of {', '.join(LAUNCHERS)}; got {name!r}")
         launcher = LAUNCHERS[name]
         values = {field: variable.get(environ) for field, variable in launcher.VARIABLES.items()}
-        if "gpus" in values:
-            values["gpus"] = _gpus(values["gpus"])
+        for count in ("gpus", "processes"):  # checked whole numbers (EnvironmentVariable.valid)
+            if count in values:
+                values[count] = int(values[count])
         return launcher(**values)
 
 
@@ -88,12 +99,6 @@ def worker_errors_named(context: dg.AssetExecutionContext):
         raise TrainingWorkerFailed(f"the training worker failed: {message}") from failure
 
 
-def _gpus(value: str) -> int:
-    if not value.isdigit():
-        raise ValueError(f"${GPUS_VARIABLE} must be a whole number of GPUs, 0 or more; got {value!r}")
-    return int(value)
-
-
 def visible_gpus() -> int:
     import torch
 
@@ -101,12 +106,15 @@ def visible_gpus() -> int:
 
 
 class SubprocessTrainingLauncher(TrainingLauncherResource):
-    """A child process of the run on this machine, under accelerate when it sees several GPUs."""
+    """A child process of the run on this machine; several under accelerate, one per GPU it sees by default."""
+
+    def command(self) -> list[str]:
+        return worker_command(sys.executable, training_processes(self.processes, visible_gpus()))
 
     def launch(self, context, extras, storage_root):
         client = dg.PipesSubprocessClient(env=WORKER_ENVIRONMENT)
         with worker_errors_named(context):
-            return client.run(context=context, command=worker_command(sys.executable, visible_gpus()), extras=extras)
+            return client.run(context=context, command=self.command(), extras=extras)
 
 
 class ContainerTrainingLauncher(TrainingLauncherResource):
@@ -124,7 +132,7 @@ class ContainerTrainingLauncher(TrainingLauncherResource):
     )
 
     def command(self) -> list[str]:
-        return worker_command("python", self.gpus)
+        return worker_command("python", training_processes(self.processes, self.gpus))
 
 
 class DockerTrainingLauncher(ContainerTrainingLauncher):
@@ -133,6 +141,7 @@ class DockerTrainingLauncher(ContainerTrainingLauncher):
     VARIABLES: ClassVar[dict[str, EnvironmentVariable]] = {
         "image": TRAINING_IMAGE,
         "gpus": TRAINING_GPUS,
+        "processes": TRAINING_PROCESSES,
         "network": TRAINING_NETWORK,
     }
 
@@ -161,6 +170,7 @@ class K8sTrainingLauncher(ContainerTrainingLauncher):
     VARIABLES: ClassVar[dict[str, EnvironmentVariable]] = {
         "image": TRAINING_IMAGE,
         "gpus": TRAINING_GPUS,
+        "processes": TRAINING_PROCESSES,
         "namespace": K8S_NAMESPACE,
     }
 

@@ -13,7 +13,7 @@ import pytest
 from dagster_pipes import decode_param
 
 from rm_pipeline.definitions import build_defs
-from rm_pipeline.lib.training.launch import WORKER_MODULE, worker_command
+from rm_pipeline.lib.training.launch import WORKER_MODULE, training_processes, worker_command
 from rm_pipeline.training_launcher import (
     DockerTrainingLauncher,
     K8sTrainingLauncher,
@@ -36,16 +36,10 @@ VOLUMES = {
     "rm-pipeline-annotations": "/data/annotations",
     "rm-pipeline-reviews": "/data/reviews",
 }
-ACCELERATE_2 = [
-    "python",
-    "-m",
-    "accelerate.commands.launch",
-    "--multi_gpu",
-    "--num_processes",
-    "2",
-    "-m",
-    WORKER_MODULE,
-]
+ACCELERATE = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes"]
+# the defaults accelerate would warn about, spelt out; a free rendezvous port
+QUIET = ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
+ACCELERATE_2 = ["python", *ACCELERATE, "2", *QUIET, "-m", WORKER_MODULE]
 
 
 class Submitted(Exception):
@@ -193,12 +187,19 @@ def test_from_environment_picks_the_launcher_and_its_settings():
         }
     )
     assert docker == DockerTrainingLauncher(image="rm:2", gpus=4, network="rm-pipeline-network")
+    assert TrainingLauncherResource.from_environment(
+        {"RM_PIPELINE_TRAINING_LAUNCHER": "docker", "RM_PIPELINE_TRAINING_PROCESSES": "2"}
+    ) == DockerTrainingLauncher(processes=2)
+    assert TrainingLauncherResource.from_environment(
+        {"RM_PIPELINE_TRAINING_PROCESSES": " 2 "}
+    ) == SubprocessTrainingLauncher(processes=2)
     k8s = TrainingLauncherResource.from_environment(
         {"RM_PIPELINE_TRAINING_LAUNCHER": " k8s ", "RM_PIPELINE_TRAINING_GPUS": "0", "RM_PIPELINE_K8S_NAMESPACE": "ml"}
     )
     assert k8s == K8sTrainingLauncher(gpus=0, namespace="ml")
     defaults = TrainingLauncherResource.from_environment({"RM_PIPELINE_TRAINING_LAUNCHER": "k8s"})
     assert (defaults.image, defaults.gpus, defaults.namespace) == ("rm-pipeline-user-code:latest", 1, "dagster")
+    assert defaults.processes == 0  # one per GPU
 
 
 @pytest.mark.parametrize(
@@ -213,7 +214,9 @@ def test_from_environment_picks_the_launcher_and_its_settings():
             ["$RM_PIPELINE_TRAINING_GPUS"],
         ),
         ({"RM_PIPELINE_TRAINING_LAUNCHER": "k8s", "RM_PIPELINE_TRAINING_GPUS": "two"}, ["$RM_PIPELINE_TRAINING_GPUS"]),
+        ({"RM_PIPELINE_TRAINING_PROCESSES": "two"}, ["$RM_PIPELINE_TRAINING_PROCESSES", "a whole number"]),
     ],
+    ids=["unknown-launcher", "negative-gpus", "gpus-in-words", "processes-in-words"],
 )
 def test_from_environment_rejects_a_bad_setting_naming_the_variable(environ, named):
     with pytest.raises(ValueError) as error:
@@ -229,11 +232,41 @@ def test_the_code_location_takes_its_launcher_from_the_environment(monkeypatch):
     assert build_defs().resources["training_launcher"] == DockerTrainingLauncher(gpus=2)
 
 
-def test_the_subprocess_command_is_the_worker_or_accelerate_with_several_gpus():
+def test_the_worker_command_is_the_worker_alone_or_accelerate_with_several_processes():
     assert (
         worker_command(sys.executable, 0) == worker_command(sys.executable, 1) == [sys.executable, "-m", WORKER_MODULE]
     )
     assert worker_command("python", 2) == ACCELERATE_2
+    assert worker_command("python", 8) == ["python", *ACCELERATE, "8", *QUIET, "-m", WORKER_MODULE]
+
+
+@pytest.mark.parametrize(
+    "processes, gpus, expected",
+    [(0, 0, 1), (0, 1, 1), (0, 4, 4), (2, 0, 2), (2, 4, 2), (8, 8, 8)],
+    ids=["cpu", "one-gpu", "one-per-gpu", "cpu-processes", "fewer-than-gpus", "eight-gpus"],
+)
+def test_training_processes_default_to_one_per_gpu(processes, gpus, expected):
+    assert training_processes(processes, gpus) == expected
+
+
+def test_more_processes_than_gpus_are_refused_in_one_line():
+    with pytest.raises(ValueError, match="^3 training processes on 2 GPUs: at most one process per GPU$"):
+        training_processes(3, 2)
+    with pytest.raises(ValueError, match="3 training processes on 2 GPUs"):
+        DockerTrainingLauncher(gpus=2, processes=3).command()
+
+
+def test_each_launcher_starts_the_processes_it_is_set_to(monkeypatch):
+    import rm_pipeline.training_launcher as training_launcher
+
+    monkeypatch.setattr(training_launcher, "visible_gpus", lambda: 0)  # this machine's GPUs, whatever they are
+    assert SubprocessTrainingLauncher().command() == [sys.executable, "-m", WORKER_MODULE]
+    assert SubprocessTrainingLauncher(processes=2).command() == [sys.executable, *ACCELERATE_2[1:]]
+    monkeypatch.setattr(training_launcher, "visible_gpus", lambda: 8)
+    assert SubprocessTrainingLauncher().command()[1:] == [*ACCELERATE, "8", *QUIET, "-m", WORKER_MODULE]
+    assert DockerTrainingLauncher(gpus=4, processes=2).command() == ACCELERATE_2
+    assert K8sTrainingLauncher(gpus=2).command() == ACCELERATE_2
+    assert K8sTrainingLauncher(gpus=0, processes=2).command() == ACCELERATE_2  # on the pod's CPUs
 
 
 def test_the_default_launcher_needs_neither_docker_nor_kubernetes():

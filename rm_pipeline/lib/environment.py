@@ -100,6 +100,15 @@ TRAINING_GPUS = EnvironmentVariable(
     "a whole number, at least 0",
     lambda value: value.isascii() and value.isdigit(),
 )
+TRAINING_PROCESSES = EnvironmentVariable(
+    "RM_PIPELINE_TRAINING_PROCESSES",
+    "0",
+    "Training processes, data-parallel under `accelerate launch` (DDP, one per GPU; gloo on CPUs); 0: one per GPU "
+    "the worker gets (the subprocess launcher: the GPUs it sees; docker, k8s: RM_PIPELINE_TRAINING_GPUS). One "
+    "machine only.",
+    "a whole number, at least 0",
+    lambda value: value.isascii() and value.isdigit(),
+)
 TRAINING_NETWORK = EnvironmentVariable(
     "RM_PIPELINE_TRAINING_NETWORK", "", "Docker network of the training container; empty: Docker's default."
 )
@@ -139,6 +148,7 @@ VARIABLES: tuple[EnvironmentVariable, ...] = (
     TRAINING_LAUNCHER,
     TRAINING_IMAGE,
     TRAINING_GPUS,
+    TRAINING_PROCESSES,
     TRAINING_NETWORK,
     K8S_NAMESPACE,
     DPO_POLICY,

@@ -32,14 +32,29 @@ SHARED_VOLUMES = (
 )
 
 
-def worker_command(python: str, gpus: int) -> list[str]:
-    """The worker as a plain child process; under accelerate (DDP, one process per GPU) with several GPUs."""
-    if gpus > 1:
-        return [python, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(gpus)] + [
-            "-m",
-            WORKER_MODULE,
-        ]
-    return [python, "-m", WORKER_MODULE]
+def launch_command(python: str, processes: int, arguments: list[str]) -> list[str]:
+    """`python <arguments>` as one process, or as `processes` data-parallel ones under `accelerate launch` (torchrun
+    underneath: DDP, one process per GPU; gloo on CPUs, which is how the tests run it). One machine; the rendezvous
+    port is a free one, so two trainings on a host don't collide."""
+    if processes <= 1:
+        return [python, *arguments]
+    accelerate = [python, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes)]
+    # the values accelerate would otherwise warn it defaulted; mixed precision is the Trainer's (bf16 setting)
+    quiet = ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    return [*accelerate, *quiet, "--main_process_port", "0", *arguments]
+
+
+def worker_command(python: str, processes: int) -> list[str]:
+    """The training worker as `processes` processes (see `launch_command`)."""
+    return launch_command(python, processes, ["-m", WORKER_MODULE])
+
+
+def training_processes(processes: int, gpus: int) -> int:
+    """How many processes train: `processes` if set (more than `gpus` when there are GPUs is refused: two
+    processes on one GPU), else one per GPU, else one."""
+    if processes and gpus and processes > gpus:
+        raise ValueError(f"{processes} training processes on {gpus} GPUs: at most one process per GPU")
+    return processes or max(gpus, 1)
 
 
 def container_environment() -> dict[str, str]:
