@@ -17,9 +17,9 @@ import pandas as pd
 from dagster_pipes import open_dagster_pipes
 
 from rm_pipeline.lib.asset_values import DATA_VERSION, MODEL_PATH
-from rm_pipeline.lib.ensemble import train_model
 from rm_pipeline.lib.markdown import inline_png
 from rm_pipeline.lib.model_files import LINEAGE_FILE, TRAINING_CURVES_FILE
+from rm_pipeline.lib.training.ensemble import train_model
 from rm_pipeline.lib.training.settings import TrainingSettings
 
 SUMMARY_KEYS = ("step", "loss", "accuracy", "eval_accuracy", "eval_loss", "eta_s")

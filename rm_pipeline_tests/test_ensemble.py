@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rm_pipeline.lib.ensemble import EnsembleScorer, read_manifest, train_ensemble, write_manifest
 from rm_pipeline.lib.evaluation.uncertainty import accuracy_by_uncertainty, render_uncertainty
 from rm_pipeline.lib.length_calibration import (
     fit_length_calibration,
@@ -22,10 +21,13 @@ from rm_pipeline.lib.model_files import (
     TRAINING_SETTINGS_FILE,
     WEIGHTS_FILE,
     ModelDirectoryError,
+    read_manifest,
+    write_manifest,
 )
 from rm_pipeline.lib.model_registry import current_model_dir, list_models, switch_current
 from rm_pipeline.lib.promotion import PROMOTED, decide
-from rm_pipeline.lib.scoring import RewardScorer, trl_reward_function
+from rm_pipeline.lib.scoring import EnsembleScorer, RewardScorer, trl_reward_function
+from rm_pipeline.lib.training.ensemble import train_ensemble
 from rm_pipeline_tests.test_cli import rm_pipeline
 
 WEIGHT = 0.5  # λ

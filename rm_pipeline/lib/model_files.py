@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 
@@ -108,3 +109,43 @@ def weights_sha256(model_dir: Path) -> str:
         while block := weights.read(1 << 20):
             digest.update(block)
     return digest.hexdigest()
+
+
+# An ensemble (rm_pipeline.lib.training.ensemble trains it, scoring.EnsembleScorer scores it): its manifest.
+ENSEMBLE_FORMAT = 1
+ENSEMBLE_SCORE_RULE = "mean - lambda * std of the members' rewards (std over members, ddof 0)"
+
+
+def read_manifest(model_dir: Path) -> dict:
+    """The ensemble's manifest, checked: members (each a relative path inside the directory) and λ. Anything
+    else is a ModelDirectoryError in one line naming the file."""
+    path = Path(model_dir) / ENSEMBLE_FILE
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ModelDirectoryError(f"{path}: not a readable ensemble manifest ({error})") from None
+    members = manifest.get("members") if isinstance(manifest, dict) else None
+    weight = manifest.get("lambda") if isinstance(manifest, dict) else None
+    if not isinstance(members, list) or not members or not all(isinstance(m, dict) for m in members):
+        raise ModelDirectoryError(f"{path}: not an ensemble manifest (a non-empty list of members expected)")
+    if not isinstance(weight, int | float) or isinstance(weight, bool) or not (math.isfinite(weight) and weight >= 0):
+        raise ModelDirectoryError(f"{path}: lambda must be a finite number, at least 0; got {weight!r}")
+    root = Path(model_dir).resolve()
+    for index, member in enumerate(members):
+        relative = member.get("path")
+        if not isinstance(relative, str) or root not in (root / relative).resolve().parents:
+            raise ModelDirectoryError(f"{path}: member {index}'s path must lie inside the directory; got {relative!r}")
+    return manifest
+
+
+def write_manifest(model_dir: Path, members: list[dict], weight: float, member_data: str) -> dict:
+    """The manifest naming `members` (dicts with at least `path`, relative to `model_dir`) and λ."""
+    manifest = {
+        "format": ENSEMBLE_FORMAT,
+        "score": ENSEMBLE_SCORE_RULE,
+        "lambda": weight,
+        "member_data": member_data,
+        "members": members,
+    }
+    (Path(model_dir) / ENSEMBLE_FILE).write_text(json.dumps(manifest, indent=2, default=str))
+    return manifest

@@ -22,6 +22,7 @@ from rm_pipeline.lib.model_files import (
     WEIGHTS_FILE,
     ModelDirectoryError,
     check_model_dir,
+    read_manifest,
     weights_sha256,
 )
 from rm_pipeline.lib.precision import SCORING_PRECISION_HELP, Precision, autocast, head_in_fp32, scores_in_bf16
@@ -166,8 +167,6 @@ class RewardScorer:
         1.0); `precision` and `length_calibration` as in `ScoringSettings`. An ensemble's directory (its
         `ENSEMBLE_FILE`) loads as an `EnsembleScorer`, which scores alike."""
         if (Path(model_dir) / ENSEMBLE_FILE).is_file():
-            from rm_pipeline.lib.ensemble import EnsembleScorer  # it builds on this class
-
             return EnsembleScorer.load(model_dir, batch_size, trust_remote_code, precision, length_calibration)
         length_fit = read_length_calibration(Path(model_dir)) if length_calibration else None
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -442,3 +441,100 @@ def trl_reward_function(
 
     reward.__name__ = Path(model_dir).name  # TRL logs rewards under the function's name
     return reward
+
+
+# ---------------------------------------------------------------- an ensemble of reward models
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+@dataclass
+class EnsembleScorer:
+    """An ensemble's members (`RewardScorer`s) scoring as one model: ``reward`` is mean - λ·std of theirs,
+    ``uncertainty`` their std; `score`, `score_pairs` and `forget` as `RewardScorer`'s."""
+
+    members: list
+    weight: float  # λ
+    length_fit: dict | None = None  # the ensemble's own length effect, on its conservative score
+    ignored_cache: str | None = None
+
+    score_pairs = RewardScorer.score_pairs
+    length_calibrated = RewardScorer.length_calibrated
+
+    @classmethod
+    def load(
+        cls,
+        model_dir: str | Path,
+        batch_size: int = SCORING_BATCH_SIZE,
+        trust_remote_code: bool = False,
+        precision=ScoringSettings.precision,
+        length_calibration: bool = ScoringSettings.length_calibration,
+    ) -> EnsembleScorer:
+        """Every member of the ensemble in `model_dir`, each checked as a model directory; a member that can't be
+        loaded is a ModelDirectoryError in one line naming it."""
+        from rm_pipeline.lib.length_calibration import read_length_calibration
+
+        model_dir = Path(model_dir)
+        manifest = read_manifest(model_dir)
+        members = []
+        for index, member in enumerate(manifest["members"]):
+            where = model_dir / member["path"]
+            try:
+                if (where / ENSEMBLE_FILE).exists():
+                    raise ModelDirectoryError("an ensemble can't be a member of an ensemble")
+                members.append(RewardScorer.load(where, batch_size, trust_remote_code, precision))
+            except (ModelDirectoryError, OSError, ValueError, KeyError, RuntimeError) as error:
+                raise ModelDirectoryError(
+                    f"{model_dir}: ensemble member {index} ({member['path']}) can't be loaded: {_first_line(error)}"
+                ) from None
+        ignored = "; ".join(member.ignored_cache for member in members if member.ignored_cache) or None
+        length_fit = read_length_calibration(model_dir) if length_calibration else None
+        return cls(members, float(manifest["lambda"]), length_fit, ignored)
+
+    @property
+    def bf16(self) -> bool:
+        return self.members[0].bf16
+
+    def score(
+        self,
+        prompts,
+        responses,
+        conversational,
+        sort_by_length: bool = True,
+        progress: Callable[[int], None] | None = None,
+    ) -> pd.DataFrame:
+        """`RewardScorer.score`'s table, ``reward`` being the conservative score, plus ``uncertainty`` (the
+        members' std). Tokens are the first member's count; ``truncated`` when any member cut the sequence."""
+        prompts, responses, conversational = list(prompts), list(responses), list(conversational)
+        share = None if progress is None else _shared_progress(progress, len(self.members))
+        tables = [member.score(prompts, responses, conversational, sort_by_length, share) for member in self.members]
+        rewards = np.stack([table["reward"].to_numpy(float) for table in tables])
+        mean, spread = rewards.mean(axis=0), rewards.std(axis=0)
+        scored = tables[0].assign(
+            reward=mean - self.weight * spread,
+            truncated=np.logical_or.reduce([table["truncated"].to_numpy(bool) for table in tables]),
+            uncertainty=spread,
+        )
+        return self.length_calibrated(scored)
+
+    def forget(self) -> None:
+        for member in self.members:
+            member.forget()
+
+
+def _shared_progress(progress: Callable[[int], None], members: int) -> Callable[[int], None]:
+    """A callback for each member's scoring that reports whole answers to `progress`: all members' counts
+    together, divided by the number of members."""
+    counted = {"sequences": 0, "reported": 0}
+
+    def update(count: int) -> None:
+        counted["sequences"] += count
+        done = counted["sequences"] // members
+        if done > counted["reported"]:
+            progress(done - counted["reported"])
+            counted["reported"] = done
+
+    return update

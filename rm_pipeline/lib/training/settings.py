@@ -129,7 +129,7 @@ class TrainingSettings:
         minimum=1,
     )
     logging_steps: int = setting(10, "Progress (step, loss, accuracy, ETA) every N steps.", minimum=1)
-    # ensembles (rm_pipeline.lib.ensemble): K members published as one model directory
+    # ensembles (rm_pipeline.lib.training.ensemble): K members published as one model directory
     ensemble_members: int = setting(
         1, "Members of an ensemble (Coste et al. 2024); 1: one model.", minimum=1, maximum=32
     )
