@@ -14,8 +14,9 @@ from rm_pipeline.lib.asset_values import READINESS_CHECK, READY
 from rm_pipeline.lib.environment import ANNOTATIONS, BASE_MODEL, EVALUATION, REVIEWS
 
 # The readiness check's name (rm_pipeline.stages.evaluation): not a gate that stops the run unless strict.
-# Metadata too long for a one-line summary (tables and plots are left out too): for the UI.
-LEFT_OUT_OF_SUMMARY = ("path", "base_model", "settings", "recommendation")
+# Metadata too long for a one-line summary (tables and plots are left out too): for the UI. The verdict and its
+# recommendation are printed in full after the summary.
+LEFT_OUT_OF_SUMMARY = ("path", "base_model", "settings", "recommendation", "verdict")
 
 
 def add_command(commands) -> None:
