@@ -26,6 +26,7 @@ from rm_pipeline.lib.pairs import PREFERRED, TIE
 from rm_pipeline.lib.settings import SettingError
 from rm_pipeline.lib.style_transforms import sentences
 from rm_pipeline.lib.training.settings import TrainingSettings
+from rm_pipeline_tests.test_gate_enforcement import UP_TO_SPLIT
 
 
 def split_frame(train_groups=6, eval_groups=3, per_group=2) -> pd.DataFrame:
@@ -234,16 +235,7 @@ def test_a_negative_share_of_augmented_pairs_is_refused_in_one_line(field):
     assert field in str(error.value) and "\n" not in str(error.value)
 
 
-UP_TO_TRAINING = [
-    "raw_annotations",
-    "annotation_quarantine",
-    "aggregated_preferences",
-    "review_queue",
-    "preference_pairs",
-    "rejected_pairs",
-    "preference_split",
-    "reward_model",
-]
+UP_TO_TRAINING = [*UP_TO_SPLIT, "reward_model"]
 
 
 @pytest.mark.trains

@@ -34,7 +34,7 @@ from rm_pipeline.lib.training.run import train_reward_model
 from rm_pipeline.lib.training.settings import TrainingSettings
 from rm_pipeline.lib.training.trainer import pair_credit_trainer_class, preference_collator, preference_loss
 from rm_pipeline_tests.conftest import _tiny_llama_config
-from rm_pipeline_tests.test_reward_training import learnable_pairs, state_dict_of
+from rm_pipeline_tests.test_reward_training import encoder_settings, learnable_pairs, state_dict_of
 
 TOLERANCE = 1e-5
 
@@ -328,19 +328,8 @@ def test_statistics_are_summed_on_the_device_and_read_at_the_log_line(tiny_decod
 
 
 def decoder_settings(base, **overrides) -> TrainingSettings:
-    values = dict(
-        base_model=str(base),
-        max_length=64,
-        epochs=2.0,
-        learning_rate=3e-2,
-        warmup_ratio=0.0,
-        batch_size=4,
-        eval_steps=4,
-        logging_steps=1,
-        early_stopping_patience=None,
-        seed=0,
-    )
-    return TrainingSettings(**{**values, **overrides})
+    """The encoder tests' settings, with smaller batches and no early stopping."""
+    return encoder_settings(base, **{"batch_size": 4, "early_stopping_patience": None, **overrides})
 
 
 LEVERS = {
