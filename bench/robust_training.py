@@ -2,9 +2,13 @@
 the bundled data, one after the other on this machine, and for each the held-out accuracy, the length-matched
 accuracy, every shortcut probe's flip rate by family (trained-against and held-out), the RewardBench-format
 evaluation files and the training time, all with 95% intervals. Prints one Markdown table per measure; with
-`--out`, writes JSON. `--read HOME` tabulates a storage root that `rm-pipeline run` already filled.
+`--out`, writes JSON. `--lever NAME` measures one of `LEVERS` (`A+B` combines them), `--read HOME` tabulates a
+storage root that `rm-pipeline run` already filled, `--show FILE` tabulates earlier `--out` files side by side.
 
     python bench/robust_training.py --config recipes/robust.yaml --out /tmp/robust.json
+    python bench/robust_training.py --no-default --lever non_contextual --lever ensemble --out /tmp/levers.json
+    python bench/robust_training.py --no-default --lever non_contextual+length_calibration --out /tmp/best.json
+    python bench/robust_training.py --show /tmp/robust.json --show /tmp/levers.json
     python bench/robust_training.py --read /tmp/home-default --read /tmp/home-robust
 """
 
@@ -20,6 +24,29 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from main_job import run_main_job  # noqa: E402  (bench/ is no package)
 
 TRAINING_FACTS = ("train_pairs", "train_seconds", "duration_seconds", "precision")
+
+# Each lever of issue 22 alone, as `rm-pipeline run --config` settings (asset -> config); recipes/ combine them.
+LEVERS = {
+    "non_contextual": {"reward_model": {"non_contextual_pairs": 1.0}},
+    "style_neutral": {"reward_model": {"style_neutral_pairs": 1.0}},
+    "length_calibration": {"reward_scores": {"length_calibration": True}},
+    "ensemble": {"reward_model": {"ensemble_members": 3, "ensemble_member_data": "seeds", "ensemble_lambda": 1.0}},
+}
+
+
+def lever_config(name: str, folder: Path) -> Path:
+    """`A+B`: the levers' settings merged into one run config file in `folder`."""
+    import yaml
+
+    ops: dict[str, dict] = {}
+    for lever in name.split("+"):
+        if lever not in LEVERS:
+            sys.exit(f"--lever {lever}: not one of {', '.join(LEVERS)}")
+        for asset, config in LEVERS[lever].items():
+            ops.setdefault(asset, {"config": {}})["config"].update(config)
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({"ops": ops}))
+    return path
 
 
 def measures(home: Path) -> dict:
@@ -127,26 +154,34 @@ def show(results: dict[str, dict]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, action="append", default=[], help="a recipe to measure (repeatable)")
+    parser.add_argument("--lever", action="append", default=[], help=f"one of {', '.join(LEVERS)}; A+B combines")
     parser.add_argument("--read", type=Path, action="append", default=[], help="tabulate a filled storage root")
+    parser.add_argument("--show", type=Path, action="append", default=[], help="tabulate earlier --out files")
     parser.add_argument(
         "--quick", type=int, metavar="N", help="no Dagster: N train pairs (a seeded sample of prompt groups)"
     )
-    parser.add_argument("--no-default", action="store_true", help="with --quick: the recipes only")
+    parser.add_argument("--no-default", action="store_true", help="the recipes and levers only")
     parser.add_argument("--out", type=Path, help="write the results as JSON")
     args = parser.parse_args()
     results = {}
-    if args.read:
+    if args.show:
+        results = {name: result for file in args.show for name, result in json.loads(file.read_text()).items()}
+    elif args.read:
         results = {home.name: measures(home) for home in args.read}
     elif args.quick:
         with tempfile.TemporaryDirectory(prefix="robust-training-") as scratch:
             results = quick(args.quick, args.config, Path(scratch), default=not args.no_default)
     else:
         with tempfile.TemporaryDirectory(prefix="robust-training-") as scratch:
-            for config in [None, *args.config]:
+            configs = [*args.config, *(lever_config(name, Path(scratch)) for name in args.lever)]
+            for config in configs if args.no_default else [None, *configs]:
                 name = config.stem if config else "default"
                 home = Path(scratch) / name
                 timing = run_main_job(sys.executable, home, config)
                 results[name] = {"wall_seconds": timing["wall_seconds"], **measures(home)}
+                print(name, json.dumps(results[name]["held_out"]), flush=True)
+                if args.out:  # written after each run: a long bench cut short keeps what it measured
+                    args.out.write_text(json.dumps(results, indent=2))
     show(results)
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))
