@@ -82,7 +82,7 @@ CASES = {
         ["score", "--model", "{tmp}/model", "--input", "{tmp}/in.jsonl"],
         {"in.jsonl": GOOD_CANDIDATES, "model/config.json": "[]"},
         3,
-        "not a model configuration (a JSON object)",
+        "not a model configuration (a JSON object expected, not a list)",
     ),
     # evaluate
     "evaluate: batch size 0": (

@@ -102,7 +102,7 @@ CASES = {
         lambda root: model(root, promotion_json='{"status": "prom'),
         ["models", "--home", "{root}"],
         0,
-        "promotion.json unreadable (Unterminated string",
+        "promotion.json: not a readable JSON file (JSONDecodeError: Unterminated string",
     ),
     "models: promotion.json of the wrong shapes": (
         lambda root: model(root, promotion_json=PROMOTION_SHAPES),
@@ -114,13 +114,13 @@ CASES = {
         lambda root: model(root, readiness_json='{"reward_model_ready": tr'),
         ["models", "--home", "{root}"],
         0,
-        "readiness.json unreadable (Expecting value",
+        "readiness.json: not a readable JSON file (JSONDecodeError: Expecting value",
     ),
     "models: readiness.json a list": (
         lambda root: model(root, readiness_json="[true]"),
         ["models", "--home", "{root}"],
         0,
-        "readiness.json unreadable (not a JSON object)",
+        "readiness.json: not a JSON file (a JSON object expected, not a list)",
     ),
     "lineage: --home mistyped": (
         lambda root: None,
@@ -138,7 +138,7 @@ CASES = {
         card_is_a_list,
         ["lineage", "{root}/models/m1", "--home", "{root}"],
         3,
-        "m1/lineage.json: not a lineage file (a JSON object), but a list",
+        "m1/lineage.json: not a lineage file (a JSON object expected, not a list)",
     ),
     "run: .run.lock is a folder": (
         lock_is_a_folder,

@@ -72,18 +72,9 @@ def show_lineage(args: argparse.Namespace) -> int:
 
 def read_card(model: Path) -> dict | None:
     """The model's lineage.json (what training saw), None when it has none; one that isn't a JSON object is named."""
-    from rm_pipeline.lib.model_files import LINEAGE_FILE
+    from rm_pipeline.lib.model_files import LINEAGE_FILE, read_json_object
 
-    card_file = model / LINEAGE_FILE
-    if not card_file.is_file():
-        return None
-    try:
-        card = json.loads(card_file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
-        raise InputError(f"{card_file}: not a readable lineage file ({error})") from None
-    if not isinstance(card, dict):
-        raise InputError(f"{card_file}: not a lineage file (a JSON object), but a {type(card).__name__}")
-    return card
+    return read_json_object(model / LINEAGE_FILE, "lineage file", InputError)
 
 
 def sqlalchemy_errors() -> type[Exception]:

@@ -22,7 +22,7 @@ import pandas as pd
 
 from rm_pipeline.lib.evaluation.accuracy import pair_credit
 from rm_pipeline.lib.evaluation.statistics import bootstrap_interval, rate_interval
-from rm_pipeline.lib.model_files import POLICY_FILE
+from rm_pipeline.lib.model_files import POLICY_FILE, read_json_object
 from rm_pipeline.lib.scoring import pad_right
 from rm_pipeline.lib.settings import check_settings, setting
 from rm_pipeline.lib.tokenization import prompt_messages, prompt_text
@@ -238,16 +238,7 @@ def compare(pairs: pd.DataFrame, groups) -> tuple[dict, pd.DataFrame]:
 
 def read_policy_record(policy: Path) -> dict:
     """What dpo-baseline recorded beside a policy (its reference and β), or {} for a policy trained elsewhere."""
-    path = Path(policy) / POLICY_FILE
-    if not path.is_file():
-        return {}
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise DpoInputError(f"{path}: not a readable policy record ({error})") from None
-    if not isinstance(record, dict):
-        raise DpoInputError(f"{path}: not a JSON object")
-    return record
+    return read_json_object(Path(policy) / POLICY_FILE, "policy record", DpoInputError) or {}
 
 
 def train_dpo_policy(

@@ -15,7 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from rm_pipeline.lib.model_files import LENGTH_CALIBRATION_FILE, ModelDirectoryError, write_atomically
+from rm_pipeline.lib.model_files import (
+    LENGTH_CALIBRATION_FILE,
+    ModelDirectoryError,
+    read_json_object,
+    write_atomically,
+)
 
 METHOD = "lowess"
 KNOTS = 25  # points of the fitted curve stored; f is linear between them
@@ -95,15 +100,12 @@ def read_length_calibration(model_dir: Path) -> dict:
     """The model's fitted length effect; ModelDirectoryError in one line naming the file when it is missing or
     not one."""
     path = Path(model_dir) / LENGTH_CALIBRATION_FILE
-    try:
-        fit = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    fit = read_json_object(path, "length calibration file", ModelDirectoryError)
+    if fit is None:
         raise ModelDirectoryError(
             f"{model_dir}: no {LENGTH_CALIBRATION_FILE} (length calibration is fitted when a model is trained; "
             "score without length_calibration, or train it again)"
-        ) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ModelDirectoryError(f"{path}: not a length calibration file ({error})") from None
+        )
     try:
         grid, curve = np.asarray(fit["tokens"], dtype=float), np.asarray(fit["reward"], dtype=float)
         ok = grid.ndim == 1 and grid.size == curve.size > 0 and np.all(np.diff(grid) > 0)

@@ -1,4 +1,5 @@
-"""The layout of a published model directory, and the one way files are written atomically.
+"""The layout of a published model directory, the one way files are written atomically and the one way a JSON
+sidecar is read.
 
 A model directory holds what Hugging Face saves (``CONFIG_FILE``, weights, tokenizer), what training
 writes beside it (model card, lineage, facts, metrics, history, settings, curves, the scored answers'
@@ -48,16 +49,32 @@ def write_atomically(path: Path, text: str) -> None:
     partial.replace(path)
 
 
+# what reading a JSON file can raise: parsers recurse, so a deeply nested file raises RecursionError
+JSON_READ_ERRORS = (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError)
+
+
+def read_json_object(path: Path, what: str, error: type[Exception] = ValueError) -> dict | None:
+    """The JSON object in `path`, None when there is no such file; a file that can't be read, or holds no JSON
+    object, raises `error` in one line naming the file and `what` it should be."""
+    try:
+        document = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except JSON_READ_ERRORS as problem:
+        raise error(f"{path}: not a readable {what} ({type(problem).__name__}: {problem})") from None
+    if not isinstance(document, dict):
+        raise error(f"{path}: not a {what} (a JSON object expected, not a {type(document).__name__})")
+    return document
+
+
 def reward_temperature(model_dir: Path) -> float | None:
     """The temperature evaluation fitted for this model (its `calibration.json`), None before it was evaluated.
     Raises ValueError naming the file when the sidecar can't be read as one."""
     path = Path(model_dir) / CALIBRATION_FILE
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))["reward_temperature"]
-    except FileNotFoundError:
+    calibration = read_json_object(path, "calibration file")
+    if calibration is None:
         return None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as error:
-        raise ValueError(f"{path}: not a calibration file ({type(error).__name__}: {error})") from None
+    value = calibration.get("reward_temperature")
     if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
         raise ValueError(f"{path}: reward_temperature must be a positive number, not {value!r}")
     return float(value)
@@ -75,17 +92,11 @@ def check_model_dir(model_dir: Path) -> None:
     if not config.is_file():
         raise ModelDirectoryError(f"{model_dir}: not a model directory (no {CONFIG_FILE})")
     for path in (config, model_dir / TRAINING_SETTINGS_FILE):
-        try:
-            value = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
+        if read_json_object(path, "model configuration", ModelDirectoryError) is None:
             raise ModelDirectoryError(
                 f"{model_dir}: can't be loaded as a reward model (no {path.name}: not a model trained by "
                 "rm-pipeline; a base checkpoint's score head is random)"
-            ) from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise ModelDirectoryError(f"{path}: not a readable model configuration ({error})") from None
-        if not isinstance(value, dict):
-            raise ModelDirectoryError(f"{path}: not a model configuration (a JSON object)")
+            )
     weights = model_dir / WEIGHTS_FILE
     if not weights.is_file():
         raise ModelDirectoryError(
@@ -120,12 +131,10 @@ def read_manifest(model_dir: Path) -> dict:
     """The ensemble's manifest, checked: members (each a relative path inside the directory) and λ. Anything
     else is a ModelDirectoryError in one line naming the file."""
     path = Path(model_dir) / ENSEMBLE_FILE
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ModelDirectoryError(f"{path}: not a readable ensemble manifest ({error})") from None
-    members = manifest.get("members") if isinstance(manifest, dict) else None
-    weight = manifest.get("lambda") if isinstance(manifest, dict) else None
+    manifest = read_json_object(path, "ensemble manifest", ModelDirectoryError)
+    if manifest is None:
+        raise ModelDirectoryError(f"{model_dir}: not an ensemble (no {ENSEMBLE_FILE})")
+    members, weight = manifest.get("members"), manifest.get("lambda")
     if not isinstance(members, list) or not members or not all(isinstance(m, dict) for m in members):
         raise ModelDirectoryError(f"{path}: not an ensemble manifest (a non-empty list of members expected)")
     if not isinstance(weight, int | float) or isinstance(weight, bool) or not (math.isfinite(weight) and weight >= 0):

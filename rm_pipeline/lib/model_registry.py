@@ -5,14 +5,13 @@ decision written beside each candidate, and the listing `rm-pipeline models` pri
 from __future__ import annotations
 
 import errno
-import json
 import os
 import re
 from pathlib import Path
 
 from rm_pipeline.lib.asset_values import READY
 from rm_pipeline.lib.evaluation.report import REPORT_JSON
-from rm_pipeline.lib.model_files import FACTS_FILE, MODEL_CARD_FILE, PROMOTION_FILE, READINESS_FILE
+from rm_pipeline.lib.model_files import FACTS_FILE, MODEL_CARD_FILE, PROMOTION_FILE, READINESS_FILE, read_json_object
 from rm_pipeline.lib.promotion import NOT_PROMOTED, PROMOTED
 
 CURRENT = "current"
@@ -67,14 +66,9 @@ def _read_json(path: Path) -> dict | None:
 def _read_checked(path: Path) -> tuple[dict | None, str | None]:
     """The JSON object in `path`, and what is wrong with it (None: fine, or no such file)."""
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None, None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
-        return None, f"{path.name} unreadable ({error})"
-    if not isinstance(document, dict):
-        return None, f"{path.name} unreadable (not a JSON object)"
-    return document, None
+        return read_json_object(path, "JSON file"), None
+    except ValueError as error:
+        return None, str(error)
 
 
 def _get(document, *keys):

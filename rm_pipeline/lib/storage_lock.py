@@ -11,6 +11,8 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TypeVar
 
+from rm_pipeline.lib.model_files import read_json_object
+
 LOCK_FILE = ".run.lock"
 _held: dict[Path, object] = {}  # roots this process holds, with their open lock file
 Abandoned = TypeVar("Abandoned")
@@ -176,14 +178,12 @@ def check_instance(root: str | os.PathLike, home: str, instance_id: Callable[[bo
 
 def _read_claim(path: Path) -> dict | None:
     try:
-        claim = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+        claim = read_json_object(path, "claim")
+    except ValueError as error:
+        raise ForeignInstance(f"{error}: restore it, or remove it to let this run claim the root") from None
+    if claim is None:
         return None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
-        raise ForeignInstance(
-            f"{path} can't be read ({error}): restore it, or remove it to let this run claim the root"
-        ) from None
-    if not isinstance(claim, dict) or not isinstance(claim.get("instance_id"), str):
+    if not isinstance(claim.get("instance_id"), str):
         raise ForeignInstance(f"{path} names no instance_id: restore it, or remove it to let this run claim the root")
     return claim
 
