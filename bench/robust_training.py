@@ -31,7 +31,9 @@ LEVERS = {
     "style_neutral": {"reward_model": {"style_neutral_pairs": 1.0}},
     "length_calibration": {"reward_scores": {"length_calibration": True}},
     "ensemble": {"reward_model": {"ensemble_members": 3, "ensemble_member_data": "seeds", "ensemble_lambda": 1.0}},
+    "length_head": {"reward_model": {"length_head": True}},
 }
+LEVER_SETTINGS = ("non_contextual_pairs", "style_neutral_pairs", "length_head", "ensemble_members")
 
 
 def lever_config(name: str, folder: Path) -> Path:
@@ -58,7 +60,7 @@ def measures(home: Path) -> dict:
     probes = report["probes"]
     return {
         "model": model.name,
-        "augmentation": {key: settings.get(key, 0.0) for key in ("non_contextual_pairs", "style_neutral_pairs")},
+        "levers": {key: settings.get(key) for key in LEVER_SETTINGS},
         "training": {key: training.get(key) for key in TRAINING_FACTS},
         "held_out": report["held_out"]["accuracy_interval"],
         "length_matched": report["length"]["length_matched_accuracy_interval"],
@@ -146,6 +148,7 @@ def show(results: dict[str, dict]) -> None:
         ),
         ("train rows", lambda r: str(r["training"]["train_pairs"])),
         ("train seconds", lambda r: str(r["training"]["train_seconds"])),
+        ("whole run: wall / CPU seconds", lambda r: f"{r.get('wall_seconds', 'n/a')} / {r.get('cpu_seconds', 'n/a')}"),
     ]
     for label, cell in rows:
         print(f"| {label} | " + " | ".join(cell(results[name]) for name in names) + " |")
@@ -178,7 +181,7 @@ def main() -> None:
                 name = config.stem if config else "default"
                 home = Path(scratch) / name
                 timing = run_main_job(sys.executable, home, config)
-                results[name] = {"wall_seconds": timing["wall_seconds"], **measures(home)}
+                results[name] = {key: timing[key] for key in ("wall_seconds", "cpu_seconds")} | measures(home)
                 print(name, json.dumps(results[name]["held_out"]), flush=True)
                 if args.out:  # written after each run: a long bench cut short keeps what it measured
                     args.out.write_text(json.dumps(results, indent=2))
