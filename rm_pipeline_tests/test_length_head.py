@@ -18,6 +18,7 @@ from rm_pipeline.lib.training.ensemble import train_ensemble
 from rm_pipeline.lib.training.length_head import odin_terms, pearson, reward_length_correlation, row_correlation
 from rm_pipeline.lib.training.run import train_reward_model
 from rm_pipeline.lib.training.settings import TrainingSettings
+from rm_pipeline.lib.training.trainer import DeviceStatistics
 from rm_pipeline_tests.test_reward_training import encoder_settings, learnable_pairs, state_dict_of
 
 LENGTHS = torch.tensor([3.0, 10.0, 4.0, 25.0, 7.0, 12.0])
@@ -84,6 +85,45 @@ def test_a_bad_weight_is_one_line_naming_it(field, value):
         TrainingSettings(**{field: value})
     message = str(raised.value)
     assert "\n" not in message and field in message and "at least 0" in message
+
+
+class OneProcess:
+    """What `DeviceStatistics.read` needs of accelerate's Accelerator in a single process: gather is identity."""
+
+    def gather(self, tensor):
+        return tensor
+
+
+def test_batch_correlations_are_averaged_over_the_batches_of_a_log_line():
+    statistics = DeviceStatistics()
+    for correlation in (0.2, -0.4):
+        chosen, rejected = torch.tensor([1.0, 2.0]), torch.tensor([0.0, 3.0])
+        extras = {"length_corr_quality": torch.tensor(correlation)}
+        statistics.add("train", chosen, rejected, torch.ones(2), 10, extras)
+    logs = statistics.read("train", OneProcess())
+    assert logs["length_corr_quality"] == pytest.approx(-0.1)
+    assert logs["accuracy"] == 0.5 and logs["num_tokens"] == 20 and logs["mean_reward"] == 1.5
+    assert statistics.read("train", OneProcess()) == {}  # read and cleared
+
+
+def test_packed_rewards_of_a_two_row_head_are_each_sequences_own(tiny_decoder):
+    """Packed (shared prompt) rewards of both rows equal each sequence's forward pass alone."""
+    from rm_pipeline.lib.training.model import prepare_model
+    from rm_pipeline.lib.training.packing import packed_collator, packed_rewards
+    from rm_pipeline_tests.test_packed_training import edge_pairs, examples_of
+
+    settings = TrainingSettings(base_model=str(tiny_decoder), padding_free="on", length_head=True)
+    model, tokenizer, _ = prepare_model(settings)
+    examples = examples_of(edge_pairs(), tokenizer)
+    with torch.no_grad():
+        chosen, rejected = packed_rewards(model, packed_collator(True)(examples), model.config._attn_implementation)
+        alone = [
+            model(input_ids=torch.tensor([e[side]])).logits[0]
+            for side in ("chosen_ids", "rejected_ids")
+            for e in examples
+        ]
+    assert chosen.shape == (len(examples), 2)
+    torch.testing.assert_close(torch.cat([chosen, rejected]), torch.stack(alone), atol=1e-5, rtol=1e-4)
 
 
 # ---------------------------------------------------------------- training

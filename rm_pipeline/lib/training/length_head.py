@@ -118,13 +118,15 @@ def reward_length_correlation(scored) -> float | None:
 
 
 def card_section(metrics: dict) -> str:
-    """The model card's note: a length head was trained beside this one and dropped."""
-    figures = ", ".join(f"`{name}` {metrics[name]}" for name in sorted(metrics) if "length_corr" in name)
+    """The model card's note: a length head was trained beside this one and dropped, with its correlations."""
+    batches = [*CORRELATION_METRICS, *("eval_" + name for name in CORRELATION_METRICS)]
+    figures = ", ".join(f"`{name}` {metrics[name]}" for name in batches if name in metrics) or "none logged"
     return (
         "\n## Length head (ODIN)\n\n"
         "Trained with a second, length head beside the reward head (ODIN, Chen et al. 2024): the preference loss "
         "saw their sum, a correlation penalty pushed response length into the length head and out of this one, "
         "and the length head was dropped before publishing, so this directory holds the quality head alone. "
-        "Pearson correlations with response length in tokens over the last logged batches: "
-        f"{figures or 'not logged'}; `eval_reward_length_correlation` is this model's on the eval split.\n"
+        "Pearson correlations with response length in tokens, quality and length head, over the last logged "
+        f"train batches and the last evaluation (`eval_`): {figures}. This model's rewards on the eval split: "
+        f"{metrics.get('eval_reward_length_correlation')} (`eval_reward_length_correlation`).\n"
     )

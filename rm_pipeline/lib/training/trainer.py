@@ -146,6 +146,7 @@ class DeviceStatistics:
 
     def __init__(self):
         self.pending: dict = {}
+        self.extra_names: dict = {}  # per mode, the names of the extras summed after the fixed statistics
         self.tokens_seen = 0.0
 
     def add(self, mode: str, chosen, rejected, preference, tokens, extras: dict | None = None) -> None:
@@ -153,7 +154,10 @@ class DeviceStatistics:
 
         chosen, rejected = chosen.detach().float(), rejected.detach().float()
         names = tuple(extras or {})
-        batch = [*(extras[name].detach().float().reshape(()) for name in names), torch.ones_like(chosen[0])]
+        # the extras, then the count of batches that averages them
+        per_batch = (
+            [*(extras[n].detach().float().reshape(()) for n in names), torch.ones_like(chosen[0])] if names else []
+        )
         difference, rewards = chosen - rejected, torch.cat([chosen, rejected])
         preferred = (preference == PREFERRED).float()
         sums = torch.stack(
@@ -164,20 +168,20 @@ class DeviceStatistics:
                 torch.ones_like(difference).sum(),  # the pair count, made on the device: no copy from the host
                 rewards.sum(),
                 torch.as_tensor(tokens, device=rewards.device).float(),
-                *(batch if names else []),
+                *per_batch,
             ]
         )
         extremes = torch.stack([-rewards.min(), rewards.max()])  # both maxima: one reduction
         if mode in self.pending:
             sums, extremes = self.pending[mode][0] + sums, torch.maximum(self.pending[mode][1], extremes)
-        self.pending[mode] = (sums, extremes, names)
+        self.pending[mode], self.extra_names[mode] = (sums, extremes), names
 
     def read(self, mode: str, accelerator) -> dict[str, float]:
         import torch
 
         if mode not in self.pending:
             return {}
-        sums, extremes, names = self.pending.pop(mode)
+        (sums, extremes), names = self.pending.pop(mode), self.extra_names.get(mode, ())
         gathered = accelerator.gather(torch.cat([sums, extremes])[None]).reshape(-1, len(sums) + 2)
         credit, preferred, margin, pairs, reward, tokens, *extras = gathered[:, :-2].sum(dim=0).tolist()
         lowest, highest = gathered[:, -2:].max(dim=0).values.tolist()
