@@ -28,7 +28,7 @@ from rm_pipeline.lib.model_files import (
 from rm_pipeline.lib.precision import SCORING_PRECISION_HELP, Precision, autocast, head_in_fp32, scores_in_bf16
 from rm_pipeline.lib.settings import check_settings, setting
 from rm_pipeline.lib.table_files import MAX_JSON_DEPTH, bad_char, json_depth_exceeds
-from rm_pipeline.lib.tokenization import check_remote_code, encode, load_tokenizer, quiet_loading
+from rm_pipeline.lib.tokenization import check_remote_code, encode, load_tokenizer, quiet_loading, response_tokens
 
 
 @dataclass(frozen=True)
@@ -235,8 +235,8 @@ class RewardScorer:
             rewards = score_ids(
                 self.model, sequences, self.tokenizer.pad_token_id, self.batch_size, sort_by_length, progress, self.bf16
             )
-            lengths = self.tokenizer(list(new_responses), add_special_tokens=False, verbose=False)["input_ids"]
-            self.scored.update(zip(new, zip(rewards.tolist(), map(len, lengths), truncated)))
+            lengths = response_tokens(self.tokenizer, new_responses)
+            self.scored.update(zip(new, zip(rewards.tolist(), lengths, truncated)))
         known = [self.scored[key] for key in keys]
         scored = pd.DataFrame(
             {

@@ -128,3 +128,12 @@ def encode(tokenizer, prompts, responses, conversational) -> list[list[int]]:
 
 def token_lengths(tokenizer, prompts, responses, conversational) -> np.ndarray:
     return np.fromiter((len(ids) for ids in encode(tokenizer, prompts, responses, conversational)), dtype="int64")
+
+
+def response_tokens(tokenizer, responses) -> list[int]:
+    """Each response's own length in tokens (no prompt, no special tokens): the length that length bias is
+    measured in, in scoring and in training's length head."""
+    responses = list(responses)
+    if not responses:
+        return []
+    return [len(ids) for ids in tokenizer(responses, add_special_tokens=False, verbose=False)["input_ids"]]

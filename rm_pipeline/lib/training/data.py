@@ -8,14 +8,15 @@ import numpy as np
 import pandas as pd
 
 from rm_pipeline.lib.pairs import PREFERRED, tie_pairs
-from rm_pipeline.lib.tokenization import encode
+from rm_pipeline.lib.tokenization import encode, response_tokens
 from rm_pipeline.lib.training.settings import Report, TrainingSettings
 
 
 def pair_dataset(pairs: pd.DataFrame, tokenizer, settings: TrainingSettings):
     """TRL's pre-tokenized format (`chosen_ids`/`rejected_ids`, optional `margin`), the target `preference`
-    (1 or 0.5 for a tie, which gets no margin) for `preference_loss`, and a `length` column for length-grouped
-    batches. Tokenized by the same code as the max_length rule."""
+    (1 or 0.5 for a tie, which gets no margin) for `preference_loss`, a `length` column for length-grouped
+    batches, and with `length_head` each response's own tokens (`chosen_tokens`, `rejected_tokens`).
+    Tokenized by the same code as the max_length rule."""
     from datasets import Dataset
 
     chosen = encode(tokenizer, pairs["prompt"], pairs["chosen"], pairs["conversational"])
@@ -26,6 +27,9 @@ def pair_dataset(pairs: pd.DataFrame, tokenizer, settings: TrainingSettings):
         "length": [len(c) + len(r) for c, r in zip(chosen, rejected)],
         "preference": preferences(pairs).tolist(),
     }
+    if settings.length_head:  # each response's own length, for ODIN's correlation terms
+        columns["chosen_tokens"] = response_tokens(tokenizer, pairs["chosen"])
+        columns["rejected_tokens"] = response_tokens(tokenizer, pairs["rejected"])
     if settings.use_margin:
         columns["margin"] = np.where(tie_pairs(pairs), 0.0, margins(pairs, settings.margin_per_strength)).tolist()
     return Dataset.from_dict(columns)

@@ -11,6 +11,7 @@ from rm_pipeline.lib.precision import (
 )
 from rm_pipeline.lib.settings import SettingError
 from rm_pipeline.lib.tokenization import load_tokenizer, quiet_loading
+from rm_pipeline.lib.training.length_head import add_length_head
 from rm_pipeline.lib.training.packing import resolve_batching
 from rm_pipeline.lib.training.settings import TrainingSettings
 
@@ -81,6 +82,8 @@ def prepare_model(settings: TrainingSettings):
 
     set_seed(settings.seed)  # a new score head is initialised at load: the same seed, the same model
     model, tokenizer = load_model(settings)  # fp32 master weights; bf16 on GPU is autocast by the Trainer
+    if settings.length_head:  # before LoRA copies the head into modules_to_save
+        add_length_head(model)
     if settings.train_last_n_layers is not None and not settings.lora_rank:
         freeze_all_but_last(model, settings.train_last_n_layers)
     device = hardware()["device"]

@@ -8,10 +8,15 @@ from pathlib import Path
 
 from rm_pipeline.lib.markdown import markdown_table
 from rm_pipeline.lib.model_files import LINEAGE_FILE
+from rm_pipeline.lib.training.length_head import card_section
 from rm_pipeline.lib.training.settings import TrainingSettings
 
 
 def model_card(settings: TrainingSettings, metrics: dict, facts: dict) -> str:
+    return _card(settings, metrics, facts) + (card_section(metrics) if settings.length_head else "")
+
+
+def _card(settings: TrainingSettings, metrics: dict, facts: dict) -> str:
     return f"""---
 library_name: transformers
 pipeline_tag: text-classification

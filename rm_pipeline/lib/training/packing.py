@@ -119,9 +119,21 @@ def packed_collator(shared_prompt: bool, row_per_pair: bool = False) -> Callable
         }
         if "margin" in examples[0]:
             batch["margin"] = torch.tensor([e["margin"] for e in examples], dtype=torch.float)
+        batch.update(response_lengths(examples))
         return batch
 
     return collate
+
+
+def response_lengths(examples: list[dict]) -> dict:
+    """`response_tokens` of each chosen then each rejected response (the rewards' order), where the pairs carry
+    them (length_head): empty otherwise."""
+    import torch
+
+    if "chosen_tokens" not in examples[0]:
+        return {}
+    lengths = [e["chosen_tokens"] for e in examples] + [e["rejected_tokens"] for e in examples]
+    return {"response_tokens": torch.tensor(lengths, dtype=torch.float)}
 
 
 PADDING = (0, 0, -1, 3)  # a padding token's id, position, pair and part
@@ -213,7 +225,8 @@ def packed_rewards(model, batch: dict, implementation: str):
         raise ValueError(
             f"{type(model).__name__}'s score head doesn't read every position: padding_free needs a decoder's head"
         )
-    return per_position.reshape(-1)[batch["last_index"]].chunk(2)
+    # (sequences,) for a one-unit head; (sequences, units) for a wider one (length_head)
+    return per_position.reshape(-1, per_position.shape[-1])[batch["last_index"]].squeeze(-1).chunk(2)
 
 
 def token_budget_batches(lengths, budget: int, padded: bool, seed: int, epoch: int) -> list[list[int]]:

@@ -16,6 +16,7 @@ import pandas as pd
 from rm_pipeline.lib.evaluation.accuracy import pair_credit
 from rm_pipeline.lib.pairs import PREFERRED
 from rm_pipeline.lib.training.data import preferences, training_data
+from rm_pipeline.lib.training.length_head import drop_length_head, last_correlations, reward_length_correlation
 from rm_pipeline.lib.training.model import final_model, prepare_model
 from rm_pipeline.lib.training.publish import publish, save_model_directory
 from rm_pipeline.lib.training.resume import fit, remove_checkpoints
@@ -74,9 +75,15 @@ def train_reward_model(
     from rm_pipeline.lib.scoring import RewardScorer
 
     model = final_model(trainer, merge_lora=peft_config is not None)
+    if settings.length_head:
+        drop_length_head(model)  # published: the quality head alone, an ordinary one-unit reward model
     metrics = training_metrics(trainer, output, train_seconds, resumed_from, data, progress.first_step or 0, settings)
     scorer = RewardScorer.of(model, tokenizer)  # in the precision the evaluation stage scores in by default
-    metrics.update(reward_statistics(scorer.score_pairs(evaluation if len(evaluation) else train)))
+    scored = scorer.score_pairs(evaluation if len(evaluation) else train)
+    metrics.update(reward_statistics(scored))
+    if settings.length_head:
+        metrics.update(last_correlations(progress.history))
+        metrics["eval_reward_length_correlation"] = reward_length_correlation(scored)
     model.config.reward_mean, model.config.reward_std = metrics["reward_mean"], metrics["reward_std"]
     # a sidecar scoring may apply (length_calibration); its training answers stay out of the eval split's cache
     length_fit = fit_on_training_side(dataclasses.replace(scorer, scored={}), train)

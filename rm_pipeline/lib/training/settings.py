@@ -114,6 +114,26 @@ class TrainingSettings:
         minimum=0,
         maximum=10,
     )
+    # a length head against the length shortcut (rm_pipeline.lib.training.length_head)
+    length_head: bool = setting(
+        False,
+        "ODIN (Chen et al. 2024, 'ODIN: Disentangled Reward Mitigates Hacking in RLHF'): train a second, length head "
+        "beside the reward head on the same features; the loss (as `loss` says) sees their sum, a correlation "
+        "penalty moves response length into the length head and out of the reward head, and only the reward "
+        "(quality) head is published: a one-unit model like any other.",
+    )
+    length_correlation_weight: float = setting(
+        1.0,
+        "With length_head, λ_L of ODIN's |ρ(r_Q, L)| - ρ(r_L, L): Pearson's correlation over each batch's responses "
+        "(chosen and rejected) of the quality and the length head's rewards with the response's length in tokens.",
+        minimum=0,
+    )
+    head_orthogonality_weight: float = setting(
+        1.0,
+        "With length_head, λ_O of ODIN's |w_Q·w_L|, the two head rows centred and normalised (their cosine), so that "
+        "the heads read different features.",
+        minimum=0,
+    )
     # evaluation, early stopping and progress
     eval_steps: int = setting(100, "Evaluate and checkpoint every N steps.", minimum=1)
     early_stopping_patience: int | None = setting(

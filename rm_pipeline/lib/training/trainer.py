@@ -14,6 +14,7 @@ from rm_pipeline.lib.precision import (
     uses_bf16,
 )
 from rm_pipeline.lib.training.data import TrainingData
+from rm_pipeline.lib.training.length_head import QUALITY, odin_terms, output_layer
 from rm_pipeline.lib.training.packing import (
     Batching,
     TokenBudgetSampler,
@@ -21,6 +22,7 @@ from rm_pipeline.lib.training.packing import (
     packed_length,
     packed_rewards,
     resolve_batching,
+    response_lengths,
 )
 from rm_pipeline.lib.training.settings import Loss, Report, TrainingSettings
 
@@ -124,6 +126,7 @@ def preference_collator(tokenizer, args):
             output["preference"] = torch.tensor(
                 [example.get("preference", PREFERRED) for example in examples], dtype=torch.float
             )
+            output.update(response_lengths(examples))
             return output
 
     return PreferenceCollator(pad_token_id=tokenizer.pad_token_id, pad_to_multiple_of=args.pad_to_multiple_of)
@@ -138,16 +141,23 @@ def pair_credit(difference):
 
 class DeviceStatistics:
     """Accuracy (pair credit over preferred pairs), margins, rewards and tokens of the batches since the last log
-    line, summed on the device per mode: read (one host sync, gathered over processes) at each log."""
+    line, summed on the device per mode: read (one host sync, gathered over processes) at each log. `extras`
+    (per-batch scalars, the same names in every batch) are read as their mean over those batches."""
 
     def __init__(self):
         self.pending: dict = {}
+        self.extra_names: dict = {}  # per mode, the names of the extras summed after the fixed statistics
         self.tokens_seen = 0.0
 
-    def add(self, mode: str, chosen, rejected, preference, tokens) -> None:
+    def add(self, mode: str, chosen, rejected, preference, tokens, extras: dict | None = None) -> None:
         import torch
 
         chosen, rejected = chosen.detach().float(), rejected.detach().float()
+        names = tuple(extras or {})
+        # the extras, then the count of batches that averages them
+        per_batch = (
+            [*(extras[n].detach().float().reshape(()) for n in names), torch.ones_like(chosen[0])] if names else []
+        )
         difference, rewards = chosen - rejected, torch.cat([chosen, rejected])
         preferred = (preference == PREFERRED).float()
         sums = torch.stack(
@@ -158,22 +168,23 @@ class DeviceStatistics:
                 torch.ones_like(difference).sum(),  # the pair count, made on the device: no copy from the host
                 rewards.sum(),
                 torch.as_tensor(tokens, device=rewards.device).float(),
+                *per_batch,
             ]
         )
         extremes = torch.stack([-rewards.min(), rewards.max()])  # both maxima: one reduction
         if mode in self.pending:
             sums, extremes = self.pending[mode][0] + sums, torch.maximum(self.pending[mode][1], extremes)
-        self.pending[mode] = (sums, extremes)
+        self.pending[mode], self.extra_names[mode] = (sums, extremes), names
 
     def read(self, mode: str, accelerator) -> dict[str, float]:
         import torch
 
         if mode not in self.pending:
             return {}
-        sums, extremes = self.pending.pop(mode)
-        gathered = accelerator.gather(torch.cat([sums, extremes])[None]).reshape(-1, 8)
-        credit, preferred, margin, pairs, reward, tokens = gathered[:, :6].sum(dim=0).tolist()
-        lowest, highest = gathered[:, 6:].max(dim=0).values.tolist()
+        (sums, extremes), names = self.pending.pop(mode), self.extra_names.get(mode, ())
+        gathered = accelerator.gather(torch.cat([sums, extremes])[None]).reshape(-1, len(sums) + 2)
+        credit, preferred, margin, pairs, reward, tokens, *extras = gathered[:, :-2].sum(dim=0).tolist()
+        lowest, highest = gathered[:, -2:].max(dim=0).values.tolist()
         if mode == "train":
             self.tokens_seen += tokens
         return {
@@ -183,17 +194,22 @@ class DeviceStatistics:
             "min_reward": -lowest,
             "max_reward": highest,
             "num_tokens": self.tokens_seen if mode == "train" else tokens,
+            **{name: value / extras[-1] for name, value in zip(names, extras)},  # extras[-1]: the batches
         }
 
 
 PADDED = Batching()
 
 
-def pair_credit_trainer_class(loss: Loss = "bradley_terry", batching: Batching = PADDED):
+def pair_credit_trainer_class(
+    loss: Loss = "bradley_terry", batching: Batching = PADDED, length_head: tuple[float, float] | None = None
+):
     """TRL's RewardTrainer (checkpointing, resume, evaluation, logging) with its `compute_loss` replaced:
 
     - the rewards of padded batches from the model's output, of packed ones (`batching`) by `packed_rewards`;
     - the loss is `preference_loss` on each pair's target preference (a tie is 0.5), as `loss` says;
+    - with `length_head` (λ_L, λ_O), ODIN: the loss on the sum of the quality and length heads' rewards plus
+      `length_head.odin_terms`; accuracy, rewards and the logits returned are the quality head's, as published;
     - no host sync in the step: accuracy (the evaluation's pair credit over preferred pairs, so the curves, the
       model card and the evaluation report count the same pairs the same way), margins and reward statistics are
       summed on the device and read at each log line;
@@ -207,20 +223,32 @@ def pair_credit_trainer_class(loss: Loss = "bradley_terry", batching: Batching =
             super().__init__(*args, **kwargs)
             self.statistics = DeviceStatistics()
 
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            preference, margin = inputs.pop("preference"), inputs.pop("margin", None)
+        def rewards(self, model, inputs):
+            """(chosen, rejected, tokens): rewards per sequence, (sequences, 2) with a length head."""
             if "last_index" in inputs:
                 implementation = self.accelerator.unwrap_model(model).config._attn_implementation
                 chosen, rejected = packed_rewards(model, inputs, implementation)
-                tokens = (inputs["pair"] >= 0).sum()  # padding of a row per pair has no pair
-            else:
-                outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
-                chosen, rejected = outputs.logits.squeeze(-1).chunk(2)
-                tokens = inputs["attention_mask"].sum()
-            signal = preference_loss(chosen, rejected, preference, margin, loss)
+                return chosen, rejected, (inputs["pair"] >= 0).sum()  # padding of a row per pair has no pair
+            outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
+            chosen, rejected = outputs.logits.squeeze(-1).chunk(2)
+            return chosen, rejected, inputs["attention_mask"].sum()
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            preference, margin = inputs.pop("preference"), inputs.pop("margin", None)
+            lengths = inputs.pop("response_tokens", None)
+            chosen, rejected, tokens = self.rewards(model, inputs)
+            penalty, extras = 0.0, None
+            if length_head is not None:
+                both = torch.cat([chosen, rejected])
+                penalty, extras = odin_terms(both, lengths, output_layer(model).weight, *length_head)
+                (chosen, rejected), quality = both.sum(dim=-1).chunk(2), both[:, QUALITY].chunk(2)
+            signal = preference_loss(chosen, rejected, preference, margin, loss) + penalty
             if self.args.center_rewards_coefficient is not None:  # as TRL adds it
                 signal = signal + self.args.center_rewards_coefficient * torch.mean((chosen + rejected) ** 2)
-            self.statistics.add("train" if self.model.training else "eval", chosen, rejected, preference, tokens)
+            if length_head is not None:  # measured and returned: the quality head, the model published
+                chosen, rejected = quality
+            mode = "train" if self.model.training else "eval"
+            self.statistics.add(mode, chosen, rejected, preference, tokens, extras)
             return (signal, {"logits": torch.cat([chosen, rejected])[:, None]}) if return_outputs else signal
 
         def log(self, logs, start_time=None):
@@ -271,7 +299,8 @@ def build_trainer(
         if batching.packed
         else preference_collator(tokenizer, args)
     )
-    trainer = pair_credit_trainer_class(settings.loss, batching)(
+    odin = (settings.length_correlation_weight, settings.head_orthogonality_weight) if settings.length_head else None
+    trainer = pair_credit_trainer_class(settings.loss, batching, odin)(
         model=model,
         args=args,
         data_collator=collator,
