@@ -21,14 +21,24 @@ def environment_restored():
     os.environ.update(saved)
 
 
+def _first_lines(folder: Path, share: float = 1.0) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, count in SLICE_LINES.items():
+        with open(BUNDLED / name, encoding="utf-8") as source:
+            (folder / name).write_text("".join(itertools.islice(source, int(count * share))), encoding="utf-8")
+    return folder
+
+
 @pytest.fixture(scope="session")
 def annotations_slice(tmp_path_factory) -> Path:
     """The first lines of each bundled batch: real data, small enough for many runs."""
-    folder = tmp_path_factory.mktemp("annotations")
-    for name, count in SLICE_LINES.items():
-        with open(BUNDLED / name, encoding="utf-8") as source:
-            (folder / name).write_text("".join(itertools.islice(source, count)), encoding="utf-8")
-    return folder
+    return _first_lines(tmp_path_factory.mktemp("annotations"))
+
+
+@pytest.fixture(scope="session")
+def small_annotations(tmp_path_factory) -> Path:
+    """The slice's first third (all three batches): for tests of the graph's plumbing, where volume only costs."""
+    return _first_lines(tmp_path_factory.mktemp("small_annotations"), share=1 / 3)
 
 
 @pytest.fixture(scope="session")

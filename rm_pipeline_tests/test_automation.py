@@ -68,31 +68,31 @@ def split_version(instance) -> str:
 
 
 @pytest.fixture
-def earlier_annotations(annotations_slice, tmp_path):
+def earlier_annotations(small_annotations, tmp_path):
     """The folder before its latest batch arrived."""
     folder = tmp_path / "earlier_annotations"
-    shutil.copytree(annotations_slice, folder)
+    shutil.copytree(small_annotations, folder)
     (folder / "hh_rlhf_harmless_test.jsonl").unlink()
     return folder
 
 
 @pytest.fixture
-def bad_annotations(annotations_slice, tmp_path):
+def bad_annotations(small_annotations, tmp_path):
     folder = tmp_path / "bad_annotations"
-    shutil.copytree(annotations_slice, folder)
+    shutil.copytree(small_annotations, folder)
     (folder / "vendor_batch_7.jsonl").write_text("\n".join(GARBAGE) + "\n")
     return folder
 
 
-def test_a_new_batch_requests_every_data_stage_in_one_run(annotations_slice, storage_root):
+def test_a_new_batch_requests_every_data_stage_in_one_run(small_annotations, storage_root):
     with dg.instance_for_test() as instance:
-        defs = build_defs(str(storage_root), str(annotations_slice))
+        defs = build_defs(str(storage_root), str(small_annotations))
         automation = Automation(defs, instance)
         sensor_context = dg.build_sensor_context(instance=instance, repository_def=defs.get_repository_def())
         sensor_context.update_cursor(automation_sensor(sensor_context).cursor)  # the sensor's own first tick
         assert automation.tick() == set()  # no batch reported yet
 
-        Sensor(instance, annotations_slice).tick()  # annotation_folder_sensor reports the folder's version
+        Sensor(instance, small_annotations).tick()  # annotation_folder_sensor reports the folder's version
         assert automation.tick() == DATA_STAGES  # the whole chain, not one stage per tick; training waits
         assert automation.tick() == set()  # requested once
 
@@ -101,20 +101,20 @@ def test_a_new_batch_requests_every_data_stage_in_one_run(annotations_slice, sto
         assert run.asset_check_keys is None  # None: every check of those assets, the gates included
 
 
-def test_a_folder_reported_before_automation_first_looks_is_ingested(annotations_slice, storage_root):
+def test_a_folder_reported_before_automation_first_looks_is_ingested(small_annotations, storage_root):
     """`rm-pipeline ui` on a folder of batches: the folder sensor may report it before the automation sensor's
     first tick, so no dependency is "newly updated" afterwards; the never-materialised chain is requested
     all the same (on the tick after the first, which only notes where things stand), once."""
     with dg.instance_for_test() as instance:
-        defs = build_defs(str(storage_root), str(annotations_slice))
-        Sensor(instance, annotations_slice).tick()
+        defs = build_defs(str(storage_root), str(small_annotations))
+        Sensor(instance, small_annotations).tick()
         automation = Automation(defs, instance)
         assert automation.tick() == DATA_STAGES
         assert automation.tick() == set()
 
 
 def test_a_bad_batch_stops_at_its_gate_and_nothing_downstream_is_requested(
-    annotations_slice, bad_annotations, storage_root
+    small_annotations, bad_annotations, storage_root
 ):
     with dg.instance_for_test() as instance:
         automation = Automation(build_defs(str(storage_root), str(bad_annotations)), instance)
@@ -133,21 +133,21 @@ def test_a_bad_batch_stops_at_its_gate_and_nothing_downstream_is_requested(
 
         # the vendor fixes the batch: a new folder version runs the whole chain again, gate first
         shutil.rmtree(bad_annotations)
-        shutil.copytree(annotations_slice, bad_annotations)
+        shutil.copytree(small_annotations, bad_annotations)
         Sensor(instance, bad_annotations).tick()
         assert automation.tick() == DATA_STAGES
 
 
-def test_a_gate_not_evaluated_on_the_latest_materialisation_blocks_downstream(annotations_slice, storage_root):
+def test_a_gate_not_evaluated_on_the_latest_materialisation_blocks_downstream(small_annotations, storage_root):
     """Only a gate that passed lets the stages after it run: one that errored or never ran holds them."""
     with dg.instance_for_test() as instance:
-        automation = Automation(build_defs(str(storage_root), str(annotations_slice)), instance)
-        assert materialize(storage_root, annotations_slice, instance, UP_TO_SPLIT).success
+        automation = Automation(build_defs(str(storage_root), str(small_annotations)), instance)
+        assert materialize(storage_root, small_annotations, instance, UP_TO_SPLIT).success
         assert automation.tick() == set()  # its own run: nothing to follow
         # the latest aggregated_preferences, without its gate: never evaluated on it
         assert materialize(
             storage_root,
-            annotations_slice,
+            small_annotations,
             instance,
             dg.AssetSelection.assets("aggregated_preferences").without_checks(),
         ).success
@@ -155,18 +155,18 @@ def test_a_gate_not_evaluated_on_the_latest_materialisation_blocks_downstream(an
 
 
 def test_the_weekly_tick_retrains_only_when_the_approved_split_changed(
-    annotations_slice, earlier_annotations, storage_root
+    small_annotations, earlier_annotations, storage_root
 ):
     monday = next_monday_3am()
     with dg.instance_for_test() as instance:
         assert materialize(storage_root, earlier_annotations, instance, UP_TO_SPLIT).success
         report_model(instance, trained_on=split_version(instance))  # the current model: trained on this split
-        defs = build_defs(str(storage_root), str(annotations_slice), automation=AutomationSettings("0 3 * * 1"))
+        defs = build_defs(str(storage_root), str(small_annotations), automation=AutomationSettings("0 3 * * 1"))
         automation = Automation(defs, instance, at=monday - HOUR)
         assert automation.tick(monday + datetime.timedelta(seconds=30)) == set()  # the model is up to date
 
         before = split_version(instance)
-        assert materialize(storage_root, annotations_slice, instance, UP_TO_SPLIT).success  # a new batch
+        assert materialize(storage_root, small_annotations, instance, UP_TO_SPLIT).success  # a new batch
         assert split_version(instance) != before
         assert automation.tick(monday + HOUR) == set()  # off the tick: waits for the next one
         assert automation.tick(monday + 3 * HOUR) == set()
@@ -178,21 +178,21 @@ def test_the_weekly_tick_retrains_only_when_the_approved_split_changed(
         assert automation.tick(next_monday + HOUR) == set()  # requested once
 
 
-def test_the_first_model_is_trained_on_the_tick_after_an_approved_split(annotations_slice, storage_root):
+def test_the_first_model_is_trained_on_the_tick_after_an_approved_split(small_annotations, storage_root):
     monday = next_monday_3am()
     with dg.instance_for_test() as instance:
-        defs = build_defs(str(storage_root), str(annotations_slice))
+        defs = build_defs(str(storage_root), str(small_annotations))
         automation = Automation(defs, instance, at=monday - HOUR)
-        assert materialize(storage_root, annotations_slice, instance, UP_TO_SPLIT).success
+        assert materialize(storage_root, small_annotations, instance, UP_TO_SPLIT).success
         assert automation.tick(monday - HOUR / 2) == set()  # no model yet, but not the tick
         assert automation.tick(monday + datetime.timedelta(seconds=30)) == {"reward_model"} | AFTER_TRAINING
 
 
-def test_a_failed_gate_upstream_holds_the_retrain(annotations_slice, bad_annotations, storage_root):
+def test_a_failed_gate_upstream_holds_the_retrain(small_annotations, bad_annotations, storage_root):
     """The split is still the approved one, but raw_annotations' latest batch failed its gate: no retrain."""
     monday = next_monday_3am()
     with dg.instance_for_test() as instance:
-        assert materialize(storage_root, annotations_slice, instance, UP_TO_SPLIT).success
+        assert materialize(storage_root, small_annotations, instance, UP_TO_SPLIT).success
         report_model(instance, trained_on="an older split")
         assert not materialize(
             storage_root, bad_annotations, instance, ["raw_annotations", "annotation_quarantine"]
@@ -201,7 +201,7 @@ def test_a_failed_gate_upstream_holds_the_retrain(annotations_slice, bad_annotat
         assert automation.tick(monday + datetime.timedelta(seconds=30)) == set()
         # the batch is fixed: the tick isn't lost, the retrain follows the approved data
         assert materialize(
-            storage_root, annotations_slice, instance, ["raw_annotations", "annotation_quarantine"]
+            storage_root, small_annotations, instance, ["raw_annotations", "annotation_quarantine"]
         ).success
         assert automation.tick(monday + HOUR) == {"reward_model"} | AFTER_TRAINING | DATA_STAGES - {
             "raw_annotations",
@@ -209,19 +209,19 @@ def test_a_failed_gate_upstream_holds_the_retrain(annotations_slice, bad_annotat
         }
 
 
-def test_nothing_is_requested_while_a_run_is_in_progress(annotations_slice, storage_root):
+def test_nothing_is_requested_while_a_run_is_in_progress(small_annotations, storage_root):
     monday = next_monday_3am()
     with dg.instance_for_test() as instance:
-        assert materialize(storage_root, annotations_slice, instance, UP_TO_SPLIT).success
+        assert materialize(storage_root, small_annotations, instance, UP_TO_SPLIT).success
         report_model(instance, trained_on="an older split")
-        automation = Automation(build_defs(str(storage_root), str(annotations_slice)), instance, at=monday - HOUR)
+        automation = Automation(build_defs(str(storage_root), str(small_annotations)), instance, at=monday - HOUR)
         run = create_run_for_test(
             instance,
             job_name="__ASSET_JOB",
             status=dg.DagsterRunStatus.STARTED,
             asset_selection={dg.AssetKey(name) for name in DATA_STAGES},
         )
-        Sensor(instance, annotations_slice).tick()  # a new folder version, and the cron tick, during the run
+        Sensor(instance, small_annotations).tick()  # a new folder version, and the cron tick, during the run
         assert automation.tick(monday + datetime.timedelta(seconds=30)) == set()
         assert automation.tick(monday + HOUR) == set()
 
@@ -247,7 +247,7 @@ def test_the_automation_sensor_runs_by_default():
     assert isinstance(sensor, dg.AutomationConditionSensorDefinition)
 
 
-def test_a_new_review_file_runs_the_data_stages_from_aggregation_on(annotations_slice, storage_root, tmp_path):
+def test_a_new_review_file_runs_the_data_stages_from_aggregation_on(small_annotations, storage_root, tmp_path):
     reviews = tmp_path / "reviews"
     reviews.mkdir()
     review_sensor = build_review_folder_sensor(SETTLED)
@@ -262,13 +262,13 @@ def test_a_new_review_file_runs_the_data_stages_from_aggregation_on(annotations_
         return result
 
     with dg.instance_for_test() as instance:
-        defs = build_defs(str(storage_root), str(annotations_slice), reviews_dir=str(reviews))
-        Sensor(instance, annotations_slice).tick()
+        defs = build_defs(str(storage_root), str(small_annotations), reviews_dir=str(reviews))
+        Sensor(instance, small_annotations).tick()
         first = review_tick()
         assert [event.asset_key.to_user_string() for event in first.asset_events] == ["review_folder"]
         automation = Automation(defs, instance)
         assert automation.tick() == DATA_STAGES
-        assert materialize(storage_root, annotations_slice, instance, UP_TO_SPLIT).success
+        assert materialize(storage_root, small_annotations, instance, UP_TO_SPLIT).success
         assert automation.tick() == set()
 
         (reviews / "reviewed.csv").write_text("item_id,review_decision,reviewer_id\nx/1,a,rev-1\n")

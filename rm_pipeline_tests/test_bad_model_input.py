@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from rm_pipeline_tests.test_cli import TOY, rm_pipeline
+from rm_pipeline_tests.test_cli import TOY, rm_pipeline, rm_pipeline_here
 
 CANDIDATES = json.dumps({"prompt": "2+2?", "candidates": ["4", "5"]}) + "\n"
 
@@ -105,10 +105,10 @@ def test_a_model_directory_is_checked_before_it_is_trusted(spoil, message, comma
     data = tmp_path / "data.jsonl"
     if command == "score":
         data.write_text(CANDIDATES)
-        done = rm_pipeline("score", "--model", str(model), "--input", str(data))
+        done = rm_pipeline_here("score", "--model", str(model), "--input", str(data))
     else:
         data.write_text(json.dumps({"prompt": "2+2?", "chosen": "4", "rejected": "5"}) + "\n")
-        done = rm_pipeline("evaluate", "--model", str(model), "--pairs", str(data))
+        done = rm_pipeline_here("evaluate", "--model", str(model), "--pairs", str(data))
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
     assert done.returncode == 3, done.stderr[-3000:]
     lines = [line for line in done.stderr.splitlines() if line.startswith(f"rm-pipeline {command}: ")]
@@ -123,7 +123,7 @@ def test_a_pickle_beside_the_safetensors_is_never_loaded(tiny_encoder, tmp_path)
     plant_pickle(model, marker)
     source = tmp_path / "in.jsonl"
     source.write_text(CANDIDATES)
-    done = rm_pipeline("score", "--model", str(model), "--input", str(source))
+    done = rm_pipeline_here("score", "--model", str(model), "--input", str(source))
     assert done.returncode == 0, done.stderr[-3000:]
     assert not marker.exists()
     assert len(json.loads(done.stdout)["rewards"]) == 2
@@ -160,7 +160,7 @@ def test_a_score_cache_is_used_only_with_the_weights_that_wrote_it(tiny_encoder,
     retrained.save_pretrained(model)
     source = tmp_path / "in.jsonl"
     source.write_text(json.dumps({"prompt": "2+2?", "candidates": ["4"]}) + "\n")
-    done = rm_pipeline("score", "--model", str(model), "--input", str(source), "--precision", "fp32")
+    done = rm_pipeline_here("score", "--model", str(model), "--input", str(source), "--precision", "fp32")
     assert done.returncode == 0, done.stderr[-3000:]
     fresh = RewardScorer.of(retrained, scorer.tokenizer, precision="fp32").score(["2+2?"], ["4"], [False])
     assert json.loads(done.stdout)["rewards"][0] == pytest.approx(fresh["reward"].iloc[0], abs=1e-5)
@@ -330,7 +330,7 @@ def test_score_reads_a_bom_and_writes_valid_json_for_nan_fields(tiny_encoder, tm
         json.dumps({"prompt": "3+3?", "candidates": ["6"], "extra": {"bounds": [-math.inf, math.inf]}}),
     ]
     source.write_bytes(b"\xef\xbb\xbf" + "\n".join(lines).encode() + b"\n")
-    done = rm_pipeline("score", "--model", str(model), "--input", str(source))
+    done = rm_pipeline_here("score", "--model", str(model), "--input", str(source))
     assert done.returncode == 0, done.stderr[-3000:]
     records = [
         json.loads(line, parse_constant=lambda name: pytest.fail(f"bare {name} in the output"))

@@ -172,12 +172,23 @@ def run_cli(*args):
     )
 
 
+def run_cli_here(*args):
+    """`run_cli` in this process (no interpreter to start): the refusals come before any work."""
+    from unittest.mock import patch
+
+    from rm_pipeline_tests.test_cli import rm_pipeline_here
+
+    with patch.dict(os.environ, clear=True):
+        os.environ.update(clean_environment())
+        return rm_pipeline_here(*args)
+
+
 @pytest.mark.parametrize("breaks, argv, status, message", list(CASES.values()), ids=list(CASES))
 def test_a_broken_storage_root_is_named_in_one_line(breaks, argv, status, message, tmp_path):
     root = tmp_path / "home"
     breaks(root)
     (tmp_path / "in.jsonl").write_text(json.dumps({"prompt": "2+2?", "candidates": ["4", "5"]}) + "\n")
-    done = run_cli(*[arg.format(root=root, tmp=tmp_path) for arg in argv])
+    done = run_cli_here(*[arg.format(root=root, tmp=tmp_path) for arg in argv])
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
     assert done.returncode == status, done.stderr[-3000:]
     if status == 0:
@@ -192,7 +203,7 @@ def test_a_broken_storage_root_is_named_in_one_line(breaks, argv, status, messag
 def test_models_lists_the_models_beside_a_broken_link(tmp_path):
     root = tmp_path / "home"
     dangling_current(root)
-    done = run_cli("models", "--home", str(root))
+    done = run_cli_here("models", "--home", str(root))
     assert done.returncode == 3 and done.stdout.splitlines()[1].startswith("m1 ")
 
 

@@ -48,6 +48,24 @@ def rm_pipeline(*args, env=None):
     )
 
 
+def rm_pipeline_here(*args, env=None):
+    """`rm_pipeline` in this process, its imports already made (no interpreter to start): for commands whose
+    output, not their process, is under test."""
+    from contextlib import redirect_stderr, redirect_stdout
+    from io import StringIO
+    from unittest.mock import patch
+
+    from rm_pipeline.cli import main
+
+    stdout, stderr = StringIO(), StringIO()
+    with patch.dict(os.environ, env or {}), redirect_stdout(stdout), redirect_stderr(stderr):
+        try:
+            status = main(list(args))
+        except SystemExit as refused:  # argparse's refusals
+            status = refused.code
+    return subprocess.CompletedProcess(args, status, stdout.getvalue(), stderr.getvalue())
+
+
 def test_validate_prints_counts_that_add_up(tmp_path):
     batch = tmp_path / "toy.jsonl"
     lines = [json.dumps(row) for row in TOY] + [
@@ -216,7 +234,7 @@ def test_score_and_evaluate_say_on_stderr_when_their_model_is_not_ready(command,
         data.write_text(json.dumps({"prompt": "2+2?", "chosen": "4", "rejected": "5"}) + "\n")
         argv = [command, "--model", str(model), "--pairs", str(data)]
 
-    done = rm_pipeline(*argv)
+    done = rm_pipeline_here(*argv)
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"rm-pipeline: {model} has no readiness verdict (never evaluated)" in done.stderr
 
@@ -231,7 +249,7 @@ def test_score_and_evaluate_say_on_stderr_when_their_model_is_not_ready(command,
         "reasons": [f"{c['check']}: {c['reason']}" for c in checks if not c["passed"]],
     }
     (model / "readiness.json").write_text(json.dumps(verdict))
-    done = rm_pipeline(*argv)
+    done = rm_pipeline_here(*argv)
     assert done.returncode == 0, done.stderr[-2000:]
     assert (
         f"rm-pipeline: {model} is NOT READY for optimisation ({model / 'readiness.json'}): "
@@ -240,7 +258,7 @@ def test_score_and_evaluate_say_on_stderr_when_their_model_is_not_ready(command,
     json.loads(done.stdout.splitlines()[0] if command == "score" else done.stdout)  # stdout stays machine-readable
 
     (model / "readiness.json").write_text(json.dumps({**verdict, "optimize_against_reward": True, "reasons": []}))
-    done = rm_pipeline(*argv)
+    done = rm_pipeline_here(*argv)
     assert done.returncode == 0 and f"rm-pipeline: {model}" not in done.stderr
 
 

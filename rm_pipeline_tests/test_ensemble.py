@@ -28,7 +28,7 @@ from rm_pipeline.lib.model_registry import current_model_dir, list_models, switc
 from rm_pipeline.lib.promotion import PROMOTED, decide
 from rm_pipeline.lib.scoring import EnsembleScorer, RewardScorer, trl_reward_function
 from rm_pipeline.lib.training.ensemble import train_ensemble
-from rm_pipeline_tests.test_cli import rm_pipeline
+from rm_pipeline_tests.test_cli import rm_pipeline_here
 
 WEIGHT = 0.5  # λ
 PROMPTS = ["2+2?", "Name a colour.", "Say hi.", "What is the sky?"]
@@ -105,7 +105,7 @@ def test_score_and_evaluate_output_the_uncertainty(ensemble_dir, tmp_path):
         "".join(json.dumps({"prompt": p, "candidates": [a, "no"]}) + "\n" for p, a in zip(PROMPTS, ANSWERS))
     )
     output = tmp_path / "ranked.jsonl"
-    done = rm_pipeline(
+    done = rm_pipeline_here(
         "score", "--model", str(ensemble_dir), "--input", str(source), "--output", str(output), "--precision", "fp32"
     )
     assert done.returncode == 0, done.stderr[-2000:]
@@ -117,7 +117,7 @@ def test_score_and_evaluate_output_the_uncertainty(ensemble_dir, tmp_path):
     pairs = tmp_path / "pairs.jsonl"
     rows = [{"prompt": f"q{i}", "chosen": f"answer {i} " * (i % 4 + 1), "rejected": "no"} for i in range(20)]
     pairs.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    done = rm_pipeline("evaluate", "--model", str(ensemble_dir), "--pairs", str(pairs))
+    done = rm_pipeline_here("evaluate", "--model", str(ensemble_dir), "--pairs", str(pairs))
     assert done.returncode == 0, done.stderr[-2000:]
     uncertainty = json.loads(done.stdout)[str(pairs)]["uncertainty"]
     assert uncertainty["n"] == 20 and [row["n"] for row in uncertainty["table"]] == [4] * 5
@@ -156,7 +156,7 @@ def test_the_cli_names_a_broken_member_in_one_line(ensemble_dir, tmp_path):
     shutil.rmtree(broken / "members" / "1")
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text(json.dumps({"prompt": "q", "chosen": "a", "rejected": "b"}) + "\n")
-    done = rm_pipeline("evaluate", "--model", str(broken), "--pairs", str(pairs))
+    done = rm_pipeline_here("evaluate", "--model", str(broken), "--pairs", str(pairs))
     assert done.returncode == 3 and "Traceback" not in done.stderr
     [line] = [line for line in done.stderr.splitlines() if "member 1" in line]
     assert "members/1" in line and "not a model directory" in line
@@ -238,7 +238,7 @@ def test_scoring_with_length_calibration_applies_the_sidecar_and_says_when_there
 def test_the_cli_says_in_one_line_when_a_model_has_no_length_calibration(tiny_encoder, tmp_path):
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text(json.dumps({"prompt": "q", "chosen": "a", "rejected": "b"}) + "\n")
-    done = rm_pipeline("evaluate", "--model", tiny_encoder, "--pairs", str(pairs), "--length-calibration")
+    done = rm_pipeline_here("evaluate", "--model", tiny_encoder, "--pairs", str(pairs), "--length-calibration")
     assert done.returncode == 3 and "Traceback" not in done.stderr
     [line] = [line for line in done.stderr.splitlines() if LENGTH_CALIBRATION_FILE in line]
     assert tiny_encoder in line

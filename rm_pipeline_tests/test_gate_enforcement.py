@@ -61,18 +61,18 @@ def failure_messages(result) -> str:
 
 
 @pytest.fixture
-def bad_annotations(annotations_slice, tmp_path):
+def bad_annotations(small_annotations, tmp_path):
     folder = tmp_path / "bad_annotations"
-    shutil.copytree(annotations_slice, folder)
+    shutil.copytree(small_annotations, folder)
     (folder / "vendor_batch_7.jsonl").write_text("\n".join(GARBAGE) + "\n")
     return folder
 
 
 def test_a_failed_gate_cannot_be_sidestepped_by_running_only_downstream_stages(
-    annotations_slice, bad_annotations, storage_root
+    small_annotations, bad_annotations, storage_root
 ):
     with dg.instance_for_test() as instance:
-        good = materialize(storage_root, annotations_slice, instance, UP_TO_SPLIT)
+        good = materialize(storage_root, small_annotations, instance, UP_TO_SPLIT)
         assert good.success
         before = published(storage_root)
         assert set(before) == {f"{name}.parquet" for name in UP_TO_SPLIT}
@@ -87,7 +87,7 @@ def test_a_failed_gate_cannot_be_sidestepped_by_running_only_downstream_stages(
         changed = {name for name, digest in published(storage_root).items() if before[name] != digest}
         assert changed == {"annotation_quarantine.parquet"}  # no gate: it shows what went wrong
 
-        sidestep = materialize(storage_root, annotations_slice, instance, DOWNSTREAM)
+        sidestep = materialize(storage_root, small_annotations, instance, DOWNSTREAM)
         assert not sidestep.success
         assert not sidestep.get_asset_materialization_events()
         message = failure_messages(sidestep)
@@ -99,19 +99,19 @@ def test_a_failed_gate_cannot_be_sidestepped_by_running_only_downstream_stages(
             "annotation_quarantine.parquet": published(storage_root)["annotation_quarantine.parquet"],
         }
 
-        again = materialize(storage_root, annotations_slice, instance, UP_TO_SPLIT)
+        again = materialize(storage_root, small_annotations, instance, UP_TO_SPLIT)
         assert again.success
-        assert materialize(storage_root, annotations_slice, instance, DOWNSTREAM).success
+        assert materialize(storage_root, small_annotations, instance, DOWNSTREAM).success
     assert published(storage_root) == before  # the same good batch: the same tables, published again
 
 
-def test_a_gated_table_waits_for_its_gate_and_its_ungated_sibling_does_not(annotations_slice, storage_root):
+def test_a_gated_table_waits_for_its_gate_and_its_ungated_sibling_does_not(small_annotations, storage_root):
     """A run that stops before a gate is evaluated leaves the table pending; nothing downstream reads it."""
     with dg.instance_for_test() as instance:
         # the assets without their checks: nothing evaluates raw_annotations_valid
         result = materialize(
             storage_root,
-            annotations_slice,
+            small_annotations,
             instance,
             dg.AssetSelection.assets("raw_annotations", "annotation_quarantine").without_checks(),
         )
@@ -121,7 +121,7 @@ def test_a_gated_table_waits_for_its_gate_and_its_ungated_sibling_does_not(annot
         assert not (tables / "raw_annotations.parquet").exists()
         assert (tables / ".pending" / f"raw_annotations-{result.run_id}.parquet").exists()
 
-        downstream = materialize(storage_root, annotations_slice, instance, ["aggregated_preferences"])
+        downstream = materialize(storage_root, small_annotations, instance, ["aggregated_preferences"])
         assert not downstream.success
         message = failure_messages(downstream)
         assert "has not been through its gate raw_annotations_valid" in message and result.run_id in message
@@ -154,10 +154,10 @@ def holder_run_id(home, process, timeout=120) -> str:
     raise AssertionError("the run never took the storage root")
 
 
-def test_a_run_on_a_held_storage_root_fails_at_once_naming_the_holder(annotations_slice, tmp_path):
+def test_a_run_on_a_held_storage_root_fails_at_once_naming_the_holder(small_annotations, tmp_path):
     home = tmp_path / "home"
     with hold_storage(home, run_id="the-first-run"):
-        done = start("--annotations", str(annotations_slice), home=home)
+        done = start("--annotations", str(small_annotations), home=home)
         stdout, stderr = done.communicate(timeout=300)
         assert done.returncode == 1
         assert f"storage root {home} is in use by run the-first-run (pid {os.getpid()}) since" in stderr
@@ -168,7 +168,7 @@ def test_a_run_on_a_held_storage_root_fails_at_once_naming_the_holder(annotation
         env = {
             **os.environ,
             "RM_PIPELINE_HOME": str(home),
-            "RM_PIPELINE_ANNOTATIONS": str(annotations_slice),
+            "RM_PIPELINE_ANNOTATIONS": str(small_annotations),
             "DAGSTER_HOME": str(tmp_path),
         }
         (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
@@ -196,12 +196,12 @@ def test_a_run_on_a_held_storage_root_fails_at_once_naming_the_holder(annotation
 
 
 @pytest.mark.trains
-def test_two_concurrent_runs_on_one_storage_root_never_mix(annotations_slice, tmp_path, tiny_encoder):
+def test_two_concurrent_runs_on_one_storage_root_never_mix(small_annotations, tmp_path, tiny_encoder):
     home = tmp_path / "home"
-    first = start("--annotations", str(annotations_slice), "--base-model", tiny_encoder, home=home)
+    first = start("--annotations", str(small_annotations), "--base-model", tiny_encoder, home=home)
     try:
         first_run = holder_run_id(home, first)
-        second = start("--annotations", str(annotations_slice), "--base-model", tiny_encoder, home=home)
+        second = start("--annotations", str(small_annotations), "--base-model", tiny_encoder, home=home)
         _, stderr = second.communicate(timeout=300)
         assert second.returncode == 1
         assert f"storage root {home} is in use by run {first_run} (pid {first.pid}) since" in stderr
@@ -213,12 +213,12 @@ def test_two_concurrent_runs_on_one_storage_root_never_mix(annotations_slice, tm
 
 
 @pytest.mark.trains
-def test_the_next_run_reports_a_killed_run_failed(annotations_slice, bad_annotations, tmp_path, tiny_encoder):
+def test_the_next_run_reports_a_killed_run_failed(small_annotations, bad_annotations, tmp_path, tiny_encoder):
     home = tmp_path / "home"
     (home / "dagster").mkdir(parents=True)
     (home / "dagster" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     instance = dg.DagsterInstance.from_config(str(home / "dagster"))  # its storage created before the run opens it
-    killed = start("--annotations", str(annotations_slice), "--base-model", tiny_encoder, home=home)
+    killed = start("--annotations", str(small_annotations), "--base-model", tiny_encoder, home=home)
     try:
         killed_run = holder_run_id(home, killed)
         deadline = time.time() + 120

@@ -206,7 +206,7 @@ def test_probe_answers_of_pairs_not_scored_are_an_error():
 
 
 def test_evaluate_with_probes_prints_each_probe_flip_rate_with_its_interval(tiny_encoder, tmp_path):
-    from rm_pipeline_tests.test_cli import rm_pipeline
+    from rm_pipeline_tests.test_cli import rm_pipeline_here
 
     plain = tmp_path / "plain.jsonl"
     rows = [
@@ -226,7 +226,7 @@ def test_evaluate_with_probes_prints_each_probe_flip_rate_with_its_interval(tiny
         + "\n"
     )
     argv = ["evaluate", "--model", tiny_encoder, "--pairs", str(plain), str(chat)]
-    done = rm_pipeline(*argv, "--probes", "--probe-pairs", "5")
+    done = rm_pipeline_here(*argv, "--probes", "--probe-pairs", "5")
     assert done.returncode == 0, done.stderr[-2000:]
     results = json.loads(done.stdout)
     probes = results[str(plain)]["probes"]
@@ -238,4 +238,4 @@ def test_evaluate_with_probes_prints_each_probe_flip_rate_with_its_interval(tiny
             assert row["flip_rate_interval"]["low"] <= row["flip_rate"] <= row["flip_rate_interval"]["high"]
     assert probes["worst_probe"] in PROBE_NAMES
     assert results[str(chat)]["probes"]["sampled_pairs"] == 1
-    assert "probes" not in json.loads(rm_pipeline(*argv).stdout)[str(plain)]  # only when asked for
+    assert "probes" not in json.loads(rm_pipeline_here(*argv).stdout)[str(plain)]  # only when asked for

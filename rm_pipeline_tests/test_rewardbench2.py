@@ -12,7 +12,7 @@ import pytest
 from rm_pipeline.lib.evaluation.pair_files import read_pair_file
 from rm_pipeline.lib.evaluation.rewardbench2 import best_of_n_rows, best_of_n_summary
 from rm_pipeline.lib.table_files import AnnotationFileError
-from rm_pipeline_tests.test_cli import rm_pipeline
+from rm_pipeline_tests.test_cli import rm_pipeline_here
 
 
 def row(row_id, subset, chosen, rejected, prompt="Name something", **extra):
@@ -203,7 +203,7 @@ def test_evaluate_scores_a_rewardbench2_file_end_to_end(tiny_encoder, tmp_path):
     model = tmp_path / "rm-test"
     shutil.copytree(tiny_encoder, model)
     path = write_jsonl(tmp_path / "rb2.jsonl", GOOD_ROWS + BAD_ROWS[:1])
-    done = rm_pipeline("evaluate", "--model", str(model), "--pairs", str(path))
+    done = rm_pipeline_here("evaluate", "--model", str(model), "--pairs", str(path))
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"{path}:8: chosen: wrong_type" in done.stderr  # the bad row, by file, line and field
     result = json.loads(done.stdout)[str(path)]

@@ -20,7 +20,7 @@ from rm_pipeline.lib.scoring import (
     score_ids,
 )
 from rm_pipeline.lib.tokenization import encode
-from rm_pipeline_tests.test_cli import rm_pipeline
+from rm_pipeline_tests.test_cli import rm_pipeline_here
 
 PAIRS = pd.DataFrame(
     {
@@ -188,7 +188,9 @@ def test_evaluate_prints_one_json_object_per_file(tiny_encoder, tmp_path):
     pd.DataFrame({"prompt": ["2+2?", "Name a colour."], "chosen": ["4", "Blue."], "rejected": ["5", ""]}).to_csv(
         standard, index=False
     )
-    done = rm_pipeline("evaluate", "--model", tiny_encoder, "--pairs", str(bench), str(conversational), str(standard))
+    done = rm_pipeline_here(
+        "evaluate", "--model", tiny_encoder, "--pairs", str(bench), str(conversational), str(standard)
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout)
     summary = result[str(bench)]
@@ -216,7 +218,7 @@ def test_evaluate_names_a_file_it_cannot_read_and_keeps_the_others_results(tiny_
         )
         + "\n"
     )
-    done = rm_pipeline("evaluate", "--model", tiny_encoder, "--pairs", str(good), str(votes), str(later))
+    done = rm_pipeline_here("evaluate", "--model", tiny_encoder, "--pairs", str(good), str(votes), str(later))
     assert done.returncode == 3 and f"rm-pipeline evaluate: {votes}: holds annotator votes" in done.stderr
     assert "Traceback" not in done.stderr
     result = json.loads(done.stdout)
@@ -231,7 +233,7 @@ def test_evaluate_quarantines_what_training_rejects(tiny_encoder, tmp_path):
     bench.write_text(
         "".join(json.dumps({"prompt": "2+2?", "chosen": chosen, "rejected": "5"}) + "\n" for chosen in ("4", " ", "5"))
     )
-    done = rm_pipeline("evaluate", "--model", tiny_encoder, "--pairs", str(bench))
+    done = rm_pipeline_here("evaluate", "--model", tiny_encoder, "--pairs", str(bench))
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout)[str(bench)]["n"] == 1
     assert f"{bench}:2: chosen: empty_candidate (" in done.stderr
@@ -242,7 +244,7 @@ def test_score_output_may_be_its_input_and_a_failed_run_leaves_it_alone(tiny_enc
     source = tmp_path / "candidates.jsonl"
     original = json.dumps({"prompt": "2+2?", "candidates": ["4", "5"]}) + "\n"
     source.write_text(original)
-    done = rm_pipeline("score", "--model", tiny_encoder, "--input", str(source), "--output", str(source))
+    done = rm_pipeline_here("score", "--model", tiny_encoder, "--input", str(source), "--output", str(source))
     assert done.returncode == 0, done.stderr[-2000:]
     [ranked] = [json.loads(line) for line in source.read_text().splitlines()]
     assert ranked["candidates"] == ["4", "5"] and len(ranked["rewards"]) == 2
@@ -250,7 +252,9 @@ def test_score_output_may_be_its_input_and_a_failed_run_leaves_it_alone(tiny_enc
     source.write_text(original)
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "config.json").write_text("{}")
-    done = rm_pipeline("score", "--model", str(tmp_path / "model"), "--input", str(source), "--output", str(source))
+    done = rm_pipeline_here(
+        "score", "--model", str(tmp_path / "model"), "--input", str(source), "--output", str(source)
+    )
     assert done.returncode == 3 and "Traceback" not in done.stderr
     assert source.read_text() == original
     assert sorted(path.name for path in tmp_path.iterdir()) == ["candidates.jsonl", "model"]  # no partial file left
@@ -288,14 +292,14 @@ def test_score_writes_rewards_and_rankings(tiny_encoder, tmp_path):
         + "\n"
     )
     output = tmp_path / "ranked.jsonl"
-    done = rm_pipeline("score", "--model", tiny_encoder, "--input", str(source), "--output", str(output))
+    done = rm_pipeline_here("score", "--model", tiny_encoder, "--input", str(source), "--output", str(output))
     assert done.returncode == 0, done.stderr[-2000:]
     ranked = [json.loads(line) for line in output.read_text().splitlines()]
     assert len(ranked) == 40 and all(len(r["rewards"]) == 5 and sorted(r["ranking"]) == list(range(5)) for r in ranked)
     assert "200/200" in done.stderr  # the progress bar counted every candidate
 
     source.write_text('{"prompt": "p", "candidates": []}\n')
-    done = rm_pipeline("score", "--model", tiny_encoder, "--input", str(source))
+    done = rm_pipeline_here("score", "--model", tiny_encoder, "--input", str(source))
     assert done.returncode == 3 and f"{source}:1: candidates:" in done.stderr
 
 
@@ -311,13 +315,13 @@ def test_evaluate_reads_the_fitted_temperature_from_the_models_calibration_sidec
     pairs.write_text(
         "".join(json.dumps({"prompt": f"q{i}", "chosen": "yes " * i, "rejected": "no"}) + "\n" for i in range(1, 9))
     )
-    before = json.loads(rm_pipeline("evaluate", "--model", str(model), "--pairs", str(pairs)).stdout)[str(pairs)]
+    before = json.loads(rm_pipeline_here("evaluate", "--model", str(model), "--pairs", str(pairs)).stdout)[str(pairs)]
     assert "reward_temperature" not in before and "calibrated_ece" not in before  # never evaluated: no sidecar
     (model / "calibration.json").write_text(json.dumps({"reward_temperature": 0.05}))
-    after = json.loads(rm_pipeline("evaluate", "--model", str(model), "--pairs", str(pairs)).stdout)[str(pairs)]
+    after = json.loads(rm_pipeline_here("evaluate", "--model", str(model), "--pairs", str(pairs)).stdout)[str(pairs)]
     assert after["reward_temperature"] == 0.05
     assert after["calibrated_ece"] != after["ece"]  # sigmoid(margin / 0.05) is not sigmoid(margin)
     (model / "calibration.json").write_text('{"reward_temperature": "hot"}')
-    done = rm_pipeline("evaluate", "--model", str(model), "--pairs", str(pairs))
+    done = rm_pipeline_here("evaluate", "--model", str(model), "--pairs", str(pairs))
     assert done.returncode == 0 and "calibrated_ece" not in json.loads(done.stdout)[str(pairs)]
     assert f"{model}/calibration.json: reward_temperature must be a positive number" in done.stderr
