@@ -69,3 +69,22 @@ def test_the_import_layers_hold():
         [str(lint_imports), "--no-cache", "--no-logo"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
+
+
+def test_loading_the_definitions_imports_neither_torch_nor_great_expectations():
+    """Every process that loads the definitions (UI, daemon, each run, each CLI call) would pay seconds for them:
+    they are imported where a model runs or a gate validates."""
+    heavy = ("torch", "great_expectations", "transformers", "trl")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"import sys, rm_pipeline.definitions; print([m for m in {heavy!r} if m in sys.modules])",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"

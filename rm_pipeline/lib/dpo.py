@@ -23,7 +23,6 @@ import pandas as pd
 from rm_pipeline.lib.evaluation.accuracy import pair_credit
 from rm_pipeline.lib.evaluation.statistics import bootstrap_interval, rate_interval
 from rm_pipeline.lib.model_files import POLICY_FILE, read_json_object
-from rm_pipeline.lib.scoring import pad_right
 from rm_pipeline.lib.settings import check_settings, setting
 from rm_pipeline.lib.tokenization import prompt_messages, prompt_text
 
@@ -151,6 +150,8 @@ def response_logprobs(
     """Σ log π(response token | everything before it) per (prompt ids, response ids): the prompt's own tokens
     are context, never counted."""
     import torch
+
+    from rm_pipeline.lib.scoring import pad_right  # scoring imports torch: not at the Dagster definitions' load
 
     model.eval()
     device = next(model.parameters()).device

@@ -15,9 +15,18 @@ import pandas as pd
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")  # no network calls from a gate
 
-import great_expectations as gx
-import great_expectations.expectations as gxe
-from great_expectations.data_context.types.base import ProgressBarsConfig
+
+class _Expectations:
+    """`great_expectations.expectations`, imported when a gate first builds a suite: the import takes seconds,
+    and every process that loads the Dagster definitions (UI, daemon, each CLI call) would pay it."""
+
+    def __getattr__(self, name: str):
+        import great_expectations.expectations
+
+        return getattr(great_expectations.expectations, name)
+
+
+gxe = _Expectations()
 
 from rm_pipeline.lib.aggregation import OUTCOMES
 from rm_pipeline.lib.annotations import VOTE_COLUMNS, VOTE_LABELS
@@ -50,6 +59,9 @@ def explained(expectation, explain: str):
 
 def validate(table_name: str, frame: pd.DataFrame, expectations: list) -> GateResult:
     """Run expectations on a whole DataFrame in an ephemeral GE context."""
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     frame = frame.reset_index(drop=True)  # failing rows are reported by position

@@ -9,10 +9,10 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import torch
 
 from rm_pipeline.lib.annotations import is_message_list, role_problems
 from rm_pipeline.lib.length_calibration import read_length_calibration, remove_length_effect
@@ -29,6 +29,9 @@ from rm_pipeline.lib.precision import SCORING_PRECISION_HELP, Precision, autocas
 from rm_pipeline.lib.settings import check_settings, setting
 from rm_pipeline.lib.table_files import MAX_JSON_DEPTH, bad_char, json_depth_exceeds
 from rm_pipeline.lib.tokenization import check_remote_code, encode, load_tokenizer, quiet_loading, response_tokens
+
+if TYPE_CHECKING:  # torch is imported where a model runs: the Dagster definitions load without it
+    import torch
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,8 @@ SCORED_COLUMNS = ["prompt", "response", "conversational", "reward", "tokens", "t
 
 def pad_right(sequences: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded ids and attention mask, as the training collator builds them."""
+    import torch
+
     width = max(len(ids) for ids in sequences)
     input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
@@ -62,7 +67,6 @@ def pad_right(sequences: list[list[int]], pad_token_id: int) -> tuple[torch.Tens
     return input_ids, attention_mask
 
 
-@torch.inference_mode()
 def score_ids(
     model,
     sequences: list[list[int]],
@@ -74,6 +78,8 @@ def score_ids(
 ) -> np.ndarray:
     """One reward per token sequence. Sorting by length keeps padding, and so wasted work, small. `bf16`: under
     bf16 autocast (with the model's head `head_in_fp32`)."""
+    import torch
+
     model.eval()
     device = next(model.parameters()).device
     order = np.argsort([len(ids) for ids in sequences], kind="stable") if sort_by_length else np.arange(len(sequences))
@@ -81,7 +87,7 @@ def score_ids(
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
         input_ids, attention_mask = pad_right([sequences[i] for i in chunk], pad_token_id)
-        with autocast(device.type, bf16):
+        with torch.inference_mode(), autocast(device.type, bf16):
             logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
         rewards[chunk] = logits[:, 0].float().cpu().numpy()
         if progress:
@@ -169,6 +175,8 @@ class RewardScorer:
         if (Path(model_dir) / ENSEMBLE_FILE).is_file():
             return EnsembleScorer.load(model_dir, batch_size, trust_remote_code, precision, length_calibration)
         length_fit = read_length_calibration(Path(model_dir)) if length_calibration else None
+        import torch
+
         device = "cuda" if torch.cuda.is_available() else "cpu"
         model = load_reward_model(Path(model_dir), trust_remote_code).to(device)
         head_in_fp32(model)
