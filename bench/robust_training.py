@@ -28,6 +28,7 @@ TRAINING_FACTS = ("train_pairs", "train_seconds", "duration_seconds", "precision
 # Each lever of issue 22 alone, as `rm-pipeline run --config` settings (asset -> config); recipes/ combine them.
 LEVERS = {
     "non_contextual": {"reward_model": {"non_contextual_pairs": 1.0}},
+    "non_contextual_quarter": {"reward_model": {"non_contextual_pairs": 0.25}},  # one such pair per 4 annotated
     "style_neutral": {"reward_model": {"style_neutral_pairs": 1.0}},
     "length_calibration": {"reward_scores": {"length_calibration": True}},
     "ensemble": {"reward_model": {"ensemble_members": 3, "ensemble_member_data": "seeds", "ensemble_lambda": 1.0}},
