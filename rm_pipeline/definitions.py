@@ -1,5 +1,7 @@
 """The code location: every stage's assets and checks, the resources, the main job."""
 
+import warnings
+
 import dagster as dg
 
 from rm_pipeline.automation import automate, automation_sensor
@@ -30,6 +32,11 @@ from rm_pipeline.stages import (
     split,
 )
 from rm_pipeline.training_launcher import TrainingLauncherResource
+
+# Dagster features we build on knowingly (asset data versions, specs mapped after resolution) warn at each use, on
+# stderr, to every user: not theirs to act on. Every process that runs the stages loads this module.
+warnings.filterwarnings("ignore", category=dg.BetaWarning)
+warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
 STAGES = [annotations, aggregation, pairs, split, reward_model, scoring, report, dpo, readiness, promotion]
 
