@@ -33,6 +33,7 @@ LEVERS = {
     "length_calibration": {"reward_scores": {"length_calibration": True}},
     "ensemble": {"reward_model": {"ensemble_members": 3, "ensemble_member_data": "seeds", "ensemble_lambda": 1.0}},
     "length_head": {"reward_model": {"length_head": True}},
+    "length_head_tenth": {"reward_model": {"length_head": True, "length_correlation_weight": 0.1}},  # ODIN λ_L / 10
 }
 LEVER_SETTINGS = ("non_contextual_pairs", "style_neutral_pairs", "length_head", "ensemble_members")
 

@@ -10,6 +10,7 @@ import pandas as pd
 from rm_pipeline.lib.asset_values import SCORED_BY, SCORED_IN, EvaluationReport, PublishedModel
 from rm_pipeline.lib.fingerprints import table_fingerprint
 from rm_pipeline.lib.markdown import markdown_table
+from rm_pipeline.lib.table_files import NOTE_FOR_PEOPLE
 
 OWNERS = ["team:rm-pipeline"]
 ROW_COUNT = "dagster/row_count"  # the row count Dagster shows for a table asset
@@ -76,10 +77,11 @@ def preview(table: pd.DataFrame, columns: list[str]) -> dg.MetadataValue:
 
 
 def log_skipped(log, skipped: list[dict]) -> None:
-    """A folder's entries that are not read, one INFO line each (a README beside the batches is routine; the
-    metadata lists them all with their reasons)."""
+    """A folder's entries that are not read, one INFO line each; a README beside the batches is routine, so
+    notes for people go to DEBUG. The metadata lists them all with their reasons."""
     for row in skipped:
-        log.info(f"{row['file']}: skipped: {row['reason']} ({row['detail']})")
+        say = log.debug if row["reason"] == NOTE_FOR_PEOPLE else log.info
+        say(f"{row['file']}: skipped: {row['reason']} ({row['detail']})")
 
 
 def table_output(

@@ -6,6 +6,7 @@ new case (docs/bad-input.md, "Files and folders").
 from __future__ import annotations
 
 import json
+import logging
 import os
 import resource
 import subprocess
@@ -17,6 +18,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from rm_pipeline.asset_outputs import log_skipped
 from rm_pipeline.folder_sensors import build_annotation_folder_sensor
 from rm_pipeline.lib.annotations import read_annotations
 from rm_pipeline.lib.evaluation.inputs import EvaluationFolder
@@ -67,7 +69,8 @@ SKIPPED = {
     "partial upload": ("batch.jsonl.part", write(json.dumps(vote()) + "\n"), "temporary_name"),
     ".ndjson": ("batch.ndjson", write(json.dumps(vote()) + "\n"), "unsupported_type"),
     ".jsonl.gz": ("batch.jsonl.gz", write("\x1f\x8b"), "unsupported_type"),
-    "README": ("README.md", write("# notes"), "unsupported_type"),
+    "README": ("README.md", write("# notes"), "documentation"),
+    "notes without a suffix": ("NOTES", write("notes"), "unsupported_type"),
     "sub-folder": ("more", lambda folder, path: path.mkdir(), "folder"),
     "sub-folder named like a batch": ("sub.jsonl", lambda folder, path: path.mkdir(), "folder"),
 }
@@ -372,3 +375,14 @@ def test_a_review_showing_one_side_is_checked_against_it(comparisons, tmp_path, 
     result = read_reviews([path], comparisons)
     assert result.decisions["review_decision"].tolist() == ([applied] if applied else [])
     assert [(row.reason, row.field) for row in result.quarantine.itertuples()] == ([quarantined] if quarantined else [])
+
+
+def test_a_readme_beside_the_batches_is_logged_quietly_and_a_file_not_read_is_not(tmp_path, caplog):
+    folder = tmp_path / "annotations"
+    folder.mkdir()
+    (folder / "README.md").write_text("# where these batches come from")
+    (folder / "batch.ndjson").write_text(json.dumps(vote()) + "\n")
+    caplog.set_level(logging.DEBUG)
+    log_skipped(logging.getLogger("rm_pipeline_tests"), folder_files(folder, settle_seconds=0).skipped)
+    levels = {Path(record.message.split(":")[0]).name: record.levelname for record in caplog.records}
+    assert levels == {"README.md": "DEBUG", "batch.ndjson": "INFO"}

@@ -135,10 +135,7 @@ def test_the_model_flows_as_a_value_and_its_published_directory_is_never_rewritt
     assert set(scores["scored_by"]) == {model_dir.name}  # each score row names the model that made it
     scored = materialization(evaluated["result"], "reward_scores")
     skipped = [(Path(r.data["file"]).name, r.data["reason"]) for r in scored["evaluation_files_skipped"].value.records]
-    assert ("~$labelled.csv", "lock_file") in skipped and (
-        "README.md",
-        "unsupported_type",
-    ) in skipped  # named, not read
+    assert ("~$labelled.csv", "lock_file") in skipped and ("README.md", "documentation") in skipped  # named, not read
     # once reward_model is materialised, only each evaluation asset's own sidecar is written into the model directory
     published_at = evaluated["instance"].get_latest_materialization_event(dg.AssetKey("reward_model")).timestamp
     written_after = {path.name for path in model_dir.rglob("*") if path.stat().st_mtime > published_at}

@@ -103,6 +103,8 @@ BUSY = "still_being_written"
 _BUSY_DETAIL = f"modified in the last {SETTLE_SECONDS:g} s and still changing: left for the next run"
 _LOCK_FILE = re.compile(r"~\$.*|\.~lock\..*#")  # Office's, LibreOffice's: written while a file is open
 _TEMPORARY_SUFFIXES = (".tmp", ".part", ".partial")
+_NOTE_FOR_PEOPLE = re.compile(r"(README|LICEN[CS]E|NOTICE)(\..*)?|.*\.(md|txt|rst)", re.IGNORECASE)
+NOTE_FOR_PEOPLE = "documentation"  # a skip reason that is routine, not a problem (logged quietly)
 _FILE_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device"}
 
 
@@ -127,6 +129,8 @@ def skip_reason(path: Path, inside: str | None = None, suffixes=SUPPORTED_SUFFIX
         return "folder", "sub-folders are not read"
     if not stat.S_ISREG(mode):
         return "not_regular_file", f"{_FILE_KINDS.get(stat.S_IFMT(mode), 'a socket')}, not a regular file"
+    if path.suffix.lower() not in suffixes and _NOTE_FOR_PEOPLE.fullmatch(name):
+        return NOTE_FOR_PEOPLE, "a note for people (README, LICENSE, .md, .txt), not a batch"
     if path.suffix.lower() not in suffixes:
         return "unsupported_type", f"{''.join(path.suffixes) or 'no suffix'}: read are {', '.join(suffixes)}"
     return None
