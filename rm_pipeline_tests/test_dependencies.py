@@ -1,16 +1,18 @@
 """The installed versions meet pyproject's floors, and behave the way the code relies on."""
 
+import ast
+import sys
 import tomllib
-from importlib.metadata import version
+from importlib.metadata import packages_distributions, version
 
 import pytest
 from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from rm_pipeline_tests.conftest import REPO_ROOT
 
-DEPENDENCIES = [
-    Requirement(text) for text in tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-]
+PROJECT = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+DEPENDENCIES = [Requirement(text) for text in PROJECT["dependencies"]]
 
 
 @pytest.mark.parametrize("requirement", DEPENDENCIES, ids=[r.name for r in DEPENDENCIES])
@@ -18,6 +20,33 @@ def test_installed_version_meets_the_declared_range(requirement):
     assert requirement.specifier.contains(version(requirement.name), prereleases=True), (
         f"{requirement.name} {version(requirement.name)} is outside {requirement.specifier}"
     )
+
+
+def test_every_package_the_code_imports_is_declared():
+    """An import that works only because another package happens to pull it in breaks on the day that one
+    stops: the package itself imports only what pyproject declares (the deploy extra's launchers included)."""
+    declared = {
+        canonicalize_name(Requirement(text).name)
+        for text in PROJECT["dependencies"] + PROJECT["optional-dependencies"]["deploy"]
+    }
+    distributions = packages_distributions()
+    undeclared = {}
+    for path in (REPO_ROOT / "rm_pipeline").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                if top in sys.stdlib_module_names or top == "rm_pipeline":
+                    continue
+                owners = {canonicalize_name(owner) for owner in distributions.get(top, [top])}
+                if not owners & declared:
+                    undeclared.setdefault(top, path.relative_to(REPO_ROOT).as_posix())
+    assert not undeclared, f"imported but not declared in pyproject (module: first file): {undeclared}"
 
 
 def test_a_float_warmup_below_one_is_a_share_of_the_steps():
