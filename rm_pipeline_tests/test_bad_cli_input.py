@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from rm_pipeline_tests.test_cli import TOY, rm_pipeline
+from rm_pipeline_tests.support.cli import TOY, rm_pipeline
 
 GOOD_CANDIDATES = json.dumps({"prompt": "2+2?", "candidates": ["4", "5"]}) + "\n"
 DEEP_LINE = "[" * 10_000 + "]" * 10_000 + "\n"  # Python's JSON parser overflows its stack on this

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from rm_pipeline_tests.test_cli import TOY, rm_pipeline, rm_pipeline_here
+from rm_pipeline_tests.support.cli import TOY, rm_pipeline, rm_pipeline_here
 
 CANDIDATES = json.dumps({"prompt": "2+2?", "candidates": ["4", "5"]}) + "\n"
 

@@ -176,7 +176,7 @@ def run_cli_here(*args):
     """`run_cli` in this process (no interpreter to start): the refusals come before any work."""
     from unittest.mock import patch
 
-    from rm_pipeline_tests.test_cli import rm_pipeline_here
+    from rm_pipeline_tests.support.cli import rm_pipeline_here
 
     with patch.dict(os.environ, clear=True):
         os.environ.update(clean_environment())

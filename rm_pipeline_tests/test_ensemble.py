@@ -28,7 +28,7 @@ from rm_pipeline.lib.model_registry import current_model_dir, list_models, switc
 from rm_pipeline.lib.promotion import PROMOTED, decide
 from rm_pipeline.lib.scoring import EnsembleScorer, RewardScorer, trl_reward_function
 from rm_pipeline.lib.training.ensemble import train_ensemble
-from rm_pipeline_tests.test_cli import rm_pipeline_here
+from rm_pipeline_tests.support.cli import rm_pipeline_here
 
 WEIGHT = 0.5  # λ
 PROMPTS = ["2+2?", "Name a colour.", "Say hi.", "What is the sky?"]

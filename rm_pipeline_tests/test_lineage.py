@@ -87,7 +87,7 @@ def test_lineage_of_a_trained_model_and_a_batch_changed_on_disk(
 
     from rm_pipeline.folder_sensors import folder_version
     from rm_pipeline.lib.fingerprints import fingerprint_folder
-    from rm_pipeline_tests.test_cli import rm_pipeline
+    from rm_pipeline_tests.support.cli import rm_pipeline
 
     folder = tmp_path / "annotations"
     shutil.copytree(annotations_slice, folder)

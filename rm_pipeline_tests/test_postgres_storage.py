@@ -20,10 +20,10 @@ import pytest
 from rm_pipeline.definitions import reward_pipeline_job
 from rm_pipeline.lib.lineage import CHAIN
 from rm_pipeline_tests.support import postgres_server as postgres_server_module
+from rm_pipeline_tests.support.cli import rm_pipeline
 from rm_pipeline_tests.support.dagster_dev import REPO_ROOT, code_server, dagster_daemon
 from rm_pipeline_tests.support.postgres_server import ROLE
 from rm_pipeline_tests.test_automation import AFTER_TRAINING, DATA_STAGES
-from rm_pipeline_tests.test_cli import rm_pipeline
 from rm_pipeline_tests.test_reward_model_stage import CHECKPOINTING
 
 # a checkpoint every 2 steps of 8 pairs; a quarter epoch: 8 steps

@@ -206,7 +206,7 @@ def test_probe_answers_of_pairs_not_scored_are_an_error():
 
 
 def test_evaluate_with_probes_prints_each_probe_flip_rate_with_its_interval(tiny_encoder, tmp_path):
-    from rm_pipeline_tests.test_cli import rm_pipeline_here
+    from rm_pipeline_tests.support.cli import rm_pipeline_here
 
     plain = tmp_path / "plain.jsonl"
     rows = [

@@ -12,7 +12,7 @@ import pytest
 from rm_pipeline.lib.evaluation.pair_files import read_pair_file
 from rm_pipeline.lib.evaluation.rewardbench2 import best_of_n_rows, best_of_n_summary
 from rm_pipeline.lib.table_files import AnnotationFileError
-from rm_pipeline_tests.test_cli import rm_pipeline_here
+from rm_pipeline_tests.support.cli import rm_pipeline_here
 
 
 def row(row_id, subset, chosen, rejected, prompt="Name something", **extra):

@@ -20,7 +20,7 @@ from rm_pipeline.lib.scoring import (
     score_ids,
 )
 from rm_pipeline.lib.tokenization import encode
-from rm_pipeline_tests.test_cli import rm_pipeline_here
+from rm_pipeline_tests.support.cli import rm_pipeline_here
 
 PAIRS = pd.DataFrame(
     {
