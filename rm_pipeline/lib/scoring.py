@@ -27,7 +27,7 @@ from rm_pipeline.lib.model_files import (
 )
 from rm_pipeline.lib.precision import SCORING_PRECISION_HELP, Precision, autocast, head_in_fp32, scores_in_bf16
 from rm_pipeline.lib.settings import check_settings, setting
-from rm_pipeline.lib.table_files import MAX_JSON_DEPTH, bad_char, json_depth_exceeds
+from rm_pipeline.lib.table_files import MAX_JSON_DEPTH, json_depth_exceeds, text_problem
 from rm_pipeline.lib.tokenization import check_remote_code, encode, load_tokenizer, quiet_loading, response_tokens
 
 if TYPE_CHECKING:  # torch is imported where a model runs: the Dagster definitions load without it
@@ -304,14 +304,6 @@ def _candidate_text(value):
     return value if isinstance(value, str) else None
 
 
-def _text_problem(value) -> str | None:
-    """Ingestion's text rule (table_files): no lone surrogate (valid JSON, but no tokenizer takes it), no NUL."""
-    char = bad_char(value)
-    if char is None:
-        return None
-    return "holds a NUL character" if char == "\x00" else "is not valid UTF-8 text"
-
-
 def _record_problems(record: dict) -> list[str]:
     """Each field of a candidates record that can't be scored, as `field: problem`; ingestion's rules for text
     and message roles."""
@@ -319,7 +311,7 @@ def _record_problems(record: dict) -> list[str]:
     if not (isinstance(prompt, str) and prompt.strip()) and not is_message_list(prompt):
         problems = ["prompt: must be non-empty text or a list of {role, content} messages"]
     else:
-        text = _text_problem(prompt)
+        text = text_problem(prompt)
         if text is None and isinstance(prompt, list):
             text = role_problems(pd.Series([prompt], dtype=object), "prompt", answer=False).iloc[0]
         problems = [f"prompt: {text}"] if isinstance(text, str) else []
@@ -336,7 +328,7 @@ def _record_problems(record: dict) -> list[str]:
             problems.append(
                 f"candidates[{i}]: a candidate message is the assistant's, not a {candidate['role']!r} message"
             )
-        elif (problem := _text_problem(_candidate_text(candidate))) is not None:
+        elif (problem := text_problem(_candidate_text(candidate))) is not None:
             problems.append(f"candidates[{i}]: {problem}")
     return problems
 

@@ -281,7 +281,7 @@ def _split_bad_text(path: Path, frame: pd.DataFrame, quarantine: pd.DataFrame) -
     rows = []
     for index in frame.index[bad]:
         name = cells.columns[cells.loc[index].to_numpy().argmax()]
-        problem = "holds a NUL character" if bad_char(frame.at[index, name]) == "\x00" else "is not valid UTF-8 text"
+        problem = text_problem(frame.at[index, name])
         raw = json.dumps(frame.loc[index].drop("line").to_dict(), ensure_ascii=True, default=str)  # escapes: valid
         rows.append(_quarantine_row(path, int(frame.at[index, "line"]), name, "bad_encoding", f"{name} {problem}", raw))
     held = pd.DataFrame(rows, columns=QUARANTINE_COLUMNS)
@@ -302,6 +302,15 @@ def bad_char(value) -> str | None:
     if isinstance(value, (list, tuple, np.ndarray)):
         return next((c for c in map(bad_char, value) if c is not None), None)
     return None
+
+
+def text_problem(value) -> str | None:
+    """What is wrong with a value's text, as a message's end, or None: a NUL, or a lone surrogate (valid JSON,
+    or non-UTF-8 bytes decoded with surrogateescape, but text no tokenizer takes)."""
+    char = bad_char(value)
+    if char is None:
+        return None
+    return "holds a NUL character" if char == "\x00" else "is not valid UTF-8 text"
 
 
 def _read_parquet(path: Path, data: bytes) -> pd.DataFrame:
