@@ -345,6 +345,26 @@ def test_a_throwaway_instance_claims_nothing(annotations_slice, tmp_path):
     assert not (root / storage_lock.INSTANCE_FILE).exists()
 
 
+BAD_CLAIMS = {
+    "cut short": ('{"instance_id": "ab', "not a readable claim (JSONDecodeError:"),
+    "a list": ('["ab"]', "not a claim (a JSON object expected, not a list)"),
+    "no instance_id": ('{"dagster_home": "/x"}', "names no instance_id"),
+    "not UTF-8": (b'{"instance_id": "\xff"}', "not a readable claim (UnicodeDecodeError:"),
+}
+
+
+@pytest.mark.parametrize("content, message", list(BAD_CLAIMS.values()), ids=list(BAD_CLAIMS))
+def test_an_unreadable_claim_refuses_the_run_in_one_line_and_is_left_as_it_was(content, message, tmp_path):
+    path = tmp_path / storage_lock.INSTANCE_FILE
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    before = path.read_bytes()
+    with pytest.raises(storage_lock.ForeignInstance) as refused:
+        storage_lock.check_instance(tmp_path, str(tmp_path / "dagster"), lambda create: "this-instance", False)
+    text = str(refused.value)
+    assert str(path) in text and message in text and "restore it, or remove it" in text and "\n" not in text
+    assert path.read_bytes() == before  # a damaged claim is the user's to mend: nothing overwrites it
+
+
 # ---------------------------------------------------------------- files written, rows read
 
 
