@@ -23,6 +23,7 @@ from rm_pipeline.lib.tokenization import encode, load_tokenizer, token_lengths
 from rm_pipeline.lib.training.data import margins, pair_dataset
 from rm_pipeline.lib.training.model import freeze_all_but_last, load_model
 from rm_pipeline.lib.training.publish import publish
+from rm_pipeline.lib.training.resume import last_complete_checkpoint
 from rm_pipeline.lib.training.run import train_reward_model
 from rm_pipeline.lib.training.settings import TrainingSettings
 
@@ -476,3 +477,16 @@ def test_training_accuracy_counts_a_tie_as_half_right_like_the_evaluation(tiny_e
     assert trainer.evaluate()["eval_accuracy"] == pytest.approx(0.5)
     scored = RewardScorer.of(model, tokenizer).score_pairs(learnable_pairs(8, start=100))
     assert reward_statistics(scored)["eval_accuracy"] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("removes", [True, False], ids=["the main process", "another process"])
+def test_each_process_resumes_from_the_same_checkpoint_and_only_the_main_one_removes_a_cut_short_one(removes, tmp_path):
+    complete, cut_short = tmp_path / "checkpoint-2", tmp_path / "checkpoint-4"
+    for folder in (complete, cut_short):
+        folder.mkdir()
+    (complete / "trainer_state.json").write_text('{"global_step": 2}')
+    (cut_short / "trainer_state.json").write_text('{"global_step": 4')  # killed mid-write
+    logs = []
+    chosen = last_complete_checkpoint(tmp_path, lambda kind, payload: logs.append(payload["message"]), removes)
+    assert chosen == str(complete)
+    assert cut_short.exists() is not removes and len(logs) == int(removes)

@@ -11,11 +11,12 @@ from pathlib import Path
 from rm_pipeline.lib.training.settings import Report
 
 
-def last_complete_checkpoint(checkpoint_dir: Path, report: Report) -> str | None:
+def last_complete_checkpoint(checkpoint_dir: Path, report: Report, remove_cut_short: bool = True) -> str | None:
     """The newest checkpoint written to the end, or None. Trainer writes a checkpoint's files in place and
     trainer_state.json last, so a process killed while saving leaves a newer folder without that file (or with
     it cut short), which transformers' `get_last_checkpoint` would pick and fail to resume from. Such folders
-    are removed, each with a log line."""
+    are removed, each with a log line, where `remove_cut_short` (one process of several: the others, skipping
+    the same folders, reach the same answer without racing it to delete them)."""
     from transformers.trainer import TRAINER_STATE_NAME
     from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
@@ -29,10 +30,12 @@ def last_complete_checkpoint(checkpoint_dir: Path, report: Report) -> str | None
             json.loads((folder / TRAINER_STATE_NAME).read_text(encoding="utf-8"))
             return str(folder)
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            report(
-                "log", {"message": f"{folder}: cut short while being saved (no complete {TRAINER_STATE_NAME}), removed"}
-            )
-            shutil.rmtree(folder)
+            if remove_cut_short:
+                report(
+                    "log",
+                    {"message": f"{folder}: cut short while being saved (no complete {TRAINER_STATE_NAME}), removed"},
+                )
+                shutil.rmtree(folder)
     return None
 
 
@@ -41,7 +44,7 @@ def fit(trainer, checkpoint_dir: Path, report: Report):
     (TRL's train output, seconds spent, the checkpoint resumed from)."""
     import torch
 
-    resume_from = last_complete_checkpoint(checkpoint_dir, report)
+    resume_from = last_complete_checkpoint(checkpoint_dir, report, remove_cut_short=trainer.is_world_process_zero())
     if resume_from:
         report("log", {"message": f"resuming from {resume_from}"})
     if torch.cuda.is_available():
