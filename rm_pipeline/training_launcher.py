@@ -16,6 +16,7 @@ from pydantic import Field
 
 from rm_pipeline.lib.environment import (
     K8S_NAMESPACE,
+    RUN_PROCESS,
     TRAINING_GPUS,
     TRAINING_IMAGE,
     TRAINING_LAUNCHER,
@@ -112,7 +113,7 @@ class SubprocessTrainingLauncher(TrainingLauncherResource):
         return worker_command(sys.executable, training_processes(self.processes, visible_gpus()))
 
     def launch(self, context, extras, storage_root):
-        client = dg.PipesSubprocessClient(env=WORKER_ENVIRONMENT)
+        client = dg.PipesSubprocessClient(env={**WORKER_ENVIRONMENT, RUN_PROCESS.name: str(os.getpid())})
         with worker_errors_named(context):
             return client.run(context=context, command=self.command(), extras=extras)
 

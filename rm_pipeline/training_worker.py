@@ -2,14 +2,65 @@
 reward_model asset through Dagster Pipes (or `accelerate launch` with several GPUs). Its logs and
 metrics stream into the Dagster run; its memory goes back to the system when it exits."""
 
+# ruff: noqa: E402 (the guard below runs before the imports that take seconds)
 import ctypes
-import errno
 import os
-import shutil
 import signal
 import sys
 import threading
 import time
+
+from rm_pipeline.lib.environment import RUN_PROCESS
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent() -> None:
+    """A run killed outright (SIGKILL) leaves no training behind still writing a model: the kernel kills this
+    process when its parent dies (Linux), and a watch kills it when its parent or the run step that launched
+    training ($RM_PIPELINE_RUN_PROCESS: under `accelerate launch` the parent is accelerate, which outlives the
+    step) is gone, elsewhere or if the kernel's signal is missed."""
+    parent, run_step = os.getppid(), int(RUN_PROCESS.get())
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+    def orphaned() -> bool:
+        return os.getppid() != parent or (run_step > 0 and not process_alive(run_step))
+
+    if orphaned():  # gone before prctl took effect
+        os._exit(1)
+
+    def watch() -> None:
+        while not orphaned():
+            time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    if parent > 1 or run_step > 0:  # pid 1 (a container's init) never goes away
+        threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def process_alive(pid: int) -> bool:
+    """Whether `pid` runs: a killed process whose parent has not collected it yet (a zombie) does not."""
+    if os.path.isdir("/proc/self"):
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as stat:
+                return stat.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+        except FileNotFoundError:
+            return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: it runs
+        pass
+    return True
+
+
+if __name__ == "__main__":  # first: a run killed while this process still imports must take it along
+    die_with_parent()
+
+import errno
+import shutil
 import warnings
 from pathlib import Path
 
@@ -23,27 +74,6 @@ from rm_pipeline.lib.training.ensemble import train_model
 from rm_pipeline.lib.training.settings import TrainingSettings
 
 SUMMARY_KEYS = ("step", "loss", "accuracy", "eval_accuracy", "eval_loss", "eta_s")
-
-
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
-
-
-def die_with_parent() -> None:
-    """A run killed outright (SIGKILL) leaves no training behind still writing a model: the kernel kills this
-    process when its parent dies (Linux), and a watch on the parent's pid does it elsewhere or if that is missed."""
-    parent = os.getppid()
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:  # it died before prctl took effect
-        os._exit(1)
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os.kill(os.getpid(), signal.SIGKILL)
-
-    if parent > 1:  # pid 1 (a container's init) never goes away
-        threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def where_it_failed(error: Exception, models_dir: str) -> Exception:
@@ -128,7 +158,6 @@ def quiet() -> None:
 
 
 if __name__ == "__main__":
-    die_with_parent()
     quiet()
     with open_dagster_pipes() as context:
         run(context)

@@ -19,7 +19,9 @@ import dagster as dg
 import pytest
 
 from rm_pipeline.lib import storage_lock
+from rm_pipeline.lib.environment import TRAINING_PROCESSES
 from rm_pipeline.lib.storage_lock import LOCK_FILE, hold_storage, peek
+from rm_pipeline.training_worker import process_alive
 
 
 def model(root: Path, name: str = "m1", **files) -> Path:
@@ -437,15 +439,15 @@ def is_worker(pid: int) -> bool:
         return False
 
 
-def alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+KILLED_WHILE = {  # (training processes, seconds from the worker's start to the kill)
+    "importing": (1, 0),  # before its imports end: its parent-watch must already be set
+    "training under accelerate": (2, 3),  # the workers' parent is accelerate, which outlives the run
+}
 
 
 @pytest.mark.trains
-def test_sigkill_to_run_kills_the_training_worker(annotations_slice, tiny_encoder, tmp_path):
+@pytest.mark.parametrize("processes, after", list(KILLED_WHILE.values()), ids=list(KILLED_WHILE))
+def test_sigkill_to_run_kills_the_training_workers(processes, after, annotations_slice, tiny_encoder, tmp_path):
     root = tmp_path / "home"
     slow = tmp_path / "slow.yaml"
     slow.write_text("ops:\n  reward_model:\n    config:\n      epochs: 50\n")
@@ -454,24 +456,25 @@ def test_sigkill_to_run_kills_the_training_worker(annotations_slice, tiny_encode
         + ["--base-model", tiny_encoder, "--config", str(slow)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        env=clean_environment(),
+        env={**clean_environment(), TRAINING_PROCESSES.name: str(processes)},
     )
+    workers = []
     try:
         deadline = time.time() + 300
-        while not (workers := [pid for pid in children(run.pid) if is_worker(pid)]):
-            assert run.poll() is None and time.time() < deadline, "training never started"
-            time.sleep(0.2)
-        time.sleep(3)  # into training
+        while len(workers := [pid for pid in children(run.pid) if is_worker(pid)]) < processes + (processes > 1):
+            assert run.poll() is None and time.time() < deadline, f"training never started: {workers}"
+            time.sleep(0.05)
+        time.sleep(after)
         run.send_signal(signal.SIGKILL)
         run.wait()
-        deadline = time.time() + 10
-        while any(alive(pid) for pid in workers) and time.time() < deadline:
+        deadline = time.time() + 30
+        while any(map(process_alive, workers)) and time.time() < deadline:
             time.sleep(0.2)
-        assert not any(alive(pid) for pid in workers), "the training worker outlived its run"
+        assert not [pid for pid in workers if process_alive(pid)], "a training process outlived its run"
     finally:
         run.kill()
-        for pid in workers if "workers" in locals() else []:
-            if alive(pid):
+        for pid in workers:
+            if process_alive(pid):
                 os.kill(pid, signal.SIGKILL)
     assert not [path for path in (root / "models").iterdir() if not path.name.startswith(".")]
 

@@ -135,6 +135,15 @@ ALLOW_REMOTE_CODE = EnvironmentVariable(
     "1: a run config's `trust_remote_code: true` (base_model resource) is honoured, running code shipped with the "
     "model; otherwise such a run is refused. Set it where the code server runs.",
 )
+RUN_PROCESS = EnvironmentVariable(
+    "RM_PIPELINE_RUN_PROCESS",
+    "0",
+    "Set by the subprocess launcher for its workers, not by users: the process id of the run step that started "
+    "training. Every training process on the machine (under `accelerate launch` too) exits when that one is gone; "
+    "0: only the worker's own parent is watched.",
+    "a whole number, at least 0",
+    lambda value: value.isascii() and value.isdigit(),
+)
 
 VARIABLES: tuple[EnvironmentVariable, ...] = (
     HOME,
@@ -149,6 +158,7 @@ VARIABLES: tuple[EnvironmentVariable, ...] = (
     TRAINING_IMAGE,
     TRAINING_GPUS,
     TRAINING_PROCESSES,
+    RUN_PROCESS,
     TRAINING_NETWORK,
     K8S_NAMESPACE,
     DPO_POLICY,
