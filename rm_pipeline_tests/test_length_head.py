@@ -166,7 +166,7 @@ def test_a_length_head_run_publishes_a_one_unit_model_with_its_provenance(tiny_e
     assert np.isfinite(rewards[["chosen_reward", "rejected_reward"]].to_numpy()).all()
     recorded = json.loads((directory / TRAINING_SETTINGS_FILE).read_text())
     assert recorded["length_head"] is True and recorded["length_correlation_weight"] == 0.5
-    assert recorded["head_orthogonality_weight"] == 1.0
+    assert recorded["head_orthogonality_weight"] == 0.0
     for name in ("length_corr_quality", "length_corr_length", "eval_length_corr_quality"):
         assert -1 <= result.metrics[name] <= 1, name
     assert -1 <= result.metrics["eval_reward_length_correlation"] <= 1
@@ -190,6 +190,34 @@ def test_the_quality_head_ignores_length_where_a_plain_model_learns_it(tiny_enco
         correlations[name] = reward_length_correlation(scored)
     assert correlations["plain"] > 0.6, correlations  # length is learnt: the shortcut to remove
     assert abs(correlations["odin"]) < correlations["plain"] / 2, correlations
+
+
+def content_and_length_pairs(n: int, seed: int) -> pd.DataFrame:
+    """The chosen answer says `excellent`, the rejected one `terrible`; the chosen one is also longer in three
+    pairs of four (length follows preference, as in real annotations, but does not decide it)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        padding = " ".join(["well"] * int(rng.integers(3, 10)))
+        chosen, rejected = "the answer is excellent", "the answer is terrible"
+        chosen, rejected = (f"{chosen} {padding}", rejected) if i % 4 else (chosen, f"{rejected} {padding}")
+        rows.append({"prompt": f"question {i}", "chosen": chosen, "rejected": rejected, "conversational": False})
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.trains
+def test_the_quality_head_learns_what_is_not_length(tiny_encoder, tmp_path):
+    """Seeded: where preference shows in content as well as in length, the published quality head learns the
+    content: it ranks equal-length answers by it, as the model a plain run publishes does. (This seed with
+    head_orthogonality_weight 1, the default before, left the quality head reading length backwards: 0.0.)"""
+    torch.manual_seed(0)
+    train, held_out = content_and_length_pairs(64, seed=1), learnable_pairs(32, start=100)  # held out: equal lengths
+    base = dict(epochs=6.0, learning_rate=3e-3, early_stopping_patience=None, eval_steps=1000, logging_steps=8)
+    settings = encoder_settings(tiny_encoder, **base, length_head=True)
+    result = train_reward_model(train, held_out, settings, tmp_path / "odin", "rm-odin")
+    scored = RewardScorer.load(result.model_dir, precision="fp32").score_pairs(held_out)
+    accuracy = float((scored["chosen_reward"] > scored["rejected_reward"]).mean())
+    assert accuracy >= 0.9, accuracy
 
 
 @pytest.mark.trains

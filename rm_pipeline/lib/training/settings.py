@@ -129,9 +129,10 @@ class TrainingSettings:
         minimum=0,
     )
     head_orthogonality_weight: float = setting(
-        1.0,
+        0.0,
         "With length_head, λ_O of ODIN's |w_Q·w_L|, the two head rows centred and normalised (their cosine), so that "
-        "the heads read different features.",
+        "the heads read different features. 0 (off) as in RLHFlow's ODIN re-implementation: at 1, one seed in "
+        "three left the quality head reading length backwards (docs/evaluation.md).",
         minimum=0,
     )
     # evaluation, early stopping and progress
