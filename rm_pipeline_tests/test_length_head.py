@@ -87,6 +87,27 @@ def test_a_bad_weight_is_one_line_naming_it(field, value):
     assert "\n" not in message and field in message and "at least 0" in message
 
 
+@pytest.mark.parametrize(
+    "head, message",
+    [
+        (torch.nn.Identity(), "Identity, the score head, has no linear layer"),
+        (torch.nn.Linear(32, 2), "the score head has 2 outputs, not 1"),
+    ],
+    ids=["no linear layer", "two outputs"],
+)
+def test_a_score_head_a_length_head_cannot_join_is_one_line_naming_it(tiny_encoder, head, message):
+    from transformers import AutoModelForSequenceClassification
+
+    from rm_pipeline.lib.training.length_head import add_length_head
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_encoder)
+    model.classifier = head
+    with pytest.raises(SettingError) as raised:
+        add_length_head(model)
+    assert message in str(raised.value) and "length_head is on" in str(raised.value)
+    assert "\n" not in str(raised.value)
+
+
 class OneProcess:
     """What `DeviceStatistics.read` needs of accelerate's Accelerator in a single process: gather is identity."""
 
