@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import resource
+import signal
 import subprocess
 import sys
 import textwrap
@@ -177,6 +178,29 @@ def test_a_file_that_is_not_regular_is_refused_before_it_is_read(tmp_path, kind)
     with pytest.raises(AnnotationFileError, match="not a regular file") as raised:
         read_batch_bytes(path)
     assert raised.value.path == str(path)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev_zero", "folder"])
+def test_a_batch_swapped_for_a_file_that_is_not_regular_is_neither_hashed_nor_waited_on(tmp_path, kind):
+    """What the folder sensor and `rm-pipeline lineage` hash was a batch when listed or recorded; replaced since by
+    a FIFO (whose open would wait for a writer) or a link to /dev/zero (endless), it is refused at once."""
+    from rm_pipeline.lib.fingerprints import digest_batch_file
+    from rm_pipeline.lib.lineage import file_sha256
+    from rm_pipeline.lib.table_files import NotRegularFile
+
+    def blocked(signum, frame):
+        raise TimeoutError("still opening or reading after 10 s")
+
+    path = not_a_regular_file(tmp_path / "batch.jsonl", kind)
+    before = signal.signal(signal.SIGALRM, blocked)
+    signal.alarm(10)  # a blocked open fails the test instead of hanging it
+    try:
+        with pytest.raises(NotRegularFile, match="not a regular file"):
+            digest_batch_file(path)
+        assert file_sha256(path) is None  # lineage: not the file it recorded
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, before)
 
 
 def _limit_memory():  # a reader of /dev/zero fails fast instead of taking the machine's memory

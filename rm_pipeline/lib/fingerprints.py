@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rm_pipeline.lib.pairs import tie_pairs
-from rm_pipeline.lib.table_files import SETTLE_SECONDS, UTF8_BOM, AnnotationFileError, folder_files
+from rm_pipeline.lib.table_files import SETTLE_SECONDS, UTF8_BOM, AnnotationFileError, folder_files, open_regular_file
 
 # Everything training reads from a pair: a change in any of them is new training data.
 TRAINING_COLUMNS = ["pair_id", "prompt", "conversational", "chosen", "rejected", "strength", "split"]
@@ -162,7 +162,7 @@ def digest_batch_file(path: Path | str) -> tuple[str, int | None]:
     path = Path(path)
     suffix = path.suffix.lower()
     hasher = hashlib.sha256()
-    with open(path, "rb") as file:
+    with open_regular_file(path) as file:  # a batch swapped for a FIFO or /dev/zero since the listing: refused
         chunks = _hashed_chunks(file, hasher)
         if suffix == ".csv":
             rows = _count_csv_records(chunks)

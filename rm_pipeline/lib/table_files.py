@@ -8,6 +8,7 @@ all come through here. Knows nothing of Dagster or of what the rows mean.
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import os
@@ -17,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -200,24 +202,34 @@ def read_batch_bytes(
 def _read_regular_file(path: Path) -> bytes:
     """A regular file's bytes, its kind and size checked on the open file before reading (no FIFO blocks)."""
     try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except OSError as error:
-        raise AnnotationFileError(path, f"can't be read: {error.strerror}") from error
-    try:
-        status = os.fstat(descriptor)
-        if not stat.S_ISREG(status.st_mode):
-            kind = {**_FILE_KINDS, stat.S_IFDIR: "a folder"}.get(stat.S_IFMT(status.st_mode), "a socket")
-            raise AnnotationFileError(path, f"not a regular file ({kind}): only regular files are read")
-        if status.st_size > MAX_FILE_BYTES:
-            raise AnnotationFileError(
-                path, f"{status.st_size:,} bytes: larger than the {MAX_FILE_BYTES:,}-byte maximum"
-            )
-        with open(descriptor, "rb", closefd=False) as file:
+        with open_regular_file(path) as file:
+            size = os.fstat(file.fileno()).st_size
+            if size > MAX_FILE_BYTES:
+                raise AnnotationFileError(path, f"{size:,} bytes: larger than the {MAX_FILE_BYTES:,}-byte maximum")
             return file.read(MAX_FILE_BYTES + 1)  # bounded even if it grows meanwhile (then it is read again)
+    except NotRegularFile as error:
+        raise AnnotationFileError(path, error.strerror) from None
     except OSError as error:
         raise AnnotationFileError(path, f"can't be read: {error.strerror}") from error
-    finally:
+
+
+class NotRegularFile(OSError):
+    """A path that names a FIFO, a device, a socket or a folder where a file is to be read."""
+
+
+def open_regular_file(path: Path | str) -> BinaryIO:
+    """`path` opened for reading, if it is a regular file: checked on the open file, so a FIFO neither blocks
+    the open nor is read, and a file swapped for a device after a listing is still refused (NotRegularFile)."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        mode = os.fstat(descriptor).st_mode
+        if not stat.S_ISREG(mode):
+            kind = {**_FILE_KINDS, stat.S_IFDIR: "a folder"}.get(stat.S_IFMT(mode), "a socket")
+            raise NotRegularFile(errno.EINVAL, f"not a regular file ({kind}): only regular files are read", str(path))
+        return open(descriptor, "rb")
+    except BaseException:
         os.close(descriptor)
+        raise
 
 
 def read_records(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, bytes]:
