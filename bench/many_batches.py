@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))
 import pandas as pd  # noqa: E402
 
 from rm_pipeline.lib.annotations import read_annotations  # noqa: E402
-from rm_pipeline.lib.table_files import list_batch_files  # noqa: E402
+from rm_pipeline.lib.batch_folder import list_batch_files  # noqa: E402
 
 TARGET_SECONDS = 30.0
 

@@ -37,9 +37,9 @@ import torch
 
 from rm_pipeline.lib.aggregation import aggregate_votes, review_queue
 from rm_pipeline.lib.annotations import read_annotations
+from rm_pipeline.lib.batch_folder import list_batch_files
 from rm_pipeline.lib.pairs import build_pairs
 from rm_pipeline.lib.scoring import RewardScorer, fit_to_length, position_limit, score_ids
-from rm_pipeline.lib.table_files import list_batch_files
 from rm_pipeline.lib.tokenization import default_base_model, encode
 from rm_pipeline.lib.training.model import load_model
 from rm_pipeline.lib.training.settings import TrainingSettings

@@ -34,6 +34,7 @@ import pandas as pd
 
 from rm_pipeline.lib.aggregation import aggregate_votes, review_queue
 from rm_pipeline.lib.annotations import read_annotations
+from rm_pipeline.lib.batch_folder import list_batch_files
 from rm_pipeline.lib.evaluation.accuracy import pair_credit, pair_margins, tie_pair_margins
 from rm_pipeline.lib.evaluation.calibration import calibration
 from rm_pipeline.lib.evaluation.inputs import EvaluationFolder
@@ -42,7 +43,6 @@ from rm_pipeline.lib.evaluation.statistics import paired_difference, rate_interv
 from rm_pipeline.lib.pairs import build_pairs, tie_pairs
 from rm_pipeline.lib.scoring import RewardScorer
 from rm_pipeline.lib.split import split_by_group
-from rm_pipeline.lib.table_files import list_batch_files
 from rm_pipeline.lib.tokenization import DEFAULT_MAX_LENGTH, default_base_model, load_tokenizer, token_lengths
 from rm_pipeline.lib.training.run import train_reward_model
 from rm_pipeline.lib.training.settings import TrainingSettings

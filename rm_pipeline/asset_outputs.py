@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 
 from rm_pipeline.lib.asset_values import SCORED_BY, SCORED_IN, EvaluationReport, PublishedModel
+from rm_pipeline.lib.batch_folder import NOTE_FOR_PEOPLE
 from rm_pipeline.lib.fingerprints import table_fingerprint
 from rm_pipeline.lib.markdown import markdown_table
-from rm_pipeline.lib.table_files import NOTE_FOR_PEOPLE
 
 OWNERS = ["team:rm-pipeline"]
 ROW_COUNT = "dagster/row_count"  # the row count Dagster shows for a table asset

@@ -8,8 +8,8 @@ import dagster as dg
 
 from rm_pipeline.asset_outputs import DATA_VERSION_TAG, records_table
 from rm_pipeline.lib.automation import FolderWatchSettings
+from rm_pipeline.lib.batch_folder import SKIPPED_COLUMNS
 from rm_pipeline.lib.fingerprints import FolderFingerprint, fingerprint_folder
-from rm_pipeline.lib.table_files import SKIPPED_COLUMNS
 from rm_pipeline.resources import AnnotationSource, ReviewSource
 from rm_pipeline.stages.aggregation import review_folder
 from rm_pipeline.stages.annotations import annotation_folder

@@ -14,13 +14,8 @@ import pandas as pd
 import pytest
 
 from rm_pipeline.lib.annotations import VOTE_COLUMNS, read_annotations
-from rm_pipeline.lib.table_files import (
-    QUARANTINE_COLUMNS,
-    AnnotationFileError,
-    batch_files,
-    list_batch_files,
-    read_batch_bytes,
-)
+from rm_pipeline.lib.batch_folder import batch_files, list_batch_files
+from rm_pipeline.lib.table_files import QUARANTINE_COLUMNS, AnnotationFileError, read_batch_bytes
 
 BUNDLED = Path(__file__).resolve().parents[1] / "rm_pipeline" / "data" / "annotations"
 

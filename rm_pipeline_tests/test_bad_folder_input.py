@@ -22,15 +22,10 @@ import pytest
 from rm_pipeline.asset_outputs import log_skipped
 from rm_pipeline.folder_sensors import build_annotation_folder_sensor
 from rm_pipeline.lib.annotations import read_annotations
+from rm_pipeline.lib.batch_folder import folder_files
 from rm_pipeline.lib.evaluation.inputs import EvaluationFolder
 from rm_pipeline.lib.reviews import read_reviews, review_files
-from rm_pipeline.lib.table_files import (
-    MAX_FILE_BYTES,
-    TIMESTAMP_TICK_NS,
-    AnnotationFileError,
-    folder_files,
-    read_batch_bytes,
-)
+from rm_pipeline.lib.table_files import MAX_FILE_BYTES, TIMESTAMP_TICK_NS, AnnotationFileError, read_batch_bytes
 from rm_pipeline.resources import AnnotationSource
 from rm_pipeline.stages.annotations import annotation_batches, annotation_folder
 from rm_pipeline_tests.test_annotation_folder import SETTLED, settle

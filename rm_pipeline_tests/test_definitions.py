@@ -258,8 +258,8 @@ def test_stage_settings_change_the_outputs(annotations_slice, storage_root, tiny
 def test_assets_called_directly(asset, annotations_slice, tmp_path):
     """Dagster's direct-invocation idiom: stage code is thin over the pure functions."""
     from rm_pipeline.lib.annotations import read_annotations
+    from rm_pipeline.lib.batch_folder import list_batch_files
     from rm_pipeline.lib.pairs import build_pairs
-    from rm_pipeline.lib.table_files import list_batch_files
     from rm_pipeline.resources import ReviewSource
     from rm_pipeline.stages import aggregation, split
 

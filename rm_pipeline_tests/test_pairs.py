@@ -11,6 +11,7 @@ import pytest
 
 from rm_pipeline.lib.aggregation import aggregate_votes, review_queue
 from rm_pipeline.lib.annotations import read_annotations
+from rm_pipeline.lib.batch_folder import list_batch_files
 from rm_pipeline.lib.pairs import (
     CHARS_PER_TOKEN_CEILING,
     PAIR_COLUMNS,
@@ -19,7 +20,6 @@ from rm_pipeline.lib.pairs import (
     build_pairs,
     rejection_counts,
 )
-from rm_pipeline.lib.table_files import list_batch_files
 from rm_pipeline.lib.tokenization import default_base_model, load_tokenizer, token_lengths
 
 BUNDLED = Path(__file__).resolve().parents[1] / "rm_pipeline" / "data" / "annotations"

@@ -10,6 +10,7 @@ import pytest
 
 from rm_pipeline.lib.aggregation import aggregate_votes, review_queue
 from rm_pipeline.lib.annotations import read_annotations
+from rm_pipeline.lib.batch_folder import list_batch_files
 from rm_pipeline.lib.evaluation.inputs import (
     EvaluationFolder,
     file_pairs_to_score,
@@ -24,7 +25,6 @@ from rm_pipeline.lib.evaluation.report_markdown import render_markdown
 from rm_pipeline.lib.markdown import inline_png, markdown_table
 from rm_pipeline.lib.pairs import build_pairs
 from rm_pipeline.lib.split import split_by_group
-from rm_pipeline.lib.table_files import list_batch_files
 
 REPO_ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 

@@ -91,7 +91,7 @@ def validate_files(args: argparse.Namespace) -> int:
 def files_to_read(paths: list[Path]):
     """The files named, and each folder's files by the annotation folder's rules, once settled (as the sensor
     waits for them); lock files (a shell glob picks them up) and files still being written are skipped."""
-    from rm_pipeline.lib.table_files import folder_files, settle, skip_reason
+    from rm_pipeline.lib.batch_folder import folder_files, settle, skip_reason
 
     files, skipped = [], []  # in the order given
     for path in paths:

@@ -29,8 +29,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from rm_pipeline.lib.batch_folder import folder_files
 from rm_pipeline.lib.pairs import tie_pairs
-from rm_pipeline.lib.table_files import SETTLE_SECONDS, UTF8_BOM, AnnotationFileError, folder_files, open_regular_file
+from rm_pipeline.lib.table_files import SETTLE_SECONDS, UTF8_BOM, AnnotationFileError, open_regular_file
 
 # Everything training reads from a pair: a change in any of them is new training data.
 TRAINING_COLUMNS = ["pair_id", "prompt", "conversational", "chosen", "rejected", "strength", "split"]

@@ -30,15 +30,9 @@ import pandas as pd
 
 from rm_pipeline.lib.aggregation import restore_formulas
 from rm_pipeline.lib.annotations import identifier
+from rm_pipeline.lib.batch_folder import FolderFiles, folder_files
 from rm_pipeline.lib.pairs import Rejections
-from rm_pipeline.lib.table_files import (
-    QUARANTINE_COLUMNS,
-    AnnotationFileError,
-    FolderFiles,
-    folder_files,
-    read_records,
-    rows_as_json,
-)
+from rm_pipeline.lib.table_files import QUARANTINE_COLUMNS, AnnotationFileError, read_records, rows_as_json
 
 REVIEW_DECISIONS = ("a", "b", "tie", "drop")
 REQUIRED_COLUMNS = ("item_id", "review_decision")

@@ -16,7 +16,6 @@ import re
 import stat
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -36,7 +35,6 @@ SETTLE_SECONDS = 2.0  # a batch file modified more recently than this may still 
 READ_ATTEMPTS = 3  # reads of a file that keeps changing under the reader before it is refused
 TIMESTAMP_TICK_NS = 50_000_000  # a file timestamp's granularity on Linux: a kernel tick (<= 10 ms), with room
 MAX_FILE_BYTES = 1 << 30  # a larger file is refused before it is read: a batch is read whole into memory
-SKIPPED_COLUMNS = ["file", "reason", "detail"]
 UTF8_BOM = b"\xef\xbb\xbf"
 
 
@@ -51,107 +49,10 @@ class AnnotationFileError(ValueError):
         self.path = str(path)
 
 
-@dataclass
-class FolderFiles:
-    """A folder's files: the batches ready to read, the ones still being written, and every entry left out
-    (``SKIPPED_COLUMNS``: file, reason, detail; the ones still being written among them)."""
-
-    ready: list[Path]
-    busy: list[Path]
-    skipped: list[dict]
+FILE_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device"}
 
 
-def list_batch_files(directory: Path | str, settle_seconds: float = SETTLE_SECONDS) -> list[Path]:
-    """Annotation batch files in a folder that are ready to read, sorted by name (see ``folder_files``)."""
-    return folder_files(directory, settle_seconds).ready
-
-
-def batch_files(directory: Path | str, settle_seconds: float = SETTLE_SECONDS) -> tuple[list[Path], list[Path]]:
-    """Batch files ready to read, and batch files still being written (see ``folder_files``)."""
-    listing = folder_files(directory, settle_seconds)
-    return listing.ready, listing.busy
-
-
-def folder_files(
-    directory: Path | str, settle_seconds: float = SETTLE_SECONDS, suffixes: tuple[str, ...] = SUPPORTED_SUFFIXES
-) -> FolderFiles:
-    """The regular files of a folder with a table suffix, sorted by name; every other entry is skipped with
-    its reason (``skip_reason``). A link may be read if it stays inside the folder.
-
-    A file modified in the last `settle_seconds` is waited for (once, at most that long); if it changes
-    meanwhile it is still being written (busy, and skipped as `still_being_written`). 0: no wait.
-    """
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise AnnotationFileError(directory, "annotation folder does not exist")
-    inside, files, skipped = os.path.realpath(directory), [], []
-    for path in sorted(directory.iterdir()):
-        reason = skip_reason(path, inside, suffixes)
-        if reason:
-            skipped.append({"file": str(path), "reason": reason[0], "detail": reason[1]})
-        else:
-            files.append(path)
-    return settle(files, skipped, settle_seconds)
-
-
-def settle(files: list[Path], skipped: list[dict], settle_seconds: float = SETTLE_SECONDS) -> FolderFiles:
-    """The files to read once settled (``settled_files``); those still being written join `skipped`."""
-    ready, busy = settled_files(files, settle_seconds)
-    skipped = skipped + [{"file": str(path), "reason": BUSY, "detail": _BUSY_DETAIL} for path in busy]
-    return FolderFiles(ready, busy, sorted(skipped, key=lambda row: row["file"]))
-
-
-BUSY = "still_being_written"
-_BUSY_DETAIL = f"modified in the last {SETTLE_SECONDS:g} s and still changing: left for the next run"
-_LOCK_FILE = re.compile(r"~\$.*|\.~lock\..*#")  # Office's, LibreOffice's: written while a file is open
-_TEMPORARY_SUFFIXES = (".tmp", ".part", ".partial")
-_NOTE_FOR_PEOPLE = re.compile(r"(README|LICEN[CS]E|NOTICE)(\..*)?|.*\.(md|txt|rst)", re.IGNORECASE)
-NOTE_FOR_PEOPLE = "documentation"  # a skip reason that is routine, not a problem (logged quietly)
-_FILE_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device"}
-
-
-def skip_reason(path: Path, inside: str | None = None, suffixes=SUPPORTED_SUFFIXES) -> tuple[str, str] | None:
-    """Why a folder entry is not a batch to read (reason, detail), or None. `inside`: the folder's real path,
-    which a link must not leave; None for a file named on the command line (links followed, any suffix)."""
-    name = path.name
-    if _LOCK_FILE.fullmatch(name):
-        return "lock_file", "an editor's lock file, written while the file is open"
-    if inside is None:
-        return None
-    if name.startswith(".") or path.suffix.lower() in _TEMPORARY_SUFFIXES:
-        return "temporary_name", "a hidden or temporary name (.name, .tmp, .part, .partial): rename it into place"
-    target = os.path.realpath(path)
-    if path.is_symlink() and os.path.commonpath([inside, target]) != inside:
-        return "link_outside_folder", f"a link to {target}, outside the folder: copy the file in instead"
-    try:
-        mode = os.stat(path).st_mode
-    except OSError as error:
-        return "broken_link", f"can't be opened: {error.strerror}"
-    if stat.S_ISDIR(mode):
-        return "folder", "sub-folders are not read"
-    if not stat.S_ISREG(mode):
-        return "not_regular_file", f"{_FILE_KINDS.get(stat.S_IFMT(mode), 'a socket')}, not a regular file"
-    if path.suffix.lower() not in suffixes and _NOTE_FOR_PEOPLE.fullmatch(name):
-        return NOTE_FOR_PEOPLE, "a note for people (README, LICENSE, .md, .txt), not a batch"
-    if path.suffix.lower() not in suffixes:
-        return "unsupported_type", f"{''.join(path.suffixes) or 'no suffix'}: read are {', '.join(suffixes)}"
-    return None
-
-
-def settled_files(files: list[Path], settle_seconds: float = SETTLE_SECONDS) -> tuple[list[Path], list[Path]]:
-    """The files that are not being written, and those still changing after one wait of `settle_seconds`."""
-    states = {path: _file_state(path) for path in files}
-    now = time.time_ns()
-    young = [path for path, state in states.items() if state is None or now - state[1] < settle_seconds * 1e9]
-    if not young:
-        return files, []
-    newest = max((states[path][1] for path in young if states[path]), default=now)
-    time.sleep(min(settle_seconds, max(0.0, settle_seconds - (now - newest) / 1e9)))
-    busy = [path for path in young if states[path] is None or _file_state(path) != states[path]]
-    return [path for path in files if path not in busy], busy
-
-
-def _file_state(path: Path) -> tuple[int, int, int, int] | None:
+def file_state(path: Path) -> tuple[int, int, int, int] | None:
     """Size, modification time, inode and change time: any change means the file was written or replaced."""
     try:
         status = os.stat(path)
@@ -181,16 +82,16 @@ def read_batch_bytes(
     """
     path = Path(path)
     for _ in range(attempts):
-        now, before = time.time_ns(), _file_state(path)  # the clock first: `now` is no later than the stat
+        now, before = time.time_ns(), file_state(path)  # the clock first: `now` is no later than the stat
         if before is not None and (wait := _unsettled_ns(before, now)):
             time.sleep(wait / 1e9)  # changed within a tick: wait a tick, then it must be unchanged
-            now, before = time.time_ns(), _file_state(path)
+            now, before = time.time_ns(), file_state(path)
             if before is None or _unsettled_ns(before, now):
                 continue
         data = _read_regular_file(path)
         if while_reading is not None:
             while_reading(path)
-        if before is not None and _file_state(path) == before and len(data) == before[0]:
+        if before is not None and file_state(path) == before and len(data) == before[0]:
             return data
     raise AnnotationFileError(
         path,
@@ -224,7 +125,7 @@ def open_regular_file(path: Path | str) -> BinaryIO:
     try:
         mode = os.fstat(descriptor).st_mode
         if not stat.S_ISREG(mode):
-            kind = {**_FILE_KINDS, stat.S_IFDIR: "a folder"}.get(stat.S_IFMT(mode), "a socket")
+            kind = {**FILE_KINDS, stat.S_IFDIR: "a folder"}.get(stat.S_IFMT(mode), "a socket")
             raise NotRegularFile(errno.EINVAL, f"not a regular file ({kind}): only regular files are read", str(path))
         return open(descriptor, "rb")
     except BaseException:

@@ -18,9 +18,9 @@ from rm_pipeline.config import config_class
 from rm_pipeline.lib import gates
 from rm_pipeline.lib.aggregation import AggregationSettings, ReviewThresholds, aggregate_votes, neutralise_formulas
 from rm_pipeline.lib.aggregation import review_queue as select_review_queue
+from rm_pipeline.lib.batch_folder import SKIPPED_COLUMNS
 from rm_pipeline.lib.markdown import markdown_table
 from rm_pipeline.lib.reviews import FILE_COLUMNS, apply_reviews, read_reviews, review_files
-from rm_pipeline.lib.table_files import SKIPPED_COLUMNS
 from rm_pipeline.resources import PipelineStorage, ReviewSource
 
 QUARANTINE_SHOWN = 100  # quarantined review rows listed in the metadata (all are logged)

@@ -19,7 +19,7 @@ from rm_pipeline.asset_outputs import (
 )
 from rm_pipeline.lib import gates
 from rm_pipeline.lib.annotations import read_annotations
-from rm_pipeline.lib.table_files import SKIPPED_COLUMNS, folder_files
+from rm_pipeline.lib.batch_folder import SKIPPED_COLUMNS, folder_files
 from rm_pipeline.resources import AnnotationSource, QualityGates
 
 # raw_annotations' batches table: one row per batch file (its long list of `columns` left out)

@@ -11,10 +11,10 @@ from rm_pipeline.asset_outputs import EVALUATION_GROUP as GROUP
 from rm_pipeline.asset_outputs import OWNERS, counts_table, log_skipped, preview, records_table, table_output
 from rm_pipeline.config import config_class, settings_from_config
 from rm_pipeline.lib.asset_values import LENGTH_CALIBRATED, MODEL_PATH, SCORED_BY, SCORED_IN, PublishedModel
+from rm_pipeline.lib.batch_folder import SKIPPED_COLUMNS
 from rm_pipeline.lib.evaluation.inputs import file_pairs_to_score, responses_to_score, split_pairs_to_score
 from rm_pipeline.lib.evaluation.probes import PROBE_NAMES, SOURCE_PREFIX, ProbeSettings, probe_answers
 from rm_pipeline.lib.scoring import RewardScorer, ScoringSettings
-from rm_pipeline.lib.table_files import SKIPPED_COLUMNS
 from rm_pipeline.resources import EvaluationSource
 
 ScoringConfig = config_class(ScoringSettings, "ScoringConfig")

@@ -12,11 +12,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from rm_pipeline.lib.batch_folder import FolderFiles, folder_files
 from rm_pipeline.lib.evaluation.pair_files import read_pair_file
 from rm_pipeline.lib.evaluation.policies import read_policy_outputs
 from rm_pipeline.lib.evaluation.rankings import oasst_ranked_groups
 from rm_pipeline.lib.pairs import build_pairs, tie_pairs
-from rm_pipeline.lib.table_files import QUARANTINE_COLUMNS, SUPPORTED_SUFFIXES, FolderFiles, folder_files
+from rm_pipeline.lib.table_files import QUARANTINE_COLUMNS, SUPPORTED_SUFFIXES
 
 SCORE_COLUMNS = [
     "source",
