@@ -144,6 +144,9 @@ def background(command: list[str], env: dict[str, str], log_path: Path) -> Itera
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: stopped together
+            # SIGINT at its default: a suite run as a background job inherits it ignored, and dagster dev maps
+            # SIGTERM to SIGINT's handler, so it would ignore the stop and wait out stop_group's 60 s each time
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         try:
             yield process
